@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the tools the test suite drives, into .tools/ (git-ignored). Idempotent: a tool
+# already present at its pinned version is not installed again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS=.tools
+VENV=$TOOLS/venv
+NODE_PREFIX=$TOOLS/node
+PY_REQUIREMENTS=scripts/test-requirements.txt
+BUF_VERSION=1.75.0
+
+mkdir -p "$TOOLS"
+
+# Python: grpcurl (shipped as a wheel), grpcio client, stub generator and rich-status decoding.
+stamp=$VENV/.requirements.sha256
+want=$(sha256sum "$PY_REQUIREMENTS" | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$PY_REQUIREMENTS"
+  echo "$want" > "$stamp"
+fi
+
+# buf, for `buf lint` of proto/.
+if [ "$("$NODE_PREFIX/node_modules/.bin/buf" --version 2>/dev/null)" != "$BUF_VERSION" ]; then
+  npm install --silent --no-audit --no-fund --prefix "$NODE_PREFIX" "@bufbuild/buf@$BUF_VERSION"
+fi
+
+"$VENV/bin/grpcurl" -version >/dev/null 2>&1 || { echo "grpcurl did not install" >&2; exit 1; }

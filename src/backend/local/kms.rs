@@ -1,0 +1,542 @@
+//! A local emulation of the AWS KMS operations the sidecar depends on: keys with the
+//! metadata DescribeKey shows, key states, multi-Region keys and key policies, kept in the
+//! durable store. Semantics follow AWS KMS where it documents them.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use super::store::{KeyReads, Store, StoredKey};
+use crate::{
+    backend::BackendError,
+    domain::{is_region_name, partition_of},
+    verify::{KeyMetadata, MultiRegionConfiguration, MultiRegionKey},
+};
+
+/// KMS's documented key policy size limit.
+pub const MAX_POLICY_BYTES: usize = 32_768;
+
+/// Key specs with the key usages KMS allows for each.
+const KEY_SPECS: &[(&str, &[&str])] = &[
+    ("SYMMETRIC_DEFAULT", &["ENCRYPT_DECRYPT"]),
+    ("RSA_2048", &["ENCRYPT_DECRYPT", "SIGN_VERIFY"]),
+    ("RSA_3072", &["ENCRYPT_DECRYPT", "SIGN_VERIFY"]),
+    ("RSA_4096", &["ENCRYPT_DECRYPT", "SIGN_VERIFY"]),
+    ("ECC_NIST_P256", &["SIGN_VERIFY", "KEY_AGREEMENT"]),
+    ("ECC_NIST_P384", &["SIGN_VERIFY", "KEY_AGREEMENT"]),
+    ("ECC_NIST_P521", &["SIGN_VERIFY", "KEY_AGREEMENT"]),
+    ("ECC_SECG_P256K1", &["SIGN_VERIFY"]),
+    ("ECC_NIST_EDWARDS25519", &["SIGN_VERIFY"]),
+    ("HMAC_224", &["GENERATE_VERIFY_MAC"]),
+    ("HMAC_256", &["GENERATE_VERIFY_MAC"]),
+    ("HMAC_384", &["GENERATE_VERIFY_MAC"]),
+    ("HMAC_512", &["GENERATE_VERIFY_MAC"]),
+    ("SM2", &["ENCRYPT_DECRYPT", "SIGN_VERIFY", "KEY_AGREEMENT"]),
+    ("ML_DSA_44", &["SIGN_VERIFY"]),
+    ("ML_DSA_65", &["SIGN_VERIFY"]),
+    ("ML_DSA_87", &["SIGN_VERIFY"]),
+];
+
+/// The key policy KMS gives a key created without one: the account may delegate
+/// access through IAM policies.
+pub fn default_key_policy(partition: &str, account_id: &str) -> String {
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Id": "key-default-1",
+        "Statement": [{
+            "Sid": "Enable IAM User Permissions",
+            "Effect": "Allow",
+            "Principal": {"AWS": format!("arn:{partition}:iam::{account_id}:root")},
+            "Action": "kms:*",
+            "Resource": "*"
+        }]
+    });
+    serde_json::to_string_pretty(&policy).unwrap_or_default()
+}
+
+/// What KMS itself checks of a policy document on CreateKey/PutKeyPolicy: a JSON object
+/// within the size limit, in the allowed characters.
+fn check_policy_document(policy: &str) -> Result<(), BackendError> {
+    let invalid = |message: String| BackendError::InvalidRequest {
+        field: "policy",
+        message,
+    };
+    if policy.len() > MAX_POLICY_BYTES {
+        return Err(invalid(format!(
+            "the policy is {} bytes; key policies are limited to {MAX_POLICY_BYTES} bytes",
+            policy.len()
+        )));
+    }
+    if let Some(c) = policy
+        .chars()
+        .find(|&c| !(matches!(c, '\t' | '\n' | '\r') || (' '..='\u{ff}').contains(&c)))
+    {
+        return Err(invalid(format!(
+            "the policy contains the character U+{:04X}; key policies allow printable ASCII, Latin-1, tab, LF and CR",
+            c as u32
+        )));
+    }
+    match serde_json::from_str::<serde_json::Value>(policy) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err(invalid("the policy is not a JSON object".into())),
+        Err(e) => Err(invalid(format!("the policy is not valid JSON: {e}"))),
+    }
+}
+
+/// What CreateKey needs; empty strings take the AWS defaults.
+#[derive(Debug, Clone, Default)]
+pub struct CreateKeyInput {
+    pub key_spec: String,
+    pub key_usage: String,
+    pub multi_region: bool,
+    pub policy: String,
+    pub description: String,
+    pub region: String,
+}
+
+/// The local KMS. Cheap to clone; every operation is one store transaction.
+#[derive(Clone)]
+pub struct LocalKms {
+    pub(super) store: Arc<Store>,
+    region: String,
+    account_id: String,
+}
+
+fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn rfc3339(unix: i64) -> Option<serde_json::Value> {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .map(serde_json::Value::String)
+}
+
+fn not_found(key_id: &str) -> BackendError {
+    BackendError::NotFound {
+        what: format!("key `{key_id}`"),
+    }
+}
+
+fn invalid_state(key: &StoredKey, what: &str) -> BackendError {
+    BackendError::InvalidState {
+        message: format!("`{}` is {what}", key.arn),
+    }
+}
+
+/// The metadata DescribeKey shows for `key`, with its multi-Region group read from `reads`.
+fn metadata(reads: &impl KeyReads, key: &StoredKey) -> Result<KeyMetadata, BackendError> {
+    let multi_region_configuration = if key.multi_region {
+        let group: Vec<StoredKey> = reads
+            .keys()?
+            .into_iter()
+            .filter(|k| k.key_id == key.key_id && !k.is_deleted(now()))
+            .collect();
+        let primary = group.iter().find(|k| k.replica_of.is_none());
+        Some(MultiRegionConfiguration {
+            multi_region_key_type: if key.replica_of.is_none() {
+                "PRIMARY"
+            } else {
+                "REPLICA"
+            }
+            .into(),
+            primary_key: primary.map(|p| MultiRegionKey {
+                arn: p.arn.clone(),
+                region: p.region.clone(),
+            }),
+            replica_keys: group
+                .iter()
+                .filter(|k| k.replica_of.is_some())
+                .map(|k| MultiRegionKey {
+                    arn: k.arn.clone(),
+                    region: k.region.clone(),
+                })
+                .collect(),
+        })
+    } else {
+        None
+    };
+    let (encryption_algorithms, signing_algorithms) = algorithms(&key.key_spec, &key.key_usage);
+    Ok(KeyMetadata {
+        aws_account_id: key.account_id.clone(),
+        key_id: key.key_id.clone(),
+        arn: key.arn.clone(),
+        creation_date: rfc3339(key.creation_date),
+        enabled: key.key_state == "Enabled",
+        description: key.description.clone(),
+        key_usage: key.key_usage.clone(),
+        key_state: key.key_state.clone(),
+        deletion_date: key.deletion_date.and_then(rfc3339),
+        origin: "AWS_KMS".into(),
+        key_manager: "CUSTOMER".into(),
+        key_spec: key.key_spec.clone(),
+        encryption_algorithms,
+        signing_algorithms,
+        multi_region: key.multi_region,
+        multi_region_configuration,
+    })
+}
+
+fn algorithms(spec: &str, usage: &str) -> (Vec<String>, Vec<String>) {
+    let list = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match (spec, usage) {
+        ("SYMMETRIC_DEFAULT", _) => (list(&["SYMMETRIC_DEFAULT"]), vec![]),
+        (s, "ENCRYPT_DECRYPT") if s.starts_with("RSA_") => {
+            (list(&["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]), vec![])
+        }
+        (s, "SIGN_VERIFY") if s.starts_with("RSA_") => (
+            vec![],
+            list(&["RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PSS_SHA_256"]),
+        ),
+        ("ECC_NIST_P256", "SIGN_VERIFY") => (vec![], list(&["ECDSA_SHA_256"])),
+        ("ECC_NIST_P384", "SIGN_VERIFY") => (vec![], list(&["ECDSA_SHA_384"])),
+        ("ECC_NIST_P521", "SIGN_VERIFY") => (vec![], list(&["ECDSA_SHA_512"])),
+        _ => (vec![], vec![]),
+    }
+}
+
+impl LocalKms {
+    pub fn new(store: Arc<Store>, region: String, account_id: String) -> LocalKms {
+        LocalKms {
+            store,
+            region,
+            account_id,
+        }
+    }
+
+    /// The Region keys are created in unless a request names another.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    fn key_arn(&self, region: &str, key_id: &str) -> String {
+        format!(
+            "arn:{}:kms:{region}:{}:key/{key_id}",
+            partition_of(region),
+            self.account_id
+        )
+    }
+
+    /// The ARN a request's `key_id` (an ARN, or a key id in the sidecar's Region) names.
+    fn resolve(&self, key_id: &str) -> Result<String, BackendError> {
+        if key_id.is_empty() {
+            return Err(BackendError::InvalidRequest {
+                field: "key_id",
+                message: "is required".into(),
+            });
+        }
+        Ok(if key_id.starts_with("arn:") {
+            key_id.to_owned()
+        } else {
+            self.key_arn(&self.region, key_id)
+        })
+    }
+
+    /// The live (not deleted) key `key_id` names.
+    fn live_key(&self, reads: &impl KeyReads, key_id: &str) -> Result<StoredKey, BackendError> {
+        let arn = self.resolve(key_id)?;
+        reads
+            .key(&arn)?
+            .filter(|k| !k.is_deleted(now()))
+            .ok_or_else(|| not_found(key_id))
+    }
+
+    /// Runs a blocking store operation off the async runtime.
+    pub(super) async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&LocalKms) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let kms = self.clone();
+        tokio::task::spawn_blocking(move || op(&kms))
+            .await
+            .map_err(BackendError::internal)?
+    }
+
+    pub async fn create_key(&self, input: CreateKeyInput) -> Result<KeyMetadata, BackendError> {
+        self.blocking(move |kms| kms.create_key_now(input)).await
+    }
+
+    fn create_key_now(&self, input: CreateKeyInput) -> Result<KeyMetadata, BackendError> {
+        let key_spec = if input.key_spec.is_empty() {
+            "SYMMETRIC_DEFAULT".to_owned()
+        } else {
+            input.key_spec
+        };
+        let usages = KEY_SPECS
+            .iter()
+            .find(|(spec, _)| *spec == key_spec)
+            .map(|(_, usages)| *usages)
+            .ok_or_else(|| BackendError::InvalidRequest {
+                field: "key_spec",
+                message: format!(
+                    "`{key_spec}` is not a KMS key spec; one of {}",
+                    KEY_SPECS
+                        .iter()
+                        .map(|(s, _)| *s)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })?;
+        let key_usage = match (input.key_usage.as_str(), key_spec.as_str()) {
+            ("", "SYMMETRIC_DEFAULT") => "ENCRYPT_DECRYPT".to_owned(),
+            ("", _) => {
+                return Err(BackendError::InvalidRequest {
+                    field: "key_usage",
+                    message: format!(
+                        "is required for key spec `{key_spec}`; one of {}",
+                        usages.join(", ")
+                    ),
+                });
+            }
+            (usage, _) if usages.contains(&usage) => usage.to_owned(),
+            (usage, _) => {
+                return Err(BackendError::InvalidRequest {
+                    field: "key_usage",
+                    message: format!(
+                        "`{usage}` is not valid for key spec `{key_spec}`; one of {}",
+                        usages.join(", ")
+                    ),
+                });
+            }
+        };
+        let region = if input.region.is_empty() {
+            self.region.clone()
+        } else {
+            input.region
+        };
+        if !is_region_name(&region) {
+            return Err(BackendError::InvalidRequest {
+                field: "region",
+                message: format!("`{region}` is not an AWS Region name (for example us-east-1)"),
+            });
+        }
+        let policy = if input.policy.is_empty() {
+            default_key_policy(partition_of(&region), &self.account_id)
+        } else {
+            check_policy_document(&input.policy)?;
+            input.policy
+        };
+        let uuid = uuid::Uuid::new_v4();
+        let key_id = if input.multi_region {
+            format!("mrk-{}", uuid.simple())
+        } else {
+            uuid.hyphenated().to_string()
+        };
+        let key = StoredKey {
+            arn: self.key_arn(&region, &key_id),
+            key_id,
+            account_id: self.account_id.clone(),
+            region,
+            description: input.description,
+            key_spec,
+            key_usage,
+            key_state: "Enabled".into(),
+            creation_date: now(),
+            deletion_date: None,
+            multi_region: input.multi_region,
+            replica_of: None,
+            policy,
+        };
+        self.store.write(|tx| {
+            tx.put_key(&key)?;
+            metadata(tx, &key)
+        })
+    }
+
+    pub async fn describe_key(&self, key_id: String) -> Result<KeyMetadata, BackendError> {
+        self.blocking(move |kms| {
+            kms.store.read(|tx| {
+                let key = kms.live_key(tx, &key_id)?;
+                metadata(tx, &key)
+            })
+        })
+        .await
+    }
+
+    /// (key id, key ARN) of every live key, in every Region.
+    pub async fn list_keys(&self) -> Result<Vec<(String, String)>, BackendError> {
+        self.blocking(|kms| {
+            kms.store.read(|tx| {
+                let mut keys: Vec<StoredKey> = tx
+                    .keys()?
+                    .into_iter()
+                    .filter(|k| !k.is_deleted(now()))
+                    .collect();
+                keys.sort_by(|a, b| (a.creation_date, &a.arn).cmp(&(b.creation_date, &b.arn)));
+                Ok(keys.into_iter().map(|k| (k.key_id, k.arn)).collect())
+            })
+        })
+        .await
+    }
+
+    pub async fn get_key_policy(&self, key_id: String) -> Result<String, BackendError> {
+        self.blocking(move |kms| kms.store.read(|tx| Ok(kms.live_key(tx, &key_id)?.policy)))
+            .await
+    }
+
+    pub async fn put_key_policy(&self, key_id: String, policy: String) -> Result<(), BackendError> {
+        check_policy_document(&policy)?;
+        self.modify(key_id, move |key| {
+            key.policy = policy;
+            Ok(())
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn enable_key(&self, key_id: String) -> Result<(), BackendError> {
+        self.modify(key_id, |key| match key.key_state.as_str() {
+            "Enabled" | "Disabled" => {
+                key.key_state = "Enabled".into();
+                Ok(())
+            }
+            "PendingDeletion" => Err(invalid_state(key, "pending deletion")),
+            other => Err(invalid_state(key, &format!("in state {other}"))),
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn disable_key(&self, key_id: String) -> Result<(), BackendError> {
+        self.modify(key_id, |key| match key.key_state.as_str() {
+            "Enabled" | "Disabled" => {
+                key.key_state = "Disabled".into();
+                Ok(())
+            }
+            "PendingDeletion" => Err(invalid_state(key, "pending deletion")),
+            other => Err(invalid_state(key, &format!("in state {other}"))),
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn schedule_key_deletion(
+        &self,
+        key_id: String,
+        pending_window_in_days: u32,
+    ) -> Result<KeyMetadata, BackendError> {
+        let days = if pending_window_in_days == 0 {
+            30
+        } else {
+            pending_window_in_days
+        };
+        if !(7..=30).contains(&days) {
+            return Err(BackendError::InvalidRequest {
+                field: "pending_window_in_days",
+                message: format!("{days} is outside 7 to 30 days"),
+            });
+        }
+        self.modify(key_id, move |key| {
+            if key.key_state == "PendingDeletion" {
+                return Err(invalid_state(key, "pending deletion"));
+            }
+            key.key_state = "PendingDeletion".into();
+            key.deletion_date = Some(now() + i64::from(days) * 86_400);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn cancel_key_deletion(&self, key_id: String) -> Result<KeyMetadata, BackendError> {
+        self.modify(key_id, |key| {
+            if key.key_state != "PendingDeletion" {
+                return Err(invalid_state(key, "not pending deletion"));
+            }
+            // As in AWS KMS, a key whose deletion is cancelled stays disabled.
+            key.key_state = "Disabled".into();
+            key.deletion_date = None;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn replicate_key(
+        &self,
+        key_id: String,
+        replica_region: String,
+        policy: String,
+    ) -> Result<KeyMetadata, BackendError> {
+        self.blocking(move |kms| {
+            if !is_region_name(&replica_region) {
+                return Err(BackendError::InvalidRequest {
+                    field: "replica_region",
+                    message: format!("`{replica_region}` is not an AWS Region name (for example us-east-1)"),
+                });
+            }
+            if !policy.is_empty() {
+                check_policy_document(&policy)?;
+            }
+            kms.store.write(|tx| {
+                let primary = kms.live_key(tx, &key_id)?;
+                if !primary.multi_region || primary.replica_of.is_some() {
+                    return Err(BackendError::InvalidRequest {
+                        field: "key_id",
+                        message: format!("`{}` is not a multi-Region primary key", primary.arn),
+                    });
+                }
+                if partition_of(&replica_region) != partition_of(&primary.region) || replica_region == primary.region {
+                    return Err(BackendError::InvalidRequest {
+                        field: "replica_region",
+                        message: format!(
+                            "`{replica_region}` must be another Region of the primary key's partition"
+                        ),
+                    });
+                }
+                let arn = kms.key_arn(&replica_region, &primary.key_id);
+                if tx.key(&arn)?.is_some_and(|k| !k.is_deleted(now())) {
+                    return Err(BackendError::InvalidRequest {
+                        field: "replica_region",
+                        message: format!("the key already has a replica in `{replica_region}`"),
+                    });
+                }
+                let replica = StoredKey {
+                    arn,
+                    region: replica_region,
+                    creation_date: now(),
+                    key_state: "Enabled".into(),
+                    deletion_date: None,
+                    replica_of: Some(primary.arn.clone()),
+                    policy: if policy.is_empty() { primary.policy.clone() } else { policy },
+                    ..primary
+                };
+                tx.put_key(&replica)?;
+                metadata(tx, &replica)
+            })
+        })
+        .await
+    }
+
+    /// Read-modify-write of one live key in a single transaction.
+    async fn modify(
+        &self,
+        key_id: String,
+        change: impl FnOnce(&mut StoredKey) -> Result<(), BackendError> + Send + 'static,
+    ) -> Result<KeyMetadata, BackendError> {
+        self.blocking(move |kms| {
+            kms.store.write(|tx| {
+                let mut key = kms.live_key(tx, &key_id)?;
+                change(&mut key)?;
+                tx.put_key(&key)?;
+                metadata(tx, &key)
+            })
+        })
+        .await
+    }
+
+    /// DescribeKey by exact ARN, for the backend trait.
+    pub(super) fn describe_arn(&self, arn: &str) -> Result<KeyMetadata, BackendError> {
+        self.store.read(|tx| {
+            let key = self.live_key(tx, arn)?;
+            metadata(tx, &key)
+        })
+    }
+
+    /// GetKeyPolicy by exact ARN, for the backend trait.
+    pub(super) fn policy_of_arn(&self, arn: &str) -> Result<String, BackendError> {
+        self.store.read(|tx| Ok(self.live_key(tx, arn)?.policy))
+    }
+}

@@ -1,0 +1,78 @@
+//! The seam between the service and the world: where the encryption-key configuration
+//! lives and where the KMS facts verification needs come from.
+
+pub mod local;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{
+    domain::{KeyArn, Target},
+    verify::KeyMetadata,
+};
+
+/// Inspector's key configuration plus the KMS reads verification needs.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The customer managed key ARN for `target`, or `None` when the AWS owned key is in use.
+    async fn get_encryption_key(&self, target: Target) -> Result<Option<String>, BackendError>;
+
+    /// Puts `key` in use for `target`. Durable when it returns.
+    async fn update_encryption_key(&self, target: Target, key: &KeyArn)
+    -> Result<(), BackendError>;
+
+    /// Goes back to the AWS owned key for `target`. Idempotent; durable when it returns.
+    async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError>;
+
+    /// The key's metadata, as KMS DescribeKey returns it.
+    async fn describe_key(&self, key: &KeyArn) -> Result<KeyMetadata, BackendError>;
+
+    /// The key's policy document (the `default` policy), as KMS GetKeyPolicy returns it.
+    async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError>;
+}
+
+/// Why a backend call failed, classified once so every consumer (gRPC code, retry hints,
+/// and later metrics) reads the same class.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The named thing does not exist (`what` names it for the caller).
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// The request is wrong; `field` names the request field at fault.
+    #[error("invalid `{field}`: {message}")]
+    InvalidRequest {
+        field: &'static str,
+        message: String,
+    },
+    /// The thing exists but its state forbids the operation (KMSInvalidStateException).
+    #[error("{message}")]
+    InvalidState { message: String },
+    /// The backend refused the sidecar's own credentials.
+    #[error("access denied: {message}")]
+    AccessDenied { message: String },
+    /// The backend asked us to slow down.
+    #[error("throttled by the backend")]
+    Throttled { retry_after: Option<Duration> },
+    /// The backend is failing or unreachable; retrying later may work.
+    #[error("backend unavailable: {message}")]
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The backend did not answer in time.
+    #[error("backend call timed out")]
+    Timeout,
+    /// A fault inside the sidecar or its store. `message` is logged, never sent to callers.
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl BackendError {
+    pub fn internal(message: impl ToString) -> BackendError {
+        BackendError::Internal {
+            message: message.to_string(),
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Typed configuration: one TOML file plus `INSPECTOR_KEYD_*` environment overrides, every
+//! key with a documented default. Callers inject the environment, so tests never touch
+//! the process's own.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use serde_with::{DisplayFromStr, PickFirst, serde_as};
+
+/// Prefix of environment overrides. Nested keys join with `__`:
+/// `INSPECTOR_KEYD_LISTEN__TCP=127.0.0.1:6000` sets `[listen] tcp`.
+pub const ENV_PREFIX: &str = "INSPECTOR_KEYD_";
+
+/// Which backend serves the key configuration and KMS reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The embedded local backend (no AWS account needed).
+    #[default]
+    Local,
+}
+
+/// The whole configuration. See the README's configuration reference.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Default `local`.
+    pub backend: BackendKind,
+    /// AWS Region the sidecar manages keys for. Default `us-east-1`.
+    pub region: String,
+    /// 12-digit AWS account id. Default `111122223333` (the local backend's account).
+    pub account_id: String,
+    /// Directory for the local store (and the default socket). Default `state`.
+    pub state_dir: PathBuf,
+    pub listen: ListenConfig,
+    /// Seconds in-flight calls get to finish after SIGTERM/SIGINT. Default 10.
+    #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
+    pub shutdown_timeout_secs: u64,
+    /// `tracing` filter directive when `RUST_LOG` is unset. Default `info`.
+    pub log_level: String,
+}
+
+/// Where the sidecar listens.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Unix socket path. Default `<state_dir>/keyd.sock`; empty disables it.
+    pub unix_socket: Option<PathBuf>,
+    /// Octal file mode of the socket. Default `0660` (owner and group may connect).
+    pub unix_socket_mode: String,
+    /// Plaintext TCP address, loopback only. Default `127.0.0.1:50051`; empty disables it;
+    /// port 0 picks a free port.
+    pub tcp: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            backend: BackendKind::Local,
+            region: "us-east-1".into(),
+            account_id: "111122223333".into(),
+            state_dir: PathBuf::from("state"),
+            listen: ListenConfig::default(),
+            shutdown_timeout_secs: 10,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> ListenConfig {
+        ListenConfig {
+            unix_socket: None,
+            unix_socket_mode: "0660".into(),
+            tcp: "127.0.0.1:50051".into(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file `{path}` is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("environment variable `{name}` does not fit the configuration: {message}")]
+    Env { name: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Shape(String),
+    #[error("invalid configuration: `{key}` {message}")]
+    Value { key: &'static str, message: String },
+}
+
+/// The listeners a validated configuration asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listeners {
+    pub unix_socket: Option<PathBuf>,
+    pub unix_socket_mode: u32,
+    pub tcp: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Reads `file` (when given), applies the `INSPECTOR_KEYD_*` entries of `env`, and
+    /// validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: path.to_owned(),
+                        message: e.message().to_owned(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = rest
+                .to_ascii_lowercase()
+                .split("__")
+                .map(str::to_owned)
+                .collect();
+            set_path(&mut table, &path, value).map_err(|message| ConfigError::Env {
+                name: name.clone(),
+                message,
+            })?;
+        }
+        let config = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Shape(e.message().to_owned()))?;
+        config.listeners()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !crate::domain::is_region_name(&self.region) {
+            return Err(ConfigError::Value {
+                key: "region",
+                message: format!(
+                    "`{}` is not an AWS Region name (for example us-east-1)",
+                    self.region
+                ),
+            });
+        }
+        if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ConfigError::Value {
+                key: "account_id",
+                message: format!("`{}` is not a 12-digit AWS account id", self.account_id),
+            });
+        }
+        Ok(())
+    }
+
+    /// The listeners to open; refuses a configuration that would open none, or a
+    /// plaintext TCP listener off loopback.
+    pub fn listeners(&self) -> Result<Listeners, ConfigError> {
+        let unix_socket = match &self.listen.unix_socket {
+            None => Some(self.state_dir.join("keyd.sock")),
+            Some(path) if path.as_os_str().is_empty() => None,
+            Some(path) => Some(path.clone()),
+        };
+        let unix_socket_mode = u32::from_str_radix(&self.listen.unix_socket_mode, 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| ConfigError::Value {
+                key: "listen.unix_socket_mode",
+                message: format!(
+                    "`{}` is not an octal file mode such as 0660",
+                    self.listen.unix_socket_mode
+                ),
+            })?;
+        let tcp = if self.listen.tcp.is_empty() {
+            None
+        } else {
+            let addr: SocketAddr = self.listen.tcp.parse().map_err(|_| ConfigError::Value {
+                key: "listen.tcp",
+                message: format!(
+                    "`{}` is not an address such as 127.0.0.1:50051",
+                    self.listen.tcp
+                ),
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err(ConfigError::Value {
+                    key: "listen.tcp",
+                    message: format!(
+                        "`{addr}` is not a loopback address; a plaintext TCP listener may only listen on loopback"
+                    ),
+                });
+            }
+            Some(addr)
+        };
+        if unix_socket.is_none() && tcp.is_none() {
+            return Err(ConfigError::Shape(
+                "no listener: set `listen.unix_socket` or `listen.tcp`".into(),
+            ));
+        }
+        Ok(Listeners {
+            unix_socket,
+            unix_socket_mode,
+            tcp,
+        })
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+/// Sets `path` in `table` to the string `value`, creating intermediate tables.
+fn set_path(table: &mut toml::Table, path: &[String], value: String) -> Result<(), String> {
+    match path {
+        [] => Err("names no configuration key".into()),
+        [key] if key.is_empty() => Err("names no configuration key".into()),
+        [key] => {
+            table.insert(key.clone(), toml::Value::String(value));
+            Ok(())
+        }
+        [key, rest @ ..] => {
+            let entry = table
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => set_path(inner, rest, value),
+                _ => Err(format!("`{key}` is not a table")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_serve_local_on_socket_and_loopback() {
+        let config = Config::load(None, env(&[("HOME", "/root")])).unwrap();
+        assert_eq!(config, Config::default());
+        let listeners = config.listeners().unwrap();
+        assert_eq!(
+            listeners.unix_socket,
+            Some(PathBuf::from("state/keyd.sock"))
+        );
+        assert_eq!(listeners.unix_socket_mode, 0o660);
+        assert_eq!(listeners.tcp, Some("127.0.0.1:50051".parse().unwrap()));
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.toml");
+        std::fs::write(
+            &path,
+            "region = \"eu-west-1\"\nshutdown_timeout_secs = 3\n[listen]\ntcp = \"\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            env(&[
+                ("INSPECTOR_KEYD_ACCOUNT_ID", "012345678901"),
+                ("INSPECTOR_KEYD_SHUTDOWN_TIMEOUT_SECS", "7"),
+                ("INSPECTOR_KEYD_LISTEN__UNIX_SOCKET", "/run/keyd.sock"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.region, "eu-west-1");
+        assert_eq!(config.account_id, "012345678901");
+        assert_eq!(config.shutdown_timeout_secs, 7);
+        let listeners = config.listeners().unwrap();
+        assert_eq!(listeners.tcp, None);
+        assert_eq!(listeners.unix_socket, Some(PathBuf::from("/run/keyd.sock")));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = |pairs: &[(&str, &str)]| Config::load(None, env(pairs)).unwrap_err().to_string();
+        assert!(err(&[("INSPECTOR_KEYD_LISTEN__TCP", "0.0.0.0:50051")]).contains("`listen.tcp`"));
+        assert!(
+            err(&[("INSPECTOR_KEYD_LISTEN__TCP", "0.0.0.0:50051")])
+                .contains("not a loopback address")
+        );
+        assert!(err(&[("INSPECTOR_KEYD_REGION", "moon")]).contains("`region`"));
+        assert!(err(&[("INSPECTOR_KEYD_ACCOUNT_ID", "12")]).contains("`account_id`"));
+        assert!(
+            err(&[("INSPECTOR_KEYD_NO_SUCH_KEY", "x")]).contains("unknown field `no_such_key`")
+        );
+        assert!(
+            err(&[("INSPECTOR_KEYD_SHUTDOWN_TIMEOUT_SECS", "soon")])
+                .contains("invalid configuration")
+        );
+        assert!(err(&[("INSPECTOR_KEYD_REGION__X", "y")]).contains("INSPECTOR_KEYD_REGION__X"));
+        assert!(
+            err(&[
+                ("INSPECTOR_KEYD_LISTEN__TCP", ""),
+                ("INSPECTOR_KEYD_LISTEN__UNIX_SOCKET", "")
+            ])
+            .contains("no listener")
+        );
+        assert!(err(&[("INSPECTOR_KEYD_BACKEND", "cloud")]).contains("unknown variant `cloud`"));
+    }
+
+    #[test]
+    fn broken_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.toml");
+        std::fs::write(&path, "region = \n").unwrap();
+        let err = Config::load(Some(&path), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("keyd.toml") && err.contains("not valid TOML"),
+            "{err}"
+        );
+        let err = Config::load(Some(&dir.path().join("missing.toml")), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read config file"), "{err}");
+    }
+}

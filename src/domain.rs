@@ -1,0 +1,318 @@
+//! The vocabulary shared by every layer: scan and resource types, the (scan type,
+//! resource type) targets a key can be set for, and validated KMS key ARNs.
+
+use std::{fmt, sync::LazyLock};
+
+use regex::Regex;
+
+/// Amazon Inspector's ScanType.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ScanType {
+    Network,
+    Package,
+    Code,
+}
+
+impl ScanType {
+    /// The AWS spelling.
+    pub fn as_aws_str(self) -> &'static str {
+        match self {
+            ScanType::Network => "NETWORK",
+            ScanType::Package => "PACKAGE",
+            ScanType::Code => "CODE",
+        }
+    }
+}
+
+/// Amazon Inspector's ResourceType.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    AwsEc2Instance,
+    AwsEcrContainerImage,
+    AwsEcrRepository,
+    AwsLambdaFunction,
+    CodeRepository,
+    MachineImage,
+    MicrosoftComputeVirtualMachines,
+    MicrosoftContainerRegistryContainerImage,
+    MicrosoftWebSites,
+}
+
+impl ResourceType {
+    /// The AWS spelling.
+    pub fn as_aws_str(self) -> &'static str {
+        match self {
+            ResourceType::AwsEc2Instance => "AWS_EC2_INSTANCE",
+            ResourceType::AwsEcrContainerImage => "AWS_ECR_CONTAINER_IMAGE",
+            ResourceType::AwsEcrRepository => "AWS_ECR_REPOSITORY",
+            ResourceType::AwsLambdaFunction => "AWS_LAMBDA_FUNCTION",
+            ResourceType::CodeRepository => "CODE_REPOSITORY",
+            ResourceType::MachineImage => "MACHINE_IMAGE",
+            ResourceType::MicrosoftComputeVirtualMachines => "Microsoft.Compute/virtualMachines",
+            ResourceType::MicrosoftContainerRegistryContainerImage => {
+                "Microsoft.ContainerRegistry/registry/containerImage"
+            }
+            ResourceType::MicrosoftWebSites => "Microsoft.Web/sites",
+        }
+    }
+}
+
+/// A (scan type, resource type) pair for which Inspector documents customer managed keys.
+/// Only [`Target::new`] makes one, so holding a `Target` means the pair is supported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    scan_type: ScanType,
+    resource_type: ResourceType,
+}
+
+/// The pairs the Inspector user guide documents for customer managed keys.
+pub const SUPPORTED_TARGETS: &[(ScanType, ResourceType)] = &[
+    (ScanType::Code, ResourceType::AwsLambdaFunction),
+    (ScanType::Code, ResourceType::CodeRepository),
+];
+
+impl Target {
+    /// The pair, or `None` when customer managed keys are not documented for it.
+    pub fn new(scan_type: ScanType, resource_type: ResourceType) -> Option<Target> {
+        SUPPORTED_TARGETS
+            .contains(&(scan_type, resource_type))
+            .then_some(Target {
+                scan_type,
+                resource_type,
+            })
+    }
+
+    pub fn scan_type(self) -> ScanType {
+        self.scan_type
+    }
+
+    pub fn resource_type(self) -> ResourceType {
+        self.resource_type
+    }
+
+    /// Every supported target.
+    pub fn all() -> impl Iterator<Item = Target> {
+        SUPPORTED_TARGETS
+            .iter()
+            .map(|&(scan_type, resource_type)| Target {
+                scan_type,
+                resource_type,
+            })
+    }
+
+    /// `CODE + AWS_LAMBDA_FUNCTION, CODE + CODE_REPOSITORY`, for error messages.
+    pub fn supported_list() -> String {
+        Target::all()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} + {}",
+            self.scan_type.as_aws_str(),
+            self.resource_type.as_aws_str()
+        )
+    }
+}
+
+/// Inspector's `KmsKeyArn` pattern, anchored: the sidecar treats it as a full match.
+static KMS_KEY_ARN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"^arn:aws(-(us-gov|cn))?:kms:([a-z0-9][-.a-z0-9]{0,62})?:[0-9]{12}:key/(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})|(mrk-[0-9a-zA-Z]{32}))$",
+    )
+    .unwrap_or_else(|e| unreachable!("constant pattern compiles: {e}"))
+});
+
+/// A KMS key ARN that matches Inspector's `KmsKeyArn` pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyArn(String);
+
+/// Why a string is not a key ARN Inspector accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyArnError {
+    #[error("is required")]
+    Empty,
+    #[error(
+        "`{0}` is an alias; only key ARNs are accepted (arn:aws:kms:<region>:<account-id>:key/<key-id>)"
+    )]
+    Alias(String),
+    #[error(
+        "`{0}` is a bare key id; only key ARNs are accepted (arn:aws:kms:<region>:<account-id>:key/<key-id>)"
+    )]
+    BareKeyId(String),
+    #[error(
+        "`{0}` is not a KMS key ARN; only key ARNs are accepted (arn:aws:kms:<region>:<account-id>:key/<key-id>, key id a UUID or mrk- and 32 letters or digits)"
+    )]
+    Malformed(String),
+}
+
+/// The key id part of a key ARN: a UUID, or `mrk-` + 32 alphanumerics.
+static BARE_KEY_ID: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|mrk-[0-9a-zA-Z]{32})$")
+        .unwrap_or_else(|e| unreachable!("constant pattern compiles: {e}"))
+});
+
+impl KeyArn {
+    pub fn parse(input: &str) -> Result<KeyArn, KeyArnError> {
+        if input.is_empty() {
+            return Err(KeyArnError::Empty);
+        }
+        if KMS_KEY_ARN.is_match(input) {
+            return Ok(KeyArn(input.to_owned()));
+        }
+        // Values are echoed in messages; keep them short and printable.
+        let shown: String = input
+            .chars()
+            .take(160)
+            .filter(|c| !c.is_control())
+            .collect();
+        if input.starts_with("alias/") || (input.starts_with("arn:") && input.contains(":alias/")) {
+            Err(KeyArnError::Alias(shown))
+        } else if BARE_KEY_ID.is_match(input) {
+            Err(KeyArnError::BareKeyId(shown))
+        } else {
+            Err(KeyArnError::Malformed(shown))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn part(&self, index: usize) -> &str {
+        self.0.split(':').nth(index).unwrap_or_default()
+    }
+
+    /// `aws`, `aws-us-gov` or `aws-cn`.
+    pub fn partition(&self) -> &str {
+        self.part(1)
+    }
+
+    /// The Region; may be empty, as the pattern allows.
+    pub fn region(&self) -> &str {
+        self.part(3)
+    }
+
+    pub fn account_id(&self) -> &str {
+        self.part(4)
+    }
+
+    /// The key id after `key/`.
+    pub fn key_id(&self) -> &str {
+        self.part(5).trim_start_matches("key/")
+    }
+
+    /// Multi-Region key ids start with `mrk-`.
+    pub fn is_multi_region(&self) -> bool {
+        self.key_id().starts_with("mrk-")
+    }
+}
+
+impl fmt::Display for KeyArn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+static REGION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+        .unwrap_or_else(|e| unreachable!("constant pattern compiles: {e}"))
+});
+
+/// Whether `region` has the shape of an AWS Region name (`us-east-1`).
+pub fn is_region_name(region: &str) -> bool {
+    REGION.is_match(region)
+}
+
+/// The partition a Region belongs to.
+pub fn partition_of(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_key_arns_in_every_partition() {
+        for arn in [
+            "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws-us-gov:kms:us-gov-west-1:111122223333:key/1234ABCD-12ab-34cd-56ef-1234567890ab",
+            "arn:aws-cn:kms:cn-north-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab",
+        ] {
+            let parsed = KeyArn::parse(arn);
+            assert!(parsed.is_ok(), "{arn}: {parsed:?}");
+        }
+        let arn = KeyArn::parse(
+            "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab",
+        )
+        .unwrap();
+        assert_eq!(arn.region(), "eu-west-1");
+        assert_eq!(arn.account_id(), "111122223333");
+        assert_eq!(arn.key_id(), "mrk-1234abcd12ab34cd56ef1234567890ab");
+        assert!(arn.is_multi_region());
+    }
+
+    #[test]
+    fn refuses_aliases_bare_ids_and_near_misses() {
+        let cases = [
+            ("alias/inspector", "alias"),
+            (
+                "arn:aws:kms:us-east-1:111122223333:alias/inspector",
+                "alias",
+            ),
+            ("1234abcd-12ab-34cd-56ef-1234567890ab", "bare key id"),
+            ("mrk-1234abcd12ab34cd56ef1234567890ab", "bare key id"),
+            // moto's multi-Region ids carry dashes
+            (
+                "arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd-12ab-34cd-56ef-1234567890ab",
+                "not a KMS key ARN",
+            ),
+            (
+                "arn:aws:kms:us-east-1:11112222333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+                "not a KMS key ARN",
+            ),
+            (
+                "arn:aws-iso:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+                "not a KMS key ARN",
+            ),
+            (
+                "xarn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+                "not a KMS key ARN",
+            ),
+            (
+                "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890abX",
+                "not a KMS key ARN",
+            ),
+        ];
+        for (input, expected) in cases {
+            let err = KeyArn::parse(input).unwrap_err().to_string();
+            assert!(err.contains(expected), "{input}: {err}");
+            assert!(err.contains("only key ARNs are accepted"), "{input}: {err}");
+        }
+        assert_eq!(KeyArn::parse(""), Err(KeyArnError::Empty));
+    }
+
+    #[test]
+    fn only_documented_pairs_are_targets() {
+        assert!(Target::new(ScanType::Code, ResourceType::AwsLambdaFunction).is_some());
+        assert!(Target::new(ScanType::Code, ResourceType::CodeRepository).is_some());
+        assert!(Target::new(ScanType::Package, ResourceType::AwsLambdaFunction).is_none());
+        assert!(Target::new(ScanType::Code, ResourceType::AwsEc2Instance).is_none());
+        assert_eq!(
+            Target::supported_list(),
+            "CODE + AWS_LAMBDA_FUNCTION, CODE + CODE_REPOSITORY"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! inspector-keyd: a gRPC sidecar that reads, verifies and manages the customer managed
+//! KMS key Amazon Inspector uses to encrypt code-scanning data at rest.
+//!
+//! Layers, outermost first: [`server`] (listeners, health, reflection) → [`authz`] (a tower
+//! layer) → [`service`] (validation, mapping to gRPC) → [`backend`] (local or AWS).
+//! [`verify`] is a pure library the service and the CLI call. [`status`] is the one place
+//! errors become `tonic::Status`.
+
+pub mod authz;
+pub mod backend;
+pub mod config;
+pub mod domain;
+pub mod proto;
+pub mod server;
+pub mod service;
+pub mod status;
+pub mod verify;

@@ -1,0 +1,224 @@
+//! Transport: the listeners (Unix socket, loopback TCP), the services on them (health,
+//! reflection, the API), readiness, and shutdown.
+
+use std::{future::Future, io, path::Path, sync::Arc};
+
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::watch,
+    task::JoinSet,
+};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::ServingStatus;
+
+use crate::{
+    authz::{Authorizer, AuthzLayer},
+    backend::{Backend, BackendError, local::LocalBackend},
+    config::{BackendKind, Config, ConfigError},
+    proto::{
+        self, encryption_key_service_server::EncryptionKeyServiceServer,
+        local_kms_service_server::LocalKmsServiceServer,
+    },
+    service::{EncryptionKeys, LocalKmsApi},
+};
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the backend: {0}")]
+    Backend(#[from] BackendError),
+    #[error("cannot listen on {listener}: {source}")]
+    Listen { listener: String, source: io::Error },
+    #[error("cannot build reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server on {listener} failed: {source}")]
+    Serve {
+        listener: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// Binds the Unix socket, replacing a stale socket file but never a live server's.
+async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+    let listen_error = |source| ServeError::Listen {
+        listener: format!("unix socket `{}`", path.display()),
+        source,
+    };
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(listen_error(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another server is listening on it",
+            )));
+        }
+        std::fs::remove_file(path).map_err(listen_error)?;
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(listen_error)?;
+    }
+    let listener = UnixListener::bind(path).map_err(listen_error)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen_error)?;
+    Ok(listener)
+}
+
+/// Runs the sidecar until `shutdown` resolves, then drains for at most the configured
+/// shutdown timeout.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let listeners = config.listeners()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(proto::ENCRYPTION_KEY_SERVICE, ServingStatus::NotServing)
+        .await;
+
+    let (backend, local_kms) = match config.backend {
+        BackendKind::Local => {
+            let local = LocalBackend::open(&config.state_dir, &config.region, &config.account_id)?;
+            let kms = LocalKmsApi::new(local.kms().clone());
+            (Arc::new(local) as Arc<dyn Backend>, Some(kms))
+        }
+    };
+    let keys = EncryptionKeys::new(backend, config.region.clone());
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let authz = AuthzLayer::new(Authorizer::for_this_process());
+    let router = Server::builder()
+        .layer(authz)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(EncryptionKeyServiceServer::new(keys))
+        .add_optional_service(local_kms.map(LocalKmsServiceServer::new));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut servers = JoinSet::new();
+    let mut unix_addr = String::new();
+    let mut tcp_addr = String::new();
+    if let Some(path) = &listeners.unix_socket {
+        let listener = bind_unix(path, listeners.unix_socket_mode).await?;
+        unix_addr = path.display().to_string();
+        let router = router.clone();
+        let name = format!("unix socket `{unix_addr}`");
+        let stop = stopped();
+        servers.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+                .await
+                .map_err(|source| ServeError::Serve {
+                    listener: name,
+                    source,
+                })
+        });
+    }
+    if let Some(addr) = listeners.tcp {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen {
+                listener: format!("tcp {addr}"),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServeError::Listen {
+            listener: format!("tcp {addr}"),
+            source,
+        })?;
+        tcp_addr = local.to_string();
+        let name = format!("tcp {local}");
+        let stop = stopped();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        servers.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await
+                .map_err(|source| ServeError::Serve {
+                    listener: name,
+                    source,
+                })
+        });
+    }
+
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(proto::ENCRYPTION_KEY_SERVICE, ServingStatus::Serving)
+        .await;
+    tracing::info!(unix = %unix_addr, tcp = %tcp_addr, backend = ?config.backend, region = %config.region, "serving");
+
+    let failed = tokio::select! {
+        () = shutdown => None,
+        Some(result) = servers.join_next() => Some(result),
+    };
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(proto::ENCRYPTION_KEY_SERVICE, ServingStatus::NotServing)
+        .await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(config.shutdown_timeout(), async {
+        let mut first_error = None;
+        while let Some(result) = servers.join_next().await {
+            if let Ok(Err(e)) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error
+    })
+    .await;
+    if let Some(path) = &listeners.unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    match (failed, drained) {
+        (Some(Ok(Err(e))), _) => Err(e),
+        (_, Ok(Some(e))) => Err(e),
+        (_, Err(_)) => {
+            tracing::warn!(
+                timeout = ?config.shutdown_timeout(),
+                "in-flight calls did not finish before the shutdown timeout; stopping anyway"
+            );
+            servers.abort_all();
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

@@ -1,0 +1,168 @@
+//! Request validation, mirroring what the Inspector API accepts. Every problem becomes a
+//! field violation; a request with any violation changes nothing.
+
+use crate::{
+    domain::{KeyArn, ResourceType, ScanType, Target},
+    proto,
+};
+
+/// One bad field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: &'static str,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: &'static str, description: impl Into<String>) -> FieldViolation {
+        FieldViolation {
+            field,
+            description: description.into(),
+        }
+    }
+}
+
+fn scan_type(value: i32) -> Result<ScanType, FieldViolation> {
+    match proto::ScanType::try_from(value) {
+        Ok(proto::ScanType::Code) => Ok(ScanType::Code),
+        Ok(proto::ScanType::Network) => Ok(ScanType::Network),
+        Ok(proto::ScanType::Package) => Ok(ScanType::Package),
+        Ok(proto::ScanType::Unspecified) => Err(FieldViolation::new(
+            "scan_type",
+            "is required (for example SCAN_TYPE_CODE)",
+        )),
+        Err(_) => Err(FieldViolation::new(
+            "scan_type",
+            format!("{value} is not a ScanType value"),
+        )),
+    }
+}
+
+fn resource_type(value: i32) -> Result<ResourceType, FieldViolation> {
+    use proto::ResourceType as P;
+    Ok(match P::try_from(value) {
+        Ok(P::AwsEc2Instance) => ResourceType::AwsEc2Instance,
+        Ok(P::AwsEcrContainerImage) => ResourceType::AwsEcrContainerImage,
+        Ok(P::AwsEcrRepository) => ResourceType::AwsEcrRepository,
+        Ok(P::AwsLambdaFunction) => ResourceType::AwsLambdaFunction,
+        Ok(P::CodeRepository) => ResourceType::CodeRepository,
+        Ok(P::MachineImage) => ResourceType::MachineImage,
+        Ok(P::MicrosoftComputeVirtualMachines) => ResourceType::MicrosoftComputeVirtualMachines,
+        Ok(P::MicrosoftContainerRegistryContainerImage) => {
+            ResourceType::MicrosoftContainerRegistryContainerImage
+        }
+        Ok(P::MicrosoftWebSites) => ResourceType::MicrosoftWebSites,
+        Ok(P::Unspecified) => {
+            return Err(FieldViolation::new(
+                "resource_type",
+                "is required (for example RESOURCE_TYPE_AWS_LAMBDA_FUNCTION)",
+            ));
+        }
+        Err(_) => {
+            return Err(FieldViolation::new(
+                "resource_type",
+                format!("{value} is not a ResourceType value"),
+            ));
+        }
+    })
+}
+
+/// Checks the (scan type, resource type) pair of a request; pushes a violation per bad
+/// field. The field blamed for an unsupported pair is the one that makes it unsupported.
+fn target(scan: i32, resource: i32, violations: &mut Vec<FieldViolation>) -> Option<Target> {
+    let scan = scan_type(scan).map_err(|v| violations.push(v)).ok();
+    let resource = resource_type(resource).map_err(|v| violations.push(v)).ok();
+    let (scan, resource) = (scan?, resource?);
+    let target = Target::new(scan, resource);
+    if target.is_none() {
+        let field = if Target::all().any(|t| t.scan_type() == scan) {
+            "resource_type"
+        } else {
+            "scan_type"
+        };
+        violations.push(FieldViolation::new(
+            field,
+            format!(
+                "customer managed keys are not supported for {scan} + {resource}; supported pairs: {}",
+                Target::supported_list(),
+                scan = scan.as_aws_str(),
+                resource = resource.as_aws_str(),
+            ),
+        ));
+    }
+    target
+}
+
+/// The target of a Get or Reset request.
+pub fn target_request(scan: i32, resource: i32) -> Result<Target, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    match target(scan, resource, &mut violations) {
+        Some(target) if violations.is_empty() => Ok(target),
+        _ => Err(violations),
+    }
+}
+
+/// The key ARN and target of an Update request.
+pub fn update_request(
+    request: &proto::UpdateEncryptionKeyRequest,
+) -> Result<(KeyArn, Target), Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let key = KeyArn::parse(&request.kms_key_id)
+        .map_err(|e| violations.push(FieldViolation::new("kms_key_id", e.to_string())))
+        .ok();
+    let target = target(request.scan_type, request.resource_type, &mut violations);
+    match (key, target) {
+        (Some(key), Some(target)) if violations.is_empty() => Ok((key, target)),
+        _ => Err(violations),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAMBDA: i32 = proto::ResourceType::AwsLambdaFunction as i32;
+    const CODE: i32 = proto::ScanType::Code as i32;
+
+    fn fields(v: Vec<FieldViolation>) -> Vec<&'static str> {
+        v.into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let request = proto::UpdateEncryptionKeyRequest {
+            kms_key_id: "alias/x".into(),
+            scan_type: 0,
+            resource_type: 99,
+            validate_only: false,
+        };
+        let violations = update_request(&request).unwrap_err();
+        assert_eq!(
+            fields(violations.clone()),
+            ["kms_key_id", "scan_type", "resource_type"]
+        );
+        assert!(
+            violations[0]
+                .description
+                .contains("only key ARNs are accepted")
+        );
+        assert!(
+            violations[2]
+                .description
+                .contains("99 is not a ResourceType value")
+        );
+    }
+
+    #[test]
+    fn unsupported_pairs_blame_the_right_field() {
+        let v = target_request(proto::ScanType::Package as i32, LAMBDA).unwrap_err();
+        assert_eq!(fields(v.clone()), ["scan_type"]);
+        assert!(
+            v[0].description
+                .contains("CODE + AWS_LAMBDA_FUNCTION, CODE + CODE_REPOSITORY")
+        );
+        let v = target_request(CODE, proto::ResourceType::AwsEc2Instance as i32).unwrap_err();
+        assert_eq!(fields(v), ["resource_type"]);
+        assert!(target_request(CODE, LAMBDA).is_ok());
+    }
+}

@@ -1,0 +1,208 @@
+//! The one place errors become `tonic::Status`, with the gRPC rich error model: ErrorInfo
+//! (UPPER_SNAKE reason, domain `inspector-keyd`), BadRequest, PreconditionFailure,
+//! RetryInfo. Internal detail is logged here and never sent to callers.
+
+use std::{collections::HashMap, time::Duration};
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt};
+
+use crate::{authz::AuthzError, backend::BackendError, service::ServiceError, verify::Report};
+
+/// ErrorInfo domain of every error this sidecar returns.
+pub const ERROR_DOMAIN: &str = "inspector-keyd";
+
+/// Retry hint when the backend gave none.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+fn info(details: &mut ErrorDetails, reason: &str, metadata: &[(&str, String)]) {
+    let metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+}
+
+fn status(
+    code: Code,
+    message: impl Into<String>,
+    reason: &str,
+    metadata: &[(&str, String)],
+) -> Status {
+    let mut details = ErrorDetails::new();
+    info(&mut details, reason, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+fn invalid_argument(violations: Vec<(String, String)>) -> Status {
+    let message = violations
+        .iter()
+        .map(|(field, description)| format!("{field}: {description}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut details = ErrorDetails::new();
+    info(&mut details, "INVALID_REQUEST", &[]);
+    details.set_bad_request(
+        violations
+            .into_iter()
+            .map(|(field, description)| FieldViolation::new(field, description))
+            .collect::<Vec<_>>(),
+    );
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid request: {message}"),
+        details,
+    )
+}
+
+fn verification_failed(key: &str, report: Report) -> Status {
+    let errors: Vec<_> = report.errors().collect();
+    let message = format!(
+        "key `{key}` failed verification (profile {}): {}",
+        report.profile,
+        errors
+            .iter()
+            .map(|f| f.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let mut details = ErrorDetails::new();
+    info(
+        &mut details,
+        "KEY_VERIFICATION_FAILED",
+        &[("profile", report.profile.clone())],
+    );
+    details.set_precondition_failure(
+        errors
+            .iter()
+            .map(|f| {
+                let subject = f
+                    .sid
+                    .clone()
+                    .or_else(|| f.location.as_ref().map(|l| l.path.clone()))
+                    .unwrap_or_else(|| key.to_owned());
+                PreconditionViolation::new(f.code, subject, f.message.clone())
+            })
+            .collect::<Vec<_>>(),
+    );
+    Status::with_error_details(Code::FailedPrecondition, message, details)
+}
+
+fn retry(code: Code, message: &str, reason: &str, retry_after: Option<Duration>) -> Status {
+    let mut details = ErrorDetails::new();
+    info(&mut details, reason, &[]);
+    details.set_retry_info(Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER)));
+    Status::with_error_details(code, message, details)
+}
+
+impl From<BackendError> for Status {
+    fn from(error: BackendError) -> Status {
+        match error {
+            BackendError::NotFound { what } => status(
+                Code::NotFound,
+                format!("{what} not found"),
+                "NOT_FOUND",
+                &[],
+            ),
+            BackendError::InvalidRequest { field, message } => {
+                invalid_argument(vec![(field.to_owned(), message)])
+            }
+            BackendError::InvalidState { message } => {
+                status(Code::FailedPrecondition, message, "INVALID_STATE", &[])
+            }
+            BackendError::AccessDenied { message } => {
+                tracing::warn!(%message, "the backend denied the sidecar's access");
+                status(
+                    Code::PermissionDenied,
+                    "the backend denied the sidecar's access; check the sidecar's own permissions",
+                    "BACKEND_ACCESS_DENIED",
+                    &[],
+                )
+            }
+            BackendError::Throttled { retry_after } => retry(
+                Code::ResourceExhausted,
+                "the backend is throttling requests; retry later",
+                "BACKEND_THROTTLED",
+                retry_after,
+            ),
+            BackendError::Unavailable {
+                message,
+                retry_after,
+            } => {
+                tracing::warn!(%message, "backend unavailable");
+                retry(
+                    Code::Unavailable,
+                    "the backend is unavailable; retry later",
+                    "BACKEND_UNAVAILABLE",
+                    retry_after,
+                )
+            }
+            BackendError::Timeout => status(
+                Code::DeadlineExceeded,
+                "the backend did not answer in time",
+                "BACKEND_TIMEOUT",
+                &[],
+            ),
+            BackendError::Internal { message } => {
+                tracing::error!(%message, "internal error");
+                status(
+                    Code::Internal,
+                    "internal error; see the sidecar's log",
+                    "INTERNAL",
+                    &[],
+                )
+            }
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Status {
+        match error {
+            ServiceError::InvalidArgument(violations) => invalid_argument(
+                violations
+                    .into_iter()
+                    .map(|v| (v.field.to_owned(), v.description))
+                    .collect(),
+            ),
+            ServiceError::AwsOwnedKey(target) => status(
+                Code::NotFound,
+                ServiceError::AwsOwnedKey(target).to_string(),
+                "AWS_OWNED_KEY",
+                &[
+                    ("scan_type", target.scan_type().as_aws_str().to_owned()),
+                    (
+                        "resource_type",
+                        target.resource_type().as_aws_str().to_owned(),
+                    ),
+                ],
+            ),
+            ServiceError::VerificationFailed { key, report } => {
+                verification_failed(key.as_str(), report)
+            }
+            ServiceError::Backend(error) => error.into(),
+        }
+    }
+}
+
+impl From<AuthzError> for Status {
+    fn from(error: AuthzError) -> Status {
+        match &error {
+            AuthzError::Unauthenticated => status(
+                Code::Unauthenticated,
+                error.to_string(),
+                "UNAUTHENTICATED",
+                &[],
+            ),
+            AuthzError::RoleRequired { required, caller } => status(
+                Code::PermissionDenied,
+                error.to_string(),
+                "ROLE_REQUIRED",
+                &[
+                    ("required_role", required.to_string()),
+                    ("caller", caller.clone()),
+                ],
+            ),
+        }
+    }
+}
