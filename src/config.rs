@@ -129,10 +129,12 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let mut overrides = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
+            overrides.push(name.clone());
             let path: Vec<String> = rest
                 .to_ascii_lowercase()
                 .split("__")
@@ -143,8 +145,20 @@ impl Config {
                 message,
             })?;
         }
-        let config = Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::Shape(e.message().to_owned()))?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let mut message = match e.path().to_string().as_str() {
+                    "." => e.inner().message().to_owned(),
+                    path => format!("`{path}`: {}", e.inner().message()),
+                };
+                if !overrides.is_empty() {
+                    message.push_str(&format!(
+                        " (environment overrides: {})",
+                        overrides.join(", ")
+                    ));
+                }
+                ConfigError::Shape(message)
+            })?;
         config.listeners()?;
         config.validate()?;
         Ok(config)

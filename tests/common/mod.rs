@@ -1,0 +1,258 @@
+//! The one helper every integration test uses to run the real `inspector-keyd` binary:
+//! a temporary state directory and Unix socket, an ephemeral loopback TCP port, and
+//! clients for both. Also finds the external tools (grpcurl, Python) the test command
+//! installs, failing under `CI=true` when one is missing.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use hyper_util::rt::TokioIo;
+use inspector_keyd::proto::{
+    self, encryption_key_service_client::EncryptionKeyServiceClient,
+    local_kms_service_client::LocalKmsServiceClient,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_inspector-keyd");
+pub const CODE: i32 = proto::ScanType::Code as i32;
+pub const LAMBDA: i32 = proto::ResourceType::AwsLambdaFunction as i32;
+pub const REPOSITORY: i32 = proto::ResourceType::CodeRepository as i32;
+
+/// A running sidecar on a temporary state directory.
+pub struct Sidecar {
+    child: Child,
+    dir: Arc<tempfile::TempDir>,
+    pub socket: PathBuf,
+    pub tcp: SocketAddr,
+    log: Arc<Mutex<String>>,
+    extra_config: String,
+}
+
+impl Sidecar {
+    /// Starts a sidecar with the default test configuration.
+    pub fn start() -> Sidecar {
+        Sidecar::start_with("")
+    }
+
+    /// Starts a sidecar; `extra_config` is appended to the top level of its TOML config.
+    pub fn start_with(extra_config: &str) -> Sidecar {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Sidecar::start_in(dir, extra_config.to_owned())
+    }
+
+    fn start_in(dir: Arc<tempfile::TempDir>, extra_config: String) -> Sidecar {
+        let socket = dir.path().join("keyd.sock");
+        let config = dir.path().join("keyd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {state:?}\nshutdown_timeout_secs = 5\n{extra_config}\n[listen]\nunix_socket = {socket:?}\ntcp = \"127.0.0.1:0\"\n",
+                state = dir.path().join("state"),
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start inspector-keyd");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(" serving ") {
+                    let tcp = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("tcp="))
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                    let _ = tx.send(tcp);
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let tcp = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(tcp)) => tcp,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("inspector-keyd did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Sidecar {
+            child,
+            dir,
+            socket,
+            tcp,
+            log,
+            extra_config,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts a new server on the same state directory.
+    pub fn restart(mut self) -> Sidecar {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Sidecar::start_in(self.dir.clone(), self.extra_config.clone())
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, ...) to the server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the server to exit, letting this test's other tasks run.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A channel over the Unix socket (the caller is this test's uid: admin).
+    pub async fn unix_channel(&self) -> Channel {
+        unix_channel(&self.socket).await
+    }
+
+    /// A channel over loopback TCP (read-only).
+    pub async fn tcp_channel(&self) -> Channel {
+        Endpoint::try_from(format!("http://{}", self.tcp))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn admin_keys(&self) -> EncryptionKeyServiceClient<Channel> {
+        EncryptionKeyServiceClient::new(self.unix_channel().await)
+    }
+
+    pub async fn read_only_keys(&self) -> EncryptionKeyServiceClient<Channel> {
+        EncryptionKeyServiceClient::new(self.tcp_channel().await)
+    }
+
+    pub async fn kms(&self) -> LocalKmsServiceClient<Channel> {
+        LocalKmsServiceClient::new(self.unix_channel().await)
+    }
+
+    /// Creates a local key and returns its ARN.
+    pub async fn create_key(&self, request: proto::CreateKeyRequest) -> String {
+        self.kms()
+            .await
+            .create_key(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .key_metadata
+            .unwrap()
+            .arn
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn unix_channel(path: &Path) -> Channel {
+    let path = path.to_owned();
+    Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+pub fn get_request(resource_type: i32) -> proto::GetEncryptionKeyRequest {
+    proto::GetEncryptionKeyRequest {
+        scan_type: CODE,
+        resource_type,
+    }
+}
+
+pub fn update_request(kms_key_id: &str) -> proto::UpdateEncryptionKeyRequest {
+    proto::UpdateEncryptionKeyRequest {
+        kms_key_id: kms_key_id.to_owned(),
+        scan_type: CODE,
+        resource_type: LAMBDA,
+        validate_only: false,
+    }
+}
+
+/// An external tool the test command installs into `.tools/`. Missing: the test fails
+/// under `CI=true`, and is skipped with a note elsewhere.
+pub fn tool(env_var: &str, default_relative: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default_relative));
+    if path.is_file() {
+        return Some(path);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "{} is missing (set {env_var} or run scripts/install-test-tools.sh)",
+        path.display()
+    );
+    eprintln!(
+        "SKIPPED: {} is missing; run scripts/install-test-tools.sh (CI=true makes this a failure)",
+        path.display()
+    );
+    None
+}
