@@ -48,6 +48,16 @@ impl Sidecar {
         Sidecar::start_in(dir, extra_config.to_owned())
     }
 
+    /// Starts `inspector-keyd serve` with no configuration at all, as the README runs it,
+    /// in a temporary working directory (so on the default port 127.0.0.1:50051).
+    pub fn start_default() -> Sidecar {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut command = Command::new(BIN);
+        command.arg("serve").current_dir(dir.path());
+        let socket = dir.path().join("state/keyd.sock");
+        Sidecar::spawn(command, dir, socket, String::new())
+    }
+
     fn start_in(dir: Arc<tempfile::TempDir>, extra_config: String) -> Sidecar {
         let socket = dir.path().join("keyd.sock");
         let config = dir.path().join("keyd.toml");
@@ -59,9 +69,18 @@ impl Sidecar {
             ),
         )
         .unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&config)
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--config"]).arg(&config);
+        Sidecar::spawn(command, dir, socket, extra_config)
+    }
+
+    fn spawn(
+        mut command: Command,
+        dir: Arc<tempfile::TempDir>,
+        socket: PathBuf,
+        extra_config: String,
+    ) -> Sidecar {
+        let mut child = command
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

@@ -1,0 +1,87 @@
+//! Runs the README's grpcurl examples verbatim against `inspector-keyd serve` started with
+//! no configuration, and checks each prints what the README shows (key ids, dates and
+//! client ports aside).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::Sidecar;
+use regex::Regex;
+
+/// A `$ command` line of a `console` block, with the output the README shows for it.
+struct Example {
+    command: String,
+    output: String,
+}
+
+fn examples(readme: &str) -> Vec<Example> {
+    let mut examples: Vec<Example> = Vec::new();
+    let mut in_console = false;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_console = line == "```console";
+            continue;
+        }
+        if !in_console {
+            continue;
+        }
+        if let Some(command) = line.strip_prefix("$ ") {
+            examples.push(Example {
+                command: command.to_owned(),
+                output: String::new(),
+            });
+        } else if let Some(last) = examples.last_mut() {
+            last.output.push_str(line);
+            last.output.push('\n');
+        }
+    }
+    examples
+}
+
+fn normalize(text: &str) -> String {
+    let uuid = Regex::new(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").unwrap();
+    let time = Regex::new(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z").unwrap();
+    let port = Regex::new(r"tcp:127\.0\.0\.1:\d+").unwrap();
+    let text = uuid.replace_all(text, "<uuid>");
+    let text = time.replace_all(&text, "<time>");
+    port.replace_all(&text, "tcp:127.0.0.1:<port>")
+        .trim_end()
+        .to_owned()
+}
+
+#[test]
+fn readme_grpcurl_examples_print_what_the_readme_shows() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let examples = examples(&readme);
+    assert!(examples.len() >= 12, "README examples not found");
+    let sidecar = Sidecar::start_default();
+    let Some(grpcurl) = common::tool("KEYD_TEST_GRPCURL", ".tools/venv/bin/grpcurl") else {
+        return;
+    };
+    const END: &str = "@@README-EXAMPLE-END@@";
+    let mut script = format!("export PATH={:?}:\"$PATH\"\n", grpcurl.parent().unwrap());
+    for example in &examples {
+        script.push_str(&format!("{} 2>&1\necho {END}\n", example.command));
+    }
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(sidecar.dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let outputs: Vec<&str> = stdout.split(&format!("{END}\n")).collect();
+    for (example, actual) in examples.iter().zip(&outputs) {
+        assert_eq!(
+            normalize(actual),
+            normalize(&example.output),
+            "README example `{}` printed something else",
+            example.command
+        );
+    }
+    assert_eq!(outputs.len(), examples.len() + 1, "{stdout}");
+}
