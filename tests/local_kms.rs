@@ -1,0 +1,397 @@
+//! The local KMS service through the real binary: key lifecycle, policies and
+//! multi-Region keys, with AWS KMS semantics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use inspector_keyd::proto::{self, KeyMetadata};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+async fn describe(sidecar: &Sidecar, key_id: &str) -> KeyMetadata {
+    sidecar
+        .kms()
+        .await
+        .describe_key(proto::DescribeKeyRequest {
+            key_id: key_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+}
+
+#[tokio::test]
+async fn keys_look_like_describe_key() {
+    let sidecar = Sidecar::start();
+    let mut kms = sidecar.kms().await;
+    let created = kms
+        .create_key(proto::CreateKeyRequest {
+            description: "scans".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    let uuid =
+        regex::Regex::new(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+            .unwrap();
+    assert!(uuid.is_match(&created.key_id), "{}", created.key_id);
+    assert_eq!(
+        created.arn,
+        format!("arn:aws:kms:us-east-1:111122223333:key/{}", created.key_id)
+    );
+    assert_eq!(created.aws_account_id, "111122223333");
+    assert_eq!(
+        (
+            created.key_spec.as_str(),
+            created.key_usage.as_str(),
+            created.key_state.as_str()
+        ),
+        ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "Enabled")
+    );
+    assert_eq!(
+        (created.origin.as_str(), created.key_manager.as_str()),
+        ("AWS_KMS", "CUSTOMER")
+    );
+    assert!(created.enabled && !created.multi_region && created.creation_date.is_some());
+    assert_eq!(created.encryption_algorithms, ["SYMMETRIC_DEFAULT"]);
+
+    // DescribeKey by bare id (sidecar's Region) or by ARN.
+    assert_eq!(describe(&sidecar, &created.key_id).await, created);
+    assert_eq!(describe(&sidecar, &created.arn).await, created);
+
+    // The AWS default key policy delegates to the account.
+    let policy = kms
+        .get_key_policy(proto::GetKeyPolicyRequest {
+            key_id: created.key_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(policy.policy_name, "default");
+    let policy: serde_json::Value = serde_json::from_str(&policy.policy).unwrap();
+    assert_eq!(
+        policy["Statement"][0]["Principal"]["AWS"],
+        "arn:aws:iam::111122223333:root"
+    );
+    assert_eq!(policy["Statement"][0]["Action"], "kms:*");
+
+    let listed = kms
+        .list_keys(proto::ListKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key_arn, created.arn);
+}
+
+#[tokio::test]
+async fn key_states_follow_kms() {
+    let sidecar = Sidecar::start();
+    let mut kms = sidecar.kms().await;
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+
+    kms.disable_key(proto::DisableKeyRequest {
+        key_id: arn.clone(),
+    })
+    .await
+    .unwrap();
+    let disabled = describe(&sidecar, &arn).await;
+    assert_eq!(
+        (disabled.key_state.as_str(), disabled.enabled),
+        ("Disabled", false)
+    );
+
+    let scheduled = kms
+        .schedule_key_deletion(proto::ScheduleKeyDeletionRequest {
+            key_id: arn.clone(),
+            pending_window_in_days: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert_eq!(scheduled.key_state, "PendingDeletion");
+    let seconds =
+        scheduled.deletion_date.unwrap().seconds - scheduled.creation_date.unwrap().seconds;
+    assert!(
+        (29 * 86_400..=31 * 86_400).contains(&seconds),
+        "default window is 30 days: {seconds}"
+    );
+
+    // A key pending deletion can be neither enabled nor scheduled again.
+    let status = kms
+        .enable_key(proto::EnableKeyRequest {
+            key_id: arn.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::FailedPrecondition, "INVALID_STATE")
+    );
+    assert!(
+        status.message().contains("pending deletion"),
+        "{}",
+        status.message()
+    );
+    let again = proto::ScheduleKeyDeletionRequest {
+        key_id: arn.clone(),
+        pending_window_in_days: 7,
+    };
+    assert_eq!(
+        kms.schedule_key_deletion(again).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+
+    // Cancelling leaves the key Disabled, as in AWS KMS.
+    let cancelled = kms
+        .cancel_key_deletion(proto::CancelKeyDeletionRequest {
+            key_id: arn.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert_eq!(cancelled.key_state, "Disabled");
+    assert!(cancelled.deletion_date.is_none());
+    kms.enable_key(proto::EnableKeyRequest {
+        key_id: arn.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(describe(&sidecar, &arn).await.key_state, "Enabled");
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_change_nothing() {
+    let sidecar = Sidecar::start();
+    let mut kms = sidecar.kms().await;
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let policy_before = kms
+        .get_key_policy(proto::GetKeyPolicyRequest {
+            key_id: arn.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy;
+
+    let field_of = |status: &tonic::Status| {
+        status
+            .get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations[0]
+            .field
+            .clone()
+    };
+    let cases = [
+        (
+            proto::CreateKeyRequest {
+                key_spec: "AES_256".into(),
+                ..Default::default()
+            },
+            "key_spec",
+        ),
+        (
+            proto::CreateKeyRequest {
+                key_spec: "RSA_2048".into(),
+                ..Default::default()
+            },
+            "key_usage",
+        ),
+        (
+            proto::CreateKeyRequest {
+                key_spec: "HMAC_256".into(),
+                key_usage: "ENCRYPT_DECRYPT".into(),
+                ..Default::default()
+            },
+            "key_usage",
+        ),
+        (
+            proto::CreateKeyRequest {
+                region: "mars-1".into(),
+                ..Default::default()
+            },
+            "region",
+        ),
+        (
+            proto::CreateKeyRequest {
+                policy: "{not json".into(),
+                ..Default::default()
+            },
+            "policy",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = kms.create_key(request.clone()).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
+        assert_eq!(field_of(&status), field, "{request:?}");
+    }
+
+    for policy in [
+        "[]".to_owned(),
+        "{\"x\": \"\u{263a}\"}".to_owned(),
+        format!("{{\"Id\": \"{}\"}}", "a".repeat(33_000)),
+    ] {
+        let status = kms
+            .put_key_policy(proto::PutKeyPolicyRequest {
+                key_id: arn.clone(),
+                policy,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(field_of(&status), "policy");
+    }
+    let policy_after = kms
+        .get_key_policy(proto::GetKeyPolicyRequest {
+            key_id: arn.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy;
+    assert_eq!(policy_after, policy_before);
+    let listed = kms
+        .list_keys(proto::ListKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(listed.len(), 1, "no refused CreateKey made a key");
+
+    let missing = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000";
+    let status = kms
+        .disable_key(proto::DisableKeyRequest {
+            key_id: missing.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::NotFound, "NOT_FOUND")
+    );
+    let status = kms
+        .describe_key(proto::DescribeKeyRequest {
+            key_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let new_policy = r#"{"Version": "2012-10-17", "Statement": []}"#;
+    kms.put_key_policy(proto::PutKeyPolicyRequest {
+        key_id: arn.clone(),
+        policy: new_policy.into(),
+    })
+    .await
+    .unwrap();
+    let stored = kms
+        .get_key_policy(proto::GetKeyPolicyRequest { key_id: arn })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy;
+    assert_eq!(stored, new_policy);
+}
+
+#[tokio::test]
+async fn multi_region_keys_replicate() {
+    let sidecar = Sidecar::start();
+    let mut kms = sidecar.kms().await;
+    let primary = kms
+        .create_key(proto::CreateKeyRequest {
+            multi_region: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    let mrk = regex::Regex::new(r"^mrk-[0-9a-f]{32}$").unwrap();
+    assert!(mrk.is_match(&primary.key_id), "{}", primary.key_id);
+    assert_eq!(
+        primary
+            .multi_region_configuration
+            .as_ref()
+            .unwrap()
+            .multi_region_key_type,
+        "PRIMARY"
+    );
+
+    let replica = kms
+        .replicate_key(proto::ReplicateKeyRequest {
+            key_id: primary.arn.clone(),
+            replica_region: "eu-west-1".into(),
+            policy: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .replica_key_metadata
+        .unwrap();
+    assert_eq!(replica.key_id, primary.key_id);
+    assert_eq!(
+        replica.arn,
+        format!("arn:aws:kms:eu-west-1:111122223333:key/{}", primary.key_id)
+    );
+    let config = replica.multi_region_configuration.unwrap();
+    assert_eq!(config.multi_region_key_type, "REPLICA");
+    assert_eq!(config.primary_key.unwrap().arn, primary.arn);
+
+    let primary_now = describe(&sidecar, &primary.arn).await;
+    let replicas = primary_now.multi_region_configuration.unwrap().replica_keys;
+    assert_eq!(replicas.len(), 1);
+    assert_eq!(
+        (replicas[0].arn.as_str(), replicas[0].region.as_str()),
+        (replica.arn.as_str(), "eu-west-1")
+    );
+
+    // Twice into one Region, into the primary's Region, or from a single-Region key: refused.
+    for (key_id, region) in [
+        (primary.arn.clone(), "eu-west-1"),
+        (primary.arn.clone(), "us-east-1"),
+        (
+            sidecar.create_key(proto::CreateKeyRequest::default()).await,
+            "eu-west-1",
+        ),
+        (replica.arn.clone(), "ap-south-1"),
+    ] {
+        let request = proto::ReplicateKeyRequest {
+            key_id,
+            replica_region: region.into(),
+            policy: String::new(),
+        };
+        let status = kms.replicate_key(request.clone()).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
+    }
+
+    // The replica, in another Region, is usable by Inspector because it is multi-Region.
+    let updated = sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&replica.arn))
+        .await
+        .unwrap();
+    assert!(updated.into_inner().applied);
+}
