@@ -45,7 +45,10 @@ pub fn required_role(path: &str) -> Option<Role> {
         ("grpc.health.v1.Health", _)
         | ("grpc.reflection.v1.ServerReflection", _)
         | ("grpc.reflection.v1alpha.ServerReflection", _) => None,
-        ("inspectorkeyd.v1.EncryptionKeyService", "GetEncryptionKey") => Some(Role::ReadOnly),
+        (
+            "inspectorkeyd.v1.EncryptionKeyService",
+            "GetEncryptionKey" | "VerifyKeyPolicy" | "RenderKeyPolicy",
+        ) => Some(Role::ReadOnly),
         _ => Some(Role::Admin),
     }
 }

@@ -9,7 +9,9 @@ use std::{
 };
 
 use serde::Deserialize;
-use serde_with::{DisplayFromStr, PickFirst, serde_as};
+use serde_with::{DisplayFromStr, OneOrMany, PickFirst, serde_as};
+
+use crate::verify::Profile;
 
 /// Prefix of environment overrides. Nested keys join with `__`:
 /// `INSPECTOR_KEYD_LISTEN__TCP=127.0.0.1:6000` sets `[listen] tcp`.
@@ -43,6 +45,25 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// `tracing` filter directive when `RUST_LOG` is unset. Default `info`.
     pub log_level: String,
+    pub verification: VerificationConfig,
+}
+
+/// How keys are verified before they are put in use.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerificationConfig {
+    /// The IAM principal that calls Inspector. Default
+    /// `arn:aws:iam::<account_id>:role/inspector-keyd`.
+    pub principal_arn: Option<String>,
+    /// Files holding that principal's identity policies (JSON). Default none.
+    #[serde_as(as = "OneOrMany<_>")]
+    pub identity_policy_files: Vec<PathBuf>,
+    /// Profile for CODE + AWS_LAMBDA_FUNCTION. Default `codeguru-grants` on the local
+    /// backend (which emulates that system).
+    pub lambda_profile: Option<String>,
+    /// Profile for CODE + CODE_REPOSITORY. Default `amazon-q-code-repository`.
+    pub code_repository_profile: Option<String>,
 }
 
 /// Where the sidecar listens.
@@ -68,6 +89,7 @@ impl Default for Config {
             listen: ListenConfig::default(),
             shutdown_timeout_secs: 10,
             log_level: "info".into(),
+            verification: VerificationConfig::default(),
         }
     }
 }
@@ -180,7 +202,63 @@ impl Config {
                 message: format!("`{}` is not a 12-digit AWS account id", self.account_id),
             });
         }
+        self.lambda_profile()?;
+        self.code_repository_profile()?;
+        crate::verify::render::check_params(&self.region, &self.account_id, &self.principal_arn())
+            .map_err(|e| ConfigError::Value {
+                key: "verification.principal_arn",
+                message: e.to_string(),
+            })?;
         Ok(())
+    }
+
+    /// The principal that calls Inspector.
+    pub fn principal_arn(&self) -> String {
+        self.verification.principal_arn.clone().unwrap_or_else(|| {
+            format!(
+                "arn:{}:iam::{}:role/inspector-keyd",
+                crate::domain::partition_of(&self.region),
+                self.account_id
+            )
+        })
+    }
+
+    fn profile(
+        key: &'static str,
+        name: Option<&str>,
+        default: Profile,
+    ) -> Result<Profile, ConfigError> {
+        match name {
+            None => Ok(default),
+            Some(name) => Profile::parse(name).ok_or_else(|| ConfigError::Value {
+                key,
+                message: format!(
+                    "`{name}` is not a verification profile; one of {}",
+                    Profile::names()
+                ),
+            }),
+        }
+    }
+
+    /// The profile for CODE + AWS_LAMBDA_FUNCTION.
+    pub fn lambda_profile(&self) -> Result<Profile, ConfigError> {
+        let default = match self.backend {
+            BackendKind::Local => Profile::CodeguruGrants,
+        };
+        Config::profile(
+            "verification.lambda_profile",
+            self.verification.lambda_profile.as_deref(),
+            default,
+        )
+    }
+
+    /// The profile for CODE + CODE_REPOSITORY.
+    pub fn code_repository_profile(&self) -> Result<Profile, ConfigError> {
+        Config::profile(
+            "verification.code_repository_profile",
+            self.verification.code_repository_profile.as_deref(),
+            Profile::AmazonQCodeRepository,
+        )
     }
 
     /// The listeners to open; refuses a configuration that would open none, or a
@@ -281,6 +359,15 @@ mod tests {
         );
         assert_eq!(listeners.unix_socket_mode, 0o660);
         assert_eq!(listeners.tcp, Some("127.0.0.1:50051".parse().unwrap()));
+        assert_eq!(config.lambda_profile().unwrap(), Profile::CodeguruGrants);
+        assert_eq!(
+            config.code_repository_profile().unwrap(),
+            Profile::AmazonQCodeRepository
+        );
+        assert_eq!(
+            config.principal_arn(),
+            "arn:aws:iam::111122223333:role/inspector-keyd"
+        );
     }
 
     #[test]
@@ -335,6 +422,14 @@ mod tests {
             .contains("no listener")
         );
         assert!(err(&[("INSPECTOR_KEYD_BACKEND", "cloud")]).contains("unknown variant `cloud`"));
+        assert!(
+            err(&[("INSPECTOR_KEYD_VERIFICATION__LAMBDA_PROFILE", "strict")])
+                .contains("`verification.lambda_profile`")
+        );
+        assert!(
+            err(&[("INSPECTOR_KEYD_VERIFICATION__PRINCIPAL_ARN", "role-ARN")])
+                .contains("`verification.principal_arn`")
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::{
         self, encryption_key_service_server::EncryptionKeyServiceServer,
         local_kms_service_server::LocalKmsServiceServer,
     },
-    service::{EncryptionKeys, LocalKmsApi},
+    service::{EncryptionKeys, LocalKmsApi, VerificationSettings},
 };
 
 /// Why the server could not start or stopped abnormally.
@@ -28,6 +28,11 @@ use crate::{
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("cannot read identity policy file `{path}`: {source}")]
+    IdentityPolicy {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
     #[error("cannot open the backend: {0}")]
     Backend(#[from] BackendError),
     #[error("cannot listen on {listener}: {source}")]
@@ -39,6 +44,26 @@ pub enum ServeError {
         listener: String,
         source: tonic::transport::Error,
     },
+}
+
+/// The verification settings, with the identity policy files read.
+fn verification_settings(config: &Config) -> Result<VerificationSettings, ServeError> {
+    let mut identity_policies = Vec::new();
+    for path in &config.verification.identity_policy_files {
+        let text = std::fs::read_to_string(path).map_err(|source| ServeError::IdentityPolicy {
+            path: path.clone(),
+            source,
+        })?;
+        identity_policies.push(text);
+    }
+    Ok(VerificationSettings {
+        region: config.region.clone(),
+        account_id: config.account_id.clone(),
+        principal_arn: config.principal_arn(),
+        identity_policies,
+        lambda_profile: config.lambda_profile()?,
+        code_repository_profile: config.code_repository_profile()?,
+    })
 }
 
 /// Binds the Unix socket, replacing a stale socket file but never a live server's.
@@ -84,7 +109,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             (Arc::new(local) as Arc<dyn Backend>, Some(kms))
         }
     };
-    let keys = EncryptionKeys::new(backend, config.region.clone());
+    let keys = EncryptionKeys::new(backend, verification_settings(&config)?);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)

@@ -75,7 +75,11 @@ async fn get_update_get_reset_get() {
     assert!(updated.applied);
     let report = updated.report.unwrap();
     assert!(report.passed);
-    assert!(report.findings.is_empty());
+    assert_eq!(report.profile, "codeguru-grants");
+    // The default key policy delegates to the account, and no identity policy is configured.
+    let codes: Vec<_> = report.findings.iter().map(|f| f.code.as_str()).collect();
+    assert_eq!(codes, ["IDENTITY_POLICY_NOT_CHECKED"]);
+    assert_eq!(report.findings[0].severity(), proto::Severity::Warning);
 
     assert_eq!(current_key(&sidecar).await, arn);
     // Targets are independent.
@@ -372,7 +376,7 @@ async fn loopback_tcp_callers_are_read_only() {
 async fn acknowledged_writes_survive_kill_9() {
     let mut sidecar = Sidecar::start();
     let lambda_key = sidecar.create_key(proto::CreateKeyRequest::default()).await;
-    let repository_key = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let repository_key = sidecar.create_repository_key().await;
     let mut admin = sidecar.admin_keys().await;
     admin
         .update_encryption_key(update_request(&lambda_key))

@@ -7,36 +7,92 @@ use tonic::{Request, Response, Status};
 use super::{ServiceError, validation};
 use crate::{
     backend::{Backend, BackendError},
-    domain::KeyArn,
+    domain::{KeyArn, ResourceType, Target},
     proto::{self, encryption_key_service_server::EncryptionKeyService},
-    verify::{self, Finding, Report},
+    verify::{self, Finding, Profile, RenderError, Report},
 };
+
+/// What keys are verified against: the sidecar's Region and account, the principal that
+/// calls Inspector with its identity policies, and the profile per target.
+#[derive(Debug, Clone)]
+pub struct VerificationSettings {
+    pub region: String,
+    pub account_id: String,
+    pub principal_arn: String,
+    pub identity_policies: Vec<String>,
+    pub lambda_profile: Profile,
+    pub code_repository_profile: Profile,
+}
+
+impl VerificationSettings {
+    pub fn profile_for(&self, target: Target) -> Profile {
+        match target.resource_type() {
+            ResourceType::CodeRepository => self.code_repository_profile,
+            _ => self.lambda_profile,
+        }
+    }
+}
 
 /// The encryption-key service over a backend.
 #[derive(Clone)]
 pub struct EncryptionKeys {
     backend: Arc<dyn Backend>,
-    region: String,
+    settings: Arc<VerificationSettings>,
+}
+
+/// Whose access a verification checks.
+struct Subject<'a> {
+    profile: Profile,
+    principal_arn: &'a str,
+    identity_policies: &'a [String],
 }
 
 impl EncryptionKeys {
-    /// `region` is the Region the sidecar manages keys for; keys must be in it or be
-    /// multi-Region.
-    pub fn new(backend: Arc<dyn Backend>, region: String) -> EncryptionKeys {
-        EncryptionKeys { backend, region }
+    pub fn new(backend: Arc<dyn Backend>, settings: VerificationSettings) -> EncryptionKeys {
+        EncryptionKeys {
+            backend,
+            settings: Arc::new(settings),
+        }
     }
 
-    /// Verifies `key` for use: it must exist and pass the key rules.
-    async fn verify(&self, key: &KeyArn) -> Result<Report, ServiceError> {
-        let findings = match self.backend.describe_key(key).await {
-            Ok(metadata) => verify::verify_key_metadata(&metadata, &self.region),
-            Err(BackendError::NotFound { .. }) => vec![
-                Finding::error("KEY_NOT_FOUND", format!("key `{key}` does not exist"))
-                    .with_fix("create the key, or check the Region and account in its ARN"),
-            ],
+    fn verify_documents(
+        &self,
+        subject: &Subject<'_>,
+        metadata: Option<&verify::KeyMetadata>,
+        key_policy: &str,
+    ) -> Report {
+        verify::verify(&verify::Input {
+            profile: subject.profile,
+            region: &self.settings.region,
+            account_id: &self.settings.account_id,
+            principal_arn: subject.principal_arn,
+            key_metadata: metadata,
+            key_policy,
+            identity_policies: subject.identity_policies,
+        })
+    }
+
+    /// Verifies a key the backend holds: its metadata and its policy.
+    async fn verify_key(
+        &self,
+        key: &KeyArn,
+        subject: &Subject<'_>,
+    ) -> Result<Report, ServiceError> {
+        let (metadata, policy) = tokio::join!(
+            self.backend.describe_key(key),
+            self.backend.get_key_policy(key)
+        );
+        let metadata = match metadata {
+            Ok(metadata) => metadata,
+            Err(BackendError::NotFound { .. }) => {
+                let finding =
+                    Finding::error("KEY_NOT_FOUND", format!("key `{key}` does not exist"))
+                        .with_fix("create the key, or check the Region and account in its ARN");
+                return Ok(Report::new(subject.profile.name(), vec![finding]));
+            }
             Err(e) => return Err(e.into()),
         };
-        Ok(Report::new(verify::KEY_METADATA_PROFILE, findings))
+        Ok(self.verify_documents(subject, Some(&metadata), &policy?))
     }
 
     async fn get(
@@ -55,7 +111,12 @@ impl EncryptionKeys {
         request: proto::UpdateEncryptionKeyRequest,
     ) -> Result<proto::UpdateEncryptionKeyResponse, ServiceError> {
         let (key, target) = validation::update_request(&request)?;
-        let report = self.verify(&key).await?;
+        let subject = Subject {
+            profile: self.settings.profile_for(target),
+            principal_arn: &self.settings.principal_arn,
+            identity_policies: &self.settings.identity_policies,
+        };
+        let report = self.verify_key(&key, &subject).await?;
         if !report.passed {
             tracing::info!(%target, key = %key, "update refused: the key failed verification");
             return Err(ServiceError::VerificationFailed { key, report });
@@ -80,6 +141,78 @@ impl EncryptionKeys {
         tracing::info!(%target, "reset to the AWS owned key");
         Ok(proto::ResetEncryptionKeyResponse {})
     }
+
+    async fn verify_policy(
+        &self,
+        request: proto::VerifyKeyPolicyRequest,
+    ) -> Result<proto::VerifyKeyPolicyResponse, ServiceError> {
+        let checked =
+            validation::verify_request(&request, |target| self.settings.profile_for(target))?;
+        let identity_policies = if request.identity_policies.is_empty() {
+            &self.settings.identity_policies
+        } else {
+            &request.identity_policies
+        };
+        let subject = Subject {
+            profile: checked.profile,
+            principal_arn: checked
+                .principal_arn
+                .unwrap_or(&self.settings.principal_arn),
+            identity_policies,
+        };
+        let report = match checked.key {
+            validation::KeyToVerify::Stored(key) => self.verify_key(&key, &subject).await?,
+            validation::KeyToVerify::Inline {
+                metadata,
+                key_policy,
+            } => self.verify_documents(&subject, metadata.as_ref(), key_policy),
+        };
+        Ok(proto::VerifyKeyPolicyResponse {
+            report: Some(report.into()),
+        })
+    }
+
+    fn render_policy(
+        &self,
+        request: proto::RenderKeyPolicyRequest,
+    ) -> Result<proto::RenderKeyPolicyResponse, ServiceError> {
+        let profile = validation::profile_name(&request.profile)?;
+        let or = |value: &'_ str, default: &'_ str| {
+            if value.is_empty() {
+                default.to_owned()
+            } else {
+                value.to_owned()
+            }
+        };
+        let region = or(&request.region, &self.settings.region);
+        let account_id = or(&request.account_id, &self.settings.account_id);
+        let principal_arn = or(&request.principal_arn, &self.settings.principal_arn);
+        let existing = (!request.existing_policy_json.is_empty())
+            .then_some(request.existing_policy_json.as_str());
+        let policy_json = verify::render(profile, &region, &account_id, &principal_arn, existing)
+            .map_err(|e| {
+            let field = match e {
+                RenderError::Region { .. } => "region",
+                RenderError::Account { .. } => "account_id",
+                RenderError::Principal { .. } => "principal_arn",
+                RenderError::Existing(_) | RenderError::TooLarge(_) => "existing_policy_json",
+            };
+            ServiceError::InvalidArgument(vec![validation::FieldViolation::new(
+                field,
+                e.to_string(),
+            )])
+        })?;
+        let document_kind = match profile.document_kind() {
+            verify::policy::DocumentKind::KeyPolicy => proto::PolicyDocumentKind::KeyPolicy,
+            verify::policy::DocumentKind::IdentityPolicy => {
+                proto::PolicyDocumentKind::IdentityPolicy
+            }
+        };
+        Ok(proto::RenderKeyPolicyResponse {
+            policy_json,
+            document_kind: document_kind.into(),
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -103,6 +236,22 @@ impl EncryptionKeyService for EncryptionKeys {
         request: Request<proto::ResetEncryptionKeyRequest>,
     ) -> Result<Response<proto::ResetEncryptionKeyResponse>, Status> {
         Ok(Response::new(self.reset(request.into_inner()).await?))
+    }
+
+    async fn verify_key_policy(
+        &self,
+        request: Request<proto::VerifyKeyPolicyRequest>,
+    ) -> Result<Response<proto::VerifyKeyPolicyResponse>, Status> {
+        Ok(Response::new(
+            self.verify_policy(request.into_inner()).await?,
+        ))
+    }
+
+    async fn render_key_policy(
+        &self,
+        request: Request<proto::RenderKeyPolicyRequest>,
+    ) -> Result<Response<proto::RenderKeyPolicyResponse>, Status> {
+        Ok(Response::new(self.render_policy(request.into_inner())?))
     }
 }
 

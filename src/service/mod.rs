@@ -6,7 +6,7 @@ mod encryption_key;
 mod local_kms;
 pub mod validation;
 
-pub use encryption_key::EncryptionKeys;
+pub use encryption_key::{EncryptionKeys, VerificationSettings};
 pub use local_kms::LocalKmsApi;
 
 use crate::{

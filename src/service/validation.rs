@@ -4,6 +4,7 @@
 use crate::{
     domain::{KeyArn, ResourceType, ScanType, Target},
     proto,
+    verify::{KeyMetadata, Profile, parse_describe_key},
 };
 
 /// One bad field of a request.
@@ -113,6 +114,109 @@ pub fn update_request(
     let target = target(request.scan_type, request.resource_type, &mut violations);
     match (key, target) {
         (Some(key), Some(target)) if violations.is_empty() => Ok((key, target)),
+        _ => Err(violations),
+    }
+}
+
+/// A profile given by name.
+pub fn profile_name(name: &str) -> Result<Profile, Vec<FieldViolation>> {
+    if name.is_empty() {
+        return Err(vec![FieldViolation::new(
+            "profile",
+            format!("is required; one of {}", Profile::names()),
+        )]);
+    }
+    Profile::parse(name).ok_or_else(|| {
+        vec![FieldViolation::new(
+            "profile",
+            format!(
+                "`{name}` is not a verification profile; one of {}",
+                Profile::names()
+            ),
+        )]
+    })
+}
+
+/// The key a VerifyKeyPolicy request names.
+pub enum KeyToVerify<'r> {
+    /// A key the backend holds.
+    Stored(KeyArn),
+    /// Documents in the request.
+    Inline {
+        metadata: Option<KeyMetadata>,
+        key_policy: &'r str,
+    },
+}
+
+/// A checked VerifyKeyPolicy request.
+pub struct VerifyRequest<'r> {
+    pub profile: Profile,
+    pub principal_arn: Option<&'r str>,
+    pub key: KeyToVerify<'r>,
+}
+
+/// Checks a VerifyKeyPolicy request; `profile_for` gives the configured profile of a
+/// target when the request names none.
+pub fn verify_request<'r>(
+    request: &'r proto::VerifyKeyPolicyRequest,
+    profile_for: impl Fn(Target) -> Profile,
+) -> Result<VerifyRequest<'r>, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let profile = if request.profile.is_empty() {
+        if request.scan_type == 0 && request.resource_type == 0 {
+            violations.push(FieldViolation::new(
+                "profile",
+                format!(
+                    "name a profile ({}) or give scan_type and resource_type to use the configured one",
+                    Profile::names()
+                ),
+            ));
+            None
+        } else {
+            target(request.scan_type, request.resource_type, &mut violations).map(profile_for)
+        }
+    } else {
+        profile_name(&request.profile)
+            .map_err(|v| violations.extend(v))
+            .ok()
+    };
+    let principal_arn =
+        (!request.principal_arn.is_empty()).then_some(request.principal_arn.as_str());
+    let key = match &request.key {
+        None => {
+            violations.push(FieldViolation::new(
+                "kms_key_id",
+                "set kms_key_id or inline_key",
+            ));
+            None
+        }
+        Some(proto::verify_key_policy_request::Key::KmsKeyId(id)) => KeyArn::parse(id)
+            .map_err(|e| violations.push(FieldViolation::new("kms_key_id", e.to_string())))
+            .ok()
+            .map(KeyToVerify::Stored),
+        Some(proto::verify_key_policy_request::Key::InlineKey(inline)) => {
+            let metadata = if inline.key_metadata_json.is_empty() {
+                Some(None)
+            } else {
+                parse_describe_key(&inline.key_metadata_json)
+                    .map_err(|e| {
+                        violations.push(FieldViolation::new("inline_key.key_metadata_json", e))
+                    })
+                    .ok()
+                    .map(Some)
+            };
+            metadata.map(|metadata| KeyToVerify::Inline {
+                metadata,
+                key_policy: &inline.key_policy,
+            })
+        }
+    };
+    match (profile, key) {
+        (Some(profile), Some(key)) if violations.is_empty() => Ok(VerifyRequest {
+            profile,
+            principal_arn,
+            key,
+        }),
         _ => Err(violations),
     }
 }

@@ -68,6 +68,24 @@ impl KeyMetadata {
     }
 }
 
+/// Reads the JSON `aws kms describe-key` prints (`{"KeyMetadata": {...}}`), or the bare
+/// metadata object.
+pub fn parse_describe_key(text: &str) -> Result<KeyMetadata, String> {
+    #[derive(Deserialize)]
+    struct Describe {
+        #[serde(rename = "KeyMetadata")]
+        key_metadata: KeyMetadata,
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let metadata = if value.get("KeyMetadata").is_some() {
+        serde_json::from_value::<Describe>(value).map(|d| d.key_metadata)
+    } else {
+        serde_json::from_value::<KeyMetadata>(value)
+    };
+    metadata.map_err(|e| format!("not DescribeKey output: {e}"))
+}
+
 /// Checks the key rules: enabled, symmetric, for encryption, customer managed, and in the
 /// sidecar's Region unless multi-Region. One ERROR finding per broken rule.
 pub fn verify_key_metadata(key: &KeyMetadata, region: &str) -> Vec<Finding> {
@@ -201,13 +219,18 @@ mod tests {
             "Enabled": true, "KeyUsage": "ENCRYPT_DECRYPT", "KeyState": "Enabled",
             "Origin": "AWS_KMS", "KeyManager": "CUSTOMER", "KeySpec": "SYMMETRIC_DEFAULT",
             "CustomerMasterKeySpec": "SYMMETRIC_DEFAULT", "MultiRegion": false}}"#;
-        #[derive(Deserialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Describe {
-            key_metadata: KeyMetadata,
-        }
-        let parsed: Describe = serde_json::from_str(json).unwrap();
-        assert_eq!(parsed.key_metadata.region(), "us-east-1");
-        assert!(verify_key_metadata(&parsed.key_metadata, "us-east-1").is_empty());
+        let parsed = parse_describe_key(json).unwrap();
+        assert_eq!(parsed.region(), "us-east-1");
+        assert!(verify_key_metadata(&parsed, "us-east-1").is_empty());
+        assert!(
+            parse_describe_key("[]")
+                .unwrap_err()
+                .contains("not DescribeKey output")
+        );
+        assert!(
+            parse_describe_key("{")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
     }
 }

@@ -1,9 +1,24 @@
-//! Verification of a KMS key (and, with the policy verification work, its policies) before
-//! it is put in use. A pure library: no I/O. The service, the CLI and the tests call it.
+//! Verification of a KMS key and its policies before the key is put in use. A pure
+//! library: no I/O. The service, the CLI and the tests all call [`verify`].
+//!
+//! Finding codes are stable; README.md documents each with an example.
 
+pub mod condition;
+pub mod eval;
+pub mod json;
 mod key;
+pub mod policy;
+pub mod profile;
+pub mod render;
 
-pub use key::{KeyMetadata, MultiRegionConfiguration, MultiRegionKey, verify_key_metadata};
+pub use key::{
+    KeyMetadata, MultiRegionConfiguration, MultiRegionKey, parse_describe_key, verify_key_metadata,
+};
+pub use profile::Profile;
+pub use render::{RenderError, render};
+
+use eval::{Caller, Decision, Request};
+use policy::{Document, DocumentKind};
 
 use serde::Serialize;
 
@@ -82,5 +97,274 @@ impl Report {
     }
 }
 
-/// The name reports carry while only the key's metadata is verified.
-pub const KEY_METADATA_PROFILE: &str = "key-metadata";
+impl Finding {
+    pub fn new(code: &'static str, severity: Severity, message: impl Into<String>) -> Finding {
+        Finding {
+            code,
+            severity,
+            message: message.into(),
+            sid: None,
+            location: None,
+            fix: None,
+        }
+    }
+}
+
+/// Everything a verification looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub profile: Profile,
+    /// The Region Inspector scans in (the sidecar's Region).
+    pub region: &'a str,
+    pub account_id: &'a str,
+    /// The IAM principal that calls Inspector.
+    pub principal_arn: &'a str,
+    /// DescribeKey's metadata; `None` reports KEY_METADATA_NOT_CHECKED.
+    pub key_metadata: Option<&'a KeyMetadata>,
+    /// The key policy, as text.
+    pub key_policy: &'a str,
+    /// The principal's identity policies, as text; none supplied reports
+    /// IDENTITY_POLICY_NOT_CHECKED where they would decide.
+    pub identity_policies: &'a [String],
+}
+
+/// Verifies a key and its policies for a profile.
+pub fn verify(input: &Input<'_>) -> Report {
+    let mut findings = Vec::new();
+    let key_arn = match input.key_metadata {
+        Some(metadata) => {
+            if let Err(e) = crate::domain::KeyArn::parse(&metadata.arn) {
+                findings.push(
+                    Finding::error("KEY_ARN_INVALID", format!("Inspector would refuse the key ARN: {e}"))
+                        .with_fix("use a key whose ARN matches Inspector's pattern (multi-Region ids are mrk- and 32 letters or digits)"),
+                );
+            }
+            findings.extend(verify_key_metadata(metadata, input.region));
+            metadata.arn.clone()
+        }
+        None => {
+            findings.push(Finding::new(
+                "KEY_METADATA_NOT_CHECKED",
+                Severity::Warning,
+                "no key metadata was given, so the key's state, spec, usage, manager and Region were not checked",
+            ));
+            format!(
+                "arn:{}:kms:{}:{}:key/00000000-0000-0000-0000-000000000000",
+                crate::domain::partition_of(input.region),
+                input.region,
+                input.account_id
+            )
+        }
+    };
+
+    let (key_policy, key_findings) = policy::analyze(Document {
+        kind: DocumentKind::KeyPolicy,
+        name: "key_policy",
+        text: input.key_policy,
+    });
+    findings.extend(key_findings);
+    let mut identity = Vec::new();
+    for (i, text) in input.identity_policies.iter().enumerate() {
+        let name = format!("identity_policies[{i}]");
+        let (parsed, identity_findings) = policy::analyze(Document {
+            kind: DocumentKind::IdentityPolicy,
+            name: &name,
+            text,
+        });
+        findings.extend(identity_findings);
+        identity.extend(parsed);
+    }
+    if let Some(key_policy) = key_policy {
+        let supplied = (!input.identity_policies.is_empty()).then_some(identity.as_slice());
+        requirement_findings(input, &key_arn, &key_policy, supplied, &mut findings);
+    }
+    Report::new(input.profile.name(), findings)
+}
+
+fn context_value<'r>(request: &'r Request, key: &str) -> Option<&'r [String]> {
+    request
+        .context
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.as_slice())
+}
+
+/// `arn:aws:iam::111122223333:role/x calling kms:Decrypt via inspector2.us-east-1.amazonaws.com`.
+fn describe(request: &Request) -> String {
+    let who = match &request.caller {
+        Caller::Aws { arn, .. } => format!("`{arn}`"),
+        Caller::Service(service) => format!("service `{service}`"),
+    };
+    let via = context_value(request, "kms:ViaService")
+        .map(|v| format!(" via {}", v.join(", ")))
+        .unwrap_or_default();
+    let operations = context_value(request, "kms:GrantOperations")
+        .map(|v| format!(" for grant operations {}", v.join(", ")))
+        .unwrap_or_default();
+    format!("{who} calling {}{via}{operations}", request.action)
+}
+
+fn requirement_findings(
+    input: &Input<'_>,
+    key_arn: &str,
+    key_policy: &policy::Policy,
+    identity: Option<&[policy::Policy]>,
+    findings: &mut Vec<Finding>,
+) {
+    let params = profile::Params {
+        region: input.region,
+        account_id: input.account_id,
+        principal_arn: input.principal_arn,
+        key_arn,
+    };
+    let requirements = input.profile.requirements(&params);
+    let target = match input.profile.document_kind() {
+        DocumentKind::KeyPolicy => "key policy",
+        DocumentKind::IdentityPolicy => "principal's identity policy",
+    };
+    let mut not_checked = Vec::new();
+    for required in &requirements.required {
+        let request = &required.request;
+        let statement = requirements.statements.get(required.statement);
+        let statement_json = statement.map(|s| serde_json::to_string(s).unwrap_or_default());
+        match eval::decide(key_policy, identity, request) {
+            Decision::Allow => {}
+            Decision::IdentityPolicyNotChecked => not_checked.push(describe(request)),
+            Decision::ExplicitDeny { sid, location } => findings.push(Finding {
+                code: "REQUIRED_ACCESS_EXPLICITLY_DENIED",
+                severity: Severity::Error,
+                message: format!(
+                    "{} is denied by statement {} ({}); Inspector's scanning partner needs it",
+                    describe(request),
+                    sid.as_deref()
+                        .map_or_else(|| "without a Sid".to_owned(), |s| format!("`{s}`")),
+                    location.path
+                ),
+                fix: Some(
+                    "narrow or remove the denying statement so it does not cover this request"
+                        .into(),
+                ),
+                sid,
+                location: Some(location),
+            }),
+            Decision::ImplicitDeny => {
+                // Is the key policy missing it, or (the key policy delegating to the
+                // account) the identity policy?
+                let key_policy_delegates =
+                    eval::decide(key_policy, None, request) == Decision::IdentityPolicyNotChecked;
+                let (where_missing, fix) = match (
+                    &request.caller,
+                    input.profile.document_kind(),
+                    key_policy_delegates,
+                ) {
+                    (Caller::Aws { .. }, DocumentKind::IdentityPolicy, false) => (
+                        "the key policy neither allows the principal nor delegates to its account"
+                            .to_owned(),
+                        serde_json::to_string(&profile::account_delegation_statement(
+                            input.region,
+                            input.account_id,
+                        ))
+                        .unwrap_or_default(),
+                    ),
+                    _ => (
+                        format!("no statement of the {target} allows it"),
+                        statement_json.unwrap_or_default(),
+                    ),
+                };
+                findings.push(Finding {
+                    code: "REQUIRED_ACCESS_MISSING",
+                    severity: Severity::Error,
+                    message: format!("{} is not allowed: {where_missing}", describe(request)),
+                    sid: statement
+                        .and_then(|s| s.get("Sid"))
+                        .and_then(|s| s.as_str())
+                        .map(str::to_owned),
+                    location: None,
+                    fix: Some(fix),
+                });
+            }
+        }
+    }
+    if !not_checked.is_empty() {
+        findings.push(
+            Finding::new(
+                "IDENTITY_POLICY_NOT_CHECKED",
+                Severity::Warning,
+                format!(
+                    "the key policy delegates to the account, so the principal's identity policies decide these requests, and none were given: {}",
+                    not_checked.join("; ")
+                ),
+            )
+            .with_fix("pass the principal's identity policies (--identity-policy, or verification.identity_policy_files in the config)"),
+        );
+    }
+    probe_broader_than_needed(input, &requirements, key_policy, identity, findings);
+}
+
+/// Warnings for access wider than the profile needs: grants for any operation, and use of
+/// the key outside the services that need it.
+fn probe_broader_than_needed(
+    input: &Input<'_>,
+    requirements: &profile::Requirements,
+    key_policy: &policy::Policy,
+    identity: Option<&[policy::Policy]>,
+    findings: &mut Vec<Finding>,
+) {
+    for required in &requirements.required {
+        let request = &required.request;
+        if request.action.eq_ignore_ascii_case("kms:CreateGrant") {
+            let mut probe = request.clone();
+            for (key, values) in &mut probe.context {
+                if key.eq_ignore_ascii_case("kms:GrantOperations") {
+                    *values = profile::ALL_GRANT_OPERATIONS.map(str::to_owned).to_vec();
+                }
+            }
+            if eval::decide(key_policy, identity, &probe) == Decision::Allow {
+                findings.push(
+                    Finding::new(
+                        "GRANT_OPERATIONS_UNRESTRICTED",
+                        Severity::SecurityWarning,
+                        format!(
+                            "{} is allowed with every grant operation, not only {}",
+                            describe(request),
+                            profile::GRANT_OPERATIONS.join(", ")
+                        ),
+                    )
+                    .with_fix("limit kms:GrantOperations with ForAllValues:StringEquals to the operations the profile lists"),
+                );
+            }
+        }
+    }
+    let mut unrestricted: Vec<String> = Vec::new();
+    for required in &requirements.required {
+        let request = &required.request;
+        if !matches!(request.caller, Caller::Aws { .. })
+            || context_value(request, "kms:ViaService").is_none()
+        {
+            continue;
+        }
+        let mut probe = request.clone();
+        probe
+            .context
+            .retain(|(k, _)| !k.eq_ignore_ascii_case("kms:ViaService"));
+        if eval::decide(key_policy, identity, &probe) == Decision::Allow
+            && !unrestricted.contains(&request.action)
+        {
+            unrestricted.push(request.action.clone());
+        }
+    }
+    if !unrestricted.is_empty() {
+        findings.push(
+            Finding::new(
+                "VIA_SERVICE_UNRESTRICTED",
+                Severity::SecurityWarning,
+                format!(
+                    "`{}` may call {} directly, not only through the services that need the key",
+                    input.principal_arn,
+                    unrestricted.join(", ")
+                ),
+            )
+            .with_fix("condition the statements on kms:ViaService"),
+        );
+    }
+}

@@ -217,6 +217,32 @@ impl Sidecar {
     }
 }
 
+impl Sidecar {
+    /// Renders the key policy a profile needs (for the sidecar's defaults) through the API.
+    pub async fn rendered_policy(&self, profile: &str) -> String {
+        self.read_only_keys()
+            .await
+            .render_key_policy(proto::RenderKeyPolicyRequest {
+                profile: profile.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .policy_json
+    }
+
+    /// Creates a key whose policy meets the CODE + CODE_REPOSITORY profile.
+    pub async fn create_repository_key(&self) -> String {
+        let policy = self.rendered_policy("amazon-q-code-repository").await;
+        self.create_key(proto::CreateKeyRequest {
+            policy,
+            ..Default::default()
+        })
+        .await
+    }
+}
+
 impl Drop for Sidecar {
     fn drop(&mut self) {
         let _ = self.child.kill();

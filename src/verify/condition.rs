@@ -1,0 +1,392 @@
+//! Condition operators and the matching they do, per the IAM condition-operator rules:
+//! absent keys, `…IfExists`, `ForAllValues:`/`ForAnyValue:`, wildcards, ARN components.
+
+use std::net::IpAddr;
+
+/// How a condition compares values, without its qualifiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    StringEquals,
+    StringNotEquals,
+    StringEqualsIgnoreCase,
+    StringNotEqualsIgnoreCase,
+    StringLike,
+    StringNotLike,
+    ArnEquals,
+    ArnLike,
+    ArnNotEquals,
+    ArnNotLike,
+    NumericEquals,
+    NumericNotEquals,
+    NumericLessThan,
+    NumericLessThanEquals,
+    NumericGreaterThan,
+    NumericGreaterThanEquals,
+    DateEquals,
+    DateNotEquals,
+    DateLessThan,
+    DateLessThanEquals,
+    DateGreaterThan,
+    DateGreaterThanEquals,
+    Bool,
+    BinaryEquals,
+    IpAddress,
+    NotIpAddress,
+    Null,
+}
+
+const BASES: &[(&str, Base)] = &[
+    ("StringEquals", Base::StringEquals),
+    ("StringNotEquals", Base::StringNotEquals),
+    ("StringEqualsIgnoreCase", Base::StringEqualsIgnoreCase),
+    ("StringNotEqualsIgnoreCase", Base::StringNotEqualsIgnoreCase),
+    ("StringLike", Base::StringLike),
+    ("StringNotLike", Base::StringNotLike),
+    ("ArnEquals", Base::ArnEquals),
+    ("ArnLike", Base::ArnLike),
+    ("ArnNotEquals", Base::ArnNotEquals),
+    ("ArnNotLike", Base::ArnNotLike),
+    ("NumericEquals", Base::NumericEquals),
+    ("NumericNotEquals", Base::NumericNotEquals),
+    ("NumericLessThan", Base::NumericLessThan),
+    ("NumericLessThanEquals", Base::NumericLessThanEquals),
+    ("NumericGreaterThan", Base::NumericGreaterThan),
+    ("NumericGreaterThanEquals", Base::NumericGreaterThanEquals),
+    ("DateEquals", Base::DateEquals),
+    ("DateNotEquals", Base::DateNotEquals),
+    ("DateLessThan", Base::DateLessThan),
+    ("DateLessThanEquals", Base::DateLessThanEquals),
+    ("DateGreaterThan", Base::DateGreaterThan),
+    ("DateGreaterThanEquals", Base::DateGreaterThanEquals),
+    ("Bool", Base::Bool),
+    ("BinaryEquals", Base::BinaryEquals),
+    ("IpAddress", Base::IpAddress),
+    ("NotIpAddress", Base::NotIpAddress),
+    ("Null", Base::Null),
+];
+
+/// `ForAllValues:` or `ForAnyValue:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetQualifier {
+    ForAllValues,
+    ForAnyValue,
+}
+
+/// A parsed condition operator such as `ForAllValues:StringEqualsIfExists`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operator {
+    pub set: Option<SetQualifier>,
+    pub base: Base,
+    pub if_exists: bool,
+}
+
+impl Operator {
+    /// Parses an operator name; `None` when IAM has no such operator. Operator names are
+    /// case-sensitive. `NullIfExists` is not an operator.
+    pub fn parse(name: &str) -> Option<Operator> {
+        let (set, rest) = if let Some(rest) = name.strip_prefix("ForAllValues:") {
+            (Some(SetQualifier::ForAllValues), rest)
+        } else if let Some(rest) = name.strip_prefix("ForAnyValue:") {
+            (Some(SetQualifier::ForAnyValue), rest)
+        } else {
+            (None, name)
+        };
+        let (rest, if_exists) = match rest.strip_suffix("IfExists") {
+            Some(base) => (base, true),
+            None => (rest, false),
+        };
+        let base = BASES.iter().find(|(n, _)| *n == rest).map(|(_, b)| *b)?;
+        if base == Base::Null && (if_exists || set.is_some()) {
+            return None;
+        }
+        Some(Operator {
+            set,
+            base,
+            if_exists,
+        })
+    }
+
+    /// Whether the operator matches when the request value matches *none* of the policy
+    /// values (the `Not` operators).
+    fn negated(&self) -> bool {
+        matches!(
+            self.base,
+            Base::StringNotEquals
+                | Base::StringNotEqualsIgnoreCase
+                | Base::StringNotLike
+                | Base::ArnNotEquals
+                | Base::ArnNotLike
+                | Base::NumericNotEquals
+                | Base::DateNotEquals
+                | Base::NotIpAddress
+        )
+    }
+
+    /// Whether the condition holds for a request whose context has `request` for the key
+    /// (`None`: the key is absent).
+    pub fn holds(&self, policy_values: &[String], request: Option<&[String]>) -> bool {
+        if self.base == Base::Null {
+            // "true": the key must be absent; "false": present. Several values: any.
+            let absent = request.is_none();
+            return policy_values
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case("true") == absent);
+        }
+        let request = match request {
+            Some(values) if !values.is_empty() => values,
+            // An absent key (or, for the set operators, an empty set).
+            _ => {
+                return self.if_exists
+                    || match self.set {
+                        Some(SetQualifier::ForAllValues) => true,
+                        Some(SetQualifier::ForAnyValue) => false,
+                        None => self.negated(),
+                    };
+            }
+        };
+        // Does one request value match one of the policy values, in the positive sense?
+        let hits = |value: &String| policy_values.iter().any(|p| self.matches(value, p));
+        match (self.set, self.negated()) {
+            (Some(SetQualifier::ForAllValues), false) => request.iter().all(hits),
+            (Some(SetQualifier::ForAllValues), true) => request.iter().all(|v| !hits(v)),
+            (Some(SetQualifier::ForAnyValue), false) => request.iter().any(hits),
+            (Some(SetQualifier::ForAnyValue), true) => request.iter().any(|v| !hits(v)),
+            (None, false) => request.iter().any(hits),
+            (None, true) => !request.iter().any(hits),
+        }
+    }
+
+    /// The positive comparison of one request value with one policy value.
+    fn matches(&self, request: &str, policy: &str) -> bool {
+        use Base::*;
+        match self.base {
+            StringEquals | StringNotEquals | BinaryEquals => request == policy,
+            StringEqualsIgnoreCase | StringNotEqualsIgnoreCase => {
+                request.to_lowercase() == policy.to_lowercase()
+            }
+            StringLike | StringNotLike => glob(policy, request, false),
+            ArnEquals | ArnLike | ArnNotEquals | ArnNotLike => arn_like(policy, request),
+            Bool => request.eq_ignore_ascii_case(policy),
+            NumericEquals | NumericNotEquals => {
+                compare(number(request), number(policy), |o| o.is_eq())
+            }
+            NumericLessThan => compare(number(request), number(policy), |o| o.is_lt()),
+            NumericLessThanEquals => compare(number(request), number(policy), |o| o.is_le()),
+            NumericGreaterThan => compare(number(request), number(policy), |o| o.is_gt()),
+            NumericGreaterThanEquals => compare(number(request), number(policy), |o| o.is_ge()),
+            DateEquals | DateNotEquals => compare(date(request), date(policy), |o| o.is_eq()),
+            DateLessThan => compare(date(request), date(policy), |o| o.is_lt()),
+            DateLessThanEquals => compare(date(request), date(policy), |o| o.is_le()),
+            DateGreaterThan => compare(date(request), date(policy), |o| o.is_gt()),
+            DateGreaterThanEquals => compare(date(request), date(policy), |o| o.is_ge()),
+            IpAddress | NotIpAddress => in_cidr(request, policy),
+            Null => false,
+        }
+    }
+}
+
+fn number(text: &str) -> Option<f64> {
+    text.trim().parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
+/// Epoch seconds from an epoch number or an RFC 3339 date.
+fn date(text: &str) -> Option<f64> {
+    number(text).or_else(|| {
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(|t| t.unix_timestamp() as f64)
+    })
+}
+
+fn compare(a: Option<f64>, b: Option<f64>, test: impl Fn(std::cmp::Ordering) -> bool) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.partial_cmp(&b).is_some_and(test),
+        _ => false,
+    }
+}
+
+fn in_cidr(address: &str, cidr: &str) -> bool {
+    let (network, bits) = cidr.split_once('/').unwrap_or((cidr, ""));
+    let (Ok(address), Ok(network)) = (address.parse::<IpAddr>(), network.parse::<IpAddr>()) else {
+        return false;
+    };
+    let (address, network, width) = match (address, network) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => (u128::from(u32::from(a)), u128::from(u32::from(n)), 32),
+        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), 128),
+        _ => return false,
+    };
+    let bits: u32 = if bits.is_empty() {
+        width
+    } else {
+        bits.parse().unwrap_or(u32::MAX)
+    };
+    if bits > width {
+        return false;
+    }
+    let shift = width - bits;
+    shift >= 128 || (address >> shift) == (network >> shift)
+}
+
+/// `*` (any run) and `?` (one character) wildcard matching, iterative (no backtracking
+/// blow-up).
+pub fn glob(pattern: &str, text: &str, ignore_case: bool) -> bool {
+    let fold = |s: &str| -> Vec<char> {
+        if ignore_case {
+            s.to_lowercase().chars().collect()
+        } else {
+            s.chars().collect()
+        }
+    };
+    let (p, t) = (fold(pattern), fold(text));
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// ARN matching: each of the six colon-separated components is matched on its own, with
+/// wildcards, case-sensitively.
+pub fn arn_like(pattern: &str, arn: &str) -> bool {
+    let p: Vec<&str> = pattern.splitn(6, ':').collect();
+    let a: Vec<&str> = arn.splitn(6, ':').collect();
+    p.len() == 6 && a.len() == 6 && p.iter().zip(&a).all(|(p, a)| glob(p, a, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(name: &str) -> Operator {
+        Operator::parse(name).unwrap()
+    }
+
+    fn values(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_qualified_names_only() {
+        assert_eq!(
+            op("ForAllValues:StringEqualsIfExists"),
+            Operator {
+                set: Some(SetQualifier::ForAllValues),
+                base: Base::StringEquals,
+                if_exists: true
+            }
+        );
+        for bad in [
+            "StringEqual",
+            "stringequals",
+            "NullIfExists",
+            "ForAllValues:Null",
+            "ForEveryValue:StringEquals",
+            "",
+        ] {
+            assert!(Operator::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn absent_keys() {
+        let p = values(&["a"]);
+        assert!(!op("StringEquals").holds(&p, None));
+        assert!(op("StringNotEquals").holds(&p, None));
+        assert!(op("StringEqualsIfExists").holds(&p, None));
+        assert!(op("ForAllValues:StringEquals").holds(&p, None));
+        assert!(op("ForAllValues:StringEquals").holds(&p, Some(&[])));
+        assert!(!op("ForAnyValue:StringEquals").holds(&p, None));
+        assert!(op("Null").holds(&values(&["true"]), None));
+        assert!(!op("Null").holds(&values(&["false"]), None));
+        assert!(op("Null").holds(&values(&["false"]), Some(&values(&["x"]))));
+    }
+
+    #[test]
+    fn sets() {
+        let allowed = values(&["Encrypt", "Decrypt"]);
+        let all = op("ForAllValues:StringEquals");
+        assert!(all.holds(&allowed, Some(&values(&["Decrypt"]))));
+        assert!(!all.holds(&allowed, Some(&values(&["Decrypt", "CreateGrant"]))));
+        let any = op("ForAnyValue:StringEquals");
+        assert!(any.holds(&allowed, Some(&values(&["Decrypt", "CreateGrant"]))));
+        assert!(!any.holds(&allowed, Some(&values(&["CreateGrant"]))));
+        let none = op("ForAllValues:StringNotEquals");
+        assert!(none.holds(&allowed, Some(&values(&["CreateGrant"]))));
+        assert!(!none.holds(&allowed, Some(&values(&["CreateGrant", "Encrypt"]))));
+        let some_other = op("ForAnyValue:StringNotEquals");
+        assert!(some_other.holds(&allowed, Some(&values(&["CreateGrant", "Encrypt"]))));
+        assert!(!some_other.holds(&allowed, Some(&values(&["Encrypt"]))));
+    }
+
+    #[test]
+    fn values_per_operator() {
+        let one = |name: &str, policy: &str, request: &str| {
+            op(name).holds(&values(&[policy]), Some(&values(&[request])))
+        };
+        assert!(one("StringEquals", "abc", "abc") && !one("StringEquals", "abc", "ABC"));
+        assert!(one("StringEqualsIgnoreCase", "abc", "ABC"));
+        assert!(one("StringLike", "a*c?", "abbbcd") && !one("StringLike", "a*c?", "ABcd"));
+        assert!(!one("StringNotLike", "a*", "abc") && one("StringNotLike", "a*", "bbc"));
+        assert!(one(
+            "ArnLike",
+            "arn:aws:qdeveloper:*:111122223333:scans/*",
+            "arn:aws:qdeveloper:us-east-1:111122223333:scans/x"
+        ));
+        assert!(!one(
+            "ArnLike",
+            "arn:aws:qdeveloper:*:111122223333:scans/*",
+            "arn:aws:qdeveloper:us-east-1:444455556666:scans/x"
+        ));
+        assert!(!one(
+            "ArnEquals",
+            "arn:aws:iam::1:role/x",
+            "arn:aws:iam::1:role/X"
+        ));
+        assert!(one("Bool", "true", "TRUE") && !one("Bool", "true", "false"));
+        assert!(one("NumericLessThan", "10", "9.5") && !one("NumericLessThan", "10", "x"));
+        assert!(one(
+            "DateGreaterThan",
+            "2020-01-01T00:00:00Z",
+            "2021-01-01T00:00:00Z"
+        ));
+        assert!(
+            one("IpAddress", "10.0.0.0/8", "10.1.2.3")
+                && !one("IpAddress", "10.0.0.0/8", "11.1.2.3")
+        );
+        assert!(one("NotIpAddress", "10.0.0.0/8", "11.1.2.3"));
+        // Several policy values: OR; under a negated operator: NOR.
+        let two = values(&["a", "b"]);
+        assert!(op("StringEquals").holds(&two, Some(&values(&["b"]))));
+        assert!(!op("StringNotEquals").holds(&two, Some(&values(&["b"]))));
+    }
+
+    #[test]
+    fn glob_edge_cases() {
+        assert!(glob("*", "", false) && glob("", "", false) && !glob("", "a", false));
+        assert!(glob("kms:*", "KMS:Decrypt", true) && !glob("kms:*", "KMS:Decrypt", false));
+        assert!(glob(
+            "kms:Generate*Plaintext",
+            "kms:GenerateDataKeyWithoutPlaintext",
+            false
+        ));
+        assert!(glob("a*a*a*a*b", &"a".repeat(200), false) == false);
+    }
+}

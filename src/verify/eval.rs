@@ -1,0 +1,210 @@
+//! The evaluator: does a key policy (with the principal's identity policies) allow one
+//! request? AWS semantics for KMS keys: an explicit deny in any policy wins; otherwise the
+//! key policy must allow the principal directly, or allow the account and then an
+//! identity policy must allow too. Service principals are allowed by the key policy alone.
+
+use super::{
+    Location,
+    condition::glob,
+    policy::{Effect, Names, Policy, PrincipalElement, Principals, Statement},
+};
+
+/// Who makes a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An IAM principal (role or user) of `account`.
+    Aws { arn: String, account: String },
+    /// An AWS service principal such as `q.amazonaws.com`.
+    Service(String),
+}
+
+/// One request to KMS, with the context keys the calling service would send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub caller: Caller,
+    /// Such as `kms:Decrypt`.
+    pub action: String,
+    /// The key ARN.
+    pub resource: String,
+    /// Context keys (any case) and their values; one value for single-valued keys.
+    pub context: Vec<(String, Vec<String>)>,
+}
+
+impl Request {
+    /// The request's values for a key, matched case-insensitively; `None` when absent.
+    fn context_value(&self, key: &str) -> Option<&[String]> {
+        self.context
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_slice())
+            .or_else(|| self.implicit(key))
+    }
+
+    /// Keys every request from an IAM principal carries.
+    fn implicit(&self, key: &str) -> Option<&[String]> {
+        let Caller::Aws { arn, account } = &self.caller else {
+            return None;
+        };
+        let key = key.to_ascii_lowercase();
+        match key.as_str() {
+            "aws:principalarn" => Some(std::slice::from_ref(arn)),
+            "aws:principalaccount" | "kms:calleraccount" => Some(std::slice::from_ref(account)),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// A statement denies it; `document` names the policy (`key_policy`, ...).
+    ExplicitDeny {
+        sid: Option<String>,
+        location: Location,
+    },
+    /// Nothing allows it.
+    ImplicitDeny,
+    /// The key policy delegates to the account, and no identity policy was supplied to
+    /// decide it.
+    IdentityPolicyNotChecked,
+}
+
+/// How a key-policy statement's principal element relates to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PrincipalMatch {
+    /// Names the caller (or everyone).
+    Direct,
+    /// Names the caller's account: it delegates to the account's identity policies.
+    Account,
+    No,
+}
+
+fn account_principal(name: &str, account: &str) -> bool {
+    name == account
+        || name
+            .strip_prefix("arn:")
+            .and_then(|rest| rest.split_once(":iam::"))
+            .is_some_and(|(_, rest)| rest == format!("{account}:root"))
+}
+
+fn principals_match(principals: &Principals, caller: &Caller) -> PrincipalMatch {
+    if principals.any {
+        return PrincipalMatch::Direct;
+    }
+    match caller {
+        Caller::Service(service) => {
+            if principals.services.iter().any(|s| s == service) {
+                PrincipalMatch::Direct
+            } else {
+                PrincipalMatch::No
+            }
+        }
+        Caller::Aws { arn, account } => {
+            if principals.aws.iter().any(|p| p == arn) {
+                PrincipalMatch::Direct
+            } else if principals.aws.iter().any(|p| account_principal(p, account)) {
+                PrincipalMatch::Account
+            } else {
+                PrincipalMatch::No
+            }
+        }
+    }
+}
+
+fn principal_match(statement: &Statement, caller: &Caller) -> PrincipalMatch {
+    match &statement.principal {
+        PrincipalElement::Absent => PrincipalMatch::Direct,
+        PrincipalElement::Principal(p) => principals_match(p, caller),
+        PrincipalElement::NotPrincipal(p) => match principals_match(p, caller) {
+            PrincipalMatch::No => PrincipalMatch::Direct,
+            _ => PrincipalMatch::No,
+        },
+    }
+}
+
+fn names_match(names: &Names, value: &str, matches: impl Fn(&str, &str) -> bool) -> bool {
+    match names {
+        Names::Only(patterns) => patterns.iter().any(|p| matches(p, value)),
+        Names::AllExcept(patterns) => !patterns.iter().any(|p| matches(p, value)),
+    }
+}
+
+/// Whether a statement's action, resource and conditions cover the request.
+fn covers(statement: &Statement, request: &Request) -> bool {
+    names_match(&statement.actions, &request.action, |p, a| glob(p, a, true))
+        && names_match(&statement.resources, &request.resource, |p, r| {
+            glob(p, r, false)
+        })
+        && statement
+            .conditions
+            .iter()
+            .all(|c| c.operator.holds(&c.values, request.context_value(&c.key)))
+}
+
+fn deny(statement: &Statement) -> Decision {
+    Decision::ExplicitDeny {
+        sid: statement.sid.clone(),
+        location: statement.location.clone(),
+    }
+}
+
+/// Decides `request` against the key policy and, when supplied, the caller's identity
+/// policies.
+pub fn decide(
+    key_policy: &Policy,
+    identity_policies: Option<&[Policy]>,
+    request: &Request,
+) -> Decision {
+    let is_aws_caller = matches!(request.caller, Caller::Aws { .. });
+    let identity = if is_aws_caller {
+        identity_policies.unwrap_or(&[])
+    } else {
+        &[]
+    };
+
+    // Explicit denies, in any policy, win. A deny naming the account covers its principals.
+    let key_denies = key_policy.statements.iter().filter(|s| {
+        s.effect == Effect::Deny && principal_match(s, &request.caller) != PrincipalMatch::No
+    });
+    let identity_denies = identity
+        .iter()
+        .flat_map(|p| &p.statements)
+        .filter(|s| s.effect == Effect::Deny);
+    if let Some(statement) = key_denies
+        .chain(identity_denies)
+        .find(|s| covers(s, request))
+    {
+        return deny(statement);
+    }
+
+    let mut delegated = false;
+    for statement in key_policy
+        .statements
+        .iter()
+        .filter(|s| s.effect == Effect::Allow)
+    {
+        match principal_match(statement, &request.caller) {
+            PrincipalMatch::Direct if covers(statement, request) => return Decision::Allow,
+            PrincipalMatch::Account if covers(statement, request) => delegated = true,
+            _ => {}
+        }
+    }
+    if !delegated {
+        return Decision::ImplicitDeny;
+    }
+    match identity_policies {
+        None => Decision::IdentityPolicyNotChecked,
+        Some(_) => {
+            let allowed = identity
+                .iter()
+                .flat_map(|p| &p.statements)
+                .any(|s| s.effect == Effect::Allow && covers(s, request));
+            if allowed {
+                Decision::Allow
+            } else {
+                Decision::ImplicitDeny
+            }
+        }
+    }
+}

@@ -1,0 +1,861 @@
+//! Policy documents: parsing the JSON text into statements the evaluator can use, and
+//! the findings about the document itself (grammar, placeholders, risky shapes).
+
+use super::{
+    Finding, Location, Severity,
+    condition::{Operator, SetQualifier},
+    json::{self, Json, LineIndex, Value},
+};
+
+/// KMS's documented key policy size limit, in bytes.
+pub const MAX_POLICY_BYTES: usize = 32_768;
+
+/// Which kind of policy a document is; the grammar differs slightly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentKind {
+    /// The key's resource policy: every statement names a principal.
+    KeyPolicy,
+    /// An IAM identity policy of the principal: no principal element, alphanumeric Sids.
+    IdentityPolicy,
+}
+
+/// A policy document to analyse.
+#[derive(Debug, Clone, Copy)]
+pub struct Document<'a> {
+    pub kind: DocumentKind,
+    /// Prefix of every finding's location path, such as `key_policy` or
+    /// `identity_policies[0]`.
+    pub name: &'a str,
+    pub text: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+/// The principals a `Principal` or `NotPrincipal` element names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Principals {
+    /// `"*"` or `{"AWS": "*"}`: everyone.
+    pub any: bool,
+    pub aws: Vec<String>,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrincipalElement {
+    /// Identity policies have none.
+    Absent,
+    Principal(Principals),
+    NotPrincipal(Principals),
+}
+
+/// `Action`/`NotAction` or `Resource`/`NotResource`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Names {
+    Only(Vec<String>),
+    AllExcept(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub operator: Operator,
+    /// The key as written (names are matched case-insensitively).
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+/// A statement that parsed completely; broken statements are reported, not evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sid: Option<String>,
+    pub effect: Effect,
+    pub principal: PrincipalElement,
+    pub actions: Names,
+    pub resources: Names,
+    pub conditions: Vec<Condition>,
+    pub location: Location,
+}
+
+/// The usable statements of a document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub kind: DocumentKind,
+    pub statements: Vec<Statement>,
+}
+
+/// Context keys that carry a set of values in a request.
+const MULTI_VALUED_KEYS: &[&str] = &[
+    "kms:grantoperations",
+    "kms:encryptioncontextkeys",
+    "aws:tagkeys",
+    "aws:calledvia",
+    "aws:principalservicenameslist",
+    "aws:principalorgpaths",
+    "aws:resourceorgpaths",
+];
+
+/// Context keys known to be single-valued (prefixes end with `:` or `/`).
+const SINGLE_VALUED_KEYS: &[&str] = &[
+    "kms:viaservice",
+    "kms:calleraccount",
+    "kms:granteeprincipal",
+    "kms:retiringprincipal",
+    "kms:keyspec",
+    "kms:keyusage",
+    "kms:keyorigin",
+    "kms:encryptionalgorithm",
+    "kms:grantisforawsresource",
+    "kms:encryptioncontext:",
+    "aws:sourceaccount",
+    "aws:sourcearn",
+    "aws:sourceowner",
+    "aws:principalarn",
+    "aws:principalaccount",
+    "aws:principalorgid",
+    "aws:principaltype",
+    "aws:securetransport",
+    "aws:sourceip",
+    "aws:sourcevpc",
+    "aws:sourcevpce",
+    "aws:userid",
+    "aws:username",
+    "aws:requesttag/",
+    "aws:resourcetag/",
+    "aws:principaltag/",
+];
+
+pub fn is_multi_valued(key: &str) -> bool {
+    MULTI_VALUED_KEYS.contains(&key.to_ascii_lowercase().as_str())
+}
+
+fn is_single_valued(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SINGLE_VALUED_KEYS.iter().any(|known| {
+        if known.ends_with(':') || known.ends_with('/') {
+            key.starts_with(known) && key.len() > known.len()
+        } else {
+            key == *known
+        }
+    })
+}
+
+const TOP_LEVEL: &[&str] = &["Version", "Id", "Statement"];
+const STATEMENT_ELEMENTS: &[&str] = &[
+    "Sid",
+    "Effect",
+    "Principal",
+    "NotPrincipal",
+    "Action",
+    "NotAction",
+    "Resource",
+    "NotResource",
+    "Condition",
+];
+
+/// Analyses a document: the usable statements (none when the text is not a JSON policy)
+/// and the findings about the document.
+pub fn analyze(document: Document<'_>) -> (Option<Policy>, Vec<Finding>) {
+    let index = LineIndex::new(document.text);
+    let mut analysis = Analysis {
+        document,
+        index,
+        findings: Vec::new(),
+    };
+    let policy = analysis.run();
+    (policy, analysis.findings)
+}
+
+struct Analysis<'a> {
+    document: Document<'a>,
+    index: LineIndex<'a>,
+    findings: Vec<Finding>,
+}
+
+impl Analysis<'_> {
+    fn location(&self, path: &str, offset: usize) -> Location {
+        let (line, column) = self.index.position(offset);
+        let path = if path.is_empty() {
+            self.document.name.to_owned()
+        } else if path.starts_with('[') {
+            format!("{}{path}", self.document.name)
+        } else {
+            format!("{}.{path}", self.document.name)
+        };
+        Location { path, line, column }
+    }
+
+    fn report(
+        &mut self,
+        code: &'static str,
+        severity: Severity,
+        message: String,
+        path: &str,
+        offset: usize,
+    ) -> &mut Finding {
+        let location = self.location(path, offset);
+        self.findings.push(Finding {
+            code,
+            severity,
+            message,
+            sid: None,
+            location: Some(location),
+            fix: None,
+        });
+        let last = self.findings.len() - 1;
+        &mut self.findings[last]
+    }
+
+    fn error(
+        &mut self,
+        code: &'static str,
+        message: String,
+        path: &str,
+        offset: usize,
+    ) -> &mut Finding {
+        self.report(code, Severity::Error, message, path, offset)
+    }
+
+    fn run(&mut self) -> Option<Policy> {
+        let text = self.document.text;
+        if text.len() > MAX_POLICY_BYTES {
+            self.error(
+                "POLICY_TOO_LARGE",
+                format!("the policy is {} bytes; KMS accepts key policies of at most {MAX_POLICY_BYTES} bytes", text.len()),
+                "",
+                0,
+            );
+        }
+        let root = match json::parse(text) {
+            Ok(root) => root,
+            Err(e) => {
+                let (line, column) = self.index.position(e.offset);
+                self.error(
+                    "POLICY_INVALID_JSON",
+                    format!("the policy is not valid JSON: {} at line {line}, column {column}", e.message),
+                    "",
+                    e.offset,
+                )
+                .fix = Some("fix the JSON syntax; `inspector-keyd policy render --merge-into` merges statements without hand editing".into());
+                return None;
+            }
+        };
+        let Value::Object(members) = &root.value else {
+            self.error(
+                "INVALID_ELEMENT_VALUE",
+                format!("the policy must be a JSON object, not {}", root.kind()),
+                "",
+                root.offset,
+            );
+            return None;
+        };
+        self.check_members(members, TOP_LEVEL, "");
+        self.find_placeholders(&root, "");
+        match root.get("Version") {
+            None => {
+                self.report(
+                    "POLICY_MISSING_VERSION",
+                    Severity::Warning,
+                    "the policy has no Version; without \"2012-10-17\" policy variables are not recognized".into(),
+                    "",
+                    root.offset,
+                )
+                .fix = Some("add \"Version\": \"2012-10-17\"".into());
+            }
+            Some(version) => match version.as_str() {
+                Some("2012-10-17") => {}
+                Some("2008-10-17") => {
+                    self.report(
+                        "POLICY_OLD_VERSION",
+                        Severity::Warning,
+                        "Version \"2008-10-17\" is the old policy language; policy variables are not recognized".into(),
+                        "Version",
+                        version.offset,
+                    )
+                    .fix = Some("use \"Version\": \"2012-10-17\"".into());
+                }
+                _ => {
+                    self.error(
+                        "POLICY_INVALID_VERSION",
+                        format!("Version must be \"2012-10-17\", not {}", short(version)),
+                        "Version",
+                        version.offset,
+                    )
+                    .fix = Some("use \"Version\": \"2012-10-17\"".into());
+                }
+            },
+        }
+        let statements: Vec<(String, &Json)> = match root.get("Statement") {
+            None => Vec::new(),
+            Some(
+                one @ Json {
+                    value: Value::Object(_),
+                    ..
+                },
+            ) => vec![("Statement".to_owned(), one)],
+            Some(Json {
+                value: Value::Array(items),
+                ..
+            }) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (format!("Statement[{i}]"), item))
+                .collect(),
+            Some(other) => {
+                self.error(
+                    "INVALID_ELEMENT_VALUE",
+                    format!(
+                        "Statement must be an object or an array of objects, not {}",
+                        other.kind()
+                    ),
+                    "Statement",
+                    other.offset,
+                );
+                return None;
+            }
+        };
+        if statements.is_empty() {
+            self.error(
+                "POLICY_NO_STATEMENTS",
+                "the policy has no statements".into(),
+                "",
+                root.offset,
+            );
+        }
+        let mut sids: Vec<String> = Vec::new();
+        let mut usable = Vec::new();
+        for (path, json) in statements {
+            if let Some(statement) = self.statement(json, &path, &mut sids) {
+                usable.push(statement);
+            }
+        }
+        Some(Policy {
+            kind: self.document.kind,
+            statements: usable,
+        })
+    }
+
+    /// Reports unknown and duplicated members of an object.
+    fn check_members(&mut self, members: &[(json::Key, Json)], known: &[&str], path: &str) {
+        let mut seen: Vec<&str> = Vec::new();
+        for (key, _) in members {
+            let here = join(path, &key.name);
+            if seen.contains(&key.name.as_str()) {
+                self.error(
+                    "DUPLICATE_ELEMENT",
+                    format!("`{}` appears twice; AWS would keep only one", key.name),
+                    &here,
+                    key.offset,
+                );
+            }
+            seen.push(&key.name);
+            if !known.contains(&key.name.as_str()) {
+                let hint = known
+                    .iter()
+                    .find(|k| k.eq_ignore_ascii_case(&key.name))
+                    .map(|k| format!(" (element names are case-sensitive: `{k}`)"))
+                    .unwrap_or_default();
+                self.error(
+                    "UNKNOWN_ELEMENT",
+                    format!(
+                        "`{}` is not a policy element here; expected one of {}{hint}",
+                        key.name,
+                        known.join(", ")
+                    ),
+                    &here,
+                    key.offset,
+                );
+            }
+        }
+    }
+
+    fn statement(&mut self, json: &Json, path: &str, sids: &mut Vec<String>) -> Option<Statement> {
+        let Value::Object(members) = &json.value else {
+            self.error(
+                "INVALID_ELEMENT_VALUE",
+                format!("a statement must be an object, not {}", json.kind()),
+                path,
+                json.offset,
+            );
+            return None;
+        };
+        self.check_members(members, STATEMENT_ELEMENTS, path);
+        let sid = match json.get("Sid") {
+            None => None,
+            Some(Json {
+                value: Value::String(sid),
+                offset,
+            }) => {
+                if sids.contains(sid) {
+                    self.error(
+                        "DUPLICATE_SID",
+                        format!(
+                            "Sid `{sid}` is used by more than one statement; Sids must be unique"
+                        ),
+                        &join(path, "Sid"),
+                        *offset,
+                    )
+                    .sid = Some(sid.clone());
+                }
+                sids.push(sid.clone());
+                if self.document.kind == DocumentKind::IdentityPolicy
+                    && !sid.chars().all(|c| c.is_ascii_alphanumeric())
+                {
+                    let finding = self.error(
+                        "INVALID_SID",
+                        format!("Sid `{sid}` has characters other than A-Z, a-z, 0-9, which IAM refuses in identity policies"),
+                        &join(path, "Sid"),
+                        *offset,
+                    );
+                    finding.sid = Some(sid.clone());
+                    finding.fix = Some(format!(
+                        "rename it, for example `{}`",
+                        sid.chars()
+                            .filter(char::is_ascii_alphanumeric)
+                            .collect::<String>()
+                    ));
+                }
+                Some(sid.clone())
+            }
+            Some(other) => {
+                self.error(
+                    "INVALID_ELEMENT_VALUE",
+                    format!("Sid must be a string, not {}", other.kind()),
+                    &join(path, "Sid"),
+                    other.offset,
+                );
+                None
+            }
+        };
+        let before = self.findings.len();
+
+        let effect = match json.get("Effect") {
+            None => {
+                self.error(
+                    "STATEMENT_MISSING_ELEMENT",
+                    "the statement has no Effect".into(),
+                    path,
+                    json.offset,
+                );
+                None
+            }
+            Some(e) => match e.as_str() {
+                Some("Allow") => Some(Effect::Allow),
+                Some("Deny") => Some(Effect::Deny),
+                _ => {
+                    self.error(
+                        "INVALID_ELEMENT_VALUE",
+                        format!("Effect must be \"Allow\" or \"Deny\", not {}", short(e)),
+                        &join(path, "Effect"),
+                        e.offset,
+                    );
+                    None
+                }
+            },
+        };
+
+        let principal = self.principal_element(json, path, effect);
+        let actions = self.names(json, path, "Action", "NotAction");
+        let resources = self.names(json, path, "Resource", "NotResource");
+        let conditions = self.conditions(json, path);
+        if let (Some(Effect::Allow), Some(PrincipalElement::Principal(p))) = (effect, &principal)
+            && p.any
+            && json.get("Condition").is_none()
+        {
+            let offset = json.get("Principal").map_or(json.offset, |p| p.offset);
+            self.report(
+                "PUBLIC_PRINCIPAL",
+                Severity::SecurityWarning,
+                "the statement allows every principal of every AWS account, with no condition".into(),
+                &join(path, "Principal"),
+                offset,
+            )
+            .fix = Some("name the principals, or add a condition such as kms:CallerAccount or aws:PrincipalOrgID".into());
+        }
+        for finding in &mut self.findings[before..] {
+            finding.sid = finding.sid.take().or_else(|| sid.clone());
+        }
+        let (Some(effect), Some(principal), Some(actions), Some(resources), Some(conditions)) =
+            (effect, principal, actions, resources, conditions)
+        else {
+            return None;
+        };
+        Some(Statement {
+            sid,
+            effect,
+            principal,
+            actions,
+            resources,
+            conditions,
+            location: self.location(path, json.offset),
+        })
+    }
+
+    fn principal_element(
+        &mut self,
+        json: &Json,
+        path: &str,
+        effect: Option<Effect>,
+    ) -> Option<PrincipalElement> {
+        let principal = json.get("Principal");
+        let not_principal = json.get("NotPrincipal");
+        if self.document.kind == DocumentKind::IdentityPolicy {
+            for (name, element) in [("Principal", principal), ("NotPrincipal", not_principal)] {
+                if let Some(element) = element {
+                    self.error(
+                        "PRINCIPAL_NOT_ALLOWED",
+                        format!("identity policies cannot have a {name} element; the principal is whoever the policy is attached to"),
+                        &join(path, name),
+                        element.offset,
+                    );
+                }
+            }
+            return (principal.is_none() && not_principal.is_none())
+                .then_some(PrincipalElement::Absent);
+        }
+        match (principal, not_principal) {
+            (Some(_), Some(n)) => {
+                self.error(
+                    "STATEMENT_CONFLICTING_ELEMENTS",
+                    "the statement has both Principal and NotPrincipal; use one".into(),
+                    &join(path, "NotPrincipal"),
+                    n.offset,
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    "STATEMENT_MISSING_ELEMENT",
+                    "the statement has no Principal; every key policy statement must name its principals".into(),
+                    path,
+                    json.offset,
+                );
+                None
+            }
+            (Some(p), None) => self
+                .principals(p, &join(path, "Principal"))
+                .map(PrincipalElement::Principal),
+            (None, Some(n)) => {
+                if effect == Some(Effect::Allow) {
+                    self.report(
+                        "ALLOW_WITH_NOT_PRINCIPAL",
+                        Severity::SecurityWarning,
+                        "Allow with NotPrincipal allows everyone not listed; AWS supports NotPrincipal only with Deny".into(),
+                        &join(path, "NotPrincipal"),
+                        n.offset,
+                    )
+                    .fix = Some("use Principal, or Deny with a condition on aws:PrincipalArn".into());
+                }
+                self.principals(n, &join(path, "NotPrincipal"))
+                    .map(PrincipalElement::NotPrincipal)
+            }
+        }
+    }
+
+    fn principals(&mut self, json: &Json, path: &str) -> Option<Principals> {
+        let mut principals = Principals::default();
+        match &json.value {
+            Value::String(s) if s == "*" => principals.any = true,
+            Value::Object(members) => {
+                self.check_members(
+                    members,
+                    &["AWS", "Service", "Federated", "CanonicalUser"],
+                    path,
+                );
+                for (key, value) in members {
+                    let names = self.strings(value, &join(path, &key.name))?;
+                    match key.name.as_str() {
+                        "AWS" => {
+                            principals.any |= names.iter().any(|n| n == "*");
+                            principals.aws.extend(names);
+                        }
+                        "Service" => principals.services.extend(names),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {
+                self.error(
+                    "INVALID_ELEMENT_VALUE",
+                    format!("a principal must be \"*\" or an object such as {{\"AWS\": \"<ARN>\"}}, not {}", short(json)),
+                    path,
+                    json.offset,
+                );
+                return None;
+            }
+        }
+        Some(principals)
+    }
+
+    /// A string or a non-empty array of strings.
+    fn strings(&mut self, json: &Json, path: &str) -> Option<Vec<String>> {
+        let result = match &json.value {
+            Value::String(s) => Some(vec![s.clone()]),
+            Value::Array(items) if !items.is_empty() => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect(),
+            _ => None,
+        };
+        if result.is_none() {
+            self.error(
+                "INVALID_ELEMENT_VALUE",
+                format!(
+                    "expected a string or a non-empty array of strings, not {}",
+                    short(json)
+                ),
+                path,
+                json.offset,
+            );
+        }
+        result
+    }
+
+    fn names(
+        &mut self,
+        json: &Json,
+        path: &str,
+        element: &str,
+        not_element: &str,
+    ) -> Option<Names> {
+        match (json.get(element), json.get(not_element)) {
+            (Some(_), Some(n)) => {
+                self.error(
+                    "STATEMENT_CONFLICTING_ELEMENTS",
+                    format!("the statement has both {element} and {not_element}; use one"),
+                    &join(path, not_element),
+                    n.offset,
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    "STATEMENT_MISSING_ELEMENT",
+                    format!(
+                        "the statement has no {element} (or {not_element}), so it has no effect"
+                    ),
+                    path,
+                    json.offset,
+                );
+                None
+            }
+            (Some(v), None) => self.strings(v, &join(path, element)).map(Names::Only),
+            (None, Some(v)) => self
+                .strings(v, &join(path, not_element))
+                .map(Names::AllExcept),
+        }
+    }
+
+    fn conditions(&mut self, json: &Json, path: &str) -> Option<Vec<Condition>> {
+        let Some(block) = json.get("Condition") else {
+            return Some(Vec::new());
+        };
+        let path = join(path, "Condition");
+        let Value::Object(operators) = &block.value else {
+            self.error(
+                "INVALID_ELEMENT_VALUE",
+                format!("Condition must be an object, not {}", block.kind()),
+                &path,
+                block.offset,
+            );
+            return None;
+        };
+        let mut conditions = Vec::new();
+        let mut usable = true;
+        for (op_key, keys) in operators {
+            let op_path = join(&path, &op_key.name);
+            let Some(operator) = Operator::parse(&op_key.name) else {
+                self.error(
+                    "INVALID_CONDITION_OPERATOR",
+                    format!("`{}` is not a condition operator", op_key.name),
+                    &op_path,
+                    op_key.offset,
+                )
+                .fix = Some("use an operator such as StringEquals, StringLike, ArnLike, Bool or Null, with an optional ForAllValues:/ForAnyValue: prefix or IfExists suffix".into());
+                usable = false;
+                continue;
+            };
+            let Value::Object(entries) = &keys.value else {
+                self.error(
+                    "INVALID_ELEMENT_VALUE",
+                    format!("`{}` must map condition keys to values", op_key.name),
+                    &op_path,
+                    keys.offset,
+                );
+                usable = false;
+                continue;
+            };
+            for (key, value) in entries {
+                let key_path = format!("{op_path}[\"{}\"]", key.name);
+                let values: Option<Vec<String>> = match &value.value {
+                    Value::Array(items) => items.iter().map(scalar).collect(),
+                    _ => scalar(value).map(|v| vec![v]),
+                };
+                let Some(values) = values else {
+                    self.error(
+                        "INVALID_ELEMENT_VALUE",
+                        format!(
+                            "the values of `{}` must be strings, numbers or booleans",
+                            key.name
+                        ),
+                        &key_path,
+                        value.offset,
+                    );
+                    usable = false;
+                    continue;
+                };
+                self.check_condition(
+                    operator,
+                    &op_key.name,
+                    &key.name,
+                    &values,
+                    &key_path,
+                    key.offset,
+                );
+                conditions.push(Condition {
+                    operator,
+                    key: key.name.clone(),
+                    values,
+                });
+            }
+        }
+        usable.then_some(conditions)
+    }
+
+    fn check_condition(
+        &mut self,
+        operator: Operator,
+        op_name: &str,
+        key: &str,
+        values: &[String],
+        path: &str,
+        offset: usize,
+    ) {
+        let base = operator.base;
+        use super::condition::Base;
+        if operator.set.is_none() && base != Base::Null && is_multi_valued(key) {
+            self.error(
+                "MISSING_SET_QUALIFIER",
+                format!("`{key}` has multiple values in a request; `{op_name}` needs ForAllValues: or ForAnyValue: to say how the sets compare"),
+                path,
+                offset,
+            )
+            .fix = Some(format!("use `ForAllValues:{op_name}` to allow only the listed values"));
+        }
+        if let Some(set) = operator.set
+            && is_single_valued(key)
+        {
+            let (severity, qualifier) = match set {
+                SetQualifier::ForAllValues => (Severity::SecurityWarning, "ForAllValues"),
+                SetQualifier::ForAnyValue => (Severity::Warning, "ForAnyValue"),
+            };
+            self.report(
+                "SET_QUALIFIER_ON_SINGLE_VALUED_KEY",
+                severity,
+                format!("`{key}` is single-valued; {qualifier}: with it can be overly permissive (ForAllValues matches requests without the key)"),
+                path,
+                offset,
+            )
+            .fix = Some(format!("remove `{qualifier}:`"));
+        }
+        let wildcard = values.iter().any(|v| v.contains('*') || v.contains('?'));
+        if wildcard
+            && matches!(
+                base,
+                Base::StringEquals
+                    | Base::StringNotEquals
+                    | Base::StringEqualsIgnoreCase
+                    | Base::StringNotEqualsIgnoreCase
+            )
+        {
+            self.report(
+                "WILDCARD_WITHOUT_LIKE",
+                Severity::Warning,
+                format!("a value of `{key}` has `*` or `?`, which `{op_name}` compares literally"),
+                path,
+                offset,
+            )
+            .fix = Some("use StringLike (or StringNotLike) for wildcards".into());
+        }
+    }
+
+    fn find_placeholders(&mut self, json: &Json, path: &str) {
+        match &json.value {
+            Value::String(s) => {
+                if let Some(placeholder) = placeholder(s) {
+                    self.error(
+                        "PLACEHOLDER_NOT_REPLACED",
+                        format!("`{s}` still holds the placeholder `{placeholder}` from the documentation"),
+                        path,
+                        json.offset,
+                    )
+                    .fix = Some(match placeholder {
+                        "account-id" => "replace it with the 12-digit AWS account id".into(),
+                        "role-ARN" => "replace it with the ARN of the IAM role".into(),
+                        _ => "replace it with the AWS Region where Inspector scans, such as us-east-1".into(),
+                    });
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.find_placeholders(item, &format!("{path}[{i}]"));
+                }
+            }
+            Value::Object(members) => {
+                for (key, value) in members {
+                    let here = if key.name.contains(':') || key.name.contains('.') {
+                        format!("{path}[\"{}\"]", key.name)
+                    } else {
+                        join(path, &key.name)
+                    };
+                    self.find_placeholders(value, &here);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The documentation placeholder a value still holds, if any.
+fn placeholder(value: &str) -> Option<&'static str> {
+    let lower = value.to_ascii_lowercase();
+    if lower.contains("account-id") {
+        return Some("account-id");
+    }
+    if lower.contains("role-arn") {
+        return Some("role-ARN");
+    }
+    let region_segment = value
+        .split(|c: char| matches!(c, '.' | ':' | '/' | '<' | '>'))
+        .any(|segment| segment.eq_ignore_ascii_case("region"));
+    region_segment.then_some("Region")
+}
+
+fn scalar(json: &Json) -> Option<String> {
+    match &json.value {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.clone()),
+        _ => None,
+    }
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+/// A short rendering of a value for messages.
+fn short(json: &Json) -> String {
+    match &json.value {
+        Value::String(s) => format!("\"{}\"", s.chars().take(60).collect::<String>()),
+        Value::Number(n) => n.clone(),
+        Value::Bool(b) => b.to_string(),
+        _ => json.kind().to_owned(),
+    }
+}

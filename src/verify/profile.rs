@@ -1,0 +1,334 @@
+//! Verification profiles: for each way Inspector's scanning partner uses the key, the
+//! KMS requests that must be allowed, and the policy statements that allow them.
+
+use serde_json::{Value, json};
+
+use super::{
+    eval::{Caller, Request},
+    policy::DocumentKind,
+};
+use crate::domain::partition_of;
+
+/// A named set of requirements a key's policies must meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Profile {
+    /// The seed's system: CodeGuru Security requests a grant on the key and uses it, via
+    /// Inspector. The principal's identity policy holds the two statements.
+    CodeguruGrants,
+    /// Current Lambda code scanning: Amazon Q and the Inspector role use the key through
+    /// the key policy.
+    AmazonQLambda,
+    /// Code Security (code repositories): Amazon Q and the Inspector role, key policy.
+    AmazonQCodeRepository,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 3] = [
+        Profile::CodeguruGrants,
+        Profile::AmazonQLambda,
+        Profile::AmazonQCodeRepository,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::CodeguruGrants => "codeguru-grants",
+            Profile::AmazonQLambda => "amazon-q-lambda",
+            Profile::AmazonQCodeRepository => "amazon-q-code-repository",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// `codeguru-grants, amazon-q-lambda, amazon-q-code-repository`, for messages.
+    pub fn names() -> String {
+        Profile::ALL.map(Profile::name).join(", ")
+    }
+
+    /// The document the profile's statements belong in.
+    pub fn document_kind(self) -> DocumentKind {
+        match self {
+            Profile::CodeguruGrants => DocumentKind::IdentityPolicy,
+            Profile::AmazonQLambda | Profile::AmazonQCodeRepository => DocumentKind::KeyPolicy,
+        }
+    }
+}
+
+/// The account, Region and principal a profile is instantiated for.
+#[derive(Debug, Clone, Copy)]
+pub struct Params<'a> {
+    pub region: &'a str,
+    pub account_id: &'a str,
+    /// The IAM principal that calls Inspector (and, through it, KMS).
+    pub principal_arn: &'a str,
+    /// The key the requests are for.
+    pub key_arn: &'a str,
+}
+
+/// A request the key's policies must allow, and which rendered statement allows it.
+#[derive(Debug, Clone)]
+pub struct Required {
+    pub request: Request,
+    pub statement: usize,
+}
+
+/// A profile instantiated for one account, Region and principal.
+#[derive(Debug, Clone)]
+pub struct Requirements {
+    /// The statements that meet the requirements, in render order.
+    pub statements: Vec<Value>,
+    pub required: Vec<Required>,
+}
+
+/// The six operations the seed's grant is limited to.
+pub const GRANT_OPERATIONS: [&str; 6] = [
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "Encrypt",
+    "Decrypt",
+    "RetireGrant",
+    "DescribeKey",
+];
+
+/// Every KMS grant operation, for probing grants broader than needed.
+pub const ALL_GRANT_OPERATIONS: [&str; 17] = [
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "Sign",
+    "Verify",
+    "GetPublicKey",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateMac",
+    "VerifyMac",
+    "DeriveSharedSecret",
+];
+
+const Q_SERVICE: &str = "q.amazonaws.com";
+const Q_DATA_ACTIONS: [&str; 4] = [
+    "kms:Encrypt",
+    "kms:Decrypt",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:GenerateDataKey",
+];
+
+fn ctx(pairs: &[(&str, &str)]) -> Vec<(String, Vec<String>)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), vec![(*v).to_owned()]))
+        .collect()
+}
+
+impl Profile {
+    pub fn requirements(self, p: &Params<'_>) -> Requirements {
+        let partition = partition_of(p.region);
+        let role = Caller::Aws {
+            arn: p.principal_arn.to_owned(),
+            account: p.account_id.to_owned(),
+        };
+        let q = Caller::Service(Q_SERVICE.to_owned());
+        let request =
+            |caller: &Caller, action: &str, context: Vec<(String, Vec<String>)>| Request {
+                caller: caller.clone(),
+                action: action.to_owned(),
+                resource: p.key_arn.to_owned(),
+                context,
+            };
+        let inspector = format!("inspector2.{}.amazonaws.com", p.region);
+        let mut required = Vec::new();
+        let statements = match self {
+            Profile::CodeguruGrants => {
+                let codeguru = format!("codeguru-security.{}.amazonaws.com", p.region);
+                let mut grant = request(
+                    &role,
+                    "kms:CreateGrant",
+                    ctx(&[("kms:ViaService", &codeguru)]),
+                );
+                grant.context.push((
+                    "kms:GrantOperations".into(),
+                    GRANT_OPERATIONS.map(str::to_owned).to_vec(),
+                ));
+                required.push(Required {
+                    request: grant,
+                    statement: 0,
+                });
+                for via in [&inspector, &codeguru] {
+                    for action in [
+                        "kms:Encrypt",
+                        "kms:Decrypt",
+                        "kms:RetireGrant",
+                        "kms:DescribeKey",
+                        "kms:GenerateDataKeyWithoutPlaintext",
+                    ] {
+                        required.push(Required {
+                            request: request(&role, action, ctx(&[("kms:ViaService", via)])),
+                            statement: 1,
+                        });
+                    }
+                }
+                vec![
+                    json!({
+                        "Sid": "AllowCodeGuruSecurityToRequestAGrantForTheKey",
+                        "Effect": "Allow",
+                        "Action": "kms:CreateGrant",
+                        "Resource": "*",
+                        "Condition": {
+                            "ForAllValues:StringEquals": {"kms:GrantOperations": GRANT_OPERATIONS},
+                            "StringEquals": {"kms:ViaService": [codeguru]}
+                        }
+                    }),
+                    json!({
+                        "Sid": "AllowInspectorAndCodeGuruSecurityToUseTheKey",
+                        "Effect": "Allow",
+                        "Action": ["kms:Encrypt", "kms:Decrypt", "kms:RetireGrant", "kms:DescribeKey", "kms:GenerateDataKeyWithoutPlaintext"],
+                        "Resource": "*",
+                        "Condition": {"StringEquals": {"kms:ViaService": [inspector, codeguru]}}
+                    }),
+                ]
+            }
+            Profile::AmazonQLambda | Profile::AmazonQCodeRepository => {
+                let lambda = self == Profile::AmazonQLambda;
+                let (scope_key, source_arn_pattern, source_arn) = if lambda {
+                    (
+                        "kms:EncryptionContext:aws:qdeveloper:lambda-codescan-scope",
+                        format!(
+                            "arn:{partition}:qdeveloper:{}:{}:scans/*",
+                            p.region, p.account_id
+                        ),
+                        format!(
+                            "arn:{partition}:qdeveloper:{}:{}:scans/inspector-keyd-check",
+                            p.region, p.account_id
+                        ),
+                    )
+                } else {
+                    (
+                        "kms:EncryptionContext:aws:qdeveloper:codesecurity-scope",
+                        format!(
+                            "arn:{partition}:inspector2:{}:{}:codesecurity-integration/*",
+                            p.region, p.account_id
+                        ),
+                        format!(
+                            "arn:{partition}:inspector2:{}:{}:codesecurity-integration/inspector-keyd-check",
+                            p.region, p.account_id
+                        ),
+                    )
+                };
+                let account = p.account_id;
+                for action in Q_DATA_ACTIONS {
+                    let context = ctx(&[
+                        (scope_key, account),
+                        ("aws:SourceAccount", account),
+                        ("aws:SourceArn", &source_arn),
+                    ]);
+                    required.push(Required {
+                        request: request(&q, action, context),
+                        statement: 0,
+                    });
+                }
+                let describe_context = ctx(&[
+                    ("aws:SourceAccount", account),
+                    ("aws:SourceArn", &source_arn),
+                ]);
+                required.push(Required {
+                    request: request(&q, "kms:DescribeKey", describe_context),
+                    statement: 1,
+                });
+                for action in Q_DATA_ACTIONS {
+                    let context = ctx(&[("kms:ViaService", &inspector), (scope_key, account)]);
+                    required.push(Required {
+                        request: request(&role, action, context),
+                        statement: 2,
+                    });
+                }
+                let describe_context = ctx(&[("kms:ViaService", &inspector)]);
+                required.push(Required {
+                    request: request(&role, "kms:DescribeKey", describe_context),
+                    statement: 3,
+                });
+                let sids = if lambda {
+                    [
+                        "Allow Amazon Q to encrypt and decrypt Lambda code snippets",
+                        "Allow Amazon Q to describe the key for Lambda code scanning",
+                        "Allow Inspector to encrypt and decrypt Lambda code snippets using FAS",
+                        "Allow Inspector to describe the key for Lambda code scanning using FAS",
+                    ]
+                } else {
+                    [
+                        "Allow Q to use Encrypt Decrypt GenerateDataKey and GenerateDataKeyWithoutPlaintext",
+                        "Allow Q to use DescribeKey",
+                        "Allow Inspector to use Encrypt Decrypt GenerateDataKey and GenerateDataKeyWithoutPlaintext using FAS",
+                        "Allow Inspector to use DescribeKey using FAS",
+                    ]
+                };
+                vec![
+                    json!({
+                        "Sid": sids[0],
+                        "Effect": "Allow",
+                        "Principal": {"Service": Q_SERVICE},
+                        "Action": Q_DATA_ACTIONS,
+                        "Resource": "*",
+                        "Condition": {
+                            "StringEquals": {"aws:SourceAccount": account},
+                            "StringLike": {scope_key: account},
+                            "ArnLike": {"aws:SourceArn": source_arn_pattern}
+                        }
+                    }),
+                    json!({
+                        "Sid": sids[1],
+                        "Effect": "Allow",
+                        "Principal": {"Service": Q_SERVICE},
+                        "Action": "kms:DescribeKey",
+                        "Resource": "*",
+                        "Condition": {
+                            "StringEquals": {"aws:SourceAccount": account},
+                            "ArnLike": {"aws:SourceArn": source_arn_pattern}
+                        }
+                    }),
+                    json!({
+                        "Sid": sids[2],
+                        "Effect": "Allow",
+                        "Principal": {"AWS": p.principal_arn},
+                        "Action": Q_DATA_ACTIONS,
+                        "Resource": "*",
+                        "Condition": {
+                            "StringEquals": {"kms:ViaService": inspector},
+                            "StringLike": {scope_key: account}
+                        }
+                    }),
+                    json!({
+                        "Sid": sids[3],
+                        "Effect": "Allow",
+                        "Principal": {"AWS": p.principal_arn},
+                        "Action": "kms:DescribeKey",
+                        "Resource": "*",
+                        "Condition": {"StringEquals": {"kms:ViaService": inspector}}
+                    }),
+                ]
+            }
+        };
+        Requirements {
+            statements,
+            required,
+        }
+    }
+}
+
+/// The statement by which a key policy lets the account delegate through IAM policies
+/// (the statement KMS puts in every default key policy).
+pub fn account_delegation_statement(region: &str, account_id: &str) -> Value {
+    json!({
+        "Sid": "Enable IAM User Permissions",
+        "Effect": "Allow",
+        "Principal": {"AWS": format!("arn:{}:iam::{account_id}:root", partition_of(region))},
+        "Action": "kms:*",
+        "Resource": "*"
+    })
+}

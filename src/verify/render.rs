@@ -1,0 +1,150 @@
+//! Rendering a profile's statements into a policy document, merged into an existing one
+//! when given: statements with the same Sid are replaced in place, others kept in order,
+//! and the output is canonical JSON that `verify` accepts.
+
+use serde_json::{Map, Value};
+
+use super::{
+    policy::{DocumentKind, MAX_POLICY_BYTES},
+    profile::{Params, Profile, account_delegation_statement},
+};
+use crate::domain::is_region_name;
+
+/// Why a policy could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("`{value}` is not an AWS Region name (for example us-east-1)")]
+    Region { value: String },
+    #[error("`{value}` is not a 12-digit AWS account id")]
+    Account { value: String },
+    #[error(
+        "`{value}` is not the ARN of an IAM role or user in account {account} (arn:aws:iam::<account-id>:role/<name>)"
+    )]
+    Principal { value: String, account: String },
+    #[error("cannot merge into the existing policy: {0}")]
+    Existing(String),
+    #[error(
+        "the merged policy would be {0} bytes; key policies are limited to {MAX_POLICY_BYTES} bytes"
+    )]
+    TooLarge(usize),
+}
+
+fn is_principal_arn(arn: &str, account_id: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    matches!(parts.as_slice(), ["arn", "aws" | "aws-cn" | "aws-us-gov", "iam", "", account, resource]
+        if *account == account_id
+            && (resource.strip_prefix("role/").or_else(|| resource.strip_prefix("user/")))
+                .is_some_and(|name| !name.is_empty() && !name.chars().any(char::is_whitespace)))
+}
+
+/// Checks the render parameters the way the documentation's placeholders need them.
+pub fn check_params(
+    region: &str,
+    account_id: &str,
+    principal_arn: &str,
+) -> Result<(), RenderError> {
+    if !is_region_name(region) {
+        return Err(RenderError::Region {
+            value: region.to_owned(),
+        });
+    }
+    if account_id.len() != 12 || !account_id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RenderError::Account {
+            value: account_id.to_owned(),
+        });
+    }
+    if !is_principal_arn(principal_arn, account_id) {
+        return Err(RenderError::Principal {
+            value: principal_arn.to_owned(),
+            account: account_id.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Renders `profile` for the parameters; merged into `existing` when given.
+pub fn render(
+    profile: Profile,
+    region: &str,
+    account_id: &str,
+    principal_arn: &str,
+    existing: Option<&str>,
+) -> Result<String, RenderError> {
+    check_params(region, account_id, principal_arn)?;
+    let params = Params {
+        region,
+        account_id,
+        principal_arn,
+        key_arn: "",
+    };
+    let wanted = profile.requirements(&params).statements;
+    let mut document = match existing {
+        Some(text) => serde_json::from_str::<Value>(text)
+            .map_err(|e| RenderError::Existing(format!("not valid JSON: {e}")))?,
+        None => Value::Object(Map::new()),
+    };
+    let Value::Object(root) = &mut document else {
+        return Err(RenderError::Existing(
+            "the policy is not a JSON object".into(),
+        ));
+    };
+    let mut statements = match root.remove("Statement") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(one @ Value::Object(_)) => vec![one],
+        Some(_) => {
+            return Err(RenderError::Existing(
+                "Statement is neither an object nor an array".into(),
+            ));
+        }
+    };
+    let sid = |statement: &Value| {
+        statement
+            .get("Sid")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    if profile.document_kind() == DocumentKind::KeyPolicy
+        && !delegates_to_account(&statements, account_id)
+    {
+        statements.insert(0, account_delegation_statement(region, account_id));
+    }
+    for statement in wanted {
+        let wanted_sid = sid(&statement);
+        match statements.iter_mut().find(|s| sid(s) == wanted_sid) {
+            Some(slot) => *slot = statement,
+            None => statements.push(statement),
+        }
+    }
+    // Version first, then whatever else the document had, then the statements.
+    let mut ordered = Map::new();
+    ordered.insert(
+        "Version".into(),
+        root.remove("Version")
+            .unwrap_or_else(|| "2012-10-17".into()),
+    );
+    ordered.append(root);
+    ordered.insert("Statement".into(), Value::Array(statements));
+    let text = serde_json::to_string_pretty(&Value::Object(ordered))
+        .map_err(|e| RenderError::Existing(e.to_string()))?;
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(RenderError::TooLarge(text.len()));
+    }
+    Ok(text)
+}
+
+/// Whether some Allow statement already names the account as principal.
+fn delegates_to_account(statements: &[Value], account_id: &str) -> bool {
+    statements.iter().any(|s| {
+        let allow = s.get("Effect").and_then(Value::as_str) == Some("Allow");
+        let names = match s.get("Principal").and_then(|p| p.get("AWS")) {
+            Some(Value::String(one)) => vec![one.as_str()],
+            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        allow
+            && names
+                .iter()
+                .any(|n| *n == account_id || n.ends_with(&format!(":iam::{account_id}:root")))
+    })
+}
