@@ -8,6 +8,7 @@
 
 pub mod authz;
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod proto;

@@ -2,36 +2,18 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
-use inspector_keyd::{config::Config, server};
+use clap::Parser;
+use inspector_keyd::{
+    cli::{self, Cli, Command},
+    config::Config,
+    server,
+};
 use tracing_subscriber::EnvFilter;
 
-#[derive(Parser)]
-#[command(
-    name = "inspector-keyd",
-    version,
-    about = "gRPC sidecar for Amazon Inspector's customer managed encryption key"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the gRPC API. With no config: local backend, state in ./state, a Unix socket
-    /// at ./state/keyd.sock and loopback TCP on 127.0.0.1:50051.
-    Serve {
-        /// TOML configuration file; `INSPECTOR_KEYD_*` variables override it.
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-    },
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Serve { config } => serve(config),
+        Command::Policy(command) => cli::policy(command),
     }
 }
 

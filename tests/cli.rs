@@ -82,3 +82,363 @@ fn a_second_server_on_the_same_state_refuses_to_start() {
     );
     assert!(sidecar.socket.exists());
 }
+
+const ACCOUNT: &str = "123456789012";
+const ROLE: &str = "arn:aws:iam::123456789012:role/Scanner";
+
+fn policy(args: &[&str], dir: &std::path::Path) -> Output {
+    Command::new(BIN)
+        .arg("policy")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn target(profile: &str) -> Vec<String> {
+    [
+        "--profile",
+        profile,
+        "--region",
+        "eu-west-1",
+        "--account",
+        ACCOUNT,
+        "--principal-arn",
+        ROLE,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn run(dir: &std::path::Path, sub: &str, profile: &str, extra: &[&str]) -> Output {
+    let mut args = vec![sub.to_owned()];
+    args.extend(target(profile));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    policy(&args.iter().map(String::as_str).collect::<Vec<_>>(), dir)
+}
+
+#[test]
+fn policy_render_then_verify_passes_for_every_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("default-key-policy.json"),
+        r#"{"Version": "2012-10-17", "Statement": [{"Sid": "Enable IAM User Permissions", "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    for profile in [
+        "codeguru-grants",
+        "amazon-q-lambda",
+        "amazon-q-code-repository",
+    ] {
+        let rendered = run(dir.path(), "render", profile, &[]);
+        assert_eq!(
+            rendered.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        std::fs::write(dir.path().join("rendered.json"), &rendered.stdout).unwrap();
+        let verify_args: &[&str] = if profile == "codeguru-grants" {
+            &[
+                "--key-policy",
+                "default-key-policy.json",
+                "--identity-policy",
+                "rendered.json",
+                "--format",
+                "json",
+            ]
+        } else {
+            &["--key-policy", "rendered.json", "--format", "json"]
+        };
+        let verified = run(dir.path(), "verify", profile, verify_args);
+        let stdout = String::from_utf8_lossy(&verified.stdout);
+        assert_eq!(verified.status.code(), Some(0), "{profile}: {stdout}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let keys: Vec<&String> = report.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["passed", "profile", "findings"]);
+        assert_eq!(report["passed"], true);
+        assert_eq!(report["profile"], profile);
+        for finding in report["findings"].as_array().unwrap() {
+            for key in finding.as_object().unwrap().keys() {
+                assert!(
+                    ["code", "severity", "message", "sid", "location", "fix"]
+                        .contains(&key.as_str()),
+                    "{key}"
+                );
+            }
+            assert!(
+                ["ERROR", "SECURITY_WARNING", "WARNING", "SUGGESTION"]
+                    .contains(&finding["severity"].as_str().unwrap())
+            );
+        }
+        // Rendering into its own output changes nothing.
+        let again = run(
+            dir.path(),
+            "render",
+            profile,
+            &["--merge-into", "rendered.json"],
+        );
+        assert_eq!(
+            again.stdout, rendered.stdout,
+            "{profile}: render is not idempotent"
+        );
+    }
+}
+
+#[test]
+fn policy_verify_reports_findings_with_exit_code_1() {
+    let dir = tempfile::tempdir().unwrap();
+    // The lambda profile's statements are missing: only the default statement is there.
+    std::fs::write(
+        dir.path().join("key.json"),
+        r#"{"Version": "2012-10-17", "Statement": [{"Sid": "Enable IAM User Permissions", "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    let output = run(
+        dir.path(),
+        "verify",
+        "amazon-q-lambda",
+        &["--key-policy", "key.json"],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ERROR REQUIRED_ACCESS_MISSING")
+                && l.contains("q.amazonaws.com")
+                && l.contains("Fix: {")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("FAILED (profile amazon-q-lambda): 5 errors"),
+        "{stdout}"
+    );
+
+    // A malformed policy is a finding (exit 1) with its line and column.
+    std::fs::write(
+        dir.path().join("broken.json"),
+        "{\n  \"Version\": \"2012-10-17\",\n  \"Statement\": [,]\n}",
+    )
+    .unwrap();
+    let output = run(
+        dir.path(),
+        "verify",
+        "amazon-q-lambda",
+        &["--key-policy", "broken.json", "--format", "json"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let invalid = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "POLICY_INVALID_JSON")
+        .unwrap();
+    assert_eq!(invalid["location"]["line"], 3);
+    assert_eq!(invalid["location"]["column"], 17);
+
+    // Key metadata is checked when given.
+    std::fs::write(
+        dir.path().join("key-metadata.json"),
+        r#"{"KeyMetadata": {"KeyId": "1234abcd-12ab-34cd-56ef-1234567890ab", "Arn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "KeyState": "Disabled", "Enabled": false, "KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT", "KeyManager": "CUSTOMER"}}"#,
+    )
+    .unwrap();
+    let rendered = run(dir.path(), "render", "amazon-q-lambda", &[]);
+    std::fs::write(dir.path().join("rendered.json"), &rendered.stdout).unwrap();
+    let output = run(
+        dir.path(),
+        "verify",
+        "amazon-q-lambda",
+        &[
+            "--key-policy",
+            "rendered.json",
+            "--key-metadata",
+            "key-metadata.json",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.starts_with("ERROR KEY_NOT_ENABLED"), "{stdout}");
+}
+
+#[test]
+fn policy_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key.json"), "{}").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "verify",
+                "--profile",
+                "strict",
+                "--region",
+                "eu-west-1",
+                "--account",
+                ACCOUNT,
+                "--principal-arn",
+                ROLE,
+                "--key-policy",
+                "key.json",
+            ],
+            "invalid value 'strict'",
+        ),
+        (
+            vec![
+                "verify",
+                "--profile",
+                "amazon-q-lambda",
+                "--region",
+                "eu-west-1",
+                "--account",
+                ACCOUNT,
+                "--principal-arn",
+                ROLE,
+                "--key-policy",
+                "missing.json",
+            ],
+            "cannot read `missing.json`",
+        ),
+        (
+            vec![
+                "verify",
+                "--profile",
+                "amazon-q-lambda",
+                "--region",
+                "Region",
+                "--account",
+                ACCOUNT,
+                "--principal-arn",
+                ROLE,
+                "--key-policy",
+                "key.json",
+            ],
+            "not an AWS Region name",
+        ),
+        (
+            vec![
+                "render",
+                "--profile",
+                "amazon-q-lambda",
+                "--region",
+                "eu-west-1",
+                "--account",
+                "account-id",
+                "--principal-arn",
+                ROLE,
+            ],
+            "not a 12-digit AWS account id",
+        ),
+        (
+            vec![
+                "render",
+                "--profile",
+                "amazon-q-lambda",
+                "--region",
+                "eu-west-1",
+                "--account",
+                ACCOUNT,
+                "--principal-arn",
+                "role-ARN",
+            ],
+            "not the ARN of an IAM role",
+        ),
+        (
+            vec![
+                "render",
+                "--profile",
+                "amazon-q-lambda",
+                "--region",
+                "eu-west-1",
+                "--account",
+                ACCOUNT,
+                "--principal-arn",
+                ROLE,
+                "--merge-into",
+                "missing.json",
+            ],
+            "cannot read",
+        ),
+        (
+            vec![
+                "verify",
+                "--profile",
+                "amazon-q-lambda",
+                "--region",
+                "eu-west-1",
+                "--account",
+                ACCOUNT,
+                "--principal-arn",
+                ROLE,
+                "--key-policy",
+                "key.json",
+                "--key-metadata",
+                "key.json",
+            ],
+            "not DescribeKey output",
+        ),
+    ];
+    for (args, message) in cases {
+        let output = policy(&args, dir.path());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn policy_render_merges_into_an_existing_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("existing.json"),
+        r#"{"Version": "2012-10-17", "Id": "prod-key", "Statement": [
+            {"Sid": "Admins", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:role/Admin"}, "Action": "kms:*", "Resource": "*"},
+            {"Sid": "Allow Q to use DescribeKey", "Effect": "Allow", "Principal": {"Service": "q.amazonaws.com"}, "Action": "kms:DescribeKey", "Resource": "*"}
+        ]}"#,
+    )
+    .unwrap();
+    let output = run(
+        dir.path(),
+        "render",
+        "amazon-q-code-repository",
+        &["--merge-into", "existing.json"],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let merged: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(merged["Id"], "prod-key");
+    let sids: Vec<&str> = merged["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Sid"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sids,
+        [
+            "Enable IAM User Permissions",
+            "Admins",
+            "Allow Q to use DescribeKey",
+            "Allow Q to use Encrypt Decrypt GenerateDataKey and GenerateDataKeyWithoutPlaintext",
+            "Allow Inspector to use Encrypt Decrypt GenerateDataKey and GenerateDataKeyWithoutPlaintext using FAS",
+            "Allow Inspector to use DescribeKey using FAS",
+        ]
+    );
+    // The same-Sid statement was replaced by the profile's (now with a source condition).
+    assert_eq!(
+        merged["Statement"][2]["Condition"]["StringEquals"]["aws:SourceAccount"],
+        ACCOUNT
+    );
+}

@@ -165,7 +165,7 @@ impl EncryptionKeys {
             validation::KeyToVerify::Inline {
                 metadata,
                 key_policy,
-            } => self.verify_documents(&subject, metadata.as_ref(), key_policy),
+            } => self.verify_documents(&subject, metadata.as_deref(), key_policy),
         };
         Ok(proto::VerifyKeyPolicyResponse {
             report: Some(report.into()),

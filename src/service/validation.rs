@@ -143,7 +143,7 @@ pub enum KeyToVerify<'r> {
     Stored(KeyArn),
     /// Documents in the request.
     Inline {
-        metadata: Option<KeyMetadata>,
+        metadata: Option<Box<KeyMetadata>>,
         key_policy: &'r str,
     },
 }
@@ -203,7 +203,7 @@ pub fn verify_request<'r>(
                         violations.push(FieldViolation::new("inline_key.key_metadata_json", e))
                     })
                     .ok()
-                    .map(Some)
+                    .map(|m| Some(Box::new(m)))
             };
             metadata.map(|metadata| KeyToVerify::Inline {
                 metadata,

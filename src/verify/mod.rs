@@ -229,7 +229,11 @@ fn requirement_findings(
         let statement_json = statement.map(|s| serde_json::to_string(s).unwrap_or_default());
         match eval::decide(key_policy, identity, request) {
             Decision::Allow => {}
-            Decision::IdentityPolicyNotChecked => not_checked.push(describe(request)),
+            Decision::IdentityPolicyNotChecked => {
+                if !not_checked.contains(&request.action) {
+                    not_checked.push(request.action.clone());
+                }
+            }
             Decision::ExplicitDeny { sid, location } => findings.push(Finding {
                 code: "REQUIRED_ACCESS_EXPLICITLY_DENIED",
                 severity: Severity::Error,
@@ -291,8 +295,9 @@ fn requirement_findings(
                 "IDENTITY_POLICY_NOT_CHECKED",
                 Severity::Warning,
                 format!(
-                    "the key policy delegates to the account, so the principal's identity policies decide these requests, and none were given: {}",
-                    not_checked.join("; ")
+                    "the key policy delegates to the account, so the identity policies of `{}` decide whether it may call {}, and none were given",
+                    input.principal_arn,
+                    not_checked.join(", ")
                 ),
             )
             .with_fix("pass the principal's identity policies (--identity-policy, or verification.identity_policy_files in the config)"),

@@ -818,19 +818,33 @@ impl Analysis<'_> {
     }
 }
 
-/// The documentation placeholder a value still holds, if any.
+/// The documentation placeholder a value still holds, if any: `<Region>`-style markers
+/// anywhere, a bare `Region`/`account-id`/`role-ARN`, the Region part of a service host
+/// name or of an ARN, or the account part of an ARN. (Names chosen by people, such as a
+/// role's, are not read, so a role named `region` is not a placeholder.)
 fn placeholder(value: &str) -> Option<&'static str> {
+    const NAMES: [&str; 3] = ["Region", "account-id", "role-ARN"];
+    let is = |text: &str, name: &str| text.trim().eq_ignore_ascii_case(name);
     let lower = value.to_ascii_lowercase();
-    if lower.contains("account-id") {
-        return Some("account-id");
+    if let Some(name) = NAMES
+        .iter()
+        .find(|name| is(value, name) || lower.contains(&format!("<{}>", name.to_ascii_lowercase())))
+    {
+        return Some(name);
     }
-    if lower.contains("role-arn") {
-        return Some("role-ARN");
+    if lower.ends_with(".amazonaws.com") && value.split('.').any(|part| is(part, "Region")) {
+        return Some("Region");
     }
-    let region_segment = value
-        .split(|c: char| matches!(c, '.' | ':' | '/' | '<' | '>'))
-        .any(|segment| segment.eq_ignore_ascii_case("region"));
-    region_segment.then_some("Region")
+    if lower.starts_with("arn:") {
+        let parts: Vec<&str> = value.splitn(6, ':').collect();
+        if parts.get(3).is_some_and(|p| is(p, "Region")) {
+            return Some("Region");
+        }
+        if parts.get(4).is_some_and(|p| is(p, "account-id")) {
+            return Some("account-id");
+        }
+    }
+    None
 }
 
 fn scalar(json: &Json) -> Option<String> {

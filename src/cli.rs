@@ -1,0 +1,239 @@
+//! The command line: `serve`, and the verification library offline (`policy verify`,
+//! `policy render`) for CI pipelines and people.
+
+use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::verify::{self, Profile, Report, Severity};
+
+#[derive(Parser)]
+#[command(
+    name = "inspector-keyd",
+    version,
+    about = "gRPC sidecar for Amazon Inspector's customer managed encryption key"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API. With no config: local backend, state in ./state, a Unix socket
+    /// at ./state/keyd.sock and loopback TCP on 127.0.0.1:50051.
+    Serve {
+        /// TOML configuration file; `INSPECTOR_KEYD_*` variables override it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Verify or render key policies offline.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Verify a key policy (and the principal's identity policies) for a profile. Exit 0:
+    /// passed; 1: a finding of severity ERROR (a malformed policy is a finding); 2: usage
+    /// error or unreadable file.
+    Verify(VerifyArgs),
+    /// Print the policy a profile needs, merged into an existing one when given.
+    Render(RenderArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ProfileArg {
+    CodeguruGrants,
+    AmazonQLambda,
+    AmazonQCodeRepository,
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(arg: ProfileArg) -> Profile {
+        match arg {
+            ProfileArg::CodeguruGrants => Profile::CodeguruGrants,
+            ProfileArg::AmazonQLambda => Profile::AmazonQLambda,
+            ProfileArg::AmazonQCodeRepository => Profile::AmazonQCodeRepository,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What both `verify` and `render` need.
+#[derive(Args)]
+pub struct Target {
+    /// Verification profile.
+    #[arg(long, value_enum)]
+    profile: ProfileArg,
+    /// AWS Region where Inspector scans.
+    #[arg(long)]
+    region: String,
+    /// 12-digit AWS account id.
+    #[arg(long)]
+    account: String,
+    /// ARN of the IAM principal that calls Inspector.
+    #[arg(long, value_name = "ARN")]
+    principal_arn: String,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The key policy (JSON).
+    #[arg(long, value_name = "FILE")]
+    key_policy: PathBuf,
+    /// An identity policy of the principal (JSON); repeat for several.
+    #[arg(long = "identity-policy", value_name = "FILE")]
+    identity_policies: Vec<PathBuf>,
+    /// `aws kms describe-key` output; without it the key rules are not checked.
+    #[arg(long, value_name = "FILE")]
+    key_metadata: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    target: Target,
+    /// A policy to merge the statements into (same Sid replaced, others kept).
+    #[arg(long, value_name = "FILE")]
+    merge_into: Option<PathBuf>,
+}
+
+/// A usage or input problem: exit code 2.
+fn usage_error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("inspector-keyd: {message}");
+    ExitCode::from(2)
+}
+
+fn read(path: &PathBuf) -> Result<String, ExitCode> {
+    std::fs::read_to_string(path)
+        .map_err(|e| usage_error(format!("cannot read `{}`: {e}", path.display())))
+}
+
+pub fn policy(command: PolicyCommand) -> ExitCode {
+    match command {
+        PolicyCommand::Verify(args) => verify_command(args).unwrap_or_else(|code| code),
+        PolicyCommand::Render(args) => render_command(args).unwrap_or_else(|code| code),
+    }
+}
+
+fn verify_command(args: VerifyArgs) -> Result<ExitCode, ExitCode> {
+    let t = &args.target;
+    verify::render::check_params(&t.region, &t.account, &t.principal_arn).map_err(usage_error)?;
+    let key_policy = read(&args.key_policy)?;
+    let identity_policies = args
+        .identity_policies
+        .iter()
+        .map(read)
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = match &args.key_metadata {
+        Some(path) => Some(
+            verify::parse_describe_key(&read(path)?)
+                .map_err(|e| usage_error(format!("`{}` is {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let report = verify::verify(&verify::Input {
+        profile: t.profile.into(),
+        region: &t.region,
+        account_id: &t.account,
+        principal_arn: &t.principal_arn,
+        key_metadata: metadata.as_ref(),
+        key_policy: &key_policy,
+        identity_policies: &identity_policies,
+    });
+    match args.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
+        Format::Text => print!("{}", text_report(&report)),
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn render_command(args: RenderArgs) -> Result<ExitCode, ExitCode> {
+    let t = &args.target;
+    let existing = args.merge_into.as_ref().map(read).transpose()?;
+    let policy = verify::render(
+        t.profile.into(),
+        &t.region,
+        &t.account,
+        &t.principal_arn,
+        existing.as_deref(),
+    )
+    .map_err(usage_error)?;
+    println!("{policy}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn severity_label(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Error => "ERROR",
+        Severity::SecurityWarning => "SECURITY_WARNING",
+        Severity::Warning => "WARNING",
+        Severity::Suggestion => "SUGGESTION",
+    }
+}
+
+/// One line per finding (severity first, then where, what, and how to fix), then a
+/// summary line.
+pub fn text_report(report: &Report) -> String {
+    let mut out = String::new();
+    for f in &report.findings {
+        let _ = write!(out, "{} {}", severity_label(f.severity), f.code);
+        if let Some(location) = &f.location {
+            let _ = write!(
+                out,
+                " at {} (line {}, column {})",
+                location.path, location.line, location.column
+            );
+        }
+        if let Some(sid) = &f.sid {
+            let _ = write!(out, " [Sid \"{sid}\"]");
+        }
+        let _ = write!(out, ": {}", f.message);
+        if let Some(fix) = &f.fix {
+            let _ = write!(out, ". Fix: {fix}");
+        }
+        out.push('\n');
+    }
+    let counts: Vec<String> = [
+        (Severity::Error, "error"),
+        (Severity::SecurityWarning, "security warning"),
+        (Severity::Warning, "warning"),
+        (Severity::Suggestion, "suggestion"),
+    ]
+    .iter()
+    .map(|&(severity, noun)| {
+        let n = report
+            .findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .count();
+        format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+    })
+    .collect();
+    let _ = writeln!(
+        out,
+        "{} (profile {}): {}",
+        if report.passed { "PASSED" } else { "FAILED" },
+        report.profile,
+        counts.join(", ")
+    );
+    out
+}
