@@ -1,0 +1,406 @@
+//! VerifyKeyPolicy, RenderKeyPolicy and the Update gate through the real server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use inspector_keyd::proto::{self, InlineKey, verify_key_policy_request::Key};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn codes(report: &proto::VerificationReport) -> Vec<&str> {
+    report.findings.iter().map(|f| f.code.as_str()).collect()
+}
+
+fn verify_request(profile: &str, key: Key) -> proto::VerifyKeyPolicyRequest {
+    proto::VerifyKeyPolicyRequest {
+        profile: profile.into(),
+        key: Some(key),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn render_create_verify_update() {
+    let sidecar = Sidecar::start();
+    let mut reader = sidecar.read_only_keys().await;
+    let rendered = reader
+        .render_key_policy(proto::RenderKeyPolicyRequest {
+            profile: "amazon-q-code-repository".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rendered.document_kind(),
+        proto::PolicyDocumentKind::KeyPolicy
+    );
+    // Defaults come from the sidecar's configuration.
+    assert!(
+        rendered
+            .policy_json
+            .contains("\"aws:SourceAccount\": \"111122223333\""),
+        "{}",
+        rendered.policy_json
+    );
+    assert!(
+        rendered
+            .policy_json
+            .contains("arn:aws:iam::111122223333:role/inspector-keyd")
+    );
+    assert!(
+        rendered
+            .policy_json
+            .contains("inspector2.us-east-1.amazonaws.com")
+    );
+
+    let arn = sidecar
+        .create_key(proto::CreateKeyRequest {
+            policy: rendered.policy_json.clone(),
+            ..Default::default()
+        })
+        .await;
+    // Verification by ARN reads metadata and policy from the backend; read-only may do it.
+    let report = reader
+        .verify_key_policy(verify_request(
+            "amazon-q-code-repository",
+            Key::KmsKeyId(arn.clone()),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert!(report.passed, "{report:?}");
+    assert_eq!(report.profile, "amazon-q-code-repository");
+    assert!(codes(&report).is_empty(), "{report:?}");
+
+    // The same key fails the Lambda profile of the Amazon Q era: its statements are missing.
+    let report = reader
+        .verify_key_policy(verify_request(
+            "amazon-q-lambda",
+            Key::KmsKeyId(arn.clone()),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert!(!report.passed);
+    // Amazon Q's statements for Lambda are missing; the role's Lambda-scoped requests fall to
+    // the account delegation, which no identity policy was given to decide.
+    let mut got = codes(&report);
+    got.dedup();
+    assert_eq!(
+        got,
+        ["REQUIRED_ACCESS_MISSING", "IDENTITY_POLICY_NOT_CHECKED"],
+        "{report:?}"
+    );
+    assert_eq!(report.findings.len(), 6);
+    // Verification never changes anything.
+    let status = reader
+        .get_encryption_key(get_request(REPOSITORY))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+
+    let mut admin = sidecar.admin_keys().await;
+    let updated = admin
+        .update_encryption_key(proto::UpdateEncryptionKeyRequest {
+            resource_type: REPOSITORY,
+            ..update_request(&arn)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(updated.applied);
+    assert_eq!(updated.report.unwrap().profile, "amazon-q-code-repository");
+}
+
+#[tokio::test]
+async fn inline_documents_and_profile_from_target() {
+    let sidecar = Sidecar::start();
+    let mut reader = sidecar.read_only_keys().await;
+    let metadata = r#"{"KeyMetadata": {"KeyId": "1234abcd-12ab-34cd-56ef-1234567890ab",
+        "Arn": "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "KeyState": "PendingDeletion", "KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT", "KeyManager": "CUSTOMER"}}"#;
+    let policy = sidecar.rendered_policy("amazon-q-code-repository").await;
+    let request = proto::VerifyKeyPolicyRequest {
+        scan_type: CODE,
+        resource_type: REPOSITORY,
+        key: Some(Key::InlineKey(InlineKey {
+            key_policy: policy,
+            key_metadata_json: metadata.into(),
+        })),
+        ..Default::default()
+    };
+    let report = reader
+        .verify_key_policy(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert_eq!(report.profile, "amazon-q-code-repository");
+    assert_eq!(codes(&report), ["KEY_NOT_ENABLED"]);
+
+    let malformed = "{\"Version\": \"2012-10-17\",\n\"Statement\": [}";
+    let request = verify_request(
+        "amazon-q-lambda",
+        Key::InlineKey(InlineKey {
+            key_policy: malformed.into(),
+            key_metadata_json: String::new(),
+        }),
+    );
+    let report = reader
+        .verify_key_policy(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert_eq!(
+        codes(&report),
+        ["KEY_METADATA_NOT_CHECKED", "POLICY_INVALID_JSON"]
+    );
+    let location = report.findings[1].location.as_ref().unwrap();
+    assert_eq!(
+        (location.path.as_str(), location.line, location.column),
+        ("key_policy", 2, 15)
+    );
+}
+
+#[tokio::test]
+async fn bad_verify_and_render_requests_name_the_field() {
+    let sidecar = Sidecar::start();
+    let mut reader = sidecar.read_only_keys().await;
+    let field = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        status
+            .get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|v| v.field.clone())
+            .collect::<Vec<_>>()
+    };
+    let missing_key = proto::VerifyKeyPolicyRequest {
+        profile: "amazon-q-lambda".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        field(reader.verify_key_policy(missing_key).await.unwrap_err()),
+        ["kms_key_id"]
+    );
+    let bad_profile = verify_request("strict", Key::KmsKeyId("alias/x".into()));
+    assert_eq!(
+        field(reader.verify_key_policy(bad_profile).await.unwrap_err()),
+        ["profile", "kms_key_id"]
+    );
+    let no_profile = proto::VerifyKeyPolicyRequest {
+        key: Some(Key::KmsKeyId("alias/x".into())),
+        ..Default::default()
+    };
+    assert_eq!(
+        field(reader.verify_key_policy(no_profile).await.unwrap_err()),
+        ["profile", "kms_key_id"]
+    );
+    let bad_metadata = verify_request(
+        "amazon-q-lambda",
+        Key::InlineKey(InlineKey {
+            key_policy: "{}".into(),
+            key_metadata_json: "[]".into(),
+        }),
+    );
+    assert_eq!(
+        field(reader.verify_key_policy(bad_metadata).await.unwrap_err()),
+        ["inline_key.key_metadata_json"]
+    );
+
+    let render = |profile: &str, region: &str, existing: &str| proto::RenderKeyPolicyRequest {
+        profile: profile.into(),
+        region: region.into(),
+        existing_policy_json: existing.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        field(
+            reader
+                .render_key_policy(render("", "", ""))
+                .await
+                .unwrap_err()
+        ),
+        ["profile"]
+    );
+    assert_eq!(
+        field(
+            reader
+                .render_key_policy(render("amazon-q-lambda", "<Region>", ""))
+                .await
+                .unwrap_err()
+        ),
+        ["region"]
+    );
+    assert_eq!(
+        field(
+            reader
+                .render_key_policy(render("amazon-q-lambda", "", "[1, 2"))
+                .await
+                .unwrap_err()
+        ),
+        ["existing_policy_json"]
+    );
+
+    // A key unknown to the backend is a finding, not an error.
+    let unknown = verify_request(
+        "amazon-q-lambda",
+        Key::KmsKeyId(
+            "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000".into(),
+        ),
+    );
+    let report = reader
+        .verify_key_policy(unknown)
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert_eq!(codes(&report), ["KEY_NOT_FOUND"]);
+}
+
+#[tokio::test]
+async fn update_gate_enforces_the_policy_and_names_the_denying_statement() {
+    let sidecar = Sidecar::start();
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let mut kms = sidecar.kms().await;
+    let policy = r#"{"Version": "2012-10-17", "Statement": [
+        {"Sid": "Enable IAM User Permissions", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "NoDecryptThroughCodeGuru", "Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
+         "Condition": {"StringLike": {"kms:ViaService": "codeguru-security.*"}}}
+    ]}"#;
+    kms.put_key_policy(proto::PutKeyPolicyRequest {
+        key_id: arn.clone(),
+        policy: policy.into(),
+    })
+    .await
+    .unwrap();
+    let status = sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let details = status.get_error_details();
+    let violations = &details.precondition_failure().unwrap().violations;
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].r#type, "REQUIRED_ACCESS_EXPLICITLY_DENIED");
+    assert_eq!(violations[0].subject, "NoDecryptThroughCodeGuru");
+    assert!(
+        violations[0]
+            .description
+            .contains("kms:Decrypt via codeguru-security.us-east-1.amazonaws.com"),
+        "{}",
+        violations[0].description
+    );
+    let status = sidecar
+        .read_only_keys()
+        .await
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "nothing changed");
+
+    // A key policy that neither allows the principal nor its account: the grant flow is impossible.
+    let closed = r#"{"Version": "2012-10-17", "Statement": [
+        {"Sid": "OnlyAdmins", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/Admin"}, "Action": "kms:*", "Resource": "*"}]}"#;
+    kms.put_key_policy(proto::PutKeyPolicyRequest {
+        key_id: arn.clone(),
+        policy: closed.into(),
+    })
+    .await
+    .unwrap();
+    let status = sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap_err();
+    let details = status.get_error_details();
+    let violations = &details.precondition_failure().unwrap().violations;
+    assert_eq!(violations.len(), 11, "{violations:?}");
+    assert!(
+        violations
+            .iter()
+            .all(|v| v.r#type == "REQUIRED_ACCESS_MISSING")
+    );
+}
+
+#[tokio::test]
+async fn configured_identity_policies_decide_the_grant_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = {
+        let probe = Sidecar::start();
+        probe
+            .read_only_keys()
+            .await
+            .render_key_policy(proto::RenderKeyPolicyRequest {
+                profile: "codeguru-grants".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    assert_eq!(
+        rendered.document_kind(),
+        proto::PolicyDocumentKind::IdentityPolicy
+    );
+    let good = dir.path().join("identity.json");
+    std::fs::write(&good, &rendered.policy_json).unwrap();
+    let sidecar = Sidecar::start_with(&format!(
+        "[verification]\nidentity_policy_files = [{good:?}]\n"
+    ));
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let report = sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert!(report.passed);
+    assert!(
+        codes(&report).is_empty(),
+        "identity policies were checked: {report:?}"
+    );
+
+    // Identity policies given inline replace the configured ones for a VerifyKeyPolicy call.
+    let narrow = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:DescribeKey", "Resource": "*"}]}"#;
+    let request = proto::VerifyKeyPolicyRequest {
+        profile: "codeguru-grants".into(),
+        key: Some(Key::KmsKeyId(arn)),
+        identity_policies: vec![narrow.into()],
+        ..Default::default()
+    };
+    let report = sidecar
+        .read_only_keys()
+        .await
+        .verify_key_policy(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert!(!report.passed);
+    // All but the two DescribeKey requests are missing, and DescribeKey is allowed outside
+    // the services that need it.
+    let mut got = codes(&report);
+    assert_eq!(got.pop(), Some("VIA_SERVICE_UNRESTRICTED"), "{report:?}");
+    assert_eq!(got, ["REQUIRED_ACCESS_MISSING"; 9]);
+}
