@@ -132,6 +132,9 @@ impl Operator {
                 .iter()
                 .any(|v| v.eq_ignore_ascii_case("true") == absent);
         }
+        // For the set operators a key that resolves to empty strings is a null data set.
+        let request =
+            request.filter(|values| self.set.is_none() || values.iter().any(|v| !v.is_empty()));
         let request = match request {
             Some(values) if !values.is_empty() => values,
             // An absent key (or, for the set operators, an empty set).
@@ -228,8 +231,21 @@ fn in_cidr(address: &str, cidr: &str) -> bool {
 }
 
 /// `*` (any run) and `?` (one character) wildcard matching, iterative (no backtracking
-/// blow-up).
+/// blow-up). ASCII input (every real policy) is matched without allocating.
 pub fn glob(pattern: &str, text: &str, ignore_case: bool) -> bool {
+    if !pattern.contains(['*', '?']) {
+        return if ignore_case {
+            pattern.len() == text.len() && pattern.eq_ignore_ascii_case(text)
+                || (!pattern.is_ascii() || !text.is_ascii())
+                    && pattern.to_lowercase() == text.to_lowercase()
+        } else {
+            pattern == text
+        };
+    }
+    if pattern.is_ascii() && text.is_ascii() {
+        let same = |p: u8, t: u8| p == t || ignore_case && p.eq_ignore_ascii_case(&t);
+        return glob_units(pattern.as_bytes(), text.as_bytes(), b'*', b'?', same);
+    }
     let fold = |s: &str| -> Vec<char> {
         if ignore_case {
             s.to_lowercase().chars().collect()
@@ -237,30 +253,39 @@ pub fn glob(pattern: &str, text: &str, ignore_case: bool) -> bool {
             s.chars().collect()
         }
     };
-    let (p, t) = (fold(pattern), fold(text));
+    glob_units(&fold(pattern), &fold(text), '*', '?', |p, t| p == t)
+}
+
+fn glob_units<T: Copy + PartialEq>(
+    p: &[T],
+    t: &[T],
+    star: T,
+    any: T,
+    same: impl Fn(T, T) -> bool,
+) -> bool {
     let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
+    let mut resume: Option<(usize, usize)> = None;
     while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
+        match p.get(pi).copied() {
+            Some(c) if c == star => {
+                resume = Some((pi, ti));
                 pi += 1;
             }
-            Some(&c) if c == '?' || c == t[ti] => {
+            Some(c) if c == any || same(c, t[ti]) => {
                 pi += 1;
                 ti += 1;
             }
-            _ => match star {
+            _ => match resume {
                 Some((sp, st)) => {
                     pi = sp + 1;
                     ti = st + 1;
-                    star = Some((sp, st + 1));
+                    resume = Some((sp, st + 1));
                 }
                 None => return false,
             },
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == star)
 }
 
 /// ARN matching: each of the six colon-separated components is matched on its own, with
@@ -388,5 +413,9 @@ mod tests {
             false
         ));
         assert!(!glob("a*a*a*a*b", &"a".repeat(200), false));
+        assert!(glob("ÄBC*", "äbcd", true) && !glob("ÄBC*", "äbcd", false));
+        assert!(
+            glob("kms:Décrypt", "KMS:DÉCRYPT", true) && !glob("kms:Décrypt", "kms:Decrypt", true)
+        );
     }
 }

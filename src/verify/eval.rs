@@ -45,11 +45,14 @@ impl Request {
         let Caller::Aws { arn, account } = &self.caller else {
             return None;
         };
-        let key = key.to_ascii_lowercase();
-        match key.as_str() {
-            "aws:principalarn" => Some(std::slice::from_ref(arn)),
-            "aws:principalaccount" | "kms:calleraccount" => Some(std::slice::from_ref(account)),
-            _ => None,
+        if key.eq_ignore_ascii_case("aws:PrincipalArn") {
+            Some(std::slice::from_ref(arn))
+        } else if key.eq_ignore_ascii_case("aws:PrincipalAccount")
+            || key.eq_ignore_ascii_case("kms:CallerAccount")
+        {
+            Some(std::slice::from_ref(account))
+        } else {
+            None
         }
     }
 }
@@ -65,8 +68,9 @@ pub enum Decision {
     },
     /// Nothing allows it.
     ImplicitDeny,
-    /// The key policy delegates to the account, and no identity policy was supplied to
-    /// decide it.
+    /// The key policy delegates to the account (or allows a principal of another
+    /// account, which also needs its own IAM policy), and no identity policy was supplied
+    /// to decide it.
     IdentityPolicyNotChecked,
 }
 
@@ -178,6 +182,10 @@ pub fn decide(
         return deny(statement);
     }
 
+    // A principal of another account needs its own account's IAM policy as well.
+    let key_account = request.resource.split(':').nth(4).filter(|a| !a.is_empty());
+    let cross_account = matches!(&request.caller,
+        Caller::Aws { account, .. } if key_account.is_some_and(|k| k != account.as_str()));
     let mut delegated = false;
     for statement in key_policy
         .statements
@@ -185,8 +193,12 @@ pub fn decide(
         .filter(|s| s.effect == Effect::Allow)
     {
         match principal_match(statement, &request.caller) {
-            PrincipalMatch::Direct if covers(statement, request) => return Decision::Allow,
-            PrincipalMatch::Account if covers(statement, request) => delegated = true,
+            PrincipalMatch::Direct if covers(statement, request) && !cross_account => {
+                return Decision::Allow;
+            }
+            PrincipalMatch::Direct | PrincipalMatch::Account if covers(statement, request) => {
+                delegated = true;
+            }
             _ => {}
         }
     }

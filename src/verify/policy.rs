@@ -474,6 +474,32 @@ impl Analysis<'_> {
             )
             .fix = Some("name the principals, or add a condition such as kms:CallerAccount or aws:PrincipalOrgID".into());
         }
+        if let (Some(Effect::Allow), Some(PrincipalElement::Principal(p))) = (effect, &principal)
+            && !p.services.is_empty()
+            && !conditions.iter().flatten().any(|c| {
+                [
+                    "aws:SourceArn",
+                    "aws:SourceAccount",
+                    "aws:SourceOrgID",
+                    "aws:SourceOrgPaths",
+                ]
+                .iter()
+                .any(|k| c.key.eq_ignore_ascii_case(k))
+            })
+        {
+            let offset = json.get("Principal").map_or(json.offset, |p| p.offset);
+            self.report(
+                "SERVICE_PRINCIPAL_WITHOUT_SOURCE",
+                Severity::SecurityWarning,
+                format!(
+                    "the statement allows service principal {} without a source condition, so the service may use the key on behalf of any account",
+                    p.services.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                ),
+                &join(path, "Principal"),
+                offset,
+            )
+            .fix = Some("add a condition on aws:SourceAccount or aws:SourceArn".into());
+        }
         for finding in &mut self.findings[before..] {
             finding.sid = finding.sid.take().or_else(|| sid.clone());
         }
@@ -747,14 +773,26 @@ impl Analysis<'_> {
         if let Some(set) = operator.set
             && is_single_valued(key)
         {
+            let lower = key.to_ascii_lowercase();
+            // KMS refuses such a key policy outright (OverlyPermissiveCondition).
+            let refused_by_kms = set == SetQualifier::ForAllValues
+                && self.document.kind == DocumentKind::KeyPolicy
+                && (lower.starts_with("kms:encryptioncontext:")
+                    || lower.starts_with("aws:requesttag/"));
             let (severity, qualifier) = match set {
+                _ if refused_by_kms => (Severity::Error, "ForAllValues"),
                 SetQualifier::ForAllValues => (Severity::SecurityWarning, "ForAllValues"),
                 SetQualifier::ForAnyValue => (Severity::Warning, "ForAnyValue"),
+            };
+            let consequence = if refused_by_kms {
+                "KMS refuses the key policy (OverlyPermissiveCondition): it would match requests without the key"
+            } else {
+                "it can be overly permissive (ForAllValues matches requests without the key)"
             };
             self.report(
                 "SET_QUALIFIER_ON_SINGLE_VALUED_KEY",
                 severity,
-                format!("`{key}` is single-valued; {qualifier}: with it can be overly permissive (ForAllValues matches requests without the key)"),
+                format!("`{key}` is single-valued; with {qualifier}: {consequence}"),
                 path,
                 offset,
             )
@@ -823,19 +861,30 @@ impl Analysis<'_> {
 /// name or of an ARN, or the account part of an ARN. (Names chosen by people, such as a
 /// role's, are not read, so a role named `region` is not a placeholder.)
 fn placeholder(value: &str) -> Option<&'static str> {
-    const NAMES: [&str; 3] = ["Region", "account-id", "role-ARN"];
+    const NAMES: [(&str, &str); 3] = [
+        ("Region", "<region>"),
+        ("account-id", "<account-id>"),
+        ("role-ARN", "<role-arn>"),
+    ];
     let is = |text: &str, name: &str| text.trim().eq_ignore_ascii_case(name);
-    let lower = value.to_ascii_lowercase();
-    if let Some(name) = NAMES
-        .iter()
-        .find(|name| is(value, name) || lower.contains(&format!("<{}>", name.to_ascii_lowercase())))
-    {
+    let marked = value.contains('<').then(|| value.to_ascii_lowercase());
+    if let Some((name, _)) = NAMES.iter().find(|(name, marker)| {
+        is(value, name) || marked.as_ref().is_some_and(|lower| lower.contains(marker))
+    }) {
         return Some(name);
     }
-    if lower.ends_with(".amazonaws.com") && value.split('.').any(|part| is(part, "Region")) {
+    let host = value
+        .len()
+        .checked_sub(14)
+        .and_then(|start| value.get(start..))
+        .is_some_and(|suffix| suffix.eq_ignore_ascii_case(".amazonaws.com"));
+    if host && value.split('.').any(|part| is(part, "Region")) {
         return Some("Region");
     }
-    if lower.starts_with("arn:") {
+    if value
+        .get(..4)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("arn:"))
+    {
         let parts: Vec<&str> = value.splitn(6, ':').collect();
         if parts.get(3).is_some_and(|p| is(p, "Region")) {
             return Some("Region");
