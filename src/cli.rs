@@ -194,6 +194,7 @@ fn severity_label(severity: Severity) -> &'static str {
 /// summary line.
 pub fn text_report(report: &Report) -> String {
     let mut out = String::new();
+    let mut fixes_shown: Vec<&str> = Vec::new();
     for f in &report.findings {
         let _ = write!(out, "{} {}", severity_label(f.severity), f.code);
         if let Some(location) = &f.location {
@@ -207,8 +208,16 @@ pub fn text_report(report: &Report) -> String {
             let _ = write!(out, " [Sid \"{sid}\"]");
         }
         let _ = write!(out, ": {}", f.message);
-        if let Some(fix) = &f.fix {
-            let _ = write!(out, ". Fix: {fix}");
+        match &f.fix {
+            // Several requests often need the same statement; print it once.
+            Some(fix) if fixes_shown.contains(&fix.as_str()) => {
+                out.push_str(". Fix: the statement shown above")
+            }
+            Some(fix) => {
+                let _ = write!(out, ". Fix: {fix}");
+                fixes_shown.push(fix);
+            }
+            None => {}
         }
         out.push('\n');
     }

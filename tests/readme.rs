@@ -63,7 +63,13 @@ fn readme_grpcurl_examples_print_what_the_readme_shows() {
         return;
     };
     const END: &str = "@@README-EXAMPLE-END@@";
-    let mut script = format!("export PATH={:?}:\"$PATH\"\n", grpcurl.parent().unwrap());
+    // grpcurl from the test tools, and this build's inspector-keyd for the CLI examples.
+    let bin_dir = std::path::Path::new(common::BIN).parent().unwrap();
+    let mut script = format!(
+        "export PATH={:?}:{:?}:\"$PATH\"\n",
+        grpcurl.parent().unwrap(),
+        bin_dir
+    );
     for example in &examples {
         script.push_str(&format!("{} 2>&1\necho {END}\n", example.command));
     }
@@ -84,4 +90,41 @@ fn readme_grpcurl_examples_print_what_the_readme_shows() {
         );
     }
     assert_eq!(outputs.len(), examples.len() + 1, "{stdout}");
+}
+
+/// Every finding code the verifier can report is documented in the README's table.
+#[test]
+fn every_finding_code_is_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let code = Regex::new(r#""([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)""#).unwrap();
+    let mut found = 0;
+    for file in [
+        "src/verify/mod.rs",
+        "src/verify/policy.rs",
+        "src/verify/key.rs",
+        "src/service/encryption_key.rs",
+    ] {
+        let source = std::fs::read_to_string(root.join(file)).unwrap();
+        let source = source.split("#[cfg(test)]").next().unwrap();
+        for capture in code.captures_iter(source) {
+            let name = &capture[1];
+            if [
+                "SYMMETRIC_DEFAULT",
+                "ENCRYPT_DECRYPT",
+                "SIGN_VERIFY",
+                "SCREAMING_SNAKE_CASE",
+            ]
+            .contains(&name)
+            {
+                continue;
+            }
+            found += 1;
+            assert!(
+                readme.contains(&format!("| `{name}` |")),
+                "finding code {name} ({file}) is not in the README's table"
+            );
+        }
+    }
+    assert!(found >= 30, "only {found} codes found");
 }

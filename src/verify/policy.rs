@@ -412,9 +412,7 @@ impl Analysis<'_> {
                     finding.sid = Some(sid.clone());
                     finding.fix = Some(format!(
                         "rename it, for example `{}`",
-                        sid.chars()
-                            .filter(char::is_ascii_alphanumeric)
-                            .collect::<String>()
+                        alphanumeric_sid(sid)
                     ));
                 }
                 Some(sid.clone())
@@ -894,6 +892,20 @@ fn placeholder(value: &str) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// `allow Q to use the key` → `AllowQToUseTheKey`.
+fn alphanumeric_sid(sid: &str) -> String {
+    sid.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 fn scalar(json: &Json) -> Option<String> {
