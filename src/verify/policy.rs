@@ -252,7 +252,7 @@ impl Analysis<'_> {
             return None;
         };
         self.check_members(members, TOP_LEVEL, "");
-        self.find_placeholders(&root, "");
+        self.find_placeholders(&root, &mut Vec::new());
         match root.get("Version") {
             None => {
                 self.report(
@@ -589,7 +589,7 @@ impl Analysis<'_> {
                     path,
                 );
                 for (key, value) in members {
-                    let names = self.strings(value, &join(path, &key.name))?;
+                    let names = self.strings(value, || join(path, &key.name))?;
                     match key.name.as_str() {
                         "AWS" => {
                             principals.any |= names.iter().any(|n| n == "*");
@@ -613,8 +613,8 @@ impl Analysis<'_> {
         Some(principals)
     }
 
-    /// A string or a non-empty array of strings.
-    fn strings(&mut self, json: &Json, path: &str) -> Option<Vec<String>> {
+    /// A string or a non-empty array of strings. (`path` is only built for a finding.)
+    fn strings(&mut self, json: &Json, path: impl Fn() -> String) -> Option<Vec<String>> {
         let result = match &json.value {
             Value::String(s) => Some(vec![s.clone()]),
             Value::Array(items) if !items.is_empty() => items
@@ -630,7 +630,7 @@ impl Analysis<'_> {
                     "expected a string or a non-empty array of strings, not {}",
                     short(json)
                 ),
-                path,
+                &path(),
                 json.offset,
             );
         }
@@ -665,9 +665,9 @@ impl Analysis<'_> {
                 );
                 None
             }
-            (Some(v), None) => self.strings(v, &join(path, element)).map(Names::Only),
+            (Some(v), None) => self.strings(v, || join(path, element)).map(Names::Only),
             (None, Some(v)) => self
-                .strings(v, &join(path, not_element))
+                .strings(v, || join(path, not_element))
                 .map(Names::AllExcept),
         }
     }
@@ -676,25 +676,24 @@ impl Analysis<'_> {
         let Some(block) = json.get("Condition") else {
             return Some(Vec::new());
         };
-        let path = join(path, "Condition");
         let Value::Object(operators) = &block.value else {
             self.error(
                 "INVALID_ELEMENT_VALUE",
                 format!("Condition must be an object, not {}", block.kind()),
-                &path,
+                &join(path, "Condition"),
                 block.offset,
             );
             return None;
         };
+        let op_path = |op: &str| format!("{path}.Condition.{op}");
         let mut conditions = Vec::new();
         let mut usable = true;
         for (op_key, keys) in operators {
-            let op_path = join(&path, &op_key.name);
             let Some(operator) = Operator::parse(&op_key.name) else {
                 self.error(
                     "INVALID_CONDITION_OPERATOR",
                     format!("`{}` is not a condition operator", op_key.name),
-                    &op_path,
+                    &op_path(&op_key.name),
                     op_key.offset,
                 )
                 .fix = Some("use an operator such as StringEquals, StringLike, ArnLike, Bool or Null, with an optional ForAllValues:/ForAnyValue: prefix or IfExists suffix".into());
@@ -705,14 +704,14 @@ impl Analysis<'_> {
                 self.error(
                     "INVALID_ELEMENT_VALUE",
                     format!("`{}` must map condition keys to values", op_key.name),
-                    &op_path,
+                    &op_path(&op_key.name),
                     keys.offset,
                 );
                 usable = false;
                 continue;
             };
             for (key, value) in entries {
-                let key_path = format!("{op_path}[\"{}\"]", key.name);
+                let key_path = || format!("{}[\"{}\"]", op_path(&op_key.name), key.name);
                 let values: Option<Vec<String>> = match &value.value {
                     Value::Array(items) => items.iter().map(scalar).collect(),
                     _ => scalar(value).map(|v| vec![v]),
@@ -724,7 +723,7 @@ impl Analysis<'_> {
                             "the values of `{}` must be strings, numbers or booleans",
                             key.name
                         ),
-                        &key_path,
+                        &key_path(),
                         value.offset,
                     );
                     usable = false;
@@ -735,7 +734,7 @@ impl Analysis<'_> {
                     &op_key.name,
                     &key.name,
                     &values,
-                    &key_path,
+                    key_path,
                     key.offset,
                 );
                 conditions.push(Condition {
@@ -754,7 +753,7 @@ impl Analysis<'_> {
         op_name: &str,
         key: &str,
         values: &[String],
-        path: &str,
+        path: impl Fn() -> String,
         offset: usize,
     ) {
         let base = operator.base;
@@ -763,7 +762,7 @@ impl Analysis<'_> {
             self.error(
                 "MISSING_SET_QUALIFIER",
                 format!("`{key}` has multiple values in a request; `{op_name}` needs ForAllValues: or ForAnyValue: to say how the sets compare"),
-                path,
+                &path(),
                 offset,
             )
             .fix = Some(format!("use `ForAllValues:{op_name}` to allow only the listed values"));
@@ -791,7 +790,7 @@ impl Analysis<'_> {
                 "SET_QUALIFIER_ON_SINGLE_VALUED_KEY",
                 severity,
                 format!("`{key}` is single-valued; with {qualifier}: {consequence}"),
-                path,
+                &path(),
                 offset,
             )
             .fix = Some(format!("remove `{qualifier}:`"));
@@ -810,21 +809,23 @@ impl Analysis<'_> {
                 "WILDCARD_WITHOUT_LIKE",
                 Severity::Warning,
                 format!("a value of `{key}` has `*` or `?`, which `{op_name}` compares literally"),
-                path,
+                &path(),
                 offset,
             )
             .fix = Some("use StringLike (or StringNotLike) for wildcards".into());
         }
     }
 
-    fn find_placeholders(&mut self, json: &Json, path: &str) {
+    /// Reports every string value that still holds a documentation placeholder. `steps`
+    /// is the path so far, formatted only for a finding.
+    fn find_placeholders<'j>(&mut self, json: &'j Json, steps: &mut Vec<Step<'j>>) {
         match &json.value {
             Value::String(s) => {
                 if let Some(placeholder) = placeholder(s) {
                     self.error(
                         "PLACEHOLDER_NOT_REPLACED",
                         format!("`{s}` still holds the placeholder `{placeholder}` from the documentation"),
-                        path,
+                        &format_steps(steps),
                         json.offset,
                     )
                     .fix = Some(match placeholder {
@@ -836,22 +837,44 @@ impl Analysis<'_> {
             }
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    self.find_placeholders(item, &format!("{path}[{i}]"));
+                    steps.push(Step::Index(i));
+                    self.find_placeholders(item, steps);
+                    steps.pop();
                 }
             }
             Value::Object(members) => {
                 for (key, value) in members {
-                    let here = if key.name.contains(':') || key.name.contains('.') {
-                        format!("{path}[\"{}\"]", key.name)
-                    } else {
-                        join(path, &key.name)
-                    };
-                    self.find_placeholders(value, &here);
+                    steps.push(Step::Key(&key.name));
+                    self.find_placeholders(value, steps);
+                    steps.pop();
                 }
             }
             _ => {}
         }
     }
+}
+
+/// One step of a JSON path.
+enum Step<'j> {
+    Key(&'j str),
+    Index(usize),
+}
+
+/// `Statement[0].Condition.StringEquals["kms:ViaService"][1]`.
+fn format_steps(steps: &[Step<'_>]) -> String {
+    let mut path = String::new();
+    for step in steps {
+        match step {
+            Step::Index(i) => path.push_str(&format!("[{i}]")),
+            Step::Key(key) if key.contains([':', '.']) => path.push_str(&format!("[\"{key}\"]")),
+            Step::Key(key) if path.is_empty() => path.push_str(key),
+            Step::Key(key) => {
+                path.push('.');
+                path.push_str(key);
+            }
+        }
+    }
+    path
 }
 
 /// The documentation placeholder a value still holds, if any: `<Region>`-style markers
