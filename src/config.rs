@@ -11,6 +11,7 @@ use std::{
 use serde::Deserialize;
 use serde_with::{DisplayFromStr, OneOrMany, PickFirst, serde_as};
 
+pub use crate::cache::CacheConfig;
 use crate::verify::Profile;
 
 /// Prefix of environment overrides. Nested keys join with `__`:
@@ -46,6 +47,7 @@ pub struct Config {
     /// `tracing` filter directive when `RUST_LOG` is unset. Default `info`.
     pub log_level: String,
     pub verification: VerificationConfig,
+    pub cache: CacheConfig,
 }
 
 /// How keys are verified before they are put in use.
@@ -90,6 +92,7 @@ impl Default for Config {
             shutdown_timeout_secs: 10,
             log_level: "info".into(),
             verification: VerificationConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -384,6 +387,7 @@ mod tests {
             env(&[
                 ("INSPECTOR_KEYD_ACCOUNT_ID", "012345678901"),
                 ("INSPECTOR_KEYD_SHUTDOWN_TIMEOUT_SECS", "7"),
+                ("INSPECTOR_KEYD_CACHE__KEY_TTL", "1.5s"),
                 ("INSPECTOR_KEYD_LISTEN__UNIX_SOCKET", "/run/keyd.sock"),
             ]),
         )
@@ -391,6 +395,7 @@ mod tests {
         assert_eq!(config.region, "eu-west-1");
         assert_eq!(config.account_id, "012345678901");
         assert_eq!(config.shutdown_timeout_secs, 7);
+        assert_eq!(config.cache.key_ttl, Duration::from_millis(1500));
         let listeners = config.listeners().unwrap();
         assert_eq!(listeners.tcp, None);
         assert_eq!(listeners.unix_socket, Some(PathBuf::from("/run/keyd.sock")));
@@ -422,6 +427,7 @@ mod tests {
             .contains("no listener")
         );
         assert!(err(&[("INSPECTOR_KEYD_BACKEND", "cloud")]).contains("unknown variant `cloud`"));
+        assert!(err(&[("INSPECTOR_KEYD_CACHE__KEY_TTL", "soon")]).contains("`cache.key_ttl`"));
         assert!(
             err(&[("INSPECTOR_KEYD_VERIFICATION__LAMBDA_PROFILE", "strict")])
                 .contains("`verification.lambda_profile`")

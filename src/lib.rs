@@ -2,12 +2,13 @@
 //! KMS key Amazon Inspector uses to encrypt code-scanning data at rest.
 //!
 //! Layers, outermost first: [`server`] (listeners, health, reflection) → [`authz`] (a tower
-//! layer) → [`service`] (validation, mapping to gRPC) → [`backend`] (local or AWS).
+//! layer) → [`service`] (validation, mapping to gRPC) → [`cache`] → [`backend`] (local or AWS).
 //! [`verify`] is a pure library the service and the CLI call. [`status`] is the one place
 //! errors become `tonic::Status`.
 
 pub mod authz;
 pub mod backend;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 use crate::{
     authz::{Authorizer, AuthzLayer},
     backend::{Backend, BackendError, local::LocalBackend},
+    cache::KeyCache,
     config::{BackendKind, Config, ConfigError},
     proto::{
         self, encryption_key_service_server::EncryptionKeyServiceServer,
@@ -109,7 +110,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             (Arc::new(local) as Arc<dyn Backend>, Some(kms))
         }
     };
-    let keys = EncryptionKeys::new(backend, verification_settings(&config)?);
+    let cache = KeyCache::new(backend, config.cache.clone());
+    let keys = EncryptionKeys::new(cache, verification_settings(&config)?);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)

@@ -515,3 +515,73 @@ async fn reflection_v1_lists_the_services() {
         );
     }
 }
+
+#[tokio::test]
+async fn reads_say_where_the_answer_came_from() {
+    let sidecar = Sidecar::start();
+    let mut reader = sidecar.read_only_keys().await;
+    let header = |metadata: &tonic::metadata::MetadataMap, name: &str| {
+        metadata
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    // The AWS owned key answer (NOT_FOUND) is cached too, and says so.
+    let first = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(header(first.metadata(), "x-keyd-cache"), "miss");
+    assert_eq!(header(first.metadata(), "x-keyd-cache-age"), "0");
+    let second = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(second.code(), Code::NotFound);
+    assert_eq!(reason(&second), "AWS_OWNED_KEY");
+    assert_eq!(header(second.metadata(), "x-keyd-cache"), "hit");
+
+    // An update writes through: the next read is a hit with the new key.
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+    let read = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap();
+    assert_eq!(header(read.metadata(), "x-keyd-cache"), "hit");
+    assert!(
+        header(read.metadata(), "x-keyd-cache-age")
+            .parse::<u64>()
+            .is_ok()
+    );
+    assert_eq!(read.into_inner().kms_key_id, arn);
+
+    let reset = proto::ResetEncryptionKeyRequest {
+        scan_type: CODE,
+        resource_type: LAMBDA,
+    };
+    sidecar
+        .admin_keys()
+        .await
+        .reset_encryption_key(reset)
+        .await
+        .unwrap();
+    let after = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (
+            after.code(),
+            header(after.metadata(), "x-keyd-cache").as_str()
+        ),
+        (Code::NotFound, "hit")
+    );
+}

@@ -143,6 +143,22 @@ fn update_get_reset_flow_and_error_details() {
     let after = json(&grpcurl.tcp(Some(&format!("{{{TARGET}}}")), &[get]));
     assert_eq!(after["kmsKeyId"], arn.as_str());
 
+    // The cache says where answers come from; grpcurl -v prints the response metadata.
+    let addr = sidecar.tcp.to_string();
+    let target = format!("{{{TARGET}}}");
+    let verbose = grpcurl.run(&["-plaintext", "-v", "-d", &target, &addr, get]);
+    assert_eq!(verbose.code, 0, "{}", verbose.stderr);
+    assert!(
+        verbose.stdout.contains("x-keyd-cache: hit"),
+        "{}",
+        verbose.stdout
+    );
+    assert!(
+        verbose.stdout.contains("x-keyd-cache-age: "),
+        "{}",
+        verbose.stdout
+    );
+
     let reset = grpcurl.unix(
         Some(&format!("{{{TARGET}}}")),
         "inspectorkeyd.v1.EncryptionKeyService/ResetEncryptionKey",

@@ -6,7 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::{ServiceError, validation};
 use crate::{
-    backend::{Backend, BackendError},
+    backend::BackendError,
+    cache::{Cached, KeyCache},
     domain::{KeyArn, ResourceType, Target},
     proto::{self, encryption_key_service_server::EncryptionKeyService},
     verify::{self, Finding, Profile, RenderError, Report},
@@ -33,11 +34,24 @@ impl VerificationSettings {
     }
 }
 
-/// The encryption-key service over a backend.
+/// The encryption-key service, over the cache in front of the backend.
 #[derive(Clone)]
 pub struct EncryptionKeys {
-    backend: Arc<dyn Backend>,
+    cache: KeyCache,
     settings: Arc<VerificationSettings>,
+}
+
+/// Response metadata saying where a Get answer came from.
+pub const CACHE_HEADER: &str = "x-keyd-cache";
+/// Response metadata: the age of the answer, in whole seconds.
+pub const CACHE_AGE_HEADER: &str = "x-keyd-cache-age";
+
+fn add_cache_metadata(metadata: &mut tonic::metadata::MetadataMap, cached: &Cached) {
+    metadata.insert(
+        CACHE_HEADER,
+        tonic::metadata::MetadataValue::from_static(cached.status.as_str()),
+    );
+    metadata.insert(CACHE_AGE_HEADER, cached.age.as_secs().into());
 }
 
 /// Whose access a verification checks.
@@ -48,9 +62,9 @@ struct Subject<'a> {
 }
 
 impl EncryptionKeys {
-    pub fn new(backend: Arc<dyn Backend>, settings: VerificationSettings) -> EncryptionKeys {
+    pub fn new(cache: KeyCache, settings: VerificationSettings) -> EncryptionKeys {
         EncryptionKeys {
-            backend,
+            cache,
             settings: Arc::new(settings),
         }
     }
@@ -78,10 +92,8 @@ impl EncryptionKeys {
         key: &KeyArn,
         subject: &Subject<'_>,
     ) -> Result<Report, ServiceError> {
-        let (metadata, policy) = tokio::join!(
-            self.backend.describe_key(key),
-            self.backend.get_key_policy(key)
-        );
+        let (metadata, policy) =
+            tokio::join!(self.cache.describe_key(key), self.cache.get_key_policy(key));
         let metadata = match metadata {
             Ok(metadata) => metadata,
             Err(BackendError::NotFound { .. }) => {
@@ -95,15 +107,14 @@ impl EncryptionKeys {
         Ok(self.verify_documents(subject, Some(&metadata), &policy?))
     }
 
+    /// The answer and where it came from; "AWS owned key" is an answer here, and becomes
+    /// NOT_FOUND at the edge.
     async fn get(
         &self,
         request: proto::GetEncryptionKeyRequest,
-    ) -> Result<proto::GetEncryptionKeyResponse, ServiceError> {
+    ) -> Result<(Target, Cached), ServiceError> {
         let target = validation::target_request(request.scan_type, request.resource_type)?;
-        match self.backend.get_encryption_key(target).await? {
-            Some(kms_key_id) => Ok(proto::GetEncryptionKeyResponse { kms_key_id }),
-            None => Err(ServiceError::AwsOwnedKey(target)),
-        }
+        Ok((target, self.cache.get(target).await?))
     }
 
     async fn update(
@@ -123,7 +134,7 @@ impl EncryptionKeys {
         }
         let applied = !request.validate_only;
         if applied {
-            self.backend.update_encryption_key(target, &key).await?;
+            self.cache.update(target, &key).await?;
             tracing::info!(%target, key = %key, "customer managed key put in use");
         }
         Ok(proto::UpdateEncryptionKeyResponse {
@@ -137,7 +148,7 @@ impl EncryptionKeys {
         request: proto::ResetEncryptionKeyRequest,
     ) -> Result<proto::ResetEncryptionKeyResponse, ServiceError> {
         let target = validation::target_request(request.scan_type, request.resource_type)?;
-        self.backend.reset_encryption_key(target).await?;
+        self.cache.reset(target).await?;
         tracing::info!(%target, "reset to the AWS owned key");
         Ok(proto::ResetEncryptionKeyResponse {})
     }
@@ -221,7 +232,21 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::GetEncryptionKeyRequest>,
     ) -> Result<Response<proto::GetEncryptionKeyResponse>, Status> {
-        Ok(Response::new(self.get(request.into_inner()).await?))
+        let (target, cached) = self.get(request.into_inner()).await?;
+        match &cached.key_arn {
+            Some(kms_key_id) => {
+                let mut response = Response::new(proto::GetEncryptionKeyResponse {
+                    kms_key_id: kms_key_id.clone(),
+                });
+                add_cache_metadata(response.metadata_mut(), &cached);
+                Ok(response)
+            }
+            None => {
+                let mut status = Status::from(ServiceError::AwsOwnedKey(target));
+                add_cache_metadata(status.metadata_mut(), &cached);
+                Err(status)
+            }
+        }
     }
 
     async fn update_encryption_key(

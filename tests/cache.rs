@@ -1,0 +1,324 @@
+//! The read-path cache against a fake backend that counts calls and can be made slow or
+//! failing: coalescing, write-through under a racing load, TTLs, stale-if-error.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use inspector_keyd::{
+    backend::{Backend, BackendError},
+    cache::{CacheConfig, CacheStatus, KeyCache},
+    domain::{KeyArn, ResourceType, ScanType, Target},
+    verify::KeyMetadata,
+};
+use tokio::sync::Semaphore;
+
+const OLD: &str = "arn:aws:kms:us-east-1:111122223333:key/11111111-1111-4111-8111-111111111111";
+const NEW: &str = "arn:aws:kms:us-east-1:111122223333:key/22222222-2222-4222-8222-222222222222";
+
+fn lambda() -> Target {
+    Target::new(ScanType::Code, ResourceType::AwsLambdaFunction).unwrap()
+}
+
+/// A backend whose key configuration is a value in memory; Gets are counted, and can be
+/// held at a gate or made to fail.
+#[derive(Default)]
+struct FakeBackend {
+    key: Mutex<Option<String>>,
+    gets: AtomicUsize,
+    failure: Mutex<Option<BackendError>>,
+    /// When set, each Get reads the value, then waits for a permit before answering.
+    gate: Mutex<Option<Arc<Semaphore>>>,
+    /// Gets that have read the value (for the racing test).
+    started: tokio::sync::Notify,
+}
+
+impl FakeBackend {
+    fn with_key(key: Option<&str>) -> Arc<FakeBackend> {
+        let fake = FakeBackend::default();
+        *fake.key.lock().unwrap() = key.map(str::to_owned);
+        Arc::new(fake)
+    }
+
+    fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
+
+    fn fail_with(&self, error: Option<BackendError>) {
+        *self.failure.lock().unwrap() = error;
+    }
+}
+
+#[async_trait]
+impl Backend for FakeBackend {
+    async fn get_encryption_key(&self, _target: Target) -> Result<Option<String>, BackendError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        let value = self.key.lock().unwrap().clone();
+        let failure = self.failure.lock().unwrap().clone();
+        let gate = self.gate.lock().unwrap().clone();
+        self.started.notify_one();
+        if let Some(gate) = gate {
+            gate.acquire().await.unwrap().forget();
+        } else {
+            // Long enough for a thousand callers to pile up behind the first.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(value),
+        }
+    }
+
+    async fn update_encryption_key(
+        &self,
+        _target: Target,
+        key: &KeyArn,
+    ) -> Result<(), BackendError> {
+        *self.key.lock().unwrap() = Some(key.as_str().to_owned());
+        Ok(())
+    }
+
+    async fn reset_encryption_key(&self, _target: Target) -> Result<(), BackendError> {
+        *self.key.lock().unwrap() = None;
+        Ok(())
+    }
+
+    async fn describe_key(&self, key: &KeyArn) -> Result<KeyMetadata, BackendError> {
+        Err(BackendError::NotFound {
+            what: key.to_string(),
+        })
+    }
+
+    async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
+        Err(BackendError::NotFound {
+            what: key.to_string(),
+        })
+    }
+}
+
+fn config() -> CacheConfig {
+    CacheConfig {
+        key_ttl: Duration::from_secs(60),
+        aws_owned_ttl: Duration::from_secs(10),
+        max_stale: Duration::from_secs(300),
+        capacity: 16,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_cold_reads_make_one_backend_call() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(fake.clone(), config());
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let cache = cache.clone();
+        reads.spawn(async move { cache.get(lambda()).await });
+    }
+    let mut answers = 0;
+    while let Some(result) = reads.join_next().await {
+        let cached = result.unwrap().unwrap();
+        assert_eq!(cached.key_arn.as_deref(), Some(OLD));
+        answers += 1;
+    }
+    assert_eq!(answers, 1000);
+    assert_eq!(
+        fake.gets(),
+        1,
+        "concurrent misses must coalesce into one backend call"
+    );
+    let counts = cache.stats().snapshot();
+    assert_eq!(counts.loads, 1);
+    assert_eq!(counts.hits + counts.misses, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_wins_over_a_load_of_the_old_value_in_flight() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let gate = Arc::new(Semaphore::new(0));
+    *fake.gate.lock().unwrap() = Some(gate.clone());
+    let cache = KeyCache::new(fake.clone(), config());
+
+    // A read starts loading the old value and is held there.
+    let started = fake.started.notified();
+    let slow_read = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get(lambda()).await }
+    });
+    started.await;
+
+    // The update lands in the backend while that load is in flight.
+    let update = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.update(lambda(), &KeyArn::parse(NEW).unwrap()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !update.is_finished(),
+        "the write-through waits for the load in flight"
+    );
+    gate.add_permits(1);
+    assert_eq!(
+        slow_read.await.unwrap().unwrap().key_arn.as_deref(),
+        Some(OLD)
+    );
+    update.await.unwrap().unwrap();
+
+    // Every read that starts after the update returned sees the new key, from the cache.
+    *fake.gate.lock().unwrap() = None;
+    let gets_before = fake.gets();
+    for _ in 0..100 {
+        let cached = cache.get(lambda()).await.unwrap();
+        assert_eq!(cached.key_arn.as_deref(), Some(NEW));
+        assert_eq!(cached.status, CacheStatus::Hit);
+    }
+    assert_eq!(fake.gets(), gets_before);
+
+    cache.reset(lambda()).await.unwrap();
+    let cached = cache.get(lambda()).await.unwrap();
+    assert_eq!((cached.key_arn, cached.status), (None, CacheStatus::Hit));
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_expire_on_their_own_ttl() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(fake.clone(), config());
+    assert_eq!(cache.get(lambda()).await.unwrap().status, CacheStatus::Miss);
+    let hit = cache.get(lambda()).await.unwrap();
+    assert_eq!(hit.status, CacheStatus::Hit);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let hit = cache.get(lambda()).await.unwrap();
+    assert_eq!((hit.status, hit.age.as_secs()), (CacheStatus::Hit, 30));
+    assert_eq!(fake.gets(), 1);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(
+        cache.get(lambda()).await.unwrap().status,
+        CacheStatus::Miss,
+        "the key TTL is 60 s"
+    );
+    assert_eq!(fake.gets(), 2);
+
+    // "AWS owned key in use" is cached too, on its own (shorter) TTL.
+    *fake.key.lock().unwrap() = None;
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let negative = cache.get(lambda()).await.unwrap();
+    assert_eq!(
+        (negative.key_arn, negative.status),
+        (None, CacheStatus::Miss)
+    );
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert_eq!(cache.get(lambda()).await.unwrap().status, CacheStatus::Hit);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(
+        cache.get(lambda()).await.unwrap().status,
+        CacheStatus::Miss,
+        "the AWS-owned TTL is 10 s"
+    );
+    assert_eq!(fake.gets(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_backend_gets_stale_reads_for_max_stale_then_errors() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(fake.clone(), config());
+    cache.get(lambda()).await.unwrap();
+
+    fake.fail_with(Some(BackendError::Unavailable {
+        message: "connection refused".into(),
+        retry_after: None,
+    }));
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let stale = cache.get(lambda()).await.unwrap();
+    assert_eq!(
+        (stale.key_arn.as_deref(), stale.status, stale.age.as_secs()),
+        (Some(OLD), CacheStatus::Stale, 61)
+    );
+    tokio::time::advance(Duration::from_secs(298)).await;
+    assert_eq!(
+        cache.get(lambda()).await.unwrap().status,
+        CacheStatus::Stale,
+        "359 s old: within TTL + max_stale"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let error = cache.get(lambda()).await.unwrap_err();
+    assert!(
+        matches!(error, BackendError::Unavailable { .. }),
+        "{error:?}"
+    );
+    let status = tonic::Status::from(error);
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    use tonic_types::StatusExt;
+    assert!(status.get_error_details().retry_info().is_some());
+
+    // Throttling past max_stale: RESOURCE_EXHAUSTED with RetryInfo from Retry-After.
+    fake.fail_with(Some(BackendError::Throttled {
+        retry_after: Some(Duration::from_secs(7)),
+    }));
+    let status = tonic::Status::from(cache.get(lambda()).await.unwrap_err());
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        status.get_error_details().retry_info().unwrap().retry_delay,
+        Some(Duration::from_secs(7))
+    );
+
+    // Recovery: the next successful load is served and cached.
+    fake.fail_with(None);
+    *fake.key.lock().unwrap() = Some(NEW.to_owned());
+    let fresh = cache.get(lambda()).await.unwrap();
+    assert_eq!(
+        (fresh.key_arn.as_deref(), fresh.status),
+        (Some(NEW), CacheStatus::Miss)
+    );
+    let counts = cache.stats().snapshot();
+    assert_eq!(counts.stale, 2);
+    assert_eq!(counts.load_failures, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_the_request_caused_are_never_hidden_by_a_stale_value() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(fake.clone(), config());
+    cache.get(lambda()).await.unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    for error in [
+        BackendError::AccessDenied {
+            message: "not authorized".into(),
+        },
+        BackendError::InvalidRequest {
+            field: "kms_key_id",
+            message: "bad".into(),
+        },
+        BackendError::NotFound {
+            what: "configuration".into(),
+        },
+    ] {
+        fake.fail_with(Some(error.clone()));
+        assert_eq!(cache.get(lambda()).await.unwrap_err(), error);
+    }
+    assert_eq!(cache.stats().snapshot().stale, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_reads_can_be_turned_off() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(
+        fake.clone(),
+        CacheConfig {
+            max_stale: Duration::ZERO,
+            ..config()
+        },
+    );
+    cache.get(lambda()).await.unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    fake.fail_with(Some(BackendError::Timeout));
+    assert_eq!(
+        cache.get(lambda()).await.unwrap_err(),
+        BackendError::Timeout
+    );
+}
