@@ -48,6 +48,67 @@ pub struct Config {
     pub log_level: String,
     pub verification: VerificationConfig,
     pub cache: CacheConfig,
+    pub authz: AuthzConfig,
+    pub tls: TlsConfig,
+    pub local: LocalConfig,
+}
+
+/// Settings of the local backend.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalConfig {
+    /// TEST/DEV ONLY: latency added before every key-configuration write (Update, Reset),
+    /// to exercise timeouts and cancellation. Default `0s`.
+    #[serde(with = "humantime_serde")]
+    pub write_latency: Duration,
+}
+
+/// Who may call what, and the audit log.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzConfig {
+    /// Rules file (TOML, one `[[rule]]` per rule), read again when it changes and on SIGHUP.
+    /// Default none: the built-in rules (the server's own uid on the Unix socket, and the
+    /// holder of `<state_dir>/admin.token`, are admin).
+    pub rules_file: Option<PathBuf>,
+    /// Role of plaintext loopback TCP callers that present no token: `read-only`
+    /// (default) or `none`.
+    pub loopback_anonymous_role: String,
+    /// File the audit lines are appended to, besides the log. Default none.
+    pub audit_file: Option<PathBuf>,
+    /// How often the rules file and the TLS files are checked for changes. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> AuthzConfig {
+        AuthzConfig {
+            rules_file: None,
+            loopback_anonymous_role: "read-only".into(),
+            audit_file: None,
+            reload_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The TLS listener, for callers in other pods or hosts.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the TLS listener, on any interface (`0.0.0.0:50443`). Default empty: none.
+    pub listen: String,
+    /// PEM certificate chain of the server.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundles client certificates must chain to.
+    #[serde_as(as = "OneOrMany<_>")]
+    pub client_ca_files: Vec<PathBuf>,
+    /// Accept clients without a certificate; they must then present a bearer token.
+    /// Default false: a client certificate is required.
+    pub allow_token_only: bool,
 }
 
 /// How keys are verified before they are put in use.
@@ -93,6 +154,9 @@ impl Default for Config {
             log_level: "info".into(),
             verification: VerificationConfig::default(),
             cache: CacheConfig::default(),
+            authz: AuthzConfig::default(),
+            tls: TlsConfig::default(),
+            local: LocalConfig::default(),
         }
     }
 }
@@ -131,6 +195,7 @@ pub struct Listeners {
     pub unix_socket: Option<PathBuf>,
     pub unix_socket_mode: u32,
     pub tcp: Option<SocketAddr>,
+    pub tls: Option<(SocketAddr, crate::tls::TlsFiles)>,
 }
 
 impl Config {
@@ -207,6 +272,7 @@ impl Config {
         }
         self.lambda_profile()?;
         self.code_repository_profile()?;
+        self.loopback_anonymous_role()?;
         crate::verify::render::check_params(&self.region, &self.account_id, &self.principal_arn())
             .map_err(|e| ConfigError::Value {
                 key: "verification.principal_arn",
@@ -302,16 +368,62 @@ impl Config {
             }
             Some(addr)
         };
-        if unix_socket.is_none() && tcp.is_none() {
+        let tls = self.tls_listener()?;
+        if unix_socket.is_none() && tcp.is_none() && tls.is_none() {
             return Err(ConfigError::Shape(
-                "no listener: set `listen.unix_socket` or `listen.tcp`".into(),
+                "no listener: set `listen.unix_socket`, `listen.tcp` or `tls.listen`".into(),
             ));
         }
         Ok(Listeners {
             unix_socket,
             unix_socket_mode,
             tcp,
+            tls,
         })
+    }
+
+    fn tls_listener(&self) -> Result<Option<(SocketAddr, crate::tls::TlsFiles)>, ConfigError> {
+        let tls = &self.tls;
+        if tls.listen.is_empty() {
+            return Ok(None);
+        }
+        let addr: SocketAddr = tls.listen.parse().map_err(|_| ConfigError::Value {
+            key: "tls.listen",
+            message: format!("`{}` is not an address such as 0.0.0.0:50443", tls.listen),
+        })?;
+        let required = |value: &Option<PathBuf>, key: &'static str| {
+            value.clone().ok_or(ConfigError::Value {
+                key,
+                message: "is required when `tls.listen` is set".into(),
+            })
+        };
+        let files = crate::tls::TlsFiles {
+            cert_file: required(&tls.cert_file, "tls.cert_file")?,
+            key_file: required(&tls.key_file, "tls.key_file")?,
+            client_ca_files: tls.client_ca_files.clone(),
+            allow_token_only: tls.allow_token_only,
+        };
+        if files.client_ca_files.is_empty() && !files.allow_token_only {
+            return Err(ConfigError::Value {
+                key: "tls.client_ca_files",
+                message: "is required: clients must present certificates unless `tls.allow_token_only = true`".into(),
+            });
+        }
+        Ok(Some((addr, files)))
+    }
+
+    /// The role of anonymous loopback callers.
+    pub fn loopback_anonymous_role(&self) -> Result<Option<crate::authz::Role>, ConfigError> {
+        match self.authz.loopback_anonymous_role.as_str() {
+            "read-only" => Ok(Some(crate::authz::Role::ReadOnly)),
+            "none" => Ok(None),
+            other => Err(ConfigError::Value {
+                key: "authz.loopback_anonymous_role",
+                message: format!(
+                    "`{other}` is neither `read-only` nor `none` (anonymous callers are never admin)"
+                ),
+            }),
+        }
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -428,6 +540,21 @@ mod tests {
         );
         assert!(err(&[("INSPECTOR_KEYD_BACKEND", "cloud")]).contains("unknown variant `cloud`"));
         assert!(err(&[("INSPECTOR_KEYD_CACHE__KEY_TTL", "soon")]).contains("`cache.key_ttl`"));
+        assert!(
+            err(&[("INSPECTOR_KEYD_AUTHZ__LOOPBACK_ANONYMOUS_ROLE", "admin")])
+                .contains("never admin")
+        );
+        assert!(
+            err(&[("INSPECTOR_KEYD_TLS__LISTEN", "0.0.0.0:50443")]).contains("`tls.cert_file`")
+        );
+        assert!(
+            err(&[
+                ("INSPECTOR_KEYD_TLS__LISTEN", "0.0.0.0:50443"),
+                ("INSPECTOR_KEYD_TLS__CERT_FILE", "c.pem"),
+                ("INSPECTOR_KEYD_TLS__KEY_FILE", "k.pem"),
+            ])
+            .contains("`tls.client_ca_files`")
+        );
         assert!(
             err(&[("INSPECTOR_KEYD_VERIFICATION__LAMBDA_PROFILE", "strict")])
                 .contains("`verification.lambda_profile`")

@@ -6,6 +6,7 @@
 //! [`verify`] is a pure library the service and the CLI call. [`status`] is the one place
 //! errors become `tonic::Status`.
 
+pub mod audit;
 pub mod authz;
 pub mod backend;
 pub mod cache;
@@ -16,4 +17,5 @@ pub mod proto;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod tls;
 pub mod verify;

@@ -1,5 +1,5 @@
-//! Transport: the listeners (Unix socket, loopback TCP), the services on them (health,
-//! reflection, the API), readiness, and shutdown.
+//! Transport: the listeners (Unix socket, loopback TCP, TLS), the services on them (health,
+//! reflection, the API) behind authorization, readiness, reloads, and shutdown.
 
 use std::{future::Future, io, path::Path, sync::Arc};
 
@@ -13,7 +13,8 @@ use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
-    authz::{Authorizer, AuthzLayer},
+    audit::AuditLog,
+    authz::{Authorizer, AuthzLayer, Rules, RulesError, RulesSource},
     backend::{Backend, BackendError, local::LocalBackend},
     cache::KeyCache,
     config::{BackendKind, Config, ConfigError},
@@ -22,6 +23,7 @@ use crate::{
         local_kms_service_server::LocalKmsServiceServer,
     },
     service::{EncryptionKeys, LocalKmsApi, VerificationSettings},
+    tls::{ReloadableTls, TlsError},
 };
 
 /// Why the server could not start or stopped abnormally.
@@ -29,6 +31,12 @@ use crate::{
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("cannot load the authorization rules: {0}")]
+    Rules(#[from] RulesError),
+    #[error("cannot open the audit file: {0}")]
+    Audit(io::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot read identity policy file `{path}`: {source}")]
     IdentityPolicy {
         path: std::path::PathBuf,
@@ -65,6 +73,71 @@ fn verification_settings(config: &Config) -> Result<VerificationSettings, ServeE
         lambda_profile: config.lambda_profile()?,
         code_repository_profile: config.code_repository_profile()?,
     })
+}
+
+/// The authorization rules: the rules file when configured, else the defaults (the server's
+/// own uid and the holder of the generated admin token are admin).
+fn authorizer(config: &Config) -> Result<Authorizer, ServeError> {
+    let loopback_anonymous = config.loopback_anonymous_role()?;
+    let source = match &config.authz.rules_file {
+        Some(path) => RulesSource::File {
+            path: path.clone(),
+            loopback_anonymous,
+        },
+        None => {
+            let token = crate::authz::rules::admin_token(&config.state_dir)?;
+            RulesSource::Fixed(Rules::defaults(
+                rustix::process::getuid().as_raw(),
+                crate::authz::rules::token_hash(&token),
+                loopback_anonymous,
+            ))
+        }
+    };
+    Ok(Authorizer::new(source)?)
+}
+
+/// Reads the rules file and the TLS files again when they change (checked every
+/// `interval`) and on SIGHUP. A broken new file is refused with an error log; what is in
+/// force stays.
+async fn reload_loop(
+    authorizer: Arc<Authorizer>,
+    tls: Option<Arc<ReloadableTls>>,
+    interval: std::time::Duration,
+) {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut rules_stamp = authorizer
+        .rules_file()
+        .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    loop {
+        let forced = tokio::select! {
+            () = tokio::time::sleep(interval) => false,
+            Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        if let Some(path) = authorizer.rules_file() {
+            let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if forced || stamp != rules_stamp {
+                rules_stamp = stamp;
+                match authorizer.reload() {
+                    Ok(true) => {
+                        tracing::info!(path = %path.display(), "authorization rules reloaded")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "new authorization rules refused; the rules in force stay")
+                    }
+                }
+            }
+        }
+        if let Some(tls) = &tls {
+            match tls.reload(forced) {
+                Ok(true) => tracing::info!("TLS certificate, key and client CAs reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "new TLS files refused; the ones in force stay")
+                }
+            }
+        }
+    }
 }
 
 /// Binds the Unix socket, replacing a stale socket file but never a live server's.
@@ -105,7 +178,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
     let (backend, local_kms) = match config.backend {
         BackendKind::Local => {
-            let local = LocalBackend::open(&config.state_dir, &config.region, &config.account_id)?;
+            let local = LocalBackend::open(&config.state_dir, &config.region, &config.account_id)?
+                .with_write_latency(config.local.write_latency);
             let kms = LocalKmsApi::new(local.kms().clone());
             (Arc::new(local) as Arc<dyn Backend>, Some(kms))
         }
@@ -124,7 +198,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let authz = AuthzLayer::new(Authorizer::for_this_process());
+    let authorizer = Arc::new(authorizer(&config)?);
+    let audit = AuditLog::open(config.authz.audit_file.as_deref()).map_err(ServeError::Audit)?;
+    let tls = match &listeners.tls {
+        Some((_, files)) => Some(Arc::new(ReloadableTls::load(files.clone())?)),
+        None => None,
+    };
+    let authz = AuthzLayer::new(authorizer.clone(), audit);
     let router = Server::builder()
         .layer(authz)
         .add_service(health_service)
@@ -174,6 +254,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         let name = format!("tcp {local}");
         let stop = stopped();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let router = router.clone();
         servers.spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, stop)
@@ -184,12 +265,35 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 })
         });
     }
+    let mut tls_addr = String::new();
+    if let (Some((addr, _)), Some(tls)) = (&listeners.tls, &tls) {
+        let listen_error = |source| ServeError::Listen {
+            listener: format!("tls {addr}"),
+            source,
+        };
+        let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+        let local = listener.local_addr().map_err(listen_error)?;
+        tls_addr = local.to_string();
+        let name = format!("tls {local}");
+        let stop = stopped();
+        let incoming = crate::tls::incoming(listener, tls.clone());
+        servers.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await
+                .map_err(|source| ServeError::Serve {
+                    listener: name,
+                    source,
+                })
+        });
+    }
+    let reloader = tokio::spawn(reload_loop(authorizer, tls, config.authz.reload_interval));
 
     health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_service_status(proto::ENCRYPTION_KEY_SERVICE, ServingStatus::Serving)
         .await;
-    tracing::info!(unix = %unix_addr, tcp = %tcp_addr, backend = ?config.backend, region = %config.region, "serving");
+    tracing::info!(unix = %unix_addr, tcp = %tcp_addr, tls = %tls_addr, backend = ?config.backend, region = %config.region, "serving");
 
     let failed = tokio::select! {
         () = shutdown => None,
@@ -202,6 +306,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         .set_service_status(proto::ENCRYPTION_KEY_SERVICE, ServingStatus::NotServing)
         .await;
     tracing::info!("shutting down");
+    reloader.abort();
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(config.shutdown_timeout(), async {
         let mut first_error = None;

@@ -188,7 +188,7 @@ impl From<ServiceError> for Status {
 impl From<AuthzError> for Status {
     fn from(error: AuthzError) -> Status {
         match &error {
-            AuthzError::Unauthenticated => status(
+            AuthzError::Unauthenticated(_) => status(
                 Code::Unauthenticated,
                 error.to_string(),
                 "UNAUTHENTICATED",

@@ -201,3 +201,94 @@ fn update_get_reset_flow_and_error_details() {
     );
     assert!(Path::new(&sidecar.socket).exists());
 }
+
+#[test]
+fn mtls_and_bearer_tokens() {
+    use common::pki::{Ca, ClientName};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("grpcurl test CA");
+    let ca_file = ca.write(dir.path(), "ca");
+    let server = ca.server(dir.path(), "server");
+    let deployer = ca.client(
+        dir.path(),
+        "deployer",
+        ClientName::Spiffe("spiffe://example.org/ns/prod/sa/deployer"),
+    );
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nrole = \"admin\"\nspiffe_id = \"spiffe://example.org/ns/prod/sa/deployer\"\n",
+    )
+    .unwrap();
+    let path = |p: &std::path::Path| format!("{:?}", p.to_str().unwrap());
+    let sidecar = Sidecar::start_with(&format!(
+        "[authz]\nrules_file = {}\n[tls]\nlisten = \"127.0.0.1:0\"\ncert_file = {}\nkey_file = {}\nclient_ca_files = [{}]\n",
+        path(&rules),
+        path(&server.cert),
+        path(&server.key),
+        path(&ca_file)
+    ));
+    let Some(grpcurl) = Grpcurl::new(&sidecar) else {
+        return;
+    };
+    let tls = sidecar.tls.unwrap().to_string();
+    let (cacert, cert, key) = (
+        ca_file.to_str().unwrap(),
+        deployer.cert.to_str().unwrap(),
+        deployer.key.to_str().unwrap(),
+    );
+    let data = format!("{{{TARGET}}}");
+    let get = "inspectorkeyd.v1.EncryptionKeyService/GetEncryptionKey";
+
+    let with_cert = grpcurl.run(&[
+        "-cacert", cacert, "-cert", cert, "-key", key, "-d", &data, &tls, get,
+    ]);
+    assert_eq!(
+        with_cert.code, 69,
+        "admin reads: NOT_FOUND (AWS owned key)\n{}",
+        with_cert.stderr
+    );
+    assert!(
+        with_cert.stderr.contains("AWS_OWNED_KEY"),
+        "{}",
+        with_cert.stderr
+    );
+    let list = grpcurl.run(&["-cacert", cacert, "-cert", cert, "-key", key, &tls, "list"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let without_cert = grpcurl.run(&["-cacert", cacert, "-d", &data, &tls, get]);
+    assert_ne!(without_cert.code, 0);
+    assert_ne!(
+        without_cert.code, 69,
+        "no certificate, no answer: {}",
+        without_cert.stderr
+    );
+
+    // The Unix socket user is not in these rules; the generated admin token is not either
+    // (a rules file replaces the defaults), so a bearer token here is unknown.
+    let token = grpcurl.run(&[
+        "-plaintext",
+        "-H",
+        "authorization: Bearer not-a-known-token",
+        "-d",
+        &data,
+        &sidecar.tcp.to_string(),
+        get,
+    ]);
+    assert_eq!(token.code, 64 + 16, "UNAUTHENTICATED: {}", token.stderr);
+}
+
+#[test]
+fn bearer_token_over_loopback_tcp() {
+    let sidecar = Sidecar::start();
+    let Some(grpcurl) = Grpcurl::new(&sidecar) else {
+        return;
+    };
+    let addr = sidecar.tcp.to_string();
+    let header = format!("authorization: Bearer {}", sidecar.admin_token());
+    let data = format!("{{{TARGET}}}");
+    let reset = "inspectorkeyd.v1.EncryptionKeyService/ResetEncryptionKey";
+    let anonymous = grpcurl.run(&["-plaintext", "-d", &data, &addr, reset]);
+    assert_eq!(anonymous.code, 64 + 7, "{}", anonymous.stderr);
+    let admin = grpcurl.run(&["-plaintext", "-H", &header, "-d", &data, &addr, reset]);
+    assert_eq!(admin.code, 0, "{}", admin.stderr);
+}

@@ -253,6 +253,13 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::UpdateEncryptionKeyRequest>,
     ) -> Result<Response<proto::UpdateEncryptionKeyResponse>, Status> {
+        let r = request.get_ref();
+        super::audit_subject(
+            &request,
+            &r.kms_key_id,
+            Some(r.scan_type),
+            Some(r.resource_type),
+        );
         Ok(Response::new(self.update(request.into_inner()).await?))
     }
 
@@ -260,6 +267,8 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::ResetEncryptionKeyRequest>,
     ) -> Result<Response<proto::ResetEncryptionKeyResponse>, Status> {
+        let r = request.get_ref();
+        super::audit_subject(&request, "", Some(r.scan_type), Some(r.resource_type));
         Ok(Response::new(self.reset(request.into_inner()).await?))
     }
 

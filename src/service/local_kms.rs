@@ -152,6 +152,7 @@ impl LocalKmsService for LocalKmsApi {
         &self,
         request: Request<proto::PutKeyPolicyRequest>,
     ) -> Reply<proto::PutKeyPolicyResponse> {
+        super::audit_subject(&request, &request.get_ref().key_id, None, None);
         let r = request.into_inner();
         reply(
             self.kms
@@ -165,6 +166,7 @@ impl LocalKmsService for LocalKmsApi {
         &self,
         request: Request<proto::EnableKeyRequest>,
     ) -> Reply<proto::EnableKeyResponse> {
+        super::audit_subject(&request, &request.get_ref().key_id, None, None);
         let r = request.into_inner();
         reply(
             self.kms
@@ -178,6 +180,7 @@ impl LocalKmsService for LocalKmsApi {
         &self,
         request: Request<proto::DisableKeyRequest>,
     ) -> Reply<proto::DisableKeyResponse> {
+        super::audit_subject(&request, &request.get_ref().key_id, None, None);
         let r = request.into_inner();
         reply(
             self.kms
@@ -191,6 +194,7 @@ impl LocalKmsService for LocalKmsApi {
         &self,
         request: Request<proto::ScheduleKeyDeletionRequest>,
     ) -> Reply<proto::ScheduleKeyDeletionResponse> {
+        super::audit_subject(&request, &request.get_ref().key_id, None, None);
         let r = request.into_inner();
         reply(
             self.kms
@@ -206,6 +210,7 @@ impl LocalKmsService for LocalKmsApi {
         &self,
         request: Request<proto::CancelKeyDeletionRequest>,
     ) -> Reply<proto::CancelKeyDeletionResponse> {
+        super::audit_subject(&request, &request.get_ref().key_id, None, None);
         let r = request.into_inner();
         reply(self.kms.cancel_key_deletion(r.key_id).await.map(|m| {
             proto::CancelKeyDeletionResponse {
@@ -218,6 +223,7 @@ impl LocalKmsService for LocalKmsApi {
         &self,
         request: Request<proto::ReplicateKeyRequest>,
     ) -> Reply<proto::ReplicateKeyResponse> {
+        super::audit_subject(&request, &request.get_ref().key_id, None, None);
         let r = request.into_inner();
         reply(
             self.kms

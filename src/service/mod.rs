@@ -31,6 +31,34 @@ pub enum ServiceError {
     Backend(#[from] BackendError),
 }
 
+/// Tells the audit line of a request which key and target it was about.
+fn audit_subject<T>(
+    request: &tonic::Request<T>,
+    key: &str,
+    scan_type: Option<i32>,
+    resource_type: Option<i32>,
+) {
+    let Some(subject) = request.extensions().get::<crate::audit::AuditSubject>() else {
+        return;
+    };
+    let scan = scan_type.map(|v| match crate::proto::ScanType::try_from(v) {
+        Ok(t) => t.as_str_name().trim_start_matches("SCAN_TYPE_").to_owned(),
+        Err(_) => v.to_string(),
+    });
+    let resource = resource_type.map(|v| match crate::proto::ResourceType::try_from(v) {
+        Ok(t) => t
+            .as_str_name()
+            .trim_start_matches("RESOURCE_TYPE_")
+            .to_owned(),
+        Err(_) => v.to_string(),
+    });
+    subject.record(
+        (!key.is_empty()).then_some(key),
+        scan.as_deref(),
+        resource.as_deref(),
+    );
+}
+
 impl From<Vec<FieldViolation>> for ServiceError {
     fn from(violations: Vec<FieldViolation>) -> ServiceError {
         ServiceError::InvalidArgument(violations)

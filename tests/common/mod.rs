@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+pub mod pki;
+
 use hyper_util::rt::TokioIo;
 use inspector_keyd::proto::{
     self, encryption_key_service_client::EncryptionKeyServiceClient,
@@ -32,6 +34,8 @@ pub struct Sidecar {
     dir: Arc<tempfile::TempDir>,
     pub socket: PathBuf,
     pub tcp: SocketAddr,
+    /// The TLS listener, when the configuration asks for one.
+    pub tls: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     extra_config: String,
 }
@@ -42,7 +46,8 @@ impl Sidecar {
         Sidecar::start_with("")
     }
 
-    /// Starts a sidecar; `extra_config` is appended to the top level of its TOML config.
+    /// Starts a sidecar; `extra_config` goes into its TOML config before the `[listen]`
+    /// table (so it may open tables of its own).
     pub fn start_with(extra_config: &str) -> Sidecar {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         Sidecar::start_in(dir, extra_config.to_owned())
@@ -95,17 +100,18 @@ impl Sidecar {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if line.contains(" serving ") {
-                    let tcp = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("tcp="))
-                        .and_then(|a| a.parse::<SocketAddr>().ok());
-                    let _ = tx.send(tcp);
+                    let address = |field: &str| {
+                        line.split_whitespace()
+                            .find_map(|w| w.strip_prefix(field))
+                            .and_then(|a| a.parse::<SocketAddr>().ok())
+                    };
+                    let _ = tx.send(address("tcp=").map(|tcp| (tcp, address("tls="))));
                 }
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let tcp = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(tcp)) => tcp,
+        let (tcp, tls) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(addresses)) => addresses,
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -118,6 +124,7 @@ impl Sidecar {
             dir,
             socket,
             tcp,
+            tls,
             log,
             extra_config,
         }
@@ -129,6 +136,14 @@ impl Sidecar {
 
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// The admin token the sidecar generated in its state directory.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     pub fn pid(&self) -> u32 {
@@ -300,4 +315,44 @@ pub fn tool(env_var: &str, default_relative: &str) -> Option<PathBuf> {
         path.display()
     );
     None
+}
+
+/// A channel over TLS to `addr`, trusting `ca_pem`, presenting `client` when given.
+pub async fn tls_channel(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client: Option<&pki::Pair>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some(pair) = client {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            &pair.cert_pem,
+            &pair.key_pem,
+        ));
+    }
+    Endpoint::try_from(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+/// Retries `check` until it holds, for at most `limit` (for changes the server picks up
+/// asynchronously, such as reloaded files).
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }

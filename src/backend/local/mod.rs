@@ -22,6 +22,8 @@ pub const STORE_FILE: &str = "keyd.redb";
 
 pub struct LocalBackend {
     kms: LocalKms,
+    /// Test/dev setting: latency before each key-configuration write.
+    write_latency: std::time::Duration,
 }
 
 fn config_key(target: Target) -> String {
@@ -48,7 +50,20 @@ impl LocalBackend {
         let store = Arc::new(Store::open(&state_dir.join(STORE_FILE))?);
         Ok(LocalBackend {
             kms: LocalKms::new(store, region.to_owned(), account_id.to_owned()),
+            write_latency: std::time::Duration::ZERO,
         })
+    }
+
+    /// Adds `latency` before every key-configuration write (test/dev only).
+    pub fn with_write_latency(mut self, latency: std::time::Duration) -> LocalBackend {
+        self.write_latency = latency;
+        self
+    }
+
+    async fn injected_latency(&self) {
+        if !self.write_latency.is_zero() {
+            tokio::time::sleep(self.write_latency).await;
+        }
     }
 
     /// The local KMS, for the local-only KMS service.
@@ -70,6 +85,7 @@ impl Backend for LocalBackend {
         target: Target,
         key: &KeyArn,
     ) -> Result<(), BackendError> {
+        self.injected_latency().await;
         let arn = key.as_str().to_owned();
         self.kms
             .blocking(move |kms| {
@@ -80,6 +96,7 @@ impl Backend for LocalBackend {
     }
 
     async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError> {
+        self.injected_latency().await;
         self.kms
             .blocking(move |kms| {
                 kms.store

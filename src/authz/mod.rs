@@ -1,0 +1,537 @@
+//! Authorization: one tower layer, before every handler, that decides which role each RPC
+//! needs, who the caller is (Unix peer credentials, TLS client certificate, or bearer
+//! token), and whether the caller holds the role; it also writes the audit line of every
+//! mutation and refusal. Deny by default: an RPC it does not know needs `admin`.
+
+pub mod rules;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use tonic::{
+    body::Body,
+    transport::server::{TcpConnectInfo, UdsConnectInfo},
+};
+use tower::{Layer, Service};
+
+pub use rules::{CertName, Identity, Role, Rules, RulesError};
+
+use crate::audit::{AuditLog, AuditRecord, AuditSubject};
+
+/// The role each RPC needs; `None` for the public health and reflection services.
+pub fn required_role(path: &str) -> Option<Role> {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    match (service, method) {
+        ("grpc.health.v1.Health", _)
+        | ("grpc.reflection.v1.ServerReflection", _)
+        | ("grpc.reflection.v1alpha.ServerReflection", _) => None,
+        (
+            "inspectorkeyd.v1.EncryptionKeyService",
+            "GetEncryptionKey" | "VerifyKeyPolicy" | "RenderKeyPolicy",
+        ) => Some(Role::ReadOnly),
+        _ => Some(Role::Admin),
+    }
+}
+
+/// Whether an RPC changes state (and so is audited even when allowed).
+pub fn is_mutation(path: &str) -> bool {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    required_role(path) == Some(Role::Admin)
+        && !matches!(method, "DescribeKey" | "ListKeys" | "GetKeyPolicy")
+}
+
+/// The peer of a TLS connection, left in each request's extensions by the TLS transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPeer {
+    pub addr: Option<SocketAddr>,
+    /// The client certificate's name; `None` when the client sent no certificate (only
+    /// possible when token-only callers are allowed).
+    pub name: Option<CertName>,
+}
+
+/// The authenticated caller of a request, left in its extensions for the handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub identity: Identity,
+    pub role: Option<Role>,
+}
+
+/// The request id of a call: the caller's `x-request-id`, or one made up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// Response and request metadata carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthzError {
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    #[error("this call needs the {required} role; caller `{caller}` does not have it")]
+    RoleRequired { required: Role, caller: String },
+}
+
+/// What the `authorization` metadata holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bearer {
+    Absent,
+    Malformed,
+    /// The SHA-256 of the token; the token itself is not kept.
+    Token([u8; 32]),
+}
+
+impl Bearer {
+    pub fn from_header(value: Option<&http::HeaderValue>) -> Bearer {
+        let Some(value) = value else {
+            return Bearer::Absent;
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        match token {
+            Some(token) => Bearer::Token(rules::token_hash(token)),
+            None => Bearer::Malformed,
+        }
+    }
+}
+
+/// Where the rules come from, so they can be read again.
+#[derive(Debug, Clone)]
+pub enum RulesSource {
+    /// Fixed rules (the defaults).
+    Fixed(Rules),
+    /// A rules file, read again on change and on SIGHUP.
+    File {
+        path: std::path::PathBuf,
+        loopback_anonymous: Option<Role>,
+    },
+}
+
+/// The rules in force, replaceable while serving.
+#[derive(Debug)]
+pub struct Authorizer {
+    rules: RwLock<Arc<Rules>>,
+    source: RulesSource,
+}
+
+impl Authorizer {
+    pub fn new(source: RulesSource) -> Result<Authorizer, RulesError> {
+        let rules = match &source {
+            RulesSource::Fixed(rules) => rules.clone(),
+            RulesSource::File {
+                path,
+                loopback_anonymous,
+            } => Rules::from_file(path, *loopback_anonymous)?,
+        };
+        Ok(Authorizer {
+            rules: RwLock::new(Arc::new(rules)),
+            source,
+        })
+    }
+
+    /// The rules file, when the rules come from one.
+    pub fn rules_file(&self) -> Option<&std::path::Path> {
+        match &self.source {
+            RulesSource::File { path, .. } => Some(path),
+            RulesSource::Fixed(_) => None,
+        }
+    }
+
+    fn rules(&self) -> Arc<Rules> {
+        match self.rules.read() {
+            Ok(rules) => rules.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads the rules file again. A file that does not parse is refused and the rules in
+    /// force stay. Returns whether the rules changed.
+    pub fn reload(&self) -> Result<bool, RulesError> {
+        let RulesSource::File {
+            path,
+            loopback_anonymous,
+        } = &self.source
+        else {
+            return Ok(false);
+        };
+        let new = Rules::from_file(path, *loopback_anonymous)?;
+        let changed = *self.rules() != new;
+        if changed {
+            match self.rules.write() {
+                Ok(mut rules) => *rules = Arc::new(new),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Decides one request: the caller, or why it is refused. A bearer token, when
+    /// present, is the caller's identity; otherwise the connection's.
+    pub fn decide(
+        &self,
+        path: &str,
+        connection: Option<Identity>,
+        bearer: Bearer,
+    ) -> Result<Option<Caller>, AuthzError> {
+        let Some(required) = required_role(path) else {
+            return Ok(None);
+        };
+        let rules = self.rules();
+        let identity = match bearer {
+            Bearer::Absent => connection.ok_or(AuthzError::Unauthenticated(
+                "the caller could not be identified",
+            ))?,
+            Bearer::Malformed => {
+                return Err(AuthzError::Unauthenticated(
+                    "the authorization metadata is not `Bearer <token>`",
+                ));
+            }
+            Bearer::Token(sha256) if rules.knows_token(&sha256) => Identity::Token { sha256 },
+            Bearer::Token(_) => {
+                return Err(AuthzError::Unauthenticated("the bearer token is not known"));
+            }
+        };
+        if matches!(identity, Identity::LoopbackPeer { .. }) && !rules.admits_anonymous_loopback() {
+            return Err(AuthzError::Unauthenticated(
+                "anonymous loopback callers are not admitted; present a bearer token",
+            ));
+        }
+        let role = rules.role_of(&identity);
+        if role.is_some_and(|role| role >= required) {
+            Ok(Some(Caller { identity, role }))
+        } else {
+            Err(AuthzError::RoleRequired {
+                required,
+                caller: identity.to_string(),
+            })
+        }
+    }
+}
+
+/// The connection's identity, from what the transport left in the request.
+fn connection_identity<B>(request: &http::Request<B>) -> Option<Identity> {
+    let extensions = request.extensions();
+    if let Some(peer) = extensions.get::<TlsPeer>() {
+        return peer.name.clone().map(|name| Identity::Certificate { name });
+    }
+    if let Some(info) = extensions.get::<UdsConnectInfo>() {
+        return info.peer_cred.map(|cred| Identity::UnixPeer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+        });
+    }
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .filter(|addr| addr.ip().is_loopback())
+        .map(|addr| Identity::LoopbackPeer { addr })
+}
+
+fn request_id<B>(request: &http::Request<B>) -> String {
+    request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// The UPPER_SNAKE name of a gRPC code, as audit lines spell it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The code of a response: from its headers when the status came without a body
+/// (every error), else OK (a unary success sends its status in the trailers).
+fn response_code<B>(response: &http::Response<B>) -> tonic::Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+}
+
+/// Writes the audit line of one call when finished, or as `cancelled` if dropped first.
+struct AuditGuard {
+    log: AuditLog,
+    record: Option<AuditRecord>,
+    subject: AuditSubject,
+    started: Instant,
+}
+
+impl AuditGuard {
+    fn finish(&mut self, decision: &'static str, code: tonic::Code) {
+        if let Some(mut record) = self.record.take() {
+            self.subject.fill(&mut record);
+            record.decision = decision;
+            record.code = code_name(code).to_owned();
+            record.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            self.log.write(&record);
+        }
+    }
+}
+
+impl Drop for AuditGuard {
+    fn drop(&mut self) {
+        self.finish("cancelled", tonic::Code::Cancelled);
+    }
+}
+
+/// The tower layer that authorizes (and audits) every request.
+#[derive(Clone)]
+pub struct AuthzLayer {
+    authorizer: Arc<Authorizer>,
+    audit: AuditLog,
+}
+
+impl AuthzLayer {
+    pub fn new(authorizer: Arc<Authorizer>, audit: AuditLog) -> AuthzLayer {
+        AuthzLayer { authorizer, audit }
+    }
+}
+
+impl<S> Layer<S> for AuthzLayer {
+    type Service = Authz<S>;
+
+    fn layer(&self, inner: S) -> Authz<S> {
+        Authz {
+            inner,
+            authorizer: self.authorizer.clone(),
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// The service [`AuthzLayer`] wraps around the routes.
+#[derive(Clone)]
+pub struct Authz<S> {
+    inner: S,
+    authorizer: Arc<Authorizer>,
+    audit: AuditLog,
+}
+
+fn with_request_id(mut response: http::Response<Body>, request_id: &str) -> http::Response<Body> {
+    if let Ok(value) = http::HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+impl<S, B> Service<http::Request<B>> for Authz<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let path = request.uri().path().to_owned();
+        let id = request_id(&request);
+        let connection = connection_identity(&request);
+        let bearer = Bearer::from_header(request.headers().get(http::header::AUTHORIZATION));
+        let decision = self.authorizer.decide(&path, connection.clone(), bearer);
+        let subject = AuditSubject::default();
+        let caller = match &decision {
+            Ok(Some(caller)) => Some(caller.clone()),
+            Ok(None) => None,
+            Err(_) => connection.map(|identity| Caller {
+                identity,
+                role: None,
+            }),
+        };
+        let record = AuditRecord {
+            time: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            request_id: id.clone(),
+            caller: caller
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), |c| c.identity.to_string()),
+            role: caller.as_ref().and_then(|c| c.role).map(|r| r.to_string()),
+            rpc: path.clone(),
+            key_arn: None,
+            scan_type: None,
+            resource_type: None,
+            decision: "allowed",
+            code: String::new(),
+            latency_ms: 0.0,
+        };
+        let mut guard = AuditGuard {
+            log: self.audit.clone(),
+            record: (is_mutation(&path) || decision.is_err()).then_some(record),
+            subject: subject.clone(),
+            started,
+        };
+        match decision {
+            Err(error) => {
+                tracing::info!(path = %path, request_id = %id, %error, "call refused");
+                let status = tonic::Status::from(error);
+                guard.finish("denied", status.code());
+                Box::pin(std::future::ready(Ok(with_request_id(
+                    status.into_http(),
+                    &id,
+                ))))
+            }
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                request.extensions_mut().insert(subject);
+                request.extensions_mut().insert(RequestId(id.clone()));
+                // The clone is the one that is not ready yet; the ready one serves this call.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move {
+                    let result = inner.call(request).await;
+                    let code = result.as_ref().map_or(tonic::Code::Internal, response_code);
+                    guard.finish("allowed", code);
+                    result.map(|response| with_request_id(response, &id))
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GET: &str = "/inspectorkeyd.v1.EncryptionKeyService/GetEncryptionKey";
+    const UPDATE: &str = "/inspectorkeyd.v1.EncryptionKeyService/UpdateEncryptionKey";
+
+    #[test]
+    fn roles_per_rpc_deny_by_default() {
+        assert_eq!(required_role(GET), Some(Role::ReadOnly));
+        assert_eq!(required_role(UPDATE), Some(Role::Admin));
+        assert_eq!(
+            required_role("/inspectorkeyd.v1.EncryptionKeyService/NoSuchCall"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            required_role("/inspectorkeyd.v1.LocalKmsService/ListKeys"),
+            Some(Role::Admin)
+        );
+        assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
+        assert!(is_mutation(UPDATE) && is_mutation("/inspectorkeyd.v1.LocalKmsService/DisableKey"));
+        assert!(!is_mutation(GET) && !is_mutation("/inspectorkeyd.v1.LocalKmsService/DescribeKey"));
+    }
+
+    #[test]
+    fn default_rules() {
+        let token = "local-admin-token";
+        let authz = Authorizer::new(RulesSource::Fixed(Rules::defaults(
+            1000,
+            rules::token_hash(token),
+            Some(Role::ReadOnly),
+        )))
+        .unwrap();
+        let owner = Identity::UnixPeer {
+            uid: 1000,
+            gid: 1000,
+        };
+        let other = Identity::UnixPeer {
+            uid: 1001,
+            gid: 1000,
+        };
+        let tcp = Identity::LoopbackPeer {
+            addr: "127.0.0.1:4000".parse().unwrap(),
+        };
+        assert!(authz.decide(UPDATE, Some(owner), Bearer::Absent).is_ok());
+        assert!(authz.decide(GET, Some(tcp.clone()), Bearer::Absent).is_ok());
+        assert_eq!(
+            authz.decide(UPDATE, Some(tcp.clone()), Bearer::Absent),
+            Err(AuthzError::RoleRequired {
+                required: Role::Admin,
+                caller: "tcp:127.0.0.1:4000".into()
+            })
+        );
+        let admin = authz
+            .decide(
+                UPDATE,
+                Some(tcp.clone()),
+                Bearer::Token(rules::token_hash(token)),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(admin.role, Some(Role::Admin));
+        assert!(matches!(
+            authz.decide(GET, Some(tcp), Bearer::Token(rules::token_hash("guess"))),
+            Err(AuthzError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            authz.decide(GET, Some(other), Bearer::Absent),
+            Err(AuthzError::RoleRequired { .. })
+        ));
+        assert!(matches!(
+            authz.decide(GET, None, Bearer::Absent),
+            Err(AuthzError::Unauthenticated(_))
+        ));
+        assert_eq!(
+            authz.decide("/grpc.health.v1.Health/Check", None, Bearer::Absent),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn bearer_metadata() {
+        let header = |v: &str| http::HeaderValue::from_str(v).unwrap();
+        assert_eq!(Bearer::from_header(None), Bearer::Absent);
+        assert_eq!(
+            Bearer::from_header(Some(&header("Basic abc"))),
+            Bearer::Malformed
+        );
+        assert_eq!(
+            Bearer::from_header(Some(&header("Bearer "))),
+            Bearer::Malformed
+        );
+        assert_eq!(
+            Bearer::from_header(Some(&header("Bearer abc"))),
+            Bearer::Token(rules::token_hash("abc"))
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! The TLS listener (rustls, aws-lc-rs): client certificates verified against the
+//! configured CA bundles (required unless token-only callers are allowed), the caller's
+//! certificate name handed to authorization, and the certificate, key and CA files read
+//! again when they change.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Mutex, RwLock},
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::authz::{CertName, TlsPeer};
+
+/// How long a client gets to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The files the TLS listener is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_files: Vec<PathBuf>,
+    /// Accept clients without a certificate (authorization then needs a bearer token).
+    pub allow_token_only: bool,
+}
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read `{path}`: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("`{path}` holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("invalid TLS configuration: {0}")]
+    Config(String),
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_error = |e: rustls::pki_types::pem::Error| TlsError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(file_error)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(file_error)?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Builds the rustls server configuration from the files as they are now.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain = certificates(&files.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| TlsError::File {
+        path: files.key_file.clone(),
+        message: e.to_string(),
+    })?;
+    let mut roots = RootCertStore::empty();
+    for path in &files.client_ca_files {
+        for cert in certificates(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Config(format!("CA in `{}`: {e}", path.display())))?;
+        }
+    }
+    let verifier = if roots.is_empty() {
+        if !files.allow_token_only {
+            return Err(TlsError::Config(
+                "client certificates are required but no client CA is configured".into(),
+            ));
+        }
+        WebPkiClientVerifier::no_client_auth()
+    } else {
+        let builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let builder = if files.allow_token_only {
+            builder.allow_unauthenticated()
+        } else {
+            builder
+        };
+        builder
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The TLS configuration in force, rebuilt when its files change.
+pub struct ReloadableTls {
+    files: TlsFiles,
+    current: RwLock<Arc<ServerConfig>>,
+    stamps: Mutex<Vec<Option<SystemTime>>>,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl ReloadableTls {
+    pub fn load(files: TlsFiles) -> Result<ReloadableTls, TlsError> {
+        let config = server_config(&files)?;
+        let stamps = Mutex::new(Self::stamps_of(&files));
+        Ok(ReloadableTls {
+            files,
+            current: RwLock::new(config),
+            stamps,
+        })
+    }
+
+    fn stamps_of(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+        [&files.cert_file, &files.key_file]
+            .into_iter()
+            .chain(&files.client_ca_files)
+            .map(|p| modified(p))
+            .collect()
+    }
+
+    /// Rebuilds the configuration when a file changed (or when `force`). A configuration
+    /// that does not build is refused and the one in force stays.
+    pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
+        let stamps = Self::stamps_of(&self.files);
+        let mut seen = self
+            .stamps
+            .lock()
+            .map_err(|_| TlsError::Config("reload lock poisoned".into()))?;
+        if !force && *seen == stamps {
+            return Ok(false);
+        }
+        *seen = stamps;
+        let config = server_config(&self.files)?;
+        match self.current.write() {
+            Ok(mut current) => *current = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+        Ok(true)
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        let config = match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        TlsAcceptor::from(config)
+    }
+}
+
+/// The name authorization knows a client certificate by: its SPIFFE ID (a `spiffe://`
+/// URI SAN), else its first DNS SAN, else its subject common name.
+pub fn certificate_name(der: &[u8]) -> Option<CertName> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let sans: Vec<GeneralName<'_>> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| ext.value.general_names.clone())
+        .unwrap_or_default();
+    let spiffe = sans.iter().find_map(|name| match name {
+        GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+            Some(CertName::Spiffe((*uri).to_owned()))
+        }
+        _ => None,
+    });
+    let dns = || {
+        sans.iter().find_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(CertName::Dns((*dns).to_owned())),
+            _ => None,
+        })
+    };
+    let common_name = || {
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(|cn| CertName::CommonName(cn.to_owned()))
+    };
+    spiffe.or_else(dns).or_else(common_name)
+}
+
+/// An accepted TLS connection and who is on the other end.
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    peer: TlsPeer,
+}
+
+impl Connected for TlsConnection {
+    type ConnectInfo = TlsPeer;
+
+    fn connect_info(&self) -> TlsPeer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Accepts connections and completes their handshakes concurrently (a slow client holds up
+/// no one), yielding the ones that succeed. Stops when the stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ReloadableTls>,
+) -> ReceiverStream<io::Result<TlsConnection>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = tokio::select! {
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS listener accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let name = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| certificate_name(leaf));
+                        let peer = TlsPeer {
+                            addr: Some(addr),
+                            name,
+                        };
+                        let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%addr, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::info!(%addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

@@ -1,0 +1,660 @@
+//! Caller identity and authorization through the real server: mTLS with SPIFFE IDs, Unix
+//! peer credentials, bearer tokens, hot reload of the rules and of the TLS files, and the
+//! audit log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use common::{
+    pki::{Ca, ClientName, Pair},
+    *,
+};
+use inspector_keyd::proto::{
+    self, encryption_key_service_client::EncryptionKeyServiceClient,
+    local_kms_service_client::LocalKmsServiceClient,
+};
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+
+const DEPLOYER: &str = "spiffe://example.org/ns/prod/sa/deployer";
+const APP: &str = "spiffe://example.org/ns/prod/sa/app";
+
+fn my_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+fn toml_path(path: &Path) -> String {
+    format!("{:?}", path.to_str().unwrap())
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+struct TlsSetup {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    server: Pair,
+}
+
+impl TlsSetup {
+    fn new() -> TlsSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("test clients and server CA");
+        let server = ca.server(dir.path(), "server");
+        TlsSetup { dir, ca, server }
+    }
+
+    fn config(&self, rules: &Path, extra: &str) -> String {
+        let ca_file = self.ca.write(self.dir.path(), "ca");
+        format!(
+            "[authz]\nrules_file = {}\nreload_interval = \"100ms\"\n[tls]\nlisten = \"127.0.0.1:0\"\ncert_file = {}\nkey_file = {}\nclient_ca_files = [{}]\n{extra}\n",
+            toml_path(rules),
+            toml_path(&self.server.cert),
+            toml_path(&self.server.key),
+            toml_path(&ca_file),
+        )
+    }
+}
+
+fn write_rules(path: &Path, rules: &str) {
+    // Write then rename, as configuration tools do, so a reader never sees half a file.
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, rules).unwrap();
+    std::fs::rename(staging, path).unwrap();
+}
+
+#[tokio::test]
+async fn mtls_spiffe_ids_map_to_roles() {
+    let setup = TlsSetup::new();
+    let rules = setup.dir.path().join("rules.toml");
+    write_rules(
+        &rules,
+        &format!(
+            "[[rule]]\nrole = \"admin\"\nspiffe_id = \"{DEPLOYER}\"\n[[rule]]\nrole = \"read-only\"\nspiffe_trust_domain = \"example.org\"\n"
+        ),
+    );
+    let sidecar = Sidecar::start_with(&setup.config(&rules, ""));
+    let tls = sidecar.tls.expect("TLS listener");
+    let ca = setup.ca.pem();
+    let deployer = setup
+        .ca
+        .client(setup.dir.path(), "deployer", ClientName::Spiffe(DEPLOYER));
+    let app = setup
+        .ca
+        .client(setup.dir.path(), "app", ClientName::Spiffe(APP));
+
+    let admin_channel = tls_channel(tls, &ca, Some(&deployer)).await.unwrap();
+    let arn = LocalKmsServiceClient::new(admin_channel.clone())
+        .create_key(proto::CreateKeyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .arn;
+    let mut admin = EncryptionKeyServiceClient::new(admin_channel);
+    admin
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+
+    let mut reader =
+        EncryptionKeyServiceClient::new(tls_channel(tls, &ca, Some(&app)).await.unwrap());
+    assert_eq!(
+        reader
+            .get_encryption_key(get_request(LAMBDA))
+            .await
+            .unwrap()
+            .into_inner()
+            .kms_key_id,
+        arn
+    );
+    let status = reader
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(reason(&status), "ROLE_REQUIRED");
+    let details = status.get_error_details();
+    let info = details.error_info().unwrap();
+    assert_eq!(info.metadata["caller"], APP);
+    assert_eq!(info.metadata["required_role"], "admin");
+
+    // A certificate from another CA, or none at all, does not get a connection.
+    let stranger_ca = Ca::new("someone else's CA");
+    let stranger = stranger_ca.client(setup.dir.path(), "stranger", ClientName::Spiffe(DEPLOYER));
+    for client in [Some(&stranger), None] {
+        let result = match tls_channel(tls, &ca, client).await {
+            Ok(channel) => EncryptionKeyServiceClient::new(channel)
+                .get_encryption_key(get_request(LAMBDA))
+                .await
+                .map(drop),
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        // With TLS 1.3 the client learns of the refusal at its first request.
+        let status = result.unwrap_err();
+        assert!(
+            matches!(status.code(), Code::Unavailable | Code::Unknown),
+            "{status:?}"
+        );
+    }
+    assert!(
+        sidecar.log().contains("TLS handshake refused"),
+        "{}",
+        sidecar.log()
+    );
+    // The Unix socket user has no rule here: deny by default.
+    let status = sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn dns_and_common_names_identify_callers_without_spiffe_ids() {
+    let setup = TlsSetup::new();
+    let rules = setup.dir.path().join("rules.toml");
+    write_rules(
+        &rules,
+        "[[rule]]\nrole = \"read-only\"\ndns_name = \"reader.internal\"\n[[rule]]\nrole = \"read-only\"\ncommon_name = \"batch-reader\"\n",
+    );
+    let sidecar = Sidecar::start_with(&setup.config(&rules, ""));
+    let ca = setup.ca.pem();
+    for (stem, name) in [
+        ("dns", ClientName::Dns("reader.internal")),
+        ("cn", ClientName::CommonName("batch-reader")),
+    ] {
+        let client = setup.ca.client(setup.dir.path(), stem, name);
+        let mut reader = EncryptionKeyServiceClient::new(
+            tls_channel(sidecar.tls.unwrap(), &ca, Some(&client))
+                .await
+                .unwrap(),
+        );
+        let status = reader
+            .get_encryption_key(get_request(LAMBDA))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&status), "AWS_OWNED_KEY", "{stem}: {status:?}");
+    }
+    let unknown = setup.ca.client(
+        setup.dir.path(),
+        "unknown",
+        ClientName::CommonName("someone"),
+    );
+    let mut client = EncryptionKeyServiceClient::new(
+        tls_channel(sidecar.tls.unwrap(), &ca, Some(&unknown))
+            .await
+            .unwrap(),
+    );
+    let status = client
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::PermissionDenied, "ROLE_REQUIRED")
+    );
+    assert!(
+        status.message().contains("cn:someone"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn unix_peers_by_uid_and_rules_reload_on_change_and_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    write_rules(
+        &rules,
+        &format!("[[rule]]\nrole = \"read-only\"\nunix_uid = {}\n", my_uid()),
+    );
+    let sidecar = Sidecar::start_with(&format!(
+        "[authz]\nrules_file = {}\nreload_interval = \"100ms\"\n",
+        toml_path(&rules)
+    ));
+    let arn = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000";
+    let mut keys = sidecar.admin_keys().await;
+    let status = keys
+        .update_encryption_key(update_request(arn))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::PermissionDenied, "ROLE_REQUIRED")
+    );
+    assert!(
+        status.message().contains(&format!("unix:uid={}", my_uid())),
+        "{}",
+        status.message()
+    );
+
+    // Made admin in the file: the change is picked up without a restart.
+    write_rules(
+        &rules,
+        &format!("[[rule]]\nrole = \"admin\"\nunix_uid = {}\n", my_uid()),
+    );
+    let admitted = eventually(Duration::from_secs(10), || {
+        let mut keys = keys.clone();
+        async move {
+            // An unknown key is refused by verification, which means authorization let it through.
+            let status = keys
+                .update_encryption_key(update_request(arn))
+                .await
+                .unwrap_err();
+            status.code() == Code::FailedPrecondition
+        }
+    })
+    .await;
+    assert!(
+        admitted,
+        "the new rules were not applied:\n{}",
+        sidecar.log()
+    );
+
+    // A broken file is refused and the rules in force stay, also on SIGHUP.
+    write_rules(&rules, "[[rule]]\nrole = \"admin\"\n");
+    sidecar.signal("HUP");
+    let refused = eventually(Duration::from_secs(10), || async {
+        sidecar.log().contains("new authorization rules refused")
+    })
+    .await;
+    assert!(refused, "{}", sidecar.log());
+    assert!(
+        sidecar.log().contains("rule 1 (admin): give one of"),
+        "{}",
+        sidecar.log()
+    );
+    let status = keys
+        .update_encryption_key(update_request(arn))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "still admin: {status:?}"
+    );
+
+    // SIGHUP alone (no time for the change check) applies a valid file.
+    write_rules(
+        &rules,
+        &format!(
+            "[[rule]]\nrole = \"read-only\"\nunix_gid = {}\n",
+            rustix::process::getgid().as_raw()
+        ),
+    );
+    sidecar.signal("HUP");
+    let demoted = eventually(Duration::from_secs(10), || {
+        let mut keys = keys.clone();
+        async move {
+            keys.update_encryption_key(update_request(arn))
+                .await
+                .unwrap_err()
+                .code()
+                == Code::PermissionDenied
+        }
+    })
+    .await;
+    assert!(demoted, "{}", sidecar.log());
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_hashed_in_config_and_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_token = "admin-token-4f1c2a9e7d3b";
+    let reader_token = "reader-token-81be0c55aa12";
+    let sha = |t: &str| -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
+        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let rules = dir.path().join("rules.toml");
+    write_rules(
+        &rules,
+        &format!(
+            "[[rule]]\nrole = \"admin\"\ntoken_sha256 = \"{}\"\n[[rule]]\nrole = \"read-only\"\ntoken_sha256 = \"{}\"\n",
+            sha(admin_token),
+            sha(reader_token)
+        ),
+    );
+    assert!(
+        !std::fs::read_to_string(&rules)
+            .unwrap()
+            .contains(admin_token)
+    );
+    let audit = dir.path().join("audit.jsonl");
+    let sidecar = Sidecar::start_with(&format!(
+        "[authz]\nrules_file = {}\nloopback_anonymous_role = \"none\"\naudit_file = {}\n",
+        toml_path(&rules),
+        toml_path(&audit)
+    ));
+    let mut client = sidecar.read_only_keys().await;
+    let arn = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000";
+
+    let status = client
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unauthenticated, "UNAUTHENTICATED")
+    );
+    let status = client
+        .get_encryption_key(with_token(get_request(LAMBDA), "guessed-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut malformed = Request::new(get_request(LAMBDA));
+    malformed
+        .metadata_mut()
+        .insert("authorization", "Basic YWRtaW46YWRtaW4=".parse().unwrap());
+    assert_eq!(
+        client
+            .get_encryption_key(malformed)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+
+    let status = client
+        .get_encryption_key(with_token(get_request(LAMBDA), reader_token))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "AWS_OWNED_KEY", "the reader token reads");
+    let status = client
+        .update_encryption_key(with_token(update_request(arn), reader_token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("token:sha256:"),
+        "{}",
+        status.message()
+    );
+    let status = client
+        .update_encryption_key(with_token(update_request(arn), admin_token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "the admin token passes authorization"
+    );
+
+    let audit_text = std::fs::read_to_string(&audit).unwrap();
+    assert!(!audit_text.is_empty());
+    for secret in [
+        admin_token,
+        reader_token,
+        "guessed-token",
+        "YWRtaW46YWRtaW4=",
+    ] {
+        assert!(!sidecar.log().contains(secret), "{secret} in the log");
+        assert!(!audit_text.contains(secret), "{secret} in the audit file");
+    }
+}
+
+#[tokio::test]
+async fn the_generated_admin_token_gives_admin_over_loopback_tcp() {
+    let sidecar = Sidecar::start();
+    let token = sidecar.admin_token();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(sidecar.state_dir().join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let mut tcp = sidecar.read_only_keys().await;
+    assert_eq!(
+        tcp.update_encryption_key(update_request(&arn))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    tcp.update_encryption_key(with_token(update_request(&arn), &token))
+        .await
+        .unwrap();
+    assert!(!sidecar.log().contains(&token));
+}
+
+fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn audit_lines_for_allowed_refused_and_cancelled_mutations() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let sidecar = Sidecar::start_with(&format!("[authz]\naudit_file = {}\n", toml_path(&audit)));
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let mut admin = sidecar.admin_keys().await;
+    let mut allowed = Request::new(update_request(&arn));
+    allowed
+        .metadata_mut()
+        .insert("x-request-id", "req-allowed-1".parse().unwrap());
+    let response = admin.update_encryption_key(allowed).await.unwrap();
+    assert_eq!(
+        response.metadata().get("x-request-id").unwrap(),
+        "req-allowed-1"
+    );
+    let mut refused = Request::new(update_request(&arn));
+    refused
+        .metadata_mut()
+        .insert("x-request-id", "req-refused-1".parse().unwrap());
+    let status = sidecar
+        .read_only_keys()
+        .await
+        .update_encryption_key(refused)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // Reads that are allowed are not audited.
+    sidecar
+        .read_only_keys()
+        .await
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap();
+
+    let lines = audit_lines(&audit);
+    let find = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["request_id"] == id)
+            .unwrap_or_else(|| panic!("no line for {id}: {lines:?}"))
+            .clone()
+    };
+    let line = find("req-allowed-1");
+    assert_eq!(
+        line["caller"],
+        format!(
+            "unix:uid={},gid={}",
+            my_uid(),
+            rustix::process::getgid().as_raw()
+        )
+    );
+    assert_eq!(line["role"], "admin");
+    assert_eq!(
+        line["rpc"],
+        "/inspectorkeyd.v1.EncryptionKeyService/UpdateEncryptionKey"
+    );
+    assert_eq!(line["key_arn"], arn.as_str());
+    assert_eq!(line["scan_type"], "CODE");
+    assert_eq!(line["resource_type"], "AWS_LAMBDA_FUNCTION");
+    assert_eq!(line["decision"], "allowed");
+    assert_eq!(line["code"], "OK");
+    assert!(line["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert!(
+        time::OffsetDateTime::parse(
+            line["time"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339
+        )
+        .is_ok()
+    );
+    let line = find("req-refused-1");
+    assert!(
+        line["caller"]
+            .as_str()
+            .unwrap()
+            .starts_with("tcp:127.0.0.1:")
+    );
+    assert_eq!(line["role"], serde_json::Value::Null);
+    assert_eq!(line["decision"], "denied");
+    assert_eq!(line["code"], "PERMISSION_DENIED");
+    assert_eq!(
+        lines.len(),
+        3,
+        "CreateKey, the allowed and the refused Update: {lines:?}"
+    );
+    // The same lines go to the log's audit target.
+    assert!(
+        sidecar.log().contains("inspector_keyd::audit") && sidecar.log().contains("req-refused-1")
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_mutation_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let sidecar = Sidecar::start_with(&format!(
+        "[authz]\naudit_file = {}\n[local]\nwrite_latency = \"3s\"\n",
+        toml_path(&audit)
+    ));
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let mut admin = sidecar.admin_keys().await;
+    let mut request = Request::new(update_request(&arn));
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-cancelled-1".parse().unwrap());
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        admin.update_encryption_key(request),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the client gave up first");
+    let written = eventually(Duration::from_secs(10), || async {
+        audit_lines(&audit)
+            .iter()
+            .any(|l| l["request_id"] == "req-cancelled-1")
+    })
+    .await;
+    assert!(written, "{}", sidecar.log());
+    let line = audit_lines(&audit)
+        .into_iter()
+        .find(|l| l["request_id"] == "req-cancelled-1")
+        .unwrap();
+    assert_eq!(line["decision"], "cancelled");
+    assert_eq!(line["code"], "CANCELLED");
+    assert_eq!(line["key_arn"], arn.as_str());
+}
+
+#[tokio::test]
+async fn tls_files_reload_when_they_change() {
+    let setup = TlsSetup::new();
+    let rules = setup.dir.path().join("rules.toml");
+    write_rules(
+        &rules,
+        "[[rule]]\nrole = \"read-only\"\nspiffe_trust_domain = \"example.org\"\n",
+    );
+    let sidecar = Sidecar::start_with(&setup.config(&rules, ""));
+    let app = setup
+        .ca
+        .client(setup.dir.path(), "app", ClientName::Spiffe(APP));
+    let call = |ca_pem: String, app: &Pair| {
+        let cert_pem = app.cert_pem.clone();
+        let key_pem = app.key_pem.clone();
+        let tls = sidecar.tls.unwrap();
+        async move {
+            let pair = Pair {
+                cert: Default::default(),
+                key: Default::default(),
+                cert_pem,
+                key_pem,
+            };
+            match tls_channel(tls, &ca_pem, Some(&pair)).await {
+                Ok(channel) => {
+                    let status = EncryptionKeyServiceClient::new(channel)
+                        .get_encryption_key(get_request(LAMBDA))
+                        .await
+                        .unwrap_err();
+                    status.code() == Code::NotFound
+                }
+                Err(_) => false,
+            }
+        }
+    };
+    assert!(call(setup.ca.pem(), &app).await);
+
+    // A new server certificate from another CA replaces the old one in place.
+    let new_ca = Ca::new("rotated server CA");
+    let rotated = new_ca.server(setup.dir.path(), "rotated");
+    std::fs::copy(&rotated.key, &setup.server.key).unwrap();
+    std::fs::copy(&rotated.cert, &setup.server.cert).unwrap();
+    let picked_up = eventually(Duration::from_secs(10), || call(new_ca.pem(), &app)).await;
+    assert!(picked_up, "{}", sidecar.log());
+    assert!(
+        !call(setup.ca.pem(), &app).await,
+        "the old server certificate is gone"
+    );
+}
+
+#[tokio::test]
+async fn token_only_tls_callers_need_a_token() {
+    let setup = TlsSetup::new();
+    let rules = setup.dir.path().join("rules.toml");
+    let token = "tls-reader-token-77";
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    write_rules(
+        &rules,
+        &format!("[[rule]]\nrole = \"read-only\"\ntoken_sha256 = \"{hash}\"\n"),
+    );
+    let sidecar = Sidecar::start_with(&setup.config(&rules, "allow_token_only = true"));
+    let channel = tls_channel(sidecar.tls.unwrap(), &setup.ca.pem(), None)
+        .await
+        .unwrap();
+    let mut client = EncryptionKeyServiceClient::new(channel);
+    let status = client
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "no certificate and no token"
+    );
+    let status = client
+        .get_encryption_key(with_token(get_request(LAMBDA), token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&status),
+        "AWS_OWNED_KEY",
+        "the token is enough: {status:?}"
+    );
+}
