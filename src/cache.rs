@@ -19,7 +19,6 @@ use tokio::time::Instant;
 use crate::{
     backend::{Backend, BackendError},
     domain::{KeyArn, Target},
-    verify::KeyMetadata,
 };
 
 /// Cache settings (the `[cache]` table of the configuration).
@@ -172,6 +171,15 @@ pub struct KeyCache {
 
 impl KeyCache {
     pub fn new(backend: Arc<dyn Backend>, config: CacheConfig) -> KeyCache {
+        KeyCache::with_stats(backend, config, Arc::new(CacheStats::default()))
+    }
+
+    /// A cache counting into `stats` (shared with the metrics).
+    pub fn with_stats(
+        backend: Arc<dyn Backend>,
+        config: CacheConfig,
+        stats: Arc<CacheStats>,
+    ) -> KeyCache {
         // moka forgets an entry once it can no longer be served even as stale; freshness
         // itself is decided here, against tokio's clock.
         let longest = config.key_ttl.max(config.aws_owned_ttl) + config.max_stale;
@@ -183,7 +191,7 @@ impl KeyCache {
             backend,
             entries,
             config: Arc::new(config),
-            stats: Arc::new(CacheStats::default()),
+            stats,
             writes: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -285,15 +293,5 @@ impl KeyCache {
                 }
             })
             .await;
-    }
-
-    /// DescribeKey, uncached: verification must see the key as it is now.
-    pub async fn describe_key(&self, key: &KeyArn) -> Result<KeyMetadata, BackendError> {
-        self.backend.describe_key(key).await
-    }
-
-    /// GetKeyPolicy, uncached.
-    pub async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
-        self.backend.get_key_policy(key).await
     }
 }

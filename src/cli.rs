@@ -26,6 +26,10 @@ pub enum Command {
         /// TOML configuration file; `INSPECTOR_KEYD_*` variables override it.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Log format: `text` (for people) or `json` (one object per line); overrides
+        /// `ops.log_format`.
+        #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+        log_format: Option<String>,
     },
     /// Verify or render key policies offline.
     #[command(subcommand)]

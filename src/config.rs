@@ -51,6 +51,48 @@ pub struct Config {
     pub authz: AuthzConfig,
     pub tls: TlsConfig,
     pub local: LocalConfig,
+    pub ops: OpsConfig,
+}
+
+/// Operating the sidecar: metrics and probes, logs, limits, the drift watch.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// HTTP address of `/metrics`, `/livez` and `/readyz`. Default `127.0.0.1:9464`; empty
+    /// disables it.
+    pub metrics_listen: String,
+    /// `text` (default, for people) or `json` (one object per line).
+    pub log_format: String,
+    /// RPCs served at once; more are answered RESOURCE_EXHAUSTED at once. Default 256.
+    pub max_concurrent_rpcs: usize,
+    /// Longest an RPC may take; a shorter `grpc-timeout` from the caller wins. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub rpc_timeout: Duration,
+    /// Largest request message accepted, in bytes. Default 1 MiB.
+    pub max_request_bytes: usize,
+    /// Largest response message sent, in bytes. Default 4 MiB.
+    pub max_response_bytes: usize,
+    /// How often every configured customer managed key is verified again. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub drift_interval: Duration,
+    /// How often readiness checks the backend (probes never call it). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub ready_check_interval: Duration,
+}
+
+impl Default for OpsConfig {
+    fn default() -> OpsConfig {
+        OpsConfig {
+            metrics_listen: "127.0.0.1:9464".into(),
+            log_format: "text".into(),
+            max_concurrent_rpcs: 256,
+            rpc_timeout: Duration::from_secs(30),
+            max_request_bytes: 1 << 20,
+            max_response_bytes: 4 << 20,
+            drift_interval: Duration::from_secs(300),
+            ready_check_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Settings of the local backend.
@@ -157,6 +199,7 @@ impl Default for Config {
             authz: AuthzConfig::default(),
             tls: TlsConfig::default(),
             local: LocalConfig::default(),
+            ops: OpsConfig::default(),
         }
     }
 }
@@ -273,6 +316,33 @@ impl Config {
         self.lambda_profile()?;
         self.code_repository_profile()?;
         self.loopback_anonymous_role()?;
+        self.metrics_listener()?;
+        if !matches!(self.ops.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Value {
+                key: "ops.log_format",
+                message: format!("`{}` is neither `text` nor `json`", self.ops.log_format),
+            });
+        }
+        for (key, zero) in [
+            ("ops.max_concurrent_rpcs", self.ops.max_concurrent_rpcs == 0),
+            ("ops.rpc_timeout", self.ops.rpc_timeout.is_zero()),
+            ("ops.drift_interval", self.ops.drift_interval.is_zero()),
+            (
+                "ops.ready_check_interval",
+                self.ops.ready_check_interval.is_zero(),
+            ),
+            (
+                "authz.reload_interval",
+                self.authz.reload_interval.is_zero(),
+            ),
+        ] {
+            if zero {
+                return Err(ConfigError::Value {
+                    key,
+                    message: "must be more than zero".into(),
+                });
+            }
+        }
         crate::verify::render::check_params(&self.region, &self.account_id, &self.principal_arn())
             .map_err(|e| ConfigError::Value {
                 key: "verification.principal_arn",
@@ -410,6 +480,24 @@ impl Config {
             });
         }
         Ok(Some((addr, files)))
+    }
+
+    /// The metrics and probes listener, when enabled.
+    pub fn metrics_listener(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.ops.metrics_listen.is_empty() {
+            return Ok(None);
+        }
+        self.ops
+            .metrics_listen
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::Value {
+                key: "ops.metrics_listen",
+                message: format!(
+                    "`{}` is not an address such as 127.0.0.1:9464",
+                    self.ops.metrics_listen
+                ),
+            })
     }
 
     /// The role of anonymous loopback callers.

@@ -6,6 +6,7 @@
 //! [`verify`] is a pure library the service and the CLI call. [`status`] is the one place
 //! errors become `tonic::Status`.
 
+pub mod admin;
 pub mod audit;
 pub mod authz;
 pub mod backend;
@@ -13,6 +14,9 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod drain;
+pub mod metrics;
+pub mod ops;
 pub mod proto;
 pub mod server;
 pub mod service;

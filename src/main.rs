@@ -12,13 +12,13 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, log_format } => serve(config, log_format),
         Command::Policy(command) => cli::policy(command),
     }
 }
 
-fn serve(config_path: Option<PathBuf>) -> ExitCode {
-    let config = match Config::load(config_path.as_deref(), std::env::vars()) {
+fn serve(config_path: Option<PathBuf>, log_format: Option<String>) -> ExitCode {
+    let mut config = match Config::load(config_path.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("inspector-keyd: {e}");
@@ -28,11 +28,22 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    if let Some(format) = log_format {
+        config.ops.log_format = format;
+    }
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if config.ops.log_format == "json" {
+        // One JSON object per line; the RPC span (request id, method) on every line.
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -10,19 +10,23 @@ use tokio::{
 };
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Server, server::TcpIncoming};
-use tonic_health::ServingStatus;
+use tonic_health::{ServingStatus, pb::health_server::HealthServer};
 
 use crate::{
+    admin::Readiness,
     audit::AuditLog,
     authz::{Authorizer, AuthzLayer, Rules, RulesError, RulesSource},
-    backend::{Backend, BackendError, local::LocalBackend},
+    backend::{Backend, BackendError, local::LocalBackend, metered::MeteredBackend},
     cache::KeyCache,
     config::{BackendKind, Config, ConfigError},
+    drain::DrainingHealth,
+    metrics::Metrics,
+    ops::{OpsLayer, OpsLimits},
     proto::{
         self, encryption_key_service_server::EncryptionKeyServiceServer,
         local_kms_service_server::LocalKmsServiceServer,
     },
-    service::{EncryptionKeys, LocalKmsApi, VerificationSettings},
+    service::{EncryptionKeys, KeyVerifier, LocalKmsApi, VerificationSettings, drift::KeyWatch},
     tls::{ReloadableTls, TlsError},
 };
 
@@ -168,7 +172,7 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
 /// shutdown timeout.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let listeners = config.listeners()?;
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let health = tonic_health::server::HealthReporter::new();
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
@@ -176,7 +180,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         .set_service_status(proto::ENCRYPTION_KEY_SERVICE, ServingStatus::NotServing)
         .await;
 
-    let (backend, local_kms) = match config.backend {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = {
+        let stop_rx = stop_rx.clone();
+        move || crate::drain::stopped(stop_rx.clone())
+    };
+
+    let (store_backend, local_kms) = match config.backend {
         BackendKind::Local => {
             let local = LocalBackend::open(&config.state_dir, &config.region, &config.account_id)?
                 .with_write_latency(config.local.write_latency);
@@ -184,8 +194,23 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             (Arc::new(local) as Arc<dyn Backend>, Some(kms))
         }
     };
-    let cache = KeyCache::new(backend, config.cache.clone());
-    let keys = EncryptionKeys::new(cache, verification_settings(&config)?);
+    let stats = Arc::new(crate::cache::CacheStats::default());
+    let metrics = Metrics::new(stats.clone());
+    let backend: Arc<dyn Backend> = Arc::new(MeteredBackend::new(store_backend, metrics.clone()));
+    let cache = KeyCache::with_stats(backend.clone(), config.cache.clone(), stats);
+    let verifier = KeyVerifier::new(backend.clone(), verification_settings(&config)?);
+    let key_watch = Arc::new(KeyWatch::new(
+        backend.clone(),
+        verifier.clone(),
+        metrics.clone(),
+    ));
+    let keys = EncryptionKeys::new(
+        cache,
+        verifier,
+        key_watch.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    );
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -204,22 +229,35 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         Some((_, files)) => Some(Arc::new(ReloadableTls::load(files.clone())?)),
         None => None,
     };
-    let authz = AuthzLayer::new(authorizer.clone(), audit);
+    let ops = OpsLayer::new(
+        metrics.clone(),
+        OpsLimits {
+            max_concurrent_rpcs: config.ops.max_concurrent_rpcs,
+            rpc_timeout: config.ops.rpc_timeout,
+        },
+    );
+    let authz = AuthzLayer::new(authorizer.clone(), audit, metrics.clone());
+    let (max_request, max_response) = (config.ops.max_request_bytes, config.ops.max_response_bytes);
+    let health_service = HealthServer::new(DrainingHealth::new(
+        tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        stop_rx.clone(),
+    ));
     let router = Server::builder()
-        .layer(authz)
+        .layer(tower::ServiceBuilder::new().layer(ops).layer(authz))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(EncryptionKeyServiceServer::new(keys))
-        .add_optional_service(local_kms.map(LocalKmsServiceServer::new));
+        .add_service(
+            EncryptionKeyServiceServer::new(keys)
+                .max_decoding_message_size(max_request)
+                .max_encoding_message_size(max_response),
+        )
+        .add_optional_service(local_kms.map(|kms| {
+            LocalKmsServiceServer::new(kms)
+                .max_decoding_message_size(max_request)
+                .max_encoding_message_size(max_response)
+        }));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
     let mut servers = JoinSet::new();
     let mut unix_addr = String::new();
     let mut tcp_addr = String::new();
@@ -287,13 +325,40 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 })
         });
     }
-    let reloader = tokio::spawn(reload_loop(authorizer, tls, config.authz.reload_interval));
+    let readiness = Arc::new(Readiness::default());
+    let mut metrics_addr = String::new();
+    if let Some(addr) = config.metrics_listener()? {
+        let listen_error = |source| ServeError::Listen {
+            listener: format!("metrics {addr}"),
+            source,
+        };
+        let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+        metrics_addr = crate::admin::local_addr(&listener)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let (metrics, readiness, stop) = (metrics.clone(), readiness.clone(), stopped());
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(listener, metrics, readiness, stop).await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
+    let background = [
+        tokio::spawn(reload_loop(authorizer, tls, config.authz.reload_interval)),
+        tokio::spawn(key_watch.run(config.ops.drift_interval)),
+        tokio::spawn(
+            readiness
+                .clone()
+                .check_backend(backend, config.ops.ready_check_interval),
+        ),
+    ];
 
     health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_service_status(proto::ENCRYPTION_KEY_SERVICE, ServingStatus::Serving)
         .await;
-    tracing::info!(unix = %unix_addr, tcp = %tcp_addr, tls = %tls_addr, backend = ?config.backend, region = %config.region, "serving");
+    readiness.set_serving(true);
+    tracing::info!(unix = %unix_addr, tcp = %tcp_addr, tls = %tls_addr, metrics = %metrics_addr, backend = ?config.backend, region = %config.region, "serving");
 
     let failed = tokio::select! {
         () = shutdown => None,
@@ -305,8 +370,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     health
         .set_service_status(proto::ENCRYPTION_KEY_SERVICE, ServingStatus::NotServing)
         .await;
+    readiness.set_serving(false);
     tracing::info!("shutting down");
-    reloader.abort();
+    for task in &background {
+        task.abort();
+    }
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(config.shutdown_timeout(), async {
         let mut first_error = None;

@@ -206,3 +206,36 @@ impl From<AuthzError> for Status {
         }
     }
 }
+
+/// The server is at its concurrency limit and shed the call.
+#[derive(Debug, Clone, Copy)]
+pub struct Overloaded;
+
+/// Retry hint for a shed call.
+const SHED_RETRY_AFTER: Duration = Duration::from_millis(100);
+
+impl From<Overloaded> for Status {
+    fn from(_: Overloaded) -> Status {
+        retry(
+            Code::ResourceExhausted,
+            "the sidecar is at its concurrency limit; retry shortly",
+            "OVERLOADED",
+            Some(SHED_RETRY_AFTER),
+        )
+    }
+}
+
+/// The call ran past its deadline (the configured one, or the caller's shorter one).
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineExceeded(pub Duration);
+
+impl From<DeadlineExceeded> for Status {
+    fn from(DeadlineExceeded(deadline): DeadlineExceeded) -> Status {
+        status(
+            Code::DeadlineExceeded,
+            format!("the call did not finish within its deadline of {deadline:?}"),
+            "DEADLINE_EXCEEDED",
+            &[],
+        )
+    }
+}

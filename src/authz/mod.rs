@@ -20,7 +20,11 @@ use tower::{Layer, Service};
 
 pub use rules::{CertName, Identity, Role, Rules, RulesError};
 
-use crate::audit::{AuditLog, AuditRecord, AuditSubject};
+use crate::{
+    audit::{AuditLog, AuditRecord, AuditSubject},
+    metrics::Metrics,
+    ops::RequestId,
+};
 
 /// The role each RPC needs; `None` for the public health and reflection services.
 pub fn required_role(path: &str) -> Option<Role> {
@@ -62,13 +66,6 @@ pub struct Caller {
     pub identity: Identity,
     pub role: Option<Role>,
 }
-
-/// The request id of a call: the caller's `x-request-id`, or one made up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
-
-/// Response and request metadata carrying the request id.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -241,15 +238,6 @@ fn connection_identity<B>(request: &http::Request<B>) -> Option<Identity> {
         .map(|addr| Identity::LoopbackPeer { addr })
 }
 
-fn request_id<B>(request: &http::Request<B>) -> String {
-    request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
-}
-
 /// The UPPER_SNAKE name of a gRPC code, as audit lines spell it.
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
@@ -316,11 +304,16 @@ impl Drop for AuditGuard {
 pub struct AuthzLayer {
     authorizer: Arc<Authorizer>,
     audit: AuditLog,
+    metrics: Metrics,
 }
 
 impl AuthzLayer {
-    pub fn new(authorizer: Arc<Authorizer>, audit: AuditLog) -> AuthzLayer {
-        AuthzLayer { authorizer, audit }
+    pub fn new(authorizer: Arc<Authorizer>, audit: AuditLog, metrics: Metrics) -> AuthzLayer {
+        AuthzLayer {
+            authorizer,
+            audit,
+            metrics,
+        }
     }
 }
 
@@ -332,6 +325,7 @@ impl<S> Layer<S> for AuthzLayer {
             inner,
             authorizer: self.authorizer.clone(),
             audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -342,13 +336,7 @@ pub struct Authz<S> {
     inner: S,
     authorizer: Arc<Authorizer>,
     audit: AuditLog,
-}
-
-fn with_request_id(mut response: http::Response<Body>, request_id: &str) -> http::Response<Body> {
-    if let Ok(value) = http::HeaderValue::from_str(request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
-    response
+    metrics: Metrics,
 }
 
 impl<S, B> Service<http::Request<B>> for Authz<S>
@@ -371,7 +359,10 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let path = request.uri().path().to_owned();
-        let id = request_id(&request);
+        let id = request
+            .extensions()
+            .get::<RequestId>()
+            .map_or_else(String::new, |r| r.0.clone());
         let connection = connection_identity(&request);
         let bearer = Bearer::from_header(request.headers().get(http::header::AUTHORIZATION));
         let decision = self.authorizer.decide(&path, connection.clone(), bearer);
@@ -407,22 +398,29 @@ where
             subject: subject.clone(),
             started,
         };
+        let role_label = |caller: &Option<Caller>| {
+            caller
+                .as_ref()
+                .and_then(|c| c.role)
+                .map_or_else(|| "none".to_owned(), |r| r.to_string())
+        };
         match decision {
             Err(error) => {
-                tracing::info!(path = %path, request_id = %id, %error, "call refused");
+                tracing::info!(%error, "call refused");
+                self.metrics.count_authz(&path, &role_label(&caller), false);
                 let status = tonic::Status::from(error);
                 guard.finish("denied", status.code());
-                Box::pin(std::future::ready(Ok(with_request_id(
-                    status.into_http(),
-                    &id,
-                ))))
+                Box::pin(std::future::ready(Ok(status.into_http())))
             }
-            Ok(caller) => {
-                if let Some(caller) = caller {
-                    request.extensions_mut().insert(caller);
+            Ok(admitted) => {
+                if required_role(&path).is_some() {
+                    self.metrics
+                        .count_authz(&path, &role_label(&admitted), true);
+                }
+                if let Some(admitted) = admitted {
+                    request.extensions_mut().insert(admitted);
                 }
                 request.extensions_mut().insert(subject);
-                request.extensions_mut().insert(RequestId(id.clone()));
                 // The clone is the one that is not ready yet; the ready one serves this call.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -430,7 +428,7 @@ where
                     let result = inner.call(request).await;
                     let code = result.as_ref().map_or(tonic::Code::Internal, response_code);
                     guard.finish("allowed", code);
-                    result.map(|response| with_request_id(response, &id))
+                    result
                 })
             }
         }

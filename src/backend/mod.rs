@@ -2,6 +2,7 @@
 //! lives and where the KMS facts verification needs come from.
 
 pub mod local;
+pub mod metered;
 
 use std::time::Duration;
 
@@ -73,6 +74,19 @@ impl BackendError {
     pub fn internal(message: impl ToString) -> BackendError {
         BackendError::Internal {
             message: message.to_string(),
+        }
+    }
+
+    /// The error's class, for metrics: `user` (the request is wrong), `access_denied`,
+    /// `not_found`, `throttled`, `transient` (unavailable or timed out), or `internal`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            BackendError::InvalidRequest { .. } | BackendError::InvalidState { .. } => "user",
+            BackendError::NotFound { .. } => "not_found",
+            BackendError::AccessDenied { .. } => "access_denied",
+            BackendError::Throttled { .. } => "throttled",
+            BackendError::Unavailable { .. } | BackendError::Timeout => "transient",
+            BackendError::Internal { .. } => "internal",
         }
     }
 }

@@ -2,43 +2,33 @@
 
 use std::sync::Arc;
 
+use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
 use tonic::{Request, Response, Status};
 
-use super::{ServiceError, validation};
+use super::{
+    ServiceError,
+    drift::{KeyEvent, KeyEventKind, KeyWatch},
+    keycheck::{KeyVerifier, Subject},
+    validation,
+};
 use crate::{
-    backend::BackendError,
     cache::{Cached, KeyCache},
-    domain::{KeyArn, ResourceType, Target},
+    domain::Target,
+    metrics::Metrics,
     proto::{self, encryption_key_service_server::EncryptionKeyService},
-    verify::{self, Finding, Profile, RenderError, Report},
+    verify::{self, Finding, RenderError, Report},
 };
 
-/// What keys are verified against: the sidecar's Region and account, the principal that
-/// calls Inspector with its identity policies, and the profile per target.
-#[derive(Debug, Clone)]
-pub struct VerificationSettings {
-    pub region: String,
-    pub account_id: String,
-    pub principal_arn: String,
-    pub identity_policies: Vec<String>,
-    pub lambda_profile: Profile,
-    pub code_repository_profile: Profile,
-}
-
-impl VerificationSettings {
-    pub fn profile_for(&self, target: Target) -> Profile {
-        match target.resource_type() {
-            ResourceType::CodeRepository => self.code_repository_profile,
-            _ => self.lambda_profile,
-        }
-    }
-}
-
-/// The encryption-key service, over the cache in front of the backend.
+/// The encryption-key service: reads through the cache, writes through it after
+/// verification, and the key watch.
 #[derive(Clone)]
 pub struct EncryptionKeys {
     cache: KeyCache,
-    settings: Arc<VerificationSettings>,
+    verifier: KeyVerifier,
+    watch: Arc<KeyWatch>,
+    metrics: Metrics,
+    /// Ends watch streams at shutdown.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Response metadata saying where a Get answer came from.
@@ -54,61 +44,23 @@ fn add_cache_metadata(metadata: &mut tonic::metadata::MetadataMap, cached: &Cach
     metadata.insert(CACHE_AGE_HEADER, cached.age.as_secs().into());
 }
 
-/// Whose access a verification checks.
-struct Subject<'a> {
-    profile: Profile,
-    principal_arn: &'a str,
-    identity_policies: &'a [String],
-}
-
 impl EncryptionKeys {
-    pub fn new(cache: KeyCache, settings: VerificationSettings) -> EncryptionKeys {
+    pub fn new(
+        cache: KeyCache,
+        verifier: KeyVerifier,
+        watch: Arc<KeyWatch>,
+        metrics: Metrics,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> EncryptionKeys {
         EncryptionKeys {
             cache,
-            settings: Arc::new(settings),
+            verifier,
+            watch,
+            metrics,
+            stop,
         }
     }
 
-    fn verify_documents(
-        &self,
-        subject: &Subject<'_>,
-        metadata: Option<&verify::KeyMetadata>,
-        key_policy: &str,
-    ) -> Report {
-        verify::verify(&verify::Input {
-            profile: subject.profile,
-            region: &self.settings.region,
-            account_id: &self.settings.account_id,
-            principal_arn: subject.principal_arn,
-            key_metadata: metadata,
-            key_policy,
-            identity_policies: subject.identity_policies,
-        })
-    }
-
-    /// Verifies a key the backend holds: its metadata and its policy.
-    async fn verify_key(
-        &self,
-        key: &KeyArn,
-        subject: &Subject<'_>,
-    ) -> Result<Report, ServiceError> {
-        let (metadata, policy) =
-            tokio::join!(self.cache.describe_key(key), self.cache.get_key_policy(key));
-        let metadata = match metadata {
-            Ok(metadata) => metadata,
-            Err(BackendError::NotFound { .. }) => {
-                let finding =
-                    Finding::error("KEY_NOT_FOUND", format!("key `{key}` does not exist"))
-                        .with_fix("create the key, or check the Region and account in its ARN");
-                return Ok(Report::new(subject.profile.name(), vec![finding]));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(self.verify_documents(subject, Some(&metadata), &policy?))
-    }
-
-    /// The answer and where it came from; "AWS owned key" is an answer here, and becomes
-    /// NOT_FOUND at the edge.
     async fn get(
         &self,
         request: proto::GetEncryptionKeyRequest,
@@ -122,12 +74,12 @@ impl EncryptionKeys {
         request: proto::UpdateEncryptionKeyRequest,
     ) -> Result<proto::UpdateEncryptionKeyResponse, ServiceError> {
         let (key, target) = validation::update_request(&request)?;
-        let subject = Subject {
-            profile: self.settings.profile_for(target),
-            principal_arn: &self.settings.principal_arn,
-            identity_policies: &self.settings.identity_policies,
-        };
-        let report = self.verify_key(&key, &subject).await?;
+        let report = self
+            .verifier
+            .verify_key(&key, &self.verifier.subject_for(target))
+            .await?;
+        self.metrics
+            .count_verification(&report.profile, report.passed);
         if !report.passed {
             tracing::info!(%target, key = %key, "update refused: the key failed verification");
             return Err(ServiceError::VerificationFailed { key, report });
@@ -136,6 +88,7 @@ impl EncryptionKeys {
         if applied {
             self.cache.update(target, &key).await?;
             tracing::info!(%target, key = %key, "customer managed key put in use");
+            self.watch.updated(target, &key, report.clone());
         }
         Ok(proto::UpdateEncryptionKeyResponse {
             applied,
@@ -150,6 +103,7 @@ impl EncryptionKeys {
         let target = validation::target_request(request.scan_type, request.resource_type)?;
         self.cache.reset(target).await?;
         tracing::info!(%target, "reset to the AWS owned key");
+        self.watch.reset(target);
         Ok(proto::ResetEncryptionKeyResponse {})
     }
 
@@ -157,27 +111,31 @@ impl EncryptionKeys {
         &self,
         request: proto::VerifyKeyPolicyRequest,
     ) -> Result<proto::VerifyKeyPolicyResponse, ServiceError> {
-        let checked =
-            validation::verify_request(&request, |target| self.settings.profile_for(target))?;
+        let settings = self.verifier.settings();
+        let checked = validation::verify_request(&request, |target| settings.profile_for(target))?;
         let identity_policies = if request.identity_policies.is_empty() {
-            &self.settings.identity_policies
+            &settings.identity_policies
         } else {
             &request.identity_policies
         };
         let subject = Subject {
             profile: checked.profile,
-            principal_arn: checked
-                .principal_arn
-                .unwrap_or(&self.settings.principal_arn),
+            principal_arn: checked.principal_arn.unwrap_or(&settings.principal_arn),
             identity_policies,
         };
         let report = match checked.key {
-            validation::KeyToVerify::Stored(key) => self.verify_key(&key, &subject).await?,
+            validation::KeyToVerify::Stored(key) => {
+                self.verifier.verify_key(&key, &subject).await?
+            }
             validation::KeyToVerify::Inline {
                 metadata,
                 key_policy,
-            } => self.verify_documents(&subject, metadata.as_deref(), key_policy),
+            } => self
+                .verifier
+                .verify_documents(&subject, metadata.as_deref(), key_policy),
         };
+        self.metrics
+            .count_verification(&report.profile, report.passed);
         Ok(proto::VerifyKeyPolicyResponse {
             report: Some(report.into()),
         })
@@ -195,9 +153,10 @@ impl EncryptionKeys {
                 value.to_owned()
             }
         };
-        let region = or(&request.region, &self.settings.region);
-        let account_id = or(&request.account_id, &self.settings.account_id);
-        let principal_arn = or(&request.principal_arn, &self.settings.principal_arn);
+        let settings = self.verifier.settings();
+        let region = or(&request.region, &settings.region);
+        let account_id = or(&request.account_id, &settings.account_id);
+        let principal_arn = or(&request.principal_arn, &settings.principal_arn);
         let existing = (!request.existing_policy_json.is_empty())
             .then_some(request.existing_policy_json.as_str());
         let policy_json = verify::render(profile, &region, &account_id, &principal_arn, existing)
@@ -226,8 +185,58 @@ impl EncryptionKeys {
     }
 }
 
+/// A key event as the Watch stream sends it.
+fn event_message(event: KeyEvent) -> proto::WatchEncryptionKeyResponse {
+    use proto::KeyEventType as T;
+    let kind = match event.kind {
+        KeyEventKind::Current => T::Current,
+        KeyEventKind::Updated => T::Updated,
+        KeyEventKind::Reset => T::Reset,
+        KeyEventKind::DriftDetected => T::DriftDetected,
+        KeyEventKind::DriftResolved => T::DriftResolved,
+    };
+    proto::WatchEncryptionKeyResponse {
+        r#type: kind.into(),
+        scan_type: validation::scan_type_message(event.target.scan_type()).into(),
+        resource_type: validation::resource_type_message(event.target.resource_type()).into(),
+        kms_key_id: event.key_arn.unwrap_or_default(),
+        report: event.report.map(Into::into),
+        time: Some(prost_types::Timestamp {
+            seconds: event.time.unix_timestamp(),
+            nanos: i32::try_from(event.time.nanosecond()).unwrap_or(0),
+        }),
+    }
+}
+
+type WatchStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<proto::WatchEncryptionKeyResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl EncryptionKeyService for EncryptionKeys {
+    type WatchEncryptionKeyStream = WatchStream;
+
+    async fn watch_encryption_key(
+        &self,
+        request: Request<proto::WatchEncryptionKeyRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let r = request.into_inner();
+        let target =
+            validation::target_request(r.scan_type, r.resource_type).map_err(ServiceError::from)?;
+        // Subscribe first, so no change between the snapshot and the stream is lost.
+        let changes =
+            BroadcastStream::new(self.watch.subscribe()).filter_map(move |event| match event {
+                Ok(event) if event.target == target => Some(Ok(event_message(event))),
+                Ok(_) => None,
+                // A slow reader missed events: say so rather than pretend it did not.
+                Err(_) => Some(Err(Status::data_loss(
+                    "the watch fell behind and missed events; watch again",
+                ))),
+            });
+        let first = tokio_stream::once(Ok(event_message(self.watch.current(target))));
+        let stream = crate::drain::UntilStopped::new(first.chain(changes), self.stop.clone());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_encryption_key(
         &self,
         request: Request<proto::GetEncryptionKeyRequest>,

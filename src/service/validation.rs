@@ -118,6 +118,33 @@ pub fn update_request(
     }
 }
 
+/// The proto value of a scan type.
+pub fn scan_type_message(scan: ScanType) -> proto::ScanType {
+    match scan {
+        ScanType::Network => proto::ScanType::Network,
+        ScanType::Package => proto::ScanType::Package,
+        ScanType::Code => proto::ScanType::Code,
+    }
+}
+
+/// The proto value of a resource type.
+pub fn resource_type_message(resource: ResourceType) -> proto::ResourceType {
+    use proto::ResourceType as P;
+    match resource {
+        ResourceType::AwsEc2Instance => P::AwsEc2Instance,
+        ResourceType::AwsEcrContainerImage => P::AwsEcrContainerImage,
+        ResourceType::AwsEcrRepository => P::AwsEcrRepository,
+        ResourceType::AwsLambdaFunction => P::AwsLambdaFunction,
+        ResourceType::CodeRepository => P::CodeRepository,
+        ResourceType::MachineImage => P::MachineImage,
+        ResourceType::MicrosoftComputeVirtualMachines => P::MicrosoftComputeVirtualMachines,
+        ResourceType::MicrosoftContainerRegistryContainerImage => {
+            P::MicrosoftContainerRegistryContainerImage
+        }
+        ResourceType::MicrosoftWebSites => P::MicrosoftWebSites,
+    }
+}
+
 /// A profile given by name.
 pub fn profile_name(name: &str) -> Result<Profile, Vec<FieldViolation>> {
     if name.is_empty() {

@@ -36,6 +36,8 @@ pub struct Sidecar {
     pub tcp: SocketAddr,
     /// The TLS listener, when the configuration asks for one.
     pub tls: Option<SocketAddr>,
+    /// The metrics and probes listener.
+    pub metrics: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     extra_config: String,
 }
@@ -75,7 +77,11 @@ impl Sidecar {
         )
         .unwrap();
         let mut command = Command::new(BIN);
-        command.args(["serve", "--config"]).arg(&config);
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            // An ephemeral port, so tests can run side by side.
+            .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0");
         Sidecar::spawn(command, dir, socket, extra_config)
     }
 
@@ -105,12 +111,14 @@ impl Sidecar {
                             .find_map(|w| w.strip_prefix(field))
                             .and_then(|a| a.parse::<SocketAddr>().ok())
                     };
-                    let _ = tx.send(address("tcp=").map(|tcp| (tcp, address("tls="))));
+                    let _ = tx.send(
+                        address("tcp=").map(|tcp| (tcp, address("tls="), address("metrics="))),
+                    );
                 }
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let (tcp, tls) = match rx.recv_timeout(Duration::from_secs(30)) {
+        let (tcp, tls, metrics) = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Some(addresses)) => addresses,
             _ => {
                 let _ = child.kill();
@@ -125,6 +133,7 @@ impl Sidecar {
             socket,
             tcp,
             tls,
+            metrics,
             log,
             extra_config,
         }

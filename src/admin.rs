@@ -1,0 +1,103 @@
+//! The operations HTTP listener: `/metrics` (Prometheus), `/livez` (the process is up; never
+//! depends on the backend) and `/readyz` (serving, and the last backend check answered).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
+
+use crate::{backend::Backend, domain::Target, metrics::Metrics};
+
+/// Readiness: serving, and the backend answered its last check.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    serving: AtomicBool,
+    backend_ok: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.serving.load(Ordering::SeqCst) && self.backend_ok.load(Ordering::SeqCst)
+    }
+
+    /// Checks the backend every `interval` (bounded by a timeout) and keeps the result.
+    /// Throttling and refusals of the request still mean the backend is reachable.
+    pub async fn check_backend(self: Arc<Self>, backend: Arc<dyn Backend>, interval: Duration) {
+        let Some(probe) = Target::all().next() else {
+            return;
+        };
+        loop {
+            let ok = match tokio::time::timeout(
+                Duration::from_secs(5),
+                backend.get_encryption_key(probe),
+            )
+            .await
+            {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => !matches!(e.class(), "transient" | "internal"),
+                Err(_) => false,
+            };
+            if self.backend_ok.swap(ok, Ordering::SeqCst) != ok {
+                tracing::info!(ready = ok, "backend readiness changed");
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+/// Serves the operations endpoints on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    readiness: Arc<Readiness>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/livez", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = readiness.is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+}
+
+/// The address the listener is on, for the start-up log.
+pub fn local_addr(listener: &tokio::net::TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}

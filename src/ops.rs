@@ -1,0 +1,227 @@
+//! The outermost tower layer: a request id for every RPC (the caller's `x-request-id`, or a
+//! new one) on a tracing span and in the response; RPC metrics; load shedding at a
+//! concurrency limit (RESOURCE_EXHAUSTED at once, never an unbounded queue); and a per-RPC
+//! deadline, the shorter of the configured one and the caller's `grpc-timeout`.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Semaphore;
+use tonic::body::Body;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::{authz::required_role, metrics::Metrics};
+
+/// Metadata carrying the request id, in requests and responses.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request id of a call, left in its extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// Limits of the layer.
+#[derive(Debug, Clone, Copy)]
+pub struct OpsLimits {
+    /// RPCs served at once (health and reflection not counted); more are shed.
+    pub max_concurrent_rpcs: usize,
+    /// Longest an RPC may take (a shorter `grpc-timeout` wins).
+    pub rpc_timeout: Duration,
+}
+
+/// The caller's `x-request-id` when it is a sensible token, else a new UUID.
+fn request_id<B>(request: &http::Request<B>) -> String {
+    request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// The deadline a `grpc-timeout` header asks for (`<digits><H|M|S|m|u|n>`).
+fn grpc_timeout<B>(request: &http::Request<B>) -> Option<Duration> {
+    let value = request.headers().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok().filter(|_| digits.len() <= 8)?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+fn code_of<B>(response: &http::Response<B>) -> tonic::Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+}
+
+fn with_request_id(mut response: http::Response<Body>, id: &str) -> http::Response<Body> {
+    if let Ok(value) = http::HeaderValue::from_str(id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+#[derive(Clone)]
+pub struct OpsLayer {
+    metrics: Metrics,
+    limits: OpsLimits,
+    permits: Arc<Semaphore>,
+}
+
+impl OpsLayer {
+    pub fn new(metrics: Metrics, limits: OpsLimits) -> OpsLayer {
+        OpsLayer {
+            metrics,
+            limits,
+            permits: Arc::new(Semaphore::new(limits.max_concurrent_rpcs.max(1))),
+        }
+    }
+}
+
+impl<S> Layer<S> for OpsLayer {
+    type Service = Ops<S>;
+
+    fn layer(&self, inner: S) -> Ops<S> {
+        Ops {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Ops<S> {
+    inner: S,
+    layer: OpsLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for Ops<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let path = request.uri().path().to_owned();
+        let id = request_id(&request);
+        let span = tracing::info_span!("rpc", request_id = %id, method = %path);
+        request.extensions_mut().insert(RequestId(id.clone()));
+        let metrics = self.layer.metrics.clone();
+        let finish = move |response: http::Response<Body>| {
+            let code = code_of(&response);
+            metrics.observe_rpc(
+                &path,
+                crate::authz::code_name(code),
+                started.elapsed().as_secs_f64(),
+            );
+            with_request_id(response, &id)
+        };
+
+        // Probes and reflection are never shed.
+        let permit = if required_role(request.uri().path()).is_some() {
+            match self.layer.permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let _entered = span.enter();
+                    tracing::warn!("overloaded: call shed");
+                    let status = tonic::Status::from(crate::status::Overloaded);
+                    return Box::pin(std::future::ready(Ok(finish(status.into_http()))));
+                }
+            }
+        } else {
+            None
+        };
+        let deadline = grpc_timeout(&request).map_or(self.layer.limits.rpc_timeout, |t| {
+            t.min(self.layer.limits.rpc_timeout)
+        });
+        // The clone is the one that is not ready yet; the ready one serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(
+            async move {
+                let result = match tokio::time::timeout(deadline, inner.call(request)).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(?deadline, "deadline exceeded");
+                        Ok(
+                            tonic::Status::from(crate::status::DeadlineExceeded(deadline))
+                                .into_http(),
+                        )
+                    }
+                };
+                drop(permit);
+                result.map(finish)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_header(name: &str, value: &str) -> http::Request<()> {
+        http::Request::builder()
+            .header(name, value)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(
+            grpc_timeout(&with_header("grpc-timeout", "250m")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            grpc_timeout(&with_header("grpc-timeout", "2S")),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            grpc_timeout(&with_header("grpc-timeout", "1H")),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(grpc_timeout(&with_header("grpc-timeout", "x")), None);
+        assert_eq!(grpc_timeout(&with_header("grpc-timeout", "")), None);
+        assert_eq!(
+            grpc_timeout(&with_header("grpc-timeout", "123456789S")),
+            None
+        );
+    }
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(
+            request_id(&with_header(REQUEST_ID_HEADER, "abc-123")),
+            "abc-123"
+        );
+        let generated = request_id(&with_header(REQUEST_ID_HEADER, "has space"));
+        assert!(uuid::Uuid::parse_str(&generated).is_ok());
+    }
+}
