@@ -527,7 +527,10 @@ async fn audit_lines_for_allowed_refused_and_cancelled_mutations() {
             .unwrap()
             .starts_with("tcp:127.0.0.1:")
     );
-    assert_eq!(line["role"], serde_json::Value::Null);
+    assert_eq!(
+        line["role"], "read-only",
+        "the role the caller has, which is not enough"
+    );
     assert_eq!(line["decision"], "denied");
     assert_eq!(line["code"], "PERMISSION_DENIED");
     assert_eq!(

@@ -38,7 +38,7 @@ pub fn required_role(path: &str) -> Option<Role> {
         | ("grpc.reflection.v1alpha.ServerReflection", _) => None,
         (
             "inspectorkeyd.v1.EncryptionKeyService",
-            "GetEncryptionKey" | "VerifyKeyPolicy" | "RenderKeyPolicy",
+            "GetEncryptionKey" | "VerifyKeyPolicy" | "RenderKeyPolicy" | "WatchEncryptionKey",
         ) => Some(Role::ReadOnly),
         _ => Some(Role::Admin),
     }
@@ -174,6 +174,11 @@ impl Authorizer {
             }
         }
         Ok(changed)
+    }
+
+    /// The role the rules give an identity (for metrics and audit of refusals).
+    pub fn role_of(&self, identity: &Identity) -> Option<Role> {
+        self.rules().role_of(identity)
     }
 
     /// Decides one request: the caller, or why it is refused. A bearer token, when
@@ -370,9 +375,10 @@ where
         let caller = match &decision {
             Ok(Some(caller)) => Some(caller.clone()),
             Ok(None) => None,
+            // The role the caller has (not enough), for the audit line and the metrics.
             Err(_) => connection.map(|identity| Caller {
+                role: self.authorizer.role_of(&identity),
                 identity,
-                role: None,
             }),
         };
         let record = AuditRecord {

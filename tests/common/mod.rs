@@ -105,11 +105,27 @@ impl Sidecar {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains(" serving ") {
+                // The start-up line, in the text or the JSON log format.
+                let json: Option<serde_json::Value> = line
+                    .starts_with('{')
+                    .then(|| serde_json::from_str(&line).ok())
+                    .flatten();
+                let serving = match &json {
+                    Some(json) => json["fields"]["message"] == "serving",
+                    None => line.contains(" serving "),
+                };
+                if serving {
                     let address = |field: &str| {
-                        line.split_whitespace()
-                            .find_map(|w| w.strip_prefix(field))
-                            .and_then(|a| a.parse::<SocketAddr>().ok())
+                        let text = match &json {
+                            Some(json) => json["fields"][field.trim_end_matches('=')]
+                                .as_str()
+                                .map(str::to_owned),
+                            None => line
+                                .split_whitespace()
+                                .find_map(|w| w.strip_prefix(field))
+                                .map(str::to_owned),
+                        };
+                        text.and_then(|a| a.parse::<SocketAddr>().ok())
                     };
                     let _ = tx.send(
                         address("tcp=").map(|tcp| (tcp, address("tls="), address("metrics="))),
@@ -265,6 +281,76 @@ impl Sidecar {
         })
         .await
     }
+}
+
+impl Sidecar {
+    /// The metrics, parsed by the Python Prometheus client's OpenMetrics parser:
+    /// `{family: [{"labels": {...}, "name": sample name, "value": v}]}`. `None` when the
+    /// test tools are missing outside CI.
+    pub fn scrape_metrics(&self) -> Option<serde_json::Value> {
+        let python = tool("KEYD_TEST_PYTHON", ".tools/venv/bin/python")?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/scrape_metrics.py");
+        let output = Command::new(python)
+            .arg(script)
+            .arg(format!(
+                "http://{}/metrics",
+                self.metrics.expect("metrics listener")
+            ))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(serde_json::from_slice(&output.stdout).unwrap())
+    }
+
+    /// GET `path` on the metrics listener: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(self.metrics.expect("metrics listener")).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (code, body)
+    }
+}
+
+/// The value of one sample of a scraped family whose labels include `labels`.
+pub fn sample(
+    metrics: &serde_json::Value,
+    family: &str,
+    suffix: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    metrics[family].as_array()?.iter().find_map(|s| {
+        let name_ok = s["name"].as_str() == Some(&format!("{family}{suffix}"));
+        let labels_ok = labels
+            .iter()
+            .all(|(k, v)| s["labels"][*k].as_str() == Some(*v));
+        (name_ok && labels_ok)
+            .then(|| s["value"].as_f64())
+            .flatten()
+    })
 }
 
 impl Drop for Sidecar {

@@ -1,0 +1,517 @@
+//! Operations through the real binary: metrics parsed by a real Prometheus parser, probes,
+//! load shedding, graceful shutdown with calls in flight, the drift watch, request ids and
+//! JSON logs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use inspector_keyd::proto::{self, KeyEventType};
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let sidecar = Sidecar::start();
+    let mut reader = sidecar.read_only_keys().await;
+    reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+    assert_eq!(
+        reader
+            .update_encryption_key(update_request(&arn))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap();
+
+    let Some(metrics) = sidecar.scrape_metrics() else {
+        return;
+    };
+    let get = |family: &str, suffix: &str, labels: &[(&str, &str)]| {
+        sample(&metrics, family, suffix, labels)
+            .unwrap_or_else(|| panic!("no {family}{suffix} {labels:?} in {metrics}"))
+    };
+    let rpc = "inspector_keyd_rpc_requests";
+    assert_eq!(
+        get(
+            rpc,
+            "_total",
+            &[("method", "GetEncryptionKey"), ("code", "NOT_FOUND")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        get(
+            rpc,
+            "_total",
+            &[("method", "GetEncryptionKey"), ("code", "OK")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            rpc,
+            "_total",
+            &[("method", "UpdateEncryptionKey"), ("code", "OK")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            rpc,
+            "_total",
+            &[
+                ("method", "UpdateEncryptionKey"),
+                ("code", "PERMISSION_DENIED")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "inspector_keyd_rpc_duration_seconds",
+            "_count",
+            &[("method", "GetEncryptionKey"), ("code", "NOT_FOUND")]
+        ),
+        2.0
+    );
+    // The first read missed and loaded, the second hit; the update wrote through, so the
+    // third read hit too.
+    assert_eq!(get("inspector_keyd_cache_hits", "_total", &[]), 2.0);
+    assert_eq!(get("inspector_keyd_cache_misses", "_total", &[]), 1.0);
+    assert_eq!(get("inspector_keyd_cache_loads", "_total", &[]), 1.0);
+    assert_eq!(get("inspector_keyd_cache_stale", "_total", &[]), 0.0);
+    let authz = "inspector_keyd_authz_decisions";
+    assert_eq!(
+        get(
+            authz,
+            "_total",
+            &[
+                ("rpc", "UpdateEncryptionKey"),
+                ("role", "read-only"),
+                ("decision", "deny")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            authz,
+            "_total",
+            &[
+                ("rpc", "UpdateEncryptionKey"),
+                ("role", "admin"),
+                ("decision", "allow")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            authz,
+            "_total",
+            &[
+                ("rpc", "GetEncryptionKey"),
+                ("role", "read-only"),
+                ("decision", "allow")
+            ]
+        ),
+        3.0
+    );
+    let backend = "inspector_keyd_backend_calls";
+    assert_eq!(
+        get(
+            backend,
+            "_total",
+            &[("operation", "update_encryption_key"), ("class", "ok")]
+        ),
+        1.0
+    );
+    assert!(
+        get(
+            backend,
+            "_total",
+            &[("operation", "describe_key"), ("class", "ok")]
+        ) >= 1.0
+    );
+    assert!(
+        get(
+            "inspector_keyd_verifications",
+            "_total",
+            &[("profile", "codeguru-grants"), ("result", "passed")]
+        ) >= 1.0
+    );
+    // No key ARN or caller ever becomes a label.
+    let text = sidecar.http_get("/metrics").1;
+    assert!(
+        !text.contains(&arn) && !text.contains("127.0.0.1"),
+        "{text}"
+    );
+
+    assert_eq!(sidecar.http_get("/livez").0, 200);
+    let ready = eventually(Duration::from_secs(10), || async {
+        sidecar.http_get("/readyz").0 == 200
+    })
+    .await;
+    assert!(ready);
+}
+
+#[tokio::test]
+async fn overload_is_shed_at_once_while_admitted_calls_complete() {
+    let sidecar = Sidecar::start_with(
+        "[ops]\nmax_concurrent_rpcs = 2\n[local]\nwrite_latency = \"1500ms\"\n",
+    );
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let mut admin = sidecar.admin_keys().await;
+        let request = update_request(&arn);
+        calls.spawn(async move {
+            let result = admin.update_encryption_key(request).await;
+            (result.map(drop), started.elapsed())
+        });
+    }
+    let mut admitted = Vec::new();
+    let mut shed = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        match done.unwrap() {
+            (Ok(()), elapsed) => admitted.push(elapsed),
+            (Err(status), elapsed) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(reason(&status), "OVERLOADED");
+                assert!(status.get_error_details().retry_info().is_some());
+                shed.push(elapsed);
+            }
+        }
+    }
+    assert_eq!(
+        (admitted.len(), shed.len()),
+        (2, 4),
+        "admitted {admitted:?}, shed {shed:?}"
+    );
+    // Shed calls were answered before any admitted call could finish its slow write.
+    let last_shed = shed.iter().max().unwrap();
+    let first_admitted = admitted.iter().min().unwrap();
+    assert!(
+        last_shed < first_admitted,
+        "shed {shed:?} admitted {admitted:?}"
+    );
+    assert!(*first_admitted >= Duration::from_millis(1500));
+    // Health is never shed.
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(sidecar.tcp_channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn deadlines_hold_with_the_shorter_of_ours_and_the_callers() {
+    let sidecar =
+        Sidecar::start_with("[ops]\nrpc_timeout = \"300ms\"\n[local]\nwrite_latency = \"2s\"\n");
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let status = sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(reason(&status), "DEADLINE_EXCEEDED");
+}
+
+#[tokio::test]
+async fn sigterm_lets_calls_in_flight_finish_and_exits_zero() {
+    let mut sidecar = Sidecar::start_with("[local]\nwrite_latency = \"1s\"\n");
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let repository_arn = sidecar.create_repository_key().await;
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(sidecar.tcp_channel().await);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+
+    let mut in_flight = tokio::task::JoinSet::new();
+    for (arn, resource_type) in [(arn.clone(), LAMBDA), (repository_arn, REPOSITORY)] {
+        let mut admin = sidecar.admin_keys().await;
+        in_flight.spawn(async move {
+            admin
+                .update_encryption_key(proto::UpdateEncryptionKeyRequest {
+                    resource_type,
+                    ..update_request(&arn)
+                })
+                .await
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    sidecar.signal("TERM");
+
+    // Health says NOT_SERVING, and the watch then ends instead of holding the drain.
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(
+        next.status(),
+        tonic_health::pb::health_check_response::ServingStatus::NotServing
+    );
+    assert!(
+        watch.message().await.unwrap().is_none(),
+        "the watch stream ends at shutdown"
+    );
+
+    // New connections are refused.
+    let refused = eventually(Duration::from_secs(5), || async {
+        std::os::unix::net::UnixStream::connect(&sidecar.socket).is_err()
+            && std::net::TcpStream::connect(sidecar.tcp).is_err()
+    })
+    .await;
+    assert!(refused, "still accepting connections");
+
+    // The calls in flight complete.
+    while let Some(result) = in_flight.join_next().await {
+        let response = result.unwrap().unwrap().into_inner();
+        assert!(response.applied);
+    }
+    let status = sidecar.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}\n{}", sidecar.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exited within the 5 s shutdown timeout"
+    );
+    assert!(
+        !sidecar
+            .log()
+            .contains("did not finish before the shutdown timeout"),
+        "{}",
+        sidecar.log()
+    );
+    // The writes were acknowledged, so they are in the store.
+    let sidecar = sidecar.restart();
+    let key = sidecar
+        .read_only_keys()
+        .await
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(key.kms_key_id, arn);
+}
+
+async fn next_event(
+    stream: &mut tonic::Streaming<proto::WatchEncryptionKeyResponse>,
+) -> proto::WatchEncryptionKeyResponse {
+    tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("an event within 20 s")
+        .unwrap()
+        .expect("the stream is open")
+}
+
+fn gauge(sidecar: &Sidecar) -> Option<f64> {
+    let metrics = sidecar.scrape_metrics()?;
+    sample(
+        &metrics,
+        "inspector_keyd_key_verification_passed",
+        "",
+        &[
+            ("scan_type", "CODE"),
+            ("resource_type", "AWS_LAMBDA_FUNCTION"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn drift_is_detected_and_resolved_on_the_watch_stream() {
+    let sidecar = Sidecar::start_with("[ops]\ndrift_interval = \"200ms\"\n");
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let mut reader = sidecar.read_only_keys().await;
+    let mut events = reader
+        .watch_encryption_key(proto::WatchEncryptionKeyRequest {
+            scan_type: CODE,
+            resource_type: LAMBDA,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let current = next_event(&mut events).await;
+    assert_eq!(
+        (current.r#type(), current.kms_key_id.as_str()),
+        (KeyEventType::Current, "")
+    );
+
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+    let updated = next_event(&mut events).await;
+    assert_eq!(
+        (updated.r#type(), updated.kms_key_id.as_str()),
+        (KeyEventType::Updated, arn.as_str())
+    );
+    assert!(updated.report.unwrap().passed);
+
+    let mut kms = sidecar.kms().await;
+    kms.disable_key(proto::DisableKeyRequest {
+        key_id: arn.clone(),
+    })
+    .await
+    .unwrap();
+    let drift = next_event(&mut events).await;
+    assert_eq!(drift.r#type(), KeyEventType::DriftDetected);
+    let report = drift.report.unwrap();
+    assert!(!report.passed);
+    assert!(
+        report.findings.iter().any(|f| f.code == "KEY_NOT_ENABLED"),
+        "{report:?}"
+    );
+    if let Some(value) = gauge(&sidecar) {
+        assert_eq!(value, 0.0);
+    }
+    assert!(sidecar.log().contains("key drift"), "a warning is logged");
+
+    kms.enable_key(proto::EnableKeyRequest {
+        key_id: arn.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        next_event(&mut events).await.r#type(),
+        KeyEventType::DriftResolved
+    );
+    if let Some(value) = gauge(&sidecar) {
+        assert_eq!(value, 1.0);
+    }
+
+    // A policy edited to deny a required request is drift too.
+    let deny = r#"{"Version": "2012-10-17", "Statement": [
+        {"Sid": "Enable IAM User Permissions", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "NoGrants", "Effect": "Deny", "Principal": "*", "Action": "kms:CreateGrant", "Resource": "*"}]}"#;
+    kms.put_key_policy(proto::PutKeyPolicyRequest {
+        key_id: arn.clone(),
+        policy: deny.into(),
+    })
+    .await
+    .unwrap();
+    let drift = next_event(&mut events).await;
+    assert_eq!(drift.r#type(), KeyEventType::DriftDetected);
+    assert!(
+        drift
+            .report
+            .unwrap()
+            .findings
+            .iter()
+            .any(|f| f.code == "REQUIRED_ACCESS_EXPLICITLY_DENIED")
+    );
+
+    sidecar
+        .admin_keys()
+        .await
+        .reset_encryption_key(proto::ResetEncryptionKeyRequest {
+            scan_type: CODE,
+            resource_type: LAMBDA,
+        })
+        .await
+        .unwrap();
+    let reset = next_event(&mut events).await;
+    assert_eq!(
+        (reset.r#type(), reset.kms_key_id.as_str()),
+        (KeyEventType::Reset, "")
+    );
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id() {
+    let sidecar = Sidecar::start_with("[ops]\nlog_format = \"json\"\n");
+    let mut request = Request::new(update_request(
+        "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000",
+    ));
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-json-7".parse().unwrap());
+    let status = sidecar
+        .read_only_keys()
+        .await
+        .update_encryption_key(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.metadata().get("x-request-id").unwrap(), "req-json-7");
+    // Without one, the sidecar makes one up and returns it.
+    let status = sidecar
+        .read_only_keys()
+        .await
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert!(
+        uuid::Uuid::parse_str(
+            status
+                .metadata()
+                .get("x-request-id")
+                .unwrap()
+                .to_str()
+                .unwrap()
+        )
+        .is_ok()
+    );
+
+    let found = eventually(Duration::from_secs(5), || async {
+        sidecar.log().contains("req-json-7")
+    })
+    .await;
+    assert!(found);
+    let lines: Vec<serde_json::Value> = sidecar
+        .log()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let refused = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "call refused")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(refused["span"]["request_id"], "req-json-7");
+    assert_eq!(
+        refused["span"]["method"],
+        "/inspectorkeyd.v1.EncryptionKeyService/UpdateEncryptionKey"
+    );
+    assert_eq!(refused["level"], "INFO");
+}
