@@ -515,3 +515,66 @@ async fn json_logs_carry_the_request_id() {
     );
     assert_eq!(refused["level"], "INFO");
 }
+
+#[tokio::test]
+async fn oversized_messages_are_refused_and_change_nothing() {
+    let sidecar =
+        Sidecar::start_with("[ops]\nmax_request_bytes = 4096\nmax_response_bytes = 4096\n");
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let mut kms = sidecar.kms().await;
+    let big = format!(
+        r#"{{"Version": "2012-10-17", "Id": "{}", "Statement": []}}"#,
+        "x".repeat(8000)
+    );
+    let status = kms
+        .put_key_policy(proto::PutKeyPolicyRequest {
+            key_id: arn.clone(),
+            policy: big,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("decoded message length too large"),
+        "{}",
+        status.message()
+    );
+    let policy = kms
+        .get_key_policy(proto::GetKeyPolicyRequest {
+            key_id: arn.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy;
+    assert!(!policy.contains("xxxx"));
+
+    // A response over the limit is refused too: a small policy whose report is large.
+    let broken = vec![r#"{"Effect": "Permit"}"#; 20].join(",");
+    let request = proto::VerifyKeyPolicyRequest {
+        profile: "amazon-q-lambda".into(),
+        key: Some(proto::verify_key_policy_request::Key::InlineKey(
+            proto::InlineKey {
+                key_policy: format!(r#"{{"Version": "2012-10-17", "Statement": [{broken}]}}"#),
+                key_metadata_json: String::new(),
+            },
+        )),
+        ..Default::default()
+    };
+    let status = sidecar
+        .read_only_keys()
+        .await
+        .verify_key_policy(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("encoded message length too large"),
+        "{}",
+        status.message()
+    );
+}
