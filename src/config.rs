@@ -25,6 +25,52 @@ pub enum BackendKind {
     /// The embedded local backend (no AWS account needed).
     #[default]
     Local,
+    /// Amazon Inspector and AWS KMS, through the official AWS SDK.
+    Aws,
+}
+
+/// The Region and account the sidecar works in, once resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub region: String,
+    pub account_id: String,
+}
+
+pub fn is_account_id(account: &str) -> bool {
+    account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// How the aws backend reaches AWS (the `[aws]` table).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Endpoint URL override for Amazon Inspector (tests, private endpoints). Default none.
+    pub inspector2_endpoint: Option<String>,
+    /// Endpoint URL override for AWS KMS. Default none.
+    pub kms_endpoint: Option<String>,
+    /// Endpoint URL override for AWS STS. Default none.
+    pub sts_endpoint: Option<String>,
+    /// Time to connect to an AWS endpoint. Default `3s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time for one AWS operation, retries included. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+    /// Attempts per AWS operation (the SDK's standard retry with backoff). Default 3.
+    pub max_attempts: u32,
+}
+
+impl Default for AwsConfig {
+    fn default() -> AwsConfig {
+        AwsConfig {
+            inspector2_endpoint: None,
+            kms_endpoint: None,
+            sts_endpoint: None,
+            connect_timeout: Duration::from_secs(3),
+            operation_timeout: Duration::from_secs(10),
+            max_attempts: 3,
+        }
+    }
 }
 
 /// The whole configuration. See the README's configuration reference.
@@ -34,10 +80,12 @@ pub enum BackendKind {
 pub struct Config {
     /// Default `local`.
     pub backend: BackendKind,
-    /// AWS Region the sidecar manages keys for. Default `us-east-1`.
-    pub region: String,
-    /// 12-digit AWS account id. Default `111122223333` (the local backend's account).
-    pub account_id: String,
+    /// AWS Region the sidecar manages keys for. Default: `us-east-1` on the local backend;
+    /// the AWS default chain (AWS_REGION, profile, IMDS) on the aws backend.
+    pub region: Option<String>,
+    /// 12-digit AWS account id. Default: `111122223333` on the local backend; STS
+    /// GetCallerIdentity on the aws backend.
+    pub account_id: Option<String>,
     /// Directory for the local store (and the default socket). Default `state`.
     pub state_dir: PathBuf,
     pub listen: ListenConfig,
@@ -52,6 +100,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub local: LocalConfig,
     pub ops: OpsConfig,
+    pub aws: AwsConfig,
 }
 
 /// Operating the sidecar: metrics and probes, logs, limits, the drift watch.
@@ -188,8 +237,8 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             backend: BackendKind::Local,
-            region: "us-east-1".into(),
-            account_id: "111122223333".into(),
+            region: None,
+            account_id: None,
             state_dir: PathBuf::from("state"),
             listen: ListenConfig::default(),
             shutdown_timeout_secs: 10,
@@ -200,6 +249,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             local: LocalConfig::default(),
             ops: OpsConfig::default(),
+            aws: AwsConfig::default(),
         }
     }
 }
@@ -298,19 +348,20 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !crate::domain::is_region_name(&self.region) {
+        if let Some(region) = &self.region
+            && !crate::domain::is_region_name(region)
+        {
             return Err(ConfigError::Value {
                 key: "region",
-                message: format!(
-                    "`{}` is not an AWS Region name (for example us-east-1)",
-                    self.region
-                ),
+                message: format!("`{region}` is not an AWS Region name (for example us-east-1)"),
             });
         }
-        if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
+        if let Some(account) = &self.account_id
+            && !is_account_id(account)
+        {
             return Err(ConfigError::Value {
                 key: "account_id",
-                message: format!("`{}` is not a 12-digit AWS account id", self.account_id),
+                message: format!("`{account}` is not a 12-digit AWS account id"),
             });
         }
         self.lambda_profile()?;
@@ -321,6 +372,12 @@ impl Config {
             return Err(ConfigError::Value {
                 key: "ops.log_format",
                 message: format!("`{}` is neither `text` nor `json`", self.ops.log_format),
+            });
+        }
+        if self.aws.max_attempts == 0 || self.aws.max_attempts > 10 {
+            return Err(ConfigError::Value {
+                key: "aws.max_attempts",
+                message: format!("{} is outside 1 to 10", self.aws.max_attempts),
             });
         }
         for (key, zero) in [
@@ -343,21 +400,37 @@ impl Config {
                 });
             }
         }
-        crate::verify::render::check_params(&self.region, &self.account_id, &self.principal_arn())
-            .map_err(|e| ConfigError::Value {
-                key: "verification.principal_arn",
-                message: e.to_string(),
+        if let Some(principal) = &self.verification.principal_arn {
+            // Checked against the account once it is known (at start-up, for the aws backend).
+            let account = principal.split(':').nth(4).unwrap_or_default();
+            crate::verify::render::check_params("us-east-1", account, principal).map_err(|e| {
+                ConfigError::Value {
+                    key: "verification.principal_arn",
+                    message: e.to_string(),
+                }
             })?;
+        }
         Ok(())
     }
 
+    /// The Region and account of the local backend (the aws backend finds its own).
+    pub fn local_placement(&self) -> Placement {
+        Placement {
+            region: self.region.clone().unwrap_or_else(|| "us-east-1".into()),
+            account_id: self
+                .account_id
+                .clone()
+                .unwrap_or_else(|| "111122223333".into()),
+        }
+    }
+
     /// The principal that calls Inspector.
-    pub fn principal_arn(&self) -> String {
+    pub fn principal_arn(&self, placement: &Placement) -> String {
         self.verification.principal_arn.clone().unwrap_or_else(|| {
             format!(
                 "arn:{}:iam::{}:role/inspector-keyd",
-                crate::domain::partition_of(&self.region),
-                self.account_id
+                crate::domain::partition_of(&placement.region),
+                placement.account_id
             )
         })
     }
@@ -381,8 +454,11 @@ impl Config {
 
     /// The profile for CODE + AWS_LAMBDA_FUNCTION.
     pub fn lambda_profile(&self) -> Result<Profile, ConfigError> {
+        // The local backend emulates the seed's grant-based system; AWS today enforces the
+        // Amazon Q key policy.
         let default = match self.backend {
             BackendKind::Local => Profile::CodeguruGrants,
+            BackendKind::Aws => Profile::AmazonQLambda,
         };
         Config::profile(
             "verification.lambda_profile",
@@ -568,7 +644,7 @@ mod tests {
             Profile::AmazonQCodeRepository
         );
         assert_eq!(
-            config.principal_arn(),
+            config.principal_arn(&config.local_placement()),
             "arn:aws:iam::111122223333:role/inspector-keyd"
         );
     }
@@ -592,8 +668,8 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(config.region, "eu-west-1");
-        assert_eq!(config.account_id, "012345678901");
+        assert_eq!(config.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(config.account_id.as_deref(), Some("012345678901"));
         assert_eq!(config.shutdown_timeout_secs, 7);
         assert_eq!(config.cache.key_ttl, Duration::from_millis(1500));
         let listeners = config.listeners().unwrap();

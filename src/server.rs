@@ -16,9 +16,14 @@ use crate::{
     admin::Readiness,
     audit::AuditLog,
     authz::{Authorizer, AuthzLayer, Rules, RulesError, RulesSource},
-    backend::{Backend, BackendError, local::LocalBackend, metered::MeteredBackend},
+    backend::{
+        Backend, BackendError,
+        aws::{AwsBackend, AwsSetupError},
+        local::LocalBackend,
+        metered::MeteredBackend,
+    },
     cache::KeyCache,
-    config::{BackendKind, Config, ConfigError},
+    config::{BackendKind, Config, ConfigError, Placement},
     drain::DrainingHealth,
     metrics::Metrics,
     ops::{OpsLayer, OpsLimits},
@@ -46,6 +51,8 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: io::Error,
     },
+    #[error("cannot connect to AWS: {0}")]
+    Aws(#[from] AwsSetupError),
     #[error("cannot open the backend: {0}")]
     Backend(#[from] BackendError),
     #[error("cannot listen on {listener}: {source}")]
@@ -60,7 +67,10 @@ pub enum ServeError {
 }
 
 /// The verification settings, with the identity policy files read.
-fn verification_settings(config: &Config) -> Result<VerificationSettings, ServeError> {
+fn verification_settings(
+    config: &Config,
+    placement: &Placement,
+) -> Result<VerificationSettings, ServeError> {
     let mut identity_policies = Vec::new();
     for path in &config.verification.identity_policy_files {
         let text = std::fs::read_to_string(path).map_err(|source| ServeError::IdentityPolicy {
@@ -70,9 +80,9 @@ fn verification_settings(config: &Config) -> Result<VerificationSettings, ServeE
         identity_policies.push(text);
     }
     Ok(VerificationSettings {
-        region: config.region.clone(),
-        account_id: config.account_id.clone(),
-        principal_arn: config.principal_arn(),
+        region: placement.region.clone(),
+        account_id: placement.account_id.clone(),
+        principal_arn: config.principal_arn(placement),
         identity_policies,
         lambda_profile: config.lambda_profile()?,
         code_repository_profile: config.code_repository_profile()?,
@@ -186,19 +196,30 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         move || crate::drain::stopped(stop_rx.clone())
     };
 
-    let (store_backend, local_kms) = match config.backend {
+    let (store_backend, local_kms, placement) = match config.backend {
         BackendKind::Local => {
-            let local = LocalBackend::open(&config.state_dir, &config.region, &config.account_id)?
-                .with_write_latency(config.local.write_latency);
+            let placement = config.local_placement();
+            let local =
+                LocalBackend::open(&config.state_dir, &placement.region, &placement.account_id)?
+                    .with_write_latency(config.local.write_latency);
             let kms = LocalKmsApi::new(local.kms().clone());
-            (Arc::new(local) as Arc<dyn Backend>, Some(kms))
+            (Arc::new(local) as Arc<dyn Backend>, Some(kms), placement)
+        }
+        BackendKind::Aws => {
+            let (aws, placement) = AwsBackend::connect(
+                &config.aws,
+                config.region.as_deref(),
+                config.account_id.as_deref(),
+            )
+            .await?;
+            (Arc::new(aws) as Arc<dyn Backend>, None, placement)
         }
     };
     let stats = Arc::new(crate::cache::CacheStats::default());
     let metrics = Metrics::new(stats.clone());
     let backend: Arc<dyn Backend> = Arc::new(MeteredBackend::new(store_backend, metrics.clone()));
     let cache = KeyCache::with_stats(backend.clone(), config.cache.clone(), stats);
-    let verifier = KeyVerifier::new(backend.clone(), verification_settings(&config)?);
+    let verifier = KeyVerifier::new(backend.clone(), verification_settings(&config, &placement)?);
     let key_watch = Arc::new(KeyWatch::new(
         backend.clone(),
         verifier.clone(),
@@ -358,7 +379,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         .set_service_status(proto::ENCRYPTION_KEY_SERVICE, ServingStatus::Serving)
         .await;
     readiness.set_serving(true);
-    tracing::info!(unix = %unix_addr, tcp = %tcp_addr, tls = %tls_addr, metrics = %metrics_addr, backend = ?config.backend, region = %config.region, "serving");
+    tracing::info!(unix = %unix_addr, tcp = %tcp_addr, tls = %tls_addr, metrics = %metrics_addr, backend = ?config.backend, region = %placement.region, account = %placement.account_id, "serving");
 
     let failed = tokio::select! {
         () = shutdown => None,

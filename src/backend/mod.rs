@@ -1,6 +1,7 @@
 //! The seam between the service and the world: where the encryption-key configuration
 //! lives and where the KMS facts verification needs come from.
 
+pub mod aws;
 pub mod local;
 pub mod metered;
 

@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+pub mod inspector_stub;
+pub mod moto;
 pub mod pki;
 
 use hyper_util::rt::TokioIo;
@@ -40,6 +42,7 @@ pub struct Sidecar {
     pub metrics: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     extra_config: String,
+    env: Vec<(String, String)>,
 }
 
 impl Sidecar {
@@ -51,8 +54,17 @@ impl Sidecar {
     /// Starts a sidecar; `extra_config` goes into its TOML config before the `[listen]`
     /// table (so it may open tables of its own).
     pub fn start_with(extra_config: &str) -> Sidecar {
+        Sidecar::start_with_env(extra_config, &[])
+    }
+
+    /// As [`Sidecar::start_with`], with extra environment variables for the process.
+    pub fn start_with_env(extra_config: &str, env: &[(&str, &str)]) -> Sidecar {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        Sidecar::start_in(dir, extra_config.to_owned())
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Sidecar::start_in(dir, extra_config.to_owned(), env)
     }
 
     /// Starts `inspector-keyd serve` with no configuration at all, as the README runs it,
@@ -62,10 +74,14 @@ impl Sidecar {
         let mut command = Command::new(BIN);
         command.arg("serve").current_dir(dir.path());
         let socket = dir.path().join("state/keyd.sock");
-        Sidecar::spawn(command, dir, socket, String::new())
+        Sidecar::spawn(command, dir, socket, String::new(), Vec::new())
     }
 
-    fn start_in(dir: Arc<tempfile::TempDir>, extra_config: String) -> Sidecar {
+    fn start_in(
+        dir: Arc<tempfile::TempDir>,
+        extra_config: String,
+        env: Vec<(String, String)>,
+    ) -> Sidecar {
         let socket = dir.path().join("keyd.sock");
         let config = dir.path().join("keyd.toml");
         std::fs::write(
@@ -81,8 +97,9 @@ impl Sidecar {
             .args(["serve", "--config"])
             .arg(&config)
             // An ephemeral port, so tests can run side by side.
-            .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0");
-        Sidecar::spawn(command, dir, socket, extra_config)
+            .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0")
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        Sidecar::spawn(command, dir, socket, extra_config, env)
     }
 
     fn spawn(
@@ -90,6 +107,7 @@ impl Sidecar {
         dir: Arc<tempfile::TempDir>,
         socket: PathBuf,
         extra_config: String,
+        env: Vec<(String, String)>,
     ) -> Sidecar {
         let mut child = command
             .env_remove("RUST_LOG")
@@ -152,6 +170,7 @@ impl Sidecar {
             metrics,
             log,
             extra_config,
+            env,
         }
     }
 
@@ -190,7 +209,11 @@ impl Sidecar {
     pub fn restart(mut self) -> Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        Sidecar::start_in(self.dir.clone(), self.extra_config.clone())
+        Sidecar::start_in(
+            self.dir.clone(),
+            self.extra_config.clone(),
+            self.env.clone(),
+        )
     }
 
     /// Sends `signal` (`TERM`, `INT`, ...) to the server.

@@ -1,0 +1,305 @@
+//! One behaviour suite, written once and run against each backend: the local backend, and
+//! the aws backend (KMS through a real moto server, Inspector through a REST-JSON stub).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{
+    inspector_stub::InspectorStub,
+    moto::{AWS_TEST_ENV, Moto},
+    *,
+};
+use inspector_keyd::proto::{self, verify_key_policy_request::Key};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// A sidecar on one backend, and a way to make keys in that backend's KMS.
+struct Backend {
+    sidecar: Sidecar,
+    kms: Kms,
+}
+
+enum Kms {
+    Local,
+    Moto { moto: Moto, stub: InspectorStub },
+}
+
+/// Both backends verify Lambda keys against the Amazon Q profile here, so the same keys
+/// and policies mean the same thing.
+const PROFILE: &str = "[verification]\nlambda_profile = \"amazon-q-lambda\"\n";
+
+impl Backend {
+    async fn local() -> Backend {
+        Backend {
+            sidecar: Sidecar::start_with(PROFILE),
+            kms: Kms::Local,
+        }
+    }
+
+    async fn aws() -> Option<Backend> {
+        let moto = Moto::start()?;
+        let stub = InspectorStub::start().await;
+        let config = format!(
+            "backend = \"aws\"\nregion = \"us-east-1\"\naccount_id = \"123456789012\"\n{PROFILE}[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{}\"\nmax_attempts = 2\n",
+            stub.url(),
+            moto.url(),
+            moto.url()
+        );
+        Some(Backend {
+            sidecar: Sidecar::start_with_env(&config, AWS_TEST_ENV),
+            kms: Kms::Moto { moto, stub },
+        })
+    }
+
+    fn account(&self) -> &'static str {
+        match self.kms {
+            Kms::Local => "111122223333",
+            Kms::Moto { .. } => "123456789012",
+        }
+    }
+
+    async fn create_key(&self, policy: Option<&str>) -> String {
+        match &self.kms {
+            Kms::Local => {
+                let request = proto::CreateKeyRequest {
+                    policy: policy.unwrap_or_default().into(),
+                    ..Default::default()
+                };
+                self.sidecar.create_key(request).await
+            }
+            Kms::Moto { moto, .. } => moto.create_key(policy).await,
+        }
+    }
+
+    async fn disable_key(&self, arn: &str) {
+        match &self.kms {
+            Kms::Local => {
+                let request = proto::DisableKeyRequest { key_id: arn.into() };
+                self.sidecar.kms().await.disable_key(request).await.unwrap();
+            }
+            Kms::Moto { moto, .. } => {
+                // moto's DisableKey takes the key id, not the ARN.
+                let key_id = arn.rsplit('/').next().unwrap();
+                moto.kms()
+                    .disable_key()
+                    .key_id(key_id)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// A key whose policy passes the Lambda profile.
+    async fn good_key(&self) -> String {
+        let policy = self.sidecar.rendered_policy("amazon-q-lambda").await;
+        self.create_key(Some(&policy)).await
+    }
+
+    /// What the backend itself holds for CODE + AWS_LAMBDA_FUNCTION, when it can be read
+    /// around the sidecar.
+    fn stored_lambda_key(&self) -> Option<Option<String>> {
+        match &self.kms {
+            Kms::Local => None,
+            Kms::Moto { stub, .. } => Some(stub.key("CODE", "AWS_LAMBDA_FUNCTION")),
+        }
+    }
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+fn violation_types(status: &tonic::Status) -> Vec<String> {
+    let details = status.get_error_details();
+    details
+        .precondition_failure()
+        .map(|p| p.violations.iter().map(|v| v.r#type.clone()).collect())
+        .unwrap_or_default()
+}
+
+async fn get_update_get_reset(backend: Backend) {
+    let mut reader = backend.sidecar.read_only_keys().await;
+    let mut admin = backend.sidecar.admin_keys().await;
+    let status = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::NotFound, "AWS_OWNED_KEY")
+    );
+
+    let arn = backend.good_key().await;
+    assert!(
+        arn.contains(&format!(":{}:key/", backend.account())),
+        "{arn}"
+    );
+    let updated = admin
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(updated.applied);
+    let report = updated.report.unwrap();
+    assert!(
+        report.passed && report.profile == "amazon-q-lambda",
+        "{report:?}"
+    );
+    assert_eq!(
+        reader
+            .get_encryption_key(get_request(LAMBDA))
+            .await
+            .unwrap()
+            .into_inner()
+            .kms_key_id,
+        arn
+    );
+    if let Some(stored) = backend.stored_lambda_key() {
+        assert_eq!(
+            stored.as_deref(),
+            Some(arn.as_str()),
+            "the backend holds the key"
+        );
+    }
+
+    let reset = proto::ResetEncryptionKeyRequest {
+        scan_type: CODE,
+        resource_type: LAMBDA,
+    };
+    admin.reset_encryption_key(reset).await.unwrap();
+    let status = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "AWS_OWNED_KEY");
+    if let Some(stored) = backend.stored_lambda_key() {
+        assert_eq!(stored, None);
+    }
+    // Reset is idempotent.
+    admin.reset_encryption_key(reset).await.unwrap();
+}
+
+async fn unusable_keys_change_nothing(backend: Backend) {
+    let mut admin = backend.sidecar.admin_keys().await;
+    let good = backend.good_key().await;
+    admin
+        .update_encryption_key(update_request(&good))
+        .await
+        .unwrap();
+
+    let disabled = backend.good_key().await;
+    backend.disable_key(&disabled).await;
+    let default_policy = backend.create_key(None).await;
+    let unknown = format!(
+        "arn:aws:kms:us-east-1:{}:key/00000000-0000-4000-8000-000000000000",
+        backend.account()
+    );
+    for (arn, expected) in [
+        (disabled.as_str(), "KEY_NOT_ENABLED"),
+        (default_policy.as_str(), "REQUIRED_ACCESS_MISSING"),
+        (unknown.as_str(), "KEY_NOT_FOUND"),
+    ] {
+        let status = admin
+            .update_encryption_key(update_request(arn))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{arn}: {status:?}");
+        assert!(
+            violation_types(&status).iter().any(|t| t == expected),
+            "{arn}: {:?}",
+            violation_types(&status)
+        );
+    }
+    let status = admin
+        .update_encryption_key(update_request("alias/inspector"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let current = backend
+        .sidecar
+        .read_only_keys()
+        .await
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap();
+    assert_eq!(current.into_inner().kms_key_id, good);
+    if let Some(stored) = backend.stored_lambda_key() {
+        assert_eq!(stored.as_deref(), Some(good.as_str()));
+    }
+}
+
+async fn verify_by_arn_reads_the_key_as_it_is(backend: Backend) {
+    let mut reader = backend.sidecar.read_only_keys().await;
+    let good = backend.good_key().await;
+    let verify = |arn: &str| proto::VerifyKeyPolicyRequest {
+        scan_type: CODE,
+        resource_type: LAMBDA,
+        key: Some(Key::KmsKeyId(arn.into())),
+        ..Default::default()
+    };
+    let report = reader
+        .verify_key_policy(verify(&good))
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert!(report.passed, "{report:?}");
+
+    let rendered = backend.sidecar.rendered_policy("amazon-q-lambda").await;
+    let mut policy: serde_json::Value = serde_json::from_str(&rendered).unwrap();
+    policy["Statement"].as_array_mut().unwrap().push(serde_json::json!({
+        "Sid": "NoQ", "Effect": "Deny", "Principal": {"Service": "q.amazonaws.com"}, "Action": "kms:Decrypt", "Resource": "*"
+    }));
+    let denied = backend.create_key(Some(&policy.to_string())).await;
+    let report = reader
+        .verify_key_policy(verify(&denied))
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert!(!report.passed);
+    let denial = report
+        .findings
+        .iter()
+        .find(|f| f.code == "REQUIRED_ACCESS_EXPLICITLY_DENIED")
+        .unwrap();
+    assert_eq!(denial.sid.as_deref(), Some("NoQ"));
+}
+
+/// Runs a suite case against the local backend and against the aws backend.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Backend::local().await).await;
+                }
+            )*
+        }
+        mod aws {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(backend) = super::Backend::aws().await else { return };
+                    super::$case(backend).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    get_update_get_reset,
+    unusable_keys_change_nothing,
+    verify_by_arn_reads_the_key_as_it_is
+);

@@ -1,0 +1,219 @@
+//! A stand-in for Amazon Inspector's REST-JSON API on loopback: it records every request
+//! exactly as the SDK sent it, keeps the key configuration, and can answer each error
+//! shape of the service model.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{RawQuery, State},
+    http::{HeaderMap, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+};
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub body: Option<serde_json::Value>,
+    pub authorization: Option<String>,
+}
+
+/// An error the stub answers with, shaped as the service model says.
+#[derive(Debug, Clone)]
+pub enum StubError {
+    Validation,
+    AccessDenied,
+    ResourceNotFound,
+    Throttling { retry_after: u64 },
+    InternalServer { retry_after: u64 },
+}
+
+/// The message every stub error carries; it must never reach a gRPC caller.
+pub const AWS_ERROR_TEXT: &str = "stub-aws-error-text-do-not-forward";
+
+impl StubError {
+    fn response(&self) -> Response {
+        let (status, kind, retry_after, extra) = match self {
+            StubError::Validation => (
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                None,
+                serde_json::json!({"reason": "FIELD_VALIDATION_FAILED", "fields": [{"name": "kmsKeyId", "message": AWS_ERROR_TEXT}]}),
+            ),
+            StubError::AccessDenied => (
+                StatusCode::FORBIDDEN,
+                "AccessDeniedException",
+                None,
+                serde_json::json!({}),
+            ),
+            StubError::ResourceNotFound => (
+                StatusCode::NOT_FOUND,
+                "ResourceNotFoundException",
+                None,
+                serde_json::json!({}),
+            ),
+            StubError::Throttling { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "ThrottlingException",
+                Some(*retry_after),
+                serde_json::json!({}),
+            ),
+            StubError::InternalServer { retry_after } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerException",
+                Some(*retry_after),
+                serde_json::json!({}),
+            ),
+        };
+        let mut body = serde_json::json!({"message": AWS_ERROR_TEXT});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let mut response = (status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert("x-amzn-errortype", kind.parse().unwrap());
+        headers.insert("content-type", "application/json".parse().unwrap());
+        if let Some(seconds) = retry_after {
+            headers.insert("retry-after", seconds.to_string().parse().unwrap());
+        }
+        response
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    keys: HashMap<(String, String), String>,
+    requests: Vec<Recorded>,
+    errors: VecDeque<StubError>,
+}
+
+/// The stub, serving on a loopback port until dropped.
+#[derive(Clone)]
+pub struct InspectorStub {
+    inner: Arc<Mutex<Inner>>,
+    pub addr: SocketAddr,
+    _server: Arc<tokio::task::JoinHandle<()>>,
+}
+
+fn target_of(value: &serde_json::Value) -> (String, String) {
+    (
+        value["scanType"].as_str().unwrap_or_default().to_owned(),
+        value["resourceType"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+async fn handle(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let mut inner = inner.lock().unwrap();
+    inner.requests.push(Recorded {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: query.clone(),
+        body: parsed.clone(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    });
+    if let Some(error) = inner.errors.pop_front() {
+        return error.response();
+    }
+    let ok = |body: serde_json::Value| {
+        let mut response = (StatusCode::OK, body.to_string()).into_response();
+        response
+            .headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        response
+    };
+    match (method.as_str(), uri.path()) {
+        ("GET", "/encryptionkey/get") => {
+            let pairs: HashMap<String, String> = query
+                .unwrap_or_default()
+                .split('&')
+                .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+                .collect();
+            let key = (
+                pairs.get("scanType").cloned().unwrap_or_default(),
+                pairs.get("resourceType").cloned().unwrap_or_default(),
+            );
+            match inner.keys.get(&key) {
+                Some(arn) => ok(serde_json::json!({"kmsKeyId": arn})),
+                None => StubError::ResourceNotFound.response(),
+            }
+        }
+        ("PUT", "/encryptionkey/update") => {
+            let body = parsed.unwrap_or_default();
+            let arn = body["kmsKeyId"].as_str().unwrap_or_default().to_owned();
+            inner.keys.insert(target_of(&body), arn);
+            ok(serde_json::json!({}))
+        }
+        ("PUT", "/encryptionkey/reset") => {
+            let body = parsed.unwrap_or_default();
+            inner.keys.remove(&target_of(&body));
+            ok(serde_json::json!({}))
+        }
+        _ => (StatusCode::NOT_FOUND, "no such route").into_response(),
+    }
+}
+
+impl InspectorStub {
+    pub async fn start() -> InspectorStub {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(handle).with_state(inner.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        InspectorStub {
+            inner,
+            addr,
+            _server: Arc::new(server),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The next responses are these errors, in order.
+    pub fn fail_next(&self, errors: impl IntoIterator<Item = StubError>) {
+        self.inner.lock().unwrap().errors.extend(errors);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.inner.lock().unwrap().requests.clear();
+    }
+
+    /// The key the stub holds for a target (AWS spellings).
+    pub fn key(&self, scan_type: &str, resource_type: &str) -> Option<String> {
+        self.inner
+            .lock()
+            .unwrap()
+            .keys
+            .get(&(scan_type.to_owned(), resource_type.to_owned()))
+            .cloned()
+    }
+}

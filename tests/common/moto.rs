@@ -1,0 +1,104 @@
+//! A real KMS-protocol server (moto) on a loopback port, for the aws backend's tests, and
+//! an AWS SDK KMS client pointed at it.
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+
+/// A moto server that lives as long as this value.
+pub struct Moto {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+/// The environment the sidecar (and the SDK clients) get in aws tests: static test
+/// credentials, no shared config files, and no instance metadata (so nothing leaves
+/// loopback).
+pub const AWS_TEST_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_CONFIG_FILE", "/nonexistent/inspector-keyd-test"),
+    (
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/inspector-keyd-test",
+    ),
+];
+
+impl Moto {
+    /// Starts moto, or `None` when it is not installed (a failure under `CI=true`).
+    pub fn start() -> Option<Moto> {
+        let bin = super::tool("KEYD_TEST_MOTO", ".tools/venv/bin/moto_server")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let moto = Moto { child, addr };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// An SDK KMS client talking to this moto.
+    pub fn kms(&self) -> aws_sdk_kms::Client {
+        let config = aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+            .endpoint_url(self.url())
+            .build();
+        aws_sdk_kms::Client::from_conf(config)
+    }
+
+    /// Creates a key in moto with `policy` (moto's default when `None`); its ARN.
+    pub async fn create_key(&self, policy: Option<&str>) -> String {
+        // moto leaves KeyUsage out of DescribeKey unless CreateKey named it (AWS always
+        // reports it), so name it.
+        let mut request = self
+            .kms()
+            .create_key()
+            .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
+            .key_spec(aws_sdk_kms::types::KeySpec::SymmetricDefault);
+        if let Some(policy) = policy {
+            request = request.policy(policy);
+        }
+        request
+            .send()
+            .await
+            .unwrap()
+            .key_metadata()
+            .unwrap()
+            .arn()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
