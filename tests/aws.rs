@@ -1,0 +1,336 @@
+//! The aws backend against a real KMS-protocol server (moto) and an Inspector REST-JSON
+//! stub on loopback: the exact requests the SDK sends, each error shape mapped to its gRPC
+//! code and details, the account from STS, and start-up without a Region or credentials.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{
+    inspector_stub::{AWS_ERROR_TEXT, InspectorStub, StubError},
+    moto::{AWS_TEST_ENV, Moto},
+    *,
+};
+use inspector_keyd::proto;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn aws_config(stub: &InspectorStub, moto: &Moto, account: Option<&str>) -> String {
+    let account = account
+        .map(|a| format!("account_id = \"{a}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "backend = \"aws\"\nregion = \"us-east-1\"\n{account}[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{}\"\nmax_attempts = 2\noperation_timeout = \"20s\"\n",
+        stub.url(),
+        moto.url(),
+        moto.url()
+    )
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_sdk_sends_exactly_the_inspector_requests() {
+    let Some(moto) = Moto::start() else { return };
+    let stub = InspectorStub::start().await;
+    // No account configured: it comes from STS GetCallerIdentity (moto's account).
+    let sidecar = Sidecar::start_with_env(&aws_config(&stub, &moto, None), AWS_TEST_ENV);
+    assert!(
+        sidecar.log().contains("account=123456789012"),
+        "{}",
+        sidecar.log()
+    );
+    let policy = sidecar.rendered_policy("amazon-q-lambda").await;
+    assert!(
+        policy.contains("arn:aws:iam::123456789012:role/inspector-keyd"),
+        "render uses the resolved account"
+    );
+    let arn = moto.create_key(Some(&policy)).await;
+    stub.clear_requests();
+
+    let mut reader = sidecar.read_only_keys().await;
+    let mut admin = sidecar.admin_keys().await;
+    let status = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&status),
+        "AWS_OWNED_KEY",
+        "ResourceNotFoundException means the AWS owned key"
+    );
+    admin
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+    admin
+        .reset_encryption_key(proto::ResetEncryptionKeyRequest {
+            scan_type: CODE,
+            resource_type: REPOSITORY,
+        })
+        .await
+        .unwrap();
+
+    let requests = stub.requests();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    let get = &requests[0];
+    assert_eq!(
+        (get.method.as_str(), get.path.as_str()),
+        ("GET", "/encryptionkey/get")
+    );
+    let mut query: Vec<&str> = get.query.as_deref().unwrap().split('&').collect();
+    query.sort_unstable();
+    assert_eq!(query, ["resourceType=AWS_LAMBDA_FUNCTION", "scanType=CODE"]);
+    let update = &requests[1];
+    assert_eq!(
+        (update.method.as_str(), update.path.as_str()),
+        ("PUT", "/encryptionkey/update")
+    );
+    assert_eq!(
+        update.body.as_ref().unwrap(),
+        &serde_json::json!({"kmsKeyId": arn, "scanType": "CODE", "resourceType": "AWS_LAMBDA_FUNCTION"})
+    );
+    let reset = &requests[2];
+    assert_eq!(
+        (reset.method.as_str(), reset.path.as_str()),
+        ("PUT", "/encryptionkey/reset")
+    );
+    assert_eq!(
+        reset.body.as_ref().unwrap(),
+        &serde_json::json!({"scanType": "CODE", "resourceType": "CODE_REPOSITORY"})
+    );
+    for request in &requests {
+        let authorization = request.authorization.as_deref().unwrap_or_default();
+        assert!(
+            authorization.starts_with("AWS4-HMAC-SHA256 Credential=testing/"),
+            "{authorization}"
+        );
+        assert!(
+            authorization.contains("/us-east-1/inspector2/aws4_request"),
+            "{authorization}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_inspector_error_maps_to_its_grpc_code() {
+    let Some(moto) = Moto::start() else { return };
+    let stub = InspectorStub::start().await;
+    let sidecar = Sidecar::start_with_env(
+        &aws_config(&stub, &moto, Some("123456789012")),
+        AWS_TEST_ENV,
+    );
+    let policy = sidecar.rendered_policy("amazon-q-lambda").await;
+    let arn = moto.create_key(Some(&policy)).await;
+    let mut admin = sidecar.admin_keys().await;
+
+    // Reads go through the cache: use the other target for each, after expiring nothing.
+    let cases: Vec<(Vec<StubError>, Code, &str)> = vec![
+        (
+            vec![StubError::Validation],
+            Code::InvalidArgument,
+            "INVALID_REQUEST",
+        ),
+        (
+            vec![StubError::AccessDenied],
+            Code::PermissionDenied,
+            "BACKEND_ACCESS_DENIED",
+        ),
+        (
+            vec![StubError::ResourceNotFound],
+            Code::NotFound,
+            "NOT_FOUND",
+        ),
+        // Retryable: the SDK tries twice (max_attempts = 2), then gives up.
+        (
+            vec![StubError::Throttling { retry_after: 7 }; 2],
+            Code::ResourceExhausted,
+            "BACKEND_THROTTLED",
+        ),
+        (
+            vec![StubError::InternalServer { retry_after: 3 }; 2],
+            Code::Unavailable,
+            "BACKEND_UNAVAILABLE",
+        ),
+    ];
+    for (errors, code, expected_reason) in cases {
+        stub.clear_requests();
+        let attempts = errors.len();
+        stub.fail_next(errors);
+        let status = admin
+            .update_encryption_key(update_request(&arn))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert_eq!(reason(&status), expected_reason);
+        assert!(
+            !status.message().contains(AWS_ERROR_TEXT),
+            "AWS text reached the caller: {}",
+            status.message()
+        );
+        assert_eq!(
+            stub.requests().len(),
+            attempts,
+            "attempts for {expected_reason}"
+        );
+        let details = status.get_error_details();
+        match code {
+            Code::ResourceExhausted => assert_eq!(
+                details.retry_info().unwrap().retry_delay,
+                Some(Duration::from_secs(7))
+            ),
+            Code::Unavailable => assert_eq!(
+                details.retry_info().unwrap().retry_delay,
+                Some(Duration::from_secs(3))
+            ),
+            _ => assert!(details.retry_info().is_none()),
+        }
+    }
+    // The AWS text is in the sidecar's log, for operators.
+    assert!(sidecar.log().contains(AWS_ERROR_TEXT));
+    // Nothing was stored by the failed updates; one that succeeds afterwards is.
+    assert_eq!(stub.key("CODE", "AWS_LAMBDA_FUNCTION"), None);
+    admin
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+    assert_eq!(
+        stub.key("CODE", "AWS_LAMBDA_FUNCTION").as_deref(),
+        Some(arn.as_str())
+    );
+
+    // A failing read with no cached answer: UNAVAILABLE with RetryInfo.
+    stub.fail_next(vec![StubError::InternalServer { retry_after: 2 }; 2]);
+    let status = sidecar
+        .read_only_keys()
+        .await
+        .get_encryption_key(get_request(REPOSITORY))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        status.get_error_details().retry_info().unwrap().retry_delay,
+        Some(Duration::from_secs(2))
+    );
+}
+
+#[tokio::test]
+async fn moto_multi_region_ids_are_refused_as_inspector_would() {
+    let Some(moto) = Moto::start() else { return };
+    let stub = InspectorStub::start().await;
+    let sidecar = Sidecar::start_with_env(
+        &aws_config(&stub, &moto, Some("123456789012")),
+        AWS_TEST_ENV,
+    );
+    // moto makes multi-Region key ids with dashes, which Inspector's KmsKeyArn pattern refuses.
+    let output = moto
+        .kms()
+        .create_key()
+        .multi_region(true)
+        .send()
+        .await
+        .unwrap();
+    let arn = output.key_metadata().unwrap().arn().unwrap().to_owned();
+    assert!(
+        arn.contains(":key/mrk-") && arn.matches('-').count() > 5,
+        "{arn}"
+    );
+    let status = sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        stub.requests()
+            .iter()
+            .all(|r| r.path != "/encryptionkey/update")
+    );
+    // VerifyKeyPolicy by inline metadata reports the same thing as a finding.
+    let metadata = serde_json::json!({"KeyMetadata": {"KeyId": arn.rsplit('/').next().unwrap(), "Arn": arn,
+        "KeyState": "Enabled", "KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT", "KeyManager": "CUSTOMER", "MultiRegion": true}});
+    let request = proto::VerifyKeyPolicyRequest {
+        profile: "amazon-q-lambda".into(),
+        key: Some(proto::verify_key_policy_request::Key::InlineKey(
+            proto::InlineKey {
+                key_policy: sidecar.rendered_policy("amazon-q-lambda").await,
+                key_metadata_json: metadata.to_string(),
+            },
+        )),
+        ..Default::default()
+    };
+    let report = sidecar
+        .read_only_keys()
+        .await
+        .verify_key_policy(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert_eq!(
+        report
+            .findings
+            .iter()
+            .map(|f| f.code.as_str())
+            .collect::<Vec<_>>(),
+        ["KEY_ARN_INVALID"]
+    );
+}
+
+fn serve_without(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyd.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn startup_without_region_or_credentials_says_what_is_missing() {
+    let listen = "[listen]\ntcp = \"127.0.0.1:0\"\n";
+    let no_imds = [
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent/inspector-keyd-test"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/inspector-keyd-test",
+        ),
+    ];
+    let (code, stderr) = serve_without(&format!("backend = \"aws\"\n{listen}"), &no_imds);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no AWS Region"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let (code, stderr) = serve_without(
+        &format!("backend = \"aws\"\nregion = \"us-east-1\"\n{listen}"),
+        &no_imds,
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no usable AWS credentials"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
