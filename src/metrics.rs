@@ -18,23 +18,24 @@ use prometheus_client::{
 
 use crate::{cache::CacheStats, domain::Target};
 
+// Label values are static strings: counting a call allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
-    method: String,
-    code: String,
+    method: &'static str,
+    code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthzLabels {
-    rpc: String,
-    role: String,
-    decision: String,
+    rpc: &'static str,
+    role: &'static str,
+    decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
-    operation: String,
-    class: String,
+    operation: &'static str,
+    class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,10 +55,12 @@ fn rpc_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
-/// Every metric the sidecar exports. Cheap to clone.
+/// Every metric the sidecar exports. Cheap to clone (one shared handle).
 #[derive(Clone)]
-pub struct Metrics {
-    registry: Arc<Registry>,
+pub struct Metrics(Arc<Families>);
+
+struct Families {
+    registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: Family<RpcLabels, Histogram, fn() -> Histogram>,
     authz_decisions: Family<AuthzLabels, Counter>,
@@ -109,7 +112,7 @@ impl Collector for CacheCollector {
 }
 
 /// The method part of `/package.Service/Method`, for labels; unknown paths are `other`.
-pub fn method_label(path: &str) -> String {
+pub fn method_label(path: &str) -> &'static str {
     const KNOWN: &[&str] = &[
         "GetEncryptionKey",
         "UpdateEncryptionKey",
@@ -132,11 +135,11 @@ pub fn method_label(path: &str) -> String {
         "ServerReflectionInfo",
     ];
     let method = path.rsplit('/').next().unwrap_or_default();
-    if KNOWN.contains(&method) {
-        method.to_owned()
-    } else {
-        "other".to_owned()
-    }
+    KNOWN
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or("other")
 }
 
 impl Metrics {
@@ -181,56 +184,62 @@ impl Metrics {
             key_verification_passed.clone(),
         );
         registry.register_collector(Box::new(CacheCollector(cache)));
-        Metrics {
-            registry: Arc::new(registry),
+        Metrics(Arc::new(Families {
+            registry,
             rpc_requests,
             rpc_duration,
             authz_decisions,
             backend_calls,
             verifications,
             key_verification_passed,
-        }
+        }))
     }
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+        if prometheus_client::encoding::text::encode(&mut text, &self.0.registry).is_err() {
             tracing::error!("cannot encode the metrics");
         }
         text
     }
 
-    pub fn observe_rpc(&self, path: &str, code: &str, seconds: f64) {
+    pub fn observe_rpc(&self, path: &str, code: &'static str, seconds: f64) {
         let labels = RpcLabels {
             method: method_label(path),
-            code: code.to_owned(),
+            code,
         };
-        self.rpc_requests.get_or_create(&labels).inc();
-        self.rpc_duration.get_or_create(&labels).observe(seconds);
+        self.0.rpc_requests.get_or_create(&labels).inc();
+        self.0.rpc_duration.get_or_create(&labels).observe(seconds);
     }
 
-    pub fn count_authz(&self, path: &str, role: &str, allowed: bool) {
-        self.authz_decisions
+    /// An authorization decision; `role` is the caller's (none when it has no role).
+    pub fn count_authz(&self, path: &str, role: Option<crate::authz::Role>, allowed: bool) {
+        let role = match role {
+            Some(crate::authz::Role::Admin) => "admin",
+            Some(crate::authz::Role::ReadOnly) => "read-only",
+            None => "none",
+        };
+        self.0
+            .authz_decisions
             .get_or_create(&AuthzLabels {
                 rpc: method_label(path),
-                role: role.to_owned(),
-                decision: if allowed { "allow" } else { "deny" }.to_owned(),
+                role,
+                decision: if allowed { "allow" } else { "deny" },
             })
             .inc();
     }
 
     pub fn count_backend(&self, operation: &'static str, class: &'static str) {
-        self.backend_calls
-            .get_or_create(&BackendLabels {
-                operation: operation.to_owned(),
-                class: class.to_owned(),
-            })
+        self.0
+            .backend_calls
+            .get_or_create(&BackendLabels { operation, class })
             .inc();
     }
 
     pub fn count_verification(&self, profile: &str, passed: bool) {
-        self.verifications
+        self.0
+            .verifications
             .get_or_create(&VerificationLabels {
                 profile: profile.to_owned(),
                 result: if passed { "passed" } else { "failed" }.to_owned(),
@@ -246,12 +255,13 @@ impl Metrics {
         };
         match passed {
             Some(passed) => {
-                self.key_verification_passed
+                self.0
+                    .key_verification_passed
                     .get_or_create(&labels)
                     .set(i64::from(passed));
             }
             None => {
-                self.key_verification_passed.remove(&labels);
+                self.0.key_verification_passed.remove(&labels);
             }
         }
     }

@@ -68,7 +68,10 @@ fn code_of<B>(response: &http::Response<B>) -> tonic::Code {
 }
 
 fn with_request_id(mut response: http::Response<Body>, id: &str) -> http::Response<Body> {
-    if let Ok(value) = http::HeaderValue::from_str(id) {
+    if let Ok(mut value) = http::HeaderValue::from_str(id) {
+        // A value that never repeats: HPACK should not index it (indexing it would push the
+        // headers that do repeat out of the connection's table).
+        value.set_sensitive(true);
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response

@@ -475,24 +475,26 @@ async fn json_logs_carry_the_request_id() {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(status.metadata().get("x-request-id").unwrap(), "req-json-7");
-    // Without one, the sidecar makes one up and returns it.
-    let status = sidecar
-        .read_only_keys()
-        .await
+    // Without one, the sidecar makes one up, a new one per call, and returns it.
+    let mut reader = sidecar.read_only_keys().await;
+    let id = |status: tonic::Status| {
+        status
+            .metadata()
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = id(reader
         .get_encryption_key(get_request(LAMBDA))
         .await
-        .unwrap_err();
-    assert!(
-        uuid::Uuid::parse_str(
-            status
-                .metadata()
-                .get("x-request-id")
-                .unwrap()
-                .to_str()
-                .unwrap()
-        )
-        .is_ok()
-    );
+        .unwrap_err());
+    let second = id(reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err());
+    assert!(!first.is_empty() && first != second, "{first} {second}");
 
     let found = eventually(Duration::from_secs(5), || async {
         sidecar.log().contains("req-json-7")

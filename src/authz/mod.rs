@@ -364,14 +364,10 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let path = request.uri().path().to_owned();
-        let id = request
-            .extensions()
-            .get::<RequestId>()
-            .map_or_else(String::new, |r| r.0.clone());
+        let path = path.as_str();
         let connection = connection_identity(&request);
         let bearer = Bearer::from_header(request.headers().get(http::header::AUTHORIZATION));
-        let decision = self.authorizer.decide(&path, connection.clone(), bearer);
-        let subject = AuditSubject::default();
+        let decision = self.authorizer.decide(path, connection.clone(), bearer);
         let caller = match &decision {
             Ok(Some(caller)) => Some(caller.clone()),
             Ok(None) => None,
@@ -381,59 +377,63 @@ where
                 identity,
             }),
         };
-        let record = AuditRecord {
-            time: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-            request_id: id.clone(),
-            caller: caller
-                .as_ref()
-                .map_or_else(|| "unknown".to_owned(), |c| c.identity.to_string()),
-            role: caller.as_ref().and_then(|c| c.role).map(|r| r.to_string()),
-            rpc: path.clone(),
-            key_arn: None,
-            scan_type: None,
-            resource_type: None,
-            decision: "allowed",
-            code: String::new(),
-            latency_ms: 0.0,
-        };
-        let mut guard = AuditGuard {
-            log: self.audit.clone(),
-            record: (is_mutation(&path) || decision.is_err()).then_some(record),
-            subject: subject.clone(),
-            started,
-        };
-        let role_label = |caller: &Option<Caller>| {
-            caller
-                .as_ref()
-                .and_then(|c| c.role)
-                .map_or_else(|| "none".to_owned(), |r| r.to_string())
-        };
+        let role = caller.as_ref().and_then(|c| c.role);
+        if required_role(path).is_some() {
+            self.metrics.count_authz(path, role, decision.is_ok());
+        }
+        // Only mutations and refusals are audited; reads pay nothing for it.
+        let mut guard = (is_mutation(path) || decision.is_err()).then(|| {
+            let request_id = request
+                .extensions()
+                .get::<RequestId>()
+                .map_or_else(String::new, |r| r.0.clone());
+            let guard = AuditGuard {
+                log: self.audit.clone(),
+                record: Some(AuditRecord {
+                    time: time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    request_id,
+                    caller: caller
+                        .as_ref()
+                        .map_or_else(|| "unknown".to_owned(), |c| c.identity.to_string()),
+                    role: role.map(|r| r.to_string()),
+                    rpc: path.to_owned(),
+                    key_arn: None,
+                    scan_type: None,
+                    resource_type: None,
+                    decision: "allowed",
+                    code: String::new(),
+                    latency_ms: 0.0,
+                }),
+                subject: AuditSubject::default(),
+                started,
+            };
+            request.extensions_mut().insert(guard.subject.clone());
+            guard
+        });
         match decision {
             Err(error) => {
                 tracing::info!(%error, "call refused");
-                self.metrics.count_authz(&path, &role_label(&caller), false);
                 let status = tonic::Status::from(error);
-                guard.finish("denied", status.code());
+                if let Some(guard) = &mut guard {
+                    guard.finish("denied", status.code());
+                }
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
             Ok(admitted) => {
-                if required_role(&path).is_some() {
-                    self.metrics
-                        .count_authz(&path, &role_label(&admitted), true);
-                }
                 if let Some(admitted) = admitted {
                     request.extensions_mut().insert(admitted);
                 }
-                request.extensions_mut().insert(subject);
                 // The clone is the one that is not ready yet; the ready one serves this call.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 Box::pin(async move {
                     let result = inner.call(request).await;
-                    let code = result.as_ref().map_or(tonic::Code::Internal, response_code);
-                    guard.finish("allowed", code);
+                    if let Some(guard) = &mut guard {
+                        let code = result.as_ref().map_or(tonic::Code::Internal, response_code);
+                        guard.finish("allowed", code);
+                    }
                     result
                 })
             }

@@ -145,9 +145,13 @@ impl Sidecar {
                         };
                         text.and_then(|a| a.parse::<SocketAddr>().ok())
                     };
-                    let _ = tx.send(
-                        address("tcp=").map(|tcp| (tcp, address("tls="), address("metrics="))),
-                    );
+                    let addresses =
+                        address("tcp=").map(|tcp| (tcp, address("tls="), address("metrics=")));
+                    // Logged before the start is announced, so a test that waited for the
+                    // start also finds the line in the log.
+                    sink.lock().unwrap().push_str(&format!("{line}\n"));
+                    let _ = tx.send(addresses);
+                    continue;
                 }
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
