@@ -2,7 +2,7 @@
 //! low-cardinality labels only: RPC method names, codes, roles, classes, profiles and
 //! targets — never key ARNs or callers.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::{
     collector::Collector,
@@ -67,6 +67,11 @@ struct Families {
     backend_calls: Family<BackendLabels, Counter>,
     verifications: Family<VerificationLabels, Counter>,
     key_verification_passed: Family<TargetLabels, Gauge>,
+    /// The series each (method, code) uses, looked up once: counting a call takes no lock
+    /// and hashes nothing.
+    rpc_series: Vec<OnceLock<(Counter, Histogram)>>,
+    /// The series each (method, role, decision) uses.
+    authz_series: Vec<OnceLock<Counter>>,
 }
 
 /// The cache's counters, read at each scrape.
@@ -111,35 +116,44 @@ impl Collector for CacheCollector {
     }
 }
 
+/// The RPC methods labels name; any other path is `other` (the last entry).
+const METHODS: [&str; 20] = [
+    "GetEncryptionKey",
+    "UpdateEncryptionKey",
+    "ResetEncryptionKey",
+    "VerifyKeyPolicy",
+    "RenderKeyPolicy",
+    "WatchEncryptionKey",
+    "CreateKey",
+    "DescribeKey",
+    "ListKeys",
+    "GetKeyPolicy",
+    "PutKeyPolicy",
+    "EnableKey",
+    "DisableKey",
+    "ScheduleKeyDeletion",
+    "CancelKeyDeletion",
+    "ReplicateKey",
+    "Check",
+    "Watch",
+    "ServerReflectionInfo",
+    "other",
+];
+
+/// gRPC codes are 0 to 16.
+const CODES: usize = 17;
+
+fn method_index(path: &str) -> usize {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    METHODS[..METHODS.len() - 1]
+        .iter()
+        .position(|known| *known == method)
+        .unwrap_or(METHODS.len() - 1)
+}
+
 /// The method part of `/package.Service/Method`, for labels; unknown paths are `other`.
 pub fn method_label(path: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "GetEncryptionKey",
-        "UpdateEncryptionKey",
-        "ResetEncryptionKey",
-        "VerifyKeyPolicy",
-        "RenderKeyPolicy",
-        "WatchEncryptionKey",
-        "CreateKey",
-        "DescribeKey",
-        "ListKeys",
-        "GetKeyPolicy",
-        "PutKeyPolicy",
-        "EnableKey",
-        "DisableKey",
-        "ScheduleKeyDeletion",
-        "CancelKeyDeletion",
-        "ReplicateKey",
-        "Check",
-        "Watch",
-        "ServerReflectionInfo",
-    ];
-    let method = path.rsplit('/').next().unwrap_or_default();
-    KNOWN
-        .iter()
-        .find(|known| **known == method)
-        .copied()
-        .unwrap_or("other")
+    METHODS[method_index(path)]
 }
 
 impl Metrics {
@@ -192,6 +206,12 @@ impl Metrics {
             backend_calls,
             verifications,
             key_verification_passed,
+            rpc_series: (0..METHODS.len() * CODES)
+                .map(|_| OnceLock::new())
+                .collect(),
+            authz_series: (0..METHODS.len() * 3 * 2)
+                .map(|_| OnceLock::new())
+                .collect(),
         }))
     }
 
@@ -204,30 +224,49 @@ impl Metrics {
         text
     }
 
-    pub fn observe_rpc(&self, path: &str, code: &'static str, seconds: f64) {
-        let labels = RpcLabels {
-            method: method_label(path),
-            code,
+    pub fn observe_rpc(&self, path: &str, code: tonic::Code, seconds: f64) {
+        let method = method_index(path);
+        let code_index = usize::try_from(code as i32).unwrap_or(0).min(CODES - 1);
+        let Some(slot) = self.0.rpc_series.get(method * CODES + code_index) else {
+            return;
         };
-        self.0.rpc_requests.get_or_create(&labels).inc();
-        self.0.rpc_duration.get_or_create(&labels).observe(seconds);
+        let (counter, histogram) = slot.get_or_init(|| {
+            let labels = RpcLabels {
+                method: METHODS[method],
+                code: crate::authz::code_name(code),
+            };
+            (
+                self.0.rpc_requests.get_or_create(&labels).clone(),
+                self.0.rpc_duration.get_or_create(&labels).clone(),
+            )
+        });
+        counter.inc();
+        histogram.observe(seconds);
     }
 
     /// An authorization decision; `role` is the caller's (none when it has no role).
     pub fn count_authz(&self, path: &str, role: Option<crate::authz::Role>, allowed: bool) {
-        let role = match role {
-            Some(crate::authz::Role::Admin) => "admin",
-            Some(crate::authz::Role::ReadOnly) => "read-only",
-            None => "none",
+        let (role_index, role) = match role {
+            Some(crate::authz::Role::Admin) => (0, "admin"),
+            Some(crate::authz::Role::ReadOnly) => (1, "read-only"),
+            None => (2, "none"),
         };
-        self.0
-            .authz_decisions
-            .get_or_create(&AuthzLabels {
-                rpc: method_label(path),
-                role,
-                decision: if allowed { "allow" } else { "deny" },
-            })
-            .inc();
+        let method = method_index(path);
+        let index = (method * 3 + role_index) * 2 + usize::from(allowed);
+        let Some(slot) = self.0.authz_series.get(index) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.0
+                .authz_decisions
+                .get_or_create(&AuthzLabels {
+                    rpc: METHODS[method],
+                    role,
+                    decision: if allowed { "allow" } else { "deny" },
+                })
+                .clone()
+        })
+        .inc();
     }
 
     pub fn count_backend(&self, operation: &'static str, class: &'static str) {

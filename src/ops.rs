@@ -137,11 +137,7 @@ where
         let metrics = self.layer.metrics.clone();
         let finish = move |response: http::Response<Body>| {
             let code = code_of(&response);
-            metrics.observe_rpc(
-                &path,
-                crate::authz::code_name(code),
-                started.elapsed().as_secs_f64(),
-            );
+            metrics.observe_rpc(&path, code, started.elapsed().as_secs_f64());
             with_request_id(response, &id)
         };
 

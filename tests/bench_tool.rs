@@ -9,21 +9,51 @@ use std::process::Command;
 fn the_benchmark_tool_runs_and_reports_every_figure() {
     // `cargo test` builds the examples next to the test binaries' directory.
     let exe = std::env::current_exe().unwrap();
-    let bench = exe.parent().unwrap().parent().unwrap().join("examples/bench");
+    let bench = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/bench");
     assert!(bench.exists(), "{} is not built", bench.display());
     let output = Command::new(&bench).arg("--quick").output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for transport in ["unix", "tcp", "mtls"] {
-        assert!(stdout.lines().any(|l| l.starts_with(transport) && l.contains("baseline")), "{stdout}");
-        assert!(stdout.lines().any(|l| l.starts_with(transport) && l.contains("sidecar")), "{stdout}");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(transport) && l.contains("baseline")),
+            "{stdout}"
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(transport) && l.contains("sidecar")),
+            "{stdout}"
+        );
     }
-    assert_eq!(stdout.lines().filter(|l| l.contains("ratio")).count(), 3, "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains("ratio")).count(),
+        3,
+        "{stdout}"
+    );
     assert!(stdout.contains("resident memory:"), "{stdout}");
     assert!(stdout.contains("start-up to SERVING:"), "{stdout}");
     // Coalescing is not a timing: a hundred concurrent cold reads make exactly one load.
-    assert!(stdout.contains("cold cache: 100 concurrent first reads -> 1 backend load(s)"), "{stdout}");
-    for profile in ["codeguru-grants", "amazon-q-lambda", "amazon-q-code-repository"] {
+    assert!(
+        stdout.contains("cold cache: 100 concurrent first reads -> 1 backend load(s)"),
+        "{stdout}"
+    );
+    for profile in [
+        "codeguru-grants",
+        "amazon-q-lambda",
+        "amazon-q-code-repository",
+    ] {
         assert!(stdout.contains(&format!("verify {profile}")), "{stdout}");
     }
 }
