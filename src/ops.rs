@@ -58,7 +58,9 @@ fn grpc_timeout<B>(request: &http::Request<B>) -> Option<Duration> {
     })
 }
 
-fn code_of<B>(response: &http::Response<B>) -> tonic::Code {
+/// The gRPC code of a response: from its headers when the status came without a body
+/// (every error), else OK (a unary success sends its status in the trailers).
+pub fn grpc_code<B>(response: &http::Response<B>) -> tonic::Code {
     response
         .headers()
         .get("grpc-status")
@@ -136,7 +138,7 @@ where
         request.extensions_mut().insert(RequestId(id.clone()));
         let metrics = self.layer.metrics.clone();
         let finish = move |response: http::Response<Body>| {
-            let code = code_of(&response);
+            let code = grpc_code(&response);
             metrics.observe_rpc(&path, code, started.elapsed().as_secs_f64());
             with_request_id(response, &id)
         };

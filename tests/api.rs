@@ -9,14 +9,6 @@ use inspector_keyd::proto;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
-
 fn bad_fields(status: &tonic::Status) -> Vec<String> {
     let details = status.get_error_details();
     let bad = details.bad_request().expect("BadRequest details");

@@ -26,14 +26,6 @@ fn my_uid() -> u32 {
     rustix::process::getuid().as_raw()
 }
 
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
-
 fn toml_path(path: &Path) -> String {
     format!("{:?}", path.to_str().unwrap())
 }

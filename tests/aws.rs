@@ -29,14 +29,6 @@ fn aws_config(stub: &InspectorStub, moto: &Moto, account: Option<&str>) -> Strin
     )
 }
 
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn the_sdk_sends_exactly_the_inspector_requests() {
     let Some(moto) = Moto::start() else { return };

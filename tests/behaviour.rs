@@ -107,14 +107,6 @@ impl Backend {
     }
 }
 
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
-
 fn violation_types(status: &tonic::Status) -> Vec<String> {
     let details = status.get_error_details();
     details

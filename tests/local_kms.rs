@@ -10,14 +10,6 @@ use inspector_keyd::proto::{self, KeyMetadata};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
-
 async fn describe(sidecar: &Sidecar, key_id: &str) -> KeyMetadata {
     sidecar
         .kms()

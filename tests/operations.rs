@@ -13,14 +13,6 @@ use inspector_keyd::proto::{self, KeyEventType};
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn metrics_count_what_happened() {
     let sidecar = Sidecar::start();

@@ -267,17 +267,6 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// The code of a response: from its headers when the status came without a body
-/// (every error), else OK (a unary success sends its status in the trailers).
-fn response_code<B>(response: &http::Response<B>) -> tonic::Code {
-    response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
-}
-
 /// Writes the audit line of one call when finished, or as `cancelled` if dropped first.
 struct AuditGuard {
     log: AuditLog,
@@ -431,7 +420,9 @@ where
                 Box::pin(async move {
                     let result = inner.call(request).await;
                     if let Some(guard) = &mut guard {
-                        let code = result.as_ref().map_or(tonic::Code::Internal, response_code);
+                        let code = result
+                            .as_ref()
+                            .map_or(tonic::Code::Internal, crate::ops::grpc_code);
                         guard.finish("allowed", code);
                     }
                     result

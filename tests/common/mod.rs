@@ -401,6 +401,16 @@ pub async fn unix_channel(path: &Path) -> Channel {
         .unwrap()
 }
 
+/// The ErrorInfo reason of a status, or "".
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
 pub fn get_request(resource_type: i32) -> proto::GetEncryptionKeyRequest {
     proto::GetEncryptionKeyRequest {
         scan_type: CODE,
