@@ -263,23 +263,23 @@ struct Pki {
     client: pki::Pair,
 }
 
+async fn unix_channel(path: &Path) -> Channel {
+    let path = path.to_owned();
+    Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
 async fn channel(transport: Transport, addresses: &Addresses, pki: &Pki) -> Channel {
     match transport {
-        Transport::Unix => {
-            let path = addresses.unix.clone();
-            Endpoint::try_from("http://localhost")
-                .unwrap()
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(
-                            tokio::net::UnixStream::connect(path).await?,
-                        ))
-                    }
-                }))
-                .await
-                .unwrap()
-        }
+        Transport::Unix => unix_channel(&addresses.unix).await,
         Transport::Tcp => Endpoint::try_from(format!("http://{}", addresses.tcp))
             .unwrap()
             .tcp_nodelay(true)
@@ -401,29 +401,11 @@ async fn wait_serving(channel: Channel) {
 async fn unix_channel_when_up(path: &Path) -> Channel {
     for _ in 0..4000 {
         if path.exists() {
-            let addresses = Addresses {
-                unix: path.to_owned(),
-                tcp: free_port(),
-                tls: free_port(),
-            };
-            let pki = Pki {
-                ca_pem: String::new(),
-                client: dummy_pair(),
-            };
-            return channel(Transport::Unix, &addresses, &pki).await;
+            return unix_channel(path).await;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     panic!("no socket at {}", path.display());
-}
-
-fn dummy_pair() -> pki::Pair {
-    pki::Pair {
-        cert: PathBuf::new(),
-        key: PathBuf::new(),
-        cert_pem: String::new(),
-        key_pem: String::new(),
-    }
 }
 
 /// Writes a sidecar configuration into `dir`; returns its addresses.
