@@ -260,15 +260,7 @@ async fn moto_multi_region_ids_are_refused_as_inspector_would() {
         )),
         ..Default::default()
     };
-    let report = sidecar
-        .read_only_keys()
-        .await
-        .verify_key_policy(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .report
-        .unwrap();
+    let report = verify_report(&mut sidecar.read_only_keys().await, request).await;
     assert_eq!(
         report
             .findings

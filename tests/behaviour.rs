@@ -236,13 +236,7 @@ async fn verify_by_arn_reads_the_key_as_it_is(backend: Backend) {
         key: Some(Key::KmsKeyId(arn.into())),
         ..Default::default()
     };
-    let report = reader
-        .verify_key_policy(verify(&good))
-        .await
-        .unwrap()
-        .into_inner()
-        .report
-        .unwrap();
+    let report = verify_report(&mut reader, verify(&good)).await;
     assert!(report.passed, "{report:?}");
 
     let rendered = backend.sidecar.rendered_policy("amazon-q-lambda").await;
@@ -251,13 +245,7 @@ async fn verify_by_arn_reads_the_key_as_it_is(backend: Backend) {
         "Sid": "NoQ", "Effect": "Deny", "Principal": {"Service": "q.amazonaws.com"}, "Action": "kms:Decrypt", "Resource": "*"
     }));
     let denied = backend.create_key(Some(&policy.to_string())).await;
-    let report = reader
-        .verify_key_policy(verify(&denied))
-        .await
-        .unwrap()
-        .into_inner()
-        .report
-        .unwrap();
+    let report = verify_report(&mut reader, verify(&denied)).await;
     assert!(!report.passed);
     let denial = report
         .findings

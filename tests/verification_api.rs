@@ -63,31 +63,21 @@ async fn render_create_verify_update() {
         })
         .await;
     // Verification by ARN reads metadata and policy from the backend; read-only may do it.
-    let report = reader
-        .verify_key_policy(verify_request(
-            "amazon-q-code-repository",
-            Key::KmsKeyId(arn.clone()),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .report
-        .unwrap();
+    let report = verify_report(
+        &mut reader,
+        verify_request("amazon-q-code-repository", Key::KmsKeyId(arn.clone())),
+    )
+    .await;
     assert!(report.passed, "{report:?}");
     assert_eq!(report.profile, "amazon-q-code-repository");
     assert!(codes(&report).is_empty(), "{report:?}");
 
     // The same key fails the Lambda profile of the Amazon Q era: its statements are missing.
-    let report = reader
-        .verify_key_policy(verify_request(
-            "amazon-q-lambda",
-            Key::KmsKeyId(arn.clone()),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .report
-        .unwrap();
+    let report = verify_report(
+        &mut reader,
+        verify_request("amazon-q-lambda", Key::KmsKeyId(arn.clone())),
+    )
+    .await;
     assert!(!report.passed);
     // Amazon Q's statements for Lambda are missing; the role's Lambda-scoped requests fall to
     // the account delegation, which no identity policy was given to decide.
@@ -136,13 +126,7 @@ async fn inline_documents_and_profile_from_target() {
         })),
         ..Default::default()
     };
-    let report = reader
-        .verify_key_policy(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .report
-        .unwrap();
+    let report = verify_report(&mut reader, request).await;
     assert_eq!(report.profile, "amazon-q-code-repository");
     assert_eq!(codes(&report), ["KEY_NOT_ENABLED"]);
 
@@ -154,13 +138,7 @@ async fn inline_documents_and_profile_from_target() {
             key_metadata_json: String::new(),
         }),
     );
-    let report = reader
-        .verify_key_policy(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .report
-        .unwrap();
+    let report = verify_report(&mut reader, request).await;
     assert_eq!(
         codes(&report),
         ["KEY_METADATA_NOT_CHECKED", "POLICY_INVALID_JSON"]
@@ -261,13 +239,7 @@ async fn bad_verify_and_render_requests_name_the_field() {
             "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000".into(),
         ),
     );
-    let report = reader
-        .verify_key_policy(unknown)
-        .await
-        .unwrap()
-        .into_inner()
-        .report
-        .unwrap();
+    let report = verify_report(&mut reader, unknown).await;
     assert_eq!(codes(&report), ["KEY_NOT_FOUND"]);
 }
 
@@ -388,15 +360,7 @@ async fn configured_identity_policies_decide_the_grant_profile() {
         identity_policies: vec![narrow.into()],
         ..Default::default()
     };
-    let report = sidecar
-        .read_only_keys()
-        .await
-        .verify_key_policy(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .report
-        .unwrap();
+    let report = verify_report(&mut sidecar.read_only_keys().await, request).await;
     assert!(!report.passed);
     // All but the two DescribeKey requests are missing, and DescribeKey is allowed outside
     // the services that need it.

@@ -401,6 +401,20 @@ pub async fn unix_channel(path: &Path) -> Channel {
         .unwrap()
 }
 
+/// VerifyKeyPolicy through `client`; the report of a call that must succeed.
+pub async fn verify_report(
+    client: &mut EncryptionKeyServiceClient<Channel>,
+    request: proto::VerifyKeyPolicyRequest,
+) -> proto::VerificationReport {
+    client
+        .verify_key_policy(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap()
+}
+
 /// The ErrorInfo reason of a status, or "".
 pub fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
