@@ -13,44 +13,71 @@ use std::{
 use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
 
 use crate::{backend::Backend, domain::Target, metrics::Metrics};
+use tonic_health::{ServingStatus, server::HealthReporter};
 
-/// Readiness: serving, and the backend answered its last check.
-#[derive(Debug, Default)]
+/// Readiness: serving, and the backend answered its last check. Published as `/readyz` and
+/// as the gRPC health status of the API service (what Kubernetes' readiness probe asks).
+#[derive(Debug)]
 pub struct Readiness {
     serving: AtomicBool,
     backend_ok: AtomicBool,
+    health: HealthReporter,
 }
 
 impl Readiness {
-    pub fn set_serving(&self, serving: bool) {
+    pub fn new(health: HealthReporter) -> Readiness {
+        Readiness {
+            serving: AtomicBool::new(false),
+            backend_ok: AtomicBool::new(false),
+            health,
+        }
+    }
+
+    pub async fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::SeqCst);
+        self.publish().await;
     }
 
     pub fn is_ready(&self) -> bool {
         self.serving.load(Ordering::SeqCst) && self.backend_ok.load(Ordering::SeqCst)
     }
 
-    /// Checks the backend every `interval` (bounded by a timeout) and keeps the result.
-    /// Throttling and refusals of the request still mean the backend is reachable.
-    pub async fn check_backend(self: Arc<Self>, backend: Arc<dyn Backend>, interval: Duration) {
+    async fn publish(&self) {
+        let status = if self.is_ready() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.health
+            .set_service_status(crate::proto::ENCRYPTION_KEY_SERVICE, status)
+            .await;
+    }
+
+    /// Checks the backend once (bounded by a timeout) and keeps the result. Throttling and
+    /// refusals of the request still mean the backend is reachable.
+    pub async fn check_backend_once(&self, backend: &dyn Backend) {
         let Some(probe) = Target::all().next() else {
             return;
         };
-        loop {
-            let ok = match tokio::time::timeout(
-                Duration::from_secs(5),
-                backend.get_encryption_key(probe),
-            )
-            .await
+        let ok =
+            match tokio::time::timeout(Duration::from_secs(5), backend.get_encryption_key(probe))
+                .await
             {
                 Ok(Ok(_)) => true,
                 Ok(Err(e)) => !matches!(e.class(), "transient" | "internal"),
                 Err(_) => false,
             };
-            if self.backend_ok.swap(ok, Ordering::SeqCst) != ok {
-                tracing::info!(ready = ok, "backend readiness changed");
-            }
+        if self.backend_ok.swap(ok, Ordering::SeqCst) != ok {
+            tracing::info!(ready = ok, "backend readiness changed");
+        }
+        self.publish().await;
+    }
+
+    /// Checks the backend every `interval`.
+    pub async fn check_backend(self: Arc<Self>, backend: Arc<dyn Backend>, interval: Duration) {
+        loop {
             tokio::time::sleep(interval).await;
+            self.check_backend_once(backend.as_ref()).await;
         }
     }
 }

@@ -5,7 +5,11 @@ use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::verify::{self, Profile, Report, Severity};
+use crate::{
+    authz::Rules,
+    config::Config,
+    verify::{self, Profile, Report, Severity},
+};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +38,28 @@ pub enum Command {
     /// Verify or render key policies offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check configuration without starting the server.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file as `serve` would read it (with the `INSPECTOR_KEYD_*`
+    /// overrides of the environment), and the files it names that exist here: the rules
+    /// file, identity policies, TLS certificates and keys. Exit 0: valid; 1: invalid.
+    Check(ConfigCheckArgs),
+}
+
+#[derive(Args)]
+pub struct ConfigCheckArgs {
+    /// The TOML configuration file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Check this file as the rules file, in place of `authz.rules_file` (whose path may
+    /// exist only where the server runs, such as inside a container).
+    #[arg(long, value_name = "FILE")]
+    rules_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -111,6 +137,81 @@ pub struct RenderArgs {
     /// A policy to merge the statements into (same Sid replaced, others kept).
     #[arg(long, value_name = "FILE")]
     merge_into: Option<PathBuf>,
+}
+
+/// `config check`: the configuration, then each named file present here.
+pub fn config_check(args: ConfigCheckArgs) -> ExitCode {
+    match check_config(&args) {
+        Ok(notes) => {
+            for note in notes {
+                println!("note: {note}");
+            }
+            println!("config `{}` is valid", args.file.display());
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("inspector-keyd: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The notes (files not present here) when valid, else what is wrong.
+fn check_config(args: &ConfigCheckArgs) -> Result<Vec<String>, String> {
+    let config = Config::load(Some(&args.file), std::env::vars()).map_err(|e| e.to_string())?;
+    let mut notes = Vec::new();
+    let mut present_here = |path: &std::path::Path, key: &str| {
+        let present = path.exists();
+        if !present {
+            notes.push(format!(
+                "`{}` ({key}) does not exist here, so it was not checked; the server reads it at start",
+                path.display()
+            ));
+        }
+        present
+    };
+    let rules_file = args
+        .rules_file
+        .as_ref()
+        .or(config.authz.rules_file.as_ref());
+    if let Some(path) = rules_file
+        && (args.rules_file.is_some() || present_here(path, "authz.rules_file"))
+    {
+        let anonymous = config
+            .loopback_anonymous_role()
+            .map_err(|e| e.to_string())?;
+        Rules::from_file(path, anonymous).map_err(|e| e.to_string())?;
+    }
+    for path in &config.verification.identity_policy_files {
+        if present_here(path, "verification.identity_policy_files") {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read identity policy `{}`: {e}", path.display()))?;
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| format!("identity policy `{}` is not JSON: {e}", path.display()))?;
+        }
+    }
+    let listeners = config.listeners().map_err(|e| e.to_string())?;
+    if let Some((_, files)) = &listeners.tls {
+        let paths = [
+            (&files.cert_file, "tls.cert_file"),
+            (&files.key_file, "tls.key_file"),
+        ]
+        .into_iter()
+        .chain(
+            files
+                .client_ca_files
+                .iter()
+                .map(|f| (f, "tls.client_ca_files")),
+        );
+        let mut all_present = true;
+        for (path, key) in paths {
+            all_present &= present_here(path, key);
+        }
+        if all_present {
+            crate::tls::server_config(files).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(notes)
 }
 
 /// A usage or input problem: exit code 2.

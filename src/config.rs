@@ -110,6 +110,10 @@ pub struct OpsConfig {
     /// HTTP address of `/metrics`, `/livez` and `/readyz`. Default `127.0.0.1:9464`; empty
     /// disables it.
     pub metrics_listen: String,
+    /// Plaintext gRPC address serving only `grpc.health.v1` (no API, no reflection), for
+    /// Kubernetes `grpc` probes, which dial the Pod IP: `""` is liveness, the API service
+    /// name is readiness. Default empty (off); may listen beyond loopback.
+    pub health_listen: String,
     /// `text` (default, for people) or `json` (one object per line).
     pub log_format: String,
     /// RPCs served at once; more are answered RESOURCE_EXHAUSTED at once. Default 256.
@@ -133,6 +137,7 @@ impl Default for OpsConfig {
     fn default() -> OpsConfig {
         OpsConfig {
             metrics_listen: "127.0.0.1:9464".into(),
+            health_listen: String::new(),
             log_format: "text".into(),
             max_concurrent_rpcs: 256,
             rpc_timeout: Duration::from_secs(30),
@@ -291,6 +296,21 @@ pub struct Listeners {
     pub tls: Option<(SocketAddr, crate::tls::TlsFiles)>,
 }
 
+/// An address setting where empty means off.
+fn optional_addr(
+    value: &str,
+    key: &'static str,
+    example: &str,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| ConfigError::Value {
+        key,
+        message: format!("`{value}` is not an address such as {example}"),
+    })
+}
+
 impl Config {
     /// Reads `file` (when given), applies the `INSPECTOR_KEYD_*` entries of `env`, and
     /// validates the result.
@@ -368,6 +388,7 @@ impl Config {
         self.code_repository_profile()?;
         self.loopback_anonymous_role()?;
         self.metrics_listener()?;
+        self.health_listener()?;
         if !matches!(self.ops.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Value {
                 key: "ops.log_format",
@@ -560,20 +581,16 @@ impl Config {
 
     /// The metrics and probes listener, when enabled.
     pub fn metrics_listener(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        if self.ops.metrics_listen.is_empty() {
-            return Ok(None);
-        }
-        self.ops
-            .metrics_listen
-            .parse()
-            .map(Some)
-            .map_err(|_| ConfigError::Value {
-                key: "ops.metrics_listen",
-                message: format!(
-                    "`{}` is not an address such as 127.0.0.1:9464",
-                    self.ops.metrics_listen
-                ),
-            })
+        optional_addr(
+            &self.ops.metrics_listen,
+            "ops.metrics_listen",
+            "127.0.0.1:9464",
+        )
+    }
+
+    /// The health-only listener, when enabled.
+    pub fn health_listener(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        optional_addr(&self.ops.health_listen, "ops.health_listen", "0.0.0.0:8086")
     }
 
     /// The role of anonymous loopback callers.

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config, log_format } => serve(config, log_format),
         Command::Policy(command) => cli::policy(command),
+        Command::Config(cli::ConfigCommand::Check(args)) => cli::config_check(args),
     }
 }
 

@@ -265,7 +265,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     ));
     let router = Server::builder()
         .layer(tower::ServiceBuilder::new().layer(ops).layer(authz))
-        .add_service(health_service)
+        .add_service(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
@@ -346,7 +346,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 })
         });
     }
-    let readiness = Arc::new(Readiness::default());
+    let readiness = Arc::new(Readiness::new(health.clone()));
     let mut metrics_addr = String::new();
     if let Some(addr) = config.metrics_listener()? {
         let listen_error = |source| ServeError::Listen {
@@ -364,6 +364,30 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             }
         });
     }
+    let mut health_addr = String::new();
+    if let Some(addr) = config.health_listener()? {
+        let listen_error = |source| ServeError::Listen {
+            listener: format!("health {addr}"),
+            source,
+        };
+        let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+        let local = listener.local_addr().map_err(listen_error)?;
+        health_addr = local.to_string();
+        let name = format!("health {local}");
+        let stop = stopped();
+        // Health only: no reflection, no API, so it may listen beyond loopback for probes.
+        let health_only = Server::builder().add_service(health_service);
+        servers.spawn(async move {
+            health_only
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop)
+                .await
+                .map_err(|source| ServeError::Serve {
+                    listener: name,
+                    source,
+                })
+        });
+    }
+    readiness.check_backend_once(backend.as_ref()).await;
     let background = [
         tokio::spawn(reload_loop(authorizer, tls, config.authz.reload_interval)),
         tokio::spawn(key_watch.run(config.ops.drift_interval)),
@@ -375,27 +399,22 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     ];
 
     health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_service_status(proto::ENCRYPTION_KEY_SERVICE, ServingStatus::Serving)
-        .await;
-    readiness.set_serving(true);
-    tracing::info!(unix = %unix_addr, tcp = %tcp_addr, tls = %tls_addr, metrics = %metrics_addr, backend = ?config.backend, region = %placement.region, account = %placement.account_id, "serving");
+    readiness.set_serving(true).await;
+    tracing::info!(unix = %unix_addr, tcp = %tcp_addr, tls = %tls_addr, metrics = %metrics_addr, health = %health_addr, backend = ?config.backend, region = %placement.region, account = %placement.account_id, "serving");
 
     let failed = tokio::select! {
         () = shutdown => None,
         Some(result) = servers.join_next() => Some(result),
     };
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(proto::ENCRYPTION_KEY_SERVICE, ServingStatus::NotServing)
-        .await;
-    readiness.set_serving(false);
-    tracing::info!("shutting down");
+    // The readiness check stops first so that it cannot publish SERVING after this.
     for task in &background {
         task.abort();
     }
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    readiness.set_serving(false).await;
+    tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(config.shutdown_timeout(), async {
         let mut first_error = None;

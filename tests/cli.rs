@@ -442,3 +442,76 @@ fn policy_render_merges_into_an_existing_policy() {
         ACCOUNT
     );
 }
+
+fn config_check(config: &str, rules: Option<&str>) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyd.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["config", "check"]).arg(&path);
+    if let Some(rules) = rules {
+        let rules_path = dir.path().join("rules.toml");
+        std::fs::write(&rules_path, rules).unwrap();
+        command.arg("--rules-file").arg(&rules_path);
+    }
+    let output = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}
+
+#[test]
+fn config_check_accepts_a_valid_file_and_names_what_it_could_not_read() {
+    let (code, text) = config_check(
+        "backend = \"aws\"\nregion = \"eu-west-1\"\n[authz]\nrules_file = \"/nonexistent/rules.toml\"\n[ops]\nhealth_listen = \"0.0.0.0:8086\"\n",
+        None,
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("is valid"), "{text}");
+    assert!(
+        text.contains("`/nonexistent/rules.toml` (authz.rules_file) does not exist here"),
+        "{text}"
+    );
+    // The rules file given on the command line is checked in its place.
+    let (code, text) = config_check(
+        "[authz]\nrules_file = \"/nonexistent/rules.toml\"\n",
+        Some("[[rule]]\nrole = \"read-only\"\nunix_uid = 10002\n"),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("does not exist"), "{text}");
+}
+
+#[test]
+fn config_check_refuses_bad_files_naming_what_is_wrong() {
+    for (config, rules, expected) in [
+        (
+            "[ops]\nhealth_listen = \"everywhere\"\n",
+            None,
+            "`ops.health_listen`",
+        ),
+        (
+            "[listen]\ntcp = \"0.0.0.0:50051\"\n",
+            None,
+            "not a loopback address",
+        ),
+        ("[cache]\nttl = \"1s\"\n", None, "unknown field `ttl`"),
+        (
+            "",
+            Some("[[rule]]\nrole = \"owner\"\nunix_uid = 1\n"),
+            "rules file",
+        ),
+        (
+            "[tls]\nlisten = \"0.0.0.0:50443\"\ncert_file = \"Cargo.toml\"\nkey_file = \"Cargo.toml\"\nallow_token_only = true\n",
+            None,
+            "holds no certificate",
+        ),
+    ] {
+        let (code, text) = config_check(config, rules);
+        assert_eq!(code, Some(1), "{config}: {text}");
+        assert!(text.contains(expected), "{config}: {text}");
+        assert!(!text.contains("is valid"), "{text}");
+    }
+}

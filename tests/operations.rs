@@ -572,3 +572,97 @@ async fn oversized_messages_are_refused_and_change_nothing() {
         status.message()
     );
 }
+
+/// The status of `service` on the gRPC health service at `channel`.
+async fn health_status(
+    channel: tonic::transport::Channel,
+    service: &str,
+) -> Result<tonic_health::pb::health_check_response::ServingStatus, tonic::Status> {
+    let response = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    Ok(response.into_inner().status())
+}
+
+#[tokio::test]
+async fn the_health_port_serves_health_and_nothing_else() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let sidecar = Sidecar::start_with("[ops]\nhealth_listen = \"127.0.0.1:0\"\n");
+    let health = sidecar.health.expect("the health listener is announced");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Liveness and readiness, as Kubernetes' grpc probes ask them.
+    for service in ["", proto::ENCRYPTION_KEY_SERVICE] {
+        assert_eq!(
+            health_status(channel.clone(), service).await.unwrap(),
+            ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+    // The API and reflection are not on this port.
+    let status =
+        proto::encryption_key_service_client::EncryptionKeyServiceClient::new(channel.clone())
+            .get_encryption_key(get_request(LAMBDA))
+            .await
+            .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    let mut reflection =
+        tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(
+            channel,
+        );
+    let status = reflection
+        .server_reflection_info(tokio_stream::iter([
+            tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(
+                    tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::ListServices(
+                        String::new(),
+                    ),
+                ),
+            },
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_backend_makes_the_sidecar_unready_but_alive() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    // A loopback port nothing listens on: every AWS call is refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{closed}");
+    let sidecar = Sidecar::start_with_env(
+        &format!(
+            "backend = \"aws\"\nregion = \"us-east-1\"\naccount_id = \"111122223333\"\n[ops]\nhealth_listen = \"127.0.0.1:0\"\n[aws]\ninspector2_endpoint = \"{endpoint}\"\nkms_endpoint = \"{endpoint}\"\nsts_endpoint = \"{endpoint}\"\nmax_attempts = 1\n"
+        ),
+        common::moto::AWS_TEST_ENV,
+    );
+    let health = sidecar.health.expect("the health listener is announced");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Alive: a liveness probe must not restart the pod because AWS is unreachable.
+    assert_eq!(
+        health_status(channel.clone(), "").await.unwrap(),
+        ServingStatus::Serving
+    );
+    // Not ready, on the health port and on /readyz alike.
+    assert_eq!(
+        health_status(channel, proto::ENCRYPTION_KEY_SERVICE)
+            .await
+            .unwrap(),
+        ServingStatus::NotServing
+    );
+    assert_eq!(sidecar.http_get("/readyz").0, 503);
+}

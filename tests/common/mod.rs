@@ -40,6 +40,8 @@ pub struct Sidecar {
     pub tls: Option<SocketAddr>,
     /// The metrics and probes listener.
     pub metrics: Option<SocketAddr>,
+    /// The gRPC health-only listener (`ops.health_listen`), when configured.
+    pub health: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     extra_config: String,
     env: Vec<(String, String)>,
@@ -145,8 +147,14 @@ impl Sidecar {
                         };
                         text.and_then(|a| a.parse::<SocketAddr>().ok())
                     };
-                    let addresses =
-                        address("tcp=").map(|tcp| (tcp, address("tls="), address("metrics=")));
+                    let addresses = address("tcp=").map(|tcp| {
+                        (
+                            tcp,
+                            address("tls="),
+                            address("metrics="),
+                            address("health="),
+                        )
+                    });
                     // Logged before the start is announced, so a test that waited for the
                     // start also finds the line in the log.
                     sink.lock().unwrap().push_str(&format!("{line}\n"));
@@ -156,7 +164,7 @@ impl Sidecar {
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let (tcp, tls, metrics) = match rx.recv_timeout(Duration::from_secs(30)) {
+        let (tcp, tls, metrics, health) = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Some(addresses)) => addresses,
             _ => {
                 let _ = child.kill();
@@ -172,6 +180,7 @@ impl Sidecar {
             tcp,
             tls,
             metrics,
+            health,
             log,
             extra_config,
             env,
