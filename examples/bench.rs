@@ -38,7 +38,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 #[command(about = "inspector-keyd load benchmark")]
 struct Args {
     /// Measured time per run.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Unmeasured time before each run.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Runs per transport and server; figures are medians over them.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     repeats: usize,
     /// Cached reads between the two memory readings.
     #[arg(long, default_value_t = 1_000_000)]
@@ -218,6 +218,10 @@ impl Server {
     }
 
     /// Resident set size, in KiB.
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -313,6 +317,20 @@ struct Run {
     p50: Duration,
     p99: Duration,
     p999: Duration,
+    /// Server CPU time (all its threads, user and system) per measured request.
+    cpu_per_request: Duration,
+}
+
+/// CPU time a process's threads have run so far (`/proc/<pid>/task/*/schedstat`, ns).
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
 }
 
 fn request() -> proto::GetEncryptionKeyRequest {
@@ -322,15 +340,21 @@ fn request() -> proto::GetEncryptionKeyRequest {
     }
 }
 
-/// `concurrency` loops sending GetEncryptionKey over `channels` until the time is up.
+/// `concurrency` loops sending GetEncryptionKey over `channels` until the time is up, with
+/// the CPU time of the server process `server` over the measured window.
 async fn load(
     channels: &[Channel],
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
+    server: u32,
 ) -> Run {
     let start = Instant::now() + warmup;
     let end = start + duration;
+    let cpu_at_start = tokio::spawn(async move {
+        tokio::time::sleep_until(start.into()).await;
+        cpu_time(server)
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..concurrency {
         let mut client = EncryptionKeyServiceClient::new(channels[i % channels.len()].clone());
@@ -357,6 +381,7 @@ async fn load(
     while let Some(latencies) = tasks.join_next().await {
         all.extend(latencies.unwrap());
     }
+    let cpu = cpu_time(server).saturating_sub(cpu_at_start.await.unwrap());
     all.sort_unstable();
     let at = |q: f64| {
         all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
@@ -368,6 +393,7 @@ async fn load(
         p50: at(0.50),
         p99: at(0.99),
         p999: at(0.999),
+        cpu_per_request: cpu / u32::try_from(all.len().max(1)).unwrap_or(u32::MAX),
     }
 }
 
@@ -478,7 +504,7 @@ async fn drive(args: Args) {
     wait_serving(admin.clone()).await;
     let startup = started.elapsed();
     put_key_in_use(&admin).await;
-    let _baseline = Server::start("baseline", dir.path());
+    let baseline = Server::start("baseline", dir.path());
     let baseline_addresses = loop {
         if let Ok(text) = std::fs::read_to_string(dir.path().join("baseline.json")) {
             let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -492,8 +518,8 @@ async fn drive(args: Args) {
     };
 
     println!(
-        "{:<6} {:<9} {:>12} {:>9} {:>9} {:>9}   sidecar / baseline",
-        "", "server", "req/s", "p50", "p99", "p99.9"
+        "{:<6} {:<9} {:>12} {:>9} {:>9} {:>9} {:>12}   sidecar / baseline",
+        "", "server", "req/s", "p50", "p99", "p99.9", "server CPU"
     );
     let transports = [Transport::Unix, Transport::Tcp, Transport::Mtls]
         .into_iter()
@@ -508,20 +534,28 @@ async fn drive(args: Args) {
             // Alternate which server goes first, so neither always gets the warmer machine.
             let order = if repeat % 2 == 0 { [0, 1] } else { [1, 0] };
             for which in order {
-                let addresses = if which == 0 {
-                    &baseline_addresses
+                let (addresses, server) = if which == 0 {
+                    (&baseline_addresses, baseline.pid())
                 } else {
-                    &sidecar_addresses
+                    (&sidecar_addresses, sidecar.pid())
                 };
                 let mut channels = Vec::new();
                 for _ in 0..args.connections {
                     channels.push(channel(transport, addresses, &pki).await);
                 }
-                runs[which]
-                    .push(load(&channels, args.concurrency, args.warmup, args.duration).await);
+                runs[which].push(
+                    load(
+                        &channels,
+                        args.concurrency,
+                        args.warmup,
+                        args.duration,
+                        server,
+                    )
+                    .await,
+                );
             }
         }
-        let figures: Vec<[f64; 4]> = runs
+        let figures: Vec<[f64; 5]> = runs
             .iter()
             .map(|r| {
                 [
@@ -529,30 +563,34 @@ async fn drive(args: Args) {
                     median(r.iter().map(|x| x.p50.as_secs_f64()).collect()),
                     median(r.iter().map(|x| x.p99.as_secs_f64()).collect()),
                     median(r.iter().map(|x| x.p999.as_secs_f64()).collect()),
+                    median(r.iter().map(|x| x.cpu_per_request.as_secs_f64()).collect()),
                 ]
             })
             .collect();
         for (name, f) in ["baseline", "sidecar"].iter().zip(&figures) {
             println!(
-                "{:<6} {:<9} {:>12.0} {:>9} {:>9} {:>9}",
+                "{:<6} {:<9} {:>12.0} {:>9} {:>9} {:>9} {:>12}",
                 format!("{transport:?}").to_lowercase(),
                 name,
                 f[0],
                 micros(f[1]),
                 micros(f[2]),
-                micros(f[3])
+                micros(f[3]),
+                format!("{:.1} µs", f[4] * 1e6)
             );
         }
+        let ratio = |i: usize| figures[1][i] / figures[0][i];
         println!(
-            "{:<6} {:<9} {:>12} {:>9} {:>9} {:>9}   throughput {:.2}, p99 {:.2}",
+            "{:<6} {:<9} {:>12} {:>9} {:>9} {:>9} {:>12}   throughput {:.2}, p99 {:.2}",
             "",
             "ratio",
-            format!("{:.2}", figures[1][0] / figures[0][0]),
-            format!("{:.2}", figures[1][1] / figures[0][1]),
-            format!("{:.2}", figures[1][2] / figures[0][2]),
-            format!("{:.2}", figures[1][3] / figures[0][3]),
-            figures[1][0] / figures[0][0],
-            figures[1][2] / figures[0][2],
+            format!("{:.2}", ratio(0)),
+            format!("{:.2}", ratio(1)),
+            format!("{:.2}", ratio(2)),
+            format!("{:.2}", ratio(3)),
+            format!("{:.2}", ratio(4)),
+            ratio(0),
+            ratio(2),
         );
     }
 

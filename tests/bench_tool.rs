@@ -24,18 +24,20 @@ fn the_benchmark_tool_runs_and_reports_every_figure() {
         String::from_utf8_lossy(&output.stderr)
     );
     for transport in ["unix", "tcp", "mtls"] {
-        assert!(
-            stdout
+        for server in ["baseline", "sidecar"] {
+            let line = stdout
                 .lines()
-                .any(|l| l.starts_with(transport) && l.contains("baseline")),
-            "{stdout}"
-        );
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with(transport) && l.contains("sidecar")),
-            "{stdout}"
-        );
+                .find(|l| l.starts_with(transport) && l.contains(server))
+                .unwrap_or_else(|| panic!("no {transport} {server} line: {stdout}"));
+            // The server's CPU time per request was read from the server process.
+            let cpu = line
+                .trim_end()
+                .trim_end_matches("µs")
+                .split_whitespace()
+                .last();
+            let cpu: f64 = cpu.and_then(|c| c.parse().ok()).unwrap_or_default();
+            assert!(cpu > 0.0, "{line}");
+        }
     }
     assert_eq!(
         stdout.lines().filter(|l| l.contains("ratio")).count(),
