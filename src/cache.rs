@@ -158,6 +158,15 @@ fn is_backend_trouble(error: &BackendError) -> bool {
     )
 }
 
+/// Whether a failed write leaves the backend's state unknown (it may have been applied), as
+/// opposed to a refusal, after which the state is known to be unchanged.
+fn write_outcome_unknown(error: &BackendError) -> bool {
+    matches!(
+        error,
+        BackendError::Unavailable { .. } | BackendError::Timeout | BackendError::Internal { .. }
+    )
+}
+
 /// The cache over a backend. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyCache {
@@ -261,11 +270,8 @@ impl KeyCache {
     pub async fn update(&self, target: Target, key: &KeyArn) -> Result<(), BackendError> {
         let _write = self.writes.lock().await;
         let result = self.backend.update_encryption_key(target, key).await;
-        self.write_through(
-            target,
-            result.is_ok().then(|| Some(key.as_str().to_owned())),
-        )
-        .await;
+        self.write_through(target, &result, Some(key.as_str().to_owned()))
+            .await;
         result
     }
 
@@ -273,14 +279,25 @@ impl KeyCache {
     pub async fn reset(&self, target: Target) -> Result<(), BackendError> {
         let _write = self.writes.lock().await;
         let result = self.backend.reset_encryption_key(target).await;
-        self.write_through(target, result.is_ok().then_some(None))
-            .await;
+        self.write_through(target, &result, None).await;
         result
     }
 
-    /// After a write: the new value, or (when the write failed, and the backend's state is
-    /// unknown) no entry. Waits for a load in flight, so it cannot overwrite this.
-    async fn write_through(&self, target: Target, value: Option<Option<String>>) {
+    /// After a write: the new value; after a refused write, the entry as it was; after a
+    /// write whose outcome is unknown, no entry (the next read asks the backend, and is not
+    /// served a value the write may have replaced). Waits for a load in flight, so it cannot
+    /// overwrite this.
+    async fn write_through(
+        &self,
+        target: Target,
+        result: &Result<(), BackendError>,
+        written: Option<String>,
+    ) {
+        let value = match result {
+            Ok(()) => Some(written),
+            Err(error) if write_outcome_unknown(error) => None,
+            Err(_) => return,
+        };
         self.entries
             .entry(target)
             .and_compute_with(|_| async move {

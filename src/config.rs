@@ -157,6 +157,10 @@ pub struct LocalConfig {
     /// to exercise timeouts and cancellation. Default `0s`.
     #[serde(with = "humantime_serde")]
     pub write_latency: Duration,
+    /// TEST/DEV ONLY: a file of faults (errors by class, latency, hangs) injected into the
+    /// backend's reads and writes, read again on every call; see `src/backend/faulty.rs`.
+    /// Default none.
+    pub fault_file: Option<PathBuf>,
 }
 
 /// Who may call what, and the audit log.

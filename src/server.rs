@@ -19,6 +19,7 @@ use crate::{
     backend::{
         Backend, BackendError,
         aws::{AwsBackend, AwsSetupError},
+        faulty::FaultyBackend,
         local::LocalBackend,
         metered::MeteredBackend,
     },
@@ -203,7 +204,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 LocalBackend::open(&config.state_dir, &placement.region, &placement.account_id)?
                     .with_write_latency(config.local.write_latency);
             let kms = LocalKmsApi::new(local.kms().clone());
-            (Arc::new(local) as Arc<dyn Backend>, Some(kms), placement)
+            let mut backend = Arc::new(local) as Arc<dyn Backend>;
+            if let Some(file) = &config.local.fault_file {
+                backend = Arc::new(FaultyBackend::new(backend, file.clone()));
+            }
+            (backend, Some(kms), placement)
         }
         BackendKind::Aws => {
             let (aws, placement) = AwsBackend::connect(

@@ -34,6 +34,8 @@ struct FakeBackend {
     key: Mutex<Option<String>>,
     gets: AtomicUsize,
     failure: Mutex<Option<BackendError>>,
+    /// The error every Update and Reset answers, without writing, when set.
+    write_failure: Mutex<Option<BackendError>>,
     /// When set, each Get reads the value, then waits for a permit before answering.
     gate: Mutex<Option<Arc<Semaphore>>>,
     /// Gets that have read the value (for the racing test).
@@ -81,11 +83,17 @@ impl Backend for FakeBackend {
         _target: Target,
         key: &KeyArn,
     ) -> Result<(), BackendError> {
+        if let Some(error) = self.write_failure.lock().unwrap().clone() {
+            return Err(error);
+        }
         *self.key.lock().unwrap() = Some(key.as_str().to_owned());
         Ok(())
     }
 
     async fn reset_encryption_key(&self, _target: Target) -> Result<(), BackendError> {
+        if let Some(error) = self.write_failure.lock().unwrap().clone() {
+            return Err(error);
+        }
         *self.key.lock().unwrap() = None;
         Ok(())
     }
@@ -321,4 +329,33 @@ async fn stale_reads_can_be_turned_off() {
         cache.get(lambda()).await.unwrap_err(),
         BackendError::Timeout
     );
+}
+
+#[tokio::test]
+async fn a_refused_write_keeps_the_entry_and_one_of_unknown_outcome_drops_it() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(fake.clone(), config());
+    cache.get(lambda()).await.unwrap();
+    let new = KeyArn::parse(NEW).unwrap();
+
+    // Throttled: refused, so the state is known unchanged and the entry still answers.
+    *fake.write_failure.lock().unwrap() = Some(BackendError::Throttled { retry_after: None });
+    assert!(cache.update(lambda(), &new).await.is_err());
+    assert!(cache.reset(lambda()).await.is_err());
+    let cached = cache.get(lambda()).await.unwrap();
+    assert_eq!(
+        (cached.key_arn.as_deref(), cached.status),
+        (Some(OLD), CacheStatus::Hit)
+    );
+    assert_eq!(fake.gets(), 1);
+
+    // Timed out: it may have been applied, so the next read asks the backend.
+    *fake.write_failure.lock().unwrap() = Some(BackendError::Timeout);
+    assert!(cache.update(lambda(), &new).await.is_err());
+    let cached = cache.get(lambda()).await.unwrap();
+    assert_eq!(
+        (cached.key_arn.as_deref(), cached.status),
+        (Some(OLD), CacheStatus::Miss)
+    );
+    assert_eq!(fake.gets(), 2);
 }

@@ -2,6 +2,7 @@
 //! lives and where the KMS facts verification needs come from.
 
 pub mod aws;
+pub mod faulty;
 pub mod local;
 pub mod metered;
 

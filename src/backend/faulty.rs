@@ -1,0 +1,192 @@
+//! TEST/DEV ONLY: a backend wrapper that injects faults read from a file, so reliability
+//! scenarios (a backend that is down, slow, hanging or throttling) can be driven against the
+//! real server. On only when `local.fault_file` is set.
+//!
+//! The file is read again on every backend call, so a test changes the faults while the
+//! server runs; a missing file means no faults. Example:
+//!
+//! ```toml
+//! # Applies to get_encryption_key, describe_key and get_key_policy.
+//! [reads]
+//! error = "unavailable"   # unavailable | throttled | timeout | internal | access_denied
+//! latency = "200ms"       # added before the call
+//! hang = false            # never answer
+//!
+//! # Applies to update_encryption_key and reset_encryption_key; a faulted write is not made.
+//! [writes]
+//! hang = true
+//! ```
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{Backend, BackendError};
+use crate::{
+    domain::{KeyArn, Target},
+    verify::KeyMetadata,
+};
+
+/// The faults of one kind of call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fault {
+    /// The error every call answers (after the latency), by class.
+    pub error: Option<FaultError>,
+    /// Added before every call.
+    #[serde(with = "humantime_serde")]
+    pub latency: Duration,
+    /// The call never answers (until the caller gives up).
+    pub hang: bool,
+}
+
+/// An injected error, one per backend error class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultError {
+    Unavailable,
+    Throttled,
+    Timeout,
+    Internal,
+    AccessDenied,
+}
+
+impl From<FaultError> for BackendError {
+    fn from(error: FaultError) -> BackendError {
+        const INJECTED: &str = "injected fault (local.fault_file)";
+        match error {
+            FaultError::Unavailable => BackendError::Unavailable {
+                message: INJECTED.into(),
+                retry_after: None,
+            },
+            FaultError::Throttled => BackendError::Throttled {
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            FaultError::Timeout => BackendError::Timeout,
+            FaultError::Internal => BackendError::internal(INJECTED),
+            FaultError::AccessDenied => BackendError::AccessDenied {
+                message: INJECTED.into(),
+            },
+        }
+    }
+}
+
+/// The fault file's contents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    pub reads: Fault,
+    pub writes: Fault,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Read,
+    Write,
+}
+
+/// Injects the faults of `file` into the calls of the backend it wraps.
+pub struct FaultyBackend {
+    inner: Arc<dyn Backend>,
+    file: PathBuf,
+}
+
+impl FaultyBackend {
+    pub fn new(inner: Arc<dyn Backend>, file: PathBuf) -> FaultyBackend {
+        tracing::warn!(file = %file.display(), "fault injection is on (local.fault_file): for tests and development only");
+        FaultyBackend { inner, file }
+    }
+
+    /// The faults in force: none when the file is missing or does not parse (logged).
+    async fn faults(&self) -> Faults {
+        match tokio::fs::read_to_string(&self.file).await {
+            Ok(text) => toml::from_str(&text).unwrap_or_else(|e| {
+                tracing::warn!(file = %self.file.display(), error = %e, "fault file ignored");
+                Faults::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Faults::default(),
+            Err(e) => {
+                tracing::warn!(file = %self.file.display(), error = %e, "fault file unreadable");
+                Faults::default()
+            }
+        }
+    }
+
+    async fn inject(&self, kind: Kind) -> Result<(), BackendError> {
+        let faults = self.faults().await;
+        let fault = match kind {
+            Kind::Read => faults.reads,
+            Kind::Write => faults.writes,
+        };
+        if !fault.latency.is_zero() {
+            tokio::time::sleep(fault.latency).await;
+        }
+        if fault.hang {
+            // Until the caller's deadline drops this future; a day bounds it regardless.
+            tokio::time::sleep_until((Instant::now() + Duration::from_secs(86_400)).into()).await;
+        }
+        match fault.error {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for FaultyBackend {
+    async fn get_encryption_key(&self, target: Target) -> Result<Option<String>, BackendError> {
+        self.inject(Kind::Read).await?;
+        self.inner.get_encryption_key(target).await
+    }
+
+    async fn update_encryption_key(
+        &self,
+        target: Target,
+        key: &KeyArn,
+    ) -> Result<(), BackendError> {
+        self.inject(Kind::Write).await?;
+        self.inner.update_encryption_key(target, key).await
+    }
+
+    async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError> {
+        self.inject(Kind::Write).await?;
+        self.inner.reset_encryption_key(target).await
+    }
+
+    async fn describe_key(&self, key: &KeyArn) -> Result<KeyMetadata, BackendError> {
+        self.inject(Kind::Read).await?;
+        self.inner.describe_key(key).await
+    }
+
+    async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
+        self.inject(Kind::Read).await?;
+        self.inner.get_key_policy(key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fault_file_names_classes_latency_and_hangs() {
+        let faults: Faults = toml::from_str(
+            "[reads]\nerror = \"throttled\"\nlatency = \"250ms\"\n[writes]\nhang = true\n",
+        )
+        .unwrap();
+        assert_eq!(faults.reads.error, Some(FaultError::Throttled));
+        assert_eq!(faults.reads.latency, Duration::from_millis(250));
+        assert!(faults.writes.hang && faults.writes.error.is_none());
+        assert!(toml::from_str::<Faults>("[reads]\nerror = \"flaky\"\n").is_err());
+        assert!(toml::from_str::<Faults>("[read]\n").is_err());
+        assert_eq!(
+            BackendError::from(FaultError::Throttled).class(),
+            "throttled"
+        );
+    }
+}

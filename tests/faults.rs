@@ -1,0 +1,273 @@
+//! Backend faults, injected through the local backend's test/dev `local.fault_file`, against
+//! the real server: a backend that is down (stale reads within `cache.max_stale`, writes
+//! UNAVAILABLE, recovery after), one that hangs (deadlines hold, nothing leaks), and one that
+//! throttles (RESOURCE_EXHAUSTED with RetryInfo).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use inspector_keyd::proto;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// A sidecar whose backend reads its faults from a file the test writes.
+struct Faulty {
+    sidecar: Sidecar,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Faulty {
+    fn start(extra_config: &str) -> Faulty {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("faults.toml");
+        let sidecar =
+            Sidecar::start_with(&format!("{extra_config}\n[local]\nfault_file = {file:?}\n"));
+        Faulty {
+            sidecar,
+            file,
+            _dir: dir,
+        }
+    }
+
+    fn set(&self, faults: &str) {
+        write_atomically(&self.file, faults);
+    }
+
+    fn clear(&self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Replaces the file in one rename, so the server never reads half of it.
+fn write_atomically(path: &Path, text: &str) {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+fn cache_header(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("x-keyd-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers() {
+    let faulty = Faulty::start(
+        "[cache]\nkey_ttl = \"200ms\"\nmax_stale = \"1500ms\"\n[ops]\nready_check_interval = \"200ms\"\n",
+    );
+    let sidecar = &faulty.sidecar;
+    let first = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let second = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let mut admin = sidecar.admin_keys().await;
+    admin
+        .update_encryption_key(update_request(&first))
+        .await
+        .unwrap();
+
+    // Writes fail: UNAVAILABLE, and nothing changes. Their outcome is unknown to the
+    // sidecar, so the next read asks the backend (a miss) instead of trusting the cache.
+    faulty.set("[writes]\nerror = \"unavailable\"\n");
+    let status = admin
+        .update_encryption_key(update_request(&second))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "BACKEND_UNAVAILABLE");
+    let status = admin
+        .reset_encryption_key(proto::ResetEncryptionKeyRequest {
+            scan_type: CODE,
+            resource_type: LAMBDA,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let mut reader = sidecar.read_only_keys().await;
+    let response = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap();
+    assert_eq!(response.get_ref().kms_key_id, first);
+    assert_eq!(cache_header(response.metadata()), "miss");
+
+    // Reads fail too: past the TTL the last key is served stale, and says so.
+    faulty.set("[reads]\nerror = \"unavailable\"\n[writes]\nerror = \"unavailable\"\n");
+    let stale = eventually(Duration::from_secs(5), || {
+        let mut reader = reader.clone();
+        async move {
+            match reader.get_encryption_key(get_request(LAMBDA)).await {
+                Ok(response) => cache_header(response.metadata()) == "stale",
+                Err(status) => panic!("a stale answer was due: {status:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(stale, "no stale answer");
+    let response = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap();
+    assert_eq!(response.get_ref().kms_key_id, first);
+    // An Update cannot even verify its key now; the stale answer stays.
+    let status = admin
+        .update_encryption_key(update_request(&second))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let response = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap();
+    assert_eq!(cache_header(response.metadata()), "stale");
+
+    // Past max_stale the read fails as the backend does, clearly.
+    let refused = eventually(Duration::from_secs(5), || {
+        let mut reader = reader.clone();
+        async move {
+            reader
+                .get_encryption_key(get_request(LAMBDA))
+                .await
+                .is_err()
+        }
+    })
+    .await;
+    assert!(refused, "stale answers past max_stale");
+    let status = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "BACKEND_UNAVAILABLE");
+    // Not ready while the backend is down; alive all along.
+    let unready = eventually(Duration::from_secs(15), || async {
+        sidecar.http_get("/readyz").0 == 503
+    })
+    .await;
+    assert!(unready, "/readyz stayed ready");
+    assert_eq!(sidecar.http_get("/livez").0, 200);
+
+    // Back: fresh reads of the unchanged key, and writes work again.
+    faulty.clear();
+    let response = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap();
+    assert_eq!(response.get_ref().kms_key_id, first);
+    assert_eq!(cache_header(response.metadata()), "miss");
+    admin
+        .update_encryption_key(update_request(&second))
+        .await
+        .unwrap();
+    let response = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap();
+    assert_eq!(response.get_ref().kms_key_id, second);
+}
+
+#[tokio::test]
+async fn a_hanging_backend_meets_deadlines_and_leaks_no_slot() {
+    let faulty = Faulty::start("[ops]\nrpc_timeout = \"300ms\"\nmax_concurrent_rpcs = 4\n");
+    let sidecar = &faulty.sidecar;
+    let key = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    faulty.set("[reads]\nhang = true\n[writes]\nhang = true\n");
+
+    // Three rounds, each filling every slot with a hung read: if a timed-out call kept its
+    // slot (or its task kept the cache's per-target lock), later rounds would be shed or hang.
+    for round in 0..3 {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let mut reader = sidecar.read_only_keys().await;
+            calls.spawn(async move {
+                let started = Instant::now();
+                let result = reader.get_encryption_key(get_request(LAMBDA)).await;
+                (result.unwrap_err(), started.elapsed())
+            });
+        }
+        while let Some(joined) = calls.join_next().await {
+            let (status, took) = joined.unwrap();
+            assert_eq!(
+                status.code(),
+                Code::DeadlineExceeded,
+                "round {round}: {status:?}"
+            );
+            assert!(
+                took < Duration::from_secs(3),
+                "round {round}: took {took:?}"
+            );
+        }
+    }
+    // A hung write times out and is not applied.
+    let mut admin = sidecar.admin_keys().await;
+    let status = admin
+        .update_encryption_key(update_request(&key))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+    faulty.clear();
+    let status = sidecar
+        .read_only_keys()
+        .await
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::NotFound,
+        "the AWS owned key: {status:?}"
+    );
+    admin
+        .update_encryption_key(update_request(&key))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_throttling_backend_answers_resource_exhausted_with_retry_info() {
+    let faulty = Faulty::start("");
+    let sidecar = &faulty.sidecar;
+    let key = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    faulty.set("[reads]\nerror = \"throttled\"\n[writes]\nerror = \"throttled\"\n");
+    let status = sidecar
+        .read_only_keys()
+        .await
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "BACKEND_THROTTLED");
+    let retry = status.get_details_retry_info().expect("RetryInfo");
+    assert_eq!(retry.retry_delay, Some(Duration::from_secs(1)));
+
+    faulty.set("[writes]\nerror = \"throttled\"\n");
+    let status = sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&key))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.get_details_retry_info().is_some());
+
+    // Metrics count the throttled backend calls by class.
+    let metrics = sidecar.scrape_metrics().expect("metrics");
+    for operation in ["get_encryption_key", "update_encryption_key"] {
+        let throttled = sample(
+            &metrics,
+            "inspector_keyd_backend_calls",
+            "_total",
+            &[("operation", operation), ("class", "throttled")],
+        );
+        assert_eq!(throttled, Some(1.0), "{operation}: {metrics}");
+    }
+}
