@@ -118,6 +118,9 @@ pub struct OpsConfig {
     pub log_format: String,
     /// RPCs served at once; more are answered RESOURCE_EXHAUSTED at once. Default 256.
     pub max_concurrent_rpcs: usize,
+    /// HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// bounds what a client that stops reading can make the server hold. Default 128.
+    pub max_streams_per_connection: u32,
     /// Longest an RPC may take; a shorter `grpc-timeout` from the caller wins. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub rpc_timeout: Duration,
@@ -140,6 +143,7 @@ impl Default for OpsConfig {
             health_listen: String::new(),
             log_format: "text".into(),
             max_concurrent_rpcs: 256,
+            max_streams_per_connection: 128,
             rpc_timeout: Duration::from_secs(30),
             max_request_bytes: 1 << 20,
             max_response_bytes: 4 << 20,
@@ -407,6 +411,10 @@ impl Config {
         }
         for (key, zero) in [
             ("ops.max_concurrent_rpcs", self.ops.max_concurrent_rpcs == 0),
+            (
+                "ops.max_streams_per_connection",
+                self.ops.max_streams_per_connection == 0,
+            ),
             ("ops.rpc_timeout", self.ops.rpc_timeout.is_zero()),
             ("ops.drift_interval", self.ops.drift_interval.is_zero()),
             (

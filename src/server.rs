@@ -155,6 +155,19 @@ async fn reload_loop(
     }
 }
 
+/// HTTP/2 limits for every listener: streams per connection (tonic leaves it unlimited),
+/// and keepalive pings so that connections to peers that vanished are closed.
+fn hardened(server: Server, config: &Config) -> Server {
+    server
+        .max_concurrent_streams(config.ops.max_streams_per_connection)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+}
+
+/// How often an idle connection is pinged, and how long the peer has to answer.
+const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Binds the Unix socket, replacing a stale socket file but never a live server's.
 async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     let listen_error = |source| ServeError::Listen {
@@ -268,7 +281,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         tonic_health::server::HealthService::from_health_reporter(health.clone()),
         stop_rx.clone(),
     ));
-    let router = Server::builder()
+    let router = hardened(Server::builder(), &config)
         .layer(tower::ServiceBuilder::new().layer(ops).layer(authz))
         .add_service(health_service.clone())
         .add_service(reflection_v1)
@@ -381,7 +394,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         let name = format!("health {local}");
         let stop = stopped();
         // Health only: no reflection, no API, so it may listen beyond loopback for probes.
-        let health_only = Server::builder().add_service(health_service);
+        let health_only = hardened(Server::builder(), &config).add_service(health_service);
         servers.spawn(async move {
             health_only
                 .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop)
