@@ -326,18 +326,30 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table = match file {
+        match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.to_owned(),
                     source,
                 })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Syntax {
-                        path: path.to_owned(),
-                        message: e.message().to_owned(),
-                    })?
+                Config::parse(Some((&text, path)), env)
             }
+            None => Config::parse(None, env),
+        }
+    }
+
+    /// As [`Config::load`], from the text of a file (`path` names it in errors).
+    pub fn parse(
+        file: Option<(&str, &Path)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some((text, path)) => text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: e.message().to_owned(),
+                })?,
             None => toml::Table::new(),
         };
         let mut overrides = Vec::new();

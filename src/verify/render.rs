@@ -88,7 +88,8 @@ pub fn render(
             "the policy is not a JSON object".into(),
         ));
     };
-    let mut statements = match root.remove("Statement") {
+    // shift_remove: keep the order of the other elements (remove would swap the last in).
+    let mut statements = match root.shift_remove("Statement") {
         None => Vec::new(),
         Some(Value::Array(items)) => items,
         Some(one @ Value::Object(_)) => vec![one],
@@ -120,7 +121,7 @@ pub fn render(
     let mut ordered = Map::new();
     ordered.insert(
         "Version".into(),
-        root.remove("Version")
+        root.shift_remove("Version")
             .unwrap_or_else(|| "2012-10-17".into()),
     );
     ordered.append(root);

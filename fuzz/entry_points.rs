@@ -1,0 +1,95 @@
+//! What each fuzz target does with an input, shared by `fuzz_targets/*.rs` and by
+//! `tests/fuzz_regressions.rs`, which replays every input a fuzzer ever crashed on.
+
+use std::path::Path;
+
+use inspector_keyd::{
+    config::Config,
+    proto,
+    service::validation,
+    verify::{self, Profile, Severity},
+};
+use prost::Message;
+
+const PROFILES: [Profile; 3] = [
+    Profile::CodeguruGrants,
+    Profile::AmazonQLambda,
+    Profile::AmazonQCodeRepository,
+];
+
+/// The policy parser, evaluator and renderer. Input: a profile selector byte, then the key
+/// policy, an identity policy and a DescribeKey document separated by NUL bytes.
+pub fn policy(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let profile = PROFILES[usize::from(selector) % PROFILES.len()];
+    let mut parts = rest.split(|b| *b == 0).map(String::from_utf8_lossy);
+    let key_policy = parts.next().unwrap_or_default();
+    let identity_policies: Vec<String> = parts.next().map(|p| p.into_owned()).into_iter().collect();
+    let metadata = parts
+        .next()
+        .and_then(|text| verify::parse_describe_key(&text).ok());
+    let principal = "arn:aws:iam::111122223333:role/inspector-keyd";
+    let report = verify::verify(&verify::Input {
+        profile,
+        region: "us-east-1",
+        account_id: "111122223333",
+        principal_arn: principal,
+        key_metadata: metadata.as_ref(),
+        key_policy: &key_policy,
+        identity_policies: &identity_policies,
+    });
+    // A failed verification always says why.
+    assert!(
+        report.passed
+            || report
+                .findings
+                .iter()
+                .any(|f| f.severity == Severity::Error)
+    );
+    // Merging into whatever the input was either refuses it or yields a policy that parses.
+    if let Ok(merged) = verify::render(
+        profile,
+        "us-east-1",
+        "111122223333",
+        principal,
+        Some(&key_policy),
+    ) {
+        let again = verify::render(
+            profile,
+            "us-east-1",
+            "111122223333",
+            principal,
+            Some(&merged),
+        );
+        assert_eq!(
+            again.ok().as_deref(),
+            Some(merged.as_str()),
+            "merging is not idempotent"
+        );
+    }
+}
+
+/// The configuration parser: the input is the text of a config file.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(config) = Config::parse(Some((&text, Path::new("fuzz.toml"))), std::iter::empty()) {
+        assert!(config.listeners().is_ok());
+    }
+}
+
+/// Request decoding and validation: the input is a request message as sent on the wire.
+pub fn requests(data: &[u8]) {
+    if let Ok(request) = proto::UpdateEncryptionKeyRequest::decode(data)
+        && let Ok((key, _)) = validation::update_request(&request)
+    {
+        assert_eq!(key.as_str(), request.kms_key_id);
+    }
+    if let Ok(request) = proto::VerifyKeyPolicyRequest::decode(data) {
+        let _ = validation::verify_request(&request, |_| Profile::CodeguruGrants);
+    }
+    if let Ok(request) = proto::GetEncryptionKeyRequest::decode(data) {
+        let _ = validation::target_request(request.scan_type, request.resource_type);
+    }
+}
