@@ -105,16 +105,24 @@ pub fn render(
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    if profile.document_kind() == DocumentKind::KeyPolicy
-        && !delegates_to_account(&statements, account_id)
-    {
-        statements.insert(0, account_delegation_statement(region, account_id));
-    }
     for statement in wanted {
         let wanted_sid = sid(&statement);
         match statements.iter_mut().find(|s| sid(s) == wanted_sid) {
             Some(slot) => *slot = statement,
             None => statements.push(statement),
+        }
+    }
+    // Checked after the merge: a statement the merge replaced may have been the delegation.
+    if profile.document_kind() == DocumentKind::KeyPolicy
+        && !delegates_to_account(&statements, account_id)
+    {
+        let delegation = account_delegation_statement(region, account_id);
+        let delegation_sid = sid(&delegation);
+        match statements.iter_mut().find(|s| sid(s) == delegation_sid) {
+            // A statement under the delegation's Sid that does not delegate: replaced, so the
+            // Sids stay unique.
+            Some(slot) => *slot = delegation,
+            None => statements.insert(0, delegation),
         }
     }
     // Version first, then whatever else the document had, then the statements.
