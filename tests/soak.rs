@@ -129,8 +129,22 @@ async fn twice_the_limit_is_shed_not_queued_and_admitted_calls_stay_fast() {
     );
     assert!(
         all.other.is_empty(),
-        "{:?}",
-        &all.other[..all.other.len().min(5)]
+        "{:?}\nserver log:\n{}",
+        &all.other[..all.other.len().min(5)],
+        sidecar
+            .log()
+            .lines()
+            .filter(|l| {
+                let l = l.to_lowercase();
+                l.contains("goaway")
+                    || l.contains("go_away")
+                    || l.contains("error")
+                    || l.contains("reset")
+                    || l.contains("clos")
+            })
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(!all.admitted.is_empty() && !all.shed.is_empty());
     // Shed at once, not queued.

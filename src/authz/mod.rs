@@ -338,7 +338,7 @@ where
     S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -408,7 +408,10 @@ where
                 if let Some(guard) = &mut guard {
                     guard.finish("denied", status.code());
                 }
-                Box::pin(std::future::ready(Ok(status.into_http())))
+                let body = request.into_body();
+                Box::pin(async move {
+                    Ok(crate::ops::answer_after_request(body, status.into_http()).await)
+                })
             }
             Ok(admitted) => {
                 if let Some(admitted) = admitted {
