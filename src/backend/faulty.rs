@@ -17,11 +17,7 @@
 //! hang = true
 //! ```
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -128,7 +124,7 @@ impl FaultyBackend {
         }
         if fault.hang {
             // Until the caller's deadline drops this future; a day bounds it regardless.
-            tokio::time::sleep_until((Instant::now() + Duration::from_secs(86_400)).into()).await;
+            tokio::time::sleep(Duration::from_secs(86_400)).await;
         }
         match fault.error {
             Some(error) => Err(error.into()),
