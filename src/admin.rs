@@ -2,7 +2,6 @@
 //! depends on the backend) and `/readyz` (serving, and the last backend check answered).
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -122,9 +121,4 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
-}
-
-/// The address the listener is on, for the start-up log.
-pub fn local_addr(listener: &tokio::net::TcpListener) -> Option<SocketAddr> {
-    listener.local_addr().ok()
 }

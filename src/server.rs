@@ -1,7 +1,7 @@
 //! Transport: the listeners (Unix socket, loopback TCP, TLS), the services on them (health,
 //! reflection, the API) behind authorization, readiness, reloads, and shutdown.
 
-use std::{future::Future, io, path::Path, sync::Arc};
+use std::{future::Future, io, net::SocketAddr, path::Path, sync::Arc};
 
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -168,6 +168,27 @@ fn hardened(server: Server, config: &Config) -> Server {
 const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Binds a TCP listener (`kind` names it in errors) and says where it listens.
+async fn bind_tcp(kind: &str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let listen_error = |source| ServeError::Listen {
+        listener: format!("{kind} {addr}"),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+    let local = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, local))
+}
+
+/// A listener's server, its failure naming the listener.
+async fn serving(
+    listener: String,
+    serve: impl Future<Output = Result<(), tonic::transport::Error>>,
+) -> Result<(), ServeError> {
+    serve
+        .await
+        .map_err(|source| ServeError::Serve { listener, source })
+}
+
 /// Binds the Unix socket, replacing a stale socket file but never a live server's.
 async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     let listen_error = |source| ServeError::Listen {
@@ -303,78 +324,39 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     if let Some(path) = &listeners.unix_socket {
         let listener = bind_unix(path, listeners.unix_socket_mode).await?;
         unix_addr = path.display().to_string();
-        let router = router.clone();
-        let name = format!("unix socket `{unix_addr}`");
-        let stop = stopped();
-        servers.spawn(async move {
+        servers.spawn(serving(
+            format!("unix socket `{unix_addr}`"),
             router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
-                .await
-                .map_err(|source| ServeError::Serve {
-                    listener: name,
-                    source,
-                })
-        });
+                .clone()
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped()),
+        ));
     }
     if let Some(addr) = listeners.tcp {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Listen {
-                listener: format!("tcp {addr}"),
-                source,
-            })?;
-        let local = listener.local_addr().map_err(|source| ServeError::Listen {
-            listener: format!("tcp {addr}"),
-            source,
-        })?;
+        let (listener, local) = bind_tcp("tcp", addr).await?;
         tcp_addr = local.to_string();
-        let name = format!("tcp {local}");
-        let stop = stopped();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let router = router.clone();
-        servers.spawn(async move {
+        servers.spawn(serving(
+            format!("tcp {local}"),
             router
-                .serve_with_incoming_shutdown(incoming, stop)
-                .await
-                .map_err(|source| ServeError::Serve {
-                    listener: name,
-                    source,
-                })
-        });
+                .clone()
+                .serve_with_incoming_shutdown(incoming, stopped()),
+        ));
     }
     let mut tls_addr = String::new();
     if let (Some((addr, _)), Some(tls)) = (&listeners.tls, &tls) {
-        let listen_error = |source| ServeError::Listen {
-            listener: format!("tls {addr}"),
-            source,
-        };
-        let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
-        let local = listener.local_addr().map_err(listen_error)?;
+        let (listener, local) = bind_tcp("tls", *addr).await?;
         tls_addr = local.to_string();
-        let name = format!("tls {local}");
-        let stop = stopped();
         let incoming = crate::tls::incoming(listener, tls.clone());
-        servers.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, stop)
-                .await
-                .map_err(|source| ServeError::Serve {
-                    listener: name,
-                    source,
-                })
-        });
+        servers.spawn(serving(
+            format!("tls {local}"),
+            router.serve_with_incoming_shutdown(incoming, stopped()),
+        ));
     }
     let readiness = Arc::new(Readiness::new(health.clone()));
     let mut metrics_addr = String::new();
     if let Some(addr) = config.metrics_listener()? {
-        let listen_error = |source| ServeError::Listen {
-            listener: format!("metrics {addr}"),
-            source,
-        };
-        let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
-        metrics_addr = crate::admin::local_addr(&listener)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let (listener, local) = bind_tcp("metrics", addr).await?;
+        metrics_addr = local.to_string();
         let (metrics, readiness, stop) = (metrics.clone(), readiness.clone(), stopped());
         tokio::spawn(async move {
             if let Err(e) = crate::admin::serve(listener, metrics, readiness, stop).await {
@@ -384,26 +366,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     let mut health_addr = String::new();
     if let Some(addr) = config.health_listener()? {
-        let listen_error = |source| ServeError::Listen {
-            listener: format!("health {addr}"),
-            source,
-        };
-        let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
-        let local = listener.local_addr().map_err(listen_error)?;
+        let (listener, local) = bind_tcp("health", addr).await?;
         health_addr = local.to_string();
-        let name = format!("health {local}");
-        let stop = stopped();
         // Health only: no reflection, no API, so it may listen beyond loopback for probes.
         let health_only = hardened(Server::builder(), &config).add_service(health_service);
-        servers.spawn(async move {
-            health_only
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop)
-                .await
-                .map_err(|source| ServeError::Serve {
-                    listener: name,
-                    source,
-                })
-        });
+        servers.spawn(serving(
+            format!("health {local}"),
+            health_only.serve_with_incoming_shutdown(TcpIncoming::from(listener), stopped()),
+        ));
     }
     readiness.check_backend_once(backend.as_ref()).await;
     let background = [
