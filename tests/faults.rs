@@ -53,11 +53,18 @@ fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&temporary, path).unwrap();
 }
 
-fn cache_header(metadata: &tonic::metadata::MetadataMap) -> String {
-    metadata
+type Reader =
+    proto::encryption_key_service_client::EncryptionKeyServiceClient<tonic::transport::Channel>;
+
+/// The Lambda target's key and the `x-keyd-cache` header it came with.
+async fn read_key(reader: &mut Reader) -> Result<(String, String), tonic::Status> {
+    let response = reader.get_encryption_key(get_request(LAMBDA)).await?;
+    let cache = response
+        .metadata()
         .get("x-keyd-cache")
         .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    Ok((response.into_inner().kms_key_id, cache))
 }
 
 #[tokio::test]
@@ -92,59 +99,47 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let mut reader = sidecar.read_only_keys().await;
-    let response = reader
-        .get_encryption_key(get_request(LAMBDA))
-        .await
-        .unwrap();
-    assert_eq!(response.get_ref().kms_key_id, first);
-    assert_eq!(cache_header(response.metadata()), "miss");
+    assert_eq!(
+        read_key(&mut reader).await.unwrap(),
+        (first.clone(), "miss".into())
+    );
 
     // Reads fail too: past the TTL the last key is served stale, and says so.
     faulty.set("[reads]\nerror = \"unavailable\"\n[writes]\nerror = \"unavailable\"\n");
     let stale = eventually(Duration::from_secs(5), || {
         let mut reader = reader.clone();
         async move {
-            match reader.get_encryption_key(get_request(LAMBDA)).await {
-                Ok(response) => cache_header(response.metadata()) == "stale",
+            match read_key(&mut reader).await {
+                Ok((_, cache)) => cache == "stale",
                 Err(status) => panic!("a stale answer was due: {status:?}"),
             }
         }
     })
     .await;
     assert!(stale, "no stale answer");
-    let response = reader
-        .get_encryption_key(get_request(LAMBDA))
-        .await
-        .unwrap();
-    assert_eq!(response.get_ref().kms_key_id, first);
+    assert_eq!(
+        read_key(&mut reader).await.unwrap(),
+        (first.clone(), "stale".into())
+    );
     // An Update cannot even verify its key now; the stale answer stays.
     let status = admin
         .update_encryption_key(update_request(&second))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let response = reader
-        .get_encryption_key(get_request(LAMBDA))
-        .await
-        .unwrap();
-    assert_eq!(cache_header(response.metadata()), "stale");
+    assert_eq!(
+        read_key(&mut reader).await.unwrap(),
+        (first.clone(), "stale".into())
+    );
 
     // Past max_stale the read fails as the backend does, clearly.
     let refused = eventually(Duration::from_secs(5), || {
         let mut reader = reader.clone();
-        async move {
-            reader
-                .get_encryption_key(get_request(LAMBDA))
-                .await
-                .is_err()
-        }
+        async move { read_key(&mut reader).await.is_err() }
     })
     .await;
     assert!(refused, "stale answers past max_stale");
-    let status = reader
-        .get_encryption_key(get_request(LAMBDA))
-        .await
-        .unwrap_err();
+    let status = read_key(&mut reader).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status), "BACKEND_UNAVAILABLE");
     // Not ready while the backend is down; alive all along.
@@ -157,21 +152,15 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
 
     // Back: fresh reads of the unchanged key, and writes work again.
     faulty.clear();
-    let response = reader
-        .get_encryption_key(get_request(LAMBDA))
-        .await
-        .unwrap();
-    assert_eq!(response.get_ref().kms_key_id, first);
-    assert_eq!(cache_header(response.metadata()), "miss");
+    assert_eq!(
+        read_key(&mut reader).await.unwrap(),
+        (first.clone(), "miss".into())
+    );
     admin
         .update_encryption_key(update_request(&second))
         .await
         .unwrap();
-    let response = reader
-        .get_encryption_key(get_request(LAMBDA))
-        .await
-        .unwrap();
-    assert_eq!(response.get_ref().kms_key_id, second);
+    assert_eq!(read_key(&mut reader).await.unwrap().0, second);
 }
 
 #[tokio::test]

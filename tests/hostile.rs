@@ -91,16 +91,6 @@ async fn still_serving(sidecar: &Sidecar) {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn malformed_grpc_frames_are_refused_and_change_nothing() {
     let sidecar = Sidecar::start();
@@ -191,7 +181,7 @@ async fn oversized_metadata_is_refused_and_others_are_served() {
 async fn many_idle_connections_do_not_stop_service() {
     let sidecar = Sidecar::start();
     still_serving(&sidecar).await;
-    let before = rss_kib(sidecar.pid());
+    let before = sidecar.rss_kib();
     let mut idle = Vec::new();
     // Bare TCP connections that never say anything, and HTTP/2 connections that handshake
     // and then stay silent.
@@ -206,7 +196,7 @@ async fn many_idle_connections_do_not_stop_service() {
     for _ in 0..20 {
         still_serving(&sidecar).await;
     }
-    let growth = rss_kib(sidecar.pid()).saturating_sub(before);
+    let growth = sidecar.rss_kib().saturating_sub(before);
     println!("500 idle connections: resident memory grew {growth} KiB");
     assert!(growth < 64 << 10, "grew {growth} KiB");
     drop((idle, handshaken));
@@ -237,7 +227,7 @@ async fn a_client_that_never_reads_is_contained() {
     use tokio::io::AsyncWriteExt;
     let sidecar = Sidecar::start();
     still_serving(&sidecar).await;
-    let before = rss_kib(sidecar.pid());
+    let before = sidecar.rss_kib();
     let valid_get = {
         use prost::Message;
         get_request(LAMBDA).encode_to_vec()
@@ -280,7 +270,7 @@ async fn a_client_that_never_reads_is_contained() {
     for _ in 0..10 {
         still_serving(&sidecar).await;
     }
-    let growth = rss_kib(sidecar.pid()).saturating_sub(before);
+    let growth = sidecar.rss_kib().saturating_sub(before);
     println!("a client that never reads sent {sent} requests; resident memory grew {growth} KiB");
     assert!(sent > 0);
     assert!(growth < 64 << 10, "grew {growth} KiB");

@@ -590,12 +590,7 @@ async fn health_status(
 async fn the_health_port_serves_health_and_nothing_else() {
     use tonic_health::pb::health_check_response::ServingStatus;
     let sidecar = Sidecar::start_with("[ops]\nhealth_listen = \"127.0.0.1:0\"\n");
-    let health = sidecar.health.expect("the health listener is announced");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = sidecar.health_channel().await;
     // Liveness and readiness, as Kubernetes' grpc probes ask them.
     for service in ["", proto::ENCRYPTION_KEY_SERVICE] {
         assert_eq!(
@@ -646,12 +641,7 @@ async fn an_unreachable_backend_makes_the_sidecar_unready_but_alive() {
         ),
         common::moto::AWS_TEST_ENV,
     );
-    let health = sidecar.health.expect("the health listener is announced");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = sidecar.health_channel().await;
     // Alive: a liveness probe must not restart the pod because AWS is unreachable.
     assert_eq!(
         health_status(channel.clone(), "").await.unwrap(),

@@ -18,16 +18,6 @@ use tonic::Code;
 const LIMIT: usize = 32;
 const BACKEND_LATENCY: Duration = Duration::from_millis(10);
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[derive(Default)]
 struct Tally {
     admitted: Vec<Duration>,
@@ -66,7 +56,7 @@ async fn twice_the_limit_is_shed_not_queued_and_admitted_calls_stay_fast() {
         sidecar.unix_channel().await,
         sidecar.unix_channel().await,
     ];
-    let rss_before = rss_kib(sidecar.pid());
+    let rss_before = sidecar.rss_kib();
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut callers = tokio::task::JoinSet::new();
     for i in 0..2 * LIMIT {
@@ -106,15 +96,13 @@ async fn twice_the_limit_is_shed_not_queued_and_admitted_calls_stay_fast() {
         });
     }
     let mut all = Tally::default();
-    let mut peak_rss = rss_before;
     while let Some(tally) = callers.join_next().await {
         let tally = tally.unwrap();
         all.admitted.extend(tally.admitted);
         all.shed.extend(tally.shed);
         all.other.extend(tally.other);
-        peak_rss = peak_rss.max(rss_kib(sidecar.pid()));
     }
-    let rss_after = rss_kib(sidecar.pid());
+    let rss_after = sidecar.rss_kib();
     all.admitted.sort_unstable();
     all.shed.sort_unstable();
     let p99 = |v: &[Duration]| v[(v.len() * 99 / 100).min(v.len() - 1)];

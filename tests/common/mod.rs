@@ -203,6 +203,27 @@ impl Sidecar {
             .to_owned()
     }
 
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    /// A channel to the health-only listener (`ops.health_listen`).
+    pub async fn health_channel(&self) -> Channel {
+        let health = self.health.expect("the health listener is announced");
+        Endpoint::from_shared(format!("http://{health}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
