@@ -204,12 +204,7 @@ async fn a_hanging_backend_meets_deadlines_and_leaks_no_slot() {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 
     faulty.clear();
-    let status = sidecar
-        .read_only_keys()
-        .await
-        .get_encryption_key(get_request(LAMBDA))
-        .await
-        .unwrap_err();
+    let status = sidecar.read_lambda_key().await.unwrap_err();
     assert_eq!(
         status.code(),
         Code::NotFound,
@@ -227,12 +222,7 @@ async fn a_throttling_backend_answers_resource_exhausted_with_retry_info() {
     let sidecar = &faulty.sidecar;
     let key = sidecar.create_key(proto::CreateKeyRequest::default()).await;
     faulty.set("[reads]\nerror = \"throttled\"\n[writes]\nerror = \"throttled\"\n");
-    let status = sidecar
-        .read_only_keys()
-        .await
-        .get_encryption_key(get_request(LAMBDA))
-        .await
-        .unwrap_err();
+    let status = sidecar.read_lambda_key().await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(reason(&status), "BACKEND_THROTTLED");
     let retry = status.get_details_retry_info().expect("RetryInfo");

@@ -77,12 +77,7 @@ async fn tcp(sidecar: &Sidecar) -> tokio::net::TcpStream {
 /// A well-formed read through tonic answers promptly.
 async fn still_serving(sidecar: &Sidecar) {
     let started = Instant::now();
-    let status = sidecar
-        .read_only_keys()
-        .await
-        .get_encryption_key(get_request(LAMBDA))
-        .await
-        .unwrap_err();
+    let status = sidecar.read_lambda_key().await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert!(
         started.elapsed() < Duration::from_secs(2),

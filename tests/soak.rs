@@ -153,11 +153,6 @@ async fn twice_the_limit_is_shed_not_queued_and_admitted_calls_stay_fast() {
     );
     // Still up, and serving.
     assert!(sidecar.http_get("/livez").0 == 200);
-    let status = sidecar
-        .read_only_keys()
-        .await
-        .get_encryption_key(get_request(LAMBDA))
-        .await
-        .unwrap_err();
+    let status = sidecar.read_lambda_key().await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }

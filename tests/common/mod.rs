@@ -203,6 +203,16 @@ impl Sidecar {
             .to_owned()
     }
 
+    /// The Lambda target's key ARN, read as a read-only caller.
+    pub async fn read_lambda_key(&self) -> Result<String, tonic::Status> {
+        let response = self
+            .read_only_keys()
+            .await
+            .get_encryption_key(get_request(LAMBDA))
+            .await?;
+        Ok(response.into_inner().kms_key_id)
+    }
+
     /// The server's resident memory, in KiB.
     pub fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
