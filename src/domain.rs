@@ -86,6 +86,14 @@ impl Target {
         self.scan_type
     }
 
+    /// Its position in [`SUPPORTED_TARGETS`].
+    pub fn index(self) -> usize {
+        SUPPORTED_TARGETS
+            .iter()
+            .position(|&pair| pair == (self.scan_type, self.resource_type))
+            .unwrap_or(0)
+    }
+
     pub fn resource_type(self) -> ResourceType {
         self.resource_type
     }

@@ -117,6 +117,18 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
     })
     .await;
     assert!(stale, "no stale answer");
+    // Its warning is written in the read's span: a read that leaves the cache has one.
+    let warning = sidecar
+        .log()
+        .lines()
+        .find(|line| line.contains("serving a stale key"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        warning.contains("rpc{request_id=")
+            && warning.contains("method=/inspectorkeyd.v1.EncryptionKeyService/GetEncryptionKey"),
+        "{warning}"
+    );
     assert_eq!(
         read_key(&mut reader).await.unwrap(),
         (first.clone(), "stale".into())

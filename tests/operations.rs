@@ -487,9 +487,20 @@ async fn json_logs_carry_the_request_id() {
         .await
         .unwrap_err());
     assert!(!first.is_empty() && first != second, "{first} {second}");
+    // A refused read (the hot path, which opens its span only when it logs) too.
+    let mut request = Request::new(get_request(LAMBDA));
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-json-8".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer not-a-known-token".parse().unwrap());
+    let status = reader.get_encryption_key(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
 
     let found = eventually(Duration::from_secs(5), || async {
-        sidecar.log().contains("req-json-7")
+        let log = sidecar.log();
+        log.contains("req-json-7") && log.contains("req-json-8")
     })
     .await;
     assert!(found);
@@ -508,6 +519,16 @@ async fn json_logs_carry_the_request_id() {
         "/inspectorkeyd.v1.EncryptionKeyService/UpdateEncryptionKey"
     );
     assert_eq!(refused["level"], "INFO");
+    let refused_read = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "call refused" && l["span"]["request_id"] == "req-json-8"
+        })
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(
+        refused_read["span"]["method"],
+        "/inspectorkeyd.v1.EncryptionKeyService/GetEncryptionKey"
+    );
 }
 
 #[tokio::test]

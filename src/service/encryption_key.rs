@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::{
     ServiceError,
@@ -15,6 +16,7 @@ use crate::{
     cache::{Cached, KeyCache},
     domain::Target,
     metrics::Metrics,
+    ops,
     proto::{self, encryption_key_service_server::EncryptionKeyService},
     verify::{self, Finding, RenderError, Report},
 };
@@ -37,11 +39,21 @@ pub const CACHE_HEADER: &str = "x-keyd-cache";
 pub const CACHE_AGE_HEADER: &str = "x-keyd-cache-age";
 
 fn add_cache_metadata(metadata: &mut tonic::metadata::MetadataMap, cached: &Cached) {
+    use tonic::metadata::{AsciiMetadataKey, MetadataValue};
+    // Names parsed once, not on every read.
+    static NAMES: std::sync::LazyLock<(AsciiMetadataKey, AsciiMetadataKey)> =
+        std::sync::LazyLock::new(|| {
+            (
+                AsciiMetadataKey::from_static(CACHE_HEADER),
+                AsciiMetadataKey::from_static(CACHE_AGE_HEADER),
+            )
+        });
+    let (status, age) = &*NAMES;
     metadata.insert(
-        CACHE_HEADER,
-        tonic::metadata::MetadataValue::from_static(cached.status.as_str()),
+        status.clone(),
+        MetadataValue::from_static(cached.status.as_str()),
     );
-    metadata.insert(CACHE_AGE_HEADER, cached.age.as_secs().into());
+    metadata.insert(age.clone(), cached.age.as_secs().into());
 }
 
 impl EncryptionKeys {
@@ -61,12 +73,28 @@ impl EncryptionKeys {
         }
     }
 
+    /// A read: the cache's fresh answer, else a load. Only the load opens the RPC's span
+    /// (see [`ops::CACHED_READ_PATH`]): a hit logs nothing.
     async fn get(
         &self,
-        request: proto::GetEncryptionKeyRequest,
-    ) -> Result<(Target, Cached), ServiceError> {
-        let target = validation::target_request(request.scan_type, request.resource_type)?;
-        Ok((target, self.cache.get(target).await?))
+        request: Request<proto::GetEncryptionKeyRequest>,
+    ) -> Result<(Target, Cached), Status> {
+        let r = request.get_ref();
+        let target =
+            validation::target_request(r.scan_type, r.resource_type).map_err(ServiceError::from)?;
+        if let Some(hit) = self.cache.get_fresh(target).await {
+            return Ok((target, hit));
+        }
+        let request_id = request
+            .extensions()
+            .get::<ops::RequestId>()
+            .map_or("", |id| id.0.as_str());
+        async {
+            let loaded = self.cache.load(target).await.map_err(ServiceError::from)?;
+            Ok((target, loaded))
+        }
+        .instrument(ops::rpc_span(request_id, ops::CACHED_READ_PATH))
+        .await
     }
 
     async fn update(
@@ -241,11 +269,11 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::GetEncryptionKeyRequest>,
     ) -> Result<Response<proto::GetEncryptionKeyResponse>, Status> {
-        let (target, cached) = self.get(request.into_inner()).await?;
+        let (target, cached) = self.get(request).await?;
         match &cached.key_arn {
             Some(kms_key_id) => {
                 let mut response = Response::new(proto::GetEncryptionKeyResponse {
-                    kms_key_id: kms_key_id.clone(),
+                    kms_key_id: kms_key_id.to_string(),
                 });
                 add_cache_metadata(response.metadata_mut(), &cached);
                 Ok(response)
