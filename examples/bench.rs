@@ -481,6 +481,56 @@ fn scrape(metrics: SocketAddr, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// A sidecar (a key in use, so reads are cache hits) and a baseline, fresh processes in
+/// their own directory.
+struct Servers {
+    sidecar: Server,
+    sidecar_addresses: Addresses,
+    baseline: Server,
+    baseline_addresses: Addresses,
+    /// From spawning the sidecar to its health check answering SERVING.
+    startup: Duration,
+}
+
+/// A new directory under `parent` with the TLS files of `parent`.
+fn server_dir(parent: &Path, name: &str) -> PathBuf {
+    let dir = parent.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    for file in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::copy(parent.join(file), dir.join(file)).unwrap();
+    }
+    dir
+}
+
+async fn start_servers(dir: &Path) -> Servers {
+    let (sidecar_addresses, _) = sidecar_config(dir);
+    let started = Instant::now();
+    let sidecar = Server::start("sidecar", dir);
+    let admin = unix_channel_when_up(&sidecar_addresses.unix).await;
+    wait_serving(admin.clone()).await;
+    let startup = started.elapsed();
+    put_key_in_use(&admin).await;
+    let baseline = Server::start("baseline", dir);
+    let baseline_addresses = loop {
+        if let Ok(text) = std::fs::read_to_string(dir.join("baseline.json")) {
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            break Addresses {
+                unix: dir.join("baseline.sock"),
+                tcp: json["tcp"].as_str().unwrap().parse().unwrap(),
+                tls: json["tls"].as_str().unwrap().parse().unwrap(),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    Servers {
+        sidecar,
+        sidecar_addresses,
+        baseline,
+        baseline_addresses,
+        startup,
+    }
+}
+
 async fn drive(args: Args) {
     let dir = tempfile::tempdir().unwrap();
     let ca = pki::Ca::new("bench CA");
@@ -495,27 +545,7 @@ async fn drive(args: Args) {
         "inspector-keyd load benchmark: {} concurrent over {} connection(s), {:?} per run after {:?} warm-up, median of {} run(s)\n",
         args.concurrency, args.connections, args.duration, args.warmup, args.repeats
     );
-
-    // The sidecar: start-up time to SERVING, then a key put in use (the cache is warm).
-    let (sidecar_addresses, _) = sidecar_config(dir.path());
-    let started = Instant::now();
-    let sidecar = Server::start("sidecar", dir.path());
-    let admin = unix_channel_when_up(&sidecar_addresses.unix).await;
-    wait_serving(admin.clone()).await;
-    let startup = started.elapsed();
-    put_key_in_use(&admin).await;
-    let baseline = Server::start("baseline", dir.path());
-    let baseline_addresses = loop {
-        if let Ok(text) = std::fs::read_to_string(dir.path().join("baseline.json")) {
-            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-            break Addresses {
-                unix: dir.path().join("baseline.sock"),
-                tcp: json["tcp"].as_str().unwrap().parse().unwrap(),
-                tls: json["tls"].as_str().unwrap().parse().unwrap(),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let mut startups = Vec::new();
 
     println!(
         "{:<6} {:<9} {:>12} {:>9} {:>9} {:>9} {:>12}   sidecar / baseline",
@@ -531,13 +561,19 @@ async fn drive(args: Args) {
     for transport in transports {
         let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
         for repeat in 0..args.repeats {
+            // New processes for every run: a server process settles into a faster or a
+            // slower steady state (thread placement, batching) and keeps it, so runs of one
+            // process are not independent samples.
+            let servers =
+                start_servers(&server_dir(dir.path(), &format!("{transport:?}-{repeat}"))).await;
+            startups.push(servers.startup.as_secs_f64());
             // Alternate which server goes first, so neither always gets the warmer machine.
             let order = if repeat % 2 == 0 { [0, 1] } else { [1, 0] };
             for which in order {
                 let (addresses, server) = if which == 0 {
-                    (&baseline_addresses, baseline.pid())
+                    (&servers.baseline_addresses, servers.baseline.pid())
                 } else {
-                    (&sidecar_addresses, sidecar.pid())
+                    (&servers.sidecar_addresses, servers.sidecar.pid())
                 };
                 let mut channels = Vec::new();
                 for _ in 0..args.connections {
@@ -597,7 +633,27 @@ async fn drive(args: Args) {
     if args.load_only {
         return;
     }
-    // Memory: after warm-up, and after many more cached reads.
+    // Memory: a new sidecar after a warm-up run, and after many more cached reads.
+    let Servers {
+        sidecar,
+        sidecar_addresses,
+        startup,
+        ..
+    } = start_servers(&server_dir(dir.path(), "memory")).await;
+    startups.push(startup.as_secs_f64());
+    let mut channels = Vec::new();
+    for _ in 0..args.connections {
+        channels.push(channel(Transport::Unix, &sidecar_addresses, &pki).await);
+    }
+    // As long as a measured run with its warm-up, so what a warm process holds is in.
+    load(
+        &channels,
+        args.concurrency,
+        Duration::ZERO,
+        args.warmup + args.duration,
+        sidecar.pid(),
+    )
+    .await;
     let before = sidecar.rss_kib();
     let mut done = 0;
     let mut client =
@@ -621,18 +677,16 @@ async fn drive(args: Args) {
         after as i64 - before as i64
     );
     println!(
-        "start-up to SERVING: {:.0} ms",
-        startup.as_secs_f64() * 1000.0
+        "start-up to SERVING: {:.0} ms (median of {} starts)",
+        median(startups.clone()) * 1000.0,
+        startups.len()
     );
     drop(sidecar);
 
     // Cold reads: a fresh sidecar, many concurrent first reads.
-    let cold_dir = tempfile::tempdir().unwrap();
-    for file in ["ca.pem", "server.pem", "server.key"] {
-        std::fs::copy(dir.path().join(file), cold_dir.path().join(file)).unwrap();
-    }
-    let (cold_addresses, cold_metrics) = sidecar_config(cold_dir.path());
-    let _cold = Server::start("sidecar", cold_dir.path());
+    let cold_dir = server_dir(dir.path(), "cold");
+    let (cold_addresses, cold_metrics) = sidecar_config(&cold_dir);
+    let _cold = Server::start("sidecar", &cold_dir);
     let cold_admin = unix_channel_when_up(&cold_addresses.unix).await;
     wait_serving(cold_admin.clone()).await;
     let loads_before = scrape(cold_metrics, "inspector_keyd_cache_loads_total");
