@@ -5,9 +5,11 @@ use std::{env, fs, path::PathBuf};
 
 const PROTOS: &[&str] = &[
     "proto/inspectorkeyd/v1/types.proto",
+    "proto/inspectorkeyd/v1/code_snippet.proto",
     "proto/inspectorkeyd/v1/verification.proto",
     "proto/inspectorkeyd/v1/encryption_key.proto",
     "proto/inspectorkeyd/v1/local_kms.proto",
+    "proto/inspectorkeyd/v1/local_code_scanning.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

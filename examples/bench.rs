@@ -140,6 +140,12 @@ impl EncryptionKeyService for Constant {
     ) -> Result<tonic::Response<proto::RenderKeyPolicyResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("baseline"))
     }
+    async fn batch_get_code_snippet(
+        &self,
+        _: tonic::Request<proto::BatchGetCodeSnippetRequest>,
+    ) -> Result<tonic::Response<proto::BatchGetCodeSnippetResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("baseline"))
+    }
     type WatchEncryptionKeyStream =
         tokio_stream::Empty<Result<proto::WatchEncryptionKeyResponse, tonic::Status>>;
     async fn watch_encryption_key(

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::{
     backend::{Backend, BackendError},
-    domain::{KeyArn, SUPPORTED_TARGETS, Target},
+    domain::{CodeSnippets, FindingArn, KeyArn, SUPPORTED_TARGETS, Target},
 };
 
 /// Cache settings (the `[cache]` table of the configuration).
@@ -313,6 +313,14 @@ impl KeyCache {
         self.write_through(target, &result, Some(key.as_str().to_owned()))
             .await;
         result
+    }
+
+    /// Code snippets, straight from the backend: they are customer code and never kept.
+    pub async fn batch_get_code_snippet(
+        &self,
+        findings: &[FindingArn],
+    ) -> Result<CodeSnippets, BackendError> {
+        self.backend.batch_get_code_snippet(findings).await
     }
 
     /// Goes back to the AWS owned key; the cache says so before this returns.

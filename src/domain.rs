@@ -159,6 +159,138 @@ pub enum KeyArnError {
     Malformed(String),
 }
 
+/// Inspector's `FindingArn` pattern, anchored.
+static FINDING_ARN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"^arn:(aws[a-zA-Z-]*)?:inspector2:[a-z]{2}(-gov)?-[a-z]+-\d{1}:\d{12}:finding/[a-f0-9]{32}$",
+    )
+    .unwrap_or_else(|e| unreachable!("constant pattern compiles: {e}"))
+});
+
+/// The ARN of an Inspector finding (`FindingArn`: at most 100 characters, the pattern).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FindingArn(String);
+
+impl FindingArn {
+    pub fn parse(input: &str) -> Result<FindingArn, String> {
+        if input.len() <= 100 && FINDING_ARN.is_match(input) {
+            return Ok(FindingArn(input.to_owned()));
+        }
+        let shown: String = input
+            .chars()
+            .take(120)
+            .filter(|c| !c.is_control())
+            .collect();
+        Err(format!(
+            "`{shown}` is not an Inspector finding ARN (arn:aws:inspector2:<region>:<account-id>:finding/<32 lowercase hex digits>, at most 100 characters)"
+        ))
+    }
+
+    /// A new finding ARN in `region` and `account_id`.
+    pub fn generate(region: &str, account_id: &str) -> FindingArn {
+        FindingArn(format!(
+            "arn:{}:inspector2:{region}:{account_id}:finding/{}",
+            partition_of(region),
+            uuid::Uuid::new_v4().simple()
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FindingArn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A finding's code snippet and suggested fixes (Inspector's `CodeSnippetResult`). Its
+/// `Debug` leaves the code out: snippets are customer code and never reach a log.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CodeSnippet {
+    pub finding_arn: String,
+    pub start_line: i32,
+    pub end_line: i32,
+    pub lines: Vec<CodeLine>,
+    pub suggested_fixes: Vec<SuggestedFix>,
+}
+
+impl fmt::Debug for CodeSnippet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodeSnippet")
+            .field("finding_arn", &self.finding_arn)
+            .field("lines", &self.lines.len())
+            .field("suggested_fixes", &self.suggested_fixes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One line of a snippet.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CodeLine {
+    pub content: String,
+    pub line_number: i32,
+}
+
+/// A suggested fix.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SuggestedFix {
+    pub description: String,
+    pub code: String,
+}
+
+/// Why a finding's snippet is not returned (Inspector's `CodeSnippetErrorCode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnippetErrorCode {
+    InternalError,
+    AccessDenied,
+    CodeSnippetNotFound,
+    InvalidInput,
+}
+
+impl SnippetErrorCode {
+    /// From Inspector's spelling; an unknown code is an internal error.
+    pub fn from_aws_str(code: &str) -> SnippetErrorCode {
+        match code {
+            "ACCESS_DENIED" => SnippetErrorCode::AccessDenied,
+            "CODE_SNIPPET_NOT_FOUND" => SnippetErrorCode::CodeSnippetNotFound,
+            "INVALID_INPUT" => SnippetErrorCode::InvalidInput,
+            _ => SnippetErrorCode::InternalError,
+        }
+    }
+
+    /// What the sidecar tells a caller about it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SnippetErrorCode::InternalError => {
+                "the snippet could not be read; see the sidecar's log"
+            }
+            SnippetErrorCode::AccessDenied => {
+                "the key that protects the snippet cannot be used: it is disabled, pending deletion, or its policy denies the scanning service"
+            }
+            SnippetErrorCode::CodeSnippetNotFound => "no code snippet is stored for the finding",
+            SnippetErrorCode::InvalidInput => "the finding ARN is not valid here",
+        }
+    }
+}
+
+/// A finding whose snippet is not returned; `message` is the sidecar's own text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnippetError {
+    pub finding_arn: String,
+    pub code: SnippetErrorCode,
+    pub message: String,
+}
+
+/// What BatchGetCodeSnippet answers: results and per-finding errors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CodeSnippets {
+    pub results: Vec<CodeSnippet>,
+    pub errors: Vec<SnippetError>,
+}
+
 /// The key id part of a key ARN: a UUID, or `mrk-` + 32 alphanumerics.
 static BARE_KEY_ID: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|mrk-[0-9a-zA-Z]{32})$")

@@ -117,7 +117,7 @@ impl Collector for CacheCollector {
 }
 
 /// The RPC methods labels name; any other path is `other` (the last entry).
-const METHODS: [&str; 20] = [
+const METHODS: [&str; 25] = [
     "GetEncryptionKey",
     "UpdateEncryptionKey",
     "ResetEncryptionKey",
@@ -134,6 +134,11 @@ const METHODS: [&str; 20] = [
     "ScheduleKeyDeletion",
     "CancelKeyDeletion",
     "ReplicateKey",
+    "ListGrants",
+    "BatchGetCodeSnippet",
+    "RecordCodeFinding",
+    "DisableCodeScanning",
+    "DescribeCodeScanning",
     "Check",
     "Watch",
     "ServerReflectionInfo",

@@ -20,7 +20,7 @@ use crate::{
         Backend, BackendError,
         aws::{AwsBackend, AwsSetupError},
         faulty::FaultyBackend,
-        local::LocalBackend,
+        local::{LocalBackend, ScanningSettings},
         metered::MeteredBackend,
     },
     cache::KeyCache,
@@ -30,9 +30,13 @@ use crate::{
     ops::{OpsLayer, OpsLimits},
     proto::{
         self, encryption_key_service_server::EncryptionKeyServiceServer,
+        local_code_scanning_service_server::LocalCodeScanningServiceServer,
         local_kms_service_server::LocalKmsServiceServer,
     },
-    service::{EncryptionKeys, KeyVerifier, LocalKmsApi, VerificationSettings, drift::KeyWatch},
+    service::{
+        EncryptionKeys, KeyVerifier, LocalCodeScanningApi, LocalKmsApi, VerificationSettings,
+        drift::KeyWatch,
+    },
     tls::{ReloadableTls, TlsError},
 };
 
@@ -231,18 +235,34 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         move || crate::drain::stopped(stop_rx.clone())
     };
 
-    let (store_backend, local_kms, placement) = match config.backend {
+    let (store_backend, local_apis, placement) = match config.backend {
         BackendKind::Local => {
             let placement = config.local_placement();
+            let settings = verification_settings(&config, &placement)?;
+            // The local scanning service uses keys for what Update verifies them for.
+            let scanning = ScanningSettings {
+                identity_policies: ScanningSettings::parse_identity_policies(
+                    &settings.identity_policies,
+                ),
+                region: settings.region,
+                account_id: settings.account_id,
+                principal_arn: settings.principal_arn,
+                lambda_profile: settings.lambda_profile,
+                code_repository_profile: settings.code_repository_profile,
+            };
             let local =
                 LocalBackend::open(&config.state_dir, &placement.region, &placement.account_id)?
-                    .with_write_latency(config.local.write_latency);
-            let kms = LocalKmsApi::new(local.kms().clone());
+                    .with_write_latency(config.local.write_latency)
+                    .with_scanning(scanning);
+            let apis = (
+                LocalKmsApi::new(local.kms().clone()),
+                LocalCodeScanningApi::new(local.scanning()),
+            );
             let mut backend = Arc::new(local) as Arc<dyn Backend>;
             if let Some(file) = &config.local.fault_file {
                 backend = Arc::new(FaultyBackend::new(backend, file.clone()));
             }
-            (backend, Some(kms), placement)
+            (backend, Some(apis), placement)
         }
         BackendKind::Aws => {
             let (aws, placement) = AwsBackend::connect(
@@ -312,8 +332,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 .max_decoding_message_size(max_request)
                 .max_encoding_message_size(max_response),
         )
-        .add_optional_service(local_kms.map(|kms| {
-            LocalKmsServiceServer::new(kms)
+        .add_optional_service(local_apis.as_ref().map(|(kms, _)| {
+            LocalKmsServiceServer::new(kms.clone())
+                .max_decoding_message_size(max_request)
+                .max_encoding_message_size(max_response)
+        }))
+        .add_optional_service(local_apis.map(|(_, scanning)| {
+            LocalCodeScanningServiceServer::new(scanning)
                 .max_decoding_message_size(max_request)
                 .max_encoding_message_size(max_response)
         }));

@@ -110,6 +110,9 @@ impl From<BackendError> for Status {
             BackendError::InvalidState { message } => {
                 status(Code::FailedPrecondition, message, "INVALID_STATE", &[])
             }
+            BackendError::KeyAccessDenied { message } => {
+                status(Code::FailedPrecondition, message, "KEY_ACCESS_DENIED", &[])
+            }
             BackendError::AccessDenied { message } => {
                 tracing::warn!(%message, "the backend denied the sidecar's access");
                 status(

@@ -214,6 +214,215 @@ async fn each_inspector_error_maps_to_its_grpc_code() {
     );
 }
 
+/// A finding ARN in moto's account; `id` is 32 lowercase hex digits.
+fn finding_arn(id: &str) -> String {
+    format!("arn:aws:inspector2:us-east-1:123456789012:finding/{id}")
+}
+
+#[tokio::test]
+async fn code_snippet_errors_map_to_codes_without_aws_text() {
+    let Some(moto) = Moto::start() else { return };
+    let stub = InspectorStub::start().await;
+    // The sidecar reads the key settings in the background (readiness, drift); keep those
+    // out of the way of the queued errors.
+    let config = format!(
+        "{}[ops]\nready_check_interval = \"1h\"\ndrift_interval = \"1h\"\n",
+        aws_config(&stub, &moto, Some("123456789012"))
+    );
+    let sidecar = Sidecar::start_with_env(&config, AWS_TEST_ENV);
+    let mut reader = sidecar.read_only_keys().await;
+    let batch_get = |finding_arns: Vec<String>| proto::BatchGetCodeSnippetRequest { finding_arns };
+
+    // Per-finding errors: Inspector's code, the sidecar's own text.
+    let known = finding_arn("00000000000000000000000000000001");
+    stub.put_snippet(
+        &known,
+        serde_json::json!({"findingArn": known, "startLine": 7, "endLine": 7,
+            "codeSnippet": [{"content": "eval(input())", "lineNumber": 7}],
+            "suggestedFixes": [{"description": "Do not eval input.", "code": "int(input())"}]}),
+    );
+    let per_finding = [
+        (
+            "00000000000000000000000000000002",
+            "ACCESS_DENIED",
+            proto::CodeSnippetErrorCode::AccessDenied,
+        ),
+        (
+            "00000000000000000000000000000003",
+            "INVALID_INPUT",
+            proto::CodeSnippetErrorCode::InvalidInput,
+        ),
+        (
+            "00000000000000000000000000000004",
+            "INTERNAL_ERROR",
+            proto::CodeSnippetErrorCode::InternalError,
+        ),
+        // A code newer than the sidecar: an internal error.
+        (
+            "00000000000000000000000000000005",
+            "SOME_FUTURE_CODE",
+            proto::CodeSnippetErrorCode::InternalError,
+        ),
+    ];
+    let mut arns = vec![known.clone()];
+    for (id, aws_code, _) in &per_finding {
+        stub.put_snippet_error(&finding_arn(id), aws_code);
+        arns.push(finding_arn(id));
+    }
+    let answer = reader
+        .batch_get_code_snippet(batch_get(arns))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.code_snippet_results,
+        [proto::CodeSnippetResult {
+            finding_arn: known.clone(),
+            start_line: 7,
+            end_line: 7,
+            code_snippet: vec![proto::CodeLine {
+                content: "eval(input())".into(),
+                line_number: 7
+            }],
+            suggested_fixes: vec![proto::SuggestedFix {
+                description: "Do not eval input.".into(),
+                code: "int(input())".into()
+            }],
+        }]
+    );
+    assert_eq!(
+        answer
+            .errors
+            .iter()
+            .map(|e| (e.finding_arn.clone(), e.error_code()))
+            .collect::<Vec<_>>(),
+        per_finding
+            .iter()
+            .map(|(id, _, code)| (finding_arn(id), *code))
+            .collect::<Vec<_>>()
+    );
+    for error in &answer.errors {
+        assert!(!error.error_message.is_empty(), "{error:?}");
+        assert!(
+            !error.error_message.contains(AWS_ERROR_TEXT),
+            "AWS text reached the caller: {error:?}"
+        );
+    }
+    let denied = &answer.errors[0];
+    assert_ne!(
+        denied.error_message, answer.errors[1].error_message,
+        "each code has its own text"
+    );
+    // The AWS text is in the sidecar's log, for operators.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sidecar.log().contains(AWS_ERROR_TEXT)
+        })
+        .await,
+        "{}",
+        sidecar.log()
+    );
+
+    // Whole-call errors: snippets are never cached, so each call asks Inspector. The start-up
+    // drift check reads both targets, CODE_REPOSITORY last; let it finish first.
+    eventually(Duration::from_secs(10), || async {
+        stub.requests().iter().any(|r| {
+            r.query
+                .as_deref()
+                .is_some_and(|q| q.contains("CODE_REPOSITORY"))
+        })
+    })
+    .await;
+    let cases: Vec<(Vec<StubError>, Code, &str)> = vec![
+        (
+            vec![StubError::Validation],
+            Code::InvalidArgument,
+            "INVALID_REQUEST",
+        ),
+        (
+            vec![StubError::AccessDenied],
+            Code::PermissionDenied,
+            "BACKEND_ACCESS_DENIED",
+        ),
+        // Retryable: the SDK tries twice (max_attempts = 2), then gives up.
+        (
+            vec![StubError::Throttling { retry_after: 7 }; 2],
+            Code::ResourceExhausted,
+            "BACKEND_THROTTLED",
+        ),
+        (
+            vec![StubError::InternalServer { retry_after: 3 }; 2],
+            Code::Unavailable,
+            "BACKEND_UNAVAILABLE",
+        ),
+    ];
+    for (errors, code, expected_reason) in cases {
+        stub.clear_requests();
+        let attempts = errors.len();
+        stub.fail_next(errors);
+        let status = reader
+            .batch_get_code_snippet(batch_get(vec![known.clone()]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert_eq!(reason(&status), expected_reason);
+        assert!(
+            !status.message().contains(AWS_ERROR_TEXT),
+            "AWS text reached the caller: {}",
+            status.message()
+        );
+        let requests: Vec<_> = stub
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/codesnippet/batchget")
+            .collect();
+        assert_eq!(
+            requests.len(),
+            attempts,
+            "attempts for {expected_reason}: {:?}",
+            stub.requests()
+        );
+        for request in &requests {
+            assert_eq!(
+                (request.method.as_str(), request.path.as_str()),
+                ("POST", "/codesnippet/batchget")
+            );
+            assert_eq!(
+                request.body.as_ref().unwrap(),
+                &serde_json::json!({"findingArns": [known]})
+            );
+        }
+        let details = status.get_error_details();
+        match code {
+            Code::ResourceExhausted => assert_eq!(
+                details.retry_info().unwrap().retry_delay,
+                Some(Duration::from_secs(7))
+            ),
+            Code::Unavailable => assert_eq!(
+                details.retry_info().unwrap().retry_delay,
+                Some(Duration::from_secs(3))
+            ),
+            _ => assert!(details.retry_info().is_none()),
+        }
+    }
+
+    // Nothing was left queued: the next call answers the snippet again.
+    let answer = reader
+        .batch_get_code_snippet(batch_get(vec![known.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer
+            .code_snippet_results
+            .iter()
+            .map(|r| r.finding_arn.as_str())
+            .collect::<Vec<_>>(),
+        [known.as_str()]
+    );
+    assert!(answer.errors.is_empty(), "{:?}", answer.errors);
+}
+
 #[tokio::test]
 async fn moto_multi_region_ids_are_refused_as_inspector_would() {
     let Some(moto) = Moto::start() else { return };

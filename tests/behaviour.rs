@@ -6,11 +6,14 @@
 mod common;
 
 use common::{
-    inspector_stub::InspectorStub,
+    inspector_stub::{AWS_ERROR_TEXT, InspectorStub},
     moto::{AWS_TEST_ENV, Moto},
     *,
 };
-use inspector_keyd::proto::{self, verify_key_policy_request::Key};
+use inspector_keyd::proto::{
+    self, local_code_scanning_service_client::LocalCodeScanningServiceClient,
+    verify_key_policy_request::Key,
+};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -95,6 +98,55 @@ impl Backend {
     async fn good_key(&self) -> String {
         let policy = self.sidecar.rendered_policy("amazon-q-lambda").await;
         self.create_key(Some(&policy)).await
+    }
+
+    /// A finding ARN in this backend's account and Region; `id` is 32 lowercase hex digits.
+    fn finding_arn(&self, id: &str) -> String {
+        format!(
+            "arn:aws:inspector2:us-east-1:{}:finding/{id}",
+            self.account()
+        )
+    }
+
+    /// Makes `snippet` the one BatchGetCodeSnippet answers for its finding: recorded for a
+    /// Lambda function by the local scanning service, or held by the Inspector stub.
+    async fn put_snippet(&self, snippet: &proto::CodeSnippetResult) {
+        match &self.kms {
+            Kms::Local => {
+                let recorded =
+                    LocalCodeScanningServiceClient::new(self.sidecar.unix_channel().await)
+                        .record_code_finding(proto::RecordCodeFindingRequest {
+                            resource_type: LAMBDA,
+                            finding: Some(snippet.clone()),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                assert_eq!(recorded.finding_arn, snippet.finding_arn);
+            }
+            Kms::Moto { stub, .. } => stub.put_snippet(
+                &snippet.finding_arn,
+                serde_json::json!({
+                    "findingArn": snippet.finding_arn,
+                    "startLine": snippet.start_line,
+                    "endLine": snippet.end_line,
+                    "codeSnippet": snippet.code_snippet.iter().map(|line| serde_json::json!({
+                        "content": line.content, "lineNumber": line.line_number,
+                    })).collect::<Vec<_>>(),
+                    "suggestedFixes": snippet.suggested_fixes.iter().map(|fix| serde_json::json!({
+                        "description": fix.description, "code": fix.code,
+                    })).collect::<Vec<_>>(),
+                }),
+            ),
+        }
+    }
+
+    /// The Inspector stub, on the aws backend.
+    fn inspector_stub(&self) -> Option<&InspectorStub> {
+        match &self.kms {
+            Kms::Local => None,
+            Kms::Moto { stub, .. } => Some(stub),
+        }
     }
 
     /// What the backend itself holds for CODE + AWS_LAMBDA_FUNCTION, when it can be read
@@ -255,6 +307,136 @@ async fn verify_by_arn_reads_the_key_as_it_is(backend: Backend) {
     assert_eq!(denial.sid.as_deref(), Some("NoQ"));
 }
 
+/// The BatchGetCodeSnippet requests the stub received.
+fn snippet_requests(stub: &InspectorStub) -> Vec<common::inspector_stub::Recorded> {
+    stub.requests()
+        .into_iter()
+        .filter(|r| r.path == "/codesnippet/batchget")
+        .collect()
+}
+
+async fn code_snippets_answer_per_finding(backend: Backend) {
+    let known = backend.finding_arn("0123456789abcdef0123456789abcdef");
+    let unknown = backend.finding_arn("fedcba9876543210fedcba9876543210");
+    let stored = proto::CodeSnippetResult {
+        finding_arn: known.clone(),
+        start_line: 41,
+        end_line: 43,
+        code_snippet: vec![
+            proto::CodeLine {
+                content: "def handler(event, context):".into(),
+                line_number: 41,
+            },
+            proto::CodeLine {
+                content: "    query = \"SELECT * FROM t WHERE id = \" + event[\"id\"]".into(),
+                line_number: 42,
+            },
+            proto::CodeLine {
+                content: "    return db.execute(query)".into(),
+                line_number: 43,
+            },
+        ],
+        suggested_fixes: vec![
+            proto::SuggestedFix {
+                description: "Use a parameterized query.".into(),
+                code: "db.execute(\"SELECT * FROM t WHERE id = %s\", (event[\"id\"],))".into(),
+            },
+            proto::SuggestedFix {
+                description: "Validate the id first.".into(),
+                code: "int(event[\"id\"])".into(),
+            },
+        ],
+    };
+    backend.put_snippet(&stored).await;
+    if let Some(stub) = backend.inspector_stub() {
+        stub.clear_requests();
+    }
+
+    let mut reader = backend.sidecar.read_only_keys().await;
+    let answer = reader
+        .batch_get_code_snippet(proto::BatchGetCodeSnippetRequest {
+            finding_arns: vec![known.clone(), unknown.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.code_snippet_results, [stored]);
+    assert_eq!(answer.errors.len(), 1, "{:?}", answer.errors);
+    let error = &answer.errors[0];
+    assert_eq!(error.finding_arn, unknown);
+    assert_eq!(
+        error.error_code(),
+        proto::CodeSnippetErrorCode::CodeSnippetNotFound
+    );
+    assert!(!error.error_message.is_empty());
+    assert!(
+        !error.error_message.contains(AWS_ERROR_TEXT),
+        "AWS text reached the caller: {}",
+        error.error_message
+    );
+    if let Some(stub) = backend.inspector_stub() {
+        // The sidecar also reads the key settings in the background; only snippet calls count.
+        let requests = snippet_requests(stub);
+        assert_eq!(requests.len(), 1, "{:?}", stub.requests());
+        let request = &requests[0];
+        assert_eq!(request.method, "POST");
+        assert_eq!(
+            request.body.as_ref().unwrap(),
+            &serde_json::json!({"findingArns": [known, unknown]})
+        );
+        let authorization = request.authorization.as_deref().unwrap_or_default();
+        assert!(
+            authorization.starts_with("AWS4-HMAC-SHA256 Credential=testing/"),
+            "{authorization}"
+        );
+        assert!(
+            authorization.contains("/us-east-1/inspector2/aws4_request"),
+            "{authorization}"
+        );
+    }
+
+    // Refused before the backend is asked: no ARN, eleven, and ARNs off the pattern.
+    let eleven: Vec<String> = (0..11)
+        .map(|i| backend.finding_arn(&format!("{i:032x}")))
+        .collect();
+    let invalid: Vec<Vec<String>> = vec![
+        vec![],
+        eleven,
+        vec![
+            known.clone(),
+            "finding/0123456789abcdef0123456789abcdef".into(),
+        ],
+        vec![backend.finding_arn("0123456789ABCDEF0123456789ABCDEF")],
+        vec![known.replace(":inspector2:", ":inspector:")],
+    ];
+    for finding_arns in invalid {
+        let status = reader
+            .batch_get_code_snippet(proto::BatchGetCodeSnippetRequest {
+                finding_arns: finding_arns.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), reason(&status).as_str()),
+            (Code::InvalidArgument, "INVALID_REQUEST"),
+            "{finding_arns:?}: {status:?}"
+        );
+        let fields: Vec<String> = status
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, ["finding_arns"], "{finding_arns:?}");
+    }
+    if let Some(stub) = backend.inspector_stub() {
+        assert_eq!(
+            snippet_requests(stub).len(),
+            1,
+            "invalid requests reached Inspector"
+        );
+    }
+}
+
 /// Runs a suite case against the local backend and against the aws backend.
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
@@ -281,5 +463,6 @@ macro_rules! on_both_backends {
 on_both_backends!(
     get_update_get_reset,
     unusable_keys_change_nothing,
-    verify_by_arn_reads_the_key_as_it_is
+    verify_by_arn_reads_the_key_as_it_is,
+    code_snippets_answer_per_finding
 );

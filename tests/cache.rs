@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use inspector_keyd::{
     backend::{Backend, BackendError},
     cache::{CacheConfig, CacheStatus, KeyCache},
-    domain::{KeyArn, ResourceType, ScanType, Target},
+    domain::{CodeSnippets, FindingArn, KeyArn, ResourceType, ScanType, Target},
     verify::KeyMetadata,
 };
 use tokio::sync::Semaphore;
@@ -108,6 +108,10 @@ impl Backend for FakeBackend {
         Err(BackendError::NotFound {
             what: key.to_string(),
         })
+    }
+
+    async fn batch_get_code_snippet(&self, _: &[FindingArn]) -> Result<CodeSnippets, BackendError> {
+        Err(BackendError::internal("the cache never reads snippets"))
     }
 }
 

@@ -38,7 +38,11 @@ pub fn required_role(path: &str) -> Option<Role> {
         | ("grpc.reflection.v1alpha.ServerReflection", _) => None,
         (
             "inspectorkeyd.v1.EncryptionKeyService",
-            "GetEncryptionKey" | "VerifyKeyPolicy" | "RenderKeyPolicy" | "WatchEncryptionKey",
+            "GetEncryptionKey"
+            | "VerifyKeyPolicy"
+            | "RenderKeyPolicy"
+            | "WatchEncryptionKey"
+            | "BatchGetCodeSnippet",
         ) => Some(Role::ReadOnly),
         _ => Some(Role::Admin),
     }
@@ -48,7 +52,10 @@ pub fn required_role(path: &str) -> Option<Role> {
 pub fn is_mutation(path: &str) -> bool {
     let method = path.rsplit('/').next().unwrap_or_default();
     required_role(path) == Some(Role::Admin)
-        && !matches!(method, "DescribeKey" | "ListKeys" | "GetKeyPolicy")
+        && !matches!(
+            method,
+            "DescribeKey" | "ListKeys" | "GetKeyPolicy" | "ListGrants" | "DescribeCodeScanning"
+        )
 }
 
 /// The peer of a TLS connection, left in each request's extensions by the TLS transport.

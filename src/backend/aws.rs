@@ -14,7 +14,10 @@ use aws_smithy_types::{date_time::Format, error::metadata::ProvideErrorMetadata}
 use super::{Backend, BackendError};
 use crate::{
     config::{AwsConfig, Placement, is_account_id},
-    domain::{KeyArn, Target, is_region_name},
+    domain::{
+        CodeLine, CodeSnippet, CodeSnippets, FindingArn, KeyArn, SnippetError, SnippetErrorCode,
+        SuggestedFix, Target, is_region_name,
+    },
     verify::{KeyMetadata, MultiRegionConfiguration, MultiRegionKey},
 };
 
@@ -328,5 +331,64 @@ impl Backend for AwsBackend {
             .await
             .map_err(|e| classify("GetKeyPolicy", e))?;
         Ok(output.policy().unwrap_or_default().to_owned())
+    }
+
+    async fn batch_get_code_snippet(
+        &self,
+        findings: &[FindingArn],
+    ) -> Result<CodeSnippets, BackendError> {
+        let output = self
+            .inspector
+            .batch_get_code_snippet()
+            .set_finding_arns(Some(
+                findings.iter().map(|f| f.as_str().to_owned()).collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| classify("BatchGetCodeSnippet", e))?;
+        let mut snippets = CodeSnippets::default();
+        for result in output.code_snippet_results() {
+            let Some(finding_arn) = result.finding_arn() else {
+                tracing::warn!("BatchGetCodeSnippet answered a result without a finding ARN");
+                continue;
+            };
+            snippets.results.push(CodeSnippet {
+                finding_arn: finding_arn.to_owned(),
+                start_line: result.start_line().unwrap_or_default(),
+                end_line: result.end_line().unwrap_or_default(),
+                lines: result
+                    .code_snippet()
+                    .iter()
+                    .map(|line| CodeLine {
+                        content: line.content().to_owned(),
+                        line_number: line.line_number(),
+                    })
+                    .collect(),
+                suggested_fixes: result
+                    .suggested_fixes()
+                    .iter()
+                    .map(|fix| SuggestedFix {
+                        description: fix.description().unwrap_or_default().to_owned(),
+                        code: fix.code().unwrap_or_default().to_owned(),
+                    })
+                    .collect(),
+            });
+        }
+        for error in output.errors() {
+            let code = SnippetErrorCode::from_aws_str(error.error_code().as_str());
+            // AWS's text goes to the log; the caller gets the sidecar's own words.
+            tracing::info!(
+                finding = error.finding_arn(),
+                code = error.error_code().as_str(),
+                detail = error.error_message(),
+                "BatchGetCodeSnippet: a finding's snippet was not returned"
+            );
+            snippets.errors.push(SnippetError {
+                finding_arn: error.finding_arn().to_owned(),
+                code,
+                message: code.describe().to_owned(),
+            });
+        }
+        Ok(snippets)
     }
 }

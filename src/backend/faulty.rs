@@ -6,7 +6,7 @@
 //! server runs; a missing file means no faults. Example:
 //!
 //! ```toml
-//! # Applies to get_encryption_key, describe_key and get_key_policy.
+//! # Applies to get_encryption_key, describe_key, get_key_policy and batch_get_code_snippet.
 //! [reads]
 //! error = "unavailable"   # unavailable | throttled | timeout | internal | access_denied
 //! latency = "200ms"       # added before the call
@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use super::{Backend, BackendError};
 use crate::{
-    domain::{KeyArn, Target},
+    domain::{CodeSnippets, FindingArn, KeyArn, Target},
     verify::KeyMetadata,
 };
 
@@ -162,6 +162,14 @@ impl Backend for FaultyBackend {
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
         self.inject(Kind::Read).await?;
         self.inner.get_key_policy(key).await
+    }
+
+    async fn batch_get_code_snippet(
+        &self,
+        findings: &[FindingArn],
+    ) -> Result<CodeSnippets, BackendError> {
+        self.inject(Kind::Read).await?;
+        self.inner.batch_get_code_snippet(findings).await
     }
 }
 

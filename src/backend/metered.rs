@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::{Backend, BackendError};
 use crate::{
-    domain::{KeyArn, Target},
+    domain::{CodeSnippets, FindingArn, KeyArn, Target},
     metrics::Metrics,
     verify::KeyMetadata,
 };
@@ -65,5 +65,13 @@ impl Backend for MeteredBackend {
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
         let result = self.inner.get_key_policy(key).await;
         self.count("get_key_policy", result)
+    }
+
+    async fn batch_get_code_snippet(
+        &self,
+        findings: &[FindingArn],
+    ) -> Result<CodeSnippets, BackendError> {
+        let result = self.inner.batch_get_code_snippet(findings).await;
+        self.count("batch_get_code_snippet", result)
     }
 }

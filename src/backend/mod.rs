@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    domain::{KeyArn, Target},
+    domain::{CodeSnippets, FindingArn, KeyArn, Target},
     verify::KeyMetadata,
 };
 
@@ -33,6 +33,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The key's policy document (the `default` policy), as KMS GetKeyPolicy returns it.
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError>;
+
+    /// Inspector's BatchGetCodeSnippet: a result or an error per finding; `Err` only when
+    /// the whole call failed. Never cached: snippets are customer code.
+    async fn batch_get_code_snippet(
+        &self,
+        findings: &[FindingArn],
+    ) -> Result<CodeSnippets, BackendError>;
 }
 
 /// Why a backend call failed, classified once so every consumer (gRPC code, retry hints,
@@ -55,6 +62,10 @@ pub enum BackendError {
     /// The backend refused the sidecar's own credentials.
     #[error("access denied: {message}")]
     AccessDenied { message: String },
+    /// A key's policy (or the configured identity policies) refuses what the scanning
+    /// service asks of the key; `message` names the key, the operation and the statement.
+    #[error("{message}")]
+    KeyAccessDenied { message: String },
     /// The backend asked us to slow down.
     #[error("throttled by the backend")]
     Throttled { retry_after: Option<Duration> },
@@ -85,7 +96,9 @@ impl BackendError {
         match self {
             BackendError::InvalidRequest { .. } | BackendError::InvalidState { .. } => "user",
             BackendError::NotFound { .. } => "not_found",
-            BackendError::AccessDenied { .. } => "access_denied",
+            BackendError::AccessDenied { .. } | BackendError::KeyAccessDenied { .. } => {
+                "access_denied"
+            }
             BackendError::Throttled { .. } => "throttled",
             BackendError::Unavailable { .. } | BackendError::Timeout => "transient",
             BackendError::Internal { .. } => "internal",

@@ -324,6 +324,15 @@ impl EncryptionKeyService for EncryptionKeys {
     ) -> Result<Response<proto::RenderKeyPolicyResponse>, Status> {
         Ok(Response::new(self.render_policy(request.into_inner())?))
     }
+
+    async fn batch_get_code_snippet(
+        &self,
+        request: Request<proto::BatchGetCodeSnippetRequest>,
+    ) -> Result<Response<proto::BatchGetCodeSnippetResponse>, Status> {
+        Ok(Response::new(
+            super::code_snippets::batch_get(&self.cache, request.into_inner()).await?,
+        ))
+    }
 }
 
 impl From<Report> for proto::VerificationReport {

@@ -234,4 +234,31 @@ impl LocalKmsService for LocalKmsApi {
                 }),
         )
     }
+
+    async fn list_grants(
+        &self,
+        request: Request<proto::ListGrantsRequest>,
+    ) -> Reply<proto::ListGrantsResponse> {
+        let r = request.into_inner();
+        reply(self.kms.list_grants(r.key_id).await.map(|grants| {
+            proto::ListGrantsResponse {
+                grants: grants
+                    .into_iter()
+                    .map(|g| proto::GrantListEntry {
+                        key_id: g.key_arn,
+                        grant_id: g.grant_id,
+                        name: g.name,
+                        creation_date: Some(prost_types::Timestamp {
+                            seconds: g.creation_date,
+                            nanos: 0,
+                        }),
+                        grantee_principal: g.grantee_principal,
+                        retiring_principal: g.retiring_principal,
+                        issuing_account: g.issuing_account,
+                        operations: g.operations,
+                    })
+                    .collect(),
+            }
+        }))
+    }
 }

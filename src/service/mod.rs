@@ -2,12 +2,14 @@
 //! verification library), and the mapping of results to responses. Errors leave as
 //! [`ServiceError`]; `crate::status` alone turns them into `tonic::Status`.
 
+mod code_snippets;
 pub mod drift;
 mod encryption_key;
 pub mod keycheck;
 mod local_kms;
 pub mod validation;
 
+pub use code_snippets::LocalCodeScanningApi;
 pub use encryption_key::EncryptionKeys;
 pub use keycheck::{KeyVerifier, VerificationSettings};
 pub use local_kms::LocalKmsApi;

@@ -2,7 +2,9 @@
 //! field violation; a request with any violation changes nothing.
 
 use crate::{
-    domain::{KeyArn, ResourceType, ScanType, Target},
+    domain::{
+        CodeLine, CodeSnippet, FindingArn, KeyArn, ResourceType, ScanType, SuggestedFix, Target,
+    },
     proto,
     verify::{KeyMetadata, Profile, parse_describe_key},
 };
@@ -246,6 +248,133 @@ pub fn verify_request<'r>(
         }),
         _ => Err(violations),
     }
+}
+
+/// Findings a BatchGetCodeSnippet request may name at once.
+pub const MAX_FINDINGS: usize = 10;
+
+/// The finding ARNs of a BatchGetCodeSnippet request: 1 to 10, each an Inspector finding ARN.
+pub fn finding_arns(arns: &[String]) -> Result<Vec<FindingArn>, Vec<FieldViolation>> {
+    if arns.is_empty() || arns.len() > MAX_FINDINGS {
+        return Err(vec![FieldViolation::new(
+            "finding_arns",
+            format!(
+                "{} finding ARNs given; 1 to {MAX_FINDINGS} are accepted",
+                arns.len()
+            ),
+        )]);
+    }
+    let mut parsed = Vec::with_capacity(arns.len());
+    let mut violations = Vec::new();
+    for (i, arn) in arns.iter().enumerate() {
+        match FindingArn::parse(arn) {
+            Ok(arn) => parsed.push(arn),
+            Err(message) => violations.push(FieldViolation::new(
+                "finding_arns",
+                format!("finding_arns[{i}]: {message}"),
+            )),
+        }
+    }
+    if violations.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(violations)
+    }
+}
+
+/// A RecordCodeFinding request: the target (scan type CODE) and the snippet in the limits
+/// of Inspector's `CodeSnippetResult`. An empty finding ARN gets a new one.
+pub fn record_request(
+    request: &proto::RecordCodeFindingRequest,
+    new_arn: impl FnOnce() -> FindingArn,
+) -> Result<(Target, CodeSnippet), Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let target = target(
+        proto::ScanType::Code as i32,
+        request.resource_type,
+        &mut violations,
+    );
+    let Some(finding) = &request.finding else {
+        violations.push(FieldViolation::new("finding", "is required"));
+        return Err(violations);
+    };
+    let finding_arn = if finding.finding_arn.is_empty() {
+        Some(new_arn())
+    } else {
+        FindingArn::parse(&finding.finding_arn)
+            .map_err(|message| violations.push(FieldViolation::new("finding.finding_arn", message)))
+            .ok()
+    };
+    let lines = &finding.code_snippet;
+    if lines.is_empty() || lines.len() > 20 {
+        violations.push(FieldViolation::new(
+            "finding.code_snippet",
+            format!("{} lines given; 1 to 20 are accepted", lines.len()),
+        ));
+    }
+    if let Some(i) = lines.iter().position(|l| l.content.chars().count() > 240) {
+        violations.push(FieldViolation::new(
+            "finding.code_snippet",
+            format!("code_snippet[{i}].content is longer than 240 characters"),
+        ));
+    }
+    let fixes = &finding.suggested_fixes;
+    if fixes.len() > 5 {
+        violations.push(FieldViolation::new(
+            "finding.suggested_fixes",
+            format!("{} fixes given; at most 5 are accepted", fixes.len()),
+        ));
+    }
+    for (i, fix) in fixes.iter().enumerate() {
+        let (description, code) = (fix.description.chars().count(), fix.code.chars().count());
+        if !(1..=1000).contains(&description) || !(1..=2500).contains(&code) {
+            violations.push(FieldViolation::new(
+                "finding.suggested_fixes",
+                format!(
+                    "suggested_fixes[{i}]: the description must be 1 to 1,000 characters and the code 1 to 2,500"
+                ),
+            ));
+        }
+    }
+    if finding.start_line > finding.end_line {
+        violations.push(FieldViolation::new(
+            "finding.end_line",
+            format!(
+                "end_line {} is before start_line {}",
+                finding.end_line, finding.start_line
+            ),
+        ));
+    }
+    match (target, finding_arn) {
+        (Some(target), Some(arn)) if violations.is_empty() => Ok((
+            target,
+            CodeSnippet {
+                finding_arn: arn.as_str().to_owned(),
+                start_line: finding.start_line,
+                end_line: finding.end_line,
+                lines: lines
+                    .iter()
+                    .map(|l| CodeLine {
+                        content: l.content.clone(),
+                        line_number: l.line_number,
+                    })
+                    .collect(),
+                suggested_fixes: fixes
+                    .iter()
+                    .map(|f| SuggestedFix {
+                        description: f.description.clone(),
+                        code: f.code.clone(),
+                    })
+                    .collect(),
+            },
+        )),
+        _ => Err(violations),
+    }
+}
+
+/// The target of a local code-scanning request (scan type CODE).
+pub fn code_scanning_target(resource_type: i32) -> Result<Target, Vec<FieldViolation>> {
+    target_request(proto::ScanType::Code as i32, resource_type)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! A stand-in for Amazon Inspector's REST-JSON API on loopback: it records every request
-//! exactly as the SDK sent it, keeps the key configuration, and can answer each error
-//! shape of the service model.
+//! exactly as the SDK sent it, keeps the key configuration and the code snippets of
+//! findings, and can answer each error shape of the service model.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -91,6 +91,10 @@ impl StubError {
 #[derive(Default)]
 struct Inner {
     keys: HashMap<(String, String), String>,
+    /// Finding ARN → CodeSnippetResult, in the SDK's camelCase.
+    snippets: HashMap<String, serde_json::Value>,
+    /// Finding ARN → the CodeSnippetErrorCode BatchGetCodeSnippet answers for it.
+    snippet_errors: HashMap<String, String>,
     requests: Vec<Recorded>,
     errors: VecDeque<StubError>,
 }
@@ -170,6 +174,32 @@ async fn handle(
             inner.keys.remove(&target_of(&body));
             ok(serde_json::json!({}))
         }
+        ("POST", "/codesnippet/batchget") => {
+            let body = parsed.unwrap_or_default();
+            let mut results = Vec::new();
+            let mut errors = Vec::new();
+            for arn in body["findingArns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_str)
+            {
+                if let Some(result) = inner.snippets.get(arn) {
+                    results.push(result.clone());
+                    continue;
+                }
+                let code = inner
+                    .snippet_errors
+                    .get(arn)
+                    .map_or("CODE_SNIPPET_NOT_FOUND", String::as_str);
+                errors.push(serde_json::json!({
+                    "findingArn": arn,
+                    "errorCode": code,
+                    "errorMessage": AWS_ERROR_TEXT,
+                }));
+            }
+            ok(serde_json::json!({"codeSnippetResults": results, "errors": errors}))
+        }
         _ => (StatusCode::NOT_FOUND, "no such route").into_response(),
     }
 }
@@ -205,6 +235,28 @@ impl InspectorStub {
 
     pub fn clear_requests(&self) {
         self.inner.lock().unwrap().requests.clear();
+    }
+
+    /// Stores the code snippet BatchGetCodeSnippet answers for `arn`: a CodeSnippetResult
+    /// in the SDK's camelCase (`findingArn`, `startLine`, `endLine`, `codeSnippet`,
+    /// `suggestedFixes`).
+    pub fn put_snippet(&self, arn: &str, result: serde_json::Value) {
+        self.inner
+            .lock()
+            .unwrap()
+            .snippets
+            .insert(arn.to_owned(), result);
+    }
+
+    /// BatchGetCodeSnippet answers `arn` with this CodeSnippetErrorCode (`ACCESS_DENIED`,
+    /// `INTERNAL_ERROR`, ...) when no snippet is stored for it; unknown findings are
+    /// `CODE_SNIPPET_NOT_FOUND`.
+    pub fn put_snippet_error(&self, arn: &str, code: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .snippet_errors
+            .insert(arn.to_owned(), code.to_owned());
     }
 
     /// The key the stub holds for a target (AWS spellings).

@@ -343,8 +343,42 @@ impl LocalKms {
         };
         self.store.write(|tx| {
             tx.put_key(&key)?;
+            if key.key_spec == "SYMMETRIC_DEFAULT" {
+                tx.put_material(&key.key_id, &super::crypto::random_key()?)?;
+            }
             metadata(tx, &key)
         })
+    }
+
+    /// Gives key material to symmetric keys made before keys had any (state directories of
+    /// earlier versions).
+    pub(super) fn add_missing_key_material(&self) -> Result<(), BackendError> {
+        self.store.write(|tx| {
+            for key in tx.keys()? {
+                if key.key_spec == "SYMMETRIC_DEFAULT" && tx.material(&key.key_id)?.is_none() {
+                    tx.put_material(&key.key_id, &super::crypto::random_key()?)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// ListGrants: the key's grants that are not retired.
+    pub async fn list_grants(
+        &self,
+        key_id: String,
+    ) -> Result<Vec<super::store::StoredGrant>, BackendError> {
+        self.blocking(move |kms| {
+            kms.store.read(|tx| {
+                let key = kms.live_key(tx, &key_id)?;
+                Ok(tx
+                    .grants()?
+                    .into_iter()
+                    .filter(|grant| grant.key_arn == key.arn)
+                    .collect())
+            })
+        })
+        .await
     }
 
     pub async fn describe_key(&self, key_id: String) -> Result<KeyMetadata, BackendError> {

@@ -1,19 +1,24 @@
 //! The embedded local backend: Inspector's key configuration and a local KMS, in a
 //! durable store under the state directory. Needs no AWS account.
 
+mod crypto;
+pub mod key_use;
 pub mod kms;
+pub mod scanning;
 mod store;
 
 use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 
+pub use key_use::ScanningSettings;
 pub use kms::{CreateKeyInput, LocalKms};
+pub use scanning::ScanningState;
 use store::{KeyReads, Store};
 
 use super::{Backend, BackendError};
 use crate::{
-    domain::{KeyArn, Target},
+    domain::{CodeSnippet, CodeSnippets, FindingArn, KeyArn, Target},
     verify::KeyMetadata,
 };
 
@@ -22,10 +27,13 @@ pub const STORE_FILE: &str = "keyd.redb";
 
 pub struct LocalBackend {
     kms: LocalKms,
+    /// The scanning service's settings: the profiles and principal `Update` verifies for.
+    scanning: Arc<ScanningSettings>,
     /// Test/dev setting: latency before each key-configuration write.
     write_latency: std::time::Duration,
 }
 
+/// The store's name of a target (`CODE/AWS_LAMBDA_FUNCTION`).
 fn config_key(target: Target) -> String {
     format!(
         "{}/{}",
@@ -47,11 +55,24 @@ impl LocalBackend {
                 state_dir.display()
             ))
         })?;
+        // The crypto library seeds its random generator on first use (about 30 ms): here,
+        // rather than in the first Update after a start.
+        crypto::random_key()?;
         let store = Arc::new(Store::open(&state_dir.join(STORE_FILE))?);
+        let kms = LocalKms::new(store, region.to_owned(), account_id.to_owned());
+        kms.add_missing_key_material()?;
         Ok(LocalBackend {
-            kms: LocalKms::new(store, region.to_owned(), account_id.to_owned()),
+            kms,
+            scanning: Arc::new(ScanningSettings::local_defaults(region, account_id)),
             write_latency: std::time::Duration::ZERO,
         })
+    }
+
+    /// Sets the profiles, principal and identity policies the scanning service uses keys
+    /// for (those `Update` verifies keys against).
+    pub fn with_scanning(mut self, settings: ScanningSettings) -> LocalBackend {
+        self.scanning = Arc::new(settings);
+        self
     }
 
     /// Adds `latency` before every key-configuration write (test/dev only).
@@ -70,6 +91,53 @@ impl LocalBackend {
     pub fn kms(&self) -> &LocalKms {
         &self.kms
     }
+
+    /// The local scanning service, for the local-only code-scanning service.
+    pub fn scanning(&self) -> LocalScanning {
+        LocalScanning {
+            kms: self.kms.clone(),
+            settings: self.scanning.clone(),
+        }
+    }
+}
+
+/// The scanning service of the local backend: records findings, disables code scanning.
+#[derive(Clone)]
+pub struct LocalScanning {
+    kms: LocalKms,
+    settings: Arc<ScanningSettings>,
+}
+
+impl LocalScanning {
+    /// Records a finding's snippet for `target`, stored encrypted.
+    pub async fn record(&self, target: Target, snippet: CodeSnippet) -> Result<(), BackendError> {
+        let settings = self.settings.clone();
+        self.kms
+            .blocking(move |kms| {
+                kms.store
+                    .write(|tx| scanning::record(tx, &settings, target, &snippet))
+            })
+            .await
+    }
+
+    /// Disables code scanning for `target`; returns how many snippets were deleted.
+    pub async fn disable(&self, target: Target) -> Result<usize, BackendError> {
+        self.kms
+            .blocking(move |kms| kms.store.write(|tx| scanning::disable(tx, target)))
+            .await
+    }
+
+    /// What is held for `target`.
+    pub async fn describe(&self, target: Target) -> Result<ScanningState, BackendError> {
+        self.kms
+            .blocking(move |kms| kms.store.read(|tx| scanning::describe(tx, target)))
+            .await
+    }
+
+    /// The Region and account findings are recorded in.
+    pub fn placement(&self) -> (&str, &str) {
+        (&self.settings.region, &self.settings.account_id)
+    }
 }
 
 #[async_trait]
@@ -87,20 +155,22 @@ impl Backend for LocalBackend {
     ) -> Result<(), BackendError> {
         self.injected_latency().await;
         let arn = key.as_str().to_owned();
+        let settings = self.scanning.clone();
         self.kms
             .blocking(move |kms| {
                 kms.store
-                    .write(|tx| tx.set_config(&config_key(target), Some(&arn)))
+                    .write(|tx| scanning::switch_key(tx, &settings, target, Some(&arn)))
             })
             .await
     }
 
     async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError> {
         self.injected_latency().await;
+        let settings = self.scanning.clone();
         self.kms
             .blocking(move |kms| {
                 kms.store
-                    .write(|tx| tx.set_config(&config_key(target), None))
+                    .write(|tx| scanning::switch_key(tx, &settings, target, None))
             })
             .await
     }
@@ -113,5 +183,112 @@ impl Backend for LocalBackend {
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
         let arn = key.as_str().to_owned();
         self.kms.blocking(move |kms| kms.policy_of_arn(&arn)).await
+    }
+
+    async fn batch_get_code_snippet(
+        &self,
+        findings: &[FindingArn],
+    ) -> Result<CodeSnippets, BackendError> {
+        let findings = findings.to_vec();
+        let settings = self.scanning.clone();
+        self.kms
+            .blocking(move |kms| {
+                kms.store
+                    .read(|tx| scanning::batch_get(tx, &settings, &findings))
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CodeLine, ResourceType, ScanType};
+
+    fn lambda() -> Target {
+        Target::new(ScanType::Code, ResourceType::AwsLambdaFunction).unwrap()
+    }
+
+    /// The data key in use for Lambda code scanning, decrypted as the scanning service does.
+    fn data_key_plaintext(backend: &LocalBackend) -> Vec<u8> {
+        let user = backend.scanning.user(lambda());
+        backend
+            .kms
+            .store
+            .read(|tx| {
+                let data_key = tx.data_key(&config_key(lambda()))?.unwrap();
+                key_use::decrypt_data_key(tx, &user, &data_key)
+            })
+            .unwrap()
+    }
+
+    /// No file under `dir` holds any of `secrets`: raw, as hex, or as a JSON byte array.
+    fn assert_not_on_disk(dir: &Path, secrets: &[Vec<u8>]) {
+        let mut paths = vec![dir.to_path_buf()];
+        let mut scanned = 0;
+        while let Some(path) = paths.pop() {
+            if path.is_dir() {
+                paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            scanned += 1;
+            for secret in secrets {
+                let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+                let json = serde_json::to_vec(secret).unwrap();
+                for form in [secret.as_slice(), hex.as_bytes(), &json[1..json.len() - 1]] {
+                    assert!(
+                        !bytes.windows(form.len()).any(|w| w == form),
+                        "{} holds a data key's plaintext",
+                        path.display()
+                    );
+                }
+            }
+        }
+        assert!(scanned > 0);
+    }
+
+    #[tokio::test]
+    async fn data_keys_plaintext_never_reaches_the_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::open(dir.path(), "us-east-1", "111122223333").unwrap();
+        let snippet = CodeSnippet {
+            finding_arn: format!(
+                "arn:aws:inspector2:us-east-1:111122223333:finding/{}",
+                "c".repeat(32)
+            ),
+            start_line: 1,
+            end_line: 1,
+            lines: vec![CodeLine {
+                content: "x = 1".into(),
+                line_number: 1,
+            }],
+            suggested_fixes: Vec::new(),
+        };
+        let mut seen = Vec::new();
+        backend.scanning().record(lambda(), snippet).await.unwrap();
+        seen.push(data_key_plaintext(&backend));
+        for _ in 0..2 {
+            let key = backend
+                .kms
+                .create_key(CreateKeyInput::default())
+                .await
+                .unwrap();
+            let key = KeyArn::parse(&key.arn).unwrap();
+            backend.update_encryption_key(lambda(), &key).await.unwrap();
+            seen.push(data_key_plaintext(&backend));
+            assert_not_on_disk(dir.path(), &seen);
+        }
+        backend.reset_encryption_key(lambda()).await.unwrap();
+        seen.push(data_key_plaintext(&backend));
+        assert_not_on_disk(dir.path(), &seen);
+        // Four different data keys, and the scan would see one if it were written.
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 4);
+        let planted = dir.path().join("planted");
+        std::fs::write(&planted, &seen[0]).unwrap();
+        let caught = std::panic::catch_unwind(|| assert_not_on_disk(dir.path(), &seen));
+        assert!(caught.is_err(), "the scan missed a planted plaintext");
     }
 }

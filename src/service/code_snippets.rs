@@ -1,0 +1,155 @@
+//! BatchGetCodeSnippet and the local code-scanning service: validation, the backend call
+//! and the mapping between the domain's snippets and the messages. Snippets are never
+//! cached and never logged.
+
+use tonic::{Request, Response, Status};
+
+use super::{ServiceError, audit_subject, validation};
+use crate::{
+    backend::local::{LocalScanning, ScanningState},
+    cache::KeyCache,
+    domain::{CodeSnippet, CodeSnippets, FindingArn, SnippetErrorCode},
+    proto::{self, local_code_scanning_service_server::LocalCodeScanningService},
+};
+
+impl From<CodeSnippet> for proto::CodeSnippetResult {
+    fn from(snippet: CodeSnippet) -> proto::CodeSnippetResult {
+        proto::CodeSnippetResult {
+            finding_arn: snippet.finding_arn,
+            start_line: snippet.start_line,
+            end_line: snippet.end_line,
+            code_snippet: snippet
+                .lines
+                .into_iter()
+                .map(|line| proto::CodeLine {
+                    content: line.content,
+                    line_number: line.line_number,
+                })
+                .collect(),
+            suggested_fixes: snippet
+                .suggested_fixes
+                .into_iter()
+                .map(|fix| proto::SuggestedFix {
+                    description: fix.description,
+                    code: fix.code,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn error_code(code: SnippetErrorCode) -> proto::CodeSnippetErrorCode {
+    match code {
+        SnippetErrorCode::InternalError => proto::CodeSnippetErrorCode::InternalError,
+        SnippetErrorCode::AccessDenied => proto::CodeSnippetErrorCode::AccessDenied,
+        SnippetErrorCode::CodeSnippetNotFound => proto::CodeSnippetErrorCode::CodeSnippetNotFound,
+        SnippetErrorCode::InvalidInput => proto::CodeSnippetErrorCode::InvalidInput,
+    }
+}
+
+impl From<CodeSnippets> for proto::BatchGetCodeSnippetResponse {
+    fn from(snippets: CodeSnippets) -> proto::BatchGetCodeSnippetResponse {
+        proto::BatchGetCodeSnippetResponse {
+            code_snippet_results: snippets.results.into_iter().map(Into::into).collect(),
+            errors: snippets
+                .errors
+                .into_iter()
+                .map(|error| proto::CodeSnippetError {
+                    finding_arn: error.finding_arn,
+                    error_code: error_code(error.code) as i32,
+                    error_message: error.message,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// BatchGetCodeSnippet: validated, then through the cache layer, which never keeps them.
+pub async fn batch_get(
+    cache: &KeyCache,
+    request: proto::BatchGetCodeSnippetRequest,
+) -> Result<proto::BatchGetCodeSnippetResponse, ServiceError> {
+    let findings = validation::finding_arns(&request.finding_arns)?;
+    Ok(cache.batch_get_code_snippet(&findings).await?.into())
+}
+
+/// The local code-scanning API over the local backend's scanning service.
+#[derive(Clone)]
+pub struct LocalCodeScanningApi {
+    scanning: LocalScanning,
+}
+
+impl LocalCodeScanningApi {
+    pub fn new(scanning: LocalScanning) -> LocalCodeScanningApi {
+        LocalCodeScanningApi { scanning }
+    }
+}
+
+/// The audit line of a code-scanning change names its target (scan type CODE).
+fn audit_code_scanning<T>(request: &Request<T>, resource_type: i32) {
+    audit_subject(
+        request,
+        "",
+        Some(proto::ScanType::Code as i32),
+        Some(resource_type),
+    );
+}
+
+#[tonic::async_trait]
+impl LocalCodeScanningService for LocalCodeScanningApi {
+    async fn record_code_finding(
+        &self,
+        request: Request<proto::RecordCodeFindingRequest>,
+    ) -> Result<Response<proto::RecordCodeFindingResponse>, Status> {
+        audit_code_scanning(&request, request.get_ref().resource_type);
+        let (region, account_id) = self.scanning.placement();
+        let (target, snippet) = validation::record_request(request.get_ref(), || {
+            FindingArn::generate(region, account_id)
+        })
+        .map_err(ServiceError::from)?;
+        let finding_arn = snippet.finding_arn.clone();
+        self.scanning
+            .record(target, snippet)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(proto::RecordCodeFindingResponse {
+            finding_arn,
+        }))
+    }
+
+    async fn disable_code_scanning(
+        &self,
+        request: Request<proto::DisableCodeScanningRequest>,
+    ) -> Result<Response<proto::DisableCodeScanningResponse>, Status> {
+        let resource_type = request.get_ref().resource_type;
+        audit_code_scanning(&request, resource_type);
+        let target = validation::code_scanning_target(resource_type).map_err(ServiceError::from)?;
+        let deleted = self
+            .scanning
+            .disable(target)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(proto::DisableCodeScanningResponse {
+            deleted_snippets: u32::try_from(deleted).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn describe_code_scanning(
+        &self,
+        request: Request<proto::DescribeCodeScanningRequest>,
+    ) -> Result<Response<proto::DescribeCodeScanningResponse>, Status> {
+        let target = validation::code_scanning_target(request.get_ref().resource_type)
+            .map_err(ServiceError::from)?;
+        let state: ScanningState = self
+            .scanning
+            .describe(target)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(proto::DescribeCodeScanningResponse {
+            kms_key_id: state.kms_key_arn.unwrap_or_default(),
+            data_key_id: state.data_key_id.unwrap_or_default(),
+            grant_id: state.grant_id.unwrap_or_default(),
+            snippet_count: u32::try_from(state.snippet_count).unwrap_or(u32::MAX),
+        }))
+    }
+}
