@@ -92,4 +92,19 @@ pub fn requests(data: &[u8]) {
     if let Ok(request) = proto::GetEncryptionKeyRequest::decode(data) {
         let _ = validation::target_request(request.scan_type, request.resource_type);
     }
+    if let Ok(request) = proto::BatchGetCodeSnippetRequest::decode(data)
+        && let Ok(findings) = validation::finding_arns(&request.finding_arns)
+    {
+        assert!((1..=validation::MAX_FINDINGS).contains(&findings.len()));
+    }
+    if let Ok(request) = proto::RecordCodeFindingRequest::decode(data)
+        && let Ok((_, snippet)) = validation::record_request(&request, || {
+            inspector_keyd::domain::FindingArn::generate("us-east-1", "111122223333")
+        })
+    {
+        // What is accepted is within Inspector's limits.
+        assert!((1..=20).contains(&snippet.lines.len()));
+        assert!(snippet.suggested_fixes.len() <= 5);
+        assert!(inspector_keyd::domain::FindingArn::parse(&snippet.finding_arn).is_ok());
+    }
 }

@@ -16,7 +16,9 @@ use std::{
 };
 
 use common::*;
-use inspector_keyd::proto;
+use inspector_keyd::proto::{
+    self, local_code_scanning_service_client::LocalCodeScanningServiceClient,
+};
 use tonic::Code;
 
 /// The key configuration of the Lambda target: `None` is the AWS owned key.
@@ -103,6 +105,18 @@ async fn write_until_killed(
     }
 }
 
+fn snippet() -> proto::CodeSnippetResult {
+    proto::CodeSnippetResult {
+        start_line: 3,
+        end_line: 3,
+        code_snippet: vec![proto::CodeLine {
+            content: "eval(request.args[\"q\"])".into(),
+            line_number: 3,
+        }],
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9_at_random_points() {
     let kills: u64 = std::env::var("KEYD_CRASH_KILLS")
@@ -121,6 +135,17 @@ async fn acknowledged_writes_survive_kill_9_at_random_points() {
     for _ in 0..3 {
         keys.push(sidecar.create_key(proto::CreateKeyRequest::default()).await);
     }
+    // A stored snippet, re-encrypted by every Update and Reset: after each kill it must read
+    // back whole (a half-applied switch would leave it under a data key that is gone).
+    let finding = LocalCodeScanningServiceClient::new(sidecar.unix_channel().await)
+        .record_code_finding(proto::RecordCodeFindingRequest {
+            resource_type: LAMBDA,
+            finding: Some(snippet()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .finding_arn;
     let mut acknowledged: State = None;
     let (mut writes, mut in_flight_kills, mut in_flight_applied) = (0, 0, 0);
     for kill in 0..kills {
@@ -170,6 +195,23 @@ async fn acknowledged_writes_survive_kill_9_at_random_points() {
             .await
             .unwrap_or_else(|e| panic!("kill {kill}, seed {seed}: key {key} lost: {e:?}"));
         }
+        let read = sidecar
+            .read_only_keys()
+            .await
+            .batch_get_code_snippet(proto::BatchGetCodeSnippetRequest {
+                finding_arns: vec![finding.clone()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut expected = snippet();
+        expected.finding_arn = finding.clone();
+        assert_eq!(
+            read.code_snippet_results,
+            [expected],
+            "kill {kill}, seed {seed}: {:?}",
+            read.errors
+        );
     }
     println!(
         "{kills} kills, {writes} acknowledged writes, {in_flight_kills} kills with a write in flight ({in_flight_applied} of them applied), 0 acknowledged writes lost"
