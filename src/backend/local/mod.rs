@@ -55,9 +55,12 @@ impl LocalBackend {
                 state_dir.display()
             ))
         })?;
-        // The crypto library seeds its random generator on first use (about 30 ms): here,
-        // rather than in the first Update after a start.
-        crypto::random_key()?;
+        // The crypto library seeds its random generator on first use (about 30 ms): begun
+        // now on a thread of its own, so neither start-up nor the first Update after it
+        // waits for all of it.
+        let _ = std::thread::Builder::new()
+            .name("crypto-warm-up".into())
+            .spawn(|| crypto::random_key().map(drop));
         let store = Arc::new(Store::open(&state_dir.join(STORE_FILE))?);
         let kms = LocalKms::new(store, region.to_owned(), account_id.to_owned());
         kms.add_missing_key_material()?;
