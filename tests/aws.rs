@@ -29,6 +29,27 @@ fn aws_config(stub: &InspectorStub, moto: &Moto, account: Option<&str>) -> Strin
     )
 }
 
+/// As [`aws_config`], with the background reads of the key settings (readiness, drift) an
+/// hour apart, so they cannot take an error queued for the call under test.
+fn quiet_aws_config(stub: &InspectorStub, moto: &Moto) -> String {
+    format!(
+        "{}[ops]\nready_check_interval = \"1h\"\ndrift_interval = \"1h\"\n",
+        aws_config(stub, moto, Some("123456789012"))
+    )
+}
+
+/// Waits for the start-up drift check, which reads both targets, CODE_REPOSITORY last.
+async fn startup_reads_done(stub: &InspectorStub) {
+    eventually(Duration::from_secs(10), || async {
+        stub.requests().iter().any(|r| {
+            r.query
+                .as_deref()
+                .is_some_and(|q| q.contains("CODE_REPOSITORY"))
+        })
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_sdk_sends_exactly_the_inspector_requests() {
     let Some(moto) = Moto::start() else { return };
@@ -116,13 +137,11 @@ async fn the_sdk_sends_exactly_the_inspector_requests() {
 async fn each_inspector_error_maps_to_its_grpc_code() {
     let Some(moto) = Moto::start() else { return };
     let stub = InspectorStub::start().await;
-    let sidecar = Sidecar::start_with_env(
-        &aws_config(&stub, &moto, Some("123456789012")),
-        AWS_TEST_ENV,
-    );
+    let sidecar = Sidecar::start_with_env(&quiet_aws_config(&stub, &moto), AWS_TEST_ENV);
     let policy = sidecar.rendered_policy("amazon-q-lambda").await;
     let arn = moto.create_key(Some(&policy)).await;
     let mut admin = sidecar.admin_keys().await;
+    startup_reads_done(&stub).await;
 
     // Reads go through the cache: use the other target for each, after expiring nothing.
     let cases: Vec<(Vec<StubError>, Code, &str)> = vec![
@@ -223,13 +242,7 @@ fn finding_arn(id: &str) -> String {
 async fn code_snippet_errors_map_to_codes_without_aws_text() {
     let Some(moto) = Moto::start() else { return };
     let stub = InspectorStub::start().await;
-    // The sidecar reads the key settings in the background (readiness, drift); keep those
-    // out of the way of the queued errors.
-    let config = format!(
-        "{}[ops]\nready_check_interval = \"1h\"\ndrift_interval = \"1h\"\n",
-        aws_config(&stub, &moto, Some("123456789012"))
-    );
-    let sidecar = Sidecar::start_with_env(&config, AWS_TEST_ENV);
+    let sidecar = Sidecar::start_with_env(&quiet_aws_config(&stub, &moto), AWS_TEST_ENV);
     let mut reader = sidecar.read_only_keys().await;
     let batch_get = |finding_arns: Vec<String>| proto::BatchGetCodeSnippetRequest { finding_arns };
 
@@ -323,16 +336,8 @@ async fn code_snippet_errors_map_to_codes_without_aws_text() {
         sidecar.log()
     );
 
-    // Whole-call errors: snippets are never cached, so each call asks Inspector. The start-up
-    // drift check reads both targets, CODE_REPOSITORY last; let it finish first.
-    eventually(Duration::from_secs(10), || async {
-        stub.requests().iter().any(|r| {
-            r.query
-                .as_deref()
-                .is_some_and(|q| q.contains("CODE_REPOSITORY"))
-        })
-    })
-    .await;
+    // Whole-call errors: snippets are never cached, so each call asks Inspector.
+    startup_reads_done(&stub).await;
     let cases: Vec<(Vec<StubError>, Code, &str)> = vec![
         (
             vec![StubError::Validation],
