@@ -94,6 +94,18 @@ fn verification_settings(
     })
 }
 
+/// The local scanning service uses keys for what Update verifies them for.
+fn scanning_settings(settings: &VerificationSettings) -> ScanningSettings {
+    ScanningSettings {
+        region: settings.region.clone(),
+        account_id: settings.account_id.clone(),
+        principal_arn: settings.principal_arn.clone(),
+        identity_policies: ScanningSettings::parse_identity_policies(&settings.identity_policies),
+        lambda_profile: settings.lambda_profile,
+        code_repository_profile: settings.code_repository_profile,
+    }
+}
+
 /// The authorization rules: the rules file when configured, else the defaults (the server's
 /// own uid and the holder of the generated admin token are admin).
 fn authorizer(config: &Config) -> Result<Authorizer, ServeError> {
@@ -235,25 +247,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         move || crate::drain::stopped(stop_rx.clone())
     };
 
-    let (store_backend, local_apis, placement) = match config.backend {
+    let (store_backend, local_apis, settings) = match config.backend {
         BackendKind::Local => {
-            let placement = config.local_placement();
-            let settings = verification_settings(&config, &placement)?;
-            // The local scanning service uses keys for what Update verifies them for.
-            let scanning = ScanningSettings {
-                identity_policies: ScanningSettings::parse_identity_policies(
-                    &settings.identity_policies,
-                ),
-                region: settings.region,
-                account_id: settings.account_id,
-                principal_arn: settings.principal_arn,
-                lambda_profile: settings.lambda_profile,
-                code_repository_profile: settings.code_repository_profile,
-            };
-            let local =
-                LocalBackend::open(&config.state_dir, &placement.region, &placement.account_id)?
-                    .with_write_latency(config.local.write_latency)
-                    .with_scanning(scanning);
+            let settings = verification_settings(&config, &config.local_placement())?;
+            let local = LocalBackend::open(&config.state_dir, scanning_settings(&settings))?
+                .with_write_latency(config.local.write_latency);
             let apis = (
                 LocalKmsApi::new(local.kms().clone()),
                 LocalCodeScanningApi::new(local.scanning()),
@@ -262,7 +260,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             if let Some(file) = &config.local.fault_file {
                 backend = Arc::new(FaultyBackend::new(backend, file.clone()));
             }
-            (backend, Some(apis), placement)
+            (backend, Some(apis), settings)
         }
         BackendKind::Aws => {
             let (aws, placement) = AwsBackend::connect(
@@ -271,14 +269,16 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 config.account_id.as_deref(),
             )
             .await?;
-            (Arc::new(aws) as Arc<dyn Backend>, None, placement)
+            let settings = verification_settings(&config, &placement)?;
+            (Arc::new(aws) as Arc<dyn Backend>, None, settings)
         }
     };
     let stats = Arc::new(crate::cache::CacheStats::default());
     let metrics = Metrics::new(stats.clone());
     let backend: Arc<dyn Backend> = Arc::new(MeteredBackend::new(store_backend, metrics.clone()));
     let cache = KeyCache::with_stats(backend.clone(), config.cache.clone(), stats);
-    let verifier = KeyVerifier::new(backend.clone(), verification_settings(&config, &placement)?);
+    let (region, account_id) = (settings.region.clone(), settings.account_id.clone());
+    let verifier = KeyVerifier::new(backend.clone(), settings);
     let key_watch = Arc::new(KeyWatch::new(
         backend.clone(),
         verifier.clone(),
@@ -413,7 +413,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
     health.set_service_status("", ServingStatus::Serving).await;
     readiness.set_serving(true).await;
-    tracing::info!(unix = %unix_addr, tcp = %tcp_addr, tls = %tls_addr, metrics = %metrics_addr, health = %health_addr, backend = ?config.backend, region = %placement.region, account = %placement.account_id, "serving");
+    tracing::info!(unix = %unix_addr, tcp = %tcp_addr, tls = %tls_addr, metrics = %metrics_addr, health = %health_addr, backend = ?config.backend, region = %region, account = %account_id, "serving");
 
     let failed = tokio::select! {
         () = shutdown => None,

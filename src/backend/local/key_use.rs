@@ -39,22 +39,6 @@ pub struct ScanningSettings {
 }
 
 impl ScanningSettings {
-    /// The defaults of a local backend: codeguru-grants for Lambda functions,
-    /// amazon-q-code-repository for code repositories, no identity policies.
-    pub fn local_defaults(region: &str, account_id: &str) -> ScanningSettings {
-        ScanningSettings {
-            region: region.to_owned(),
-            account_id: account_id.to_owned(),
-            principal_arn: format!(
-                "arn:{}:iam::{account_id}:role/inspector-keyd",
-                crate::domain::partition_of(region)
-            ),
-            identity_policies: None,
-            lambda_profile: Profile::CodeguruGrants,
-            code_repository_profile: Profile::AmazonQCodeRepository,
-        }
-    }
-
     /// Parses configured identity policy documents (ones that do not parse are left out:
     /// verification reports them).
     pub fn parse_identity_policies(texts: &[String]) -> Option<Vec<Policy>> {

@@ -351,13 +351,23 @@ impl LocalKms {
     }
 
     /// Gives key material to symmetric keys made before keys had any (state directories of
-    /// earlier versions).
+    /// earlier versions). Writes (and syncs) only when one lacks it.
     pub(super) fn add_missing_key_material(&self) -> Result<(), BackendError> {
-        self.store.write(|tx| {
-            for key in tx.keys()? {
-                if key.key_spec == "SYMMETRIC_DEFAULT" && tx.material(&key.key_id)?.is_none() {
-                    tx.put_material(&key.key_id, &super::crypto::random_key()?)?;
+        fn missing(reads: &impl KeyReads) -> Result<Vec<String>, BackendError> {
+            let mut ids = Vec::new();
+            for key in reads.keys()? {
+                if key.key_spec == "SYMMETRIC_DEFAULT" && reads.material(&key.key_id)?.is_none() {
+                    ids.push(key.key_id);
                 }
+            }
+            Ok(ids)
+        }
+        if self.store.read(missing)?.is_empty() {
+            return Ok(());
+        }
+        self.store.write(|tx| {
+            for key_id in missing(tx)? {
+                tx.put_material(&key_id, &super::crypto::random_key()?)?;
             }
             Ok(())
         })

@@ -43,11 +43,12 @@ fn config_key(target: Target) -> String {
 }
 
 impl LocalBackend {
-    /// Opens the store in `state_dir` (created if missing).
+    /// Opens the store in `state_dir` (created if missing), for the Region, account,
+    /// profiles, principal and identity policies of `scanning` (those `Update` verifies keys
+    /// against, so the scanning service uses keys for what was verified).
     pub fn open(
         state_dir: &Path,
-        region: &str,
-        account_id: &str,
+        scanning: ScanningSettings,
     ) -> Result<LocalBackend, BackendError> {
         std::fs::create_dir_all(state_dir).map_err(|e| {
             BackendError::internal(format!(
@@ -62,20 +63,13 @@ impl LocalBackend {
             .name("crypto-warm-up".into())
             .spawn(|| crypto::random_key().map(drop));
         let store = Arc::new(Store::open(&state_dir.join(STORE_FILE))?);
-        let kms = LocalKms::new(store, region.to_owned(), account_id.to_owned());
+        let kms = LocalKms::new(store, scanning.region.clone(), scanning.account_id.clone());
         kms.add_missing_key_material()?;
         Ok(LocalBackend {
             kms,
-            scanning: Arc::new(ScanningSettings::local_defaults(region, account_id)),
+            scanning: Arc::new(scanning),
             write_latency: std::time::Duration::ZERO,
         })
-    }
-
-    /// Sets the profiles, principal and identity policies the scanning service uses keys
-    /// for (those `Update` verifies keys against).
-    pub fn with_scanning(mut self, settings: ScanningSettings) -> LocalBackend {
-        self.scanning = Arc::new(settings);
-        self
     }
 
     /// Adds `latency` before every key-configuration write (test/dev only).
@@ -254,7 +248,15 @@ mod tests {
     #[tokio::test]
     async fn data_keys_plaintext_never_reaches_the_state_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = LocalBackend::open(dir.path(), "us-east-1", "111122223333").unwrap();
+        let settings = ScanningSettings {
+            region: "us-east-1".into(),
+            account_id: "111122223333".into(),
+            principal_arn: "arn:aws:iam::111122223333:role/inspector-keyd".into(),
+            identity_policies: None,
+            lambda_profile: crate::verify::Profile::CodeguruGrants,
+            code_repository_profile: crate::verify::Profile::AmazonQCodeRepository,
+        };
+        let backend = LocalBackend::open(dir.path(), settings).unwrap();
         let snippet = CodeSnippet {
             finding_arn: format!(
                 "arn:aws:inspector2:us-east-1:111122223333:finding/{}",
