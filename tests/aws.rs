@@ -50,6 +50,88 @@ async fn startup_reads_done(stub: &InspectorStub) {
     .await;
 }
 
+/// The whole-call errors of every Inspector operation: the error shapes the stub answers
+/// with, the gRPC code and ErrorInfo reason each must become. The retryable ones are queued
+/// twice: the SDK tries `max_attempts` = 2 times, then gives up.
+fn whole_call_errors() -> Vec<(Vec<StubError>, Code, &'static str)> {
+    vec![
+        (
+            vec![StubError::Validation],
+            Code::InvalidArgument,
+            "INVALID_REQUEST",
+        ),
+        (
+            vec![StubError::AccessDenied],
+            Code::PermissionDenied,
+            "BACKEND_ACCESS_DENIED",
+        ),
+        (
+            vec![StubError::Throttling { retry_after: 7 }; 2],
+            Code::ResourceExhausted,
+            "BACKEND_THROTTLED",
+        ),
+        (
+            vec![StubError::InternalServer { retry_after: 3 }; 2],
+            Code::Unavailable,
+            "BACKEND_UNAVAILABLE",
+        ),
+    ]
+}
+
+/// For each case, queues its errors and makes `call`, which must fail: with the case's code
+/// and reason, RetryInfo from Retry-After for the retryable ones only, no AWS text, after
+/// exactly one request per queued error, each the `(method, path, body)` expected.
+async fn assert_whole_call_errors<F, Fut>(
+    stub: &InspectorStub,
+    cases: Vec<(Vec<StubError>, Code, &str)>,
+    (method, path, body): (&str, &str, &serde_json::Value),
+    mut call: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = tonic::Status>,
+{
+    for (errors, code, expected_reason) in cases {
+        stub.clear_requests();
+        let attempts = errors.len();
+        stub.fail_next(errors);
+        let status = call().await;
+        assert_eq!(status.code(), code, "{status:?}");
+        assert_eq!(reason(&status), expected_reason);
+        assert!(
+            !status.message().contains(AWS_ERROR_TEXT),
+            "AWS text reached the caller: {}",
+            status.message()
+        );
+        // Only the call's own requests: the sidecar also reads key settings in the
+        // background.
+        let requests: Vec<_> = stub
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect();
+        assert_eq!(
+            requests.len(),
+            attempts,
+            "attempts for {expected_reason}: {:?}",
+            stub.requests()
+        );
+        for request in &requests {
+            assert_eq!(request.method, method);
+            assert_eq!(request.body.as_ref(), Some(body));
+        }
+        let retry_delay = status
+            .get_error_details()
+            .retry_info()
+            .map(|r| r.retry_delay);
+        let expected_delay = match code {
+            Code::ResourceExhausted => Some(Some(Duration::from_secs(7))),
+            Code::Unavailable => Some(Some(Duration::from_secs(3))),
+            _ => None,
+        };
+        assert_eq!(retry_delay, expected_delay, "{status:?}");
+    }
+}
+
 #[tokio::test]
 async fn the_sdk_sends_exactly_the_inspector_requests() {
     let Some(moto) = Moto::start() else { return };
@@ -121,15 +203,7 @@ async fn the_sdk_sends_exactly_the_inspector_requests() {
         &serde_json::json!({"scanType": "CODE", "resourceType": "CODE_REPOSITORY"})
     );
     for request in &requests {
-        let authorization = request.authorization.as_deref().unwrap_or_default();
-        assert!(
-            authorization.starts_with("AWS4-HMAC-SHA256 Credential=testing/"),
-            "{authorization}"
-        );
-        assert!(
-            authorization.contains("/us-east-1/inspector2/aws4_request"),
-            "{authorization}"
-        );
+        request.assert_signed_for_inspector();
     }
 }
 
@@ -143,68 +217,31 @@ async fn each_inspector_error_maps_to_its_grpc_code() {
     let mut admin = sidecar.admin_keys().await;
     startup_reads_done(&stub).await;
 
-    // Reads go through the cache: use the other target for each, after expiring nothing.
-    let cases: Vec<(Vec<StubError>, Code, &str)> = vec![
-        (
-            vec![StubError::Validation],
-            Code::InvalidArgument,
-            "INVALID_REQUEST",
-        ),
-        (
-            vec![StubError::AccessDenied],
-            Code::PermissionDenied,
-            "BACKEND_ACCESS_DENIED",
-        ),
+    let mut cases = whole_call_errors();
+    cases.insert(
+        2,
         (
             vec![StubError::ResourceNotFound],
             Code::NotFound,
             "NOT_FOUND",
         ),
-        // Retryable: the SDK tries twice (max_attempts = 2), then gives up.
-        (
-            vec![StubError::Throttling { retry_after: 7 }; 2],
-            Code::ResourceExhausted,
-            "BACKEND_THROTTLED",
-        ),
-        (
-            vec![StubError::InternalServer { retry_after: 3 }; 2],
-            Code::Unavailable,
-            "BACKEND_UNAVAILABLE",
-        ),
-    ];
-    for (errors, code, expected_reason) in cases {
-        stub.clear_requests();
-        let attempts = errors.len();
-        stub.fail_next(errors);
-        let status = admin
-            .update_encryption_key(update_request(&arn))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), code, "{status:?}");
-        assert_eq!(reason(&status), expected_reason);
-        assert!(
-            !status.message().contains(AWS_ERROR_TEXT),
-            "AWS text reached the caller: {}",
-            status.message()
-        );
-        assert_eq!(
-            stub.requests().len(),
-            attempts,
-            "attempts for {expected_reason}"
-        );
-        let details = status.get_error_details();
-        match code {
-            Code::ResourceExhausted => assert_eq!(
-                details.retry_info().unwrap().retry_delay,
-                Some(Duration::from_secs(7))
-            ),
-            Code::Unavailable => assert_eq!(
-                details.retry_info().unwrap().retry_delay,
-                Some(Duration::from_secs(3))
-            ),
-            _ => assert!(details.retry_info().is_none()),
-        }
-    }
+    );
+    let update_body = serde_json::json!({"kmsKeyId": arn, "scanType": "CODE", "resourceType": "AWS_LAMBDA_FUNCTION"});
+    assert_whole_call_errors(
+        &stub,
+        cases,
+        ("PUT", "/encryptionkey/update", &update_body),
+        || {
+            let (mut admin, arn) = (admin.clone(), arn.clone());
+            async move {
+                admin
+                    .update_encryption_key(update_request(&arn))
+                    .await
+                    .unwrap_err()
+            }
+        },
+    )
+    .await;
     // The AWS text is in the sidecar's log, for operators.
     assert!(sidecar.log().contains(AWS_ERROR_TEXT));
     // Nothing was stored by the failed updates; one that succeeds afterwards is.
@@ -338,78 +375,22 @@ async fn code_snippet_errors_map_to_codes_without_aws_text() {
 
     // Whole-call errors: snippets are never cached, so each call asks Inspector.
     startup_reads_done(&stub).await;
-    let cases: Vec<(Vec<StubError>, Code, &str)> = vec![
-        (
-            vec![StubError::Validation],
-            Code::InvalidArgument,
-            "INVALID_REQUEST",
-        ),
-        (
-            vec![StubError::AccessDenied],
-            Code::PermissionDenied,
-            "BACKEND_ACCESS_DENIED",
-        ),
-        // Retryable: the SDK tries twice (max_attempts = 2), then gives up.
-        (
-            vec![StubError::Throttling { retry_after: 7 }; 2],
-            Code::ResourceExhausted,
-            "BACKEND_THROTTLED",
-        ),
-        (
-            vec![StubError::InternalServer { retry_after: 3 }; 2],
-            Code::Unavailable,
-            "BACKEND_UNAVAILABLE",
-        ),
-    ];
-    for (errors, code, expected_reason) in cases {
-        stub.clear_requests();
-        let attempts = errors.len();
-        stub.fail_next(errors);
-        let status = reader
-            .batch_get_code_snippet(batch_get(vec![known.clone()]))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), code, "{status:?}");
-        assert_eq!(reason(&status), expected_reason);
-        assert!(
-            !status.message().contains(AWS_ERROR_TEXT),
-            "AWS text reached the caller: {}",
-            status.message()
-        );
-        let requests: Vec<_> = stub
-            .requests()
-            .into_iter()
-            .filter(|r| r.path == "/codesnippet/batchget")
-            .collect();
-        assert_eq!(
-            requests.len(),
-            attempts,
-            "attempts for {expected_reason}: {:?}",
-            stub.requests()
-        );
-        for request in &requests {
-            assert_eq!(
-                (request.method.as_str(), request.path.as_str()),
-                ("POST", "/codesnippet/batchget")
-            );
-            assert_eq!(
-                request.body.as_ref().unwrap(),
-                &serde_json::json!({"findingArns": [known]})
-            );
-        }
-        let details = status.get_error_details();
-        match code {
-            Code::ResourceExhausted => assert_eq!(
-                details.retry_info().unwrap().retry_delay,
-                Some(Duration::from_secs(7))
-            ),
-            Code::Unavailable => assert_eq!(
-                details.retry_info().unwrap().retry_delay,
-                Some(Duration::from_secs(3))
-            ),
-            _ => assert!(details.retry_info().is_none()),
-        }
-    }
+    let snippet_body = serde_json::json!({"findingArns": [known]});
+    assert_whole_call_errors(
+        &stub,
+        whole_call_errors(),
+        ("POST", "/codesnippet/batchget", &snippet_body),
+        || {
+            let (mut reader, known) = (reader.clone(), known.clone());
+            async move {
+                reader
+                    .batch_get_code_snippet(batch_get(vec![known]))
+                    .await
+                    .unwrap_err()
+            }
+        },
+    )
+    .await;
 
     // Nothing was left queued: the next call answers the snippet again.
     let answer = reader

@@ -384,15 +384,7 @@ async fn code_snippets_answer_per_finding(backend: Backend) {
             request.body.as_ref().unwrap(),
             &serde_json::json!({"findingArns": [known, unknown]})
         );
-        let authorization = request.authorization.as_deref().unwrap_or_default();
-        assert!(
-            authorization.starts_with("AWS4-HMAC-SHA256 Credential=testing/"),
-            "{authorization}"
-        );
-        assert!(
-            authorization.contains("/us-east-1/inspector2/aws4_request"),
-            "{authorization}"
-        );
+        request.assert_signed_for_inspector();
     }
 
     // Refused before the backend is asked: no ARN, eleven, and ARNs off the pattern.

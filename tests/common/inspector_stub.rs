@@ -26,6 +26,22 @@ pub struct Recorded {
     pub authorization: Option<String>,
 }
 
+impl Recorded {
+    /// The request carries a SigV4 signature of the test credentials for inspector2 in
+    /// us-east-1.
+    pub fn assert_signed_for_inspector(&self) {
+        let authorization = self.authorization.as_deref().unwrap_or_default();
+        assert!(
+            authorization.starts_with("AWS4-HMAC-SHA256 Credential=testing/"),
+            "{authorization}"
+        );
+        assert!(
+            authorization.contains("/us-east-1/inspector2/aws4_request"),
+            "{authorization}"
+        );
+    }
+}
+
 /// An error the stub answers with, shaped as the service model says.
 #[derive(Debug, Clone)]
 pub enum StubError {
