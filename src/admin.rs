@@ -16,19 +16,21 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 /// Readiness: serving, and the backend answered its last check. Published as `/readyz` and
 /// as the gRPC health status of the API service (what Kubernetes' readiness probe asks).
-#[derive(Debug)]
 pub struct Readiness {
     serving: AtomicBool,
     backend_ok: AtomicBool,
     health: HealthReporter,
+    metrics: Metrics,
 }
 
 impl Readiness {
-    pub fn new(health: HealthReporter) -> Readiness {
+    pub fn new(health: HealthReporter, metrics: Metrics) -> Readiness {
+        metrics.set_ready(false);
         Readiness {
             serving: AtomicBool::new(false),
             backend_ok: AtomicBool::new(false),
             health,
+            metrics,
         }
     }
 
@@ -42,7 +44,9 @@ impl Readiness {
     }
 
     async fn publish(&self) {
-        let status = if self.is_ready() {
+        let ready = self.is_ready();
+        self.metrics.set_ready(ready);
+        let status = if ready {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

@@ -6,7 +6,7 @@
 
 use std::{
     sync::{
-        Arc, PoisonError, RwLock,
+        Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -90,6 +90,15 @@ pub struct CacheStats {
     stale: AtomicU64,
     loads: AtomicU64,
     load_failures: AtomicU64,
+    /// When each target's entry stops being fresh, and when it can no longer be served even
+    /// as stale; set with the entry (a load or a write), read at each scrape.
+    windows: Mutex<[Option<StaleWindow>; SUPPORTED_TARGETS.len()]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct StaleWindow {
+    expires: Instant,
+    servable_until: Instant,
 }
 
 /// A snapshot of [`CacheStats`].
@@ -115,6 +124,31 @@ impl CacheStats {
 
     fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// For each target whose entry is past its TTL, how long it may still be served while
+    /// the backend fails (zero once that window is over). A fresh entry, or none, is not
+    /// listed: only an expired entry is what a failing backend leaves readers with.
+    pub fn stale_windows(&self) -> Vec<(Target, Duration)> {
+        let now = Instant::now();
+        let windows = *self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        Target::all()
+            .filter_map(|target| {
+                let window = windows.get(target.index()).copied().flatten()?;
+                (now >= window.expires)
+                    .then(|| (target, window.servable_until.saturating_duration_since(now)))
+            })
+            .collect()
+    }
+
+    fn set_window(&self, target: Target, entry: Option<&Entry>, config: &CacheConfig) {
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = windows.get_mut(target.index()) {
+            *slot = entry.map(|entry| StaleWindow {
+                expires: entry.loaded_at + entry.ttl(config),
+                servable_until: entry.loaded_at + entry.ttl(config) + config.max_stale,
+            });
+        }
     }
 }
 
@@ -277,6 +311,7 @@ impl KeyCache {
                             loaded_at: Instant::now(),
                         };
                         self.read_slots.set(target, Some(&loaded));
+                        self.stats.set_window(target, Some(&loaded), &self.config);
                         Op::Put(loaded)
                     }
                     Err(error) => {
@@ -354,6 +389,8 @@ impl KeyCache {
                     loaded_at: Instant::now(),
                 });
                 self.read_slots.set(target, written.as_ref());
+                self.stats
+                    .set_window(target, written.as_ref(), &self.config);
                 match written {
                     Some(entry) => Op::Put(entry),
                     None => Op::Remove,

@@ -2,21 +2,26 @@
 //! low-cardinality labels only: RPC method names, codes, roles, classes, profiles and
 //! targets — never key ARNs or callers.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
+        MetricType,
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::Gauge,
+        gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
 };
 
-use crate::{cache::CacheStats, domain::Target};
+use crate::{
+    cache::CacheStats,
+    domain::{SUPPORTED_TARGETS, Target},
+    verify::Report,
+};
 
 // Label values are static strings: counting a call allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,8 +51,51 @@ struct VerificationLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
-    scan_type: String,
-    resource_type: String,
+    scan_type: &'static str,
+    resource_type: &'static str,
+}
+
+impl TargetLabels {
+    fn of(target: Target) -> TargetLabels {
+        TargetLabels {
+            scan_type: target.scan_type().as_aws_str(),
+            resource_type: target.resource_type().as_aws_str(),
+        }
+    }
+}
+
+/// One failing check (an ERROR finding's code) of a target's key.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailingCheckLabels {
+    scan_type: &'static str,
+    resource_type: &'static str,
+    check: &'static str,
+}
+
+/// A file the sidecar reloads when it changes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    file: &'static str,
+}
+
+/// The files the sidecar reloads, as the `file` label names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadedFile {
+    /// The authorization rules file.
+    Rules,
+    /// The TLS certificate, key and client CAs.
+    Tls,
+}
+
+impl ReloadedFile {
+    fn label(self) -> ReloadLabels {
+        ReloadLabels {
+            file: match self {
+                ReloadedFile::Rules => "rules",
+                ReloadedFile::Tls => "tls",
+            },
+        }
+    }
 }
 
 fn rpc_histogram() -> Histogram {
@@ -67,6 +115,14 @@ struct Families {
     backend_calls: Family<BackendLabels, Counter>,
     verifications: Family<VerificationLabels, Counter>,
     key_verification_passed: Family<TargetLabels, Gauge>,
+    key_verification_failing_check: Family<FailingCheckLabels, Gauge>,
+    /// The checks each target's key fails now (the series above that are set), so that a
+    /// new verdict removes the ones that no longer fail.
+    failing_checks: Mutex<[Vec<&'static str>; SUPPORTED_TARGETS.len()]>,
+    ready: Gauge,
+    rpc_shed: Counter,
+    reload_failures: Family<ReloadLabels, Counter>,
+    reload_failing: Family<ReloadLabels, Gauge>,
     /// The series each (method, code) uses, looked up once: counting a call takes no lock
     /// and hashes nothing.
     rpc_series: Vec<OnceLock<(Counter, Histogram)>>,
@@ -111,6 +167,17 @@ impl Collector for CacheCollector {
             let counter = ConstCounter::new(value);
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "inspector_keyd_cache_stale_seconds_left",
+            "for a target whose cached key is past its TTL: seconds it may still be served \
+             while the backend fails (cache.max_stale); reads fail once it reaches 0",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (target, left) in self.0.stale_windows() {
+            let labels = TargetLabels::of(target);
+            ConstGauge::new(left.as_secs_f64()).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -202,6 +269,37 @@ impl Metrics {
             "1 when the customer managed key in use passes verification, 0 when it does not (drift)",
             key_verification_passed.clone(),
         );
+        let key_verification_failing_check = Family::<FailingCheckLabels, Gauge>::default();
+        registry.register(
+            "inspector_keyd_key_verification_failing_check",
+            "1 for each check (finding code) the customer managed key in use fails",
+            key_verification_failing_check.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "inspector_keyd_ready",
+            "1 when the sidecar is ready (serving, and the backend answered its last check), \
+             as readiness probes see it",
+            ready.clone(),
+        );
+        let rpc_shed = Counter::default();
+        registry.register(
+            "inspector_keyd_rpc_shed",
+            "RPCs refused with RESOURCE_EXHAUSTED because ops.max_concurrent_rpcs were running",
+            rpc_shed.clone(),
+        );
+        let reload_failures = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "inspector_keyd_reload_failures",
+            "changed rules or TLS files that were refused (the ones in force stay)",
+            reload_failures.clone(),
+        );
+        let reload_failing = Family::<ReloadLabels, Gauge>::default();
+        registry.register(
+            "inspector_keyd_reload_failing",
+            "1 while the last change of the rules or TLS files was refused, 0 once one loads",
+            reload_failing.clone(),
+        );
         registry.register_collector(Box::new(CacheCollector(cache)));
         Metrics(Arc::new(Families {
             registry,
@@ -211,6 +309,12 @@ impl Metrics {
             backend_calls,
             verifications,
             key_verification_passed,
+            key_verification_failing_check,
+            failing_checks: Mutex::default(),
+            ready,
+            rpc_shed,
+            reload_failures,
+            reload_failing,
             rpc_series: (0..METHODS.len() * CODES)
                 .map(|_| OnceLock::new())
                 .collect(),
@@ -291,22 +395,153 @@ impl Metrics {
             .inc();
     }
 
-    /// 1 or 0 for a target's key; `None` (the AWS owned key in use) removes the series.
-    pub fn set_key_verification_passed(&self, target: Target, passed: Option<bool>) {
-        let labels = TargetLabels {
-            scan_type: target.scan_type().as_aws_str().to_owned(),
-            resource_type: target.resource_type().as_aws_str().to_owned(),
-        };
-        match passed {
-            Some(passed) => {
+    /// The verdict on a target's key: `None` (the AWS owned key in use, or no verdict yet)
+    /// removes its series. A failed verdict sets one series per failing check.
+    pub fn set_key_verification(&self, target: Target, report: Option<&Report>) {
+        let labels = TargetLabels::of(target);
+        match report {
+            Some(report) => {
                 self.0
                     .key_verification_passed
                     .get_or_create(&labels)
-                    .set(i64::from(passed));
+                    .set(i64::from(report.passed));
             }
             None => {
                 self.0.key_verification_passed.remove(&labels);
             }
         }
+        let mut failing: Vec<&'static str> = report
+            .map(|r| r.errors().map(|f| f.code).collect())
+            .unwrap_or_default();
+        failing.sort_unstable();
+        failing.dedup();
+        let series = |check| FailingCheckLabels {
+            scan_type: labels.scan_type,
+            resource_type: labels.resource_type,
+            check,
+        };
+        let mut current = self
+            .0
+            .failing_checks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(current) = current.get_mut(target.index()) else {
+            return;
+        };
+        for gone in current.iter().filter(|check| !failing.contains(check)) {
+            self.0.key_verification_failing_check.remove(&series(*gone));
+        }
+        for check in &failing {
+            self.0
+                .key_verification_failing_check
+                .get_or_create(&series(*check))
+                .set(1);
+        }
+        *current = failing;
+    }
+
+    /// Readiness as the probes see it.
+    pub fn set_ready(&self, ready: bool) {
+        self.0.ready.set(i64::from(ready));
+    }
+
+    /// A call shed at the concurrency limit.
+    pub fn count_shed(&self) {
+        self.0.rpc_shed.inc();
+    }
+
+    /// Starts the reload series of a file the sidecar watches at 0.
+    pub fn watch_reloads(&self, file: ReloadedFile) {
+        // Creating the series is the point: a first failure then shows as an increase.
+        drop(self.0.reload_failures.get_or_create(&file.label()));
+        self.0.reload_failing.get_or_create(&file.label()).set(0);
+    }
+
+    /// The outcome of reading a changed file again.
+    pub fn count_reload(&self, file: ReloadedFile, refused: bool) {
+        if refused {
+            self.0.reload_failures.get_or_create(&file.label()).inc();
+        }
+        self.0
+            .reload_failing
+            .get_or_create(&file.label())
+            .set(i64::from(refused));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::verify::Finding;
+
+    fn failing_checks(metrics: &Metrics) -> Vec<String> {
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("inspector_keyd_key_verification_failing_check{"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_new_verdict_replaces_the_failing_checks_of_its_target_only() {
+        let metrics = Metrics::new(Arc::default());
+        let mut targets = Target::all();
+        let (lambda, repository) = (targets.next().unwrap(), targets.next().unwrap());
+        let failing = |codes: &[&'static str]| {
+            Report::new(
+                "codeguru-grants",
+                codes.iter().map(|c| Finding::error(c, "x")).collect(),
+            )
+        };
+        metrics.set_key_verification(
+            lambda,
+            Some(&failing(&["KEY_NOT_ENABLED", "KEY_POLICY_DENIES"])),
+        );
+        metrics.set_key_verification(repository, Some(&failing(&["KEY_NOT_ENABLED"])));
+        assert_eq!(failing_checks(&metrics).len(), 3);
+
+        metrics.set_key_verification(lambda, Some(&failing(&["KEY_POLICY_DENIES"])));
+        let left = failing_checks(&metrics);
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.iter().any(|l| l.contains("AWS_LAMBDA_FUNCTION")
+            && l.contains("check=\"KEY_POLICY_DENIES\"")
+            && l.ends_with(" 1")));
+        assert!(
+            !left
+                .iter()
+                .any(|l| l.contains("AWS_LAMBDA_FUNCTION") && l.contains("KEY_NOT_ENABLED"))
+        );
+
+        // Passing (or the AWS owned key in use) leaves no failing check.
+        metrics.set_key_verification(lambda, Some(&failing(&[])));
+        metrics.set_key_verification(repository, None);
+        assert_eq!(failing_checks(&metrics), Vec::<String>::new());
+        assert!(metrics
+            .encode()
+            .contains("inspector_keyd_key_verification_passed{scan_type=\"CODE\",resource_type=\"AWS_LAMBDA_FUNCTION\"} 1"));
+    }
+
+    #[test]
+    fn a_refused_reload_stays_failing_until_one_loads() {
+        let metrics = Metrics::new(Arc::default());
+        metrics.watch_reloads(ReloadedFile::Rules);
+        let text = metrics.encode();
+        assert!(
+            text.contains("inspector_keyd_reload_failures_total{file=\"rules\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("inspector_keyd_reload_failing{file=\"rules\"} 0"));
+        metrics.count_reload(ReloadedFile::Rules, true);
+        metrics.count_reload(ReloadedFile::Rules, true);
+        let text = metrics.encode();
+        assert!(text.contains("inspector_keyd_reload_failures_total{file=\"rules\"} 2"));
+        assert!(text.contains("inspector_keyd_reload_failing{file=\"rules\"} 1"));
+        metrics.count_reload(ReloadedFile::Rules, false);
+        let text = metrics.encode();
+        assert!(text.contains("inspector_keyd_reload_failures_total{file=\"rules\"} 2"));
+        assert!(text.contains("inspector_keyd_reload_failing{file=\"rules\"} 0"));
     }
 }

@@ -263,6 +263,7 @@ where
             match self.layer.permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
+                    self.layer.metrics.count_shed();
                     if let Some(shed) = self.layer.shed_log.count() {
                         let _entered = span.unwrap_or_else(|| call.span()).entered();
                         tracing::warn!(shed, "overloaded: calls shed");

@@ -26,7 +26,7 @@ use crate::{
     cache::KeyCache,
     config::{BackendKind, Config, ConfigError, Placement},
     drain::DrainingHealth,
-    metrics::Metrics,
+    metrics::{Metrics, ReloadedFile},
     ops::{OpsLayer, OpsLimits},
     proto::{
         self, encryption_key_service_server::EncryptionKeyServiceServer,
@@ -134,7 +134,14 @@ async fn reload_loop(
     authorizer: Arc<Authorizer>,
     tls: Option<Arc<ReloadableTls>>,
     interval: std::time::Duration,
+    metrics: Metrics,
 ) {
+    if authorizer.rules_file().is_some() {
+        metrics.watch_reloads(ReloadedFile::Rules);
+    }
+    if tls.is_some() {
+        metrics.watch_reloads(ReloadedFile::Tls);
+    }
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut rules_stamp = authorizer
         .rules_file()
@@ -148,7 +155,9 @@ async fn reload_loop(
             let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
             if forced || stamp != rules_stamp {
                 rules_stamp = stamp;
-                match authorizer.reload() {
+                let reloaded = authorizer.reload();
+                metrics.count_reload(ReloadedFile::Rules, reloaded.is_err());
+                match reloaded {
                     Ok(true) => {
                         tracing::info!(path = %path.display(), "authorization rules reloaded")
                     }
@@ -160,12 +169,17 @@ async fn reload_loop(
             }
         }
         if let Some(tls) = &tls {
-            match tls.reload(forced) {
+            let reloaded = tls.reload(forced);
+            match &reloaded {
                 Ok(true) => tracing::info!("TLS certificate, key and client CAs reloaded"),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "new TLS files refused; the ones in force stay")
                 }
+            }
+            // Unchanged files (Ok(false)) say nothing new.
+            if !matches!(reloaded, Ok(false)) {
+                metrics.count_reload(ReloadedFile::Tls, reloaded.is_err());
             }
         }
     }
@@ -377,7 +391,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             router.serve_with_incoming_shutdown(incoming, stopped()),
         ));
     }
-    let readiness = Arc::new(Readiness::new(health.clone()));
+    let readiness = Arc::new(Readiness::new(health.clone(), metrics.clone()));
     let mut metrics_addr = String::new();
     if let Some(addr) = config.metrics_listener()? {
         let (listener, local) = bind_tcp("metrics", addr).await?;
@@ -402,7 +416,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     readiness.check_backend_once(backend.as_ref()).await;
     let background = [
-        tokio::spawn(reload_loop(authorizer, tls, config.authz.reload_interval)),
+        tokio::spawn(reload_loop(
+            authorizer,
+            tls,
+            config.authz.reload_interval,
+            metrics.clone(),
+        )),
         tokio::spawn(key_watch.run(config.ops.drift_interval)),
         tokio::spawn(
             readiness

@@ -363,3 +363,36 @@ async fn a_refused_write_keeps_the_entry_and_one_of_unknown_outcome_drops_it() {
     );
     assert_eq!(fake.gets(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_entry_reports_how_long_it_may_still_be_served_stale() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(fake.clone(), config());
+    let windows = |cache: &KeyCache| cache.stats().stale_windows();
+    assert_eq!(windows(&cache), vec![], "no entry yet");
+    cache.get(lambda()).await.unwrap();
+    // Loaded after the fake's 50 ms; fresh for its 60 s TTL.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(windows(&cache), vec![], "a fresh entry has no stale window");
+
+    // Past the TTL: the rest of max_stale (300 s) counts down.
+    tokio::time::advance(Duration::from_secs(40)).await;
+    assert_eq!(windows(&cache), vec![(lambda(), Duration::from_secs(290))]);
+    fake.fail_with(Some(BackendError::Timeout));
+    assert_eq!(
+        cache.get(lambda()).await.unwrap().status,
+        CacheStatus::Stale
+    );
+    assert_eq!(
+        windows(&cache),
+        vec![(lambda(), Duration::from_millis(289_950))],
+        "a stale answer does not extend the window"
+    );
+    tokio::time::advance(Duration::from_secs(300)).await;
+    assert_eq!(windows(&cache), vec![(lambda(), Duration::ZERO)]);
+
+    // A new load starts a fresh entry.
+    fake.fail_with(None);
+    cache.get(lambda()).await.unwrap();
+    assert_eq!(windows(&cache), vec![]);
+}

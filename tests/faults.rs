@@ -143,6 +143,19 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
         read_key(&mut reader).await.unwrap(),
         (first.clone(), "stale".into())
     );
+    // What the alerts of deploy/monitoring see: stale answers, and the window left.
+    let metrics = sidecar.scrape_metrics();
+    if let Some(metrics) = &metrics {
+        assert!(sample(metrics, "inspector_keyd_cache_stale", "_total", &[]).unwrap() >= 1.0);
+        let left = sample(
+            metrics,
+            "inspector_keyd_cache_stale_seconds_left",
+            "",
+            &[("resource_type", "AWS_LAMBDA_FUNCTION")],
+        )
+        .unwrap();
+        assert!(left > 0.0 && left <= 1.5, "{left}");
+    }
 
     // Past max_stale the read fails as the backend does, clearly.
     let refused = eventually(Duration::from_secs(5), || {
@@ -161,6 +174,18 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
     .await;
     assert!(unready, "/readyz stayed ready");
     assert_eq!(sidecar.http_get("/livez").0, 200);
+    if let Some(metrics) = sidecar.scrape_metrics() {
+        assert_eq!(sample(&metrics, "inspector_keyd_ready", "", &[]), Some(0.0));
+        assert_eq!(
+            sample(
+                &metrics,
+                "inspector_keyd_cache_stale_seconds_left",
+                "",
+                &[("resource_type", "AWS_LAMBDA_FUNCTION")],
+            ),
+            Some(0.0)
+        );
+    }
 
     // Back: fresh reads of the unchanged key, and writes work again.
     faulty.clear();

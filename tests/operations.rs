@@ -219,6 +219,13 @@ async fn overload_is_shed_at_once_while_admitted_calls_complete() {
         "shed {shed:?} admitted {admitted:?}"
     );
     assert!(*first_admitted >= Duration::from_millis(1500));
+    // Counted for the shedding alert (deploy/monitoring).
+    if let Some(metrics) = sidecar.scrape_metrics() {
+        assert_eq!(
+            sample(&metrics, "inspector_keyd_rpc_shed", "_total", &[]),
+            Some(4.0)
+        );
+    }
     // Health is never shed.
     let mut health =
         tonic_health::pb::health_client::HealthClient::new(sidecar.tcp_channel().await);

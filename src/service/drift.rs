@@ -92,12 +92,8 @@ impl KeyWatch {
     }
 
     fn publish(&self, kind: KeyEventKind, target: Target, state: &TargetState) {
-        match (&state.key_arn, &state.report) {
-            (Some(_), Some(report)) => self
-                .metrics
-                .set_key_verification_passed(target, Some(report.passed)),
-            _ => self.metrics.set_key_verification_passed(target, None),
-        }
+        let verdict = state.key_arn.as_ref().and(state.report.as_ref());
+        self.metrics.set_key_verification(target, verdict);
         // Nobody listening is fine.
         let _ = self.events.send(KeyEvent {
             kind,
@@ -148,7 +144,7 @@ impl KeyWatch {
                 if previous.is_some_and(|p| p.key_arn.is_some()) {
                     self.publish(KeyEventKind::Reset, target, &TargetState::default());
                 } else {
-                    self.metrics.set_key_verification_passed(target, None);
+                    self.metrics.set_key_verification(target, None);
                 }
                 continue;
             };
@@ -204,9 +200,7 @@ impl KeyWatch {
                     }
                     self.publish(kind, target, &state);
                 }
-                None => self
-                    .metrics
-                    .set_key_verification_passed(target, Some(report.passed)),
+                None => self.metrics.set_key_verification(target, Some(&report)),
             }
         }
     }
