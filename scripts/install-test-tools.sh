@@ -26,4 +26,20 @@ if [ "$("$NODE_PREFIX/node_modules/.bin/buf" --version 2>/dev/null)" != "$BUF_VE
   npm install --silent --no-audit --no-fund --prefix "$NODE_PREFIX" "@bufbuild/buf@$BUF_VERSION"
 fi
 
+# Prometheus and promtool from Debian's `prometheus` package, unpacked into .tools/ (not
+# installed system-wide, so no service starts): the alerting rules' unit tests and the
+# end-to-end alert test (tests/monitoring.rs).
+PROMETHEUS_DIR=$TOOLS/prometheus
+if ! "$PROMETHEUS_DIR/usr/bin/prometheus" --version >/dev/null 2>&1 \
+  || ! "$PROMETHEUS_DIR/usr/bin/promtool" --version >/dev/null 2>&1; then
+  download=$(mktemp -d)
+  # apt-get download needs the package lists; fetch them once if they are missing.
+  (cd "$download" && apt-get download prometheus >/dev/null 2>&1) \
+    || { apt-get update -qq && (cd "$download" && apt-get download prometheus); }
+  rm -rf "$PROMETHEUS_DIR"
+  dpkg-deb -x "$download"/prometheus_*.deb "$PROMETHEUS_DIR"
+  rm -rf "$download"
+fi
+
+"$PROMETHEUS_DIR/usr/bin/promtool" --version >/dev/null 2>&1 || { echo "promtool did not install" >&2; exit 1; }
 "$VENV/bin/grpcurl" -version >/dev/null 2>&1 || { echo "grpcurl did not install" >&2; exit 1; }
