@@ -4,7 +4,8 @@
 //! Layers, outermost first: [`server`] (listeners, health, reflection) → [`authz`] (a tower
 //! layer) → [`service`] (validation, mapping to gRPC) → [`cache`] → [`backend`] (local or AWS).
 //! [`verify`] is a pure library the service and the CLI call. [`status`] is the one place
-//! errors become `tonic::Status`.
+//! errors become `tonic::Status`. [`rpc`] is the leaf every layer shares: the method table
+//! generated from the access options in proto/, roles, request ids and spans.
 
 pub mod admin;
 pub mod audit;
@@ -18,6 +19,7 @@ pub mod drain;
 pub mod metrics;
 pub mod ops;
 pub mod proto;
+pub mod rpc;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -20,6 +20,7 @@ use prometheus_client::{
 use crate::{
     cache::CacheStats,
     domain::{SUPPORTED_TARGETS, Target},
+    rpc::{self, Role},
     verify::Report,
 };
 
@@ -183,49 +184,19 @@ impl Collector for CacheCollector {
     }
 }
 
-/// The RPC methods labels name; any other path is `other` (the last entry).
-const METHODS: [&str; 25] = [
-    "GetEncryptionKey",
-    "UpdateEncryptionKey",
-    "ResetEncryptionKey",
-    "VerifyKeyPolicy",
-    "RenderKeyPolicy",
-    "WatchEncryptionKey",
-    "CreateKey",
-    "DescribeKey",
-    "ListKeys",
-    "GetKeyPolicy",
-    "PutKeyPolicy",
-    "EnableKey",
-    "DisableKey",
-    "ScheduleKeyDeletion",
-    "CancelKeyDeletion",
-    "ReplicateKey",
-    "ListGrants",
-    "BatchGetCodeSnippet",
-    "RecordCodeFinding",
-    "DisableCodeScanning",
-    "DescribeCodeScanning",
-    "Check",
-    "Watch",
-    "ServerReflectionInfo",
-    "other",
-];
-
 /// gRPC codes are 0 to 16.
 const CODES: usize = 17;
 
+/// Roles as the authorization metric counts them: each role, and none.
+const ROLES: usize = 3;
+
+/// A path's row in the method table; paths not served share one more, labelled `other`.
 fn method_index(path: &str) -> usize {
-    let method = path.rsplit('/').next().unwrap_or_default();
-    METHODS[..METHODS.len() - 1]
-        .iter()
-        .position(|known| *known == method)
-        .unwrap_or(METHODS.len() - 1)
+    rpc::method_index(path).unwrap_or(rpc::METHODS.len())
 }
 
-/// The method part of `/package.Service/Method`, for labels; unknown paths are `other`.
-pub fn method_label(path: &str) -> &'static str {
-    METHODS[method_index(path)]
+fn method_name(index: usize) -> &'static str {
+    rpc::METHODS.get(index).map_or("other", |m| m.name)
 }
 
 impl Metrics {
@@ -315,10 +286,10 @@ impl Metrics {
             rpc_shed,
             reload_failures,
             reload_failing,
-            rpc_series: (0..METHODS.len() * CODES)
+            rpc_series: (0..(rpc::METHODS.len() + 1) * CODES)
                 .map(|_| OnceLock::new())
                 .collect(),
-            authz_series: (0..METHODS.len() * 3 * 2)
+            authz_series: (0..(rpc::METHODS.len() + 1) * ROLES * 2)
                 .map(|_| OnceLock::new())
                 .collect(),
         }))
@@ -341,8 +312,8 @@ impl Metrics {
         };
         let (counter, histogram) = slot.get_or_init(|| {
             let labels = RpcLabels {
-                method: METHODS[method],
-                code: crate::authz::code_name(code),
+                method: method_name(method),
+                code: rpc::code_name(code),
             };
             (
                 self.0.rpc_requests.get_or_create(&labels).clone(),
@@ -354,14 +325,14 @@ impl Metrics {
     }
 
     /// An authorization decision; `role` is the caller's (none when it has no role).
-    pub fn count_authz(&self, path: &str, role: Option<crate::authz::Role>, allowed: bool) {
+    pub fn count_authz(&self, path: &str, role: Option<Role>, allowed: bool) {
         let (role_index, role) = match role {
-            Some(crate::authz::Role::Admin) => (0, "admin"),
-            Some(crate::authz::Role::ReadOnly) => (1, "read-only"),
+            Some(Role::Admin) => (0, "admin"),
+            Some(Role::ReadOnly) => (1, "read-only"),
             None => (2, "none"),
         };
         let method = method_index(path);
-        let index = (method * 3 + role_index) * 2 + usize::from(allowed);
+        let index = (method * ROLES + role_index) * 2 + usize::from(allowed);
         let Some(slot) = self.0.authz_series.get(index) else {
             return;
         };
@@ -369,7 +340,7 @@ impl Metrics {
             self.0
                 .authz_decisions
                 .get_or_create(&AuthzLabels {
-                    rpc: METHODS[method],
+                    rpc: method_name(method),
                     role,
                     decision: if allowed { "allow" } else { "deny" },
                 })

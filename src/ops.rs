@@ -17,68 +17,10 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::{authz::required_role, metrics::Metrics};
-
-/// Metadata carrying the request id, in requests and responses.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// The request id of a call, left in its extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
-
-/// The cached read, the hot path: the layer leaves it without a span, because a read answered
-/// from the cache logs nothing and building a span costs about a microsecond — a tenth of the
-/// call. Whatever logs for such a call (a refusal, a load from the backend, a deadline) opens
-/// the span first with [`rpc_span_of`], so every log line of every call still carries its
-/// request id.
-pub const CACHED_READ_PATH: &str = "/inspectorkeyd.v1.EncryptionKeyService/GetEncryptionKey";
-
-/// The span every log line of an RPC is written in.
-pub fn rpc_span(request_id: &str, method: &str) -> tracing::Span {
-    tracing::info_span!("rpc", request_id = %request_id, method = %method)
-}
-
-/// The RPC's span from inside the call: the current one, or, for a call the layer left
-/// without one, a new one from the request id it recorded.
-pub fn rpc_span_of<B>(request: &http::Request<B>) -> tracing::Span {
-    let current = tracing::Span::current();
-    if !current.is_none() {
-        return current;
-    }
-    let id = request
-        .extensions()
-        .get::<RequestId>()
-        .map_or("", |id| id.0.as_str());
-    rpc_span(id, request.uri().path())
-}
-
-/// Reads what the caller sent (up to 64 KiB, for at most 100 ms) before `response` goes out.
-/// A call answered before its request is read gets its HTTP/2 stream reset (NO_ERROR), and a
-/// client still sending the request may then fail the call with a "broken pipe" transport
-/// error instead of reading the answer: in a 75 s overload soak, about one shed call in
-/// 20,000 was lost that way before this.
-pub async fn answer_after_request<B>(
-    body: B,
-    response: http::Response<Body>,
-) -> http::Response<Body>
-where
-    B: http_body::Body + Send,
-{
-    use prost::bytes::Buf;
-    const CAP: usize = 64 << 10;
-    let read = async {
-        let mut body = std::pin::pin!(body);
-        let mut seen = 0;
-        while seen <= CAP {
-            match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |data| data.remaining()),
-                Some(Err(_)) | None => break,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_millis(100), read).await;
-    response
-}
+use crate::{
+    metrics::Metrics,
+    rpc::{self, REQUEST_ID_HEADER, RequestId, answer_after_request, grpc_code, rpc_span},
+};
 
 /// Limits of the layer.
 #[derive(Debug, Clone, Copy)]
@@ -142,17 +84,6 @@ fn grpc_timeout<B>(request: &http::Request<B>) -> Option<Duration> {
         "n" => Duration::from_nanos(amount),
         _ => return None,
     })
-}
-
-/// The gRPC code of a response: from its headers when the status came without a body
-/// (every error), else OK (a unary success sends its status in the trailers).
-pub fn grpc_code<B>(response: &http::Response<B>) -> tonic::Code {
-    response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
 }
 
 fn with_request_id(mut response: http::Response<Body>, id: &str) -> http::Response<Body> {
@@ -255,11 +186,15 @@ where
             id: request_id(&request),
             metrics: self.layer.metrics.clone(),
         };
-        let span = (call.uri.path() != CACHED_READ_PATH).then(|| call.span());
+        let method = rpc::method(call.uri.path());
+        // The cached read opens no span: a read answered from the cache logs nothing, and
+        // building a span costs about a microsecond, a tenth of the call. Whatever logs for
+        // such a call (a refusal, a load, a deadline) opens it first with `rpc_span_of`.
+        let span = (!method.is_some_and(|m| m.access.cached_read)).then(|| call.span());
         request.extensions_mut().insert(RequestId(call.id.clone()));
 
-        // Probes and reflection are never shed.
-        let permit = if required_role(call.uri.path()).is_some() {
+        // Public calls (probes, reflection) are never shed.
+        let permit = if rpc::required_role(call.uri.path()).is_some() {
             match self.layer.permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {

@@ -396,8 +396,35 @@ async fn bearer_tokens_are_hashed_in_config_and_never_logged() {
         "the admin token passes authorization"
     );
 
+    // A secret-bearing read that is allowed is audited; a plain read that is allowed is not.
+    let reads = client
+        .batch_get_code_snippet(with_token(
+            proto::BatchGetCodeSnippetRequest {
+                finding_arns: vec![
+                    "arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef"
+                        .into(),
+                ],
+            },
+            reader_token,
+        ))
+        .await;
+    assert!(reads.is_ok(), "{reads:?}");
+
     let audit_text = std::fs::read_to_string(&audit).unwrap();
-    assert!(!audit_text.is_empty());
+    let lines: Vec<serde_json::Value> = audit_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let allowed = |rpc: &str| {
+        lines
+            .iter()
+            .filter(|l| {
+                l["rpc"].as_str().is_some_and(|r| r.ends_with(rpc)) && l["decision"] == "allowed"
+            })
+            .count()
+    };
+    assert_eq!(allowed("/BatchGetCodeSnippet"), 1, "{audit_text}");
+    assert_eq!(allowed("/GetEncryptionKey"), 0, "{audit_text}");
     for secret in [
         admin_token,
         reader_token,

@@ -128,3 +128,57 @@ fn every_finding_code_is_documented() {
     }
     assert!(found >= 30, "only {found} codes found");
 }
+
+/// The README's roles table says what the method table (generated from the access options
+/// in proto/) says: every RPC once, with its role and whether it is audited when allowed.
+#[test]
+fn the_roles_table_is_the_method_table() {
+    use inspector_keyd::rpc::{METHODS, Role};
+    use std::collections::BTreeSet;
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let header = "| service | RPCs | role | audited when allowed |";
+    let table = readme
+        .split_once(header)
+        .expect("the roles table")
+        .1
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'));
+    let quoted = Regex::new(r"`([^`]+)`").unwrap();
+    let mut documented = BTreeSet::new();
+    for row in table {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        let [services, methods, role, audited] = cells[..] else {
+            panic!("row `{row}` does not have four cells");
+        };
+        for service in quoted.captures_iter(services) {
+            for method in quoted.captures_iter(methods) {
+                let entry = (
+                    format!("/{}/{}", &service[1], &method[1]),
+                    role.to_owned(),
+                    audited.to_owned(),
+                );
+                assert!(documented.insert(entry.clone()), "{entry:?} twice");
+            }
+        }
+    }
+    let generated: BTreeSet<(String, String, String)> = METHODS
+        .iter()
+        .map(|m| {
+            let role = match m.access.role {
+                None => "anyone",
+                Some(Role::ReadOnly) => "read-only",
+                Some(Role::Admin) => "admin",
+            };
+            let audited = m.access.mutation || m.access.secret_bearing;
+            (
+                m.path.to_owned(),
+                role.to_owned(),
+                if audited { "yes" } else { "no" }.to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(documented, generated);
+}

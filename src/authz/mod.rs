@@ -23,40 +23,8 @@ pub use rules::{CertName, Identity, Role, Rules, RulesError};
 use crate::{
     audit::{AuditLog, AuditRecord, AuditSubject},
     metrics::Metrics,
-    ops::RequestId,
+    rpc::{self, RequestId, code_name, required_role},
 };
-
-/// The role each RPC needs; `None` for the public health and reflection services.
-pub fn required_role(path: &str) -> Option<Role> {
-    let (service, method) = path
-        .trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or((path, ""));
-    match (service, method) {
-        ("grpc.health.v1.Health", _)
-        | ("grpc.reflection.v1.ServerReflection", _)
-        | ("grpc.reflection.v1alpha.ServerReflection", _) => None,
-        (
-            "inspectorkeyd.v1.EncryptionKeyService",
-            "GetEncryptionKey"
-            | "VerifyKeyPolicy"
-            | "RenderKeyPolicy"
-            | "WatchEncryptionKey"
-            | "BatchGetCodeSnippet",
-        ) => Some(Role::ReadOnly),
-        _ => Some(Role::Admin),
-    }
-}
-
-/// Whether an RPC changes state (and so is audited even when allowed).
-pub fn is_mutation(path: &str) -> bool {
-    let method = path.rsplit('/').next().unwrap_or_default();
-    required_role(path) == Some(Role::Admin)
-        && !matches!(
-            method,
-            "DescribeKey" | "ListKeys" | "GetKeyPolicy" | "ListGrants" | "DescribeCodeScanning"
-        )
-}
 
 /// The peer of a TLS connection, left in each request's extensions by the TLS transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,30 +218,6 @@ fn connection_identity<B>(request: &http::Request<B>) -> Option<Identity> {
         .map(|addr| Identity::LoopbackPeer { addr })
 }
 
-/// The UPPER_SNAKE name of a gRPC code, as audit lines spell it.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// Writes the audit line of one call when finished, or as `cancelled` if dropped first.
 struct AuditGuard {
     log: AuditLog,
@@ -374,11 +318,14 @@ where
             }),
         };
         let role = caller.as_ref().and_then(|c| c.role);
+        let method = rpc::method(path);
         if required_role(path).is_some() {
             self.metrics.count_authz(path, role, decision.is_ok());
         }
-        // Only mutations and refusals are audited; reads pay nothing for it.
-        let mut guard = (is_mutation(path) || decision.is_err()).then(|| {
+        // Mutations, secret-bearing reads, calls of paths not served and refusals are
+        // audited; other reads pay nothing for it.
+        let audited = method.is_none_or(|m| m.access.mutation || m.access.secret_bearing);
+        let mut guard = (audited || decision.is_err()).then(|| {
             let request_id = request
                 .extensions()
                 .get::<RequestId>()
@@ -410,16 +357,16 @@ where
         });
         match decision {
             Err(error) => {
-                let _entered = crate::ops::rpc_span_of(&request).entered();
+                let _entered = rpc::rpc_span_of(&request).entered();
                 tracing::info!(%error, "call refused");
                 let status = tonic::Status::from(error);
                 if let Some(guard) = &mut guard {
                     guard.finish("denied", status.code());
                 }
                 let body = request.into_body();
-                Box::pin(async move {
-                    Ok(crate::ops::answer_after_request(body, status.into_http()).await)
-                })
+                Box::pin(
+                    async move { Ok(rpc::answer_after_request(body, status.into_http()).await) },
+                )
             }
             Ok(admitted) => {
                 if let Some(admitted) = admitted {
@@ -433,7 +380,7 @@ where
                     if let Some(guard) = &mut guard {
                         let code = result
                             .as_ref()
-                            .map_or(tonic::Code::Internal, crate::ops::grpc_code);
+                            .map_or(tonic::Code::Internal, rpc::grpc_code);
                         guard.finish("allowed", code);
                     }
                     result
@@ -449,23 +396,6 @@ mod tests {
 
     const GET: &str = "/inspectorkeyd.v1.EncryptionKeyService/GetEncryptionKey";
     const UPDATE: &str = "/inspectorkeyd.v1.EncryptionKeyService/UpdateEncryptionKey";
-
-    #[test]
-    fn roles_per_rpc_deny_by_default() {
-        assert_eq!(required_role(GET), Some(Role::ReadOnly));
-        assert_eq!(required_role(UPDATE), Some(Role::Admin));
-        assert_eq!(
-            required_role("/inspectorkeyd.v1.EncryptionKeyService/NoSuchCall"),
-            Some(Role::Admin)
-        );
-        assert_eq!(
-            required_role("/inspectorkeyd.v1.LocalKmsService/ListKeys"),
-            Some(Role::Admin)
-        );
-        assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
-        assert!(is_mutation(UPDATE) && is_mutation("/inspectorkeyd.v1.LocalKmsService/DisableKey"));
-        assert!(!is_mutation(GET) && !is_mutation("/inspectorkeyd.v1.LocalKmsService/DescribeKey"));
-    }
 
     #[test]
     fn default_rules() {

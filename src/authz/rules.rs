@@ -10,23 +10,7 @@ use std::{
 
 use serde::Deserialize;
 
-/// What a caller may do. `Admin` includes everything `ReadOnly` may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-pub enum Role {
-    #[serde(rename = "read-only")]
-    ReadOnly,
-    #[serde(rename = "admin")]
-    Admin,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::ReadOnly => "read-only",
-            Role::Admin => "admin",
-        })
-    }
-}
+pub use crate::rpc::Role;
 
 /// The name a client certificate gives its holder: its SPIFFE ID (URI SAN), else its first
 /// DNS SAN, else its subject common name.

@@ -16,8 +16,8 @@ use crate::{
     cache::{Cached, KeyCache},
     domain::Target,
     metrics::Metrics,
-    ops,
     proto::{self, encryption_key_service_server::EncryptionKeyService},
+    rpc,
     verify::{self, Finding, RenderError, Report},
 };
 
@@ -74,7 +74,7 @@ impl EncryptionKeys {
     }
 
     /// A read: the cache's fresh answer, else a load. Only the load opens the RPC's span
-    /// (see [`ops::CACHED_READ_PATH`]): a hit logs nothing.
+    /// (the outer layer leaves the cached read without one): a hit logs nothing.
     async fn get(
         &self,
         request: Request<proto::GetEncryptionKeyRequest>,
@@ -87,13 +87,13 @@ impl EncryptionKeys {
         }
         let request_id = request
             .extensions()
-            .get::<ops::RequestId>()
+            .get::<rpc::RequestId>()
             .map_or("", |id| id.0.as_str());
         async {
             let loaded = self.cache.load(target).await.map_err(ServiceError::from)?;
             Ok((target, loaded))
         }
-        .instrument(ops::rpc_span(request_id, ops::CACHED_READ_PATH))
+        .instrument(rpc::rpc_span(request_id, rpc::CACHED_READ.path))
         .await
     }
 
