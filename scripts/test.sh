@@ -9,5 +9,8 @@ scripts/install-test-tools.sh
 .tools/node/node_modules/.bin/buf lint
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+# The build users run, without the dev-dependencies (so without the test hooks).
+cargo clippy --locked -- -D warnings
 # CI=true turns a missing test tool into a failure instead of a skip.
 cargo test --locked
+scripts/check-no-test-hooks.sh

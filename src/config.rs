@@ -157,13 +157,16 @@ impl Default for OpsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct LocalConfig {
-    /// TEST/DEV ONLY: latency added before every key-configuration write (Update, Reset),
-    /// to exercise timeouts and cancellation. Default `0s`.
+    /// Test hook (the `test-hooks` feature; unknown keys otherwise): latency added before
+    /// every key-configuration write (Update, Reset), to exercise timeouts and
+    /// cancellation. Default `0s`.
+    #[cfg(feature = "test-hooks")]
     #[serde(with = "humantime_serde")]
     pub write_latency: Duration,
-    /// TEST/DEV ONLY: a file of faults (errors by class, latency, hangs) injected into the
-    /// backend's reads and writes, read again on every call; see `src/backend/faulty.rs`.
-    /// Default none.
+    /// Test hook (the `test-hooks` feature; unknown keys otherwise): a file of faults
+    /// (errors by class, latency, hangs) injected into the backend's reads and writes, read
+    /// again on every call; see `src/backend/faulty.rs`. Default none.
+    #[cfg(feature = "test-hooks")]
     pub fault_file: Option<PathBuf>,
 }
 

@@ -19,7 +19,6 @@ use crate::{
     backend::{
         Backend, BackendError,
         aws::{AwsBackend, AwsSetupError},
-        faulty::FaultyBackend,
         local::{LocalBackend, ScanningSettings},
         metered::MeteredBackend,
     },
@@ -264,16 +263,18 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let (store_backend, local_apis, settings) = match config.backend {
         BackendKind::Local => {
             let settings = verification_settings(&config, &config.local_placement())?;
-            let local = LocalBackend::open(&config.state_dir, scanning_settings(&settings))?
-                .with_write_latency(config.local.write_latency);
+            let local = LocalBackend::open(&config.state_dir, scanning_settings(&settings))?;
             let apis = (
                 LocalKmsApi::new(local.kms().clone()),
                 LocalCodeScanningApi::new(local.scanning()),
             );
-            let mut backend = Arc::new(local) as Arc<dyn Backend>;
-            if let Some(file) = &config.local.fault_file {
-                backend = Arc::new(FaultyBackend::new(backend, file.clone()));
-            }
+            let backend = Arc::new(local) as Arc<dyn Backend>;
+            #[cfg(feature = "test-hooks")]
+            let backend = crate::backend::faulty::FaultyBackend::wrap(
+                backend,
+                config.local.fault_file.clone(),
+                config.local.write_latency,
+            );
             (backend, Some(apis), settings)
         }
         BackendKind::Aws => {

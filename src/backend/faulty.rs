@@ -1,6 +1,7 @@
-//! TEST/DEV ONLY: a backend wrapper that injects faults read from a file, so reliability
+//! Test hook (the `test-hooks` feature, which builds users run leave off): a backend wrapper
+//! that injects faults read from a file, and a fixed latency before writes, so reliability
 //! scenarios (a backend that is down, slow, hanging or throttling) can be driven against the
-//! real server. On only when `local.fault_file` is set.
+//! real server. On only when `local.fault_file` or `local.write_latency` is set.
 //!
 //! The file is read again on every backend call, so a test changes the faults while the
 //! server runs; a missing file means no faults. Example:
@@ -86,28 +87,53 @@ enum Kind {
     Write,
 }
 
-/// Injects the faults of `file` into the calls of the backend it wraps.
+/// Injects the faults of `file`, and `write_latency` before every write, into the calls of
+/// the backend it wraps.
 pub struct FaultyBackend {
     inner: Arc<dyn Backend>,
-    file: PathBuf,
+    file: Option<PathBuf>,
+    write_latency: Duration,
 }
 
 impl FaultyBackend {
-    pub fn new(inner: Arc<dyn Backend>, file: PathBuf) -> FaultyBackend {
-        tracing::warn!(file = %file.display(), "fault injection is on (local.fault_file): for tests and development only");
-        FaultyBackend { inner, file }
+    pub fn new(
+        inner: Arc<dyn Backend>,
+        file: Option<PathBuf>,
+        write_latency: Duration,
+    ) -> FaultyBackend {
+        tracing::warn!(file = ?file, ?write_latency, "fault injection is on (local.fault_file, local.write_latency): for tests only");
+        FaultyBackend {
+            inner,
+            file,
+            write_latency,
+        }
+    }
+
+    /// `inner` with the faults, or as it is when none are asked for.
+    pub fn wrap(
+        inner: Arc<dyn Backend>,
+        file: Option<PathBuf>,
+        write_latency: Duration,
+    ) -> Arc<dyn Backend> {
+        if file.is_none() && write_latency.is_zero() {
+            return inner;
+        }
+        Arc::new(FaultyBackend::new(inner, file, write_latency))
     }
 
     /// The faults in force: none when the file is missing or does not parse (logged).
     async fn faults(&self) -> Faults {
-        match tokio::fs::read_to_string(&self.file).await {
+        let Some(file) = &self.file else {
+            return Faults::default();
+        };
+        match tokio::fs::read_to_string(file).await {
             Ok(text) => toml::from_str(&text).unwrap_or_else(|e| {
-                tracing::warn!(file = %self.file.display(), error = %e, "fault file ignored");
+                tracing::warn!(file = %file.display(), error = %e, "fault file ignored");
                 Faults::default()
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Faults::default(),
             Err(e) => {
-                tracing::warn!(file = %self.file.display(), error = %e, "fault file unreadable");
+                tracing::warn!(file = %file.display(), error = %e, "fault file unreadable");
                 Faults::default()
             }
         }
@@ -117,7 +143,12 @@ impl FaultyBackend {
         let faults = self.faults().await;
         let fault = match kind {
             Kind::Read => faults.reads,
-            Kind::Write => faults.writes,
+            Kind::Write => {
+                if !self.write_latency.is_zero() {
+                    tokio::time::sleep(self.write_latency).await;
+                }
+                faults.writes
+            }
         };
         if !fault.latency.is_zero() {
             tokio::time::sleep(fault.latency).await;

@@ -2,6 +2,7 @@
 //! lives and where the KMS facts verification needs come from.
 
 pub mod aws;
+#[cfg(feature = "test-hooks")]
 pub mod faulty;
 pub mod local;
 pub mod metered;

@@ -29,8 +29,6 @@ pub struct LocalBackend {
     kms: LocalKms,
     /// The scanning service's settings: the profiles and principal `Update` verifies for.
     scanning: Arc<ScanningSettings>,
-    /// Test/dev setting: latency before each key-configuration write.
-    write_latency: std::time::Duration,
 }
 
 /// The store's name of a target (`CODE/AWS_LAMBDA_FUNCTION`).
@@ -68,20 +66,7 @@ impl LocalBackend {
         Ok(LocalBackend {
             kms,
             scanning: Arc::new(scanning),
-            write_latency: std::time::Duration::ZERO,
         })
-    }
-
-    /// Adds `latency` before every key-configuration write (test/dev only).
-    pub fn with_write_latency(mut self, latency: std::time::Duration) -> LocalBackend {
-        self.write_latency = latency;
-        self
-    }
-
-    async fn injected_latency(&self) {
-        if !self.write_latency.is_zero() {
-            tokio::time::sleep(self.write_latency).await;
-        }
     }
 
     /// The local KMS, for the local-only KMS service.
@@ -150,7 +135,6 @@ impl Backend for LocalBackend {
         target: Target,
         key: &KeyArn,
     ) -> Result<(), BackendError> {
-        self.injected_latency().await;
         let arn = key.as_str().to_owned();
         let settings = self.scanning.clone();
         self.kms
@@ -162,7 +146,6 @@ impl Backend for LocalBackend {
     }
 
     async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError> {
-        self.injected_latency().await;
         let settings = self.scanning.clone();
         self.kms
             .blocking(move |kms| {
