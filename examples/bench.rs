@@ -196,10 +196,13 @@ async fn sidecar(dir: PathBuf) {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let config =
-        inspector_keyd::config::Config::load(Some(&dir.join("keyd.toml")), std::env::vars())
+    let settings =
+        inspector_keyd::config::Settings::load(Some(&dir.join("keyd.toml")), std::env::vars())
             .unwrap();
-    inspector_keyd::server::serve(config, inspector_keyd::server::termination_signal())
+    inspector_keyd::app::App::build(settings, Default::default())
+        .await
+        .unwrap()
+        .run(inspector_keyd::server::termination_signal())
         .await
         .unwrap();
 }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     authz::Rules,
-    config::Config,
+    config::Settings,
     verify::{self, Profile, Report, Severity},
 };
 
@@ -34,6 +34,11 @@ pub enum Command {
         /// `ops.log_format`.
         #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
         log_format: Option<String>,
+        /// Once every listener serves, write their addresses here as JSON (`unix_socket`,
+        /// `tcp`, `tls`, `metrics`, `health`; `null` when off), for scripts that start
+        /// the sidecar; removed at shutdown.
+        #[arg(long, value_name = "FILE")]
+        ready_file: Option<PathBuf>,
     },
     /// Verify or render key policies offline.
     #[command(subcommand)]
@@ -158,7 +163,8 @@ pub fn config_check(args: ConfigCheckArgs) -> ExitCode {
 
 /// The notes (files not present here) when valid, else what is wrong.
 fn check_config(args: &ConfigCheckArgs) -> Result<Vec<String>, String> {
-    let config = Config::load(Some(&args.file), std::env::vars()).map_err(|e| e.to_string())?;
+    let settings = Settings::load(Some(&args.file), std::env::vars()).map_err(|e| e.to_string())?;
+    let config = &settings.config;
     let mut notes = Vec::new();
     let mut present_here = |path: &std::path::Path, key: &str| {
         let present = path.exists();
@@ -177,10 +183,7 @@ fn check_config(args: &ConfigCheckArgs) -> Result<Vec<String>, String> {
     if let Some(path) = rules_file
         && (args.rules_file.is_some() || present_here(path, "authz.rules_file"))
     {
-        let anonymous = config
-            .loopback_anonymous_role()
-            .map_err(|e| e.to_string())?;
-        Rules::from_file(path, anonymous).map_err(|e| e.to_string())?;
+        Rules::from_file(path, settings.loopback_anonymous_role).map_err(|e| e.to_string())?;
     }
     for path in &config.verification.identity_policy_files {
         if present_here(path, "verification.identity_policy_files") {
@@ -190,8 +193,7 @@ fn check_config(args: &ConfigCheckArgs) -> Result<Vec<String>, String> {
                 .map_err(|e| format!("identity policy `{}` is not JSON: {e}", path.display()))?;
         }
     }
-    let listeners = config.listeners().map_err(|e| e.to_string())?;
-    if let Some((_, files)) = &listeners.tls {
+    if let Some((_, files)) = &settings.listeners.tls {
         let paths = [
             (&files.cert_file, "tls.cert_file"),
             (&files.key_file, "tls.key_file"),

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_with::{DisplayFromStr, OneOrMany, PickFirst, serde_as};
 
 pub use crate::cache::CacheConfig;
-use crate::verify::Profile;
+use crate::{rpc::Role, verify::Profile};
 
 /// Prefix of environment overrides. Nested keys join with `__`:
 /// `INSPECTOR_KEYD_LISTEN__TCP=127.0.0.1:6000` sets `[listen] tcp`.
@@ -307,6 +307,93 @@ pub struct Listeners {
     pub tls: Option<(SocketAddr, crate::tls::TlsFiles)>,
 }
 
+/// A configuration parsed and validated once (file, then environment): the file's tables,
+/// and every value the file spells as text (addresses, roles, profiles) in its type. What
+/// the server and `config check` use; nothing parses a setting again where it is used.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub listeners: Listeners,
+    /// `/metrics`, `/livez`, `/readyz`; `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The health-only gRPC listener; `None`: off.
+    pub health_listen: Option<SocketAddr>,
+    /// The role of plaintext loopback callers without a token.
+    pub loopback_anonymous_role: Option<Role>,
+    pub lambda_profile: Profile,
+    pub code_repository_profile: Profile,
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(value: &str) -> Result<LogFormat, ConfigError> {
+        match value {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(ConfigError::Value {
+                key: "ops.log_format",
+                message: format!("`{other}` is neither `text` nor `json`"),
+            }),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `file` (when given), applies the `INSPECTOR_KEYD_*` entries of `env`, and
+    /// validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        Settings::new(Config::load(file, env)?)
+    }
+
+    /// As [`Settings::load`], from the text of a file (`path` names it in errors).
+    pub fn parse(
+        file: Option<(&str, &Path)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        Settings::new(Config::parse(file, env)?)
+    }
+
+    /// Validates `config`, parsing each text value into its type once.
+    pub fn new(config: Config) -> Result<Settings, ConfigError> {
+        config.validate()?;
+        Ok(Settings {
+            listeners: config.listeners()?,
+            metrics_listen: optional_addr(
+                &config.ops.metrics_listen,
+                "ops.metrics_listen",
+                "127.0.0.1:9464",
+            )?,
+            health_listen: optional_addr(
+                &config.ops.health_listen,
+                "ops.health_listen",
+                "0.0.0.0:8086",
+            )?,
+            loopback_anonymous_role: config.loopback_anonymous_role()?,
+            lambda_profile: config.lambda_profile()?,
+            code_repository_profile: config.code_repository_profile()?,
+            log_format: LogFormat::parse(&config.ops.log_format)?,
+            config,
+        })
+    }
+
+    /// How long in-flight calls get to finish after a stop signal.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.shutdown_timeout_secs)
+    }
+}
+
 /// An address setting where empty means off.
 fn optional_addr(
     value: &str,
@@ -323,9 +410,8 @@ fn optional_addr(
 }
 
 impl Config {
-    /// Reads `file` (when given), applies the `INSPECTOR_KEYD_*` entries of `env`, and
-    /// validates the result.
-    pub fn load(
+    /// Reads `file` (when given) and applies the `INSPECTOR_KEYD_*` entries of `env`.
+    fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
@@ -342,7 +428,7 @@ impl Config {
     }
 
     /// As [`Config::load`], from the text of a file (`path` names it in errors).
-    pub fn parse(
+    fn parse(
         file: Option<(&str, &Path)>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
@@ -385,8 +471,6 @@ impl Config {
                 }
                 ConfigError::Shape(message)
             })?;
-        config.listeners()?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -405,17 +489,6 @@ impl Config {
             return Err(ConfigError::Value {
                 key: "account_id",
                 message: format!("`{account}` is not a 12-digit AWS account id"),
-            });
-        }
-        self.lambda_profile()?;
-        self.code_repository_profile()?;
-        self.loopback_anonymous_role()?;
-        self.metrics_listener()?;
-        self.health_listener()?;
-        if !matches!(self.ops.log_format.as_str(), "text" | "json") {
-            return Err(ConfigError::Value {
-                key: "ops.log_format",
-                message: format!("`{}` is neither `text` nor `json`", self.ops.log_format),
             });
         }
         if self.aws.max_attempts == 0 || self.aws.max_attempts > 10 {
@@ -501,7 +574,7 @@ impl Config {
     }
 
     /// The profile for CODE + AWS_LAMBDA_FUNCTION.
-    pub fn lambda_profile(&self) -> Result<Profile, ConfigError> {
+    fn lambda_profile(&self) -> Result<Profile, ConfigError> {
         // The local backend emulates the seed's grant-based system; AWS today enforces the
         // Amazon Q key policy.
         let default = match self.backend {
@@ -516,7 +589,7 @@ impl Config {
     }
 
     /// The profile for CODE + CODE_REPOSITORY.
-    pub fn code_repository_profile(&self) -> Result<Profile, ConfigError> {
+    fn code_repository_profile(&self) -> Result<Profile, ConfigError> {
         Config::profile(
             "verification.code_repository_profile",
             self.verification.code_repository_profile.as_deref(),
@@ -526,7 +599,7 @@ impl Config {
 
     /// The listeners to open; refuses a configuration that would open none, or a
     /// plaintext TCP listener off loopback.
-    pub fn listeners(&self) -> Result<Listeners, ConfigError> {
+    fn listeners(&self) -> Result<Listeners, ConfigError> {
         let unix_socket = match &self.listen.unix_socket {
             None => Some(self.state_dir.join("keyd.sock")),
             Some(path) if path.as_os_str().is_empty() => None,
@@ -606,24 +679,10 @@ impl Config {
         Ok(Some((addr, files)))
     }
 
-    /// The metrics and probes listener, when enabled.
-    pub fn metrics_listener(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        optional_addr(
-            &self.ops.metrics_listen,
-            "ops.metrics_listen",
-            "127.0.0.1:9464",
-        )
-    }
-
-    /// The health-only listener, when enabled.
-    pub fn health_listener(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        optional_addr(&self.ops.health_listen, "ops.health_listen", "0.0.0.0:8086")
-    }
-
     /// The role of anonymous loopback callers.
-    pub fn loopback_anonymous_role(&self) -> Result<Option<crate::authz::Role>, ConfigError> {
+    fn loopback_anonymous_role(&self) -> Result<Option<Role>, ConfigError> {
         match self.authz.loopback_anonymous_role.as_str() {
-            "read-only" => Ok(Some(crate::authz::Role::ReadOnly)),
+            "read-only" => Ok(Some(Role::ReadOnly)),
             "none" => Ok(None),
             other => Err(ConfigError::Value {
                 key: "authz.loopback_anonymous_role",
@@ -632,10 +691,6 @@ impl Config {
                 ),
             }),
         }
-    }
-
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_secs(self.shutdown_timeout_secs)
     }
 }
 
@@ -673,20 +728,28 @@ mod tests {
 
     #[test]
     fn defaults_serve_local_on_socket_and_loopback() {
-        let config = Config::load(None, env(&[("HOME", "/root")])).unwrap();
-        assert_eq!(config, Config::default());
-        let listeners = config.listeners().unwrap();
+        let settings = Settings::load(None, env(&[("HOME", "/root")])).unwrap();
+        let config = &settings.config;
+        assert_eq!(*config, Config::default());
+        let listeners = &settings.listeners;
         assert_eq!(
             listeners.unix_socket,
             Some(PathBuf::from("state/keyd.sock"))
         );
         assert_eq!(listeners.unix_socket_mode, 0o660);
         assert_eq!(listeners.tcp, Some("127.0.0.1:50051".parse().unwrap()));
-        assert_eq!(config.lambda_profile().unwrap(), Profile::CodeguruGrants);
+        assert_eq!(settings.lambda_profile, Profile::CodeguruGrants);
         assert_eq!(
-            config.code_repository_profile().unwrap(),
+            settings.code_repository_profile,
             Profile::AmazonQCodeRepository
         );
+        assert_eq!(
+            settings.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(settings.health_listen, None);
+        assert_eq!(settings.loopback_anonymous_role, Some(Role::ReadOnly));
+        assert_eq!(settings.log_format, LogFormat::Text);
         assert_eq!(
             config.principal_arn(&config.local_placement()),
             "arn:aws:iam::111122223333:role/inspector-keyd"
@@ -702,7 +765,7 @@ mod tests {
             "region = \"eu-west-1\"\nshutdown_timeout_secs = 3\n[listen]\ntcp = \"\"\n",
         )
         .unwrap();
-        let config = Config::load(
+        let settings = Settings::load(
             Some(&path),
             env(&[
                 ("INSPECTOR_KEYD_ACCOUNT_ID", "012345678901"),
@@ -712,18 +775,20 @@ mod tests {
             ]),
         )
         .unwrap();
+        let config = &settings.config;
         assert_eq!(config.region.as_deref(), Some("eu-west-1"));
         assert_eq!(config.account_id.as_deref(), Some("012345678901"));
         assert_eq!(config.shutdown_timeout_secs, 7);
         assert_eq!(config.cache.key_ttl, Duration::from_millis(1500));
-        let listeners = config.listeners().unwrap();
+        let listeners = &settings.listeners;
         assert_eq!(listeners.tcp, None);
         assert_eq!(listeners.unix_socket, Some(PathBuf::from("/run/keyd.sock")));
     }
 
     #[test]
     fn bad_values_are_named() {
-        let err = |pairs: &[(&str, &str)]| Config::load(None, env(pairs)).unwrap_err().to_string();
+        let err =
+            |pairs: &[(&str, &str)]| Settings::load(None, env(pairs)).unwrap_err().to_string();
         assert!(err(&[("INSPECTOR_KEYD_LISTEN__TCP", "0.0.0.0:50051")]).contains("`listen.tcp`"));
         assert!(
             err(&[("INSPECTOR_KEYD_LISTEN__TCP", "0.0.0.0:50051")])
@@ -778,14 +843,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyd.toml");
         std::fs::write(&path, "region = \n").unwrap();
-        let err = Config::load(Some(&path), Vec::new())
+        let err = Settings::load(Some(&path), Vec::new())
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("keyd.toml") && err.contains("not valid TOML"),
             "{err}"
         );
-        let err = Config::load(Some(&dir.path().join("missing.toml")), Vec::new())
+        let err = Settings::load(Some(&dir.path().join("missing.toml")), Vec::new())
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot read config file"), "{err}");

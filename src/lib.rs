@@ -1,13 +1,15 @@
 //! inspector-keyd: a gRPC sidecar that reads, verifies and manages the customer managed
 //! KMS key Amazon Inspector uses to encrypt code-scanning data at rest.
 //!
-//! Layers, outermost first: [`server`] (listeners, health, reflection) → [`authz`] (a tower
-//! layer) → [`service`] (validation, mapping to gRPC) → [`cache`] → [`backend`] (local or AWS).
+//! [`app`] builds and runs everything. Layers, outermost first: [`server`] (listeners) →
+//! [`ops`] (request ids, metrics, shedding) → [`authz`] (a tower layer) → [`service`]
+//! (validation, mapping to gRPC) → [`cache`] → [`backend`] (local or AWS).
 //! [`verify`] is a pure library the service and the CLI call. [`status`] is the one place
 //! errors become `tonic::Status`. [`rpc`] is the leaf every layer shares: the method table
 //! generated from the access options in proto/, roles, request ids and spans.
 
 pub mod admin;
+pub mod app;
 pub mod audit;
 pub mod authz;
 pub mod backend;
