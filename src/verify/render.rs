@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::{
+    json,
     policy::{DocumentKind, MAX_POLICY_BYTES},
     profile::{Params, Profile, account_delegation_statement},
 };
@@ -79,8 +80,7 @@ pub fn render(
     };
     let wanted = profile.requirements(&params).statements;
     let mut document = match existing {
-        Some(text) => serde_json::from_str::<Value>(text)
-            .map_err(|e| RenderError::Existing(format!("not valid JSON: {e}")))?,
+        Some(text) => json::parse_unique(text).map_err(|e| RenderError::Existing(e.to_string()))?,
         None => Value::Object(Map::new()),
     };
     let Value::Object(root) = &mut document else {
@@ -156,4 +156,29 @@ fn delegates_to_account(statements: &[Value], account_id: &str) -> bool {
                 .iter()
                 .any(|n| *n == account_id || n.ends_with(&format!(":iam::{account_id}:root")))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCOUNT: &str = "111122223333";
+    const ROLE: &str = "arn:aws:iam::111122223333:role/Scanner";
+
+    #[test]
+    fn a_duplicate_member_in_the_existing_policy_is_refused_with_its_position() {
+        let existing = "{\"Version\": \"2012-10-17\",\n \"Statement\": [],\n \"Statement\": []}";
+        let err = render(
+            Profile::AmazonQLambda,
+            "us-east-1",
+            ACCOUNT,
+            ROLE,
+            Some(existing),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot merge into the existing policy: duplicate member `Statement` at line 3, column 2 (first at line 2, column 2)"
+        );
+    }
 }

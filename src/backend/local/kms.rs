@@ -10,7 +10,7 @@ use super::store::{KeyReads, Store, StoredKey};
 use crate::{
     backend::BackendError,
     domain::{is_region_name, partition_of},
-    verify::{KeyMetadata, MultiRegionConfiguration, MultiRegionKey},
+    verify::{KeyMetadata, MultiRegionConfiguration, MultiRegionKey, json},
 };
 
 /// KMS's documented key policy size limit.
@@ -76,10 +76,12 @@ fn check_policy_document(policy: &str) -> Result<(), BackendError> {
             c as u32
         )));
     }
-    match serde_json::from_str::<serde_json::Value>(policy) {
+    // The reading `policy verify` and the evaluator use, so a duplicate member is refused
+    // here rather than stored as a policy that each reader understands differently.
+    match json::parse_unique(policy) {
         Ok(serde_json::Value::Object(_)) => Ok(()),
         Ok(_) => Err(invalid("the policy is not a JSON object".into())),
-        Err(e) => Err(invalid(format!("the policy is not valid JSON: {e}"))),
+        Err(e) => Err(invalid(format!("the policy is {e}"))),
     }
 }
 
