@@ -9,7 +9,7 @@ use super::{
     policy::{DocumentKind, MAX_POLICY_BYTES},
     profile::{Params, Profile, account_delegation_statement},
 };
-use crate::domain::is_region_name;
+use crate::domain::{is_account_id, is_partition, is_region_name};
 
 /// Why a policy could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,8 +32,9 @@ pub enum RenderError {
 
 fn is_principal_arn(arn: &str, account_id: &str) -> bool {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    matches!(parts.as_slice(), ["arn", "aws" | "aws-cn" | "aws-us-gov", "iam", "", account, resource]
-        if *account == account_id
+    matches!(parts.as_slice(), ["arn", partition, "iam", "", account, resource]
+        if is_partition(partition)
+            && *account == account_id
             && (resource.strip_prefix("role/").or_else(|| resource.strip_prefix("user/")))
                 .is_some_and(|name| !name.is_empty() && !name.chars().any(char::is_whitespace)))
 }
@@ -49,7 +50,7 @@ pub fn check_params(
             value: region.to_owned(),
         });
     }
-    if account_id.len() != 12 || !account_id.bytes().all(|b| b.is_ascii_digit()) {
+    if !is_account_id(account_id) {
         return Err(RenderError::Account {
             value: account_id.to_owned(),
         });
