@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{
     json,
-    policy::{DocumentKind, MAX_POLICY_BYTES},
+    policy::{DocumentKind, MAX_POLICY_BYTES, names_account},
     profile::{Params, Profile, account_delegation_statement},
 };
 use crate::domain::{is_account_id, is_partition, is_region_name};
@@ -152,10 +152,7 @@ fn delegates_to_account(statements: &[Value], account_id: &str) -> bool {
             Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
             _ => Vec::new(),
         };
-        allow
-            && names
-                .iter()
-                .any(|n| *n == account_id || n.ends_with(&format!(":iam::{account_id}:root")))
+        allow && names.iter().any(|n| names_account(n, account_id))
     })
 }
 
@@ -165,6 +162,50 @@ mod tests {
 
     const ACCOUNT: &str = "111122223333";
     const ROLE: &str = "arn:aws:iam::111122223333:role/Scanner";
+
+    fn sids_after_merge(principal: &str) -> Vec<String> {
+        let existing = serde_json::json!({"Version": "2012-10-17", "Statement": [
+            {"Sid": "Admins", "Effect": "Allow", "Principal": {"AWS": principal}, "Action": "kms:*", "Resource": "*"}
+        ]})
+        .to_string();
+        let text = render(
+            Profile::AmazonQLambda,
+            "us-east-1",
+            ACCOUNT,
+            ROLE,
+            Some(&existing),
+        )
+        .unwrap();
+        let merged: Value = serde_json::from_str(&text).unwrap();
+        merged["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["Sid"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_delegation_is_added_unless_a_statement_names_the_account() {
+        for delegating in [
+            ACCOUNT,
+            "arn:aws:iam::111122223333:root",
+            "arn:aws-cn:iam::111122223333:root",
+        ] {
+            assert_eq!(sids_after_merge(delegating)[0], "Admins", "{delegating}");
+        }
+        // Look-alikes the old suffix match took for the account.
+        for other in [
+            "xarn:aws:iam::111122223333:root",
+            "arn:aws-iso:iam::111122223333:root",
+        ] {
+            assert_eq!(
+                sids_after_merge(other)[..2],
+                ["Enable IAM User Permissions", "Admins"],
+                "{other}"
+            );
+        }
+    }
 
     #[test]
     fn a_duplicate_member_in_the_existing_policy_is_refused_with_its_position() {
