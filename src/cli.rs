@@ -189,8 +189,8 @@ fn check_config(args: &ConfigCheckArgs) -> Result<Vec<String>, String> {
         if present_here(path, "verification.identity_policy_files") {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read identity policy `{}`: {e}", path.display()))?;
-            serde_json::from_str::<serde_json::Value>(&text)
-                .map_err(|e| format!("identity policy `{}` is not JSON: {e}", path.display()))?;
+            verify::json::parse_unique(&text)
+                .map_err(|e| format!("identity policy `{}`: {e}", path.display()))?;
         }
     }
     if let Some((_, files)) = &settings.listeners.tls {

@@ -36,10 +36,6 @@ pub struct Placement {
     pub account_id: String,
 }
 
-pub fn is_account_id(account: &str) -> bool {
-    account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
-}
-
 /// How the aws backend reaches AWS (the `[aws]` table).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -484,7 +480,7 @@ impl Config {
             });
         }
         if let Some(account) = &self.account_id
-            && !is_account_id(account)
+            && !crate::domain::is_account_id(account)
         {
             return Err(ConfigError::Value {
                 key: "account_id",

@@ -369,6 +369,18 @@ pub fn is_region_name(region: &str) -> bool {
     REGION.is_match(region)
 }
 
+/// The AWS partitions whose ARNs the sidecar accepts.
+pub const PARTITIONS: &[&str] = &["aws", "aws-cn", "aws-us-gov"];
+
+pub fn is_partition(partition: &str) -> bool {
+    PARTITIONS.contains(&partition)
+}
+
+/// Whether `account` is an AWS account id: exactly 12 ASCII digits.
+pub fn is_account_id(account: &str) -> bool {
+    account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The partition a Region belongs to.
 pub fn partition_of(region: &str) -> &'static str {
     if region.starts_with("cn-") {

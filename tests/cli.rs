@@ -443,6 +443,32 @@ fn policy_render_merges_into_an_existing_policy() {
     );
 }
 
+#[test]
+fn policy_render_refuses_an_existing_policy_with_a_duplicate_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let existing = "{\"Version\": \"2012-10-17\", \"Statement\": [\n  {\"Sid\": \"Admins\", \"Effect\": \"Allow\", \"Principal\": {\"AWS\": \"arn:aws:iam::123456789012:role/Admin\"},\n   \"Principal\": {\"AWS\": \"*\"}, \"Action\": \"kms:*\", \"Resource\": \"*\"}]}";
+    std::fs::write(dir.path().join("existing.json"), existing).unwrap();
+    let output = run(
+        dir.path(),
+        "render",
+        "amazon-q-lambda",
+        &["--merge-into", "existing.json"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "cannot merge into the existing policy: duplicate member `Principal` at line 3, column 4 (first at line 2, column 40)"
+        ),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "no policy is printed");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("existing.json")).unwrap(),
+        existing
+    );
+}
+
 fn config_check(config: &str, rules: Option<&str>) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyd.toml");
@@ -514,4 +540,31 @@ fn config_check_refuses_bad_files_naming_what_is_wrong() {
         assert!(text.contains(expected), "{config}: {text}");
         assert!(!text.contains("is valid"), "{text}");
     }
+}
+
+#[test]
+fn config_check_refuses_an_identity_policy_with_a_duplicate_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("identity.json");
+    std::fs::write(
+        &policy,
+        "{\"Version\": \"2012-10-17\",\n \"Statement\": {\"Effect\": \"Allow\", \"Action\": \"kms:Decrypt\",\n  \"Action\": \"kms:*\", \"Resource\": \"*\"}}",
+    )
+    .unwrap();
+    let (code, text) = config_check(
+        &format!(
+            "[verification]\nidentity_policy_files = [{:?}]\n",
+            policy.display().to_string()
+        ),
+        None,
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "identity policy `{}`: duplicate member `Action` at line 3, column 3 (first at line 2, column 35)",
+            policy.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("is valid"), "{text}");
 }

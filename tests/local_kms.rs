@@ -239,6 +239,41 @@ async fn bad_requests_are_refused_and_change_nothing() {
         assert_eq!(field_of(&status), field, "{request:?}");
     }
 
+    // A member named twice: AWS readers disagree on which counts, so it is refused with
+    // where, on CreateKey as on PutKeyPolicy (and the old policy stays).
+    let duplicate =
+        "{\"Version\": \"2012-10-17\",\n  \"Version\": \"2008-10-17\", \"Statement\": []}";
+    let message_of = |status: &tonic::Status| {
+        status
+            .get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations[0]
+            .description
+            .clone()
+    };
+    let expected = "duplicate member `Version` at line 2, column 3 (first at line 1, column 2)";
+    let status = kms
+        .create_key(proto::CreateKeyRequest {
+            policy: duplicate.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(field_of(&status), "policy");
+    assert!(message_of(&status).contains(expected), "{status:?}");
+    let status = kms
+        .put_key_policy(proto::PutKeyPolicyRequest {
+            key_id: arn.clone(),
+            policy: duplicate.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(field_of(&status), "policy");
+    assert!(message_of(&status).contains(expected), "{status:?}");
+
     for policy in [
         "[]".to_owned(),
         "{\"x\": \"\u{263a}\"}".to_owned(),

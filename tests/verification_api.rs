@@ -231,6 +231,23 @@ async fn bad_verify_and_render_requests_name_the_field() {
         ),
         ["existing_policy_json"]
     );
+    // A member named twice is refused (serde_json alone would keep the last), with where.
+    let duplicate = "{\"Version\": \"2012-10-17\",\n  \"Statement\": [{\"Sid\": \"Admins\", \"Effect\": \"Allow\",\n    \"Effect\": \"Deny\"}]}";
+    let status = reader
+        .render_key_policy(render("amazon-q-lambda", "", duplicate))
+        .await
+        .unwrap_err();
+    let violations = status
+        .get_error_details()
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .clone();
+    assert_eq!(field(status), ["existing_policy_json"]);
+    assert_eq!(
+        violations[0].description,
+        "cannot merge into the existing policy: duplicate member `Effect` at line 3, column 5 (first at line 2, column 35)"
+    );
 
     // A key unknown to the backend is a finding, not an error.
     let unknown = verify_request(

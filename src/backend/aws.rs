@@ -13,10 +13,10 @@ use aws_smithy_types::{date_time::Format, error::metadata::ProvideErrorMetadata}
 
 use super::{Backend, BackendError};
 use crate::{
-    config::{AwsConfig, Placement, is_account_id},
+    config::{AwsConfig, Placement},
     domain::{
         CodeLine, CodeSnippet, CodeSnippets, FindingArn, KeyArn, SnippetError, SnippetErrorCode,
-        SuggestedFix, Target, is_region_name,
+        SuggestedFix, Target, is_account_id, is_region_name,
     },
     verify::{KeyMetadata, MultiRegionConfiguration, MultiRegionKey},
 };

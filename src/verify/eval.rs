@@ -6,7 +6,7 @@
 use super::{
     Location,
     condition::glob,
-    policy::{Effect, Names, Policy, PrincipalElement, Principals, Statement},
+    policy::{Effect, Names, Policy, PrincipalElement, Principals, Statement, names_account},
 };
 
 /// Who makes a request.
@@ -84,14 +84,6 @@ enum PrincipalMatch {
     No,
 }
 
-fn account_principal(name: &str, account: &str) -> bool {
-    name == account
-        || name
-            .strip_prefix("arn:")
-            .and_then(|rest| rest.split_once(":iam::"))
-            .is_some_and(|(_, rest)| rest == format!("{account}:root"))
-}
-
 fn principals_match(principals: &Principals, caller: &Caller) -> PrincipalMatch {
     if principals.any {
         return PrincipalMatch::Direct;
@@ -107,7 +99,7 @@ fn principals_match(principals: &Principals, caller: &Caller) -> PrincipalMatch 
         Caller::Aws { arn, account } => {
             if principals.aws.iter().any(|p| p == arn) {
                 PrincipalMatch::Direct
-            } else if principals.aws.iter().any(|p| account_principal(p, account)) {
+            } else if principals.aws.iter().any(|p| names_account(p, account)) {
                 PrincipalMatch::Account
             } else {
                 PrincipalMatch::No

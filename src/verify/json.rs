@@ -1,6 +1,7 @@
 //! A strict JSON parser that keeps where each value starts, so findings can point at a
 //! line and column. Duplicate object keys are kept (the policy layer reports them); nesting
-//! is bounded so no input can exhaust the stack.
+//! is bounded so no input can exhaust the stack. [`parse_unique`] is the one reading of a
+//! policy for code that works on `serde_json` values.
 
 /// Deepest nesting accepted; real policies nest five levels.
 const MAX_DEPTH: usize = 64;
@@ -94,6 +95,106 @@ impl<'a> LineIndex<'a> {
             u32::try_from(column + 1).unwrap_or(u32::MAX),
         )
     }
+}
+
+/// Why [`parse_unique`] refused a document, with 1-based lines and columns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("not valid JSON: {message} at line {line}, column {column}")]
+    Syntax {
+        message: String,
+        line: u32,
+        column: u32,
+    },
+    #[error(
+        "duplicate member `{name}` at line {line}, column {column} (first at line {first_line}, column {first_column})"
+    )]
+    DuplicateMember {
+        name: String,
+        line: u32,
+        column: u32,
+        first_line: u32,
+        first_column: u32,
+    },
+}
+
+/// Parses `text` like [`parse`], refusing a member name repeated in one object, into a
+/// `serde_json` value with members in document order. serde_json alone would keep the
+/// last duplicate silently, so the sidecar would act on another policy than the one
+/// `policy verify` reads.
+pub fn parse_unique(text: &str) -> Result<serde_json::Value, DocumentError> {
+    let index = LineIndex::new(text);
+    let root = parse(text).map_err(|e| syntax_error(&index, e.offset, e.message))?;
+    to_serde(&root, &index)
+}
+
+fn syntax_error(index: &LineIndex<'_>, offset: usize, message: String) -> DocumentError {
+    let (line, column) = index.position(offset);
+    DocumentError::Syntax {
+        message,
+        line,
+        column,
+    }
+}
+
+/// Recursion is bounded by the parser's `MAX_DEPTH`.
+fn to_serde(json: &Json, index: &LineIndex<'_>) -> Result<serde_json::Value, DocumentError> {
+    use serde_json::Value as Serde;
+    Ok(match &json.value {
+        Value::Null => Serde::Null,
+        Value::Bool(b) => Serde::Bool(*b),
+        // serde_json reads the number text itself, so a value comes out exactly as it
+        // would from serde_json reading the whole document.
+        Value::Number(n) => serde_json::from_str::<serde_json::Number>(n)
+            .map(Serde::Number)
+            .map_err(|_| {
+                syntax_error(
+                    index,
+                    json.offset,
+                    format!("the number {} is out of range", clip(n)),
+                )
+            })?,
+        Value::String(s) => Serde::String(s.clone()),
+        Value::Array(items) => Serde::Array(
+            items
+                .iter()
+                .map(|item| to_serde(item, index))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(members) => {
+            let mut map = serde_json::Map::with_capacity(members.len());
+            for (key, value) in members {
+                if map.contains_key(&key.name) {
+                    let first = members
+                        .iter()
+                        .find(|(k, _)| k.name == key.name)
+                        .map_or(key.offset, |(k, _)| k.offset);
+                    let (line, column) = index.position(key.offset);
+                    let (first_line, first_column) = index.position(first);
+                    return Err(DocumentError::DuplicateMember {
+                        name: clip(&key.name),
+                        line,
+                        column,
+                        first_line,
+                        first_column,
+                    });
+                }
+                map.insert(key.name.clone(), to_serde(value, index)?);
+            }
+            Serde::Object(map)
+        }
+    })
+}
+
+/// Text from the document, shortened for a message.
+fn clip(text: &str) -> String {
+    const SHOWN: usize = 60;
+    let mut chars = text.chars();
+    let mut shown: String = chars.by_ref().take(SHOWN).collect();
+    if chars.next().is_some() {
+        shown.push('…');
+    }
+    shown
 }
 
 pub fn parse(text: &str) -> Result<Json, SyntaxError> {
@@ -390,6 +491,58 @@ mod tests {
                 .message
                 .contains("nests too deeply")
         );
+    }
+
+    #[test]
+    fn parse_unique_reads_what_serde_json_reads_in_document_order() {
+        let text = r#"{"z": [0, -0, 1.0, 1.5e3, -12, 18446744073709551615, -9223372036854775808, 1E-7],
+            "a": {"y": "\u00e9\ud83d\ude00\n", "b": null, "x": [true, false, {}, []]}}"#;
+        let strict = parse_unique(text).unwrap();
+        let lenient: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(strict, lenient);
+        // Byte-identical output, order included (serde_json keeps order here).
+        assert_eq!(
+            serde_json::to_string_pretty(&strict).unwrap(),
+            serde_json::to_string_pretty(&lenient).unwrap()
+        );
+        let keys: Vec<&String> = strict["a"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["y", "b", "x"]);
+    }
+
+    #[test]
+    fn parse_unique_refuses_duplicates_anywhere_with_both_positions() {
+        let text = "{\n  \"Statement\": [{\"Sid\": \"a\",\n    \"Sid\": \"b\"}]\n}";
+        assert_eq!(
+            parse_unique(text),
+            Err(DocumentError::DuplicateMember {
+                name: "Sid".into(),
+                line: 3,
+                column: 5,
+                first_line: 2,
+                first_column: 18,
+            })
+        );
+        assert_eq!(
+            parse_unique(text).unwrap_err().to_string(),
+            "duplicate member `Sid` at line 3, column 5 (first at line 2, column 18)"
+        );
+        // The same name in different objects is no duplicate.
+        assert!(parse_unique(r#"[{"a": 1}, {"a": 2, "b": {"a": 3}}]"#).is_ok());
+    }
+
+    #[test]
+    fn parse_unique_refuses_what_parse_refuses_with_position() {
+        let err = parse_unique("{\n  \"a\": [1,]\n}").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not valid JSON: expected a JSON value at line 2, column 11"
+        );
+        let err = parse_unique("[1, 1e400]").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not valid JSON: the number 1e400 is out of range at line 1, column 5"
+        );
+        assert!(parse_unique(&"[".repeat(10_000)).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::{
     condition::{Operator, SetQualifier},
     json::{self, Json, LineIndex, Value},
 };
+use crate::domain::{is_account_id, is_partition};
 
 /// KMS's documented key policy size limit, in bytes.
 pub const MAX_POLICY_BYTES: usize = 32_768;
@@ -42,6 +43,27 @@ pub struct Principals {
     pub any: bool,
     pub aws: Vec<String>,
     pub services: Vec<String>,
+}
+
+/// Whether an AWS principal names the whole account `account_id` (which delegates to the
+/// account's IAM policies). AWS writes an account principal as the bare 12-digit id or
+/// `arn:<partition>:iam::<id>:root`; nothing else (no other suffix, prefix or partition)
+/// names the account.
+pub fn names_account(principal: &str, account_id: &str) -> bool {
+    if !is_account_id(account_id) {
+        return false;
+    }
+    principal == account_id
+        || principal
+            .strip_prefix("arn:")
+            .and_then(|rest| rest.split_once(':'))
+            .is_some_and(|(partition, rest)| {
+                is_partition(partition)
+                    && rest
+                        .strip_prefix("iam::")
+                        .and_then(|rest| rest.strip_suffix(":root"))
+                        == Some(account_id)
+            })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -955,5 +977,43 @@ fn short(json: &Json) -> String {
         Value::Number(n) => n.clone(),
         Value::Bool(b) => b.to_string(),
         _ => json.kind().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_account;
+
+    #[test]
+    fn account_principals_are_the_bare_id_or_the_root_arn_of_a_partition() {
+        let account = "111122223333";
+        for name in [
+            "111122223333",
+            "arn:aws:iam::111122223333:root",
+            "arn:aws-cn:iam::111122223333:root",
+            "arn:aws-us-gov:iam::111122223333:root",
+        ] {
+            assert!(names_account(name, account), "{name}");
+        }
+        for name in [
+            "arn:aws:iam::111122223333:rootx",
+            "xarn:aws:iam::111122223333:root",
+            "arn:aws:iam::11112222333:root",
+            "arn:aws:iam::444455556666:root",
+            "arn:aws-iso:iam::111122223333:root",
+            "arn::iam::111122223333:root",
+            "arn:aws:sts::111122223333:root",
+            "arn:aws:iam:us-east-1:111122223333:root",
+            "arn:aws:iam::111122223333:role/root",
+            "garbage:iam::111122223333:root",
+            "arn:aws:iam::111122223333:root ",
+            "1111222233334",
+            "",
+        ] {
+            assert!(!names_account(name, account), "{name}");
+        }
+        // Only a well-formed account can be named at all.
+        assert!(!names_account("11112222333", "11112222333"));
+        assert!(!names_account("arn:aws:iam:::root", ""));
     }
 }

@@ -5,10 +5,11 @@
 use serde_json::{Map, Value};
 
 use super::{
-    policy::{DocumentKind, MAX_POLICY_BYTES},
+    json,
+    policy::{DocumentKind, MAX_POLICY_BYTES, names_account},
     profile::{Params, Profile, account_delegation_statement},
 };
-use crate::domain::is_region_name;
+use crate::domain::{is_account_id, is_partition, is_region_name};
 
 /// Why a policy could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,8 +32,9 @@ pub enum RenderError {
 
 fn is_principal_arn(arn: &str, account_id: &str) -> bool {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    matches!(parts.as_slice(), ["arn", "aws" | "aws-cn" | "aws-us-gov", "iam", "", account, resource]
-        if *account == account_id
+    matches!(parts.as_slice(), ["arn", partition, "iam", "", account, resource]
+        if is_partition(partition)
+            && *account == account_id
             && (resource.strip_prefix("role/").or_else(|| resource.strip_prefix("user/")))
                 .is_some_and(|name| !name.is_empty() && !name.chars().any(char::is_whitespace)))
 }
@@ -48,7 +50,7 @@ pub fn check_params(
             value: region.to_owned(),
         });
     }
-    if account_id.len() != 12 || !account_id.bytes().all(|b| b.is_ascii_digit()) {
+    if !is_account_id(account_id) {
         return Err(RenderError::Account {
             value: account_id.to_owned(),
         });
@@ -79,8 +81,7 @@ pub fn render(
     };
     let wanted = profile.requirements(&params).statements;
     let mut document = match existing {
-        Some(text) => serde_json::from_str::<Value>(text)
-            .map_err(|e| RenderError::Existing(format!("not valid JSON: {e}")))?,
+        Some(text) => json::parse_unique(text).map_err(|e| RenderError::Existing(e.to_string()))?,
         None => Value::Object(Map::new()),
     };
     let Value::Object(root) = &mut document else {
@@ -151,9 +152,75 @@ fn delegates_to_account(statements: &[Value], account_id: &str) -> bool {
             Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
             _ => Vec::new(),
         };
-        allow
-            && names
-                .iter()
-                .any(|n| *n == account_id || n.ends_with(&format!(":iam::{account_id}:root")))
+        allow && names.iter().any(|n| names_account(n, account_id))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCOUNT: &str = "111122223333";
+    const ROLE: &str = "arn:aws:iam::111122223333:role/Scanner";
+
+    fn sids_after_merge(principal: &str) -> Vec<String> {
+        let existing = serde_json::json!({"Version": "2012-10-17", "Statement": [
+            {"Sid": "Admins", "Effect": "Allow", "Principal": {"AWS": principal}, "Action": "kms:*", "Resource": "*"}
+        ]})
+        .to_string();
+        let text = render(
+            Profile::AmazonQLambda,
+            "us-east-1",
+            ACCOUNT,
+            ROLE,
+            Some(&existing),
+        )
+        .unwrap();
+        let merged: Value = serde_json::from_str(&text).unwrap();
+        merged["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["Sid"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_delegation_is_added_unless_a_statement_names_the_account() {
+        for delegating in [
+            ACCOUNT,
+            "arn:aws:iam::111122223333:root",
+            "arn:aws-cn:iam::111122223333:root",
+        ] {
+            assert_eq!(sids_after_merge(delegating)[0], "Admins", "{delegating}");
+        }
+        // Look-alikes the old suffix match took for the account.
+        for other in [
+            "xarn:aws:iam::111122223333:root",
+            "arn:aws-iso:iam::111122223333:root",
+        ] {
+            assert_eq!(
+                sids_after_merge(other)[..2],
+                ["Enable IAM User Permissions", "Admins"],
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_duplicate_member_in_the_existing_policy_is_refused_with_its_position() {
+        let existing = "{\"Version\": \"2012-10-17\",\n \"Statement\": [],\n \"Statement\": []}";
+        let err = render(
+            Profile::AmazonQLambda,
+            "us-east-1",
+            ACCOUNT,
+            ROLE,
+            Some(existing),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot merge into the existing policy: duplicate member `Statement` at line 3, column 2 (first at line 2, column 2)"
+        );
+    }
 }

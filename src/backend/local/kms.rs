@@ -10,11 +10,11 @@ use super::store::{KeyReads, Store, StoredKey};
 use crate::{
     backend::BackendError,
     domain::{is_region_name, partition_of},
-    verify::{KeyMetadata, MultiRegionConfiguration, MultiRegionKey},
+    verify::{
+        KeyMetadata, MultiRegionConfiguration, MultiRegionKey, json, policy::MAX_POLICY_BYTES,
+        profile::account_delegation_statement,
+    },
 };
-
-/// KMS's documented key policy size limit.
-pub const MAX_POLICY_BYTES: usize = 32_768;
 
 /// Key specs with the key usages KMS allows for each.
 const KEY_SPECS: &[(&str, &[&str])] = &[
@@ -39,17 +39,11 @@ const KEY_SPECS: &[(&str, &[&str])] = &[
 
 /// The key policy KMS gives a key created without one: the account may delegate
 /// access through IAM policies.
-pub fn default_key_policy(partition: &str, account_id: &str) -> String {
+pub fn default_key_policy(region: &str, account_id: &str) -> String {
     let policy = serde_json::json!({
         "Version": "2012-10-17",
         "Id": "key-default-1",
-        "Statement": [{
-            "Sid": "Enable IAM User Permissions",
-            "Effect": "Allow",
-            "Principal": {"AWS": format!("arn:{partition}:iam::{account_id}:root")},
-            "Action": "kms:*",
-            "Resource": "*"
-        }]
+        "Statement": [account_delegation_statement(region, account_id)]
     });
     serde_json::to_string_pretty(&policy).unwrap_or_default()
 }
@@ -76,10 +70,12 @@ fn check_policy_document(policy: &str) -> Result<(), BackendError> {
             c as u32
         )));
     }
-    match serde_json::from_str::<serde_json::Value>(policy) {
+    // The reading `policy verify` and the evaluator use, so a duplicate member is refused
+    // here rather than stored as a policy that each reader understands differently.
+    match json::parse_unique(policy) {
         Ok(serde_json::Value::Object(_)) => Ok(()),
         Ok(_) => Err(invalid("the policy is not a JSON object".into())),
-        Err(e) => Err(invalid(format!("the policy is not valid JSON: {e}"))),
+        Err(e) => Err(invalid(format!("the policy is {e}"))),
     }
 }
 
@@ -315,7 +311,7 @@ impl LocalKms {
             });
         }
         let policy = if input.policy.is_empty() {
-            default_key_policy(partition_of(&region), &self.account_id)
+            default_key_policy(&region, &self.account_id)
         } else {
             check_policy_document(&input.policy)?;
             input.policy
@@ -582,5 +578,32 @@ impl LocalKms {
     /// GetKeyPolicy by exact ARN, for the backend trait.
     pub(super) fn policy_of_arn(&self, arn: &str) -> Result<String, BackendError> {
         self.store.read(|tx| Ok(self.live_key(tx, arn)?.policy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_key_policy;
+
+    #[test]
+    fn the_default_key_policy_is_kms_default_statement_in_the_regions_partition() {
+        assert_eq!(
+            default_key_policy("cn-north-1", "111122223333"),
+            r#"{
+  "Version": "2012-10-17",
+  "Id": "key-default-1",
+  "Statement": [
+    {
+      "Sid": "Enable IAM User Permissions",
+      "Effect": "Allow",
+      "Principal": {
+        "AWS": "arn:aws-cn:iam::111122223333:root"
+      },
+      "Action": "kms:*",
+      "Resource": "*"
+    }
+  ]
+}"#
+        );
     }
 }
