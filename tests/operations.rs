@@ -684,3 +684,56 @@ async fn an_unreachable_backend_makes_the_sidecar_unready_but_alive() {
     );
     assert_eq!(sidecar.http_get("/readyz").0, 503);
 }
+
+/// `serve` with a port already taken: exits non-zero at once, naming the listener and the
+/// address, for each listener that can be taken.
+#[tokio::test]
+async fn a_taken_port_stops_the_start_naming_the_listener_and_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    for (setting, listener) in [
+        ("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "metrics"),
+        ("INSPECTOR_KEYD_OPS__HEALTH_LISTEN", "health"),
+        ("INSPECTOR_KEYD_LISTEN__TCP", "tcp"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = std::process::Command::new(BIN);
+        command.arg("serve").current_dir(dir.path());
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("INSPECTOR_KEYD_")) {
+            command.env_remove(name);
+        }
+        let output = command
+            .env("INSPECTOR_KEYD_LISTEN__TCP", "127.0.0.1:0")
+            .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0")
+            .env(setting, addr.to_string())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{listener}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {listener} {addr}"))
+                && stderr.contains("in use"),
+            "{listener}: {stderr}"
+        );
+        assert!(!stderr.contains(" serving "), "{stderr}");
+    }
+}
+
+/// `serve --ready-file`: every bound address as JSON once serving, gone after shutdown.
+#[tokio::test]
+async fn the_ready_file_lists_every_bound_address_until_shutdown() {
+    let mut sidecar = Sidecar::start_with("[ops]\nhealth_listen = \"127.0.0.1:0\"\n");
+    let ready_file = sidecar.dir().join("ready.json");
+    let ready: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
+    assert_eq!(ready["tcp"], sidecar.tcp.to_string());
+    assert_eq!(ready["metrics"], sidecar.metrics.unwrap().to_string());
+    assert_eq!(ready["health"], sidecar.health.unwrap().to_string());
+    assert_eq!(ready["unix_socket"], sidecar.socket.to_str().unwrap());
+    assert_eq!(ready["tls"], serde_json::Value::Null);
+    // What it names answers.
+    assert_eq!(sidecar.http_get("/livez").0, 200);
+    sidecar.signal("TERM");
+    assert!(sidecar.wait_exit(Duration::from_secs(10)).await.success());
+    assert!(!ready_file.exists());
+}

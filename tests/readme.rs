@@ -70,8 +70,11 @@ fn readme_grpcurl_examples_print_what_the_readme_shows() {
         grpcurl.parent().unwrap(),
         bin_dir
     );
+    // The README's examples name the default port; this sidecar listens on an ephemeral one.
+    let tcp = sidecar.tcp.to_string();
     for example in &examples {
-        script.push_str(&format!("{} 2>&1\necho {END}\n", example.command));
+        let command = example.command.replace("127.0.0.1:50051", &tcp);
+        script.push_str(&format!("{command} 2>&1\necho {END}\n"));
     }
     let output = Command::new("bash")
         .arg("-c")

@@ -69,14 +69,21 @@ impl Sidecar {
         Sidecar::start_in(dir, extra_config.to_owned(), env)
     }
 
-    /// Starts `inspector-keyd serve` with no configuration at all, as the README runs it,
-    /// in a temporary working directory (so on the default port 127.0.0.1:50051).
+    /// Starts `inspector-keyd serve` with no configuration file, as the README runs it, in a
+    /// temporary working directory; only the TCP and metrics ports are ephemeral (the
+    /// defaults, 127.0.0.1:50051 and 127.0.0.1:9464, may be taken on the machine).
     pub fn start_default() -> Sidecar {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut command = Command::new(BIN);
         command.arg("serve").current_dir(dir.path());
         let socket = dir.path().join("state/keyd.sock");
-        Sidecar::spawn(command, dir, socket, String::new(), Vec::new())
+        let env = [
+            ("INSPECTOR_KEYD_LISTEN__TCP", "127.0.0.1:0"),
+            ("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec();
+        Sidecar::spawn(command, dir, socket, String::new(), env)
     }
 
     fn start_in(
@@ -95,12 +102,16 @@ impl Sidecar {
         )
         .unwrap();
         let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--config"])
-            .arg(&config)
-            // An ephemeral port, so tests can run side by side.
-            .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0")
-            .envs(env.iter().map(|(k, v)| (k, v)));
+        command.args(["serve", "--config"]).arg(&config);
+        // An ephemeral port, so tests can run side by side; the test's own settings come
+        // after it, so one may override it.
+        let metrics = ("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0");
+        let env = std::iter::once((metrics.0.to_owned(), metrics.1.to_owned()))
+            .chain(
+                env.into_iter()
+                    .filter(|pair| *pair != (metrics.0.to_owned(), metrics.1.to_owned())),
+            )
+            .collect::<Vec<_>>();
         Sidecar::spawn(command, dir, socket, extra_config, env)
     }
 
@@ -111,7 +122,18 @@ impl Sidecar {
         extra_config: String,
         env: Vec<(String, String)>,
     ) -> Sidecar {
+        // Where the server says it listens: the ready file, never its log lines. A stale one
+        // (left by a killed server) must not be read as this server's.
+        let ready_file = dir.path().join("ready.json");
+        let _ = std::fs::remove_file(&ready_file);
+        // What the test sets, and nothing this process inherited.
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("INSPECTOR_KEYD_")) {
+            command.env_remove(name);
+        }
         let mut child = command
+            .arg("--ready-file")
+            .arg(&ready_file)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -125,62 +147,43 @@ impl Sidecar {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                // The start-up line, in the text or the JSON log format.
-                let json: Option<serde_json::Value> = line
-                    .starts_with('{')
-                    .then(|| serde_json::from_str(&line).ok())
-                    .flatten();
-                let serving = match &json {
-                    Some(json) => json["fields"]["message"] == "serving",
-                    None => line.contains(" serving "),
-                };
-                if serving {
-                    let address = |field: &str| {
-                        let text = match &json {
-                            Some(json) => json["fields"][field.trim_end_matches('=')]
-                                .as_str()
-                                .map(str::to_owned),
-                            None => line
-                                .split_whitespace()
-                                .find_map(|w| w.strip_prefix(field))
-                                .map(str::to_owned),
-                        };
-                        text.and_then(|a| a.parse::<SocketAddr>().ok())
-                    };
-                    let addresses = address("tcp=").map(|tcp| {
-                        (
-                            tcp,
-                            address("tls="),
-                            address("metrics="),
-                            address("health="),
-                        )
-                    });
-                    // Logged before the start is announced, so a test that waited for the
-                    // start also finds the line in the log.
-                    sink.lock().unwrap().push_str(&format!("{line}\n"));
-                    let _ = tx.send(addresses);
-                    continue;
-                }
+                // The start-up line, in the text or the JSON log format: once the log holds
+                // it, a test that waited for the start finds it there.
+                let serving = line.contains(" serving ") || line.contains(r#""message":"serving""#);
                 sink.lock().unwrap().push_str(&(line + "\n"));
+                if serving {
+                    let _ = tx.send(());
+                }
             }
         });
-        let (tcp, tls, metrics, health) = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(addresses)) => addresses,
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("inspector-keyd did not start:\n{}", log.lock().unwrap());
+        let started = rx.recv_timeout(Duration::from_secs(30)).is_ok();
+        // The server writes the ready file just after that line.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let addresses: Option<serde_json::Value> = loop {
+            let read = std::fs::read_to_string(&ready_file)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            if read.is_some() || !started || std::time::Instant::now() > deadline {
+                break read;
             }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let address =
+            |name: &str| -> Option<SocketAddr> { addresses.as_ref()?[name].as_str()?.parse().ok() };
+        let Some(tcp) = address("tcp") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("inspector-keyd did not start:\n{}", log.lock().unwrap());
         };
         Sidecar {
             child,
             dir,
             socket,
             tcp,
-            tls,
-            metrics,
-            health,
+            tls: address("tls"),
+            metrics: address("metrics"),
+            health: address("health"),
             log,
             extra_config,
             env,
