@@ -33,7 +33,7 @@ use crate::{
         local::{LocalBackend, ScanningSettings},
         metered::MeteredBackend,
     },
-    cache::{CacheStats, KeyCache},
+    cache::{CacheState, KeyCache},
     config::{BackendKind, Placement, Settings},
     drain::DrainingHealth,
     metrics::Metrics,
@@ -253,14 +253,14 @@ impl App {
             Some(wrap) => wrap(store_backend),
             None => store_backend,
         };
-        let stats = Arc::new(CacheStats::default());
-        let metrics = Metrics::new(stats.clone());
+        let cache_state = Arc::new(CacheState::new(config.cache.clone()));
+        let metrics = Metrics::new(cache_state.clone());
         let backend: Arc<dyn Backend> =
             Arc::new(MeteredBackend::new(store_backend, metrics.clone()));
-        let cache = KeyCache::with_stats(backend.clone(), config.cache.clone(), stats);
+        let cache = KeyCache::with_state(backend.clone(), cache_state);
         let verifier = KeyVerifier::new(backend.clone(), verification);
         let key_watch = Arc::new(KeyWatch::new(
-            backend.clone(),
+            cache.clone(),
             verifier.clone(),
             metrics.clone(),
         ));

@@ -1,24 +1,27 @@
-//! The read-path cache between the service and the backend (moka). Per (scan type,
-//! resource type) it holds the customer managed key ARN, or "the AWS owned key is in use",
-//! each kind with its own TTL; concurrent misses for a target coalesce into one backend
-//! call; Update and Reset write through before they return; and when a refresh fails for
-//! a backend reason, the last value is served for a bounded time (stale-if-error).
+//! The read-path cache between the service and the backend, and the one holder of the key
+//! in use: per (scan type, resource type) it holds the customer managed key ARN, or "the
+//! AWS owned key is in use", each kind with its own TTL, and the last verification verdict
+//! on that key. Concurrent misses for a target coalesce into one backend call; Update and
+//! Reset write through before they return; the drift watch refreshes it from the backend;
+//! and when a refresh fails for a backend reason, the last value is served for a bounded
+//! time (stale-if-error). The targets are a fixed few, so each has a slot of its own: a
+//! cached read is one uncontended read lock.
 
 use std::{
     sync::{
-        Arc, Mutex, PoisonError, RwLock,
+        Arc, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use moka::{future::Cache, ops::compute::Op};
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::{
     backend::{Backend, BackendError},
     domain::{CodeSnippets, FindingArn, KeyArn, SUPPORTED_TARGETS, Target},
+    verify::Report,
 };
 
 /// Cache settings (the `[cache]` table of the configuration).
@@ -36,8 +39,6 @@ pub struct CacheConfig {
     /// (unavailable, throttled, timing out). Default `10m`; `0s` disables stale reads.
     #[serde(with = "humantime_serde")]
     pub max_stale: Duration,
-    /// Most targets held. Default 64.
-    pub capacity: u64,
 }
 
 impl Default for CacheConfig {
@@ -46,7 +47,6 @@ impl Default for CacheConfig {
             key_ttl: Duration::from_secs(60),
             aws_owned_ttl: Duration::from_secs(30),
             max_stale: Duration::from_secs(600),
-            capacity: 64,
         }
     }
 }
@@ -90,15 +90,6 @@ pub struct CacheStats {
     stale: AtomicU64,
     loads: AtomicU64,
     load_failures: AtomicU64,
-    /// When each target's entry stops being fresh, and when it can no longer be served even
-    /// as stale; set with the entry (a load or a write), read at each scrape.
-    windows: Mutex<[Option<StaleWindow>; SUPPORTED_TARGETS.len()]>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct StaleWindow {
-    expires: Instant,
-    servable_until: Instant,
 }
 
 /// A snapshot of [`CacheStats`].
@@ -125,40 +116,31 @@ impl CacheStats {
     fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
-
-    /// For each target whose entry is past its TTL, how long it may still be served while
-    /// the backend fails (zero once that window is over). A fresh entry, or none, is not
-    /// listed: only an expired entry is what a failing backend leaves readers with.
-    pub fn stale_windows(&self) -> Vec<(Target, Duration)> {
-        let now = Instant::now();
-        let windows = *self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        Target::all()
-            .filter_map(|target| {
-                let window = windows.get(target.index()).copied().flatten()?;
-                (now >= window.expires)
-                    .then(|| (target, window.servable_until.saturating_duration_since(now)))
-            })
-            .collect()
-    }
-
-    fn set_window(&self, target: Target, entry: Option<&Entry>, config: &CacheConfig) {
-        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = windows.get_mut(target.index()) {
-            *slot = entry.map(|entry| StaleWindow {
-                expires: entry.loaded_at + entry.ttl(config),
-                servable_until: entry.loaded_at + entry.ttl(config) + config.max_stale,
-            });
-        }
-    }
 }
 
+/// What a target's slot holds.
 #[derive(Debug, Clone)]
 struct Entry {
     key_arn: Option<Arc<str>>,
     loaded_at: Instant,
+    /// The last verification of `key_arn` (by Update or the drift watch); `None` until one.
+    verdict: Option<Arc<Report>>,
+    /// Whether reads are answered from it. The drift watch's refresh of a target nobody
+    /// has read keeps what it found (and its verdict) without serving it: the first read
+    /// still asks the backend.
+    serves_reads: bool,
 }
 
 impl Entry {
+    fn new(key_arn: Option<Arc<str>>, verdict: Option<Arc<Report>>) -> Entry {
+        Entry {
+            key_arn,
+            loaded_at: Instant::now(),
+            verdict,
+            serves_reads: true,
+        }
+    }
+
     fn ttl(&self, config: &CacheConfig) -> Duration {
         if self.key_arn.is_some() {
             config.key_ttl
@@ -168,12 +150,13 @@ impl Entry {
     }
 
     fn is_fresh(&self, now: Instant, config: &CacheConfig) -> bool {
-        now.saturating_duration_since(self.loaded_at) < self.ttl(config)
+        self.serves_reads && now.saturating_duration_since(self.loaded_at) < self.ttl(config)
     }
 
     /// Whether it may still be served while the backend fails.
     fn may_serve_stale(&self, now: Instant, config: &CacheConfig) -> bool {
-        now.saturating_duration_since(self.loaded_at) <= self.ttl(config) + config.max_stale
+        self.serves_reads
+            && now.saturating_duration_since(self.loaded_at) <= self.ttl(config) + config.max_stale
     }
 
     fn answer(&self, status: CacheStatus, now: Instant) -> Cached {
@@ -181,6 +164,101 @@ impl Entry {
             key_arn: self.key_arn.clone(),
             status,
             age: now.saturating_duration_since(self.loaded_at),
+        }
+    }
+
+    /// The entry after the backend said `key_arn` is in use: the verdict stays when the key
+    /// did not change.
+    fn reloaded(previous: Option<&Entry>, key_arn: Option<String>) -> Entry {
+        let verdict = previous
+            .filter(|p| p.key_arn.as_deref() == key_arn.as_deref())
+            .and_then(|p| p.verdict.clone());
+        Entry::new(key_arn.map(Arc::from), verdict)
+    }
+}
+
+/// One target's entry, and the lock its loads and writes take (so concurrent misses make
+/// one backend call, and a write waits for a load in flight rather than being overwritten
+/// by it).
+#[derive(Debug, Default)]
+struct Slot {
+    entry: RwLock<Option<Entry>>,
+    load: tokio::sync::Mutex<()>,
+}
+
+/// What the cache holds, shared with the metrics: the counters and each target's slot.
+#[derive(Debug)]
+pub struct CacheState {
+    config: CacheConfig,
+    stats: CacheStats,
+    slots: [Slot; SUPPORTED_TARGETS.len()],
+}
+
+impl CacheState {
+    pub fn new(config: CacheConfig) -> CacheState {
+        CacheState {
+            config,
+            stats: CacheStats::default(),
+            slots: Default::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    fn slot(&self, target: Target) -> &Slot {
+        // Target::index is a position in SUPPORTED_TARGETS, the slots' length.
+        &self.slots[target.index() % SUPPORTED_TARGETS.len()]
+    }
+
+    fn entry(&self, target: Target) -> Option<Entry> {
+        self.slot(target)
+            .entry
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, target: Target, entry: Option<Entry>) {
+        *self
+            .slot(target)
+            .entry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = entry;
+    }
+
+    /// For each target whose entry is past its TTL, how long it may still be served while
+    /// the backend fails (zero once that window is over). A fresh entry, or none, is not
+    /// listed: only an expired entry is what a failing backend leaves readers with.
+    pub fn stale_windows(&self) -> Vec<(Target, Duration)> {
+        let now = Instant::now();
+        Target::all()
+            .filter_map(|target| {
+                let entry = self.entry(target).filter(|e| e.serves_reads)?;
+                let expires = entry.loaded_at + entry.ttl(&self.config);
+                (now >= expires).then(|| {
+                    let servable_until = expires + self.config.max_stale;
+                    (target, servable_until.saturating_duration_since(now))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The key in use for a target as the cache holds it, with the last verdict on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyInUse {
+    /// `None`: the AWS owned key.
+    pub key_arn: Option<Arc<str>>,
+    pub verdict: Option<Arc<Report>>,
+}
+
+impl From<&Entry> for KeyInUse {
+    fn from(entry: &Entry) -> KeyInUse {
+        KeyInUse {
+            key_arn: entry.key_arn.clone(),
+            verdict: entry.verdict.clone(),
         }
     }
 }
@@ -206,65 +284,31 @@ fn write_outcome_unknown(error: &BackendError) -> bool {
 #[derive(Clone)]
 pub struct KeyCache {
     backend: Arc<dyn Backend>,
-    entries: Cache<Target, Entry>,
-    config: Arc<CacheConfig>,
-    stats: Arc<CacheStats>,
+    state: Arc<CacheState>,
     /// Serializes writes, so the cache ends with the value the backend ended with.
     writes: Arc<tokio::sync::Mutex<()>>,
-    /// What moka holds for each target, for reads (see [`ReadSlots`]).
-    read_slots: Arc<ReadSlots>,
-}
-
-/// Each target's entry as its last load or write left it: a read takes it from here, an
-/// uncontended read lock, instead of moka's read path, which records every read for its
-/// eviction policy and measured at about 0.8 µs of a 13 µs cached read (BENCHMARKS.md). A
-/// slot is only set inside moka's compute for that target, under its per-key lock, to what
-/// moka then holds, so slot and cache cannot disagree; freshness is checked on every read.
-#[derive(Default)]
-struct ReadSlots([RwLock<Option<Entry>>; SUPPORTED_TARGETS.len()]);
-
-impl ReadSlots {
-    fn get(&self, target: Target) -> Option<Entry> {
-        self.0.get(target.index())?.read().ok()?.clone()
-    }
-
-    fn set(&self, target: Target, entry: Option<&Entry>) {
-        if let Some(slot) = self.0.get(target.index()) {
-            *slot.write().unwrap_or_else(PoisonError::into_inner) = entry.cloned();
-        }
-    }
 }
 
 impl KeyCache {
     pub fn new(backend: Arc<dyn Backend>, config: CacheConfig) -> KeyCache {
-        KeyCache::with_stats(backend, config, Arc::new(CacheStats::default()))
+        KeyCache::with_state(backend, Arc::new(CacheState::new(config)))
     }
 
-    /// A cache counting into `stats` (shared with the metrics).
-    pub fn with_stats(
-        backend: Arc<dyn Backend>,
-        config: CacheConfig,
-        stats: Arc<CacheStats>,
-    ) -> KeyCache {
-        // moka forgets an entry once it can no longer be served even as stale; freshness
-        // itself is decided here, against tokio's clock.
-        let longest = config.key_ttl.max(config.aws_owned_ttl) + config.max_stale;
-        let entries = Cache::builder()
-            .max_capacity(config.capacity)
-            .time_to_live(longest.max(Duration::from_millis(1)))
-            .build();
+    /// A cache holding `state` (shared with the metrics).
+    pub fn with_state(backend: Arc<dyn Backend>, state: Arc<CacheState>) -> KeyCache {
         KeyCache {
             backend,
-            entries,
-            config: Arc::new(config),
-            stats,
+            state,
             writes: Arc::new(tokio::sync::Mutex::new(())),
-            read_slots: Arc::default(),
         }
     }
 
     pub fn stats(&self) -> &CacheStats {
-        &self.stats
+        &self.state.stats
+    }
+
+    pub fn state(&self) -> &CacheState {
+        &self.state
     }
 
     /// The key in use for `target`, from the cache when fresh.
@@ -278,9 +322,9 @@ impl KeyCache {
     /// The cache's answer for `target` when it is fresh (a hit), else `None`.
     pub async fn get_fresh(&self, target: Target) -> Option<Cached> {
         let now = Instant::now();
-        let entry = self.read_slots.get(target)?;
-        entry.is_fresh(now, &self.config).then(|| {
-            CacheStats::count(&self.stats.hits);
+        let entry = self.state.entry(target)?;
+        entry.is_fresh(now, &self.state.config).then(|| {
+            CacheStats::count(&self.state.stats.hits);
             entry.answer(CacheStatus::Hit, now)
         })
     }
@@ -288,65 +332,100 @@ impl KeyCache {
     /// A read [`KeyCache::get_fresh`] could not answer (a miss): loads from the backend, or
     /// serves the stale entry while the backend is in trouble.
     pub async fn load(&self, target: Target) -> Result<Cached, BackendError> {
-        CacheStats::count(&self.stats.misses);
-        // Calls for one target run one at a time: the first loads, the ones that waited
+        let stats = &self.state.stats;
+        let config = &self.state.config;
+        CacheStats::count(&stats.misses);
+        // Calls for one target load one at a time: the first loads, the ones that waited
         // find its fresh entry.
-        let mut failure: Option<(BackendError, Option<Entry>)> = None;
-        let failure_slot = &mut failure;
-        let result = self
-            .entries
-            .entry(target)
-            .and_compute_with(|current| async move {
-                let current = current.map(|e| e.into_value());
-                if let Some(entry) = &current
-                    && entry.is_fresh(Instant::now(), &self.config)
-                {
-                    return Op::Nop;
-                }
-                CacheStats::count(&self.stats.loads);
-                match self.backend.get_encryption_key(target).await {
-                    Ok(key_arn) => {
-                        let loaded = Entry {
-                            key_arn: key_arn.map(Arc::from),
-                            loaded_at: Instant::now(),
-                        };
-                        self.read_slots.set(target, Some(&loaded));
-                        self.stats.set_window(target, Some(&loaded), &self.config);
-                        Op::Put(loaded)
-                    }
-                    Err(error) => {
-                        CacheStats::count(&self.stats.load_failures);
-                        *failure_slot = Some((error, current));
-                        Op::Nop
-                    }
-                }
-            })
-            .await;
-        let now = Instant::now();
-        match failure {
-            None => match result.into_entry() {
-                Some(entry) => Ok(entry.into_value().answer(CacheStatus::Miss, now)),
-                None => Err(BackendError::internal(
-                    "the cache lost an entry it just loaded",
-                )),
-            },
-            Some((error, Some(stale)))
-                if is_backend_trouble(&error) && stale.may_serve_stale(now, &self.config) =>
-            {
-                CacheStats::count(&self.stats.stale);
-                tracing::warn!(%target, %error, age = ?now.saturating_duration_since(stale.loaded_at), "serving a stale key while the backend fails");
-                Ok(stale.answer(CacheStatus::Stale, now))
+        let _loading = self.state.slot(target).load.lock().await;
+        let current = self.state.entry(target);
+        if let Some(entry) = &current
+            && entry.is_fresh(Instant::now(), config)
+        {
+            return Ok(entry.answer(CacheStatus::Miss, Instant::now()));
+        }
+        CacheStats::count(&stats.loads);
+        match self.backend.get_encryption_key(target).await {
+            Ok(key_arn) => {
+                let loaded = Entry::reloaded(current.as_ref(), key_arn);
+                let answer = loaded.answer(CacheStatus::Miss, Instant::now());
+                self.state.set(target, Some(loaded));
+                Ok(answer)
             }
-            Some((error, _)) => Err(error),
+            Err(error) => {
+                CacheStats::count(&stats.load_failures);
+                let now = Instant::now();
+                match current {
+                    Some(stale)
+                        if is_backend_trouble(&error) && stale.may_serve_stale(now, config) =>
+                    {
+                        CacheStats::count(&stats.stale);
+                        tracing::warn!(%target, %error, age = ?now.saturating_duration_since(stale.loaded_at), "serving a stale key while the backend fails");
+                        Ok(stale.answer(CacheStatus::Stale, now))
+                    }
+                    _ => Err(error),
+                }
+            }
         }
     }
 
-    /// Puts `key` in use, then the cache holds it before this returns.
-    pub async fn update(&self, target: Target, key: &KeyArn) -> Result<(), BackendError> {
+    /// What the cache holds for `target`, loading it when it holds nothing yet.
+    pub async fn key_in_use(&self, target: Target) -> Result<KeyInUse, BackendError> {
+        if let Some(entry) = self.state.entry(target) {
+            return Ok(KeyInUse::from(&entry));
+        }
+        self.load(target).await?;
+        Ok(self
+            .state
+            .entry(target)
+            .map(|e| KeyInUse::from(&e))
+            .unwrap_or(KeyInUse {
+                key_arn: None,
+                verdict: None,
+            }))
+    }
+
+    /// Reads the key in use from the backend (never from the cache) and holds it, so
+    /// readers of the target get what the backend says now (a target nobody read yet is
+    /// not served from it): returns what the cache held before and what it holds now. A
+    /// backend that cannot answer changes nothing.
+    pub async fn refresh(
+        &self,
+        target: Target,
+    ) -> Result<(Option<KeyInUse>, KeyInUse), BackendError> {
+        let _loading = self.state.slot(target).load.lock().await;
+        let previous = self.state.entry(target);
+        let key_arn = self.backend.get_encryption_key(target).await?;
+        let mut refreshed = Entry::reloaded(previous.as_ref(), key_arn);
+        refreshed.serves_reads = previous.as_ref().is_some_and(|p| p.serves_reads);
+        let now = KeyInUse::from(&refreshed);
+        self.state.set(target, Some(refreshed));
+        Ok((previous.as_ref().map(KeyInUse::from), now))
+    }
+
+    /// Records `verdict` on `key_arn`, when that key is still the one held for `target`.
+    pub async fn set_verdict(&self, target: Target, key_arn: &str, verdict: Report) {
+        let _loading = self.state.slot(target).load.lock().await;
+        if let Some(mut entry) = self.state.entry(target)
+            && entry.key_arn.as_deref() == Some(key_arn)
+        {
+            entry.verdict = Some(Arc::new(verdict));
+            self.state.set(target, Some(entry));
+        }
+    }
+
+    /// Puts `key` in use, with the verdict that let it in; the cache holds both before this
+    /// returns.
+    pub async fn update(
+        &self,
+        target: Target,
+        key: &KeyArn,
+        verdict: Report,
+    ) -> Result<(), BackendError> {
         let _write = self.writes.lock().await;
         let result = self.backend.update_encryption_key(target, key).await;
-        self.write_through(target, &result, Some(key.as_str().to_owned()))
-            .await;
+        let written = Entry::new(Some(Arc::from(key.as_str())), Some(Arc::new(verdict)));
+        self.write_through(target, &result, written).await;
         result
     }
 
@@ -362,7 +441,8 @@ impl KeyCache {
     pub async fn reset(&self, target: Target) -> Result<(), BackendError> {
         let _write = self.writes.lock().await;
         let result = self.backend.reset_encryption_key(target).await;
-        self.write_through(target, &result, None).await;
+        self.write_through(target, &result, Entry::new(None, None))
+            .await;
         result
     }
 
@@ -374,28 +454,17 @@ impl KeyCache {
         &self,
         target: Target,
         result: &Result<(), BackendError>,
-        written: Option<String>,
+        written: Entry,
     ) {
         let value = match result {
-            Ok(()) => Some(written),
+            Ok(()) => Some(Entry {
+                loaded_at: Instant::now(),
+                ..written
+            }),
             Err(error) if write_outcome_unknown(error) => None,
             Err(_) => return,
         };
-        self.entries
-            .entry(target)
-            .and_compute_with(|_| async move {
-                let written = value.map(|key_arn| Entry {
-                    key_arn: key_arn.map(Arc::from),
-                    loaded_at: Instant::now(),
-                });
-                self.read_slots.set(target, written.as_ref());
-                self.stats
-                    .set_window(target, written.as_ref(), &self.config);
-                match written {
-                    Some(entry) => Op::Put(entry),
-                    None => Op::Remove,
-                }
-            })
-            .await;
+        let _loading = self.state.slot(target).load.lock().await;
+        self.state.set(target, value);
     }
 }

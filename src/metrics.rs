@@ -18,7 +18,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    cache::CacheStats,
+    cache::CacheState,
     domain::{SUPPORTED_TARGETS, Target},
     rpc::{self, Role},
     verify::Report,
@@ -133,11 +133,11 @@ struct Families {
 
 /// The cache's counters, read at each scrape.
 #[derive(Debug)]
-struct CacheCollector(Arc<CacheStats>);
+struct CacheCollector(Arc<CacheState>);
 
 impl Collector for CacheCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counts = self.0.snapshot();
+        let counts = self.0.stats().snapshot();
         for (name, help, value) in [
             (
                 "inspector_keyd_cache_hits",
@@ -201,7 +201,7 @@ fn method_name(index: usize) -> &'static str {
 
 impl Metrics {
     /// A registry with every metric, the cache's counters read from `cache`.
-    pub fn new(cache: Arc<CacheStats>) -> Metrics {
+    pub fn new(cache: Arc<CacheState>) -> Metrics {
         let mut registry = Registry::default();
         let rpc_requests = Family::<RpcLabels, Counter>::default();
         registry.register(
@@ -458,7 +458,7 @@ mod tests {
 
     #[test]
     fn a_new_verdict_replaces_the_failing_checks_of_its_target_only() {
-        let metrics = Metrics::new(Arc::default());
+        let metrics = Metrics::new(Arc::new(CacheState::new(Default::default())));
         let mut targets = Target::all();
         let (lambda, repository) = (targets.next().unwrap(), targets.next().unwrap());
         let failing = |codes: &[&'static str]| {
@@ -497,7 +497,7 @@ mod tests {
 
     #[test]
     fn a_refused_reload_stays_failing_until_one_loads() {
-        let metrics = Metrics::new(Arc::default());
+        let metrics = Metrics::new(Arc::new(CacheState::new(Default::default())));
         metrics.watch_reloads(ReloadedFile::Rules);
         let text = metrics.encode();
         assert!(

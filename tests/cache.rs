@@ -16,12 +16,17 @@ use inspector_keyd::{
     backend::{Backend, BackendError},
     cache::{CacheConfig, CacheStatus, KeyCache},
     domain::{CodeSnippets, FindingArn, KeyArn, ResourceType, ScanType, Target},
-    verify::KeyMetadata,
+    verify::{KeyMetadata, Report},
 };
 use tokio::sync::Semaphore;
 
 const OLD: &str = "arn:aws:kms:us-east-1:111122223333:key/11111111-1111-4111-8111-111111111111";
 const NEW: &str = "arn:aws:kms:us-east-1:111122223333:key/22222222-2222-4222-8222-222222222222";
+
+/// A verdict with no findings.
+fn passed() -> Report {
+    Report::new("test", Vec::new())
+}
 
 fn lambda() -> Target {
     Target::new(ScanType::Code, ResourceType::AwsLambdaFunction).unwrap()
@@ -120,7 +125,6 @@ fn config() -> CacheConfig {
         key_ttl: Duration::from_secs(60),
         aws_owned_ttl: Duration::from_secs(10),
         max_stale: Duration::from_secs(300),
-        capacity: 16,
     }
 }
 
@@ -168,7 +172,11 @@ async fn an_update_wins_over_a_load_of_the_old_value_in_flight() {
     // The update lands in the backend while that load is in flight.
     let update = tokio::spawn({
         let cache = cache.clone();
-        async move { cache.update(lambda(), &KeyArn::parse(NEW).unwrap()).await }
+        async move {
+            cache
+                .update(lambda(), &KeyArn::parse(NEW).unwrap(), passed())
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(
@@ -344,7 +352,7 @@ async fn a_refused_write_keeps_the_entry_and_one_of_unknown_outcome_drops_it() {
 
     // Throttled: refused, so the state is known unchanged and the entry still answers.
     *fake.write_failure.lock().unwrap() = Some(BackendError::Throttled { retry_after: None });
-    assert!(cache.update(lambda(), &new).await.is_err());
+    assert!(cache.update(lambda(), &new, passed()).await.is_err());
     assert!(cache.reset(lambda()).await.is_err());
     let cached = cache.get(lambda()).await.unwrap();
     assert_eq!(
@@ -355,7 +363,7 @@ async fn a_refused_write_keeps_the_entry_and_one_of_unknown_outcome_drops_it() {
 
     // Timed out: it may have been applied, so the next read asks the backend.
     *fake.write_failure.lock().unwrap() = Some(BackendError::Timeout);
-    assert!(cache.update(lambda(), &new).await.is_err());
+    assert!(cache.update(lambda(), &new, passed()).await.is_err());
     let cached = cache.get(lambda()).await.unwrap();
     assert_eq!(
         (cached.key_arn.as_deref(), cached.status),
@@ -368,7 +376,7 @@ async fn a_refused_write_keeps_the_entry_and_one_of_unknown_outcome_drops_it() {
 async fn an_expired_entry_reports_how_long_it_may_still_be_served_stale() {
     let fake = FakeBackend::with_key(Some(OLD));
     let cache = KeyCache::new(fake.clone(), config());
-    let windows = |cache: &KeyCache| cache.stats().stale_windows();
+    let windows = |cache: &KeyCache| cache.state().stale_windows();
     assert_eq!(windows(&cache), vec![], "no entry yet");
     cache.get(lambda()).await.unwrap();
     // Loaded after the fake's 50 ms; fresh for its 60 s TTL.
@@ -395,4 +403,77 @@ async fn an_expired_entry_reports_how_long_it_may_still_be_served_stale() {
     fake.fail_with(None);
     cache.get(lambda()).await.unwrap();
     assert_eq!(windows(&cache), vec![]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_holds_what_the_backend_says_now_and_keeps_the_verdict_of_an_unchanged_key() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(fake.clone(), config());
+    cache
+        .update(lambda(), &KeyArn::parse(OLD).unwrap(), passed())
+        .await
+        .unwrap();
+    let held = cache.key_in_use(lambda()).await.unwrap();
+    assert_eq!(held.key_arn.as_deref(), Some(OLD));
+    assert!(held.verdict.as_ref().is_some_and(|v| v.passed));
+
+    // Refreshed with the key unchanged: the verdict stays.
+    let (before, now) = cache.refresh(lambda()).await.unwrap();
+    assert_eq!(
+        before.as_ref().and_then(|b| b.key_arn.as_deref()),
+        Some(OLD)
+    );
+    assert!(now.verdict.is_some());
+
+    // The key changed behind the cache's back: the refresh holds the new key, with no
+    // verdict yet, and a read right after gets it fresh, without a load.
+    *fake.key.lock().unwrap() = Some(NEW.to_owned());
+    let (before, now) = cache.refresh(lambda()).await.unwrap();
+    assert_eq!(before.and_then(|b| b.key_arn).as_deref(), Some(OLD));
+    assert_eq!(
+        (now.key_arn.as_deref(), now.verdict.is_none()),
+        (Some(NEW), true)
+    );
+    let gets = fake.gets();
+    let read = cache.get(lambda()).await.unwrap();
+    assert_eq!(
+        (read.key_arn.as_deref(), read.status),
+        (Some(NEW), CacheStatus::Hit)
+    );
+    assert_eq!(fake.gets(), gets);
+
+    // A verdict recorded for a key no longer held is dropped.
+    cache.set_verdict(lambda(), OLD, passed()).await;
+    assert!(cache.key_in_use(lambda()).await.unwrap().verdict.is_none());
+    cache.set_verdict(lambda(), NEW, passed()).await;
+    assert!(cache.key_in_use(lambda()).await.unwrap().verdict.is_some());
+
+    // A backend that cannot answer changes nothing.
+    fake.fail_with(Some(BackendError::Timeout));
+    assert!(cache.refresh(lambda()).await.is_err());
+    assert_eq!(
+        cache.key_in_use(lambda()).await.unwrap().key_arn.as_deref(),
+        Some(NEW)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_of_a_target_nobody_read_keeps_its_verdict_but_serves_no_read() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(fake.clone(), config());
+    let (before, now) = cache.refresh(lambda()).await.unwrap();
+    assert!(before.is_none());
+    assert_eq!(now.key_arn.as_deref(), Some(OLD));
+    cache.set_verdict(lambda(), OLD, passed()).await;
+    assert!(cache.key_in_use(lambda()).await.unwrap().verdict.is_some());
+    // The first read still asks the backend, and the verdict of the same key stays.
+    let gets = fake.gets();
+    let read = cache.get(lambda()).await.unwrap();
+    assert_eq!(
+        (read.key_arn.as_deref(), read.status),
+        (Some(OLD), CacheStatus::Miss)
+    );
+    assert_eq!(fake.gets(), gets + 1);
+    assert!(cache.key_in_use(lambda()).await.unwrap().verdict.is_some());
+    assert_eq!(cache.state().stale_windows(), vec![]);
 }

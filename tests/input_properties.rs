@@ -30,7 +30,7 @@ fn config_key() -> impl Strategy<Value = String> {
         "listen.unix_socket_mode",
         "cache.key_ttl",
         "cache.max_stale",
-        "cache.capacity",
+        "cache.aws_owned_ttl",
         "authz.loopback_anonymous_role",
         "authz.reload_interval",
         "tls.listen",

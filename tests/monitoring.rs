@@ -503,7 +503,8 @@ fn my_uid() -> u32 {
     rustix::process::getuid().as_raw()
 }
 
-/// A sidecar that checks for drift every second, with a one-second key TTL and a rules file
+/// A sidecar that checks for drift every second, with a key TTL well under that (so an
+/// expired entry shows between refreshes) and a rules file
 /// (admin on the socket, read-only on loopback TCP), and the key in use.
 struct KeyInUse {
     sidecar: Sidecar,
@@ -521,7 +522,7 @@ async fn sidecar_with_a_key_in_use() -> KeyInUse {
     )
     .unwrap();
     let sidecar = Sidecar::start_with(&format!(
-        "[authz]\nrules_file = {:?}\nreload_interval = \"100ms\"\nloopback_anonymous_role = \"read-only\"\n[ops]\ndrift_interval = \"1s\"\n[cache]\nkey_ttl = \"1s\"\n",
+        "[authz]\nrules_file = {:?}\nreload_interval = \"100ms\"\nloopback_anonymous_role = \"read-only\"\n[ops]\ndrift_interval = \"1s\"\n[cache]\nkey_ttl = \"200ms\"\n",
         rules.to_str().unwrap()
     ));
     let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;

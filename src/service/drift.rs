@@ -1,20 +1,18 @@
-//! The key watch: the state of each target (the key in use, whether it passes
-//! verification), the events that change it, and the drift check that re-verifies every
-//! configured customer managed key on an interval, through the backend (never the cache),
-//! to notice a key disabled or a policy edited behind the sidecar's back.
+//! The key watch: the events that change a target's key in use, and the drift check that
+//! re-verifies every configured customer managed key on an interval, reading it from the
+//! backend (never a cached copy), to notice a key disabled or a policy edited behind the
+//! sidecar's back. The key in use and its last verdict live in the cache (its one holder):
+//! the drift check refreshes them there, so a key changed in AWS is what readers get next.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
 use super::keycheck::KeyVerifier;
 use crate::{
-    backend::Backend,
+    backend::BackendError,
+    cache::{KeyCache, KeyInUse},
     domain::{KeyArn, Target},
     metrics::Metrics,
     verify::Report,
@@ -41,31 +39,21 @@ pub struct KeyEvent {
     pub time: OffsetDateTime,
 }
 
-/// What is known of a target.
-#[derive(Debug, Clone, Default)]
-struct TargetState {
-    key_arn: Option<String>,
-    /// The last verification of that key; `None` until one was made.
-    report: Option<Report>,
-}
-
-/// The state of every target, and the events.
+/// The events of every target.
 pub struct KeyWatch {
-    backend: Arc<dyn Backend>,
+    cache: KeyCache,
     verifier: KeyVerifier,
     metrics: Metrics,
-    states: Mutex<HashMap<Target, TargetState>>,
     events: broadcast::Sender<KeyEvent>,
 }
 
 impl KeyWatch {
-    pub fn new(backend: Arc<dyn Backend>, verifier: KeyVerifier, metrics: Metrics) -> KeyWatch {
+    pub fn new(cache: KeyCache, verifier: KeyVerifier, metrics: Metrics) -> KeyWatch {
         let (events, _) = broadcast::channel(256);
         KeyWatch {
-            backend,
+            cache,
             verifier,
             metrics,
-            states: Mutex::new(HashMap::new()),
             events,
         }
     }
@@ -74,75 +62,67 @@ impl KeyWatch {
         self.events.subscribe()
     }
 
-    /// The state of a target, as a `Current` event.
-    pub fn current(&self, target: Target) -> KeyEvent {
-        let state = self
-            .states
-            .lock()
-            .ok()
-            .and_then(|s| s.get(&target).cloned())
-            .unwrap_or_default();
-        KeyEvent {
+    /// The state of a target, as a `Current` event: what the cache holds (loaded when it
+    /// holds nothing yet).
+    pub async fn current(&self, target: Target) -> Result<KeyEvent, BackendError> {
+        let held = self.cache.key_in_use(target).await?;
+        Ok(KeyEvent {
             kind: KeyEventKind::Current,
             target,
-            key_arn: state.key_arn,
-            report: state.report,
+            key_arn: held.key_arn.map(|k| k.to_string()),
+            report: held.verdict.map(|r| (*r).clone()),
             time: OffsetDateTime::now_utc(),
-        }
+        })
     }
 
-    fn publish(&self, kind: KeyEventKind, target: Target, state: &TargetState) {
-        let verdict = state.key_arn.as_ref().and(state.report.as_ref());
-        self.metrics.set_key_verification(target, verdict);
+    fn publish(
+        &self,
+        kind: KeyEventKind,
+        target: Target,
+        key_arn: Option<&str>,
+        report: Option<&Report>,
+    ) {
+        self.metrics
+            .set_key_verification(target, key_arn.and(report));
         // Nobody listening is fine.
         let _ = self.events.send(KeyEvent {
             kind,
             target,
-            key_arn: state.key_arn.clone(),
-            report: state.report.clone(),
+            key_arn: key_arn.map(str::to_owned),
+            report: report.cloned(),
             time: OffsetDateTime::now_utc(),
         });
     }
 
-    fn set(&self, target: Target, state: TargetState) -> Option<TargetState> {
-        self.states
-            .lock()
-            .ok()
-            .and_then(|mut states| states.insert(target, state))
-    }
-
     /// A key was put in use through this sidecar, after passing `report`.
-    pub fn updated(&self, target: Target, key: &KeyArn, report: Report) {
-        let state = TargetState {
-            key_arn: Some(key.as_str().to_owned()),
-            report: Some(report),
-        };
-        self.set(target, state.clone());
-        self.publish(KeyEventKind::Updated, target, &state);
+    pub fn updated(&self, target: Target, key: &KeyArn, report: &Report) {
+        self.publish(
+            KeyEventKind::Updated,
+            target,
+            Some(key.as_str()),
+            Some(report),
+        );
     }
 
     /// The AWS owned key was put back in use through this sidecar.
     pub fn reset(&self, target: Target) {
-        let state = TargetState::default();
-        self.set(target, state.clone());
-        self.publish(KeyEventKind::Reset, target, &state);
+        self.publish(KeyEventKind::Reset, target, None, None);
     }
 
     /// Re-verifies the key in use for every target; publishes DRIFT_DETECTED or
     /// DRIFT_RESOLVED when a verdict flips. A backend that cannot answer changes nothing.
     pub async fn check(&self) {
         for target in Target::all() {
-            let key_arn = match self.backend.get_encryption_key(target).await {
-                Ok(key) => key,
+            let (previous, now) = match self.cache.refresh(target).await {
+                Ok(states) => states,
                 Err(error) => {
                     tracing::warn!(%target, %error, "drift check: cannot read the key in use");
                     continue;
                 }
             };
-            let Some(key_arn) = key_arn else {
-                let previous = self.set(target, TargetState::default());
+            let Some(key_arn) = now.key_arn else {
                 if previous.is_some_and(|p| p.key_arn.is_some()) {
-                    self.publish(KeyEventKind::Reset, target, &TargetState::default());
+                    self.publish(KeyEventKind::Reset, target, None, None);
                 } else {
                     self.metrics.set_key_verification(target, None);
                 }
@@ -167,22 +147,19 @@ impl KeyWatch {
             };
             self.metrics
                 .count_verification(report.profile.as_str(), report.passed);
-            let state = TargetState {
-                key_arn: Some(key_arn.clone()),
-                report: Some(report.clone()),
-            };
-            let previous = self.set(target, state.clone());
+            self.cache
+                .set_verdict(target, &key_arn, report.clone())
+                .await;
             let was = previous
-                .as_ref()
-                .and_then(|p| p.report.as_ref().map(|r| (p.key_arn.clone(), r.passed)));
+                .and_then(|KeyInUse { key_arn, verdict }| verdict.map(|v| (key_arn, v.passed)));
             let kind = match (was, report.passed) {
                 // First look, or another key: report only a failure.
                 (None, false) => Some(KeyEventKind::DriftDetected),
-                (Some((old, _)), false) if old.as_deref() != Some(key_arn.as_str()) => {
+                (Some((old, _)), false) if old.as_deref() != Some(&*key_arn) => {
                     Some(KeyEventKind::DriftDetected)
                 }
                 (Some((_, true)), false) => Some(KeyEventKind::DriftDetected),
-                (Some((old, false)), true) if old.as_deref() == Some(key_arn.as_str()) => {
+                (Some((old, false)), true) if old.as_deref() == Some(&*key_arn) => {
                     Some(KeyEventKind::DriftResolved)
                 }
                 _ => None,
@@ -198,7 +175,7 @@ impl KeyWatch {
                     } else {
                         tracing::info!(%target, key = %key_arn, "key drift resolved: the key in use passes verification again");
                     }
-                    self.publish(kind, target, &state);
+                    self.publish(kind, target, Some(&key_arn), Some(&report));
                 }
                 None => self.metrics.set_key_verification(target, Some(&report)),
             }

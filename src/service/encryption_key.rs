@@ -114,9 +114,9 @@ impl EncryptionKeys {
         }
         let applied = !request.validate_only;
         if applied {
-            self.cache.update(target, &key).await?;
+            self.cache.update(target, &key, report.clone()).await?;
             tracing::info!(%target, key = %key, "customer managed key put in use");
-            self.watch.updated(target, &key, report.clone());
+            self.watch.updated(target, &key, &report);
         }
         Ok(proto::UpdateEncryptionKeyResponse {
             applied,
@@ -260,7 +260,12 @@ impl EncryptionKeyService for EncryptionKeys {
                     "the watch fell behind and missed events; watch again",
                 ))),
             });
-        let first = tokio_stream::once(Ok(event_message(self.watch.current(target))));
+        let current = self
+            .watch
+            .current(target)
+            .await
+            .map_err(ServiceError::from)?;
+        let first = tokio_stream::once(Ok(event_message(current)));
         let stream = crate::drain::UntilStopped::new(first.chain(changes), self.stop.clone());
         Ok(Response::new(Box::pin(stream)))
     }
