@@ -27,12 +27,7 @@ use crate::{
     admin::Readiness,
     audit::AuditLog,
     authz::{Authorizer, AuthzLayer, Rules, RulesSource},
-    backend::{
-        Backend,
-        aws::AwsBackend,
-        local::{LocalBackend, ScanningSettings},
-        metered::MeteredBackend,
-    },
+    backend::{Backend, aws::AwsBackend, local::LocalBackend, metered::MeteredBackend},
     cache::{CacheState, KeyCache},
     config::{BackendKind, Placement, Settings},
     drain::DrainingHealth,
@@ -44,11 +39,9 @@ use crate::{
         local_kms_service_server::LocalKmsServiceServer,
     },
     server::{ServeError, bind_tcp, bind_unix, hardened, reload_loop},
-    service::{
-        EncryptionKeys, KeyVerifier, LocalCodeScanningApi, LocalKmsApi, VerificationSettings,
-        drift::KeyWatch,
-    },
+    service::{EncryptionKeys, KeyVerifier, LocalCodeScanningApi, LocalKmsApi, drift::KeyWatch},
     tls::ReloadableTls,
+    verify::VerificationSettings,
 };
 
 /// A backend wrapper a test passes in.
@@ -120,26 +113,14 @@ fn verification_settings(
         })?;
         identity_policies.push(text);
     }
-    Ok(VerificationSettings {
-        region: placement.region.clone(),
-        account_id: placement.account_id.clone(),
-        principal_arn: settings.config.principal_arn(placement),
+    Ok(VerificationSettings::new(
+        placement.region.clone(),
+        placement.account_id.clone(),
+        settings.config.principal_arn(placement),
         identity_policies,
-        lambda_profile: settings.lambda_profile,
-        code_repository_profile: settings.code_repository_profile,
-    })
-}
-
-/// The local scanning service uses keys for what Update verifies them for.
-fn scanning_settings(settings: &VerificationSettings) -> ScanningSettings {
-    ScanningSettings {
-        region: settings.region.clone(),
-        account_id: settings.account_id.clone(),
-        principal_arn: settings.principal_arn.clone(),
-        identity_policies: ScanningSettings::parse_identity_policies(&settings.identity_policies),
-        lambda_profile: settings.lambda_profile,
-        code_repository_profile: settings.code_repository_profile,
-    }
+        settings.lambda_profile,
+        settings.code_repository_profile,
+    ))
 }
 
 /// The authorization rules: the rules file when configured, else the defaults (the server's
@@ -218,8 +199,7 @@ impl App {
             BackendKind::Local => {
                 let placement = config.local_placement();
                 let verification = verification_settings(&settings, &placement)?;
-                let local =
-                    LocalBackend::open(&config.state_dir, scanning_settings(&verification))?;
+                let local = LocalBackend::open(&config.state_dir, verification.clone())?;
                 let apis = (
                     LocalKmsApi::new(local.kms().clone()),
                     LocalCodeScanningApi::new(local.scanning()),

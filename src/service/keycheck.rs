@@ -5,30 +5,9 @@ use std::sync::Arc;
 
 use crate::{
     backend::{Backend, BackendError},
-    domain::{KeyArn, ResourceType, Target},
-    verify::{self, Finding, KeyMetadata, Profile, Report},
+    domain::{KeyArn, Target},
+    verify::{self, Finding, KeyMetadata, Profile, Report, VerificationSettings},
 };
-
-/// What keys are verified against: the sidecar's Region and account, the principal that
-/// calls Inspector with its identity policies, and the profile per target.
-#[derive(Debug, Clone)]
-pub struct VerificationSettings {
-    pub region: String,
-    pub account_id: String,
-    pub principal_arn: String,
-    pub identity_policies: Vec<String>,
-    pub lambda_profile: Profile,
-    pub code_repository_profile: Profile,
-}
-
-impl VerificationSettings {
-    pub fn profile_for(&self, target: Target) -> Profile {
-        match target.resource_type() {
-            ResourceType::CodeRepository => self.code_repository_profile,
-            _ => self.lambda_profile,
-        }
-    }
-}
 
 /// Whose access a verification checks.
 pub struct Subject<'a> {

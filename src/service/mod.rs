@@ -11,7 +11,7 @@ pub mod validation;
 
 pub use code_snippets::LocalCodeScanningApi;
 pub use encryption_key::EncryptionKeys;
-pub use keycheck::{KeyVerifier, VerificationSettings};
+pub use keycheck::KeyVerifier;
 pub use local_kms::LocalKmsApi;
 
 use crate::{

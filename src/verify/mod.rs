@@ -10,12 +10,14 @@ mod key;
 pub mod policy;
 pub mod profile;
 pub mod render;
+mod settings;
 
 pub use key::{
     KeyMetadata, MultiRegionConfiguration, MultiRegionKey, parse_describe_key, verify_key_metadata,
 };
 pub use profile::Profile;
 pub use render::{RenderError, render};
+pub use settings::VerificationSettings;
 
 use eval::{Caller, Decision, Request};
 use policy::{Document, DocumentKind};

@@ -12,10 +12,11 @@ use super::{
 };
 use crate::{
     backend::BackendError,
-    domain::{ResourceType, Target},
+    domain::Target,
     verify::{
+        VerificationSettings,
         eval::{Decision, decide},
-        policy::{Document, DocumentKind, Policy, analyze},
+        policy::{Document, DocumentKind, analyze},
         profile::{GRANT_OPERATIONS, Params, Profile},
     },
 };
@@ -23,57 +24,18 @@ use crate::{
 /// The scanning service's principal, the grantee and retiring principal of its grants.
 pub const SCANNING_PRINCIPAL: &str = "codeguru-security.amazonaws.com";
 
-/// Who uses keys, for whom: the settings `Update` verifies keys against.
-#[derive(Debug, Clone)]
-pub struct ScanningSettings {
-    pub region: String,
-    pub account_id: String,
-    /// The principal that calls Inspector (and, through it, KMS).
-    pub principal_arn: String,
-    /// The configured identity policies of the principal, parsed; `None` when none are
-    /// configured (the account is then assumed to allow what its key policies delegate,
-    /// the assumption verification warns about with IDENTITY_POLICY_NOT_CHECKED).
-    pub identity_policies: Option<Vec<Policy>>,
-    pub lambda_profile: Profile,
-    pub code_repository_profile: Profile,
-}
-
-impl ScanningSettings {
-    /// Parses configured identity policy documents (ones that do not parse are left out:
-    /// verification reports them).
-    pub fn parse_identity_policies(texts: &[String]) -> Option<Vec<Policy>> {
-        (!texts.is_empty()).then(|| {
-            texts
-                .iter()
-                .enumerate()
-                .filter_map(|(i, text)| {
-                    analyze(Document {
-                        kind: DocumentKind::IdentityPolicy,
-                        name: &format!("identity_policies[{i}]"),
-                        text,
-                    })
-                    .0
-                })
-                .collect()
-        })
-    }
-
-    /// The key user for a target (its profile).
-    pub fn user(&self, target: Target) -> KeyUser<'_> {
-        KeyUser {
-            settings: self,
-            profile: match target.resource_type() {
-                ResourceType::CodeRepository => self.code_repository_profile,
-                _ => self.lambda_profile,
-            },
-        }
+/// The key user for a target (its profile).
+pub fn user(settings: &VerificationSettings, target: Target) -> KeyUser<'_> {
+    KeyUser {
+        settings,
+        profile: settings.profile_for(target),
     }
 }
 
 /// The scanning service of one target, using keys.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyUser<'a> {
-    settings: &'a ScanningSettings,
+    settings: &'a VerificationSettings,
     pub profile: Profile,
 }
 
@@ -150,7 +112,7 @@ impl KeyUser<'_> {
         for request in &requests {
             match decide(
                 &key_policy,
-                self.settings.identity_policies.as_deref(),
+                self.settings.parsed_identity_policies.as_deref(),
                 request,
             ) {
                 // An explicit deny wins over every allow, grants included.

@@ -11,7 +11,6 @@ use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 
-pub use key_use::ScanningSettings;
 pub use kms::{CreateKeyInput, LocalKms};
 pub use scanning::ScanningState;
 use store::{KeyReads, Store};
@@ -19,7 +18,7 @@ use store::{KeyReads, Store};
 use super::{Backend, BackendError};
 use crate::{
     domain::{CodeSnippet, CodeSnippets, FindingArn, KeyArn, Target},
-    verify::KeyMetadata,
+    verify::{KeyMetadata, VerificationSettings},
 };
 
 /// File name of the store inside the state directory.
@@ -28,7 +27,7 @@ pub const STORE_FILE: &str = "keyd.redb";
 pub struct LocalBackend {
     kms: LocalKms,
     /// The scanning service's settings: the profiles and principal `Update` verifies for.
-    scanning: Arc<ScanningSettings>,
+    scanning: Arc<VerificationSettings>,
 }
 
 /// The store's name of a target (`CODE/AWS_LAMBDA_FUNCTION`).
@@ -46,7 +45,7 @@ impl LocalBackend {
     /// against, so the scanning service uses keys for what was verified).
     pub fn open(
         state_dir: &Path,
-        scanning: ScanningSettings,
+        scanning: VerificationSettings,
     ) -> Result<LocalBackend, BackendError> {
         std::fs::create_dir_all(state_dir).map_err(|e| {
             BackendError::internal(format!(
@@ -87,7 +86,7 @@ impl LocalBackend {
 #[derive(Clone)]
 pub struct LocalScanning {
     kms: LocalKms,
-    settings: Arc<ScanningSettings>,
+    settings: Arc<VerificationSettings>,
 }
 
 impl LocalScanning {
@@ -191,7 +190,7 @@ mod tests {
 
     /// The data key in use for Lambda code scanning, decrypted as the scanning service does.
     fn data_key_plaintext(backend: &LocalBackend) -> Vec<u8> {
-        let user = backend.scanning.user(lambda());
+        let user = key_use::user(&backend.scanning, lambda());
         backend
             .kms
             .store
@@ -231,14 +230,14 @@ mod tests {
     #[tokio::test]
     async fn data_keys_plaintext_never_reaches_the_state_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = ScanningSettings {
-            region: "us-east-1".into(),
-            account_id: "111122223333".into(),
-            principal_arn: "arn:aws:iam::111122223333:role/inspector-keyd".into(),
-            identity_policies: None,
-            lambda_profile: crate::verify::Profile::CodeguruGrants,
-            code_repository_profile: crate::verify::Profile::AmazonQCodeRepository,
-        };
+        let settings = VerificationSettings::new(
+            "us-east-1".into(),
+            "111122223333".into(),
+            "arn:aws:iam::111122223333:role/inspector-keyd".into(),
+            Vec::new(),
+            crate::verify::Profile::CodeguruGrants,
+            crate::verify::Profile::AmazonQCodeRepository,
+        );
         let backend = LocalBackend::open(dir.path(), settings).unwrap();
         let snippet = CodeSnippet {
             finding_arn: format!(

@@ -14,13 +14,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    config_key, crypto,
-    key_use::{self, ScanningSettings},
+    config_key, crypto, key_use,
     store::{KeyReads, StoredDataKey, StoredKey, StoredSnippet, WriteTx},
 };
 use crate::{
     backend::BackendError,
     domain::{CodeSnippet, CodeSnippets, FindingArn, SnippetError, SnippetErrorCode, Target},
+    verify::VerificationSettings,
 };
 
 /// What the scanning service holds for a target (ids and counts only).
@@ -64,11 +64,11 @@ fn snippets_of(
 /// first when the target's profile uses grants. Returns what to store and the plaintext.
 fn new_data_key(
     tx: &mut WriteTx<'_>,
-    settings: &ScanningSettings,
+    settings: &VerificationSettings,
     target: Target,
     key: Option<&str>,
 ) -> Result<(StoredDataKey, [u8; crypto::KEY_LEN]), BackendError> {
-    let user = settings.user(target);
+    let user = key_use::user(settings, target);
     match key {
         Some(arn) => {
             let key = live_key(tx, arn)?;
@@ -128,7 +128,7 @@ fn seal_snippet(
 /// old key is disabled or denies the scanning service) or the new key cannot be used.
 pub fn switch_key(
     tx: &mut WriteTx<'_>,
-    settings: &ScanningSettings,
+    settings: &VerificationSettings,
     target: Target,
     key: Option<&str>,
 ) -> Result<(), BackendError> {
@@ -137,7 +137,7 @@ pub fn switch_key(
     let snippets = snippets_of(tx, target)?;
     let mut opened = Vec::with_capacity(snippets.len());
     if let (Some(old), false) = (&old, snippets.is_empty()) {
-        let plaintext = key_use::decrypt_data_key(tx, &settings.user(target), old).map_err(
+        let plaintext = key_use::decrypt_data_key(tx, &key_use::user(settings, target), old).map_err(
             |error| match error {
                 BackendError::InvalidState { message } | BackendError::KeyAccessDenied { message } => {
                     BackendError::InvalidState {
@@ -172,7 +172,7 @@ pub fn switch_key(
 /// use (made now if there is none). Fails, storing nothing, when that key cannot be used.
 pub fn record(
     tx: &mut WriteTx<'_>,
-    settings: &ScanningSettings,
+    settings: &VerificationSettings,
     target: Target,
     snippet: &CodeSnippet,
 ) -> Result<(), BackendError> {
@@ -180,7 +180,8 @@ pub fn record(
     let in_use = tx.config(&target_key)?;
     let (data_key, plaintext) = match tx.data_key(&target_key)? {
         Some(data_key) if data_key.kms_key_arn == in_use => {
-            let plaintext = key_use::decrypt_data_key(tx, &settings.user(target), &data_key)?;
+            let plaintext =
+                key_use::decrypt_data_key(tx, &key_use::user(settings, target), &data_key)?;
             (data_key, plaintext)
         }
         stale => {
@@ -228,7 +229,7 @@ pub fn describe(reads: &impl KeyReads, target: Target) -> Result<ScanningState, 
 /// for every finding it protects.
 pub fn batch_get(
     reads: &impl KeyReads,
-    settings: &ScanningSettings,
+    settings: &VerificationSettings,
     findings: &[FindingArn],
 ) -> Result<CodeSnippets, BackendError> {
     let mut answer = CodeSnippets::default();
@@ -290,7 +291,7 @@ pub fn batch_get(
 /// the error code of every finding it protects.
 fn unwrap_target_key(
     reads: &impl KeyReads,
-    settings: &ScanningSettings,
+    settings: &VerificationSettings,
     target_key: &str,
 ) -> Result<(String, Vec<u8>), SnippetErrorCode> {
     let target = Target::all()
@@ -304,7 +305,7 @@ fn unwrap_target_key(
             return Err(SnippetErrorCode::InternalError);
         }
     };
-    match key_use::decrypt_data_key(reads, &settings.user(target), &data_key) {
+    match key_use::decrypt_data_key(reads, &key_use::user(settings, target), &data_key) {
         Ok(plaintext) => Ok((data_key.data_key_id, plaintext)),
         Err(
             e @ (BackendError::InvalidState { .. }

@@ -1,0 +1,69 @@
+//! What keys are verified against, for the service's Update gate, VerifyKeyPolicy and drift
+//! watch, and for the local backend's scanning service, which uses keys for exactly what
+//! Update verified them for: one set of settings for both.
+
+use crate::domain::{ResourceType, Target};
+
+use super::{
+    Profile,
+    policy::{Document, DocumentKind, Policy, analyze},
+};
+
+/// The sidecar's Region and account, the principal that calls Inspector with its identity
+/// policies, and the profile per target.
+#[derive(Debug, Clone)]
+pub struct VerificationSettings {
+    pub region: String,
+    pub account_id: String,
+    pub principal_arn: String,
+    /// The configured identity policy documents of the principal, as written.
+    pub identity_policies: Vec<String>,
+    /// The same, parsed (documents that do not parse are left out: verification reports
+    /// them); `None` when none are configured, and the account is then assumed to allow
+    /// what its key policies delegate (IDENTITY_POLICY_NOT_CHECKED says so).
+    pub parsed_identity_policies: Option<Vec<Policy>>,
+    pub lambda_profile: Profile,
+    pub code_repository_profile: Profile,
+}
+
+impl VerificationSettings {
+    pub fn new(
+        region: String,
+        account_id: String,
+        principal_arn: String,
+        identity_policies: Vec<String>,
+        lambda_profile: Profile,
+        code_repository_profile: Profile,
+    ) -> VerificationSettings {
+        let parsed_identity_policies = (!identity_policies.is_empty()).then(|| {
+            identity_policies
+                .iter()
+                .enumerate()
+                .filter_map(|(i, text)| {
+                    analyze(Document {
+                        kind: DocumentKind::IdentityPolicy,
+                        name: &format!("identity_policies[{i}]"),
+                        text,
+                    })
+                    .0
+                })
+                .collect()
+        });
+        VerificationSettings {
+            region,
+            account_id,
+            principal_arn,
+            identity_policies,
+            parsed_identity_policies,
+            lambda_profile,
+            code_repository_profile,
+        }
+    }
+
+    pub fn profile_for(&self, target: Target) -> Profile {
+        match target.resource_type() {
+            ResourceType::CodeRepository => self.code_repository_profile,
+            _ => self.lambda_profile,
+        }
+    }
+}
