@@ -156,8 +156,8 @@ impl EncryptionKeyService for Constant {
     }
 }
 
-fn tls_files(dir: &Path) -> inspector_keyd::tls::TlsFiles {
-    inspector_keyd::tls::TlsFiles {
+fn tls_files(dir: &Path) -> inspector_keyd::config::TlsFiles {
+    inspector_keyd::config::TlsFiles {
         cert_file: dir.join("server.pem"),
         key_file: dir.join("server.key"),
         client_ca_files: vec![dir.join("ca.pem")],

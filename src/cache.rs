@@ -15,41 +15,14 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::{
     backend::{Backend, BackendError},
+    config::CacheConfig,
     domain::{CodeSnippets, FindingArn, KeyArn, SUPPORTED_TARGETS, Target},
     verify::Report,
 };
-
-/// Cache settings (the `[cache]` table of the configuration).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CacheConfig {
-    /// How long a customer managed key ARN is served without asking the backend.
-    /// Default `60s`.
-    #[serde(with = "humantime_serde")]
-    pub key_ttl: Duration,
-    /// How long "the AWS owned key is in use" is served without asking. Default `30s`.
-    #[serde(with = "humantime_serde")]
-    pub aws_owned_ttl: Duration,
-    /// How long past its TTL an entry may still be served while the backend is failing
-    /// (unavailable, throttled, timing out). Default `10m`; `0s` disables stale reads.
-    #[serde(with = "humantime_serde")]
-    pub max_stale: Duration,
-}
-
-impl Default for CacheConfig {
-    fn default() -> CacheConfig {
-        CacheConfig {
-            key_ttl: Duration::from_secs(60),
-            aws_owned_ttl: Duration::from_secs(30),
-            max_stale: Duration::from_secs(600),
-        }
-    }
-}
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,8 +11,44 @@ use std::{
 use serde::Deserialize;
 use serde_with::{DisplayFromStr, OneOrMany, PickFirst, serde_as};
 
-pub use crate::cache::CacheConfig;
 use crate::{rpc::Role, verify::Profile};
+
+/// Cache settings (the `[cache]` table of the configuration).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long a customer managed key ARN is served without asking the backend.
+    /// Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub key_ttl: Duration,
+    /// How long "the AWS owned key is in use" is served without asking. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub aws_owned_ttl: Duration,
+    /// How long past its TTL an entry may still be served while the backend is failing
+    /// (unavailable, throttled, timing out). Default `10m`; `0s` disables stale reads.
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig {
+            key_ttl: Duration::from_secs(60),
+            aws_owned_ttl: Duration::from_secs(30),
+            max_stale: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The files the TLS listener is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_files: Vec<PathBuf>,
+    /// Accept clients without a certificate (authorization then needs a bearer token).
+    pub allow_token_only: bool,
+}
 
 /// Prefix of environment overrides. Nested keys join with `__`:
 /// `INSPECTOR_KEYD_LISTEN__TCP=127.0.0.1:6000` sets `[listen] tcp`.
@@ -300,7 +336,7 @@ pub struct Listeners {
     pub unix_socket: Option<PathBuf>,
     pub unix_socket_mode: u32,
     pub tcp: Option<SocketAddr>,
-    pub tls: Option<(SocketAddr, crate::tls::TlsFiles)>,
+    pub tls: Option<(SocketAddr, TlsFiles)>,
 }
 
 /// A configuration parsed and validated once (file, then environment): the file's tables,
@@ -645,7 +681,7 @@ impl Config {
         })
     }
 
-    fn tls_listener(&self) -> Result<Option<(SocketAddr, crate::tls::TlsFiles)>, ConfigError> {
+    fn tls_listener(&self) -> Result<Option<(SocketAddr, TlsFiles)>, ConfigError> {
         let tls = &self.tls;
         if tls.listen.is_empty() {
             return Ok(None);
@@ -660,7 +696,7 @@ impl Config {
                 message: "is required when `tls.listen` is set".into(),
             })
         };
-        let files = crate::tls::TlsFiles {
+        let files = TlsFiles {
             cert_file: required(&tls.cert_file, "tls.cert_file")?,
             key_file: required(&tls.key_file, "tls.key_file")?,
             client_ca_files: tls.client_ca_files.clone(),

@@ -32,15 +32,7 @@ use crate::authz::{CertName, TlsPeer};
 /// How long a client gets to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The files the TLS listener is built from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub client_ca_files: Vec<PathBuf>,
-    /// Accept clients without a certificate (authorization then needs a bearer token).
-    pub allow_token_only: bool,
-}
+use crate::config::TlsFiles;
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,8 @@ use std::{
 use async_trait::async_trait;
 use inspector_keyd::{
     backend::{Backend, BackendError},
-    cache::{CacheConfig, CacheStatus, KeyCache},
+    cache::{CacheStatus, KeyCache},
+    config::CacheConfig,
     domain::{CodeSnippets, FindingArn, KeyArn, ResourceType, ScanType, Target},
     verify::{KeyMetadata, Report},
 };
