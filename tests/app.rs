@@ -7,7 +7,6 @@
 mod common;
 
 use std::{
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -17,22 +16,12 @@ use std::{
 
 use async_trait::async_trait;
 use inspector_keyd::{
-    app::{App, Hooks},
+    app::Hooks,
     backend::{Backend, BackendError},
-    config::Settings,
     domain::{CodeSnippets, FindingArn, KeyArn, Target},
     proto::encryption_key_service_client::EncryptionKeyServiceClient,
     verify::KeyMetadata,
 };
-
-fn settings(dir: &Path, extra: &str) -> Settings {
-    let text = format!(
-        "state_dir = {state:?}\nshutdown_timeout_secs = 5\n{extra}\n[listen]\nunix_socket = {socket:?}\ntcp = \"127.0.0.1:0\"\n[ops]\nmetrics_listen = \"127.0.0.1:0\"\n",
-        state = dir.join("state"),
-        socket = dir.join("keyd.sock"),
-    );
-    Settings::parse(Some((&text, &dir.join("keyd.toml"))), std::iter::empty()).unwrap()
-}
 
 /// Passes every call to the backend it wraps, and panics in the key reads after the first
 /// `healthy_reads` of them.
@@ -76,10 +65,7 @@ impl Backend for PanicsAfter {
 
 #[tokio::test]
 async fn the_app_tells_where_it_listens_serves_there_and_stops_when_asked() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::build(settings(dir.path(), ""), Hooks::default())
-        .await
-        .unwrap();
+    let common::InProcess { app, dir } = common::InProcess::build("", Hooks::default()).await;
     let addresses = app.addresses().clone();
     let tcp = addresses.tcp.unwrap();
     assert!(tcp.ip().is_loopback() && tcp.port() != 0, "{addresses:?}");
@@ -112,7 +98,6 @@ async fn the_app_tells_where_it_listens_serves_there_and_stops_when_asked() {
 
 #[tokio::test]
 async fn a_task_that_panics_stops_the_app_with_an_error_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
     // Readiness's first check reads once; the drift watch's first read, at once, panics.
     let hooks = Hooks {
         wrap_backend: Some(Box::new(|inner| {
@@ -123,7 +108,7 @@ async fn a_task_that_panics_stops_the_app_with_an_error_naming_it() {
             })
         })),
     };
-    let app = App::build(settings(dir.path(), ""), hooks).await.unwrap();
+    let app = common::InProcess::build("", hooks).await.app;
     let result = tokio::time::timeout(Duration::from_secs(10), app.run(std::future::pending()))
         .await
         .expect("the app stops by itself");

@@ -1,6 +1,7 @@
-//! The one helper every integration test uses to run the real `inspector-keyd` binary:
-//! a temporary state directory and Unix socket, an ephemeral loopback TCP port, and
-//! clients for both. Also finds the external tools (grpcurl, Python) the test command
+//! The one helper every integration test uses to run the sidecar: the real
+//! `inspector-keyd` binary ([`Sidecar`], addresses from its ready file) or an App built in
+//! process ([`InProcess`], addresses from the App), each on a temporary state directory
+//! and Unix socket with ephemeral loopback ports, and clients for them. Also finds the external tools (grpcurl, Python) the test command
 //! installs, failing under `CI=true` when one is missing.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -402,6 +403,38 @@ impl Sidecar {
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
         (code, body)
+    }
+}
+
+/// An [`App`](inspector_keyd::app::App) built in process on a temporary state directory,
+/// for tests that inject faults or timing through its hooks: the same configuration the
+/// binary gets from [`Sidecar::start_with`], with its addresses from the App itself.
+pub struct InProcess {
+    pub app: inspector_keyd::app::App,
+    pub dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    /// Builds it; `extra_config` goes before the `[listen]` table, as for the binary.
+    pub async fn build(extra_config: &str, hooks: inspector_keyd::app::Hooks) -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "state_dir = {state:?}\nshutdown_timeout_secs = 5\n{extra_config}\n[listen]\nunix_socket = {socket:?}\ntcp = \"127.0.0.1:0\"\n",
+            state = dir.path().join("state"),
+            socket = dir.path().join("keyd.sock"),
+        );
+        // Only what this test says: no INSPECTOR_KEYD_* of the test process.
+        let env = [("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let settings = inspector_keyd::config::Settings::parse(
+            Some((&text, &dir.path().join("keyd.toml"))),
+            env,
+        )
+        .unwrap();
+        let app = inspector_keyd::app::App::build(settings, hooks)
+            .await
+            .unwrap();
+        InProcess { app, dir }
     }
 }
 
