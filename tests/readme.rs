@@ -14,13 +14,14 @@ use regex::Regex;
 /// The documents whose examples run, in this order, all against one sidecar: the README's
 /// walk-through first (later examples use the keys it creates), then the docs. Every file in
 /// docs/ is listed (checked below), so no document's examples are left unrun.
-const DOCUMENTS: [&str; 8] = [
+const DOCUMENTS: [&str; 9] = [
     "README.md",
     "docs/api.md",
     "docs/verification.md",
     "docs/code-snippets.md",
     "docs/configuration.md",
     "docs/aws-backend.md",
+    "docs/operations.md",
     "docs/deployment.md",
     "docs/development.md",
 ];
