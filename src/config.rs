@@ -105,7 +105,7 @@ impl Default for AwsConfig {
     }
 }
 
-/// The whole configuration. See the README's configuration reference.
+/// The whole configuration. See the configuration reference, docs/configuration.md.
 #[serde_as]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -1,6 +1,6 @@
 //! deploy/: every Kubernetes overlay renders with kustomize and validates against the
-//! Kubernetes schemas, the rendered pod is what the README promises, checkov passes, every
-//! config file passes `inspector-keyd config check`, and the IAM policy is what
+//! Kubernetes schemas, the rendered pod is what docs/deployment.md promises, checkov passes,
+//! every config file passes `inspector-keyd config check`, and the IAM policy is what
 //! `inspector-keyd policy render` prints.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -1,9 +1,9 @@
 //! deploy/monitoring, the operator kit: the alerting rules pass promtool's checks and their
 //! unit tests, the dashboard's queries are valid PromQL, the PrometheusRule and the dashboard
-//! ConfigMap carry the same rules and dashboard, every runbook link names a README section,
-//! every metric and label they use is in a live scrape of the sidecar, and a real Prometheus
-//! scraping a real sidecar fires the drift alert when the key in use is disabled through the
-//! local KMS and resolves it when the key is enabled again.
+//! ConfigMap carry the same rules and dashboard, every runbook link names a section of
+//! docs/operations.md, every metric and label they use is in a live scrape of the sidecar, and
+//! a real Prometheus scraping a real sidecar fires the drift alert when the key in use is
+//! disabled through the local KMS and resolves it when the key is enabled again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -241,12 +241,12 @@ fn anchor(heading: &str) -> String {
 }
 
 #[test]
-fn every_runbook_link_names_a_readme_section() {
+fn every_runbook_link_names_a_section_of_the_operations_doc() {
     let Some(python) = python() else {
         return;
     };
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let anchors: BTreeSet<String> = readme
+    let operations = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    let anchors: BTreeSet<String> = operations
         .lines()
         .filter_map(|l| l.strip_prefix('#'))
         .map(|h| anchor(h.trim_start_matches('#')))
@@ -254,9 +254,12 @@ fn every_runbook_link_names_a_readme_section() {
     for rule in alert_rules(&python) {
         let url = rule["annotations"]["runbook_url"].as_str().unwrap();
         let section = url
-            .strip_prefix("README.md#")
-            .unwrap_or_else(|| panic!("{url}: not a README section"));
-        assert!(anchors.contains(section), "{url}: no such README section");
+            .strip_prefix("docs/operations.md#")
+            .unwrap_or_else(|| panic!("{url}: not a section of docs/operations.md"));
+        assert!(
+            anchors.contains(section),
+            "{url}: no such section in docs/operations.md"
+        );
     }
 }
 

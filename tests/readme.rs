@@ -1,6 +1,6 @@
-//! Runs the README's grpcurl examples verbatim against `inspector-keyd serve` started with
-//! no configuration, and checks each prints what the README shows (key ids, dates and
-//! client ports aside).
+//! Runs the grpcurl and CLI examples of README.md and docs/ verbatim against one
+//! `inspector-keyd serve` started with no configuration, and checks each prints what the
+//! document shows (key ids, dates and client ports aside).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,16 +11,37 @@ use std::process::Command;
 use common::Sidecar;
 use regex::Regex;
 
-/// A `$ command` line of a `console` block, with the output the README shows for it.
+/// The documents whose examples run, in this order, all against one sidecar: the README's
+/// walk-through first (later examples use the keys it creates), then the docs. Every file in
+/// docs/ is listed (checked below), so no document's examples are left unrun.
+const DOCUMENTS: [&str; 9] = [
+    "README.md",
+    "docs/api.md",
+    "docs/verification.md",
+    "docs/code-snippets.md",
+    "docs/configuration.md",
+    "docs/aws-backend.md",
+    "docs/operations.md",
+    "docs/deployment.md",
+    "docs/development.md",
+];
+
+/// A `$ command` line of a `console` block, with the output the document shows for it.
 struct Example {
+    document: &'static str,
     command: String,
     output: String,
 }
 
-fn examples(readme: &str) -> Vec<Example> {
+fn read(document: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(root.join(document)).unwrap_or_else(|e| panic!("{document}: {e}"))
+}
+
+fn examples_in(document: &'static str, text: &str) -> Vec<Example> {
     let mut examples: Vec<Example> = Vec::new();
     let mut in_console = false;
-    for line in readme.lines() {
+    for line in text.lines() {
         if line.starts_with("```") {
             in_console = line == "```console";
             continue;
@@ -30,6 +51,7 @@ fn examples(readme: &str) -> Vec<Example> {
         }
         if let Some(command) = line.strip_prefix("$ ") {
             examples.push(Example {
+                document,
                 command: command.to_owned(),
                 output: String::new(),
             });
@@ -53,11 +75,43 @@ fn normalize(text: &str) -> String {
 }
 
 #[test]
-fn readme_grpcurl_examples_print_what_the_readme_shows() {
+fn every_document_in_docs_is_listed() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let examples = examples(&readme);
-    assert!(examples.len() >= 12, "README examples not found");
+    let mut listed = 0;
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".md") {
+            let path = format!("docs/{name}");
+            assert!(
+                DOCUMENTS.contains(&path.as_str()),
+                "{path} is not in DOCUMENTS"
+            );
+            listed += 1;
+        }
+    }
+    assert_eq!(
+        listed + 1,
+        DOCUMENTS.len(),
+        "DOCUMENTS names a file docs/ lacks"
+    );
+}
+
+#[test]
+fn readme_and_docs_examples_print_what_they_show() {
+    let readme = examples_in("README.md", &read("README.md"));
+    assert!(
+        readme.len() >= 12,
+        "the README's walk-through examples not found"
+    );
+    let examples: Vec<Example> = DOCUMENTS
+        .iter()
+        .flat_map(|document| examples_in(document, &read(document)))
+        .collect();
+    assert!(
+        examples.len() >= 20,
+        "only {} examples found",
+        examples.len()
+    );
     let sidecar = Sidecar::start_default();
     let Some(grpcurl) = common::tool("KEYD_TEST_GRPCURL", ".tools/venv/bin/grpcurl") else {
         return;
@@ -70,7 +124,7 @@ fn readme_grpcurl_examples_print_what_the_readme_shows() {
         grpcurl.parent().unwrap(),
         bin_dir
     );
-    // The README's examples name the default port; this sidecar listens on an ephemeral one.
+    // The examples name the default port; this sidecar listens on an ephemeral one.
     let tcp = sidecar.tcp.to_string();
     for example in &examples {
         let command = example.command.replace("127.0.0.1:50051", &tcp);
@@ -88,18 +142,19 @@ fn readme_grpcurl_examples_print_what_the_readme_shows() {
         assert_eq!(
             normalize(actual),
             normalize(&example.output),
-            "README example `{}` printed something else",
+            "{} example `{}` printed something else",
+            example.document,
             example.command
         );
     }
     assert_eq!(outputs.len(), examples.len() + 1, "{stdout}");
 }
 
-/// Every finding code the verifier can report is documented in the README's table.
+/// Every finding code the verifier can report is documented in docs/verification.md's table.
 #[test]
 fn every_finding_code_is_documented() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let table = read("docs/verification.md");
     let code = Regex::new(r#""([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)""#).unwrap();
     let mut found = 0;
     for file in [
@@ -124,25 +179,24 @@ fn every_finding_code_is_documented() {
             }
             found += 1;
             assert!(
-                readme.contains(&format!("| `{name}` |")),
-                "finding code {name} ({file}) is not in the README's table"
+                table.contains(&format!("| `{name}` |")),
+                "finding code {name} ({file}) is not in docs/verification.md's table"
             );
         }
     }
     assert!(found >= 30, "only {found} codes found");
 }
 
-/// The README's roles table says what the method table (generated from the access options
+/// docs/api.md's roles table says what the method table (generated from the access options
 /// in proto/) says: every RPC once, with its role and whether it is audited when allowed.
 #[test]
 fn the_roles_table_is_the_method_table() {
     use inspector_keyd::rpc::{METHODS, Role};
     use std::collections::BTreeSet;
 
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let api = read("docs/api.md");
     let header = "| service | RPCs | role | audited when allowed |";
-    let table = readme
+    let table = api
         .split_once(header)
         .expect("the roles table")
         .1

@@ -1,7 +1,7 @@
 //! Verification of a KMS key and its policies before the key is put in use. A pure
 //! library: no I/O. The service, the CLI and the tests all call [`verify`].
 //!
-//! Finding codes are stable; README.md documents each with an example.
+//! Finding codes are stable; docs/verification.md documents each with an example.
 
 pub mod condition;
 pub mod eval;
