@@ -145,17 +145,15 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
     );
     // What the alerts of deploy/monitoring see: stale answers, and the window left.
     let metrics = sidecar.scrape_metrics();
-    if let Some(metrics) = &metrics {
-        assert!(sample(metrics, "inspector_keyd_cache_stale", "_total", &[]).unwrap() >= 1.0);
-        let left = sample(
-            metrics,
-            "inspector_keyd_cache_stale_seconds_left",
-            "",
-            &[("resource_type", "AWS_LAMBDA_FUNCTION")],
-        )
-        .unwrap();
-        assert!(left > 0.0 && left <= 1.5, "{left}");
-    }
+    assert!(sample(&metrics, "inspector_keyd_cache_stale", "_total", &[]).unwrap() >= 1.0);
+    let left = sample(
+        &metrics,
+        "inspector_keyd_cache_stale_seconds_left",
+        "",
+        &[("resource_type", "AWS_LAMBDA_FUNCTION")],
+    )
+    .unwrap();
+    assert!(left > 0.0 && left <= 1.5, "{left}");
 
     // Past max_stale the read fails as the backend does, clearly.
     let refused = eventually(Duration::from_secs(5), || {
@@ -174,18 +172,17 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
     .await;
     assert!(unready, "/readyz stayed ready");
     assert_eq!(sidecar.http_get("/livez").0, 200);
-    if let Some(metrics) = sidecar.scrape_metrics() {
-        assert_eq!(sample(&metrics, "inspector_keyd_ready", "", &[]), Some(0.0));
-        assert_eq!(
-            sample(
-                &metrics,
-                "inspector_keyd_cache_stale_seconds_left",
-                "",
-                &[("resource_type", "AWS_LAMBDA_FUNCTION")],
-            ),
-            Some(0.0)
-        );
-    }
+    let metrics = sidecar.scrape_metrics();
+    assert_eq!(sample(&metrics, "inspector_keyd_ready", "", &[]), Some(0.0));
+    assert_eq!(
+        sample(
+            &metrics,
+            "inspector_keyd_cache_stale_seconds_left",
+            "",
+            &[("resource_type", "AWS_LAMBDA_FUNCTION")],
+        ),
+        Some(0.0)
+    );
 
     // Back: fresh reads of the unchanged key, and writes work again.
     faulty.clear();
@@ -276,7 +273,7 @@ async fn a_throttling_backend_answers_resource_exhausted_with_retry_info() {
     assert!(status.get_details_retry_info().is_some());
 
     // Metrics count the throttled backend calls by class.
-    let metrics = sidecar.scrape_metrics().expect("metrics");
+    let metrics = sidecar.scrape_metrics();
     for operation in ["get_encryption_key", "update_encryption_key"] {
         let throttled = sample(
             &metrics,
