@@ -90,6 +90,11 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status), "BACKEND_UNAVAILABLE");
+    // The injected outage gives no retry hint: the sidecar's own, 1 s.
+    assert_eq!(
+        status.get_details_retry_info().map(|r| r.retry_delay),
+        Some(Some(Duration::from_secs(1)))
+    );
     let status = admin
         .reset_encryption_key(proto::ResetEncryptionKeyRequest {
             scan_type: CODE,
@@ -259,8 +264,13 @@ async fn a_throttling_backend_answers_resource_exhausted_with_retry_info() {
     let status = sidecar.read_lambda_key().await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(reason(&status), "BACKEND_THROTTLED");
-    let retry = status.get_details_retry_info().expect("RetryInfo");
-    assert_eq!(retry.retry_delay, Some(Duration::from_secs(1)));
+    // The backend's own hint (the fault injector's throttle says 1.5 s), not the 1 s the
+    // sidecar falls back to when a backend gives none.
+    let backend_hint = Some(Some(Duration::from_millis(1500)));
+    assert_eq!(
+        status.get_details_retry_info().map(|r| r.retry_delay),
+        backend_hint
+    );
 
     faulty.set("[writes]\nerror = \"throttled\"\n");
     let status = sidecar
@@ -270,7 +280,11 @@ async fn a_throttling_backend_answers_resource_exhausted_with_retry_info() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(status.get_details_retry_info().is_some());
+    assert_eq!(reason(&status), "BACKEND_THROTTLED");
+    assert_eq!(
+        status.get_details_retry_info().map(|r| r.retry_delay),
+        backend_hint
+    );
 
     // Metrics count the throttled backend calls by class.
     let metrics = sidecar.scrape_metrics();
