@@ -40,7 +40,7 @@ fn quiet_aws_config(stub: &InspectorStub, moto: &Moto) -> String {
 
 /// Waits for the start-up drift check, which reads both targets, CODE_REPOSITORY last.
 async fn startup_reads_done(stub: &InspectorStub) {
-    eventually(Duration::from_secs(10), || async {
+    let done = eventually(Duration::from_secs(10), || async {
         stub.requests().iter().any(|r| {
             r.query
                 .as_deref()
@@ -48,6 +48,11 @@ async fn startup_reads_done(stub: &InspectorStub) {
         })
     })
     .await;
+    assert!(
+        done,
+        "no start-up read of CODE_REPOSITORY within 10 s: {:?}",
+        stub.requests()
+    );
 }
 
 /// The whole-call errors of every Inspector operation: the error shapes the stub answers
