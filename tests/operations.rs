@@ -253,6 +253,19 @@ async fn deadlines_hold_with_the_shorter_of_ours_and_the_callers() {
     assert_eq!(reason(&status), "DEADLINE_EXCEEDED");
 }
 
+/// Key verifications that passed so far (`inspector_keyd_verifications_total`, every
+/// profile), read from the metrics listener.
+fn passed_verifications(sidecar: &Sidecar) -> f64 {
+    let (code, body) = sidecar.http_get("/metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|l| {
+            l.starts_with("inspector_keyd_verifications_total{") && l.contains(r#"result="passed""#)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 #[tokio::test]
 async fn sigterm_lets_calls_in_flight_finish_and_exits_zero() {
     let mut sidecar = Sidecar::start_with("[local]\nwrite_latency = \"1s\"\n");
@@ -269,6 +282,7 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_zero() {
         .into_inner();
     watch.message().await.unwrap().unwrap();
 
+    let verified_before = passed_verifications(&sidecar);
     let mut in_flight = tokio::task::JoinSet::new();
     for (arn, resource_type) in [(arn.clone(), LAMBDA), (repository_arn, REPOSITORY)] {
         let mut admin = sidecar.admin_keys().await;
@@ -281,7 +295,13 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_zero() {
                 .await
         });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both calls are in flight once the server has verified their keys: each then spends
+    // the 1 s write latency in the backend (one after the other; writes are serialized).
+    let in_the_server = eventually(Duration::from_secs(10), || async {
+        passed_verifications(&sidecar) == verified_before + 2.0
+    })
+    .await;
+    assert!(in_the_server, "{}", sidecar.log());
     let signalled = Instant::now();
     sidecar.signal("TERM");
 
