@@ -11,6 +11,6 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 # The build users run, without the dev-dependencies (so without the test hooks).
 cargo clippy --locked -- -D warnings
-# CI=true turns a missing test tool into a failure instead of a skip.
+# A test whose tool is missing fails (naming scripts/install-test-tools.sh); none skips.
 cargo test --locked
 scripts/check-no-test-hooks.sh

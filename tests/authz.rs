@@ -6,7 +6,10 @@
 
 mod common;
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use common::{
     pki::{Ca, ClientName, Pair},
@@ -473,14 +476,20 @@ fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
 async fn audit_lines_for_allowed_refused_and_cancelled_mutations() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
-    let sidecar = Sidecar::start_with(&format!("[authz]\naudit_file = {}\n", toml_path(&audit)));
+    // Writes take a known 200 ms in the backend, which the audited latency must cover.
+    let sidecar = Sidecar::start_with(&format!(
+        "[authz]\naudit_file = {}\n[local]\nwrite_latency = \"200ms\"\n",
+        toml_path(&audit)
+    ));
     let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
     let mut admin = sidecar.admin_keys().await;
     let mut allowed = Request::new(update_request(&arn));
     allowed
         .metadata_mut()
         .insert("x-request-id", "req-allowed-1".parse().unwrap());
+    let called = Instant::now();
     let response = admin.update_encryption_key(allowed).await.unwrap();
+    let round_trip_ms = called.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(
         response.metadata().get("x-request-id").unwrap(),
         "req-allowed-1"
@@ -531,7 +540,13 @@ async fn audit_lines_for_allowed_refused_and_cancelled_mutations() {
     assert_eq!(line["resource_type"], "AWS_LAMBDA_FUNCTION");
     assert_eq!(line["decision"], "allowed");
     assert_eq!(line["code"], "OK");
-    assert!(line["latency_ms"].as_f64().unwrap() >= 0.0);
+    // The server's time for the call: at least the backend's write, and within what the
+    // client waited for the answer.
+    let latency_ms = line["latency_ms"].as_f64().unwrap();
+    assert!(
+        (200.0..=round_trip_ms).contains(&latency_ms),
+        "latency_ms {latency_ms}, round trip {round_trip_ms} ms"
+    );
     assert!(
         time::OffsetDateTime::parse(
             line["time"].as_str().unwrap(),
@@ -577,11 +592,13 @@ async fn a_cancelled_mutation_is_audited() {
     request
         .metadata_mut()
         .insert("x-request-id", "req-cancelled-1".parse().unwrap());
+    let called = Instant::now();
     let gave_up = tokio::time::timeout(
         Duration::from_millis(300),
         admin.update_encryption_key(request),
     )
     .await;
+    let waited_ms = called.elapsed().as_secs_f64() * 1000.0;
     assert!(gave_up.is_err(), "the client gave up first");
     let written = eventually(Duration::from_secs(10), || async {
         audit_lines(&audit)
@@ -597,6 +614,14 @@ async fn a_cancelled_mutation_is_audited() {
     assert_eq!(line["decision"], "cancelled");
     assert_eq!(line["code"], "CANCELLED");
     assert_eq!(line["key_arn"], arn.as_str());
+    // Timed until the client went away, not until the 3 s write would have ended: at least
+    // most of the 300 ms the client waited (the server starts timing when the call arrives,
+    // a little after the client started), and well short of the write latency.
+    let latency_ms = line["latency_ms"].as_f64().unwrap();
+    assert!(
+        (waited_ms - 100.0..2000.0).contains(&latency_ms),
+        "latency_ms {latency_ms}, the client waited {waited_ms} ms"
+    );
 }
 
 #[tokio::test]

@@ -40,7 +40,7 @@ fn quiet_aws_config(stub: &InspectorStub, moto: &Moto) -> String {
 
 /// Waits for the start-up drift check, which reads both targets, CODE_REPOSITORY last.
 async fn startup_reads_done(stub: &InspectorStub) {
-    eventually(Duration::from_secs(10), || async {
+    let done = eventually(Duration::from_secs(10), || async {
         stub.requests().iter().any(|r| {
             r.query
                 .as_deref()
@@ -48,6 +48,11 @@ async fn startup_reads_done(stub: &InspectorStub) {
         })
     })
     .await;
+    assert!(
+        done,
+        "no start-up read of CODE_REPOSITORY within 10 s: {:?}",
+        stub.requests()
+    );
 }
 
 /// The whole-call errors of every Inspector operation: the error shapes the stub answers
@@ -134,7 +139,7 @@ async fn assert_whole_call_errors<F, Fut>(
 
 #[tokio::test]
 async fn the_sdk_sends_exactly_the_inspector_requests() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     let stub = InspectorStub::start().await;
     // No account configured: it comes from STS GetCallerIdentity (moto's account).
     let sidecar = Sidecar::start_with_env(&aws_config(&stub, &moto, None), AWS_TEST_ENV);
@@ -209,7 +214,7 @@ async fn the_sdk_sends_exactly_the_inspector_requests() {
 
 #[tokio::test]
 async fn each_inspector_error_maps_to_its_grpc_code() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     let stub = InspectorStub::start().await;
     let sidecar = Sidecar::start_with_env(&quiet_aws_config(&stub, &moto), AWS_TEST_ENV);
     let policy = sidecar.rendered_policy("amazon-q-lambda").await;
@@ -277,7 +282,7 @@ fn finding_arn(id: &str) -> String {
 
 #[tokio::test]
 async fn code_snippet_errors_map_to_codes_without_aws_text() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     let stub = InspectorStub::start().await;
     let sidecar = Sidecar::start_with_env(&quiet_aws_config(&stub, &moto), AWS_TEST_ENV);
     let mut reader = sidecar.read_only_keys().await;
@@ -411,7 +416,7 @@ async fn code_snippet_errors_map_to_codes_without_aws_text() {
 
 #[tokio::test]
 async fn moto_multi_region_ids_are_refused_as_inspector_would() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     let stub = InspectorStub::start().await;
     let sidecar = Sidecar::start_with_env(
         &aws_config(&stub, &moto, Some("123456789012")),

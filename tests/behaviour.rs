@@ -40,8 +40,8 @@ impl Backend {
         }
     }
 
-    async fn aws() -> Option<Backend> {
-        let moto = Moto::start()?;
+    async fn aws() -> Backend {
+        let moto = Moto::start();
         let stub = InspectorStub::start().await;
         let config = format!(
             "backend = \"aws\"\nregion = \"us-east-1\"\naccount_id = \"123456789012\"\n{PROFILE}[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{}\"\nmax_attempts = 2\n",
@@ -49,10 +49,10 @@ impl Backend {
             moto.url(),
             moto.url()
         );
-        Some(Backend {
+        Backend {
             sidecar: Sidecar::start_with_env(&config, AWS_TEST_ENV),
             kms: Kms::Moto { moto, stub },
-        })
+        }
     }
 
     fn account(&self) -> &'static str {
@@ -444,8 +444,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    let Some(backend) = super::Backend::aws().await else { return };
-                    super::$case(backend).await;
+                    super::$case(super::Backend::aws().await).await;
                 }
             )*
         }

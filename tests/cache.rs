@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::{
     sync::{
         Arc, Mutex,
@@ -132,12 +134,24 @@ fn config() -> CacheConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_cold_reads_make_one_backend_call() {
     let fake = FakeBackend::with_key(Some(OLD));
+    let gate = Arc::new(Semaphore::new(0));
+    *fake.gate.lock().unwrap() = Some(gate.clone());
     let cache = KeyCache::new(fake.clone(), config());
     let mut reads = tokio::task::JoinSet::new();
     for _ in 0..1000 {
         let cache = cache.clone();
         reads.spawn(async move { cache.get(lambda()).await });
     }
+    // The first load is held at the gate until every read has missed and waits behind it.
+    let all_waiting = common::eventually(Duration::from_secs(10), || async {
+        cache.stats().snapshot().misses == 1000
+    })
+    .await;
+    assert!(all_waiting, "{:?}", cache.stats().snapshot());
+    assert_eq!(fake.gets(), 1);
+    // Permits for every read, so that reads which failed to coalesce answer (and are
+    // counted) instead of hanging.
+    gate.add_permits(1000);
     let mut answers = 0;
     while let Some(result) = reads.join_next().await {
         let cached = result.unwrap().unwrap();
@@ -151,11 +165,10 @@ async fn a_thousand_cold_reads_make_one_backend_call() {
         "concurrent misses must coalesce into one backend call"
     );
     let counts = cache.stats().snapshot();
-    assert_eq!(counts.loads, 1);
-    assert_eq!(counts.hits + counts.misses, 1000);
+    assert_eq!((counts.loads, counts.hits, counts.misses), (1, 0, 1000));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_update_wins_over_a_load_of_the_old_value_in_flight() {
     let fake = FakeBackend::with_key(Some(OLD));
     let gate = Arc::new(Semaphore::new(0));
@@ -171,7 +184,7 @@ async fn an_update_wins_over_a_load_of_the_old_value_in_flight() {
     started.await;
 
     // The update lands in the backend while that load is in flight.
-    let update = tokio::spawn({
+    let mut update = tokio::spawn({
         let cache = cache.clone();
         async move {
             cache
@@ -179,11 +192,15 @@ async fn an_update_wins_over_a_load_of_the_old_value_in_flight() {
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // On the paused clock a timer fires only once every task waits: the timeout elapsing
+    // proves the update can make no progress while the load is held, though its write has
+    // reached the backend.
+    let held = tokio::time::timeout(Duration::from_secs(1), &mut update).await;
     assert!(
-        !update.is_finished(),
+        held.is_err(),
         "the write-through waits for the load in flight"
     );
+    assert_eq!(fake.key.lock().unwrap().as_deref(), Some(NEW));
     gate.add_permits(1);
     assert_eq!(
         slow_read.await.unwrap().unwrap().key_arn.as_deref(),

@@ -26,8 +26,8 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A command from the test tools' virtualenv, or `None` (a failure under `CI=true`).
-fn venv_tool(name: &str) -> Option<PathBuf> {
+/// A command from the test tools' virtualenv (the test fails when it is missing).
+fn venv_tool(name: &str) -> PathBuf {
     let variable = format!("KEYD_TEST_{}", name.to_ascii_uppercase().replace('-', "_"));
     common::tool(&variable, &format!(".tools/venv/bin/{name}"))
 }
@@ -115,10 +115,7 @@ fn config_check(config: &Path, rules: Option<&Path>) -> Output {
 
 #[test]
 fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
-    let (Some(kubectl), Some(validate)) = (venv_tool("kubectl"), venv_tool("kubernetes-validate"))
-    else {
-        return;
-    };
+    let (kubectl, validate) = (venv_tool("kubectl"), venv_tool("kubernetes-validate"));
     let dir = tempfile::tempdir().unwrap();
     for overlay in OVERLAYS {
         let file = dir.path().join(format!("{overlay}.yaml"));
@@ -152,9 +149,7 @@ fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
 
 #[test]
 fn the_rendered_pod_runs_a_hardened_native_sidecar_with_grpc_probes() {
-    let (Some(kubectl), Some(python)) = (venv_tool("kubectl"), venv_tool("python")) else {
-        return;
-    };
+    let (kubectl, python) = (venv_tool("kubectl"), venv_tool("python"));
     let trust: Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("deploy/iam/irsa-trust-policy.json")).unwrap(),
     )
@@ -329,9 +324,7 @@ fn the_rendered_pod_runs_a_hardened_native_sidecar_with_grpc_probes() {
 
 #[test]
 fn checkov_passes_over_deploy_with_every_skip_justified() {
-    let Some(checkov) = venv_tool("checkov") else {
-        return;
-    };
+    let checkov = venv_tool("checkov");
     let output = run(
         &checkov,
         &[

@@ -90,6 +90,11 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status), "BACKEND_UNAVAILABLE");
+    // The injected outage gives no retry hint: the sidecar's own, 1 s.
+    assert_eq!(
+        status.get_details_retry_info().map(|r| r.retry_delay),
+        Some(Some(Duration::from_secs(1)))
+    );
     let status = admin
         .reset_encryption_key(proto::ResetEncryptionKeyRequest {
             scan_type: CODE,
@@ -118,12 +123,21 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
     .await;
     assert!(stale, "no stale answer");
     // Its warning is written in the read's span: a read that leaves the cache has one.
-    let warning = sidecar
-        .log()
-        .lines()
-        .find(|line| line.contains("serving a stale key"))
-        .map(str::to_owned)
-        .unwrap_or_default();
+    // The log reaches the test through a pipe: wait (bounded) for the line to arrive.
+    let stale_line = || {
+        sidecar
+            .log()
+            .lines()
+            .find(|line| line.contains("serving a stale key"))
+            .map(str::to_owned)
+    };
+    let logged = eventually(Duration::from_secs(5), || {
+        let found = stale_line().is_some();
+        async move { found }
+    })
+    .await;
+    assert!(logged, "no stale warning in the log");
+    let warning = stale_line().unwrap_or_default();
     assert!(
         warning.contains("rpc{request_id=")
             && warning.contains("method=/inspectorkeyd.v1.EncryptionKeyService/GetEncryptionKey"),
@@ -145,17 +159,15 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
     );
     // What the alerts of deploy/monitoring see: stale answers, and the window left.
     let metrics = sidecar.scrape_metrics();
-    if let Some(metrics) = &metrics {
-        assert!(sample(metrics, "inspector_keyd_cache_stale", "_total", &[]).unwrap() >= 1.0);
-        let left = sample(
-            metrics,
-            "inspector_keyd_cache_stale_seconds_left",
-            "",
-            &[("resource_type", "AWS_LAMBDA_FUNCTION")],
-        )
-        .unwrap();
-        assert!(left > 0.0 && left <= 1.5, "{left}");
-    }
+    assert!(sample(&metrics, "inspector_keyd_cache_stale", "_total", &[]).unwrap() >= 1.0);
+    let left = sample(
+        &metrics,
+        "inspector_keyd_cache_stale_seconds_left",
+        "",
+        &[("resource_type", "AWS_LAMBDA_FUNCTION")],
+    )
+    .unwrap();
+    assert!(left > 0.0 && left <= 1.5, "{left}");
 
     // Past max_stale the read fails as the backend does, clearly.
     let refused = eventually(Duration::from_secs(5), || {
@@ -174,18 +186,17 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
     .await;
     assert!(unready, "/readyz stayed ready");
     assert_eq!(sidecar.http_get("/livez").0, 200);
-    if let Some(metrics) = sidecar.scrape_metrics() {
-        assert_eq!(sample(&metrics, "inspector_keyd_ready", "", &[]), Some(0.0));
-        assert_eq!(
-            sample(
-                &metrics,
-                "inspector_keyd_cache_stale_seconds_left",
-                "",
-                &[("resource_type", "AWS_LAMBDA_FUNCTION")],
-            ),
-            Some(0.0)
-        );
-    }
+    let metrics = sidecar.scrape_metrics();
+    assert_eq!(sample(&metrics, "inspector_keyd_ready", "", &[]), Some(0.0));
+    assert_eq!(
+        sample(
+            &metrics,
+            "inspector_keyd_cache_stale_seconds_left",
+            "",
+            &[("resource_type", "AWS_LAMBDA_FUNCTION")],
+        ),
+        Some(0.0)
+    );
 
     // Back: fresh reads of the unchanged key, and writes work again.
     faulty.clear();
@@ -262,8 +273,13 @@ async fn a_throttling_backend_answers_resource_exhausted_with_retry_info() {
     let status = sidecar.read_lambda_key().await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(reason(&status), "BACKEND_THROTTLED");
-    let retry = status.get_details_retry_info().expect("RetryInfo");
-    assert_eq!(retry.retry_delay, Some(Duration::from_secs(1)));
+    // The backend's own hint (the fault injector's throttle says 1.5 s), not the 1 s the
+    // sidecar falls back to when a backend gives none.
+    let backend_hint = Some(Some(Duration::from_millis(1500)));
+    assert_eq!(
+        status.get_details_retry_info().map(|r| r.retry_delay),
+        backend_hint
+    );
 
     faulty.set("[writes]\nerror = \"throttled\"\n");
     let status = sidecar
@@ -273,10 +289,14 @@ async fn a_throttling_backend_answers_resource_exhausted_with_retry_info() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(status.get_details_retry_info().is_some());
+    assert_eq!(reason(&status), "BACKEND_THROTTLED");
+    assert_eq!(
+        status.get_details_retry_info().map(|r| r.retry_delay),
+        backend_hint
+    );
 
     // Metrics count the throttled backend calls by class.
-    let metrics = sidecar.scrape_metrics().expect("metrics");
+    let metrics = sidecar.scrape_metrics();
     for operation in ["get_encryption_key", "update_encryption_key"] {
         let throttled = sample(
             &metrics,

@@ -21,9 +21,9 @@ struct Output {
 }
 
 impl Grpcurl<'_> {
-    fn new(sidecar: &Sidecar) -> Option<Grpcurl<'_>> {
-        let bin = common::tool("KEYD_TEST_GRPCURL", ".tools/venv/bin/grpcurl")?;
-        Some(Grpcurl { bin, sidecar })
+    fn new(sidecar: &Sidecar) -> Grpcurl<'_> {
+        let bin = common::tool("KEYD_TEST_GRPCURL", ".tools/venv/bin/grpcurl");
+        Grpcurl { bin, sidecar }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -70,9 +70,7 @@ const TARGET: &str =
 #[test]
 fn list_describe_and_health() {
     let sidecar = Sidecar::start();
-    let Some(grpcurl) = Grpcurl::new(&sidecar) else {
-        return;
-    };
+    let grpcurl = Grpcurl::new(&sidecar);
     let list = grpcurl.tcp(None, &["list"]);
     assert_eq!(list.code, 0, "{}", list.stderr);
     for service in [
@@ -107,9 +105,7 @@ fn list_describe_and_health() {
 #[test]
 fn update_get_reset_flow_and_error_details() {
     let sidecar = Sidecar::start();
-    let Some(grpcurl) = Grpcurl::new(&sidecar) else {
-        return;
-    };
+    let grpcurl = Grpcurl::new(&sidecar);
     let get = "inspectorkeyd.v1.EncryptionKeyService/GetEncryptionKey";
 
     // No key yet: NOT_FOUND (grpcurl exits 64 + 5) with the AWS_OWNED_KEY reason printed.
@@ -228,9 +224,7 @@ fn mtls_and_bearer_tokens() {
         path(&server.key),
         path(&ca_file)
     ));
-    let Some(grpcurl) = Grpcurl::new(&sidecar) else {
-        return;
-    };
+    let grpcurl = Grpcurl::new(&sidecar);
     let tls = sidecar.tls.unwrap().to_string();
     let (cacert, cert, key) = (
         ca_file.to_str().unwrap(),
@@ -280,9 +274,7 @@ fn mtls_and_bearer_tokens() {
 #[test]
 fn bearer_token_over_loopback_tcp() {
     let sidecar = Sidecar::start();
-    let Some(grpcurl) = Grpcurl::new(&sidecar) else {
-        return;
-    };
+    let grpcurl = Grpcurl::new(&sidecar);
     let addr = sidecar.tcp.to_string();
     let header = format!("authorization: Bearer {}", sidecar.admin_token());
     let data = format!("{{{TARGET}}}");

@@ -26,15 +26,59 @@ fn grpc_frame(compressed: u8, declared: u32, body: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
+/// What the server did with one raw request.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// An HTTP answer: its status, and the gRPC status (from the headers of a trailers-only
+    /// answer, or from the trailers) when it has one.
+    Answer { http: u16, grpc: Option<i32> },
+    /// The server reset the request's stream with this HTTP/2 error code.
+    Reset(h2::Reason),
+    /// The server sent GOAWAY with this HTTP/2 error code (the whole connection ends).
+    GoAway(h2::Reason),
+    /// The server closed the connection while the client was still writing to it.
+    Broken(std::io::ErrorKind),
+}
+
+/// A gRPC answer (HTTP 200) with the status `code`.
+fn grpc(code: Code) -> Outcome {
+    Outcome::Answer {
+        http: 200,
+        grpc: Some(code as i32),
+    }
+}
+
 /// Sends one request with `body` as its whole DATA, on a fresh HTTP/2 connection over `io`,
-/// and returns the gRPC status code the server answered with (from the headers of a
-/// trailers-only answer, or from the trailers), or the HTTP/2 error.
-async fn raw_call<T>(
+/// and tells what the server did with it. Any other failure (an I/O error, a local h2 error)
+/// fails the test.
+async fn raw_call<T>(io: T, path: &str, extra_headers: &[(&str, String)], body: Bytes) -> Outcome
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match try_raw_call(io, path, extra_headers, body).await {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_remote() && e.is_go_away() => Outcome::GoAway(e.reason().unwrap()),
+        Err(e) if e.is_remote() && e.is_reset() => Outcome::Reset(e.reason().unwrap()),
+        Err(e)
+            if e.get_io().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                )
+            }) =>
+        {
+            Outcome::Broken(e.get_io().unwrap().kind())
+        }
+        Err(e) => panic!("not an answer from the server: {e:?}"),
+    }
+}
+
+async fn try_raw_call<T>(
     io: T,
     path: &str,
     extra_headers: &[(&str, String)],
     body: Bytes,
-) -> Result<i32, h2::Error>
+) -> Result<Outcome, h2::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -59,15 +103,22 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i32>().ok())
     };
+    let http = parts.status.as_u16();
     if let Some(code) = code(&parts.headers) {
-        return Ok(code);
+        return Ok(Outcome::Answer {
+            http,
+            grpc: Some(code),
+        });
     }
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
         let _ = body.flow_control().release_capacity(chunk.len());
     }
     let trailers = body.trailers().await?.unwrap_or_default();
-    Ok(code(&trailers).unwrap_or(-1))
+    Ok(Outcome::Answer {
+        http,
+        grpc: code(&trailers),
+    })
 }
 
 async fn tcp(sidecar: &Sidecar) -> tokio::net::TcpStream {
@@ -94,17 +145,35 @@ async fn malformed_grpc_frames_are_refused_and_change_nothing() {
         use prost::Message;
         update_request(&key).encode_to_vec()
     };
-    let cases: Vec<(&str, Bytes, &[i32])> = vec![
+    // Each is answered as a gRPC error, the same on both listeners (tonic decodes the
+    // request before any handler runs).
+    let cases: Vec<(&str, Bytes, Code)> = vec![
         // Bytes that are no protobuf message (a field with wire type 7).
-        ("garbage", grpc_frame(0, 5, &[0xff; 5]), &[13]),
+        ("garbage", grpc_frame(0, 5, &[0xff; 5]), Code::Internal),
         // A length past the request size limit.
-        ("declared 4 GiB", grpc_frame(0, u32::MAX, &[0; 16]), &[11]),
+        (
+            "declared 4 GiB",
+            grpc_frame(0, u32::MAX, &[0; 16]),
+            Code::OutOfRange,
+        ),
         // The stream ends before the declared length.
-        ("truncated", grpc_frame(0, 100, &valid_update[..4]), &[13]),
+        (
+            "truncated",
+            grpc_frame(0, 100, &valid_update[..4]),
+            Code::Internal,
+        ),
         // Half a frame header.
-        ("partial prefix", Bytes::from_static(&[0, 0, 0]), &[13]),
+        (
+            "partial prefix",
+            Bytes::from_static(&[0, 0, 0]),
+            Code::Internal,
+        ),
         // Compressed without a grpc-encoding.
-        ("compressed", grpc_frame(1, 5, &[1, 2, 3, 4, 5]), &[12, 13]),
+        (
+            "compressed",
+            grpc_frame(1, 5, &[1, 2, 3, 4, 5]),
+            Code::Internal,
+        ),
         // A valid message followed by trailing bytes that are not a frame.
         (
             "trailing bytes",
@@ -113,7 +182,7 @@ async fn malformed_grpc_frames_are_refused_and_change_nothing() {
                 bytes.extend_from_slice(&[9, 9]);
                 Bytes::from(bytes)
             },
-            &[13],
+            Code::Internal,
         ),
     ];
     for (name, body, expected) in cases {
@@ -121,14 +190,15 @@ async fn malformed_grpc_frames_are_refused_and_change_nothing() {
         let socket = tokio::net::UnixStream::connect(&sidecar.socket)
             .await
             .unwrap();
-        let code = raw_call(socket, UPDATE, &[], body.clone()).await;
-        match code {
-            Ok(code) => assert!(expected.contains(&code), "{name}: grpc-status {code}"),
-            Err(e) => panic!("{name}: the server broke the connection: {e}"),
-        }
+        let outcome = raw_call(socket, UPDATE, &[], body.clone()).await;
+        assert_eq!(
+            outcome,
+            grpc(expected),
+            "{name}, Update over the Unix socket"
+        );
         // And a read over loopback TCP.
-        let code = raw_call(tcp(&sidecar).await, GET, &[], body).await;
-        assert!(matches!(code, Ok(c) if c != 0), "{name}: {code:?}");
+        let outcome = raw_call(tcp(&sidecar).await, GET, &[], body).await;
+        assert_eq!(outcome, grpc(expected), "{name}, Get over TCP");
     }
     // Nothing was put in use; the server serves well-formed calls.
     still_serving(&sidecar).await;
@@ -144,31 +214,160 @@ async fn oversized_metadata_is_refused_and_others_are_served() {
     };
     let body = grpc_frame(0, valid_get.len() as u32, &valid_get);
     // Within the 16 KiB header list limit: answered.
-    let code = raw_call(
+    let outcome = raw_call(
         tcp(&sidecar).await,
         GET,
         &[("x-note", "a".repeat(4 << 10))],
         body.clone(),
     )
-    .await
-    .unwrap();
-    assert_eq!(code, Code::NotFound as i32);
-    // A megabyte of metadata: refused without an answer to it, the server unharmed.
-    let refused = raw_call(
+    .await;
+    assert_eq!(outcome, grpc(Code::NotFound));
+    // A megabyte of metadata: refused without an answer to it, the server unharmed. The
+    // client sends it as a HEADERS frame and ~64 CONTINUATIONs of 16 KiB; h2 ends the
+    // connection at its CONTINUATION flood limit (the 6th, for a 16 KiB header list limit
+    // and 16 KiB frames), long before the client has written the rest. Which the client
+    // then sees is timing: the GOAWAY, if its connection task reads before its next write
+    // fails, else the broken connection (the server closed it with our bytes unread).
+    // `the_continuation_flood_limit_ends_the_connection_with_enhance_your_calm` pins the
+    // server's side exactly.
+    let outcome = raw_call(
         tcp(&sidecar).await,
         GET,
         &[("x-note", "a".repeat(1 << 20))],
         body.clone(),
     )
     .await;
+    println!("1 MiB header: {outcome:?}");
     assert!(
-        !matches!(refused, Ok(0)),
-        "a 1 MiB header was served: {refused:?}"
+        matches!(
+            outcome,
+            Outcome::GoAway(h2::Reason::ENHANCE_YOUR_CALM)
+                | Outcome::Broken(
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                )
+        ),
+        "1 MiB header: {outcome:?}"
     );
-    // Many headers summing past the limit, too.
+    // Many small headers summing past the limit (500 x 39 bytes of header list) in one
+    // HEADERS frame: h2 decodes the block, answers 431 and resets the stream; the request
+    // never reaches gRPC.
+    let many: Vec<(&str, String)> = (0..500).map(|_| ("x-many", "b".to_owned())).collect();
+    let outcome = raw_call(tcp(&sidecar).await, GET, &many, body.clone()).await;
+    assert_eq!(
+        outcome,
+        Outcome::Answer {
+            http: 431,
+            grpc: None
+        },
+        "500 headers"
+    );
+    // Many more, in a header block that needs CONTINUATIONs: once the list is past the limit,
+    // a CONTINUATION that would take the block past it too ends the connection
+    // (COMPRESSION_ERROR, "over ignorable limit"). The client is still writing then, so as
+    // for the 1 MiB header it sees the GOAWAY or the broken connection.
     let many: Vec<(&str, String)> = (0..2000).map(|_| ("x-many", "b".repeat(32))).collect();
-    let refused = raw_call(tcp(&sidecar).await, GET, &many, body).await;
-    assert!(!matches!(refused, Ok(0)), "{refused:?}");
+    let outcome = raw_call(tcp(&sidecar).await, GET, &many, body).await;
+    println!("2000 headers: {outcome:?}");
+    assert!(
+        matches!(
+            outcome,
+            Outcome::GoAway(h2::Reason::COMPRESSION_ERROR)
+                | Outcome::Broken(
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                )
+        ),
+        "2000 headers: {outcome:?}"
+    );
+    still_serving(&sidecar).await;
+}
+
+/// An HPACK integer with an `prefix`-bit prefix (RFC 7541 §5.1), `first` holding the
+/// bits above the prefix.
+fn hpack_integer(out: &mut Vec<u8>, first: u8, prefix: u32, mut value: usize) {
+    let max = (1usize << prefix) - 1;
+    if value < max {
+        out.push(first | value as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// Reads HTTP/2 frames from `io` until the server closes it (bounded): (type, stream,
+/// payload) of each.
+async fn read_frames(io: &mut tokio::net::TcpStream) -> Vec<(u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut bytes))
+        .await
+        .expect("the server closes the connection in time")
+        .expect("a clean close: the server read every byte we sent");
+    let mut frames = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 9 {
+        let length = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        frames.push((rest[3], stream, rest[9..9 + length].to_vec()));
+        rest = &rest[9 + length..];
+    }
+    assert!(rest.is_empty(), "a partial frame at the end");
+    frames
+}
+
+#[tokio::test]
+async fn the_continuation_flood_limit_ends_the_connection_with_enhance_your_calm() {
+    use tokio::io::AsyncWriteExt;
+    let sidecar = Sidecar::start();
+    // A request whose header block goes on in CONTINUATION frames of 16 KiB (the largest
+    // the server takes) without END_HEADERS: the start of a 1 MiB header value.
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", GET),
+        (":authority", "localhost"),
+    ] {
+        hpack_literal(&mut block, name, value);
+    }
+    block.push(0x00);
+    hpack_integer(&mut block, 0, 7, "x-note".len());
+    block.extend_from_slice(b"x-note");
+    hpack_integer(&mut block, 0, 7, 1 << 20);
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2_frame(&mut frames, 0x4, 0, 0, &[]); // SETTINGS
+    h2_frame(&mut frames, 0x1, 0, 1, &block); // HEADERS, no END_HEADERS
+    // Exactly as many CONTINUATIONs as it takes (5 are allowed, for a 16 KiB header list
+    // limit and 16 KiB frames), and nothing after them: the server reads every byte, so it
+    // closes cleanly and its GOAWAY cannot be lost to a reset.
+    for _ in 0..6 {
+        h2_frame(&mut frames, 0x9, 0, 1, &[b'a'; 16 << 10]); // CONTINUATION
+    }
+    let mut io = tcp(&sidecar).await;
+    io.write_all(&frames).await.unwrap();
+    let received = read_frames(&mut io).await;
+    let go_aways: Vec<&(u8, u32, Vec<u8>)> = received.iter().filter(|f| f.0 == 0x7).collect();
+    assert_eq!(go_aways.len(), 1, "{received:?}");
+    let payload = &go_aways[0].2;
+    let error_code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+    assert_eq!(
+        h2::Reason::from(error_code),
+        h2::Reason::ENHANCE_YOUR_CALM,
+        "debug data {:?}",
+        String::from_utf8_lossy(&payload[8..])
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&payload[8..]),
+        "too_many_continuations"
+    );
+    assert!(
+        received.iter().all(|f| f.0 != 0x1),
+        "the request was answered: {received:?}"
+    );
     still_serving(&sidecar).await;
 }
 

@@ -35,11 +35,11 @@ fn monitoring(file: &str) -> PathBuf {
     repo().join("deploy/monitoring").join(file)
 }
 
-fn promtool() -> Option<PathBuf> {
+fn promtool() -> PathBuf {
     tool("KEYD_TEST_PROMTOOL", ".tools/prometheus/usr/bin/promtool")
 }
 
-fn python() -> Option<PathBuf> {
+fn python() -> PathBuf {
     tool("KEYD_TEST_PYTHON", ".tools/venv/bin/python")
 }
 
@@ -127,9 +127,7 @@ fn dashboard_queries(dashboard: &Value) -> Vec<String> {
 
 #[test]
 fn promtool_checks_the_rules_and_their_unit_tests_cover_every_alert() {
-    let (Some(promtool), Some(python)) = (promtool(), python()) else {
-        return;
-    };
+    let (promtool, python) = (promtool(), python());
     let check = Command::new(&promtool)
         .args(["check", "rules"])
         .arg(monitoring("rules.yaml"))
@@ -190,9 +188,7 @@ fn promtool_checks_the_rules_and_their_unit_tests_cover_every_alert() {
 
 #[test]
 fn the_dashboard_queries_are_valid_promql() {
-    let Some(promtool) = promtool() else {
-        return;
-    };
+    let promtool = promtool();
     let dashboard = dashboard();
     assert_eq!(dashboard["uid"], "inspector-keyd");
     for panel in panels(&dashboard).iter().filter(|p| p["type"] != "row") {
@@ -242,9 +238,7 @@ fn anchor(heading: &str) -> String {
 
 #[test]
 fn every_runbook_link_names_a_section_of_the_operations_doc() {
-    let Some(python) = python() else {
-        return;
-    };
+    let python = python();
     let operations = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
     let anchors: BTreeSet<String> = operations
         .lines()
@@ -274,12 +268,10 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 
 #[test]
 fn the_monitoring_component_carries_the_rules_and_the_dashboard_and_scrapes_the_sidecar() {
-    let (Some(kubectl), Some(python)) = (
+    let (kubectl, python) = (
         tool("KEYD_TEST_KUBECTL", ".tools/venv/bin/kubectl"),
         python(),
-    ) else {
-        return;
-    };
+    );
     // An overlay of the user's: the local one plus the component.
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
@@ -558,9 +550,7 @@ async fn set_key_enabled(sidecar: &Sidecar, arn: &str, enabled: bool) {
 
 #[tokio::test]
 async fn every_metric_and_label_the_alerts_and_the_dashboard_use_is_in_a_live_scrape() {
-    let Some(python) = python() else {
-        return;
-    };
+    let python = python();
     let KeyInUse {
         sidecar,
         arn,
@@ -581,7 +571,7 @@ async fn every_metric_and_label_the_alerts_and_the_dashboard_use_is_in_a_live_sc
     set_key_enabled(&sidecar, &arn, false).await;
     let mut scraped = BTreeMap::new();
     let complete = eventually(Duration::from_secs(20), || {
-        let metrics = sidecar.scrape_metrics().unwrap();
+        let metrics = sidecar.scrape_metrics();
         scraped = scraped_labels(&metrics);
         let failing = sample(
             &metrics,
@@ -756,15 +746,13 @@ impl Prometheus {
 
 #[tokio::test]
 async fn a_real_prometheus_fires_the_drift_alert_when_the_key_in_use_is_disabled() {
-    let (Some(binary), Some(python)) = (
+    let (binary, python) = (
         tool(
             "KEYD_TEST_PROMETHEUS",
             ".tools/prometheus/usr/bin/prometheus",
         ),
         python(),
-    ) else {
-        return;
-    };
+    );
     let KeyInUse {
         sidecar,
         arn,

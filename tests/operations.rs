@@ -45,9 +45,7 @@ async fn metrics_count_what_happened() {
         .await
         .unwrap();
 
-    let Some(metrics) = sidecar.scrape_metrics() else {
-        return;
-    };
+    let metrics = sidecar.scrape_metrics();
     let get = |family: &str, suffix: &str, labels: &[(&str, &str)]| {
         sample(&metrics, family, suffix, labels)
             .unwrap_or_else(|| panic!("no {family}{suffix} {labels:?} in {metrics}"))
@@ -220,12 +218,15 @@ async fn overload_is_shed_at_once_while_admitted_calls_complete() {
     );
     assert!(*first_admitted >= Duration::from_millis(1500));
     // Counted for the shedding alert (deploy/monitoring).
-    if let Some(metrics) = sidecar.scrape_metrics() {
-        assert_eq!(
-            sample(&metrics, "inspector_keyd_rpc_shed", "_total", &[]),
-            Some(4.0)
-        );
-    }
+    assert_eq!(
+        sample(
+            &sidecar.scrape_metrics(),
+            "inspector_keyd_rpc_shed",
+            "_total",
+            &[]
+        ),
+        Some(4.0)
+    );
     // Health is never shed.
     let mut health =
         tonic_health::pb::health_client::HealthClient::new(sidecar.tcp_channel().await);
@@ -252,6 +253,19 @@ async fn deadlines_hold_with_the_shorter_of_ours_and_the_callers() {
     assert_eq!(reason(&status), "DEADLINE_EXCEEDED");
 }
 
+/// Key verifications that passed so far (`inspector_keyd_verifications_total`, every
+/// profile), read from the metrics listener.
+fn passed_verifications(sidecar: &Sidecar) -> f64 {
+    let (code, body) = sidecar.http_get("/metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|l| {
+            l.starts_with("inspector_keyd_verifications_total{") && l.contains(r#"result="passed""#)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 #[tokio::test]
 async fn sigterm_lets_calls_in_flight_finish_and_exits_zero() {
     let mut sidecar = Sidecar::start_with("[local]\nwrite_latency = \"1s\"\n");
@@ -268,6 +282,7 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_zero() {
         .into_inner();
     watch.message().await.unwrap().unwrap();
 
+    let verified_before = passed_verifications(&sidecar);
     let mut in_flight = tokio::task::JoinSet::new();
     for (arn, resource_type) in [(arn.clone(), LAMBDA), (repository_arn, REPOSITORY)] {
         let mut admin = sidecar.admin_keys().await;
@@ -280,7 +295,13 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_zero() {
                 .await
         });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both calls are in flight once the server has verified their keys: each then spends
+    // the 1 s write latency in the backend (one after the other; writes are serialized).
+    let in_the_server = eventually(Duration::from_secs(10), || async {
+        passed_verifications(&sidecar) == verified_before + 2.0
+    })
+    .await;
+    assert!(in_the_server, "{}", sidecar.log());
     let signalled = Instant::now();
     sidecar.signal("TERM");
 
@@ -343,8 +364,8 @@ async fn next_event(
         .expect("the stream is open")
 }
 
-fn gauge(sidecar: &Sidecar) -> Option<f64> {
-    let metrics = sidecar.scrape_metrics()?;
+fn gauge(sidecar: &Sidecar) -> f64 {
+    let metrics = sidecar.scrape_metrics();
     sample(
         &metrics,
         "inspector_keyd_key_verification_passed",
@@ -354,6 +375,7 @@ fn gauge(sidecar: &Sidecar) -> Option<f64> {
             ("resource_type", "AWS_LAMBDA_FUNCTION"),
         ],
     )
+    .unwrap_or_else(|| panic!("no verification gauge for the Lambda target in {metrics}"))
 }
 
 #[tokio::test]
@@ -402,9 +424,7 @@ async fn drift_is_detected_and_resolved_on_the_watch_stream() {
         report.findings.iter().any(|f| f.code == "KEY_NOT_ENABLED"),
         "{report:?}"
     );
-    if let Some(value) = gauge(&sidecar) {
-        assert_eq!(value, 0.0);
-    }
+    assert_eq!(gauge(&sidecar), 0.0);
     assert!(sidecar.log().contains("key drift"), "a warning is logged");
 
     kms.enable_key(proto::EnableKeyRequest {
@@ -416,9 +436,7 @@ async fn drift_is_detected_and_resolved_on_the_watch_stream() {
         next_event(&mut events).await.r#type(),
         KeyEventType::DriftResolved
     );
-    if let Some(value) = gauge(&sidecar) {
-        assert_eq!(value, 1.0);
-    }
+    assert_eq!(gauge(&sidecar), 1.0);
 
     // A policy edited to deny a required request is drift too.
     let deny = r#"{"Version": "2012-10-17", "Statement": [

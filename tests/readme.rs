@@ -113,9 +113,7 @@ fn readme_and_docs_examples_print_what_they_show() {
         examples.len()
     );
     let sidecar = Sidecar::start_default();
-    let Some(grpcurl) = common::tool("KEYD_TEST_GRPCURL", ".tools/venv/bin/grpcurl") else {
-        return;
-    };
+    let grpcurl = common::tool("KEYD_TEST_GRPCURL", ".tools/venv/bin/grpcurl");
     const END: &str = "@@README-EXAMPLE-END@@";
     // grpcurl from the test tools, and this build's inspector-keyd for the CLI examples.
     let bin_dir = std::path::Path::new(common::BIN).parent().unwrap();

@@ -53,6 +53,11 @@ pub enum FaultError {
     AccessDenied,
 }
 
+/// The retry hint an injected throttle carries: not the server's own fallback for a backend
+/// that gives none (1 s, `status::DEFAULT_RETRY_AFTER`), so a test can tell that the
+/// backend's hint is what reaches the caller.
+pub const THROTTLED_RETRY_AFTER: Duration = Duration::from_millis(1500);
+
 impl From<FaultError> for BackendError {
     fn from(error: FaultError) -> BackendError {
         const INJECTED: &str = "injected fault (local.fault_file)";
@@ -62,7 +67,7 @@ impl From<FaultError> for BackendError {
                 retry_after: None,
             },
             FaultError::Throttled => BackendError::Throttled {
-                retry_after: Some(Duration::from_secs(1)),
+                retry_after: Some(THROTTLED_RETRY_AFTER),
             },
             FaultError::Timeout => BackendError::Timeout,
             FaultError::Internal => BackendError::internal(INJECTED),

@@ -1,8 +1,9 @@
 //! The one helper every integration test uses to run the sidecar: the real
 //! `inspector-keyd` binary ([`Sidecar`], addresses from its ready file) or an App built in
 //! process ([`InProcess`], addresses from the App), each on a temporary state directory
-//! and Unix socket with ephemeral loopback ports, and clients for them. Also finds the external tools (grpcurl, Python) the test command
-//! installs, failing under `CI=true` when one is missing.
+//! and Unix socket with ephemeral loopback ports, and clients for them. Also finds the
+//! external tools (grpcurl, Python) the test command installs, failing the test when one is
+//! missing.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -356,10 +357,9 @@ impl Sidecar {
 
 impl Sidecar {
     /// The metrics, parsed by the Python Prometheus client's OpenMetrics parser:
-    /// `{family: [{"labels": {...}, "name": sample name, "value": v}]}`. `None` when the
-    /// test tools are missing outside CI.
-    pub fn scrape_metrics(&self) -> Option<serde_json::Value> {
-        let python = tool("KEYD_TEST_PYTHON", ".tools/venv/bin/python")?;
+    /// `{family: [{"labels": {...}, "name": sample name, "value": v}]}`.
+    pub fn scrape_metrics(&self) -> serde_json::Value {
+        let python = tool("KEYD_TEST_PYTHON", ".tools/venv/bin/python");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/scrape_metrics.py");
         let output = Command::new(python)
             .arg(script)
@@ -375,7 +375,7 @@ impl Sidecar {
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        Some(serde_json::from_slice(&output.stdout).unwrap())
+        serde_json::from_slice(&output.stdout).unwrap()
     }
 
     /// GET `path` on the metrics listener: (status code, body).
@@ -517,26 +517,32 @@ pub fn update_request(kms_key_id: &str) -> proto::UpdateEncryptionKeyRequest {
     }
 }
 
-/// An external tool the test command installs into `.tools/`. Missing: the test fails
-/// under `CI=true`, and is skipped with a note elsewhere.
-pub fn tool(env_var: &str, default_relative: &str) -> Option<PathBuf> {
+/// An external tool the test command installs into `.tools/` (or the path `env_var`
+/// names). A missing one fails the test, with or without `CI`: a suite that cannot run is
+/// a failure, never a silent pass.
+pub fn tool(env_var: &str, default_relative: &str) -> PathBuf {
     let path = std::env::var_os(env_var)
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default_relative));
-    if path.is_file() {
-        return Some(path);
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     assert!(
-        !ci,
-        "{} is missing (set {env_var} or run scripts/install-test-tools.sh)",
-        path.display()
+        path.is_file(),
+        "{}",
+        missing_tool(default_relative, &path, env_var)
     );
-    eprintln!(
-        "SKIPPED: {} is missing; run scripts/install-test-tools.sh (CI=true makes this a failure)",
-        path.display()
-    );
-    None
+    path
+}
+
+/// What a test says when a tool is missing: the tool (named by its default path), where it
+/// was looked for, and how to get it.
+fn missing_tool(default_relative: &str, path: &Path, env_var: &str) -> String {
+    let name = Path::new(default_relative)
+        .file_name()
+        .map_or_else(|| default_relative.into(), |n| n.to_string_lossy());
+    let shown = path
+        .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+        .unwrap_or(path)
+        .display();
+    format!("{name} is missing at {shown}: run scripts/install-test-tools.sh (or set {env_var})")
 }
 
 /// A channel over TLS to `addr`, trusting `ca_pem`, presenting `client` when given.
