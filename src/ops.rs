@@ -194,7 +194,7 @@ where
         request.extensions_mut().insert(RequestId(call.id.clone()));
 
         // Public calls (probes, reflection) are never shed.
-        let permit = if rpc::required_role(call.uri.path()).is_some() {
+        let permit = if rpc::role_needed(method).is_some() {
             match self.layer.permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {

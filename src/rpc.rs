@@ -66,7 +66,13 @@ pub fn method(path: &str) -> Option<&'static Method> {
 /// What a path needs: a path the server does not serve needs `admin` (deny by default; the
 /// router then answers UNIMPLEMENTED to whoever has it).
 pub fn required_role(path: &str) -> Option<Role> {
-    method(path).map_or(Some(Role::Admin), |m| m.access.role)
+    role_needed(method(path))
+}
+
+/// [`required_role`] for a method already looked up (`None`: a path not served), so a
+/// layer looks a call's path up once.
+pub fn role_needed(method: Option<&Method>) -> Option<Role> {
+    method.map_or(Some(Role::Admin), |m| m.access.role)
 }
 
 /// Metadata carrying the request id, in requests and responses.

@@ -70,16 +70,7 @@ fn resources(python: &Path, yaml: &str) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rendered.yaml");
     std::fs::write(&file, yaml).unwrap();
-    let output = run(
-        python,
-        &[
-            "-c",
-            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
-            file.to_str().unwrap(),
-        ],
-    );
-    assert!(output.status.success(), "{}", text(&output));
-    serde_json::from_slice(&output.stdout).unwrap()
+    common::yaml_documents(python, &file)
 }
 
 fn one<'a>(resources: &'a [Value], kind: &str) -> &'a Value {

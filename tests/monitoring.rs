@@ -51,23 +51,9 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// The documents of a YAML file, as JSON (parsed by PyYAML from the virtualenv).
-fn yaml(python: &Path, file: &Path) -> Vec<Value> {
-    let output = Command::new(python)
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
-        ])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", text(&output));
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 /// The rules of rules.yaml.
 fn alert_rules(python: &Path) -> Vec<Value> {
-    let doc = yaml(python, &monitoring("rules.yaml")).remove(0);
+    let doc = yaml_documents(python, &monitoring("rules.yaml")).remove(0);
     let rules: Vec<Value> = doc["groups"]
         .as_array()
         .unwrap()
@@ -148,7 +134,7 @@ fn promtool_checks_the_rules_and_their_unit_tests_cover_every_alert() {
     assert!(unit.status.success(), "{}", text(&unit));
 
     // Each alert is tested firing and staying silent.
-    let tests = yaml(&python, &monitoring("rules.test.yaml")).remove(0);
+    let tests = yaml_documents(&python, &monitoring("rules.test.yaml")).remove(0);
     let cases: Vec<&Value> = tests["tests"]
         .as_array()
         .unwrap()
@@ -293,14 +279,14 @@ fn the_monitoring_component_carries_the_rules_and_the_dashboard_and_scrapes_the_
     assert!(output.status.success(), "{}", text(&output));
     let rendered = root.join("rendered.yaml");
     std::fs::write(&rendered, &output.stdout).unwrap();
-    let resources = yaml(&python, &rendered);
+    let resources = yaml_documents(&python, &rendered);
     let one = |kind: &str| {
         let found: Vec<&Value> = resources.iter().filter(|r| r["kind"] == kind).collect();
         assert_eq!(found.len(), 1, "one {kind} expected");
         found[0].clone()
     };
 
-    let rules = yaml(&python, &monitoring("rules.yaml")).remove(0);
+    let rules = yaml_documents(&python, &monitoring("rules.yaml")).remove(0);
     let prometheus_rule = one("PrometheusRule");
     assert_eq!(prometheus_rule["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(

@@ -319,7 +319,7 @@ where
         };
         let role = caller.as_ref().and_then(|c| c.role);
         let method = rpc::method(path);
-        if required_role(path).is_some() {
+        if rpc::role_needed(method).is_some() {
             self.metrics.count_authz(path, role, decision.is_ok());
         }
         // Mutations, secret-bearing reads, calls of paths not served and refusals are

@@ -438,6 +438,24 @@ impl InProcess {
     }
 }
 
+/// The documents of a YAML file, as JSON (parsed by PyYAML from the test tools' Python).
+pub fn yaml_documents(python: &Path, file: &Path) -> Vec<serde_json::Value> {
+    let output = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// The value of one sample of a scraped family whose labels include `labels`.
 pub fn sample(
     metrics: &serde_json::Value,
