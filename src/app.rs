@@ -19,8 +19,7 @@ use tokio::{
     sync::watch,
     task::{Id, JoinError, JoinSet},
 };
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::{ServingStatus, pb::health_server::HealthServer, server::HealthReporter};
 
 use crate::{
@@ -30,6 +29,7 @@ use crate::{
     backend::{Backend, aws::AwsBackend, local::LocalBackend, metered::MeteredBackend},
     cache::{CacheState, KeyCache},
     config::{BackendKind, Placement, Settings},
+    connection::{self, ListenerKind},
     drain::DrainingHealth,
     metrics::Metrics,
     ops::{OpsLayer, OpsLimits},
@@ -39,7 +39,10 @@ use crate::{
         local_kms_service_server::LocalKmsServiceServer,
     },
     server::{ServeError, bind_tcp, bind_unix, hardened, reload_loop},
-    service::{EncryptionKeys, KeyVerifier, LocalCodeScanningApi, LocalKmsApi, drift::KeyWatch},
+    service::{
+        EncryptionKeys, KeyVerifier, LocalCodeScanningApi, LocalKmsApi, WatchLimits,
+        drift::KeyWatch,
+    },
     tls::ReloadableTls,
     verify::VerificationSettings,
 };
@@ -250,6 +253,7 @@ impl App {
             key_watch.clone(),
             metrics.clone(),
             stop_rx.clone(),
+            WatchLimits::new(config.ops.max_watch_streams, config.ops.max_watch_duration),
         );
 
         let authorizer = Arc::new(authorizer(&settings)?);
@@ -294,6 +298,8 @@ impl App {
                     .max_encoding_message_size(max_response)
             }));
 
+        let admission =
+            |kind| connection::Admission::new(kind, &config.connections, metrics.clone());
         let mut addresses = Addresses::default();
         let mut tasks = Vec::new();
         if let Some(path) = &listeners.unix_socket {
@@ -301,15 +307,16 @@ impl App {
             addresses.unix_socket = Some(path.clone());
             tasks.push(listener_task(
                 &format!("unix socket `{}`", path.display()),
-                router
-                    .clone()
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped()),
+                router.clone().serve_with_incoming_shutdown(
+                    connection::incoming(listener, admission(ListenerKind::Unix)),
+                    stopped(),
+                ),
             ));
         }
         if let Some(addr) = listeners.tcp {
             let (listener, local) = bind_tcp("tcp", addr).await?;
             addresses.tcp = Some(local);
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = connection::incoming(listener, admission(ListenerKind::Tcp));
             tasks.push(listener_task(
                 &format!("tcp {local}"),
                 router
@@ -320,7 +327,8 @@ impl App {
         if let (Some((addr, _)), Some(tls)) = (&listeners.tls, &tls) {
             let (listener, local) = bind_tcp("tls", *addr).await?;
             addresses.tls = Some(local);
-            let incoming = crate::tls::incoming(listener, tls.clone());
+            let incoming =
+                crate::tls::incoming(listener, tls.clone(), admission(ListenerKind::Tls));
             tasks.push(listener_task(
                 &format!("tls {local}"),
                 router.serve_with_incoming_shutdown(incoming, stopped()),
@@ -351,7 +359,10 @@ impl App {
             let health_only = hardened(Server::builder(), config).add_service(health_service);
             tasks.push(listener_task(
                 &format!("health {local}"),
-                health_only.serve_with_incoming_shutdown(TcpIncoming::from(listener), stopped()),
+                health_only.serve_with_incoming_shutdown(
+                    connection::incoming(listener, admission(ListenerKind::Health)),
+                    stopped(),
+                ),
             ));
         }
         let background = vec![

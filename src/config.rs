@@ -132,6 +132,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub local: LocalConfig,
     pub ops: OpsConfig,
+    pub connections: ConnectionsConfig,
     pub aws: AwsConfig,
 }
 
@@ -166,6 +167,13 @@ pub struct OpsConfig {
     /// How often readiness checks the backend (probes never call it). Default `10s`.
     #[serde(with = "humantime_serde")]
     pub ready_check_interval: Duration,
+    /// WatchEncryptionKey streams open at once; more are answered RESOURCE_EXHAUSTED.
+    /// Default 64.
+    pub max_watch_streams: usize,
+    /// Longest a WatchEncryptionKey stream lasts; it then ends UNAVAILABLE and the client
+    /// opens it again. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub max_watch_duration: Duration,
 }
 
 impl Default for OpsConfig {
@@ -181,6 +189,62 @@ impl Default for OpsConfig {
             max_response_bytes: 4 << 20,
             drift_interval: Duration::from_secs(300),
             ready_check_interval: Duration::from_secs(10),
+            max_watch_streams: 64,
+            max_watch_duration: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Limits on connections, for every listener (the `[connections]` table). A connection
+/// refused at a limit is closed at once and counted in
+/// `inspector_keyd_connections_refused_total`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Connections one listener holds at once. Default 512.
+    pub max_per_listener: usize,
+    /// Connections one peer IP address holds at once on one TCP listener. Default 128.
+    pub max_per_peer_ip: usize,
+    /// Time a client has to send the HTTP/2 connection preface once connected (on the TLS
+    /// listener, once the handshake is done). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub preface_timeout: Duration,
+    /// TLS handshakes in progress at once on the TLS listener. Default 64.
+    pub max_tls_handshakes: usize,
+    /// Time a client has to finish its TLS handshake. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Bytes of answers the kernel may hold unsent for one TCP connection
+    /// (TCP_NOTSENT_LOWAT); beyond that the server holds them, within
+    /// `ops.max_streams_per_connection` streams. Default 16384.
+    pub max_unsent_bytes: u32,
+    /// Time a connection may go without a byte of its answers written (its client does not
+    /// read) before the server closes it. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub stalled_write_timeout: Duration,
+    /// Age at which a connection is asked to go away (HTTP/2 GOAWAY; clients reconnect), so
+    /// that a removed CA, an expired certificate or a changed rule ends old sessions.
+    /// Default `30m`.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Time the calls in flight on a connection past `max_age` get to finish (Watch streams
+    /// are ended then). Default `1m`.
+    #[serde(with = "humantime_serde")]
+    pub max_age_grace: Duration,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> ConnectionsConfig {
+        ConnectionsConfig {
+            max_per_listener: 512,
+            max_per_peer_ip: 128,
+            preface_timeout: Duration::from_secs(10),
+            max_tls_handshakes: 64,
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_unsent_bytes: 16 << 10,
+            stalled_write_timeout: Duration::from_secs(30),
+            max_age: Duration::from_secs(30 * 60),
+            max_age_grace: Duration::from_secs(60),
         }
     }
 }
@@ -297,6 +361,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             local: LocalConfig::default(),
             ops: OpsConfig::default(),
+            connections: ConnectionsConfig::default(),
             aws: AwsConfig::default(),
         }
     }
@@ -545,6 +610,40 @@ impl Config {
                 "authz.reload_interval",
                 self.authz.reload_interval.is_zero(),
             ),
+            ("ops.max_watch_streams", self.ops.max_watch_streams == 0),
+            (
+                "ops.max_watch_duration",
+                self.ops.max_watch_duration.is_zero(),
+            ),
+            (
+                "connections.max_per_listener",
+                self.connections.max_per_listener == 0,
+            ),
+            (
+                "connections.max_per_peer_ip",
+                self.connections.max_per_peer_ip == 0,
+            ),
+            (
+                "connections.preface_timeout",
+                self.connections.preface_timeout.is_zero(),
+            ),
+            (
+                "connections.max_tls_handshakes",
+                self.connections.max_tls_handshakes == 0,
+            ),
+            (
+                "connections.tls_handshake_timeout",
+                self.connections.tls_handshake_timeout.is_zero(),
+            ),
+            (
+                "connections.max_unsent_bytes",
+                self.connections.max_unsent_bytes == 0,
+            ),
+            (
+                "connections.stalled_write_timeout",
+                self.connections.stalled_write_timeout.is_zero(),
+            ),
+            ("connections.max_age", self.connections.max_age.is_zero()),
         ] {
             if zero {
                 return Err(ConfigError::Value {

@@ -1,6 +1,7 @@
-//! Ending server streams at shutdown, so the drain is not held up by watchers: a stream
-//! combinator that ends when a stop signal fires (after yielding what is already ready),
-//! and the health service with its `Watch` streams wrapped in it.
+//! Ending server streams: at shutdown, so the drain is not held up by watchers (a stream
+//! combinator that ends when a stop signal fires, after yielding what is already ready,
+//! and the health service with its `Watch` streams wrapped in it); and at a stream's
+//! maximum duration.
 
 use std::{
     pin::Pin,
@@ -54,6 +55,47 @@ impl<S: Stream> Stream for UntilStopped<S> {
             return Poll::Ready(None);
         }
         Poll::Pending
+    }
+}
+
+/// `inner` until `deadline`, then one `last` item and the end. Holds `held` (a slot of a
+/// bounded number of streams, say) until it is dropped.
+pub struct Expiring<S: Stream, H> {
+    inner: Pin<Box<S>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    last: Option<S::Item>,
+    _held: H,
+}
+
+impl<S: Stream, H> Expiring<S, H> {
+    pub fn new(inner: S, lasts: std::time::Duration, last: S::Item, held: H) -> Self {
+        Expiring {
+            inner: Box::pin(inner),
+            deadline: Box::pin(tokio::time::sleep(lasts)),
+            last: Some(last),
+            _held: held,
+        }
+    }
+}
+
+impl<S: Stream, H: Unpin> Stream for Expiring<S, H>
+where
+    S::Item: Unpin,
+{
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        if self.last.is_none() {
+            return Poll::Ready(None);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(self.last.take());
+        }
+        let item = std::task::ready!(self.inner.as_mut().poll_next(cx));
+        if item.is_none() {
+            self.last = None;
+        }
+        Poll::Ready(item)
     }
 }
 

@@ -1,7 +1,7 @@
 //! inspector-keyd: a gRPC sidecar that reads, verifies and manages the customer managed
 //! KMS key Amazon Inspector uses to encrypt code-scanning data at rest.
 //!
-//! [`app`] builds and runs everything. Layers, outermost first: [`server`] (listeners) →
+//! [`app`] builds and runs everything. Layers, outermost first: [`server`] and [`connection`] (listeners, connection limits) →
 //! [`ops`] (request ids, metrics, shedding) → [`authz`] (a tower layer) → [`service`]
 //! (validation, mapping to gRPC) → [`cache`] → [`backend`] (local or AWS).
 //! [`verify`] is a pure library the service and the CLI call. [`status`] is the one place
@@ -16,6 +16,7 @@ pub mod backend;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod domain;
 pub mod drain;
 pub mod metrics;

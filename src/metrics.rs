@@ -79,6 +79,18 @@ struct ReloadLabels {
     file: &'static str,
 }
 
+/// A listener, and why one of its connections was refused or ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
 /// The files the sidecar reloads, as the `file` label names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadedFile {
@@ -124,6 +136,9 @@ struct Families {
     rpc_shed: Counter,
     reload_failures: Family<ReloadLabels, Counter>,
     reload_failing: Family<ReloadLabels, Gauge>,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<ConnectionLabels, Counter>,
+    connections_cut: Family<ConnectionLabels, Counter>,
     /// The series each (method, code) uses, looked up once: counting a call takes no lock
     /// and hashes nothing.
     rpc_series: Vec<OnceLock<(Counter, Histogram)>>,
@@ -271,6 +286,26 @@ impl Metrics {
             "1 while the last change of the rules or TLS files was refused, 0 once one loads",
             reload_failing.clone(),
         );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "inspector_keyd_connections_open",
+            "connections each listener holds",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "inspector_keyd_connections_refused",
+            "connections closed at accept, by listener and the limit they met \
+             (listener_full, peer_ip_full, tls_handshakes_full)",
+            connections_refused.clone(),
+        );
+        let connections_cut = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "inspector_keyd_connections_cut",
+            "connections the server ended, by listener and reason (no_preface: no HTTP/2 \
+             preface in time; not_reading: the client stopped reading its answers)",
+            connections_cut.clone(),
+        );
         registry.register_collector(Box::new(CacheCollector(cache)));
         Metrics(Arc::new(Families {
             registry,
@@ -286,6 +321,9 @@ impl Metrics {
             rpc_shed,
             reload_failures,
             reload_failing,
+            connections_open,
+            connections_refused,
+            connections_cut,
             rpc_series: (0..(rpc::METHODS.len() + 1) * CODES)
                 .map(|_| OnceLock::new())
                 .collect(),
@@ -426,6 +464,34 @@ impl Metrics {
         // Creating the series is the point: a first failure then shows as an increase.
         drop(self.0.reload_failures.get_or_create(&file.label()));
         self.0.reload_failing.get_or_create(&file.label()).set(0);
+    }
+
+    pub fn connection_opened(&self, listener: &'static str) {
+        self.0
+            .connections_open
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+
+    pub fn connection_closed(&self, listener: &'static str) {
+        self.0
+            .connections_open
+            .get_or_create(&ListenerLabels { listener })
+            .dec();
+    }
+
+    pub fn count_connection_refused(&self, listener: &'static str, reason: &'static str) {
+        self.0
+            .connections_refused
+            .get_or_create(&ConnectionLabels { listener, reason })
+            .inc();
+    }
+
+    pub fn count_connection_cut(&self, listener: &'static str, reason: &'static str) {
+        self.0
+            .connections_cut
+            .get_or_create(&ConnectionLabels { listener, reason })
+            .inc();
     }
 
     /// The outcome of reading a changed file again.

@@ -114,10 +114,13 @@ pub(crate) async fn reload_loop(
 }
 
 /// HTTP/2 limits for every listener: streams per connection (tonic leaves it unlimited),
-/// and keepalive pings so that connections to peers that vanished are closed.
+/// keepalive pings so that connections to peers that vanished are closed, and a maximum
+/// connection age. The limits on connections themselves are in `connection`.
 pub(crate) fn hardened(server: Server, config: &Config) -> Server {
     server
         .max_concurrent_streams(config.ops.max_streams_per_connection)
+        .max_connection_age(config.connections.max_age)
+        .max_connection_age_grace(config.connections.max_age_grace)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
 }

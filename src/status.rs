@@ -183,6 +183,18 @@ impl From<ServiceError> for Status {
             ServiceError::VerificationFailed { key, report } => {
                 verification_failed(key.as_str(), report)
             }
+            error @ ServiceError::TooManyWatches(_) => retry(
+                Code::ResourceExhausted,
+                &error.to_string(),
+                "TOO_MANY_WATCHES",
+                None,
+            ),
+            error @ ServiceError::WatchExpired(_) => retry(
+                Code::Unavailable,
+                &error.to_string(),
+                "WATCH_EXPIRED",
+                Some(Duration::ZERO),
+            ),
             ServiceError::Backend(error) => error.into(),
         }
     }

@@ -20,17 +20,17 @@ use rustls::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::authz::{CertName, TlsPeer};
-
-/// How long a client gets to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::{
+    authz::{CertName, TlsPeer},
+    connection::{Admission, Guarded, Refusal, limit_unsent},
+};
 
 use crate::config::TlsFiles;
 
@@ -240,13 +240,17 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
-/// Accepts connections and completes their handshakes concurrently (a slow client holds up
-/// no one), yielding the ones that succeed. Stops when the stream is dropped.
+/// Accepts connections within the listener's limits and completes their handshakes
+/// concurrently (a slow client holds up no one; at most `connections.max_tls_handshakes`
+/// at once), yielding the ones that succeed. Stops when the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ReloadableTls>,
-) -> ReceiverStream<io::Result<TlsConnection>> {
+    admission: Arc<Admission>,
+) -> ReceiverStream<io::Result<Guarded<TlsConnection>>> {
     let (tx, rx) = mpsc::channel(64);
+    let limits = admission.limits().clone();
+    let handshakes = Arc::new(Semaphore::new(limits.max_tls_handshakes));
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
@@ -260,11 +264,23 @@ pub fn incoming(
                     }
                 },
             };
+            // Refused connections are dropped here, which closes them.
+            let Ok(ticket) = admission.admit(Some(addr.ip())) else {
+                continue;
+            };
+            let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                admission.refused(Refusal::HandshakesFull, Some(addr.ip()));
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
+            limit_unsent(&tcp, &limits);
             let acceptor = tls.acceptor();
             let tx = tx.clone();
+            let timeout = limits.tls_handshake_timeout;
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
+                drop(handshake);
+                match accepted {
                     Ok(Ok(stream)) => {
                         let name = stream
                             .get_ref()
@@ -276,7 +292,8 @@ pub fn incoming(
                             addr: Some(addr),
                             name,
                         };
-                        let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
+                        let connection = TlsConnection { stream, peer };
+                        let _ = tx.send(Ok(Guarded::new(connection, ticket))).await;
                     }
                     Ok(Err(e)) => tracing::info!(%addr, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::info!(%addr, "TLS handshake timed out"),

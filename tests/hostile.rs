@@ -373,13 +373,13 @@ async fn the_continuation_flood_limit_ends_the_connection_with_enhance_your_calm
 
 #[tokio::test]
 async fn many_idle_connections_do_not_stop_service() {
-    let sidecar = Sidecar::start();
+    let sidecar = Sidecar::start_with("[connections]\nmax_per_peer_ip = 512\n");
     still_serving(&sidecar).await;
     let before = sidecar.rss_kib();
     let mut idle = Vec::new();
-    // Bare TCP connections that never say anything, and HTTP/2 connections that handshake
-    // and then stay silent.
-    for _ in 0..300 {
+    // Bare TCP connections that never say anything (until the preface deadline), and
+    // HTTP/2 connections that handshake and then stay silent.
+    for _ in 0..200 {
         idle.push(tcp(&sidecar).await);
     }
     let mut handshaken = Vec::new();
@@ -391,9 +391,116 @@ async fn many_idle_connections_do_not_stop_service() {
         still_serving(&sidecar).await;
     }
     let growth = sidecar.rss_kib().saturating_sub(before);
-    println!("500 idle connections: resident memory grew {growth} KiB");
+    println!("400 idle connections: resident memory grew {growth} KiB");
     assert!(growth < 64 << 10, "grew {growth} KiB");
     drop((idle, handshaken));
+    still_serving(&sidecar).await;
+}
+
+/// Reads until the server closes the connection; false if it is still open after `limit`.
+async fn closed_within(io: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (any 127.x.y.z).
+async fn tcp_from(from: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test]
+async fn silent_connections_are_capped_per_peer_and_listener_and_closed_at_the_preface_deadline() {
+    let sidecar = Sidecar::start_with(
+        "[connections]\npreface_timeout = \"1s\"\nmax_per_listener = 60\n\
+         max_per_peer_ip = 40\n[ops]\nhealth_listen = \"127.0.0.1:0\"\n",
+    );
+    let health = sidecar.health.unwrap();
+    still_serving(&sidecar).await;
+    // That call's connection is given back before the count starts.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            open_connections(&sidecar, "tcp") == 0.0
+        })
+        .await
+    );
+
+    // One peer takes its 40, and its 41st is closed at once.
+    let started = Instant::now();
+    let mut first_peer = Vec::new();
+    for _ in 0..40 {
+        first_peer.push(tcp_from([127, 0, 0, 1], sidecar.tcp).await);
+    }
+    let mut over = tcp_from([127, 0, 0, 1], sidecar.tcp).await;
+    assert!(closed_within(&mut over, Duration::from_millis(500)).await);
+    // Another peer still gets in, up to the listener's 60.
+    let mut second_peer = Vec::new();
+    for _ in 0..20 {
+        second_peer.push(tcp_from([127, 0, 0, 2], sidecar.tcp).await);
+    }
+    let mut over = tcp_from([127, 0, 0, 3], sidecar.tcp).await;
+    assert!(closed_within(&mut over, Duration::from_millis(500)).await);
+    // The TCP listener is full; the Unix socket and the health port serve meanwhile.
+    let status = sidecar
+        .admin_keys()
+        .await
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let mut probe =
+        tonic_health::pb::health_client::HealthClient::new(sidecar.health_channel().await);
+    probe
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    let mut silent_on_health = tokio::net::TcpStream::connect(health).await.unwrap();
+
+    // None sent the HTTP/2 preface: each is closed at its 1 s deadline.
+    for io in first_peer.iter_mut().chain(&mut second_peer) {
+        assert!(closed_within(io, Duration::from_secs(5)).await);
+    }
+    assert!(closed_within(&mut silent_on_health, Duration::from_secs(5)).await);
+    let held_for = started.elapsed();
+    assert!(held_for >= Duration::from_secs(1), "{held_for:?}");
+    println!("60 silent connections closed {held_for:?} after the first connected");
+
+    let refused = |reason| {
+        metric_value(
+            &sidecar,
+            "inspector_keyd_connections_refused",
+            &[("listener", "tcp"), ("reason", reason)],
+        )
+    };
+    assert_eq!(refused("peer_ip_full"), 1.0);
+    assert_eq!(refused("listener_full"), 1.0);
+    let cut = |listener| {
+        metric_value(
+            &sidecar,
+            "inspector_keyd_connections_cut",
+            &[("listener", listener), ("reason", "no_preface")],
+        )
+    };
+    assert_eq!(cut("tcp"), 60.0);
+    assert_eq!(cut("health"), 1.0);
+    // Every place is given back: the listener takes connections again.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            open_connections(&sidecar, "tcp") == 0.0
+        })
+        .await
+    );
     still_serving(&sidecar).await;
 }
 
@@ -416,12 +523,45 @@ fn h2_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8])
     out.extend_from_slice(payload);
 }
 
+/// The server's count of a metric series (0 when it has none yet).
+fn metric_value(sidecar: &Sidecar, family: &str, labels: &[(&str, &str)]) -> f64 {
+    let metrics = sidecar.scrape_metrics();
+    metrics[family]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|sample| {
+            let name = sample["name"].as_str().unwrap_or_default();
+            !name.ends_with("_created")
+                && labels
+                    .iter()
+                    .all(|(label, value)| sample["labels"][*label] == *value)
+        })
+        .map(|sample| sample["value"].as_f64().unwrap())
+        .sum()
+}
+
+/// Requests the server has answered with NOT_FOUND to GetEncryptionKey so far.
+fn gets_answered(sidecar: &Sidecar) -> f64 {
+    metric_value(
+        sidecar,
+        "inspector_keyd_rpc_requests",
+        &[("method", "GetEncryptionKey"), ("code", "NOT_FOUND")],
+    )
+}
+
 #[tokio::test]
-async fn a_client_that_never_reads_is_contained() {
+async fn a_client_that_never_reads_is_cut_off_after_a_bounded_number_of_requests() {
     use tokio::io::AsyncWriteExt;
-    let sidecar = Sidecar::start();
+    // What the server may hold for one connection: 32 answers in memory, 4 KiB of them
+    // unsent in the kernel; after 2 s without writing a byte, the connection is closed.
+    let sidecar = Sidecar::start_with(
+        "[connections]\nstalled_write_timeout = \"2s\"\nmax_unsent_bytes = 4096\n\
+         [ops]\nmax_streams_per_connection = 32\n",
+    );
     still_serving(&sidecar).await;
     let before = sidecar.rss_kib();
+    let answered_before = gets_answered(&sidecar);
     let valid_get = {
         use prost::Message;
         get_request(LAMBDA).encode_to_vec()
@@ -429,7 +569,10 @@ async fn a_client_that_never_reads_is_contained() {
     let message = grpc_frame(0, valid_get.len() as u32, &valid_get);
 
     // Requests written raw, as fast as the socket takes them; the answers are never read.
-    let mut slow = tcp(&sidecar).await;
+    // A small receive buffer, so the answers the client's kernel takes are few too.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(sidecar.tcp).await.unwrap();
     let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     h2_frame(&mut preface, 0x4, 0, 0, &[]); // SETTINGS
     slow.write_all(&preface).await.unwrap();
@@ -464,10 +607,62 @@ async fn a_client_that_never_reads_is_contained() {
     for _ in 0..10 {
         still_serving(&sidecar).await;
     }
+    let taken = gets_answered(&sidecar) - answered_before - 10.0;
     let growth = sidecar.rss_kib().saturating_sub(before);
-    println!("a client that never reads sent {sent} requests; resident memory grew {growth} KiB");
-    assert!(sent > 0);
+    println!(
+        "a client that never reads wrote {sent} requests; the server answered {taken}; \
+         resident memory grew {growth} KiB"
+    );
+    // 32 held by HTTP/2, and what 4 KiB of unsent bytes plus the client's 8 KiB receive
+    // window hold (an answer is a few hundred bytes): the server stopped reading, however
+    // fast the client wrote.
+    assert!(taken <= 100.0, "the server answered {taken} requests");
+    assert!(
+        f64::from(sent) > 10.0 * taken,
+        "wrote {sent}, answered {taken}"
+    );
     assert!(growth < 64 << 10, "grew {growth} KiB");
-    drop(slow);
+
+    // Nothing written for 2 s: the server closes the connection.
+    let cut = |sidecar: &Sidecar| {
+        metric_value(
+            sidecar,
+            "inspector_keyd_connections_cut",
+            &[("listener", "tcp"), ("reason", "not_reading")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async { cut(&sidecar) == 1.0 }).await,
+        "the connection was not cut off"
+    );
+    let write = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(e) = slow.write_all(&[0; 9]).await {
+                return e;
+            }
+        }
+    });
+    let error = write.await.expect("the server closed the connection");
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{error:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            open_connections(&sidecar, "tcp") == 0.0
+        })
+        .await
+    );
     still_serving(&sidecar).await;
+}
+
+fn open_connections(sidecar: &Sidecar, listener: &str) -> f64 {
+    metric_value(
+        sidecar,
+        "inspector_keyd_connections_open",
+        &[("listener", listener)],
+    )
 }

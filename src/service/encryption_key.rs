@@ -31,6 +31,25 @@ pub struct EncryptionKeys {
     metrics: Metrics,
     /// Ends watch streams at shutdown.
     stop: tokio::sync::watch::Receiver<bool>,
+    watch_limits: WatchLimits,
+}
+
+/// Bounds on WatchEncryptionKey streams: how many at once, and for how long each.
+#[derive(Clone)]
+pub struct WatchLimits {
+    slots: Arc<tokio::sync::Semaphore>,
+    max_streams: usize,
+    max_duration: std::time::Duration,
+}
+
+impl WatchLimits {
+    pub fn new(max_streams: usize, max_duration: std::time::Duration) -> WatchLimits {
+        WatchLimits {
+            slots: Arc::new(tokio::sync::Semaphore::new(max_streams)),
+            max_streams,
+            max_duration,
+        }
+    }
 }
 
 /// Response metadata saying where a Get answer came from.
@@ -63,6 +82,7 @@ impl EncryptionKeys {
         watch: Arc<KeyWatch>,
         metrics: Metrics,
         stop: tokio::sync::watch::Receiver<bool>,
+        watch_limits: WatchLimits,
     ) -> EncryptionKeys {
         EncryptionKeys {
             cache,
@@ -70,6 +90,7 @@ impl EncryptionKeys {
             watch,
             metrics,
             stop,
+            watch_limits,
         }
     }
 
@@ -250,6 +271,12 @@ impl EncryptionKeyService for EncryptionKeys {
         let r = request.into_inner();
         let target =
             validation::target_request(r.scan_type, r.resource_type).map_err(ServiceError::from)?;
+        let limits = &self.watch_limits;
+        let slot = limits
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServiceError::TooManyWatches(limits.max_streams))?;
         // Subscribe first, so no change between the snapshot and the stream is lost.
         let changes =
             BroadcastStream::new(self.watch.subscribe()).filter_map(move |event| match event {
@@ -266,7 +293,15 @@ impl EncryptionKeyService for EncryptionKeys {
             .await
             .map_err(ServiceError::from)?;
         let first = tokio_stream::once(Ok(event_message(current)));
-        let stream = crate::drain::UntilStopped::new(first.chain(changes), self.stop.clone());
+        // The stream holds its slot until it is dropped, and ends with WATCH_EXPIRED at
+        // its maximum duration.
+        let stream = crate::drain::Expiring::new(
+            first.chain(changes),
+            limits.max_duration,
+            Err(ServiceError::WatchExpired(limits.max_duration).into()),
+            slot,
+        );
+        let stream = crate::drain::UntilStopped::new(stream, self.stop.clone());
         Ok(Response::new(Box::pin(stream)))
     }
 

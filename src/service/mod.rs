@@ -10,7 +10,7 @@ mod local_kms;
 pub mod validation;
 
 pub use code_snippets::LocalCodeScanningApi;
-pub use encryption_key::EncryptionKeys;
+pub use encryption_key::{EncryptionKeys, WatchLimits};
 pub use keycheck::KeyVerifier;
 pub use local_kms::LocalKmsApi;
 
@@ -32,6 +32,12 @@ pub enum ServiceError {
     /// Verification found at least one ERROR; nothing was changed.
     #[error("key `{key}` failed verification")]
     VerificationFailed { key: KeyArn, report: Report },
+    /// `ops.max_watch_streams` Watch streams are open.
+    #[error("{0} WatchEncryptionKey streams are open, the most ops.max_watch_streams allows")]
+    TooManyWatches(usize),
+    /// A Watch stream lasted `ops.max_watch_duration`.
+    #[error("the watch lasted ops.max_watch_duration ({0:?}); watch again")]
+    WatchExpired(std::time::Duration),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
