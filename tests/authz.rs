@@ -709,3 +709,102 @@ async fn token_only_tls_callers_need_a_token() {
         "the token is enough: {status:?}"
     );
 }
+
+/// Reads until the server closes the connection; false if it is still open after `limit`.
+async fn closed_within<T: tokio::io::AsyncRead + Unpin>(io: &mut T, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn tls_handshakes_are_bounded_and_a_silent_tls_client_meets_the_preface_deadline() {
+    let setup = TlsSetup::new();
+    let rules = setup.dir.path().join("rules.toml");
+    write_rules(
+        &rules,
+        &format!("[[rule]]\nrole = \"read-only\"\nspiffe_id = \"{APP}\"\n"),
+    );
+    let sidecar = Sidecar::start_with(&setup.config(
+        &rules,
+        "[connections]\nmax_tls_handshakes = 2\ntls_handshake_timeout = \"2s\"\npreface_timeout = \"1s\"\n",
+    ));
+    let tls = sidecar.tls.expect("TLS listener");
+    // Two clients that never start their handshakes hold both places; a third is closed
+    // at once instead of waiting.
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(tls).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tokio::net::TcpStream::connect(tls).await.unwrap();
+    assert!(closed_within(&mut third, Duration::from_millis(500)).await);
+    // The silent two are closed at their handshake deadline, and others get in again.
+    for io in &mut silent {
+        assert!(closed_within(io, Duration::from_secs(10)).await);
+    }
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let app = setup
+        .ca
+        .client(setup.dir.path(), "app", ClientName::Spiffe(APP));
+    let channel = tls_channel(tls, &setup.ca.pem(), Some(&app)).await.unwrap();
+    let status = EncryptionKeyServiceClient::new(channel)
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // A client that finishes its handshake but never sends the HTTP/2 preface is closed
+    // at the preface deadline.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    roots
+        .add(CertificateDer::from_pem_slice(setup.ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let client_config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(app.cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(app.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config));
+    let handshaken = Instant::now();
+    let mut quiet = connector
+        .connect(
+            ServerName::try_from("localhost").unwrap(),
+            tokio::net::TcpStream::connect(tls).await.unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(closed_within(&mut quiet, Duration::from_secs(5)).await);
+    assert!(handshaken.elapsed() >= Duration::from_millis(900));
+
+    let metrics = sidecar.scrape_metrics();
+    let count = |family: &str, reason: &str| {
+        sample(
+            &metrics,
+            family,
+            "_total",
+            &[("listener", "tls"), ("reason", reason)],
+        )
+    };
+    assert_eq!(
+        count("inspector_keyd_connections_refused", "tls_handshakes_full"),
+        Some(1.0)
+    );
+    assert_eq!(
+        count("inspector_keyd_connections_cut", "no_preface"),
+        Some(1.0)
+    );
+}

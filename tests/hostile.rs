@@ -477,7 +477,7 @@ async fn silent_connections_are_capped_per_peer_and_listener_and_closed_at_the_p
     println!("60 silent connections closed {held_for:?} after the first connected");
 
     let refused = |reason| {
-        metric_value(
+        counter(
             &sidecar,
             "inspector_keyd_connections_refused",
             &[("listener", "tcp"), ("reason", reason)],
@@ -486,7 +486,7 @@ async fn silent_connections_are_capped_per_peer_and_listener_and_closed_at_the_p
     assert_eq!(refused("peer_ip_full"), 1.0);
     assert_eq!(refused("listener_full"), 1.0);
     let cut = |listener| {
-        metric_value(
+        counter(
             &sidecar,
             "inspector_keyd_connections_cut",
             &[("listener", listener), ("reason", "no_preface")],
@@ -523,27 +523,14 @@ fn h2_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8])
     out.extend_from_slice(payload);
 }
 
-/// The server's count of a metric series (0 when it has none yet).
-fn metric_value(sidecar: &Sidecar, family: &str, labels: &[(&str, &str)]) -> f64 {
-    let metrics = sidecar.scrape_metrics();
-    metrics[family]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|sample| {
-            let name = sample["name"].as_str().unwrap_or_default();
-            !name.ends_with("_created")
-                && labels
-                    .iter()
-                    .all(|(label, value)| sample["labels"][*label] == *value)
-        })
-        .map(|sample| sample["value"].as_f64().unwrap())
-        .sum()
+/// A counter of the server (0 while it has no such series).
+fn counter(sidecar: &Sidecar, family: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(&sidecar.scrape_metrics(), family, "_total", labels).unwrap_or(0.0)
 }
 
 /// Requests the server has answered with NOT_FOUND to GetEncryptionKey so far.
 fn gets_answered(sidecar: &Sidecar) -> f64 {
-    metric_value(
+    counter(
         sidecar,
         "inspector_keyd_rpc_requests",
         &[("method", "GetEncryptionKey"), ("code", "NOT_FOUND")],
@@ -625,7 +612,7 @@ async fn a_client_that_never_reads_is_cut_off_after_a_bounded_number_of_requests
 
     // Nothing written for 2 s: the server closes the connection.
     let cut = |sidecar: &Sidecar| {
-        metric_value(
+        counter(
             sidecar,
             "inspector_keyd_connections_cut",
             &[("listener", "tcp"), ("reason", "not_reading")],
@@ -660,9 +647,11 @@ async fn a_client_that_never_reads_is_cut_off_after_a_bounded_number_of_requests
 }
 
 fn open_connections(sidecar: &Sidecar, listener: &str) -> f64 {
-    metric_value(
-        sidecar,
+    sample(
+        &sidecar.scrape_metrics(),
         "inspector_keyd_connections_open",
+        "",
         &[("listener", listener)],
     )
+    .unwrap_or(0.0)
 }

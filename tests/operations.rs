@@ -755,3 +755,99 @@ async fn the_ready_file_lists_every_bound_address_until_shutdown() {
     assert!(sidecar.wait_exit(Duration::from_secs(10)).await.success());
     assert!(!ready_file.exists());
 }
+
+async fn open_watch(
+    sidecar: &Sidecar,
+) -> Result<tonic::Streaming<proto::WatchEncryptionKeyResponse>, tonic::Status> {
+    let mut stream = sidecar
+        .read_only_keys()
+        .await
+        .watch_encryption_key(proto::WatchEncryptionKeyRequest {
+            scan_type: CODE,
+            resource_type: LAMBDA,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        next_event(&mut stream).await.r#type(),
+        KeyEventType::Current
+    );
+    Ok(stream)
+}
+
+#[tokio::test]
+async fn watch_streams_are_bounded_in_number_and_in_duration() {
+    let sidecar =
+        Sidecar::start_with("[ops]\nmax_watch_streams = 2\nmax_watch_duration = \"2s\"\n");
+    let opened = Instant::now();
+    let first = open_watch(&sidecar).await.unwrap();
+    let mut second = open_watch(&sidecar).await.unwrap();
+    let refused = open_watch(&sidecar).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason(&refused), "TOO_MANY_WATCHES");
+    assert!(refused.get_details_retry_info().is_some());
+    // A stream that goes away gives its place back.
+    drop(first);
+    let mut third = None;
+    for _ in 0..50 {
+        if let Ok(stream) = open_watch(&sidecar).await {
+            third = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut third = third.expect("a place was given back");
+
+    // At its maximum duration a stream ends UNAVAILABLE, saying to watch again.
+    let ended = tokio::time::timeout(Duration::from_secs(10), second.message())
+        .await
+        .expect("the stream ended")
+        .unwrap_err();
+    let lasted = opened.elapsed();
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert_eq!(reason(&ended), "WATCH_EXPIRED");
+    assert!(lasted >= Duration::from_secs(2), "{lasted:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), third.message())
+        .await
+        .expect("the stream ended")
+        .unwrap_err();
+    assert_eq!(reason(&ended), "WATCH_EXPIRED");
+    // Both places are free again.
+    let _again = open_watch(&sidecar).await.unwrap();
+    let _and_again = open_watch(&sidecar).await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_past_their_maximum_age_are_ended_and_clients_reconnect() {
+    let sidecar = Sidecar::start_with("[connections]\nmax_age = \"1s\"\nmax_age_grace = \"1s\"\n");
+    let mut reader = sidecar.read_only_keys().await;
+    let started = Instant::now();
+    let mut stream = reader
+        .watch_encryption_key(proto::WatchEncryptionKeyRequest {
+            scan_type: CODE,
+            resource_type: LAMBDA,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_event(&mut stream).await.r#type(),
+        KeyEventType::Current
+    );
+    // GOAWAY at 1 s; the stream in flight is cut when the 1 s of grace is over.
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the connection was ended");
+    assert!(
+        !matches!(ended, Ok(Some(_))),
+        "the stream went on: {ended:?}"
+    );
+    let lasted = started.elapsed();
+    assert!(lasted >= Duration::from_secs(1), "{lasted:?}");
+    // The same client connects again.
+    let status = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
