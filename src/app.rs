@@ -110,9 +110,16 @@ fn verification_settings(
 ) -> Result<VerificationSettings, ServeError> {
     let mut identity_policies = Vec::new();
     for path in &settings.config.verification.identity_policy_files {
-        let text = std::fs::read_to_string(path).map_err(|source| ServeError::IdentityPolicy {
+        let policy_error = |source| ServeError::IdentityPolicy {
             path: path.clone(),
             source,
+        };
+        let bytes = crate::files::read_trusted(path).map_err(policy_error)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            policy_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.utf8_error(),
+            ))
         })?;
         identity_policies.push(text);
     }
@@ -257,8 +264,12 @@ impl App {
         );
 
         let authorizer = Arc::new(authorizer(&settings)?);
-        let audit =
-            AuditLog::open(config.authz.audit_file.as_deref()).map_err(ServeError::Audit)?;
+        let audit = AuditLog::open(config.authz.audit_file.as_deref()).map_err(|source| {
+            ServeError::Audit {
+                path: config.authz.audit_file.clone().unwrap_or_default(),
+                source,
+            }
+        })?;
         let tls = match &listeners.tls {
             Some((_, files)) => Some(Arc::new(ReloadableTls::load(files.clone())?)),
             None => None,

@@ -89,12 +89,9 @@ impl AuditLog {
     /// Audit lines on the tracing target, and appended to `path` when given.
     pub fn open(path: Option<&Path>) -> std::io::Result<AuditLog> {
         let file = match path {
-            Some(path) => Some(Arc::new(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ))),
+            Some(path) => Some(Arc::new(Mutex::new(crate::files::open_private_append(
+                path,
+            )?))),
             None => None,
         };
         Ok(AuditLog { file })

@@ -19,6 +19,7 @@ pub mod config;
 pub mod connection;
 pub mod domain;
 pub mod drain;
+pub mod files;
 pub mod metrics;
 pub mod ops;
 pub mod proto;

@@ -22,8 +22,11 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     #[error("cannot load the authorization rules: {0}")]
     Rules(#[from] RulesError),
-    #[error("cannot open the audit file: {0}")]
-    Audit(io::Error),
+    #[error("cannot open the audit file `{path}`: {source}")]
+    Audit {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] TlsError),
     #[error("cannot read identity policy file `{path}`: {source}")]
@@ -71,16 +74,15 @@ pub(crate) async fn reload_loop(
         metrics.watch_reloads(ReloadedFile::Tls);
     }
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut rules_stamp = authorizer
-        .rules_file()
-        .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    // A change is seen by content, not by modification time.
+    let mut rules_stamp = authorizer.rules_file().and_then(crate::files::fingerprint);
     loop {
         let forced = tokio::select! {
             () = tokio::time::sleep(interval) => false,
             Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
         if let Some(path) = authorizer.rules_file() {
-            let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            let stamp = crate::files::fingerprint(path);
             if forced || stamp != rules_stamp {
                 rules_stamp = stamp;
                 let reloaded = authorizer.reload();

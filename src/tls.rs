@@ -9,7 +9,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, RwLock},
     task::{Context, Poll},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use rustls::{
@@ -45,13 +45,21 @@ pub enum TlsError {
     Config(String),
 }
 
+/// A TLS file's bytes, once it is one the sidecar may trust.
+fn read_tls_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    crate::files::read_trusted(path).map_err(|e| TlsError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file_error = |e: rustls::pki_types::pem::Error| TlsError::File {
         path: path.to_owned(),
         message: e.to_string(),
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(file_error)?
+    let pem = read_tls_file(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(file_error)?;
     if certs.is_empty() {
@@ -66,9 +74,11 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = certificates(&files.cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| TlsError::File {
-        path: files.key_file.clone(),
-        message: e.to_string(),
+    let key = PrivateKeyDer::from_pem_slice(&read_tls_file(&files.key_file)?).map_err(|e| {
+        TlsError::File {
+            path: files.key_file.clone(),
+            message: e.to_string(),
+        }
     })?;
     let mut roots = RootCertStore::empty();
     for path in &files.client_ca_files {
@@ -111,11 +121,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 pub struct ReloadableTls {
     files: TlsFiles,
     current: RwLock<Arc<ServerConfig>>,
-    stamps: Mutex<Vec<Option<SystemTime>>>,
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    stamps: Mutex<Vec<Option<[u8; 32]>>>,
 }
 
 impl ReloadableTls {
@@ -129,11 +135,12 @@ impl ReloadableTls {
         })
     }
 
-    fn stamps_of(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    /// What the files hold now: a change is seen by content, not by modification time.
+    fn stamps_of(files: &TlsFiles) -> Vec<Option<[u8; 32]>> {
         [&files.cert_file, &files.key_file]
             .into_iter()
             .chain(&files.client_ca_files)
-            .map(|p| modified(p))
+            .map(|p| crate::files::fingerprint(p))
             .collect()
     }
 

@@ -808,3 +808,107 @@ async fn tls_handshakes_are_bounded_and_a_silent_tls_client_meets_the_preface_de
         Some(1.0)
     );
 }
+
+/// `serve` in `dir` with loopback ports and `config`, expected to refuse to start: its
+/// stderr.
+fn refused_start(dir: &Path, config: &str) -> String {
+    let config_file = dir.join("config.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let mut command = std::process::Command::new(BIN);
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_file)
+        .current_dir(dir);
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("INSPECTOR_KEYD_")) {
+        command.env_remove(name);
+    }
+    command
+        .env("INSPECTOR_KEYD_LISTEN__TCP", "127.0.0.1:0")
+        .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0");
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[tokio::test]
+async fn files_the_sidecar_creates_are_private_and_files_it_trusts_must_be() {
+    use std::os::unix::fs::PermissionsExt;
+    let set_mode = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // A planted admin token others can write does not make its writer admin.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let token = state.join("admin.token");
+    std::fs::write(&token, "a\n").unwrap();
+    set_mode(&token, 0o644);
+    let stderr = refused_start(dir.path(), "");
+    assert!(
+        stderr.contains("admin.token") && stderr.contains("mode 0644"),
+        "{stderr}"
+    );
+    // Private, but too short to be a token the sidecar made.
+    set_mode(&token, 0o600);
+    let stderr = refused_start(dir.path(), "");
+    assert!(stderr.contains("holds 1 bytes"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), "a\n");
+    // A link where the token would be is not followed.
+    std::fs::remove_file(&token).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, format!("{}\n", "c".repeat(64))).unwrap();
+    set_mode(&elsewhere, 0o600);
+    std::os::unix::fs::symlink(&elsewhere, &token).unwrap();
+    let stderr = refused_start(dir.path(), "");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+    std::fs::remove_file(&token).unwrap();
+
+    // A rules file others may write is refused, naming it and its mode.
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[[rule]]\nrole = \"admin\"\nunix_uid = 0\n").unwrap();
+    set_mode(&rules, 0o666);
+    let stderr = refused_start(dir.path(), &format!("[authz]\nrules_file = {rules:?}\n"));
+    assert!(
+        stderr.contains("rules.toml") && stderr.contains("writable by group or others (mode 0666)"),
+        "{stderr}"
+    );
+    // So is an identity policy file.
+    let policy = dir.path().join("identity.json");
+    std::fs::write(&policy, "{\"Version\":\"2012-10-17\",\"Statement\":[]}").unwrap();
+    set_mode(&policy, 0o664);
+    let stderr = refused_start(
+        dir.path(),
+        &format!("[verification]\nidentity_policy_files = [{policy:?}]\n"),
+    );
+    assert!(
+        stderr.contains("identity.json") && stderr.contains("mode 0664"),
+        "{stderr}"
+    );
+
+    // What a fresh start creates is private to the server.
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = audit_dir.path().join("audit.log");
+    let sidecar = Sidecar::start_with(&format!("[authz]\naudit_file = {audit:?}\n"));
+    sidecar
+        .admin_keys()
+        .await
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    let state = sidecar.state_dir();
+    assert_eq!(mode_of(&state), 0o700);
+    for file in [state.join("admin.token"), state.join("keyd.redb"), audit] {
+        assert_eq!(mode_of(&file), 0o600, "{file:?}");
+    }
+}

@@ -222,9 +222,16 @@ fn rule(index: usize, spec: RuleSpec) -> Result<(Matcher, Role), String> {
 impl Rules {
     /// Reads a rules file (TOML, a `[[rule]]` table per rule).
     pub fn from_file(path: &Path, loopback_anonymous: Option<Role>) -> Result<Rules, RulesError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
+        let read_error = |source| RulesError::Read {
             path: path.to_owned(),
             source,
+        };
+        let bytes = crate::files::read_trusted(path).map_err(read_error)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            read_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.utf8_error(),
+            ))
         })?;
         let invalid = |message: String| RulesError::Invalid {
             path: path.to_owned(),
@@ -290,31 +297,26 @@ impl Rules {
     }
 }
 
-/// The admin token in the state directory, created (random, mode 0600) at first start.
+/// The admin token in the state directory, created (random, mode 0600) at first start. An
+/// existing file is used only when it is private to the server and long enough; otherwise
+/// the start is refused, saying why (a planted `admin.token` must not make its writer admin).
 pub fn admin_token(state_dir: &Path) -> Result<String, RulesError> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    use std::io::Write;
     let path = state_dir.join("admin.token");
     let error = |source| RulesError::Token {
         path: path.clone(),
         source,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(error(e)),
+    crate::files::private_dir(state_dir).map_err(error)?;
+    if let Some(token) =
+        crate::files::read_private_secret(&path, crate::files::MIN_TOKEN_BYTES).map_err(error)?
+    {
+        return Ok(token);
     }
     let mut bytes = [0u8; 32];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| error(std::io::Error::other("no randomness")))?;
     let token = hex(&bytes);
-    std::fs::create_dir_all(state_dir).map_err(error)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(error)?;
+    let mut file = crate::files::create_private(&path).map_err(error)?;
     file.write_all(format!("{token}\n").as_bytes())
         .map_err(error)?;
     file.sync_all().map_err(error)?;

@@ -47,19 +47,29 @@ impl LocalBackend {
         state_dir: &Path,
         scanning: VerificationSettings,
     ) -> Result<LocalBackend, BackendError> {
-        std::fs::create_dir_all(state_dir).map_err(|e| {
+        crate::files::private_dir(state_dir).map_err(|e| {
             BackendError::internal(format!(
-                "cannot create state directory `{}`: {e}",
+                "cannot prepare the state directory `{}`: {e}",
                 state_dir.display()
             ))
         })?;
+        let store_path = state_dir.join(STORE_FILE);
+        // A new store is created private (0600), never through a link.
+        if std::fs::symlink_metadata(&store_path).is_err() {
+            crate::files::create_private(&store_path).map_err(|e| {
+                BackendError::internal(format!(
+                    "cannot create the local store `{}`: {e}",
+                    store_path.display()
+                ))
+            })?;
+        }
         // The crypto library seeds its random generator on first use (about 30 ms): begun
         // now on a thread of its own, so neither start-up nor the first Update after it
         // waits for all of it.
         let _ = std::thread::Builder::new()
             .name("crypto-warm-up".into())
             .spawn(|| crypto::random_key().map(drop));
-        let store = Arc::new(Store::open(&state_dir.join(STORE_FILE))?);
+        let store = Arc::new(Store::open(&store_path)?);
         let kms = LocalKms::new(store, scanning.region.clone(), scanning.account_id.clone());
         kms.add_missing_key_material()?;
         Ok(LocalBackend {
