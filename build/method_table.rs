@@ -27,6 +27,7 @@ pub struct Row {
     path: String,
     method: String,
     role: &'static str,
+    stored_key_role: &'static str,
     mutation: bool,
     secret_bearing: bool,
     cached_read: bool,
@@ -39,20 +40,28 @@ fn bool_field(access: &DynamicMessage, name: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn row(path: String, method: String, access: &DynamicMessage) -> Result<Row, Error> {
-    let role = match access
-        .get_field_by_name("role")
+fn role_field(access: &DynamicMessage, name: &str) -> Option<&'static str> {
+    match access
+        .get_field_by_name(name)
         .and_then(|v| v.as_enum_number())
     {
-        Some(1) => "None",
-        Some(2) => "Some(Role::ReadOnly)",
-        Some(3) => "Some(Role::Admin)",
-        _ => return Err(format!("{path}: the access option names no role").into()),
-    };
+        Some(1) => Some("None"),
+        Some(2) => Some("Some(Role::ReadOnly)"),
+        Some(3) => Some("Some(Role::CodeReader)"),
+        Some(4) => Some("Some(Role::Admin)"),
+        _ => None,
+    }
+}
+
+fn row(path: String, method: String, access: &DynamicMessage) -> Result<Row, Error> {
+    let role = role_field(access, "role")
+        .ok_or_else(|| format!("{path}: the access option names no role"))?;
+    let stored_key_role = role_field(access, "stored_key_role").unwrap_or("None");
     Ok(Row {
         path,
         method,
         role,
+        stored_key_role,
         mutation: bool_field(access, "mutation"),
         secret_bearing: bool_field(access, "secret_bearing"),
         cached_read: bool_field(access, "cached_read"),
@@ -144,8 +153,14 @@ pub fn generate(rows: &[Row]) -> Result<String, Error> {
     for row in rows {
         let _ = writeln!(
             code,
-            "    Method {{ path: {:?}, name: {:?}, access: Access {{ role: {}, mutation: {}, secret_bearing: {}, cached_read: {} }} }},",
-            row.path, row.method, row.role, row.mutation, row.secret_bearing, row.cached_read
+            "    Method {{ path: {:?}, name: {:?}, access: Access {{ role: {}, stored_key_role: {}, mutation: {}, secret_bearing: {}, cached_read: {} }} }},",
+            row.path,
+            row.method,
+            row.role,
+            row.stored_key_role,
+            row.mutation,
+            row.secret_bearing,
+            row.cached_read
         );
     }
     code.push_str("];\n\n/// The position of `path` in [`METHODS`].\npub fn method_index(path: &str) -> Option<usize> {\n    match path {\n");

@@ -20,9 +20,12 @@ pub struct AuditRecord {
     /// RFC 3339, UTC.
     pub time: String,
     pub request_id: String,
-    /// The caller's identity (`unix:uid=…`, `spiffe://…`, `token:sha256:<prefix>`, …), or
-    /// `unknown`.
+    /// The identity the caller presented: the bearer token's (`token:sha256:<prefix>`) when
+    /// it sent one, known or not; else its connection's (`unix:uid=…`, `spiffe://…`, …);
+    /// `unknown` when there is neither.
     pub caller: String,
+    /// The connection's identity, when it has one (with a token, who carried it).
+    pub connection: Option<String>,
     /// The caller's role, when it has one.
     pub role: Option<String>,
     /// The gRPC method, `/package.Service/Method`.
@@ -30,7 +33,8 @@ pub struct AuditRecord {
     pub key_arn: Option<String>,
     pub scan_type: Option<String>,
     pub resource_type: Option<String>,
-    /// `allowed`, `denied` (authorization refused it), or `cancelled` (the client went away).
+    /// `allowed`, `denied` (authorization refused it, or the service found the caller's role
+    /// short for what the call is about), or `cancelled` (the client went away).
     pub decision: &'static str,
     /// The gRPC status code name, such as `OK` or `PERMISSION_DENIED`.
     pub code: String,

@@ -818,7 +818,7 @@ impl Config {
             other => Err(ConfigError::Value {
                 key: "authz.loopback_anonymous_role",
                 message: format!(
-                    "`{other}` is neither `read-only` nor `none` (anonymous callers are never admin)"
+                    "`{other}` is neither `read-only` nor `none` (anonymous callers get read-only at most)"
                 ),
             }),
         }
@@ -944,10 +944,12 @@ mod tests {
         );
         assert!(err(&[("INSPECTOR_KEYD_BACKEND", "cloud")]).contains("unknown variant `cloud`"));
         assert!(err(&[("INSPECTOR_KEYD_CACHE__KEY_TTL", "soon")]).contains("`cache.key_ttl`"));
-        assert!(
-            err(&[("INSPECTOR_KEYD_AUTHZ__LOOPBACK_ANONYMOUS_ROLE", "admin")])
-                .contains("never admin")
-        );
+        for role in ["admin", "code-reader"] {
+            assert!(
+                err(&[("INSPECTOR_KEYD_AUTHZ__LOOPBACK_ANONYMOUS_ROLE", role)])
+                    .contains("read-only at most")
+            );
+        }
         assert!(
             err(&[("INSPECTOR_KEYD_TLS__LISTEN", "0.0.0.0:50443")]).contains("`tls.cert_file`")
         );

@@ -203,7 +203,7 @@ impl Collector for CacheCollector {
 const CODES: usize = 17;
 
 /// Roles as the authorization metric counts them: each role, and none.
-const ROLES: usize = 3;
+const ROLES: usize = Role::ALL.len() + 1;
 
 /// A path's row in the method table; paths not served share one more, labelled `other`.
 fn method_index(path: &str) -> usize {
@@ -365,9 +365,8 @@ impl Metrics {
     /// An authorization decision; `role` is the caller's (none when it has no role).
     pub fn count_authz(&self, path: &str, role: Option<Role>, allowed: bool) {
         let (role_index, role) = match role {
-            Some(Role::Admin) => (0, "admin"),
-            Some(Role::ReadOnly) => (1, "read-only"),
-            None => (2, "none"),
+            Some(role) => (role as usize, role.as_str()),
+            None => (Role::ALL.len(), "none"),
         };
         let method = method_index(path);
         let index = (method * ROLES + role_index) * 2 + usize::from(allowed);

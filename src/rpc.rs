@@ -12,16 +12,26 @@ use tonic::body::Body;
 /// What a caller may do; each role includes everything the ones before it may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 pub enum Role {
+    /// Reads the key configuration, verifies and renders policies given inline, watches.
     #[serde(rename = "read-only")]
     ReadOnly,
+    /// Also reads what the key protects or reveals: code snippets, and verification of a
+    /// stored key (its state and who may decrypt with it).
+    #[serde(rename = "code-reader")]
+    CodeReader,
+    /// Also changes the key configuration.
     #[serde(rename = "admin")]
     Admin,
 }
 
 impl Role {
+    /// Every role, least first.
+    pub const ALL: [Role; 3] = [Role::ReadOnly, Role::CodeReader, Role::Admin];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::ReadOnly => "read-only",
+            Role::CodeReader => "code-reader",
             Role::Admin => "admin",
         }
     }
@@ -33,11 +43,37 @@ impl fmt::Display for Role {
     }
 }
 
+/// The caller's role, left in a request by authorization for the service to check the
+/// role a call needs once it knows what the call is about ([`Access::stored_key_role`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerRole {
+    pub role: Option<Role>,
+    /// Who the caller is, as errors name it.
+    pub caller: String,
+    /// The method's [`Access::stored_key_role`].
+    pub stored_key_role: Role,
+}
+
+impl CallerRole {
+    /// Whether the caller may make a call about a stored key; `None` (no caller known) may
+    /// not.
+    pub fn may_use_stored_key(caller: Option<&CallerRole>) -> Result<(), (Role, String)> {
+        match caller {
+            Some(c) if c.role.is_some_and(|role| role >= c.stored_key_role) => Ok(()),
+            Some(c) => Err((c.stored_key_role, c.caller.clone())),
+            None => Err((Role::Admin, "unknown".to_owned())),
+        }
+    }
+}
+
 /// What calling a method takes, as its access option declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Access {
     /// The least role a caller needs; `None`: public (health, reflection).
     pub role: Option<Role>,
+    /// The least role a call about a stored key needs, when more than `role`; the service
+    /// checks it once it knows what the call is about.
+    pub stored_key_role: Option<Role>,
     /// It changes state, so it is audited even when allowed.
     pub mutation: bool,
     /// Its answer holds data to keep from other callers.

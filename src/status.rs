@@ -183,6 +183,9 @@ impl From<ServiceError> for Status {
             ServiceError::VerificationFailed { key, report } => {
                 verification_failed(key.as_str(), report)
             }
+            ServiceError::RoleRequired { required, caller } => {
+                role_required(&error_text(required, &caller), required, caller)
+            }
             error @ ServiceError::TooManyWatches(_) => retry(
                 Code::ResourceExhausted,
                 &error.to_string(),
@@ -209,17 +212,29 @@ impl From<AuthzError> for Status {
                 "UNAUTHENTICATED",
                 &[],
             ),
-            AuthzError::RoleRequired { required, caller } => status(
-                Code::PermissionDenied,
-                error.to_string(),
-                "ROLE_REQUIRED",
-                &[
-                    ("required_role", required.to_string()),
-                    ("caller", caller.clone()),
-                ],
-            ),
+            AuthzError::RoleRequired { required, caller } => {
+                role_required(&error.to_string(), *required, caller.clone())
+            }
         }
     }
+}
+
+/// The caller's role is short of what the call needs (ROLE_REQUIRED, naming both).
+fn role_required(message: &str, required: crate::rpc::Role, caller: String) -> Status {
+    status(
+        Code::PermissionDenied,
+        message.to_owned(),
+        "ROLE_REQUIRED",
+        &[("required_role", required.to_string()), ("caller", caller)],
+    )
+}
+
+fn error_text(required: crate::rpc::Role, caller: &str) -> String {
+    ServiceError::RoleRequired {
+        required,
+        caller: caller.to_owned(),
+    }
+    .to_string()
 }
 
 /// The server is at its concurrency limit and shed the call.

@@ -912,3 +912,174 @@ async fn files_the_sidecar_creates_are_private_and_files_it_trusts_must_be() {
         assert_eq!(mode_of(&file), 0o600, "{file:?}");
     }
 }
+
+#[tokio::test]
+async fn source_code_and_stored_key_verification_need_the_code_reader_role() {
+    use proto::verify_key_policy_request::Key;
+    let dir = tempfile::tempdir().unwrap();
+    let sha = |t: &str| -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
+        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let (reader, code_reader) = (
+        "reader-token-3b7f19e2c0d4",
+        "code-reader-token-9a2e4d61f7b8",
+    );
+    let rules = dir.path().join("rules.toml");
+    write_rules(
+        &rules,
+        &format!(
+            "[[rule]]\nrole = \"admin\"\nunix_uid = {}\n[[rule]]\nrole = \"read-only\"\ntoken_sha256 = \"{}\"\n[[rule]]\nrole = \"code-reader\"\ntoken_sha256 = \"{}\"\n",
+            my_uid(),
+            sha(reader),
+            sha(code_reader)
+        ),
+    );
+    let audit = dir.path().join("audit.jsonl");
+    let sidecar = Sidecar::start_with(&format!(
+        "[authz]\nrules_file = {}\naudit_file = {}\n",
+        toml_path(&rules),
+        toml_path(&audit)
+    ));
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let snippets = || proto::BatchGetCodeSnippetRequest {
+        finding_arns: vec![
+            "arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef"
+                .into(),
+        ],
+    };
+    let stored = |principal: &str| proto::VerifyKeyPolicyRequest {
+        profile: "codeguru-grants".into(),
+        key: Some(Key::KmsKeyId(arn.clone())),
+        principal_arn: principal.into(),
+        ..Default::default()
+    };
+    let inline = proto::VerifyKeyPolicyRequest {
+        profile: "codeguru-grants".into(),
+        key: Some(Key::InlineKey(proto::InlineKey {
+            key_policy: r#"{"Version": "2012-10-17", "Statement": []}"#.into(),
+            key_metadata_json: String::new(),
+        })),
+        ..Default::default()
+    };
+    let mut client = sidecar.read_only_keys().await;
+    let role_required = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert_eq!(reason(&status), "ROLE_REQUIRED");
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.metadata["required_role"], "code-reader", "{status:?}");
+    };
+
+    // Anonymous loopback callers and read-only tokens: no source code, no stored key's
+    // report; documents given inline are verified.
+    for token in [None, Some(reader)] {
+        fn request<T>(message: T, token: Option<&str>) -> Request<T> {
+            match token {
+                Some(token) => with_token(message, token),
+                None => Request::new(message),
+            }
+        }
+        role_required(
+            client
+                .batch_get_code_snippet(request(snippets(), token))
+                .await
+                .unwrap_err(),
+        );
+        role_required(
+            client
+                .verify_key_policy(request(stored(""), token))
+                .await
+                .unwrap_err(),
+        );
+        // Answered (what it finds in these documents is not the point here).
+        let report = client
+            .verify_key_policy(request(inline.clone(), token))
+            .await
+            .unwrap()
+            .into_inner()
+            .report;
+        assert!(report.is_some());
+    }
+
+    // code-reader: both, for the configured principal only; still not admin.
+    let answer = client
+        .batch_get_code_snippet(with_token(snippets(), code_reader))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.errors.len(), 1);
+    let report = client
+        .verify_key_policy(with_token(stored(""), code_reader))
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    assert!(report.passed, "{report:?}");
+    let picked = client
+        .verify_key_policy(with_token(
+            stored("arn:aws:iam::111122223333:role/someone-else"),
+            code_reader,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(picked.code(), Code::InvalidArgument);
+    assert!(picked.message().contains("principal_arn"), "{picked:?}");
+    let status = client
+        .update_encryption_key(with_token(update_request(&arn), code_reader))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // The audit names who asked about what, allowed or not; a token is named as itself,
+    // whatever connection carried it.
+    let mut admin_over_socket = sidecar.admin_keys().await;
+    let unknown = admin_over_socket
+        .verify_key_policy(with_token(stored(""), "not-a-known-token-5d1e"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    let lines = audit_lines(&audit);
+    let verify = "/inspectorkeyd.v1.EncryptionKeyService/VerifyKeyPolicy";
+    let of = |caller_prefix: &str, decision: &str| {
+        lines
+            .iter()
+            .filter(|l| {
+                l["rpc"] == verify
+                    && l["decision"] == decision
+                    && l["caller"].as_str().unwrap().starts_with(caller_prefix)
+            })
+            .count()
+    };
+    let code_reader_id = format!("token:sha256:{}", &sha(code_reader)[..12]);
+    let reader_id = format!("token:sha256:{}", &sha(reader)[..12]);
+    let unknown_id = format!("token:sha256:{}", &sha("not-a-known-token-5d1e")[..12]);
+    assert_eq!(of(&code_reader_id, "allowed"), 2, "{lines:#?}");
+    assert_eq!(of(&reader_id, "denied"), 1, "{lines:#?}");
+    assert_eq!(of("tcp:127.0.0.1", "denied"), 1, "{lines:#?}");
+    let refused_token = lines
+        .iter()
+        .find(|l| l["caller"] == unknown_id.as_str())
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(refused_token["decision"], "denied");
+    assert_eq!(refused_token["role"], serde_json::Value::Null);
+    assert!(
+        refused_token["connection"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("unix:uid={}", my_uid())),
+        "{refused_token}"
+    );
+    let allowed = lines
+        .iter()
+        .find(|l| l["caller"] == code_reader_id.as_str() && l["code"] == "OK" && l["rpc"] == verify)
+        .unwrap();
+    assert_eq!(allowed["key_arn"], arn.as_str());
+    // Inline verifications are audited too (the method is secret-bearing), but never
+    // as anyone's stored key.
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.to_string().contains("reader-token"))
+    );
+}

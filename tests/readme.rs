@@ -222,15 +222,15 @@ fn the_roles_table_is_the_method_table() {
     let generated: BTreeSet<(String, String, String)> = METHODS
         .iter()
         .map(|m| {
-            let role = match m.access.role {
-                None => "anyone",
-                Some(Role::ReadOnly) => "read-only",
-                Some(Role::Admin) => "admin",
+            let role = m.access.role.map_or("anyone", Role::as_str);
+            let role = match m.access.stored_key_role {
+                Some(stored) => format!("{role}; {stored} for a stored key"),
+                None => role.to_owned(),
             };
             let audited = m.access.mutation || m.access.secret_bearing;
             (
                 m.path.to_owned(),
-                role.to_owned(),
+                role,
                 if audited { "yes" } else { "no" }.to_owned(),
             )
         })

@@ -230,7 +230,12 @@ impl AuditGuard {
     fn finish(&mut self, decision: &'static str, code: tonic::Code) {
         if let Some(mut record) = self.record.take() {
             self.subject.fill(&mut record);
-            record.decision = decision;
+            // The service refuses a role short for what the call is about.
+            record.decision = if code == tonic::Code::PermissionDenied {
+                "denied"
+            } else {
+                decision
+            };
             record.code = code_name(code).to_owned();
             record.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
             self.log.write(&record);
@@ -311,14 +316,28 @@ where
         let caller = match &decision {
             Ok(Some(caller)) => Some(caller.clone()),
             Ok(None) => None,
-            // The role the caller has (not enough), for the audit line and the metrics.
-            Err(_) => connection.map(|identity| Caller {
-                role: self.authorizer.role_of(&identity),
-                identity,
-            }),
+            // The role the caller has (not enough), for the audit line and the metrics; a
+            // refused token has none, whatever connection carried it.
+            Err(_) => match bearer {
+                Bearer::Absent => connection.clone().map(|identity| Caller {
+                    role: self.authorizer.role_of(&identity),
+                    identity,
+                }),
+                Bearer::Malformed | Bearer::Token(_) => None,
+            },
         };
         let role = caller.as_ref().and_then(|c| c.role);
         let method = rpc::method(path);
+        // What the service checks itself once it knows what the call is about.
+        if let (Ok(Some(caller)), Some(stored_key_role)) =
+            (&decision, method.and_then(|m| m.access.stored_key_role))
+        {
+            request.extensions_mut().insert(rpc::CallerRole {
+                role: caller.role,
+                caller: caller.identity.to_string(),
+                stored_key_role,
+            });
+        }
         if rpc::role_needed(method).is_some() {
             self.metrics.count_authz(path, role, decision.is_ok());
         }
@@ -337,9 +356,14 @@ where
                         .format(&time::format_description::well_known::Rfc3339)
                         .unwrap_or_default(),
                     request_id,
-                    caller: caller
-                        .as_ref()
-                        .map_or_else(|| "unknown".to_owned(), |c| c.identity.to_string()),
+                    caller: match bearer {
+                        Bearer::Token(sha256) => Identity::Token { sha256 }.to_string(),
+                        Bearer::Malformed => "malformed-token".to_owned(),
+                        Bearer::Absent => connection
+                            .as_ref()
+                            .map_or_else(|| "unknown".to_owned(), Identity::to_string),
+                    },
+                    connection: connection.as_ref().map(Identity::to_string),
                     role: role.map(|r| r.to_string()),
                     rpc: path.to_owned(),
                     key_arn: None,

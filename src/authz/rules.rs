@@ -39,19 +39,39 @@ impl fmt::Display for Identity {
         match self {
             Identity::UnixPeer { uid, gid } => write!(f, "unix:uid={uid},gid={gid}"),
             Identity::LoopbackPeer { addr } => write!(f, "tcp:{addr}"),
+            // Names come from certificates: control characters are escaped, so that no name
+            // can forge a line or a field of a text log.
             Identity::Certificate {
                 name: CertName::Spiffe(id),
-            } => f.write_str(id),
+            } => write_escaped(f, id),
             Identity::Certificate {
                 name: CertName::Dns(name),
-            } => write!(f, "dns:{name}"),
+            } => {
+                f.write_str("dns:")?;
+                write_escaped(f, name)
+            }
             Identity::Certificate {
                 name: CertName::CommonName(name),
-            } => write!(f, "cn:{name}"),
+            } => {
+                f.write_str("cn:")?;
+                write_escaped(f, name)
+            }
             // A prefix of the hash names the token in logs; the token itself never appears.
             Identity::Token { sha256 } => write!(f, "token:sha256:{}", hex(&sha256[..6])),
         }
     }
+}
+
+/// `text` with each control character written as an escape (`\n`, `\u{1b}`).
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -326,6 +346,21 @@ pub fn admin_token(state_dir: &Path) -> Result<String, RulesError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_in_a_certificate_name_are_escaped() {
+        let forged = Identity::Certificate {
+            name: CertName::CommonName("app\n2026-01-01 INFO admin\u{1b}[0m".into()),
+        };
+        assert_eq!(
+            forged.to_string(),
+            "cn:app\\n2026-01-01 INFO admin\\u{1b}[0m"
+        );
+        let spiffe = Identity::Certificate {
+            name: CertName::Spiffe("spiffe://example.org/a\rb".into()),
+        };
+        assert_eq!(spiffe.to_string(), "spiffe://example.org/a\\rb");
+    }
 
     fn rules_from(text: &str) -> Result<Rules, String> {
         let dir = tempfile::tempdir().unwrap();

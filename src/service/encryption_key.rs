@@ -353,6 +353,12 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::VerifyKeyPolicyRequest>,
     ) -> Result<Response<proto::VerifyKeyPolicyResponse>, Status> {
+        // A stored key's report reveals its state and who may decrypt with it.
+        if let Some(proto::verify_key_policy_request::Key::KmsKeyId(key)) = &request.get_ref().key {
+            super::audit_subject(&request, key, None, None);
+            rpc::CallerRole::may_use_stored_key(request.extensions().get())
+                .map_err(|(required, caller)| ServiceError::RoleRequired { required, caller })?;
+        }
         Ok(Response::new(
             self.verify_policy(request.into_inner()).await?,
         ))

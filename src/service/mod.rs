@@ -32,6 +32,14 @@ pub enum ServiceError {
     /// Verification found at least one ERROR; nothing was changed.
     #[error("key `{key}` failed verification")]
     VerificationFailed { key: KeyArn, report: Report },
+    /// The call is about a stored key, which needs more than the caller's role.
+    #[error(
+        "a call about a stored key needs the {required} role; caller `{caller}` does not have it"
+    )]
+    RoleRequired {
+        required: crate::rpc::Role,
+        caller: String,
+    },
     /// `ops.max_watch_streams` Watch streams are open.
     #[error("{0} WatchEncryptionKey streams are open, the most ops.max_watch_streams allows")]
     TooManyWatches(usize),

@@ -211,6 +211,17 @@ pub fn verify_request<'r>(
     };
     let principal_arn =
         (!request.principal_arn.is_empty()).then_some(request.principal_arn.as_str());
+    if principal_arn.is_some()
+        && matches!(
+            request.key,
+            Some(proto::verify_key_policy_request::Key::KmsKeyId(_))
+        )
+    {
+        violations.push(FieldViolation::new(
+            "principal_arn",
+            "only with inline_key: a stored key is verified for the configured principal",
+        ));
+    }
     let key = match &request.key {
         None => {
             violations.push(FieldViolation::new(
