@@ -285,7 +285,7 @@ async fn code_snippet_errors_map_to_codes_without_aws_text() {
     let moto = Moto::start();
     let stub = InspectorStub::start().await;
     let sidecar = Sidecar::start_with_env(&quiet_aws_config(&stub, &moto), AWS_TEST_ENV);
-    let mut reader = sidecar.read_only_keys().await;
+    let mut reader = sidecar.code_reader_keys().await;
     let batch_get = |finding_arns: Vec<String>| proto::BatchGetCodeSnippetRequest { finding_arns };
 
     // Per-finding errors: Inspector's code, the sidecar's own text.

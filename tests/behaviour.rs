@@ -280,7 +280,7 @@ async fn unusable_keys_change_nothing(backend: Backend) {
 }
 
 async fn verify_by_arn_reads_the_key_as_it_is(backend: Backend) {
-    let mut reader = backend.sidecar.read_only_keys().await;
+    let mut reader = backend.sidecar.code_reader_keys().await;
     let good = backend.good_key().await;
     let verify = |arn: &str| proto::VerifyKeyPolicyRequest {
         scan_type: CODE,
@@ -352,7 +352,7 @@ async fn code_snippets_answer_per_finding(backend: Backend) {
         stub.clear_requests();
     }
 
-    let mut reader = backend.sidecar.read_only_keys().await;
+    let mut reader = backend.sidecar.code_reader_keys().await;
     let answer = reader
         .batch_get_code_snippet(proto::BatchGetCodeSnippetRequest {
             finding_arns: vec![known.clone(), unknown.clone()],

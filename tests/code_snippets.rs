@@ -57,7 +57,7 @@ async fn record(sidecar: &Sidecar, marker: &str) -> Result<String, tonic::Status
 
 async fn batch_get(sidecar: &Sidecar, arns: &[String]) -> proto::BatchGetCodeSnippetResponse {
     sidecar
-        .read_only_keys()
+        .code_reader_keys()
         .await
         .batch_get_code_snippet(proto::BatchGetCodeSnippetRequest {
             finding_arns: arns.to_vec(),
@@ -425,9 +425,20 @@ async fn the_key_policy_decides_what_the_scanning_service_may_do() {
 #[tokio::test]
 async fn requests_are_validated_and_roles_enforced() {
     let sidecar = Sidecar::start();
-    let mut reader = sidecar.read_only_keys().await;
+    let mut reader = sidecar.code_reader_keys().await;
     let arn = |hex: &str| format!("arn:aws:inspector2:us-east-1:{ACCOUNT}:finding/{hex}");
     let good = arn(&"a".repeat(32));
+    // Source code takes code-reader: a read-only caller is refused before anything is read.
+    let status = sidecar
+        .read_only_keys()
+        .await
+        .batch_get_code_snippet(proto::BatchGetCodeSnippetRequest {
+            finding_arns: vec![good.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "ROLE_REQUIRED");
     for (arns, fragment) in [
         (vec![], "0 finding ARNs"),
         (vec![good.clone(); 11], "11 finding ARNs"),

@@ -196,7 +196,7 @@ async fn acknowledged_writes_survive_kill_9_at_random_points() {
             .unwrap_or_else(|e| panic!("kill {kill}, seed {seed}: key {key} lost: {e:?}"));
         }
         let read = sidecar
-            .read_only_keys()
+            .code_reader_keys()
             .await
             .batch_get_code_snippet(proto::BatchGetCodeSnippetRequest {
                 finding_arns: vec![finding.clone()],

@@ -179,7 +179,7 @@ proptest! {
         if let Err(violations) = validation::verify_request(&request, |_| Profile::CodeguruGrants) {
             prop_assert!(violations_name_fields(
                 &violations,
-                &["profile", "scan_type", "resource_type", "kms_key_id", "inline_key.key_metadata_json"],
+                &["profile", "scan_type", "resource_type", "kms_key_id", "inline_key.key_metadata_json", "principal_arn"],
             ), "{:?}", violations);
         }
     }

@@ -24,7 +24,7 @@ fn verify_request(profile: &str, key: Key) -> proto::VerifyKeyPolicyRequest {
 #[tokio::test]
 async fn render_create_verify_update() {
     let sidecar = Sidecar::start();
-    let mut reader = sidecar.read_only_keys().await;
+    let mut reader = sidecar.code_reader_keys().await;
     let rendered = reader
         .render_key_policy(proto::RenderKeyPolicyRequest {
             profile: "amazon-q-code-repository".into(),
@@ -112,7 +112,7 @@ async fn render_create_verify_update() {
 #[tokio::test]
 async fn inline_documents_and_profile_from_target() {
     let sidecar = Sidecar::start();
-    let mut reader = sidecar.read_only_keys().await;
+    let mut reader = sidecar.code_reader_keys().await;
     let metadata = r#"{"KeyMetadata": {"KeyId": "1234abcd-12ab-34cd-56ef-1234567890ab",
         "Arn": "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
         "KeyState": "PendingDeletion", "KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT", "KeyManager": "CUSTOMER"}}"#;
@@ -153,7 +153,7 @@ async fn inline_documents_and_profile_from_target() {
 #[tokio::test]
 async fn bad_verify_and_render_requests_name_the_field() {
     let sidecar = Sidecar::start();
-    let mut reader = sidecar.read_only_keys().await;
+    let mut reader = sidecar.code_reader_keys().await;
     let field = |status: tonic::Status| {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         status
@@ -377,7 +377,7 @@ async fn configured_identity_policies_decide_the_grant_profile() {
         identity_policies: vec![narrow.into()],
         ..Default::default()
     };
-    let report = verify_report(&mut sidecar.read_only_keys().await, request).await;
+    let report = verify_report(&mut sidecar.code_reader_keys().await, request).await;
     assert!(!report.passed);
     // All but the two DescribeKey requests are missing, and DescribeKey is allowed outside
     // the services that need it.

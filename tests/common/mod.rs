@@ -307,6 +307,12 @@ impl Sidecar {
         EncryptionKeyServiceClient::new(self.unix_channel().await)
     }
 
+    /// A caller that may read code snippets (`code-reader`): the Unix socket, whose user is
+    /// admin, which holds it.
+    pub async fn code_reader_keys(&self) -> EncryptionKeyServiceClient<Channel> {
+        self.admin_keys().await
+    }
+
     pub async fn read_only_keys(&self) -> EncryptionKeyServiceClient<Channel> {
         EncryptionKeyServiceClient::new(self.tcp_channel().await)
     }
