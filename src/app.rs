@@ -41,7 +41,7 @@ use crate::{
     server::{ServeError, bind_tcp, bind_unix, hardened, reload_loop},
     service::{
         EncryptionKeys, KeyVerifier, LocalCodeScanningApi, LocalKmsApi, WatchLimits,
-        drift::KeyWatch,
+        drift::KeyWatch, quota::CallerQuota,
     },
     tls::ReloadableTls,
     verify::VerificationSettings,
@@ -261,6 +261,10 @@ impl App {
             metrics.clone(),
             stop_rx.clone(),
             WatchLimits::new(config.ops.max_watch_streams, config.ops.max_watch_duration),
+            Arc::new(CallerQuota::new(
+                config.ops.uncached_calls_per_minute,
+                config.ops.uncached_burst,
+            )),
         );
 
         let authorizer = Arc::new(authorizer(&settings)?);

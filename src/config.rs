@@ -174,6 +174,12 @@ pub struct OpsConfig {
     /// opens it again. Default `10m`.
     #[serde(with = "humantime_serde")]
     pub max_watch_duration: Duration,
+    /// Calls that reach the backend uncached (VerifyKeyPolicy of a stored key,
+    /// BatchGetCodeSnippet) one caller may make a minute; more are answered
+    /// RESOURCE_EXHAUSTED with RetryInfo. Default 120.
+    pub uncached_calls_per_minute: std::num::NonZeroU32,
+    /// How many of those one caller may make at once. Default 20.
+    pub uncached_burst: std::num::NonZeroU32,
 }
 
 impl Default for OpsConfig {
@@ -191,6 +197,8 @@ impl Default for OpsConfig {
             ready_check_interval: Duration::from_secs(10),
             max_watch_streams: 64,
             max_watch_duration: Duration::from_secs(600),
+            uncached_calls_per_minute: std::num::NonZeroU32::MIN.saturating_add(119),
+            uncached_burst: std::num::NonZeroU32::MIN.saturating_add(19),
         }
     }
 }

@@ -43,24 +43,34 @@ impl fmt::Display for Role {
     }
 }
 
-/// The caller's role, left in a request by authorization for the service to check the
-/// role a call needs once it knows what the call is about ([`Access::stored_key_role`]).
+/// Who the caller is and its role, left by authorization in the requests of secret-bearing
+/// methods, for the service to check what it can only check once it knows what the call is
+/// about: the role a call about a stored key needs ([`Access::stored_key_role`]), and the
+/// caller's quota of uncached backend calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallerRole {
+pub struct CallerContext {
     pub role: Option<Role>,
     /// Who the caller is, as errors name it.
     pub caller: String,
+    /// Whose quota the call counts against: the identity, and for anonymous loopback
+    /// callers their address without the port.
+    pub quota_key: String,
     /// The method's [`Access::stored_key_role`].
-    pub stored_key_role: Role,
+    pub stored_key_role: Option<Role>,
 }
 
-impl CallerRole {
-    /// Whether the caller may make a call about a stored key; `None` (no caller known) may
-    /// not.
-    pub fn may_use_stored_key(caller: Option<&CallerRole>) -> Result<(), (Role, String)> {
+impl CallerContext {
+    /// Whether the caller may make a call about a stored key; no caller known may not.
+    pub fn may_use_stored_key(caller: Option<&CallerContext>) -> Result<(), (Role, String)> {
         match caller {
-            Some(c) if c.role.is_some_and(|role| role >= c.stored_key_role) => Ok(()),
-            Some(c) => Err((c.stored_key_role, c.caller.clone())),
+            Some(c) => {
+                let needed = c.stored_key_role.unwrap_or(Role::Admin);
+                if c.role.is_some_and(|role| role >= needed) {
+                    Ok(())
+                } else {
+                    Err((needed, c.caller.clone()))
+                }
+            }
             None => Err((Role::Admin, "unknown".to_owned())),
         }
     }

@@ -186,6 +186,12 @@ impl From<ServiceError> for Status {
             ServiceError::RoleRequired { required, caller } => {
                 role_required(&error_text(required, &caller), required, caller)
             }
+            error @ ServiceError::QuotaExceeded { retry_after } => retry(
+                Code::ResourceExhausted,
+                &error.to_string(),
+                "CALLER_QUOTA_EXCEEDED",
+                Some(retry_after),
+            ),
             error @ ServiceError::TooManyWatches(_) => retry(
                 Code::ResourceExhausted,
                 &error.to_string(),

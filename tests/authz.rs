@@ -1083,3 +1083,54 @@ async fn source_code_and_stored_key_verification_need_the_code_reader_role() {
             .all(|l| !l.to_string().contains("reader-token"))
     );
 }
+
+#[tokio::test]
+async fn each_caller_has_a_quota_of_uncached_backend_calls() {
+    let sidecar =
+        Sidecar::start_with("[ops]\nuncached_calls_per_minute = 60\nuncached_burst = 2\n");
+    let snippets = || proto::BatchGetCodeSnippetRequest {
+        finding_arns: vec![
+            "arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef"
+                .into(),
+        ],
+    };
+    let mut socket = sidecar.code_reader_keys().await;
+    for _ in 0..2 {
+        socket.batch_get_code_snippet(snippets()).await.unwrap();
+    }
+    let spent = socket.batch_get_code_snippet(snippets()).await.unwrap_err();
+    assert_eq!(spent.code(), Code::ResourceExhausted, "{spent:?}");
+    assert_eq!(reason(&spent), "CALLER_QUOTA_EXCEEDED");
+    let retry = spent.get_details_retry_info().unwrap().retry_delay.unwrap();
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(1),
+        "{retry:?}"
+    );
+    // A stored key's verification draws on the same quota; cached reads do not.
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let stored = proto::VerifyKeyPolicyRequest {
+        profile: "codeguru-grants".into(),
+        key: Some(proto::verify_key_policy_request::Key::KmsKeyId(arn)),
+        ..Default::default()
+    };
+    let status = socket.verify_key_policy(stored.clone()).await.unwrap_err();
+    assert_eq!(reason(&status), "CALLER_QUOTA_EXCEEDED");
+    assert_eq!(
+        socket
+            .get_encryption_key(get_request(LAMBDA))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    // Another caller (the admin token, over TCP) has a quota of its own.
+    let mut other = sidecar.read_only_keys().await;
+    let token = sidecar.admin_token();
+    other
+        .batch_get_code_snippet(with_token(snippets(), &token))
+        .await
+        .unwrap();
+    // The bucket fills again: one call a second.
+    tokio::time::sleep(retry).await;
+    socket.verify_key_policy(stored).await.unwrap();
+}

@@ -329,13 +329,17 @@ where
         let role = caller.as_ref().and_then(|c| c.role);
         let method = rpc::method(path);
         // What the service checks itself once it knows what the call is about.
-        if let (Ok(Some(caller)), Some(stored_key_role)) =
-            (&decision, method.and_then(|m| m.access.stored_key_role))
+        if let (Ok(Some(caller)), Some(access)) = (&decision, method.map(|m| m.access))
+            && (access.secret_bearing || access.stored_key_role.is_some())
         {
-            request.extensions_mut().insert(rpc::CallerRole {
+            request.extensions_mut().insert(rpc::CallerContext {
                 role: caller.role,
                 caller: caller.identity.to_string(),
-                stored_key_role,
+                quota_key: match &caller.identity {
+                    Identity::LoopbackPeer { addr } => format!("tcp:{}", addr.ip()),
+                    identity => identity.to_string(),
+                },
+                stored_key_role: access.stored_key_role,
             });
         }
         if rpc::role_needed(method).is_some() {

@@ -32,6 +32,7 @@ pub struct EncryptionKeys {
     /// Ends watch streams at shutdown.
     stop: tokio::sync::watch::Receiver<bool>,
     watch_limits: WatchLimits,
+    quota: Arc<super::quota::CallerQuota>,
 }
 
 /// Bounds on WatchEncryptionKey streams: how many at once, and for how long each.
@@ -83,6 +84,7 @@ impl EncryptionKeys {
         metrics: Metrics,
         stop: tokio::sync::watch::Receiver<bool>,
         watch_limits: WatchLimits,
+        quota: Arc<super::quota::CallerQuota>,
     ) -> EncryptionKeys {
         EncryptionKeys {
             cache,
@@ -91,7 +93,16 @@ impl EncryptionKeys {
             metrics,
             stop,
             watch_limits,
+            quota,
         }
+    }
+
+    /// Counts an uncached backend call against the caller's quota.
+    fn charge(&self, caller: Option<&rpc::CallerContext>) -> Result<(), ServiceError> {
+        let key = caller.map_or("unknown", |c| c.quota_key.as_str());
+        self.quota
+            .take(key)
+            .map_err(|retry_after| ServiceError::QuotaExceeded { retry_after })
     }
 
     /// A read: the cache's fresh answer, else a load. Only the load opens the RPC's span
@@ -353,11 +364,14 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::VerifyKeyPolicyRequest>,
     ) -> Result<Response<proto::VerifyKeyPolicyResponse>, Status> {
-        // A stored key's report reveals its state and who may decrypt with it.
+        // A stored key's report reveals its state and who may decrypt with it, and is read
+        // from the backend uncached.
         if let Some(proto::verify_key_policy_request::Key::KmsKeyId(key)) = &request.get_ref().key {
             super::audit_subject(&request, key, None, None);
-            rpc::CallerRole::may_use_stored_key(request.extensions().get())
+            let caller = request.extensions().get();
+            rpc::CallerContext::may_use_stored_key(caller)
                 .map_err(|(required, caller)| ServiceError::RoleRequired { required, caller })?;
+            self.charge(caller)?;
         }
         Ok(Response::new(
             self.verify_policy(request.into_inner()).await?,
@@ -375,6 +389,8 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::BatchGetCodeSnippetRequest>,
     ) -> Result<Response<proto::BatchGetCodeSnippetResponse>, Status> {
+        // Snippets are never cached: every call reaches the backend.
+        self.charge(request.extensions().get())?;
         Ok(Response::new(
             super::code_snippets::batch_get(&self.cache, request.into_inner()).await?,
         ))

@@ -7,6 +7,7 @@ pub mod drift;
 mod encryption_key;
 pub mod keycheck;
 mod local_kms;
+pub mod quota;
 pub mod validation;
 
 pub use code_snippets::LocalCodeScanningApi;
@@ -40,6 +41,11 @@ pub enum ServiceError {
         required: crate::rpc::Role,
         caller: String,
     },
+    /// The caller spent its quota of uncached backend calls.
+    #[error(
+        "the caller's quota of uncached backend calls (ops.uncached_calls_per_minute) is spent; retry in {retry_after:?}"
+    )]
+    QuotaExceeded { retry_after: std::time::Duration },
     /// `ops.max_watch_streams` Watch streams are open.
     #[error("{0} WatchEncryptionKey streams are open, the most ops.max_watch_streams allows")]
     TooManyWatches(usize),
