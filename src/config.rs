@@ -272,9 +272,11 @@ pub struct VerificationConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
-    /// Unix socket path. Default `<state_dir>/keyd.sock`; empty disables it.
+    /// Unix socket path. Default `<state_dir>/keyd.sock`; empty disables it. A stale socket
+    /// there is replaced; a live server's, or anything that is not a socket, is refused.
     pub unix_socket: Option<PathBuf>,
-    /// Octal file mode of the socket. Default `0660` (owner and group may connect).
+    /// Octal file mode of the socket, set before it appears at its path. Default `0660`
+    /// (owner and group may connect).
     pub unix_socket_mode: String,
     /// Plaintext TCP address, loopback only. Default `127.0.0.1:50051`; empty disables it;
     /// port 0 picks a free port.
