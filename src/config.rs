@@ -124,7 +124,8 @@ pub struct Config {
     /// Seconds in-flight calls get to finish after SIGTERM/SIGINT. Default 10.
     #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
     pub shutdown_timeout_secs: u64,
-    /// `tracing` filter directive when `RUST_LOG` is unset. Default `info`.
+    /// `tracing` filter directive when `RUST_LOG` is unset. Default `info`. Either way the AWS
+    /// SDK and the HTTP and TLS libraries log at `info` at most (see `src/main.rs`).
     pub log_level: String,
     pub verification: VerificationConfig,
     pub cache: CacheConfig,
