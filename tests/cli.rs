@@ -52,6 +52,20 @@ fn bad_configuration_is_named_and_nothing_starts() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("`account_id`"), "{stderr}");
+
+    let output = serve_with(
+        "backend = \"aws\"\nregion = \"us-east-1\"\n",
+        &[(
+            "INSPECTOR_KEYD_AWS__INSPECTOR2_ENDPOINT",
+            "http://inspector2.us-east-1.amazonaws.com",
+        )],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`aws.inspector2_endpoint` is a plaintext http URL"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -524,6 +538,16 @@ fn config_check_refuses_bad_files_naming_what_is_wrong() {
             "not a loopback address",
         ),
         ("[cache]\nttl = \"1s\"\n", None, "unknown field `ttl`"),
+        (
+            "backend = \"aws\"\n[aws]\nkms_endpoint = \"http://kms.eu-west-1.amazonaws.com\"\n",
+            None,
+            "`aws.kms_endpoint` is a plaintext http URL to `kms.eu-west-1.amazonaws.com`, which is not a loopback address: use https",
+        ),
+        (
+            "[aws]\nsts_endpoint = \"sts.amazonaws.com\"\n",
+            None,
+            "`aws.sts_endpoint` is not a URL",
+        ),
         (
             "",
             Some("[[rule]]\nrole = \"owner\"\nunix_uid = 1\n"),
