@@ -145,8 +145,9 @@ async fn trace_logs_of_the_aws_backend_hold_no_snippet_token_or_signature() {
                 "codeSnippet": [{"content": format!("token = \"{secret}-line\""), "lineNumber": 3}],
                 "suggestedFixes": [{"description": "Read it from a secret store.", "code": format!("token = env(\"{secret}-fix\")")}]}),
         );
+        // Over the Unix socket, whose caller (this test's uid) may read snippets.
         let answer = sidecar
-            .read_only_keys()
+            .admin_keys()
             .await
             .batch_get_code_snippet(proto::BatchGetCodeSnippetRequest {
                 finding_arns: vec![finding.clone()],
