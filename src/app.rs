@@ -38,7 +38,7 @@ use crate::{
         local_code_scanning_service_server::LocalCodeScanningServiceServer,
         local_kms_service_server::LocalKmsServiceServer,
     },
-    server::{ServeError, bind_tcp, bind_unix, hardened, reload_loop},
+    server::{ServeError, bind_tcp, bind_unix, hardened, reload_loop, remove_socket},
     service::{
         EncryptionKeys, KeyVerifier, LocalCodeScanningApi, LocalKmsApi, WatchLimits,
         drift::KeyWatch, quota::CallerQuota,
@@ -496,7 +496,7 @@ impl App {
         })
         .await;
         if let Some(path) = &addresses.unix_socket {
-            let _ = std::fs::remove_file(path);
+            remove_socket(path);
         }
         if let Some(path) = &ready_file {
             let _ = std::fs::remove_file(path);

@@ -77,10 +77,11 @@ pub struct Placement {
 #[serde(default, deny_unknown_fields)]
 pub struct AwsConfig {
     /// Endpoint URL override for Amazon Inspector (tests, private endpoints). Default none.
+    /// Must be https, except to a loopback host (127.0.0.0/8, `::1`, `localhost`).
     pub inspector2_endpoint: Option<String>,
-    /// Endpoint URL override for AWS KMS. Default none.
+    /// Endpoint URL override for AWS KMS. Default none. https, as `inspector2_endpoint`.
     pub kms_endpoint: Option<String>,
-    /// Endpoint URL override for AWS STS. Default none.
+    /// Endpoint URL override for AWS STS. Default none. https, as `inspector2_endpoint`.
     pub sts_endpoint: Option<String>,
     /// Time to connect to an AWS endpoint. Default `3s`.
     #[serde(with = "humantime_serde")]
@@ -124,7 +125,8 @@ pub struct Config {
     /// Seconds in-flight calls get to finish after SIGTERM/SIGINT. Default 10.
     #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
     pub shutdown_timeout_secs: u64,
-    /// `tracing` filter directive when `RUST_LOG` is unset. Default `info`.
+    /// `tracing` filter directive when `RUST_LOG` is unset. Default `info`. Either way the AWS
+    /// SDK and the HTTP and TLS libraries log at `info` at most (see `src/main.rs`).
     pub log_level: String,
     pub verification: VerificationConfig,
     pub cache: CacheConfig,
@@ -344,9 +346,11 @@ pub struct VerificationConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
-    /// Unix socket path. Default `<state_dir>/keyd.sock`; empty disables it.
+    /// Unix socket path. Default `<state_dir>/keyd.sock`; empty disables it. A stale socket
+    /// there is replaced; a live server's, or anything that is not a socket, is refused.
     pub unix_socket: Option<PathBuf>,
-    /// Octal file mode of the socket. Default `0660` (owner and group may connect).
+    /// Octal file mode of the socket, set before it appears at its path. Default `0660`
+    /// (owner and group may connect).
     pub unix_socket_mode: String,
     /// Plaintext TCP address, loopback only. Default `127.0.0.1:50051`; empty disables it;
     /// port 0 picks a free port.
@@ -514,6 +518,41 @@ fn optional_addr(
     })
 }
 
+/// An AWS endpoint override must be an https URL, or an http one to a loopback host
+/// (127.0.0.0/8, `::1`, `localhost`): the requests carry signed credentials and code
+/// snippets. The message never repeats the value whole (a URL may carry a password); it
+/// names only the scheme or the host.
+fn check_endpoint(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    let refuse = |message: String| ConfigError::Value { key, message };
+    let url = url::Url::parse(value).map_err(|e| {
+        refuse(format!(
+            "is not a URL ({e}); an endpoint looks like https://kms.eu-west-1.amazonaws.com"
+        ))
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(refuse(
+            "must not carry a user name or password (the sidecar signs its requests)".into(),
+        ));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => Ok(()),
+        ("http", Some(_)) if loopback => Ok(()),
+        ("http", Some(host)) => Err(refuse(format!(
+            "is a plaintext http URL to `{host}`, which is not a loopback address: use https (http is allowed only to 127.0.0.0/8, ::1 or localhost)"
+        ))),
+        ("https" | "http", None) => Err(refuse("is a URL without a host".into())),
+        (scheme, _) => Err(refuse(format!(
+            "has the scheme `{scheme}`; an endpoint is an https URL"
+        ))),
+    }
+}
+
 impl Config {
     /// Reads `file` (when given) and applies the `INSPECTOR_KEYD_*` entries of `env`.
     fn load(
@@ -595,6 +634,15 @@ impl Config {
                 key: "account_id",
                 message: format!("`{account}` is not a 12-digit AWS account id"),
             });
+        }
+        for (key, endpoint) in [
+            ("aws.inspector2_endpoint", &self.aws.inspector2_endpoint),
+            ("aws.kms_endpoint", &self.aws.kms_endpoint),
+            ("aws.sts_endpoint", &self.aws.sts_endpoint),
+        ] {
+            if let Some(endpoint) = endpoint {
+                check_endpoint(key, endpoint)?;
+            }
         }
         if self.aws.max_attempts == 0 || self.aws.max_attempts > 10 {
             return Err(ConfigError::Value {
@@ -977,6 +1025,61 @@ mod tests {
             err(&[("INSPECTOR_KEYD_VERIFICATION__PRINCIPAL_ARN", "role-ARN")])
                 .contains("`verification.principal_arn`")
         );
+    }
+
+    #[test]
+    fn aws_endpoints_are_https_unless_on_loopback() {
+        for key in ["inspector2_endpoint", "kms_endpoint", "sts_endpoint"] {
+            let name = format!("INSPECTOR_KEYD_AWS__{}", key.to_ascii_uppercase());
+            let load = |value: &str| Settings::load(None, env(&[(&name, value)]));
+            for good in [
+                "https://inspector2.eu-west-1.amazonaws.com",
+                "https://vpce-0123-abcd.kms.eu-west-1.vpce.amazonaws.com:8443/",
+                "https://10.0.0.7",
+                "http://127.0.0.1:4566",
+                "http://127.3.4.5",
+                "http://[::1]:8080",
+                "http://localhost:4566",
+                "http://LOCALHOST",
+            ] {
+                let settings = load(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+                let aws = &settings.config.aws;
+                let set = match key {
+                    "inspector2_endpoint" => &aws.inspector2_endpoint,
+                    "kms_endpoint" => &aws.kms_endpoint,
+                    _ => &aws.sts_endpoint,
+                };
+                assert_eq!(set.as_deref(), Some(good));
+            }
+            for (bad, problem) in [
+                (
+                    "http://kms.eu-west-1.amazonaws.com",
+                    "plaintext http URL to `kms.eu-west-1.amazonaws.com`, which is not a loopback address",
+                ),
+                (
+                    "http://10.0.0.7:80",
+                    "to `10.0.0.7`, which is not a loopback",
+                ),
+                ("http://[::2]", "to `[::2]`, which is not a loopback"),
+                ("http://localhost.example.com", "which is not a loopback"),
+                ("http://0.0.0.0:4566", "which is not a loopback"),
+                ("kms.eu-west-1.amazonaws.com", "is not a URL"),
+                ("", "is not a URL"),
+                ("https://", "is not a URL"),
+                ("not a url at all", "is not a URL"),
+                ("ftp://127.0.0.1/", "has the scheme `ftp`"),
+                ("file:///etc/passwd", "has the scheme `file`"),
+                (
+                    "https://admin:hunter2@kms.example.com",
+                    "must not carry a user name or password",
+                ),
+            ] {
+                let err = load(bad).unwrap_err().to_string();
+                assert!(err.contains(&format!("`aws.{key}`")), "{bad}: {err}");
+                assert!(err.contains(problem), "{bad}: {err}");
+                assert!(!err.contains("hunter2"), "{err}");
+            }
+        }
     }
 
     #[test]

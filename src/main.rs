@@ -10,7 +10,12 @@ use inspector_keyd::{
     config::{LogFormat, Settings},
     server,
 };
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{
+    EnvFilter,
+    filter::{LevelFilter, Targets},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -24,10 +29,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// The most the AWS SDK and the HTTP and TLS stacks may log, whatever `RUST_LOG` or
+/// `log_level` asks for. Below `info` they write what must never reach a log: the AWS SDK
+/// the requests it signs and sends (the canonical request with the `x-amz-security-token`
+/// session token, the `Authorization` header with its signature) and the bodies it gets
+/// back (code snippets); h2, hyper and tonic the frames and headers of every connection
+/// (callers' bearer tokens). At `info` and above they log nothing of a request (checked for
+/// the versions in Cargo.lock, and at `trace` on both backends by tests/log_secrets.rs),
+/// and their warnings (an unreadable AWS config file, an unexpected connection error) stay
+/// visible, so the cap is `info` rather than `warn`.
+const WIRE_LOG_CAP: LevelFilter = LevelFilter::INFO;
+
+/// The targets [`WIRE_LOG_CAP`] holds, as prefixes (a target matches every target it
+/// begins: `aws` is `aws_config`, `aws_runtime`, `aws_sigv4`, `aws_smithy_*`, `aws_sdk_*`;
+/// `hyper` is also `hyper_util` and `hyper_rustls`; `tower` is also `tower_http`).
+const WIRE_LOG_TARGETS: [&str; 8] = [
+    "aws",
+    "hyper",
+    "h2",
+    "rustls",
+    "tokio_rustls",
+    "tower",
+    "tonic",
+    "axum",
+];
+
 fn init_logs(settings: &Settings, log_format: Option<String>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // The cap is a second filter every event must also pass, not directives added to the
+    // user's: in an EnvFilter the most specific directive wins (a user's
+    // `aws_smithy_runtime::client=trace` beats an added `aws_smithy_runtime=info`), and a span
+    // directive (`[rpc]=trace`) enables every event inside its spans, the SDK's included.
+    let cap = WIRE_LOG_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |cap, target| cap.with_target(*target, WIRE_LOG_CAP),
+    );
+    let shown = filter.to_string();
     let format = match log_format.as_deref() {
         Some("json") => LogFormat::Json,
         Some(_) => LogFormat::Text,
@@ -42,11 +81,22 @@ fn init_logs(settings: &Settings, log_format: Option<String>) {
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .finish()
+            .with(cap)
             .init(),
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(cap)
             .init(),
     }
+    // For whoever raised the level and wonders why the SDK and the HTTP stack stay quiet.
+    tracing::debug!(
+        filter = %shown,
+        capped = %WIRE_LOG_TARGETS.join(", "),
+        cap = %WIRE_LOG_CAP,
+        "log filter in force; the AWS SDK and the HTTP and TLS libraries are capped"
+    );
 }
 
 fn serve(

@@ -52,6 +52,20 @@ fn bad_configuration_is_named_and_nothing_starts() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("`account_id`"), "{stderr}");
+
+    let output = serve_with(
+        "backend = \"aws\"\nregion = \"us-east-1\"\n",
+        &[(
+            "INSPECTOR_KEYD_AWS__INSPECTOR2_ENDPOINT",
+            "http://inspector2.us-east-1.amazonaws.com",
+        )],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`aws.inspector2_endpoint` is a plaintext http URL"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -525,6 +539,16 @@ fn config_check_refuses_bad_files_naming_what_is_wrong() {
         ),
         ("[cache]\nttl = \"1s\"\n", None, "unknown field `ttl`"),
         (
+            "backend = \"aws\"\n[aws]\nkms_endpoint = \"http://kms.eu-west-1.amazonaws.com\"\n",
+            None,
+            "`aws.kms_endpoint` is a plaintext http URL to `kms.eu-west-1.amazonaws.com`, which is not a loopback address: use https",
+        ),
+        (
+            "[aws]\nsts_endpoint = \"sts.amazonaws.com\"\n",
+            None,
+            "`aws.sts_endpoint` is not a URL",
+        ),
+        (
             "",
             Some("[[rule]]\nrole = \"owner\"\nunix_uid = 1\n"),
             "rules file",
@@ -567,4 +591,107 @@ fn config_check_refuses_an_identity_policy_with_a_duplicate_member() {
         "{text}"
     );
     assert!(!text.contains("is valid"), "{text}");
+}
+
+/// Runs `serve` with `config` for at most 20 s (killed then, as a server that started when
+/// it should have refused): its exit code and stderr.
+fn serve_bounded(config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyd.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_file_at_the_socket_path_is_left_as_it_is_and_nothing_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyd.sock");
+    std::fs::write(&file, "not a socket\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let link = dir.path().join("link.sock");
+    let target = dir.path().join("target.txt");
+    std::fs::write(&target, "pointed at\n").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for (path, what) in [(&file, "a regular file"), (&link, "a symbolic link")] {
+        let (code, stderr) = serve_bounded(&format!(
+            "state_dir = {:?}\n[listen]\nunix_socket = {path:?}\ntcp = \"127.0.0.1:0\"\n",
+            dir.path().join("state")
+        ));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("unix socket `{}`", path.display())),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("is not a socket ({what})")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Both untouched: the file with its content and mode, the link and what it points at.
+    let metadata = std::fs::symlink_metadata(&file).unwrap();
+    assert!(metadata.is_file());
+    assert_eq!(metadata.permissions().mode() & 0o777, 0o640);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a socket\n");
+    assert_eq!(std::fs::read_link(&link).unwrap(), target);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "pointed at\n");
+    // Nothing left beside them (no temporary directory of the bind).
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["keyd.sock", "link.sock", "state", "target.txt"]);
+}
+
+#[tokio::test]
+async fn the_socket_has_the_configured_mode_also_when_it_replaces_a_stale_one() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let env = [("INSPECTOR_KEYD_LISTEN__UNIX_SOCKET_MODE", "0600")];
+    let mut sidecar = Sidecar::start_with_env("", &env);
+    let mode = |path: &std::path::Path| {
+        let metadata = std::fs::symlink_metadata(path).unwrap();
+        assert!(metadata.file_type().is_socket());
+        metadata.permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&sidecar.socket), 0o600);
+    // It serves on it (an admin call: the Unix socket's caller is this test's uid).
+    sidecar
+        .create_key(inspector_keyd::proto::CreateKeyRequest::default())
+        .await;
+    // Killed: its socket stays behind, stale. Loosened, it is replaced at the next start.
+    sidecar.kill_9();
+    std::fs::set_permissions(&sidecar.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let sidecar = sidecar.restart();
+    assert_eq!(mode(&sidecar.socket), 0o600);
+    let arn = sidecar
+        .create_key(inspector_keyd::proto::CreateKeyRequest::default())
+        .await;
+    assert!(arn.starts_with("arn:aws:kms:"), "{arn}");
+    // No temporary directory of the bind is left beside the socket.
+    let leftovers: Vec<_> = std::fs::read_dir(sidecar.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

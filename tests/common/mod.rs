@@ -132,11 +132,12 @@ impl Sidecar {
         for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("INSPECTOR_KEYD_")) {
             command.env_remove(name);
         }
+        // RUST_LOG only when the test sets it.
         let mut child = command
             .arg("--ready-file")
             .arg(&ready_file)
-            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
