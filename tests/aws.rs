@@ -518,3 +518,34 @@ fn startup_without_region_or_credentials_says_what_is_missing() {
     assert!(stderr.contains("no usable AWS credentials"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// An answer the SDK cannot read (here a BatchGetCodeSnippet body cut short) is described in
+/// the log by what the SDK makes of it (an unknown error), never by its content.
+#[tokio::test]
+async fn an_unreadable_answer_is_not_written_to_the_log() {
+    let moto = Moto::start();
+    let stub = InspectorStub::start().await;
+    let sidecar = Sidecar::start_with_env(&quiet_aws_config(&stub, &moto), AWS_TEST_ENV);
+    startup_reads_done(&stub).await;
+    let secret = format!("SNIPPET{}", uuid::Uuid::new_v4().simple());
+    let finding = format!(
+        "arn:aws:inspector2:us-east-1:123456789012:finding/{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    stub.fail_next([StubError::Unreadable(format!(
+        "{{\"codeSnippetResults\": [{{\"findingArn\": \"{finding}\", \"codeSnippet\": [{{\"content\": \"{secret}"
+    ))]);
+    let status = sidecar
+        .code_reader_keys()
+        .await
+        .batch_get_code_snippet(proto::BatchGetCodeSnippetRequest {
+            finding_arns: vec![finding],
+        })
+        .await
+        .unwrap_err();
+    assert!(!format!("{status:?}").contains(&secret), "{status:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = sidecar.log();
+    assert!(log.contains("AWS call failed"), "{log}");
+    assert!(!log.contains(&secret), "the answer reached the log:\n{log}");
+}

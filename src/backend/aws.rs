@@ -128,7 +128,13 @@ fn describe_sdk_error<E: ProvideErrorMetadata + std::fmt::Debug>(
         ),
         SdkError::TimeoutError(_) => "timed out".into(),
         SdkError::DispatchFailure(failure) => format!("cannot reach AWS: {failure:?}"),
-        other => format!("{other:?}"),
+        // Never the response itself: an unreadable BatchGetCodeSnippet body holds code.
+        SdkError::ResponseError(context) => format!(
+            "the response could not be read (HTTP {})",
+            context.raw().status().as_u16()
+        ),
+        SdkError::ConstructionFailure(_) => "the request could not be built".into(),
+        _ => "unknown SDK error".into(),
     }
 }
 

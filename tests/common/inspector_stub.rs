@@ -48,8 +48,14 @@ pub enum StubError {
     Validation,
     AccessDenied,
     ResourceNotFound,
-    Throttling { retry_after: u64 },
-    InternalServer { retry_after: u64 },
+    Throttling {
+        retry_after: u64,
+    },
+    InternalServer {
+        retry_after: u64,
+    },
+    /// 200 with this body, which is not the operation's JSON.
+    Unreadable(String),
 }
 
 /// The message every stub error carries; it must never reach a gRPC caller.
@@ -57,7 +63,15 @@ pub const AWS_ERROR_TEXT: &str = "stub-aws-error-text-do-not-forward";
 
 impl StubError {
     fn response(&self) -> Response {
+        if let StubError::Unreadable(body) = self {
+            let mut response = (StatusCode::OK, body.clone()).into_response();
+            response
+                .headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            return response;
+        }
         let (status, kind, retry_after, extra) = match self {
+            StubError::Unreadable(_) => unreachable!("answered above"),
             StubError::Validation => (
                 StatusCode::BAD_REQUEST,
                 "ValidationException",
