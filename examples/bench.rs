@@ -161,6 +161,7 @@ fn tls_files(dir: &Path) -> inspector_keyd::config::TlsFiles {
         cert_file: dir.join("server.pem"),
         key_file: dir.join("server.key"),
         client_ca_files: vec![dir.join("ca.pem")],
+        trust_domain_ca_files: Default::default(),
         allow_token_only: false,
     }
 }
@@ -176,6 +177,14 @@ async fn baseline(dir: PathBuf) {
         serde_json::json!({"tcp": tcp.local_addr().unwrap(), "tls": tls.local_addr().unwrap()});
     std::fs::write(dir.join("baseline.json"), addresses.to_string()).unwrap();
     let reloadable = Arc::new(inspector_keyd::tls::ReloadableTls::load(tls_files(&dir)).unwrap());
+    // The sidecar's TLS accept loop, with its default connection limits.
+    let admission = inspector_keyd::connection::Admission::new(
+        inspector_keyd::connection::ListenerKind::Tls,
+        &Default::default(),
+        inspector_keyd::metrics::Metrics::new(Arc::new(inspector_keyd::cache::CacheState::new(
+            Default::default(),
+        ))),
+    );
     tokio::join!(
         router
             .clone()
@@ -183,7 +192,7 @@ async fn baseline(dir: PathBuf) {
         router.clone().serve_with_incoming(
             tonic::transport::server::TcpIncoming::from(tcp).with_nodelay(Some(true))
         ),
-        router.serve_with_incoming(inspector_keyd::tls::incoming(tls, reloadable)),
+        router.serve_with_incoming(inspector_keyd::tls::incoming(tls, reloadable, admission)),
     )
     .0
     .unwrap();

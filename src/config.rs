@@ -46,8 +46,20 @@ pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub client_ca_files: Vec<PathBuf>,
+    /// SPIFFE trust domains and the CA bundles allowed to vouch for each.
+    pub trust_domain_ca_files: std::collections::BTreeMap<String, Vec<PathBuf>>,
     /// Accept clients without a certificate (authorization then needs a bearer token).
     pub allow_token_only: bool,
+}
+
+impl TlsFiles {
+    /// Every file the listener is built from.
+    pub fn all(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.cert_file, &self.key_file]
+            .into_iter()
+            .chain(&self.client_ca_files)
+            .chain(self.trust_domain_ca_files.values().flatten())
+    }
 }
 
 /// Prefix of environment overrides. Nested keys join with `__`:
@@ -319,6 +331,12 @@ pub struct TlsConfig {
     /// PEM CA bundles client certificates must chain to.
     #[serde_as(as = "OneOrMany<_>")]
     pub client_ca_files: Vec<PathBuf>,
+    /// SPIFFE trust domains, each with the PEM CA bundles allowed to vouch for its IDs
+    /// (`[tls.trust_domain_ca_files]`, `"example.org" = ["ca.pem"]`). When set, a client
+    /// certificate with a SPIFFE ID must be in one of these trust domains and chain to that
+    /// domain's bundles; its CAs are also trusted for the handshake. Default none.
+    #[serde_as(as = "std::collections::BTreeMap<_, OneOrMany<_>>")]
+    pub trust_domain_ca_files: std::collections::BTreeMap<String, Vec<PathBuf>>,
     /// Accept clients without a certificate; they must then present a bearer token.
     /// Default false: a client certificate is required.
     pub allow_token_only: bool,
@@ -855,9 +873,23 @@ impl Config {
             cert_file: required(&tls.cert_file, "tls.cert_file")?,
             key_file: required(&tls.key_file, "tls.key_file")?,
             client_ca_files: tls.client_ca_files.clone(),
+            trust_domain_ca_files: tls.trust_domain_ca_files.clone(),
             allow_token_only: tls.allow_token_only,
         };
-        if files.client_ca_files.is_empty() && !files.allow_token_only {
+        for (domain, bundles) in &files.trust_domain_ca_files {
+            if !crate::authz::rules::is_trust_domain(domain) || bundles.is_empty() {
+                return Err(ConfigError::Value {
+                    key: "tls.trust_domain_ca_files",
+                    message: format!(
+                        "`{domain}` needs to be a trust domain name (lowercase letters, digits, `.`, `-`, `_`) with at least one CA file"
+                    ),
+                });
+            }
+        }
+        if files.client_ca_files.is_empty()
+            && files.trust_domain_ca_files.is_empty()
+            && !files.allow_token_only
+        {
             return Err(ConfigError::Value {
                 key: "tls.client_ca_files",
                 message: "is required: clients must present certificates unless `tls.allow_token_only = true`".into(),

@@ -4,6 +4,7 @@
 //! again when they change.
 
 use std::{
+    collections::HashMap,
     io,
     path::{Path, PathBuf},
     pin::Pin,
@@ -14,8 +15,8 @@ use std::{
 
 use rustls::{
     RootCertStore, ServerConfig,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::WebPkiClientVerifier,
+    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -70,7 +71,46 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// Builds the rustls server configuration from the files as they are now.
+/// What the TLS listener works with: the rustls configuration, and for each trust domain
+/// bound to CA bundles, a verifier of those bundles alone.
+pub struct TlsState {
+    config: Arc<ServerConfig>,
+    trust_domains: HashMap<String, Arc<dyn ClientCertVerifier>>,
+}
+
+fn roots_of<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for path in files {
+        for cert in certificates(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Config(format!("CA in `{}`: {e}", path.display())))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// Builds the TLS state from the files as they are now.
+pub fn tls_state(files: &TlsFiles) -> Result<TlsState, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut trust_domains = HashMap::new();
+    for (domain, bundles) in &files.trust_domain_ca_files {
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots_of(bundles)?),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(format!("trust domain `{domain}`: {e}")))?;
+        trust_domains.insert(domain.clone(), verifier);
+    }
+    Ok(TlsState {
+        config: server_config(files)?,
+        trust_domains,
+    })
+}
+
+/// Builds the rustls server configuration from the files as they are now; the handshake
+/// accepts a chain to any configured CA (the trust-domain bundles included).
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = certificates(&files.cert_file)?;
@@ -80,14 +120,12 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             message: e.to_string(),
         }
     })?;
-    let mut roots = RootCertStore::empty();
-    for path in &files.client_ca_files {
-        for cert in certificates(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| TlsError::Config(format!("CA in `{}`: {e}", path.display())))?;
-        }
-    }
+    let roots = roots_of(
+        files
+            .client_ca_files
+            .iter()
+            .chain(files.trust_domain_ca_files.values().flatten()),
+    )?;
     let verifier = if roots.is_empty() {
         if !files.allow_token_only {
             return Err(TlsError::Config(
@@ -120,13 +158,13 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 /// The TLS configuration in force, rebuilt when its files change.
 pub struct ReloadableTls {
     files: TlsFiles,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Arc<TlsState>>,
     stamps: Mutex<Vec<Option<[u8; 32]>>>,
 }
 
 impl ReloadableTls {
     pub fn load(files: TlsFiles) -> Result<ReloadableTls, TlsError> {
-        let config = server_config(&files)?;
+        let config = Arc::new(tls_state(&files)?);
         let stamps = Mutex::new(Self::stamps_of(&files));
         Ok(ReloadableTls {
             files,
@@ -137,11 +175,7 @@ impl ReloadableTls {
 
     /// What the files hold now: a change is seen by content, not by modification time.
     fn stamps_of(files: &TlsFiles) -> Vec<Option<[u8; 32]>> {
-        [&files.cert_file, &files.key_file]
-            .into_iter()
-            .chain(&files.client_ca_files)
-            .map(|p| crate::files::fingerprint(p))
-            .collect()
+        files.all().map(|p| crate::files::fingerprint(p)).collect()
     }
 
     /// Rebuilds the configuration when a file changed (or when `force`). A configuration
@@ -156,7 +190,7 @@ impl ReloadableTls {
             return Ok(false);
         }
         *seen = stamps;
-        let config = server_config(&self.files)?;
+        let config = Arc::new(tls_state(&self.files)?);
         match self.current.write() {
             Ok(mut current) => *current = config,
             Err(poisoned) => *poisoned.into_inner() = config,
@@ -164,13 +198,64 @@ impl ReloadableTls {
         Ok(true)
     }
 
-    fn acceptor(&self) -> TlsAcceptor {
-        let config = match self.current.read() {
+    fn state(&self) -> Arc<TlsState> {
+        match self.current.read() {
             Ok(current) => current.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        TlsAcceptor::from(config)
+        }
     }
+}
+
+impl TlsState {
+    /// The name the client's certificate chain gives it, once it is one this listener
+    /// accepts: at most one URI SAN (an X.509-SVID has exactly one), and a SPIFFE ID of a
+    /// trust domain bound to CA bundles only when the chain verifies against them. `Err`
+    /// says why not.
+    pub fn client_name(&self, chain: &[CertificateDer<'_>]) -> Result<Option<CertName>, String> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Ok(None);
+        };
+        let uris = uri_sans(leaf);
+        if uris > 1 {
+            return Err(format!(
+                "the client certificate has {uris} URI SANs; an X.509-SVID has exactly one"
+            ));
+        }
+        let name = certificate_name(leaf);
+        if self.trust_domains.is_empty() {
+            return Ok(name);
+        }
+        if let Some(CertName::Spiffe(id)) = &name {
+            let domain = crate::authz::rules::trust_domain_of(id).unwrap_or_default();
+            let verifier = self.trust_domains.get(domain).ok_or_else(|| {
+                format!("trust domain `{domain}` is not in tls.trust_domain_ca_files")
+            })?;
+            verifier
+                .verify_client_cert(leaf, intermediates, UnixTime::now())
+                .map_err(|e| {
+                    format!(
+                        "the certificate does not chain to the CAs of trust domain `{domain}`: {e}"
+                    )
+                })?;
+        }
+        Ok(name)
+    }
+}
+
+/// How many URI SANs a certificate has.
+fn uri_sans(der: &[u8]) -> usize {
+    X509Certificate::from_der(der)
+        .ok()
+        .and_then(|(_, cert)| {
+            cert.subject_alternative_name().ok().flatten().map(|ext| {
+                ext.value
+                    .general_names
+                    .iter()
+                    .filter(|n| matches!(n, GeneralName::URI(_)))
+                    .count()
+            })
+        })
+        .unwrap_or(0)
 }
 
 /// The name authorization knows a client certificate by: its SPIFFE ID (a `spiffe://`
@@ -183,9 +268,15 @@ pub fn certificate_name(der: &[u8]) -> Option<CertName> {
         .flatten()
         .map(|ext| ext.value.general_names.clone())
         .unwrap_or_default();
+    // URI schemes compare case-insensitively (RFC 3986 §3.1); the name is kept with the
+    // scheme in lowercase, as rules write it.
     let spiffe = sans.iter().find_map(|name| match name {
-        GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
-            Some(CertName::Spiffe((*uri).to_owned()))
+        GeneralName::URI(uri)
+            if uri
+                .get(..9)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe://")) =>
+        {
+            Some(CertName::Spiffe(format!("spiffe://{}", &uri[9..])))
         }
         _ => None,
     });
@@ -281,7 +372,8 @@ pub fn incoming(
             };
             let _ = tcp.set_nodelay(true);
             limit_unsent(&tcp, &limits);
-            let acceptor = tls.acceptor();
+            let state = tls.state();
+            let acceptor = TlsAcceptor::from(state.config.clone());
             let tx = tx.clone();
             let timeout = limits.tls_handshake_timeout;
             tokio::spawn(async move {
@@ -289,12 +381,14 @@ pub fn incoming(
                 drop(handshake);
                 match accepted {
                     Ok(Ok(stream)) => {
-                        let name = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .and_then(|leaf| certificate_name(leaf));
+                        let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+                        let name = match state.client_name(chain) {
+                            Ok(name) => name,
+                            Err(why) => {
+                                tracing::info!(%addr, reason = %why, "client certificate refused");
+                                return;
+                            }
+                        };
                         let peer = TlsPeer {
                             addr: Some(addr),
                             name,

@@ -408,7 +408,7 @@ async fn bearer_tokens_are_hashed_in_config_and_never_logged() {
                         .into(),
                 ],
             },
-            reader_token,
+            admin_token,
         ))
         .await;
     assert!(reads.is_ok(), "{reads:?}");
@@ -1133,4 +1133,78 @@ async fn each_caller_has_a_quota_of_uncached_backend_calls() {
     // The bucket fills again: one call a second.
     tokio::time::sleep(retry).await;
     socket.verify_key_policy(stored).await.unwrap();
+}
+
+#[tokio::test]
+async fn each_trust_domain_is_vouched_for_by_its_own_ca_bundle_and_an_svid_has_one_uri() {
+    let setup = TlsSetup::new();
+    let dir = setup.dir.path();
+    let other_ca = Ca::new("b.example CA");
+    let (a_file, b_file) = (setup.ca.write(dir, "ca-a"), other_ca.write(dir, "ca-b"));
+    let rules = dir.join("rules.toml");
+    write_rules(
+        &rules,
+        "[[rule]]\nrole = \"read-only\"\nspiffe_trust_domain = \"a.example\"\n[[rule]]\nrole = \"read-only\"\nspiffe_trust_domain = \"b.example\"\n[[rule]]\nrole = \"read-only\"\nspiffe_trust_domain = \"c.example\"\n",
+    );
+    let sidecar = Sidecar::start_with(&format!(
+        "[authz]\nrules_file = {}\n[tls]\nlisten = \"127.0.0.1:0\"\ncert_file = {}\nkey_file = {}\n[tls.trust_domain_ca_files]\n\"a.example\" = [{}]\n\"b.example\" = [{}]\n",
+        toml_path(&rules),
+        toml_path(&setup.server.cert),
+        toml_path(&setup.server.key),
+        toml_path(&a_file),
+        toml_path(&b_file),
+    ));
+    let tls = sidecar.tls.expect("TLS listener");
+    let ca = setup.ca.pem();
+    let read = |pair: Pair| {
+        let ca = ca.clone();
+        async move {
+            let channel = tls_channel(tls, &ca, Some(&pair)).await?;
+            Ok::<_, tonic::transport::Error>(
+                EncryptionKeyServiceClient::new(channel)
+                    .get_encryption_key(get_request(LAMBDA))
+                    .await,
+            )
+        }
+    };
+    let served = |outcome: Result<Result<_, tonic::Status>, _>| match outcome {
+        Ok(Err(status)) => status.code() == Code::NotFound,
+        _ => false,
+    };
+    // Vouched for by its own trust domain's CA: served. The scheme's case does not matter.
+    let own = setup
+        .ca
+        .client(dir, "own", ClientName::Spiffe("spiffe://a.example/app"));
+    assert!(served(read(own).await));
+    let shouting = setup.ca.client(
+        dir,
+        "shouting",
+        ClientName::Spiffe("SPIFFE://a.example/app"),
+    );
+    assert!(served(read(shouting).await));
+    // b.example's CA cannot vouch for a.example, nor anyone for an unbound trust domain.
+    let forged = other_ca.client(dir, "forged", ClientName::Spiffe("spiffe://a.example/app"));
+    assert!(!served(read(forged).await));
+    let unbound = setup
+        .ca
+        .client(dir, "unbound", ClientName::Spiffe("spiffe://c.example/app"));
+    assert!(!served(read(unbound).await));
+    // Two URI SANs: not an X.509-SVID, whichever one a reader would pick.
+    let two = setup.ca.client(
+        dir,
+        "two",
+        ClientName::Uris(&["spiffe://a.example/app", "spiffe://a.example/admin"]),
+    );
+    assert!(!served(read(two).await));
+    // b.example's own IDs from its CA are served.
+    let b = other_ca.client(dir, "b", ClientName::Spiffe("spiffe://b.example/app"));
+    assert!(served(read(b).await));
+    let log = sidecar.log();
+    for why in [
+        "does not chain to the CAs of trust domain `a.example`",
+        "trust domain `c.example` is not in tls.trust_domain_ca_files",
+        "has 2 URI SANs",
+    ] {
+        assert!(log.contains(why), "{why} not in:\n{log}");
+    }
 }

@@ -19,6 +19,8 @@ pub struct Pair {
 
 pub enum ClientName<'a> {
     Spiffe(&'a str),
+    /// Several URI SANs (not an X.509-SVID).
+    Uris(&'a [&'a str]),
     Dns(&'a str),
     CommonName(&'a str),
 }
@@ -76,6 +78,13 @@ impl Ca {
             ClientName::Spiffe(id) => params
                 .subject_alt_names
                 .push(SanType::URI(id.try_into().unwrap())),
+            ClientName::Uris(uris) => {
+                for uri in uris {
+                    params
+                        .subject_alt_names
+                        .push(SanType::URI((*uri).try_into().unwrap()));
+                }
+            }
             ClientName::Dns(dns) => params
                 .subject_alt_names
                 .push(SanType::DnsName(dns.try_into().unwrap())),
