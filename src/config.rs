@@ -877,7 +877,7 @@ impl Config {
             allow_token_only: tls.allow_token_only,
         };
         for (domain, bundles) in &files.trust_domain_ca_files {
-            if !crate::authz::rules::is_trust_domain(domain) || bundles.is_empty() {
+            if !crate::domain::is_trust_domain(domain) || bundles.is_empty() {
                 return Err(ConfigError::Value {
                     key: "tls.trust_domain_ca_files",
                     message: format!(

@@ -392,6 +392,21 @@ pub fn partition_of(region: &str) -> &'static str {
     }
 }
 
+/// A SPIFFE trust domain name: lowercase letters, digits, `.`, `-` and `_` (SPIFFE ID spec
+/// §2.1).
+pub fn is_trust_domain(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// The trust domain of a SPIFFE ID (`spiffe://<trust domain>/<path>`).
+pub fn trust_domain_of(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("spiffe://")?;
+    Some(rest.split('/').next().unwrap_or(rest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

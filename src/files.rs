@@ -186,12 +186,16 @@ pub fn read_private_secret(path: &Path, min_len: usize) -> io::Result<Option<Str
     Ok(Some(secret.to_owned()))
 }
 
-/// What a file holds now, to tell a change (by content, not by modification time). `None`
-/// when it cannot be read.
+/// What a file holds now and who may change it, to tell a change: by content (not by
+/// modification time), owner and mode, so that a file refused for its mode is read again
+/// once its mode is fixed. `None` when it cannot be read.
 pub fn fingerprint(path: &Path) -> Option<[u8; 32]> {
-    let bytes = std::fs::read(path).ok()?;
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
-    digest.as_ref().try_into().ok()
+    let metadata = std::fs::metadata(path).ok()?;
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(&metadata.uid().to_le_bytes());
+    context.update(&metadata.mode().to_le_bytes());
+    context.update(&std::fs::read(path).ok()?);
+    context.finish().as_ref().try_into().ok()
 }
 
 #[cfg(test)]
@@ -293,7 +297,11 @@ mod tests {
             .unwrap()
             .set_modified(modified)
             .unwrap();
-        assert_ne!(fingerprint(&path), first);
+        let second = fingerprint(&path);
+        assert_ne!(second, first);
+        // Same content, another mode: a change too.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_ne!(fingerprint(&path), second);
         assert_eq!(fingerprint(&dir.path().join("missing")), None);
     }
 }

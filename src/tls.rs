@@ -226,7 +226,7 @@ impl TlsState {
             return Ok(name);
         }
         if let Some(CertName::Spiffe(id)) = &name {
-            let domain = crate::authz::rules::trust_domain_of(id).unwrap_or_default();
+            let domain = crate::domain::trust_domain_of(id).unwrap_or_default();
             let verifier = self.trust_domains.get(domain).ok_or_else(|| {
                 format!("trust domain `{domain}` is not in tls.trust_domain_ca_files")
             })?;

@@ -233,6 +233,22 @@ async fn unix_peers_by_uid_and_rules_reload_on_change_and_sighup() {
     ));
     let arn = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000";
     let mut keys = sidecar.admin_keys().await;
+    // Whether an Update is soon answered `code`: FAILED_PRECONDITION (the unknown key is
+    // refused by verification) means authorization let it through.
+    let probe = keys.clone();
+    let soon_answered = |code: Code| {
+        let keys = probe.clone();
+        eventually(Duration::from_secs(10), move || {
+            let mut keys = keys.clone();
+            async move {
+                keys.update_encryption_key(update_request(arn))
+                    .await
+                    .unwrap_err()
+                    .code()
+                    == code
+            }
+        })
+    };
     let status = keys
         .update_encryption_key(update_request(arn))
         .await
@@ -252,18 +268,7 @@ async fn unix_peers_by_uid_and_rules_reload_on_change_and_sighup() {
         &rules,
         &format!("[[rule]]\nrole = \"admin\"\nunix_uid = {}\n", my_uid()),
     );
-    let admitted = eventually(Duration::from_secs(10), || {
-        let mut keys = keys.clone();
-        async move {
-            // An unknown key is refused by verification, which means authorization let it through.
-            let status = keys
-                .update_encryption_key(update_request(arn))
-                .await
-                .unwrap_err();
-            status.code() == Code::FailedPrecondition
-        }
-    })
-    .await;
+    let admitted = soon_answered(Code::FailedPrecondition).await;
     assert!(
         admitted,
         "the new rules were not applied:\n{}",
@@ -302,18 +307,32 @@ async fn unix_peers_by_uid_and_rules_reload_on_change_and_sighup() {
         ),
     );
     sidecar.signal("HUP");
-    let demoted = eventually(Duration::from_secs(10), || {
-        let mut keys = keys.clone();
-        async move {
-            keys.update_encryption_key(update_request(arn))
-                .await
-                .unwrap_err()
-                .code()
-                == Code::PermissionDenied
-        }
+    let demoted = soon_answered(Code::PermissionDenied).await;
+    assert!(demoted, "{}", sidecar.log());
+
+    // A file others may write is refused at a reload too, and the rules in force stay; once
+    // its mode is fixed (the same content), it is read again.
+    use std::os::unix::fs::PermissionsExt;
+    write_rules(
+        &rules,
+        &format!("[[rule]]\nrole = \"admin\"\nunix_uid = {}\n", my_uid()),
+    );
+    std::fs::set_permissions(&rules, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let refused = eventually(Duration::from_secs(10), || async {
+        sidecar
+            .log()
+            .contains("writable by group or others (mode 0666)")
     })
     .await;
-    assert!(demoted, "{}", sidecar.log());
+    assert!(refused, "{}", sidecar.log());
+    let status = keys
+        .update_encryption_key(update_request(arn))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "still read-only");
+    std::fs::set_permissions(&rules, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let admitted = soon_answered(Code::FailedPrecondition).await;
+    assert!(admitted, "{}", sidecar.log());
 }
 
 #[tokio::test]

@@ -62,21 +62,6 @@ impl fmt::Display for Identity {
     }
 }
 
-/// A SPIFFE trust domain name: lowercase letters, digits, `.`, `-` and `_` (SPIFFE ID spec
-/// §2.1).
-pub fn is_trust_domain(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-}
-
-/// The trust domain of a SPIFFE ID (`spiffe://<trust domain>/<path>`).
-pub fn trust_domain_of(id: &str) -> Option<&str> {
-    let rest = id.strip_prefix("spiffe://")?;
-    Some(rest.split('/').next().unwrap_or(rest))
-}
-
 /// `text` with each control character written as an escape (`\n`, `\u{1b}`).
 fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
     for c in text.chars() {
