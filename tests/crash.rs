@@ -169,7 +169,6 @@ async fn observe(sidecar: &Sidecar, fixture: &Fixture) -> Model {
     let policy = kms
         .get_key_policy(proto::GetKeyPolicyRequest {
             key_id: fixture.policy_key.clone(),
-            ..Default::default()
         })
         .await
         .unwrap()
