@@ -177,6 +177,9 @@ fn listener_task(
 }
 
 /// A loop that should never end.
+/// How often the local KMS forgets keys whose deletion date has passed (and at start).
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
 fn background_task(name: &str, run: impl Future<Output = ()> + Send + 'static) -> (String, Task) {
     (
         name.to_owned(),
@@ -205,15 +208,20 @@ impl App {
             move || crate::drain::stopped(stop_rx.clone())
         };
 
-        let (store_backend, local_apis, verification, placement) = match config.backend {
+        let (store_backend, local_apis, verification, placement, local_kms) = match config.backend {
             BackendKind::Local => {
                 let placement = config.local_placement();
                 let verification = verification_settings(&settings, &placement)?;
-                let local = LocalBackend::open(&config.state_dir, verification.clone())?;
+                let local = LocalBackend::open(
+                    &config.state_dir,
+                    &config.kek_file(),
+                    verification.clone(),
+                )?;
                 let apis = (
                     LocalKmsApi::new(local.kms().clone()),
                     LocalCodeScanningApi::new(local.scanning()),
                 );
+                let local_kms = local.kms().clone();
                 let backend = Arc::new(local) as Arc<dyn Backend>;
                 #[cfg(feature = "test-hooks")]
                 let backend = crate::backend::faulty::FaultyBackend::wrap(
@@ -221,7 +229,13 @@ impl App {
                     config.local.fault_file.clone(),
                     config.local.write_latency,
                 );
-                (backend, Some(apis), verification, placement)
+                (
+                    backend,
+                    Some(apis),
+                    verification,
+                    placement,
+                    Some(local_kms),
+                )
             }
             BackendKind::Aws => {
                 let (aws, placement) = AwsBackend::connect(
@@ -236,6 +250,7 @@ impl App {
                     None,
                     verification,
                     placement,
+                    None,
                 )
             }
         };
@@ -380,7 +395,7 @@ impl App {
                 ),
             ));
         }
-        let background = vec![
+        let mut background = vec![
             background_task(
                 "the rules and TLS reload",
                 reload_loop(
@@ -398,6 +413,12 @@ impl App {
                     .check_backend(backend.clone(), config.ops.ready_check_interval),
             ),
         ];
+        if let Some(kms) = local_kms {
+            background.push(background_task(
+                "the purge of deleted keys",
+                kms.purge_deleted_keys_every(PURGE_INTERVAL),
+            ));
+        }
         Ok(App {
             addresses,
             listeners: tasks,

@@ -286,6 +286,10 @@ pub struct LocalConfig {
     /// again on every call; see `src/backend/faulty.rs`. Default none.
     #[cfg(feature = "test-hooks")]
     pub fault_file: Option<PathBuf>,
+    /// The key-encryption key the local KMS seals every key's material under: a file of
+    /// its own (0600, made at first start), so a copy of the store alone reveals no key.
+    /// Keep it out of the store's backups, or back it up apart. Default `<state_dir>/kek`.
+    pub kek_file: Option<PathBuf>,
 }
 
 /// Who may call what, and the audit log.
@@ -737,6 +741,14 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    /// Where the local KMS's key-encryption key is kept.
+    pub fn kek_file(&self) -> PathBuf {
+        self.local
+            .kek_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("kek"))
     }
 
     /// The Region and account of the local backend (the aws backend finds its own).

@@ -11,6 +11,8 @@ use std::{
     path::Path,
 };
 
+use zeroize::Zeroizing;
+
 /// Shortest admin token accepted from an existing file, in bytes.
 pub const MIN_TOKEN_BYTES: usize = 32;
 
@@ -143,7 +145,7 @@ pub fn read_trusted(path: &Path) -> io::Result<Vec<u8>> {
 /// Reads an existing secret the server created: a regular file (not a link) owned by the
 /// server's uid, with no group or other bits, holding at least `min_len` bytes once
 /// trimmed. `Ok(None)` when there is no file.
-pub fn read_private_secret(path: &Path, min_len: usize) -> io::Result<Option<String>> {
+pub fn read_private_secret(path: &Path, min_len: usize) -> io::Result<Option<Zeroizing<String>>> {
     let metadata = match std::fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -171,7 +173,7 @@ pub fn read_private_secret(path: &Path, min_len: usize) -> io::Result<Option<Str
         .read(true)
         .custom_flags(no_follow())
         .open(path)?;
-    let mut text = String::new();
+    let mut text = Zeroizing::new(String::new());
     io::Read::read_to_string(&mut file, &mut text)?;
     let secret = text.trim();
     if secret.len() < min_len {
@@ -183,7 +185,39 @@ pub fn read_private_secret(path: &Path, min_len: usize) -> io::Result<Option<Str
             ),
         ));
     }
-    Ok(Some(secret.to_owned()))
+    Ok(Some(Zeroizing::new(secret.to_owned())))
+}
+
+/// Writes `secret` as hex to a new private file (see [`create_private`]), synced with its
+/// directory entry, so the secret is durable before anything depends on it. Written beside
+/// and linked into place: a start killed halfway leaves no empty or partial file at `path`,
+/// and an existing file there is an error.
+pub fn create_private_secret(path: &Path, secret: &[u8]) -> io::Result<()> {
+    let text: Zeroizing<String> = Zeroizing::new(
+        secret
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .chain(std::iter::once("\n".into()))
+            .collect(),
+    );
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = Path::new(&partial);
+    // What an interrupted start left (removing a link removes the link only).
+    match std::fs::remove_file(partial) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = create_private(partial)?;
+    io::Write::write_all(&mut file, text.as_bytes())?;
+    file.sync_all()?;
+    // A link, unlike a rename, fails rather than replace a file already at `path`.
+    std::fs::hard_link(partial, path)?;
+    std::fs::remove_file(partial)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// What a file holds now and who may change it, to tell a change: by content (not by
@@ -257,13 +291,34 @@ mod tests {
         assert!(error.contains("holds 1 bytes"), "{error}");
         std::fs::write(&path, format!("{}\n", "b".repeat(64))).unwrap();
         assert_eq!(
-            read_private_secret(&path, 32).unwrap(),
-            Some("b".repeat(64))
+            read_private_secret(&path, 32)
+                .unwrap()
+                .as_deref()
+                .map(String::as_str),
+            Some("b".repeat(64).as_str())
         );
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         let error = read_private_secret(&link, 32).unwrap_err().to_string();
         assert!(error.contains("not a regular file"), "{error}");
+    }
+
+    #[test]
+    fn a_new_secret_appears_whole_even_after_an_interrupted_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        // What a start killed while writing leaves: a partial file beside, none at `path`.
+        std::fs::write(dir.path().join("kek.partial"), "0f").unwrap();
+        create_private_secret(&path, &[0xab; 32]).unwrap();
+        let read = read_private_secret(&path, 64).unwrap().unwrap();
+        assert_eq!(read.as_str(), "ab".repeat(32));
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert!(!dir.path().join("kek.partial").exists());
+        // An existing secret is never replaced.
+        let error = create_private_secret(&path, &[0xcd; 32]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        let read = read_private_secret(&path, 64).unwrap().unwrap();
+        assert_eq!(read.as_str(), "ab".repeat(32));
     }
 
     #[test]

@@ -927,7 +927,12 @@ async fn files_the_sidecar_creates_are_private_and_files_it_trusts_must_be() {
         .unwrap_err();
     let state = sidecar.state_dir();
     assert_eq!(mode_of(&state), 0o700);
-    for file in [state.join("admin.token"), state.join("keyd.redb"), audit] {
+    for file in [
+        state.join("admin.token"),
+        state.join("keyd.redb"),
+        state.join("kek"),
+        audit,
+    ] {
         assert_eq!(mode_of(&file), 0o600, "{file:?}");
     }
 }

@@ -321,7 +321,6 @@ impl Rules {
 /// existing file is used only when it is private to the server and long enough; otherwise
 /// the start is refused, saying why (a planted `admin.token` must not make its writer admin).
 pub fn admin_token(state_dir: &Path) -> Result<String, RulesError> {
-    use std::io::Write;
     let path = state_dir.join("admin.token");
     let error = |source| RulesError::Token {
         path: path.clone(),
@@ -331,16 +330,13 @@ pub fn admin_token(state_dir: &Path) -> Result<String, RulesError> {
     if let Some(token) =
         crate::files::read_private_secret(&path, crate::files::MIN_TOKEN_BYTES).map_err(error)?
     {
-        return Ok(token);
+        return Ok(token.as_str().to_owned());
     }
-    let mut bytes = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| error(std::io::Error::other("no randomness")))?;
-    let token = hex(&bytes);
-    let mut file = crate::files::create_private(&path).map_err(error)?;
-    file.write_all(format!("{token}\n").as_bytes())
-        .map_err(error)?;
-    file.sync_all().map_err(error)?;
-    Ok(token)
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(bytes.as_mut_slice())
+        .map_err(|_| error(std::io::Error::other("no randomness")))?;
+    crate::files::create_private_secret(&path, bytes.as_slice()).map_err(error)?;
+    Ok(hex(bytes.as_slice()))
 }
 
 #[cfg(test)]

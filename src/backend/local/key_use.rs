@@ -6,8 +6,10 @@
 
 use std::collections::BTreeMap;
 
+use zeroize::Zeroizing;
+
 use super::{
-    crypto,
+    crypto::{self, Secret},
     store::{KeyReads, StoredDataKey, StoredGrant, StoredKey, WriteTx},
 };
 use crate::{
@@ -163,7 +165,7 @@ fn data_key_binding(kms_key: &str, context: &BTreeMap<String, String>) -> Vec<u8
 /// KMS key id, so no request can name it.
 const AWS_OWNED_KEY_ID: &str = "aws-owned-key:code-scanning";
 
-fn material(reads: &impl KeyReads, key_id: &str) -> Result<Vec<u8>, BackendError> {
+fn material(reads: &impl KeyReads, key_id: &str) -> Result<Secret, BackendError> {
     reads
         .material(key_id)?
         .ok_or_else(|| BackendError::internal(format!("no key material for `{key_id}`")))
@@ -204,12 +206,12 @@ pub fn retire_grant(tx: &mut WriteTx<'_>, grant_id: &str) -> Result<(), BackendE
 /// A new data key for the scanning service: GenerateDataKeyWithoutPlaintext under `key`
 /// (through `grant` when the profile uses one), or under the AWS owned key when `key` is
 /// `None`. Returns what is stored (the ciphertext only) and the plaintext, which the caller
-/// uses in memory and drops.
+/// uses in memory and drops (wiped when dropped).
 pub fn generate_data_key(
     tx: &mut WriteTx<'_>,
     user: &KeyUser<'_>,
     key: Option<(&StoredKey, Option<&StoredGrant>)>,
-) -> Result<(StoredDataKey, [u8; crypto::KEY_LEN]), BackendError> {
+) -> Result<(StoredDataKey, Secret), BackendError> {
     let plaintext = crypto::random_key()?;
     let data_key_id = uuid::Uuid::new_v4().to_string();
     let stored = match key {
@@ -219,7 +221,7 @@ pub fn generate_data_key(
             let ciphertext = crypto::seal(
                 &material(tx, &key.key_id)?,
                 &data_key_binding(&key.arn, &context),
-                &plaintext,
+                plaintext.as_slice(),
             )?;
             StoredDataKey {
                 data_key_id,
@@ -234,8 +236,8 @@ pub fn generate_data_key(
                 Some(material) => material,
                 None => {
                     let material = crypto::random_key()?;
-                    tx.put_material(AWS_OWNED_KEY_ID, &material)?;
-                    material.to_vec()
+                    tx.put_material(AWS_OWNED_KEY_ID, material.as_slice())?;
+                    Zeroizing::new(material.to_vec())
                 }
             };
             let context = BTreeMap::new();
@@ -246,13 +248,13 @@ pub fn generate_data_key(
                 ciphertext: crypto::seal(
                     &service_key,
                     &data_key_binding(AWS_OWNED_KEY_ID, &context),
-                    &plaintext,
+                    plaintext.as_slice(),
                 )?,
                 encryption_context: context,
             }
         }
     };
-    Ok((stored, plaintext))
+    Ok((stored, Zeroizing::new(plaintext.to_vec())))
 }
 
 /// Decrypt of a stored data key, as the scanning service asks KMS for it: key state,
@@ -261,7 +263,7 @@ pub fn decrypt_data_key(
     reads: &impl KeyReads,
     user: &KeyUser<'_>,
     data_key: &StoredDataKey,
-) -> Result<Vec<u8>, BackendError> {
+) -> Result<Secret, BackendError> {
     let (material, binding) = match &data_key.kms_key_arn {
         Some(arn) => {
             let key = reads

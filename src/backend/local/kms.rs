@@ -340,7 +340,7 @@ impl LocalKms {
         self.store.write(|tx| {
             tx.put_key(&key)?;
             if key.key_spec == "SYMMETRIC_DEFAULT" {
-                tx.put_material(&key.key_id, &super::crypto::random_key()?)?;
+                tx.put_material(&key.key_id, super::crypto::random_key()?.as_slice())?;
             }
             metadata(tx, &key)
         })
@@ -363,10 +363,59 @@ impl LocalKms {
         }
         self.store.write(|tx| {
             for key_id in missing(tx)? {
-                tx.put_material(&key_id, &super::crypto::random_key()?)?;
+                tx.put_material(&key_id, super::crypto::random_key()?.as_slice())?;
             }
             Ok(())
         })
+    }
+
+    /// Forgets the keys whose deletion date is past `now`: their rows, their grants and,
+    /// once no Region's copy of a key is left (multi-Region replicas share their material),
+    /// its material, so nothing can decrypt under it again. Returns how many key rows went;
+    /// writes only when one does.
+    pub fn purge_deleted_keys(&self, now: i64) -> Result<usize, BackendError> {
+        fn deleted(reads: &impl KeyReads, now: i64) -> Result<Vec<StoredKey>, BackendError> {
+            Ok(reads
+                .keys()?
+                .into_iter()
+                .filter(|k| k.is_deleted(now))
+                .collect())
+        }
+        if self.store.read(|tx| deleted(tx, now))?.is_empty() {
+            return Ok(0);
+        }
+        self.store.write(|tx| {
+            let gone = deleted(tx, now)?;
+            for key in &gone {
+                tx.delete_key(&key.arn)?;
+            }
+            for grant in tx.grants()? {
+                if gone.iter().any(|k| k.arn == grant.key_arn) {
+                    tx.delete_grant(&grant.grant_id)?;
+                }
+            }
+            let left = tx.keys()?;
+            for key in &gone {
+                if !left.iter().any(|k| k.key_id == key.key_id) {
+                    tx.delete_material(&key.key_id)?;
+                }
+            }
+            Ok(gone.len())
+        })
+    }
+
+    /// Purges deleted keys now and every `interval` after, for as long as the server runs.
+    pub async fn purge_deleted_keys_every(self, interval: std::time::Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match self.blocking(|kms| kms.purge_deleted_keys(now())).await {
+                Ok(0) => {}
+                Ok(keys) => tracing::info!(keys, "purged deleted keys and their material"),
+                Err(error) => tracing::warn!(%error, "purging deleted keys failed"),
+            }
+        }
     }
 
     /// ListGrants: the key's grants that are not retired.

@@ -2,6 +2,7 @@
 //! durable store under the state directory. Needs no AWS account.
 
 mod crypto;
+mod kek;
 pub mod key_use;
 pub mod kms;
 pub mod scanning;
@@ -40,11 +41,13 @@ fn config_key(target: Target) -> String {
 }
 
 impl LocalBackend {
-    /// Opens the store in `state_dir` (created if missing), for the Region, account,
+    /// Opens the store in `state_dir` (created if missing), its key material sealed under
+    /// the key-encryption key in `kek_file` (made at first start), for the Region, account,
     /// profiles, principal and identity policies of `scanning` (those `Update` verifies keys
     /// against, so the scanning service uses keys for what was verified).
     pub fn open(
         state_dir: &Path,
+        kek_file: &Path,
         scanning: VerificationSettings,
     ) -> Result<LocalBackend, BackendError> {
         crate::files::private_dir(state_dir).map_err(|e| {
@@ -69,7 +72,7 @@ impl LocalBackend {
         let _ = std::thread::Builder::new()
             .name("crypto-warm-up".into())
             .spawn(|| crypto::random_key().map(drop));
-        let store = Arc::new(Store::open(&store_path)?);
+        let store = Arc::new(Store::open(&store_path, kek_file)?);
         let kms = LocalKms::new(store, scanning.region.clone(), scanning.account_id.clone());
         kms.add_missing_key_material()?;
         Ok(LocalBackend {
@@ -206,9 +209,130 @@ mod tests {
             .store
             .read(|tx| {
                 let data_key = tx.data_key(&config_key(lambda()))?.unwrap();
-                key_use::decrypt_data_key(tx, &user, &data_key)
+                key_use::decrypt_data_key(tx, &user, &data_key).map(|k| k.to_vec())
             })
             .unwrap()
+    }
+
+    fn settings() -> VerificationSettings {
+        VerificationSettings::new(
+            "us-east-1".into(),
+            "111122223333".into(),
+            "arn:aws:iam::111122223333:role/inspector-keyd".into(),
+            Vec::new(),
+            crate::verify::Profile::CodeguruGrants,
+            crate::verify::Profile::AmazonQCodeRepository,
+        )
+    }
+
+    fn open(dir: &Path) -> Result<LocalBackend, BackendError> {
+        LocalBackend::open(dir, &dir.join("kek"), settings())
+    }
+
+    /// The unsealed material of `key_id`, if the store has any.
+    fn material(backend: &LocalBackend, key_id: &str) -> Option<Vec<u8>> {
+        backend
+            .kms
+            .store
+            .read(|tx| tx.material(key_id))
+            .unwrap()
+            .map(|m| m.to_vec())
+    }
+
+    #[tokio::test]
+    async fn key_material_is_stored_only_sealed_under_the_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = open(dir.path()).unwrap();
+        let mut keys = Vec::new();
+        for _ in 0..3 {
+            let key = backend
+                .kms
+                .create_key(CreateKeyInput::default())
+                .await
+                .unwrap();
+            keys.push((key.key_id.clone(), material(&backend, &key.key_id).unwrap()));
+        }
+        let materials: Vec<Vec<u8>> = keys.iter().map(|(_, m)| m.clone()).collect();
+        assert_eq!(materials[0].len(), crypto::KEY_LEN);
+        assert_not_on_disk(dir.path(), &materials);
+        drop(backend);
+        // Reopened with its key file, the store opens its keys.
+        let backend = open(dir.path()).unwrap();
+        for (key_id, stored) in &keys {
+            assert_eq!(&material(&backend, key_id).unwrap(), stored);
+        }
+        drop(backend);
+
+        // The store without its key file: refused, and no new key file is made.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join(STORE_FILE),
+            elsewhere.path().join(STORE_FILE),
+        )
+        .unwrap();
+        let missing = open(elsewhere.path()).err().unwrap().to_string();
+        assert!(missing.contains("is missing"), "{missing}");
+        assert!(!elsewhere.path().join("kek").exists());
+        // With another store's key file: refused, naming the mismatch.
+        drop(open(tempfile::tempdir().unwrap().path()).unwrap());
+        let other = tempfile::tempdir().unwrap();
+        drop(open(other.path()).unwrap());
+        std::fs::copy(other.path().join("kek"), elsewhere.path().join("kek")).unwrap();
+        let wrong = open(elsewhere.path()).err().unwrap().to_string();
+        assert!(wrong.contains("do not belong together"), "{wrong}");
+    }
+
+    #[tokio::test]
+    async fn deleted_keys_lose_their_material_but_a_live_replica_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = open(dir.path()).unwrap();
+        let kms = &backend.kms;
+        let single = kms.create_key(CreateKeyInput::default()).await.unwrap();
+        let multi = kms
+            .create_key(CreateKeyInput {
+                multi_region: true,
+                ..CreateKeyInput::default()
+            })
+            .await
+            .unwrap();
+        kms.replicate_key(multi.key_id.clone(), "us-west-2".into(), String::new())
+            .await
+            .unwrap();
+        let kept = kms.create_key(CreateKeyInput::default()).await.unwrap();
+        let key_in_use = KeyArn::parse(&single.arn).unwrap();
+        backend
+            .update_encryption_key(lambda(), &key_in_use)
+            .await
+            .unwrap();
+        for key in [&single.key_id, &multi.key_id] {
+            kms.schedule_key_deletion(key.clone(), 7).await.unwrap();
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // Nothing is purged before the deletion date.
+        assert_eq!(kms.purge_deleted_keys(now).unwrap(), 0);
+        assert!(material(&backend, &single.key_id).is_some());
+
+        let after = now + 8 * 86_400;
+        assert_eq!(kms.purge_deleted_keys(after).unwrap(), 2);
+        assert_eq!(kms.purge_deleted_keys(after).unwrap(), 0);
+        assert_eq!(material(&backend, &single.key_id), None);
+        // The replica in us-west-2 still uses the multi-Region key's material.
+        assert!(material(&backend, &multi.key_id).is_some());
+        assert!(material(&backend, &kept.key_id).is_some());
+        assert!(matches!(
+            kms.describe_key(single.arn.clone()).await,
+            Err(BackendError::NotFound { .. })
+        ));
+        assert!(kms.list_grants(single.arn.clone()).await.is_err());
+        let listed: Vec<String> = kms
+            .list_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, arn)| arn)
+            .collect();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(listed.contains(&kept.arn));
     }
 
     /// No file under `dir` holds any of `secrets`: raw, as hex, or as a JSON byte array.
@@ -240,15 +364,7 @@ mod tests {
     #[tokio::test]
     async fn data_keys_plaintext_never_reaches_the_state_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = VerificationSettings::new(
-            "us-east-1".into(),
-            "111122223333".into(),
-            "arn:aws:iam::111122223333:role/inspector-keyd".into(),
-            Vec::new(),
-            crate::verify::Profile::CodeguruGrants,
-            crate::verify::Profile::AmazonQCodeRepository,
-        );
-        let backend = LocalBackend::open(dir.path(), settings).unwrap();
+        let backend = open(dir.path()).unwrap();
         let snippet = CodeSnippet {
             finding_arn: format!(
                 "arn:aws:inspector2:us-east-1:111122223333:finding/{}",

@@ -14,7 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    config_key, crypto, key_use,
+    config_key,
+    crypto::{self, Secret},
+    key_use,
     store::{KeyReads, StoredDataKey, StoredKey, StoredSnippet, WriteTx},
 };
 use crate::{
@@ -67,7 +69,7 @@ fn new_data_key(
     settings: &VerificationSettings,
     target: Target,
     key: Option<&str>,
-) -> Result<(StoredDataKey, [u8; crypto::KEY_LEN]), BackendError> {
+) -> Result<(StoredDataKey, Secret), BackendError> {
     let user = key_use::user(settings, target);
     match key {
         Some(arn) => {
@@ -191,7 +193,7 @@ pub fn record(
             }
             let (data_key, plaintext) = new_data_key(tx, settings, target, in_use.as_deref())?;
             tx.put_data_key(&target_key, &data_key)?;
-            (data_key, plaintext.to_vec())
+            (data_key, plaintext)
         }
     };
     let sealed = seal_snippet(&snippet.finding_arn, snippet, target, &data_key, &plaintext)?;
@@ -240,7 +242,7 @@ pub fn batch_get(
         settings.account_id
     );
     // Data keys decrypted once per target: `Err` holds the per-finding error code.
-    let mut data_keys: BTreeMap<String, Result<(String, Vec<u8>), SnippetErrorCode>> =
+    let mut data_keys: BTreeMap<String, Result<(String, Secret), SnippetErrorCode>> =
         BTreeMap::new();
     let mut seen = BTreeSet::new();
     for finding in findings {
@@ -293,7 +295,7 @@ fn unwrap_target_key(
     reads: &impl KeyReads,
     settings: &VerificationSettings,
     target_key: &str,
-) -> Result<(String, Vec<u8>), SnippetErrorCode> {
+) -> Result<(String, Secret), SnippetErrorCode> {
     let target = Target::all()
         .find(|t| config_key(*t) == target_key)
         .ok_or(SnippetErrorCode::InternalError)?;

@@ -2,11 +2,16 @@
 //! transaction committed with fsync before it returns, so an acknowledged write survives
 //! `kill -9` and an interrupted one leaves nothing half-applied.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
+use super::{
+    crypto::{KEY_LEN, Secret},
+    kek::Kek,
+};
 use crate::backend::BackendError;
 
 /// Target (`CODE/AWS_LAMBDA_FUNCTION`) → customer managed key ARN. No row: AWS owned key.
@@ -44,14 +49,17 @@ impl StoredKey {
 
 pub struct Store {
     db: Database,
+    kek: Arc<Kek>,
 }
 
 fn storage(e: impl std::fmt::Display) -> BackendError {
     BackendError::internal(format!("local store: {e}"))
 }
 
-/// Key id → the key's 256-bit secret (the emulated HSM's key material). Never part of
-/// [`StoredKey`], so it cannot leak through metadata, `Debug` or JSON.
+/// Key id → the key's 256-bit secret (the emulated HSM's key material), sealed under the
+/// key-encryption key (see `kek.rs`). Never part of [`StoredKey`], so it cannot leak through
+/// metadata, `Debug` or JSON. A row of exactly [`KEY_LEN`] bytes is unsealed material of an
+/// earlier version, sealed when the store is opened.
 const KEY_MATERIAL: TableDefinition<&str, &[u8]> = TableDefinition::new("kms_key_material");
 /// Grant id → JSON of [`StoredGrant`]. Retiring a grant deletes its row.
 const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("kms_grants");
@@ -133,6 +141,7 @@ pub struct Tables<B, C> {
     grants: B,
     data_keys: B,
     snippets: B,
+    kek: Arc<Kek>,
 }
 
 /// A write transaction in progress; see [`Store::write`].
@@ -152,7 +161,8 @@ pub trait KeyReads {
     fn key(&self, arn: &str) -> Result<Option<StoredKey>, BackendError>;
     fn keys(&self) -> Result<Vec<StoredKey>, BackendError>;
     fn config(&self, target: &str) -> Result<Option<String>, BackendError>;
-    fn material(&self, key_id: &str) -> Result<Option<Vec<u8>>, BackendError>;
+    /// The material of `key_id`, unsealed; wiped from memory when dropped.
+    fn material(&self, key_id: &str) -> Result<Option<Secret>, BackendError>;
     fn grant(&self, grant_id: &str) -> Result<Option<StoredGrant>, BackendError>;
     fn grants(&self) -> Result<Vec<StoredGrant>, BackendError>;
     fn data_key(&self, target: &str) -> Result<Option<StoredDataKey>, BackendError>;
@@ -179,12 +189,12 @@ where
             .map_err(storage)?
             .map(|v| v.value().to_owned()))
     }
-    fn material(&self, key_id: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self
-            .material
+    fn material(&self, key_id: &str) -> Result<Option<Secret>, BackendError> {
+        self.material
             .get(key_id)
             .map_err(storage)?
-            .map(|v| v.value().to_vec()))
+            .map(|v| self.kek.open(key_id, v.value()))
+            .transpose()
     }
     fn grant(&self, grant_id: &str) -> Result<Option<StoredGrant>, BackendError> {
         get_json(&self.grants, grant_id)
@@ -232,7 +242,20 @@ impl WriteTx<'_> {
     }
 
     pub fn put_material(&mut self, key_id: &str, material: &[u8]) -> Result<(), BackendError> {
-        self.material.insert(key_id, material).map_err(storage)?;
+        let sealed = self.kek.seal(key_id, material)?;
+        self.material
+            .insert(key_id, sealed.as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    pub fn delete_material(&mut self, key_id: &str) -> Result<(), BackendError> {
+        self.material.remove(key_id).map_err(storage)?;
+        Ok(())
+    }
+
+    pub fn delete_key(&mut self, arn: &str) -> Result<(), BackendError> {
+        self.keys.remove(arn).map_err(storage)?;
         Ok(())
     }
 
@@ -268,15 +291,46 @@ impl WriteTx<'_> {
     }
 }
 
+/// The material rows: (key id, stored bytes).
+fn material_rows(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, Secret)>, BackendError> {
+    let mut rows = Vec::new();
+    for entry in table.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        rows.push((k.value().to_owned(), Zeroizing::new(v.value().to_vec())));
+    }
+    Ok(rows)
+}
+
 impl Store {
-    /// Opens (or creates) the store file. Fails when another process holds it open.
-    pub fn open(path: &Path) -> Result<Store, BackendError> {
+    /// Opens (or creates) the store file, with the key-encryption key at `kek_path` (made
+    /// when the store seals no material yet). Material of an earlier version, stored
+    /// unsealed, is sealed now; a key file that does not open the store's material is
+    /// refused. Fails when another process holds the store open.
+    pub fn open(path: &Path, kek_path: &Path) -> Result<Store, BackendError> {
         let db = Database::create(path).map_err(|e| {
             BackendError::internal(format!("cannot open local store `{}`: {e}", path.display()))
         })?;
-        let store = Store { db };
-        // Create the tables so read transactions always find them.
-        store.write(|_| Ok(()))?;
+        let rows = {
+            let txn = db.begin_write().map_err(storage)?;
+            let rows = material_rows(&txn.open_table(KEY_MATERIAL).map_err(storage)?)?;
+            txn.abort().map_err(storage)?;
+            rows
+        };
+        let sealed = rows.iter().find(|(_, v)| v.len() != KEY_LEN);
+        let kek = Arc::new(Kek::load_or_create(kek_path, sealed.is_none())?);
+        if let Some((key_id, value)) = sealed {
+            kek.open(key_id, value)?;
+        }
+        let store = Store { db, kek };
+        // Creates the tables (so read transactions always find them) and seals what is not.
+        store.write(|tx| {
+            for (key_id, value) in rows.iter().filter(|(_, v)| v.len() == KEY_LEN) {
+                tx.put_material(key_id, value)?;
+            }
+            Ok(())
+        })?;
         Ok(store)
     }
 
@@ -294,6 +348,7 @@ impl Store {
                 grants: txn.open_table(GRANTS).map_err(storage)?,
                 data_keys: txn.open_table(DATA_KEYS).map_err(storage)?,
                 snippets: txn.open_table(SNIPPETS).map_err(storage)?,
+                kek: self.kek.clone(),
             };
             f(&mut tx)?
         };
@@ -314,7 +369,49 @@ impl Store {
             grants: txn.open_table(GRANTS).map_err(storage)?,
             data_keys: txn.open_table(DATA_KEYS).map_err(storage)?,
             snippets: txn.open_table(SNIPPETS).map_err(storage)?,
+            kek: self.kek.clone(),
         };
         f(&tx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsealed_material_of_an_earlier_version_is_sealed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.redb");
+        let legacy = [7u8; KEY_LEN];
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(KEY_MATERIAL)
+                .unwrap()
+                .insert("key-1", legacy.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path, &dir.path().join("kek")).unwrap();
+        let read = store.read(|tx| tx.material("key-1")).unwrap().unwrap();
+        assert_eq!(read.as_slice(), legacy);
+        let row = store
+            .read(|tx| {
+                Ok(tx
+                    .material
+                    .get("key-1")
+                    .map_err(storage)?
+                    .unwrap()
+                    .value()
+                    .to_vec())
+            })
+            .unwrap();
+        assert_ne!(row.len(), KEY_LEN, "the row is still unsealed");
+        assert!(!row.windows(KEY_LEN).any(|w| w == legacy));
+        drop(store);
+        // Sealed now: the key file is needed from here on.
+        std::fs::remove_file(dir.path().join("kek")).unwrap();
+        assert!(Store::open(&path, &dir.path().join("kek")).is_err());
     }
 }
