@@ -265,6 +265,28 @@ impl<IO> Guarded<IO> {
             Poll::Pending => None,
         }
     }
+
+    /// A write's outcome as the server sees it: progress resets the stall clock, no
+    /// progress runs it.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    self.stalled = None;
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Pending => match self.poll_stall(cx) {
+                Some(error) => Poll::Ready(Err(error)),
+                None => Poll::Pending,
+            },
+            other => other,
+        }
+    }
 }
 
 impl<IO: Connected> Connected for Guarded<IO> {
@@ -310,19 +332,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.stalled = None;
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Pending => match this.poll_stall(cx) {
-                Some(error) => Poll::Ready(Err(error)),
-                None => Poll::Pending,
-            },
-            other => other,
-        }
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.after_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -331,19 +342,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.stalled = None;
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Pending => match this.poll_stall(cx) {
-                Some(error) => Poll::Ready(Err(error)),
-                None => Poll::Pending,
-            },
-            other => other,
-        }
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.after_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

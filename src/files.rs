@@ -87,8 +87,13 @@ pub fn open_private_append(path: &Path) -> io::Result<File> {
                 e
             }
         })?;
-    let metadata = file.metadata()?;
-    if !metadata.is_file() {
+    check_private(path, &file.metadata()?)?;
+    Ok(file)
+}
+
+/// Refuses what is not a regular file of the server's uid with no group or other bits.
+fn check_private(path: &Path, metadata: &std::fs::Metadata) -> io::Result<()> {
+    if !metadata.file_type().is_file() {
         return Err(refused(path, "is not a regular file".into()));
     }
     if metadata.uid() != server_uid() {
@@ -101,12 +106,12 @@ pub fn open_private_append(path: &Path) -> io::Result<File> {
         return Err(refused(
             path,
             format!(
-                "may be read or written by others (mode {:04o}); make it 0600",
+                "may be read or written by others (mode {:04o}); it must be 0600",
                 metadata.mode() & 0o7777
             ),
         ));
     }
-    Ok(file)
+    Ok(())
 }
 
 /// Refuses a file the sidecar acts on when someone other than the server's uid or root
@@ -151,24 +156,7 @@ pub fn read_private_secret(path: &Path, min_len: usize) -> io::Result<Option<Zer
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    if !metadata.file_type().is_file() {
-        return Err(refused(path, "is not a regular file".into()));
-    }
-    if metadata.uid() != server_uid() {
-        return Err(refused(
-            path,
-            format!("is owned by uid {}, not the server's", metadata.uid()),
-        ));
-    }
-    if metadata.mode() & 0o077 != 0 {
-        return Err(refused(
-            path,
-            format!(
-                "may be read or written by others (mode {:04o}); it must be 0600",
-                metadata.mode() & 0o7777
-            ),
-        ));
-    }
+    check_private(path, &metadata)?;
     let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(no_follow())

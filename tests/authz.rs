@@ -729,22 +729,6 @@ async fn token_only_tls_callers_need_a_token() {
     );
 }
 
-/// Reads until the server closes the connection; false if it is still open after `limit`.
-async fn closed_within<T: tokio::io::AsyncRead + Unpin>(io: &mut T, limit: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(limit, async {
-        loop {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
 #[tokio::test]
 async fn tls_handshakes_are_bounded_and_a_silent_tls_client_meets_the_preface_deadline() {
     let setup = TlsSetup::new();

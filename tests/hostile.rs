@@ -397,22 +397,6 @@ async fn many_idle_connections_do_not_stop_service() {
     still_serving(&sidecar).await;
 }
 
-/// Reads until the server closes the connection; false if it is still open after `limit`.
-async fn closed_within(io: &mut tokio::net::TcpStream, limit: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(limit, async {
-        loop {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
 /// A TCP connection to `addr` from the loopback address `from` (any 127.x.y.z).
 async fn tcp_from(from: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

@@ -593,6 +593,22 @@ pub async fn tls_channel(
         .await
 }
 
+/// Reads until the server closes the connection; false if it is still open after `limit`.
+pub async fn closed_within<T: tokio::io::AsyncRead + Unpin>(io: &mut T, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// Retries `check` until it holds, for at most `limit` (for changes the server picks up
 /// asynchronously, such as reloaded files).
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
