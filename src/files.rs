@@ -179,15 +179,11 @@ pub fn read_private_secret(path: &Path, min_len: usize) -> io::Result<Option<Zer
 /// Writes `secret` as hex to a new private file (see [`create_private`]), synced with its
 /// directory entry, so the secret is durable before anything depends on it. Written beside
 /// and linked into place: a start killed halfway leaves no empty or partial file at `path`,
-/// and an existing file there is an error.
-pub fn create_private_secret(path: &Path, secret: &[u8]) -> io::Result<()> {
-    let text: Zeroizing<String> = Zeroizing::new(
-        secret
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .chain(std::iter::once("\n".into()))
-            .collect(),
-    );
+/// and an existing file there is an error. Returns the hex text, as a later
+/// [`read_private_secret`] reads it.
+pub fn create_private_secret(path: &Path, secret: &[u8]) -> io::Result<Zeroizing<String>> {
+    let text: Zeroizing<String> =
+        Zeroizing::new(secret.iter().map(|b| format!("{b:02x}")).collect());
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = Path::new(&partial);
@@ -198,6 +194,7 @@ pub fn create_private_secret(path: &Path, secret: &[u8]) -> io::Result<()> {
     }
     let mut file = create_private(partial)?;
     io::Write::write_all(&mut file, text.as_bytes())?;
+    io::Write::write_all(&mut file, b"\n")?;
     file.sync_all()?;
     // A link, unlike a rename, fails rather than replace a file already at `path`.
     std::fs::hard_link(partial, path)?;
@@ -205,7 +202,7 @@ pub fn create_private_secret(path: &Path, secret: &[u8]) -> io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         File::open(dir)?.sync_all()?;
     }
-    Ok(())
+    Ok(text)
 }
 
 /// What a file holds now and who may change it, to tell a change: by content (not by
@@ -297,9 +294,10 @@ mod tests {
         let path = dir.path().join("kek");
         // What a start killed while writing leaves: a partial file beside, none at `path`.
         std::fs::write(dir.path().join("kek.partial"), "0f").unwrap();
-        create_private_secret(&path, &[0xab; 32]).unwrap();
+        let written = create_private_secret(&path, &[0xab; 32]).unwrap();
+        assert_eq!(written.as_str(), "ab".repeat(32));
         let read = read_private_secret(&path, 64).unwrap().unwrap();
-        assert_eq!(read.as_str(), "ab".repeat(32));
+        assert_eq!(read, written);
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         assert!(!dir.path().join("kek.partial").exists());
         // An existing secret is never replaced.

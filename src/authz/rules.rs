@@ -335,8 +335,8 @@ pub fn admin_token(state_dir: &Path) -> Result<String, RulesError> {
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
     aws_lc_rs::rand::fill(bytes.as_mut_slice())
         .map_err(|_| error(std::io::Error::other("no randomness")))?;
-    crate::files::create_private_secret(&path, bytes.as_slice()).map_err(error)?;
-    Ok(hex(bytes.as_slice()))
+    let token = crate::files::create_private_secret(&path, bytes.as_slice()).map_err(error)?;
+    Ok(token.as_str().to_owned())
 }
 
 #[cfg(test)]
