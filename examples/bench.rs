@@ -3,9 +3,10 @@
 //! The load benchmark: cached `GetEncryptionKey` through the real sidecar (every layer on:
 //! authorization, cache, metrics, logging at the default level) against a bare tonic server
 //! answering the same message with a constant, with the same client code, concurrency and
-//! duration, over the Unix socket, loopback TCP and loopback TCP with mTLS. Also: cold-read
+//! duration, over the Unix socket, loopback TCP and loopback TCP with mTLS; and the same
+//! over loopback TCP with h2load, a load generator we did not write. Also: cold-read
 //! coalescing, resident memory before and after many cached reads, start-up time to
-//! SERVING, and verification speed on ~32 KB policies.
+//! SERVING, verification speed on ~32 KB policies, and the fleet's cost in AWS calls.
 //!
 //! Run: `cargo run --release --example bench` (see BENCHMARKS.md; `--quick` is the tiny run
 //! the tests make).
@@ -61,7 +62,13 @@ struct Args {
     /// Transports to measure: any of unix, tcp, mtls.
     #[arg(long, value_delimiter = ',', default_value = "unix,tcp,mtls")]
     transports: Vec<String>,
-    /// Skip the memory, cold-read, start-up and verification figures.
+    /// Requests per h2load run (after a fifth as many unmeasured).
+    #[arg(long, default_value_t = 200_000)]
+    h2load_requests: usize,
+    /// Measured time of the fleet-cost run (at 1/100 of the default intervals).
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    fleet_duration: Duration,
+    /// Skip the memory, cold-read, start-up, verification and fleet figures.
     #[arg(long)]
     load_only: bool,
     /// A tiny run that only proves the tool works.
@@ -88,6 +95,8 @@ fn main() {
         args.repeats = 1;
         args.memory_reads = 2000;
         args.cold_reads = 100;
+        args.h2load_requests = 2000;
+        args.fleet_duration = Duration::from_secs(4);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -415,6 +424,99 @@ async fn load(
     }
 }
 
+/// h2load, as the test-tool script installs it (or where `KEYD_H2LOAD` says). Missing: the
+/// bench says so and leaves out its figures, except under `CI=true`, where it fails.
+fn h2load_tool() -> Option<PathBuf> {
+    let path = std::env::var_os("KEYD_H2LOAD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/h2load"));
+    if path.is_file() {
+        return Some(path);
+    }
+    let message = format!(
+        "h2load is missing at {}: run scripts/install-test-tools.sh (or set KEYD_H2LOAD)",
+        path.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+    println!("{message}; the external client's figures are left out\n");
+    None
+}
+
+/// The gRPC message h2load sends: the request, length-prefixed as gRPC frames it.
+fn grpc_frame() -> Vec<u8> {
+    use prost::Message;
+    let message = request().encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
+/// One h2load run of `requests` cached reads over loopback TCP (16 connections, 8 streams
+/// each, one client thread), after a fifth as many unmeasured; the server's CPU time is
+/// read around the measured run, latencies from h2load's per-request log.
+fn h2load_run(h2load: &Path, addr: SocketAddr, requests: usize, server: u32, dir: &Path) -> Run {
+    let body = dir.join("h2load-request.bin");
+    std::fs::write(&body, grpc_frame()).unwrap();
+    let log = dir.join("h2load.log");
+    // h2load appends: each run's log starts empty.
+    let _ = std::fs::remove_file(&log);
+    let url = format!("http://{addr}/inspectorkeyd.v1.EncryptionKeyService/GetEncryptionKey");
+    let run = |n: usize, log: Option<&Path>| {
+        let mut command = Command::new(h2load);
+        command
+            .args(["-c", "16", "-m", "8", "-t", "1", "-n", &n.to_string()])
+            .arg("-d")
+            .arg(&body)
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+        if let Some(log) = log {
+            command.arg(format!("--log-file={}", log.display()));
+        }
+        let output = command.arg(&url).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "h2load: {stdout}");
+        // Every request answered with HTTP 200 (the gRPC answer itself is checked by
+        // our own client's runs against the same server).
+        assert!(
+            stdout.contains(&format!("{n} succeeded, 0 failed"))
+                && stdout.contains(&format!("status codes: {n} 2xx")),
+            "h2load: {stdout}"
+        );
+        stdout
+    };
+    run((requests / 5).max(1), None);
+    let cpu_at_start = cpu_time(server);
+    let stdout = run(requests, Some(&log));
+    let cpu = cpu_time(server).saturating_sub(cpu_at_start);
+    let throughput: f64 = stdout
+        .lines()
+        .find_map(|l| {
+            let l = l.strip_prefix("finished in ")?;
+            l.split(", ").nth(1)?.strip_suffix(" req/s")?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no throughput in h2load's output: {stdout}"));
+    // Tab-separated: start time, status, microseconds to the end of the response.
+    let mut latencies: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
+        .collect();
+    latencies.sort_unstable();
+    assert_eq!(latencies.len(), requests, "h2load's log");
+    let at = |q: f64| {
+        Duration::from_micros(
+            latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)],
+        )
+    };
+    Run {
+        throughput,
+        p50: at(0.50),
+        p99: at(0.99),
+        p999: at(0.999),
+        cpu_per_request: cpu / u32::try_from(requests.max(1)).unwrap_or(u32::MAX),
+    }
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values.get(values.len() / 2).copied().unwrap_or(0.0)
@@ -452,8 +554,9 @@ async fn unix_channel_when_up(path: &Path) -> Channel {
     panic!("no socket at {}", path.display());
 }
 
-/// Writes a sidecar configuration into `dir`; returns its addresses.
-fn sidecar_config(dir: &Path) -> (Addresses, SocketAddr) {
+/// Writes a sidecar configuration into `dir`, with `extra_ops` in its `[ops]` table and
+/// `extra` after it; returns its addresses.
+fn sidecar_config_with(dir: &Path, extra_ops: &str, extra: &str) -> (Addresses, SocketAddr) {
     let (tcp, tls, metrics) = (free_port(), free_port(), free_port());
     std::fs::write(
         dir.join("rules.toml"),
@@ -464,7 +567,7 @@ fn sidecar_config(dir: &Path) -> (Addresses, SocketAddr) {
     std::fs::write(
         dir.join("keyd.toml"),
         format!(
-            "state_dir = {}\n[listen]\nunix_socket = {}\ntcp = \"{tcp}\"\n[authz]\nrules_file = {}\n[tls]\nlisten = \"{tls}\"\ncert_file = {}\nkey_file = {}\nclient_ca_files = [{}]\n[ops]\nmetrics_listen = \"{metrics}\"\n# the cold-read test sends 1,000 reads at once\nmax_concurrent_rpcs = 4096\n",
+            "state_dir = {}\n[listen]\nunix_socket = {}\ntcp = \"{tcp}\"\n[authz]\nrules_file = {}\n[tls]\nlisten = \"{tls}\"\ncert_file = {}\nkey_file = {}\nclient_ca_files = [{}]\n[ops]\nmetrics_listen = \"{metrics}\"\n# the cold-read test sends 1,000 reads at once\nmax_concurrent_rpcs = 4096\n{extra_ops}{extra}",
             path(dir.join("state")),
             path(dir.join("keyd.sock")),
             path(dir.join("rules.toml")),
@@ -482,6 +585,11 @@ fn sidecar_config(dir: &Path) -> (Addresses, SocketAddr) {
         },
         metrics,
     )
+}
+
+/// Writes the bench's sidecar configuration into `dir`; returns its addresses.
+fn sidecar_config(dir: &Path) -> (Addresses, SocketAddr) {
+    sidecar_config_with(dir, "", "")
 }
 
 fn scrape(metrics: SocketAddr, name: &str) -> f64 {
@@ -609,43 +717,28 @@ async fn drive(args: Args) {
                 );
             }
         }
-        let figures: Vec<[f64; 5]> = runs
-            .iter()
-            .map(|r| {
-                [
-                    median(r.iter().map(|x| x.throughput).collect()),
-                    median(r.iter().map(|x| x.p50.as_secs_f64()).collect()),
-                    median(r.iter().map(|x| x.p99.as_secs_f64()).collect()),
-                    median(r.iter().map(|x| x.p999.as_secs_f64()).collect()),
-                    median(r.iter().map(|x| x.cpu_per_request.as_secs_f64()).collect()),
-                ]
-            })
-            .collect();
-        for (name, f) in ["baseline", "sidecar"].iter().zip(&figures) {
-            println!(
-                "{:<6} {:<9} {:>12.0} {:>9} {:>9} {:>9} {:>12}",
-                format!("{transport:?}").to_lowercase(),
-                name,
-                f[0],
-                micros(f[1]),
-                micros(f[2]),
-                micros(f[3]),
-                format!("{:.1} µs", f[4] * 1e6)
-            );
+        report(&format!("{transport:?}").to_lowercase(), &runs);
+    }
+    if let Some(h2load) = h2load_tool() {
+        // The same path measured by a client we did not write, on fresh processes again.
+        let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+        for repeat in 0..args.repeats {
+            let round = server_dir(dir.path(), &format!("h2load-{repeat}"));
+            let servers = start_servers(&round).await;
+            let order = if repeat % 2 == 0 { [0, 1] } else { [1, 0] };
+            for which in order {
+                let (addr, server) = if which == 0 {
+                    (servers.baseline_addresses.tcp, servers.baseline.pid())
+                } else {
+                    (servers.sidecar_addresses.tcp, servers.sidecar.pid())
+                };
+                let run = tokio::task::block_in_place(|| {
+                    h2load_run(&h2load, addr, args.h2load_requests, server, &round)
+                });
+                runs[which].push(run);
+            }
         }
-        let ratio = |i: usize| figures[1][i] / figures[0][i];
-        println!(
-            "{:<6} {:<9} {:>12} {:>9} {:>9} {:>9} {:>12}   throughput {:.2}, p99 {:.2}",
-            "",
-            "ratio",
-            format!("{:.2}", ratio(0)),
-            format!("{:.2}", ratio(1)),
-            format!("{:.2}", ratio(2)),
-            format!("{:.2}", ratio(3)),
-            format!("{:.2}", ratio(4)),
-            ratio(0),
-            ratio(2),
-        );
+        report("h2load", &runs);
     }
 
     if args.load_only {
@@ -747,6 +840,205 @@ async fn drive(args: Args) {
             micros(median(times))
         );
     }
+
+    fleet(args.fleet_duration, dir.path()).await;
+}
+
+/// How much the fleet run shrinks the default intervals.
+const FLEET_SCALE: f64 = 100.0;
+
+/// Every backend call so far, by operation, from the backend-call metric.
+fn backend_calls(metrics: SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(metrics).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let mut calls = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("inspector_keyd_backend_calls_total{") else {
+            continue;
+        };
+        let operation = rest
+            .split("operation=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default();
+        let value: f64 = rest
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
+        *calls.entry(operation.to_owned()).or_insert(0.0) += value;
+    }
+    calls
+}
+
+/// The fleet's cost in AWS calls: a sidecar with every default interval divided by
+/// FLEET_SCALE, both targets read steadily (a customer managed key in use for one, the AWS
+/// owned key for the other), its backend calls counted over `duration` and scaled back up
+/// to calls per sidecar-hour at the defaults; then what 1,000 such sidecars in one account
+/// make of KMS's published per-account request quotas.
+async fn fleet(duration: Duration, parent: &Path) {
+    let cache = inspector_keyd::config::CacheConfig::default();
+    let ops = inspector_keyd::config::OpsConfig::default();
+    let scaled = |d: Duration| {
+        format!(
+            "\"{}ms\"",
+            (d.as_secs_f64() * 1000.0 / FLEET_SCALE).max(1.0)
+        )
+    };
+    let dir = server_dir(parent, "fleet");
+    let (addresses, metrics) = sidecar_config_with(
+        &dir,
+        &format!(
+            "drift_interval = {}\nready_check_interval = {}\n",
+            scaled(ops.drift_interval),
+            scaled(ops.ready_check_interval)
+        ),
+        &format!(
+            "[cache]\nkey_ttl = {}\naws_owned_ttl = {}\n",
+            scaled(cache.key_ttl),
+            scaled(cache.aws_owned_ttl)
+        ),
+    );
+    let _sidecar = Server::start("sidecar", &dir);
+    let admin = unix_channel_when_up(&addresses.unix).await;
+    wait_serving(admin.clone()).await;
+    put_key_in_use(&admin).await;
+    let mut client = EncryptionKeyServiceClient::new(admin);
+    // Reads far more often than the scaled TTLs, so every refresh point is reached.
+    let read_every = Duration::from_millis(5);
+    let read_for = |client: &mut EncryptionKeyServiceClient<Channel>, until: Instant| {
+        let mut client = client.clone();
+        async move {
+            let mut ticks = tokio::time::interval(read_every);
+            while Instant::now() < until {
+                ticks.tick().await;
+                for resource_type in [
+                    proto::ResourceType::AwsLambdaFunction,
+                    proto::ResourceType::CodeRepository,
+                ] {
+                    let read = client
+                        .get_encryption_key(proto::GetEncryptionKeyRequest {
+                            scan_type: proto::ScanType::Code as i32,
+                            resource_type: resource_type as i32,
+                        })
+                        .await;
+                    // The repository target has the AWS owned key: NOT_FOUND, cached too.
+                    assert!(
+                        read.as_ref()
+                            .map_or_else(|s| s.code() == tonic::Code::NotFound, |_| true),
+                        "{read:?}"
+                    );
+                }
+            }
+        }
+    };
+    // Two scaled key TTLs unmeasured: past the start-up reads and the first refreshes.
+    let settle = cache.key_ttl.mul_f64(2.0 / FLEET_SCALE);
+    read_for(&mut client, Instant::now() + settle).await;
+    let before = backend_calls(metrics);
+    let started = Instant::now();
+    read_for(&mut client, started + duration).await;
+    let elapsed = started.elapsed();
+    let after = backend_calls(metrics);
+    // Seconds at the defaults that the run stood for.
+    let default_seconds = elapsed.as_secs_f64() * FLEET_SCALE;
+    let per_hour: Vec<(String, f64)> = after
+        .iter()
+        .map(|(op, n)| {
+            (
+                op.clone(),
+                (n - before.get(op).copied().unwrap_or(0.0)) * 3600.0 / default_seconds,
+            )
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    let total: f64 = per_hour.iter().map(|(_, n)| n).sum();
+    println!(
+        "\nfleet cost: defaults (key TTL {:?}, AWS owned {:?}, drift check {:?}) run at 1/{FLEET_SCALE} for {:.0} s ({:.0} min at the defaults), both targets read every {read_every:?}",
+        cache.key_ttl,
+        cache.aws_owned_ttl,
+        ops.drift_interval,
+        elapsed.as_secs_f64(),
+        default_seconds / 60.0
+    );
+    let listed: Vec<String> = per_hour
+        .iter()
+        .map(|(op, n)| format!("{op} {n:.1}"))
+        .collect();
+    println!(
+        "  backend calls per sidecar-hour: {total:.1} ({})",
+        listed.join(", ")
+    );
+    let fleet_per_second = |op: &str| {
+        per_hour
+            .iter()
+            .find(|(o, _)| o == op)
+            .map_or(0.0, |(_, n)| n * 1000.0 / 3600.0)
+    };
+    for (op, api, quota) in [
+        ("describe_key", "KMS DescribeKey", 2000.0),
+        ("get_key_policy", "KMS GetKeyPolicy", 1000.0),
+    ] {
+        let rate = fleet_per_second(op);
+        println!(
+            "  1,000 sidecars in one account: {api} {rate:.2}/s = {:.3} % of its {quota:.0}/s quota",
+            rate / quota * 100.0
+        );
+    }
+    println!(
+        "  1,000 sidecars in one account: Inspector GetEncryptionKey {:.1}/s (Inspector publishes no rate quota)",
+        fleet_per_second("get_encryption_key")
+    );
+}
+
+/// Prints the baseline's and the sidecar's medians and their ratios.
+fn report(label: &str, runs: &[Vec<Run>; 2]) {
+    let figures: Vec<[f64; 5]> = runs
+        .iter()
+        .map(|r| {
+            [
+                median(r.iter().map(|x| x.throughput).collect()),
+                median(r.iter().map(|x| x.p50.as_secs_f64()).collect()),
+                median(r.iter().map(|x| x.p99.as_secs_f64()).collect()),
+                median(r.iter().map(|x| x.p999.as_secs_f64()).collect()),
+                median(r.iter().map(|x| x.cpu_per_request.as_secs_f64()).collect()),
+            ]
+        })
+        .collect();
+    for (name, f) in ["baseline", "sidecar"].iter().zip(&figures) {
+        println!(
+            "{:<6} {:<9} {:>12.0} {:>9} {:>9} {:>9} {:>12}",
+            label,
+            name,
+            f[0],
+            micros(f[1]),
+            micros(f[2]),
+            micros(f[3]),
+            format!("{:.1} µs", f[4] * 1e6)
+        );
+    }
+    let ratio = |i: usize| figures[1][i] / figures[0][i];
+    println!(
+        "{:<6} {:<9} {:>12} {:>9} {:>9} {:>9} {:>12}   throughput {:.2}, CPU {:.2}, p99 {:.2}",
+        "",
+        "ratio",
+        format!("{:.2}", ratio(0)),
+        format!("{:.2}", ratio(1)),
+        format!("{:.2}", ratio(2)),
+        format!("{:.2}", ratio(3)),
+        format!("{:.2}", ratio(4)),
+        ratio(0),
+        // Baseline CPU over the sidecar's: 1.0 when a read costs the sidecar no more.
+        1.0 / ratio(4),
+        ratio(2),
+    );
 }
 
 /// Creates a local key and puts it in use, so reads are cache hits with an ARN as long as

@@ -41,5 +41,28 @@ if ! "$PROMETHEUS_DIR/usr/bin/prometheus" --version >/dev/null 2>&1 \
   rm -rf "$download"
 fi
 
+# h2load (Debian's `nghttp2-client`), the external load generator of the bench
+# (examples/bench.rs), with the two libraries it needs that a base system lacks; unpacked
+# into .tools/h2load/ and run through .tools/bin/h2load, which points it at them.
+H2LOAD_DIR=$TOOLS/h2load
+if ! "$TOOLS/bin/h2load" --version >/dev/null 2>&1; then
+  download=$(mktemp -d)
+  packages="nghttp2-client libev4 libjemalloc2"
+  # shellcheck disable=SC2086 # the package list is meant to split
+  (cd "$download" && apt-get download $packages >/dev/null 2>&1) \
+    || { apt-get update -qq && (cd "$download" && apt-get download $packages); }
+  rm -rf "$H2LOAD_DIR"
+  for deb in "$download"/*.deb; do dpkg-deb -x "$deb" "$H2LOAD_DIR"; done
+  rm -rf "$download"
+  mkdir -p "$TOOLS/bin"
+  cat > "$TOOLS/bin/h2load" <<'WRAPPER'
+#!/bin/sh
+dir=$(dirname "$(readlink -f "$0")")/../h2load
+LD_LIBRARY_PATH="$(echo "$dir"/usr/lib/*-linux-gnu)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$dir/usr/bin/h2load" "$@"
+WRAPPER
+  chmod 755 "$TOOLS/bin/h2load"
+fi
+
 "$PROMETHEUS_DIR/usr/bin/promtool" --version >/dev/null 2>&1 || { echo "promtool did not install" >&2; exit 1; }
+"$TOOLS/bin/h2load" --version >/dev/null 2>&1 || { echo "h2load did not install" >&2; exit 1; }
 "$VENV/bin/grpcurl" -version >/dev/null 2>&1 || { echo "grpcurl did not install" >&2; exit 1; }

@@ -1,7 +1,8 @@
 //! The operations HTTP listener: `/metrics` (Prometheus), `/livez` (the process is up; never
-//! depends on the backend) and `/readyz` (serving, and the last backend check answered).
+//! depends on the backend) and `/readyz` (serving, and the backend answered its last call).
 
 use std::{
+    ops::Range,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -10,25 +11,44 @@ use std::{
 };
 
 use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
+use tokio::time::Instant;
 
-use crate::{backend::Backend, domain::Target, metrics::Metrics};
+use crate::{
+    backend::{
+        Backend,
+        metered::{BackendAnswer, BackendAnswers},
+    },
+    domain::Target,
+    jitter,
+    metrics::Metrics,
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-/// Readiness: serving, and the backend answered its last check. Published as `/readyz` and
+/// How long readiness's own call to the backend may take before it counts as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Readiness: serving, and the backend answered its last call. Published as `/readyz` and
 /// as the gRPC health status of the API service (what Kubernetes' readiness probe asks).
 pub struct Readiness {
     serving: AtomicBool,
     backend_ok: AtomicBool,
+    answers: Arc<BackendAnswers>,
     health: HealthReporter,
     metrics: Metrics,
 }
 
 impl Readiness {
-    pub fn new(health: HealthReporter, metrics: Metrics) -> Readiness {
+    /// Readiness that follows `answers`, the answers of every call to the backend.
+    pub fn new(
+        health: HealthReporter,
+        metrics: Metrics,
+        answers: Arc<BackendAnswers>,
+    ) -> Readiness {
         metrics.set_ready(false);
         Readiness {
             serving: AtomicBool::new(false),
             backend_ok: AtomicBool::new(false),
+            answers,
             health,
             metrics,
         }
@@ -56,30 +76,60 @@ impl Readiness {
             .await;
     }
 
-    /// Checks the backend once (bounded by a timeout) and keeps the result. Throttling and
-    /// refusals of the request still mean the backend is reachable.
-    pub async fn check_backend_once(&self, backend: &dyn Backend) {
-        let Some(probe) = Target::all().next() else {
-            return;
-        };
-        let ok =
-            match tokio::time::timeout(Duration::from_secs(5), backend.get_encryption_key(probe))
-                .await
-            {
-                Ok(Ok(_)) => true,
-                Ok(Err(e)) => !matches!(e.class(), "transient" | "internal"),
-                Err(_) => false,
-            };
+    async fn follow(&self, last: Option<BackendAnswer>) {
+        let ok = last.is_some_and(|a| a.reachable);
         if self.backend_ok.swap(ok, Ordering::SeqCst) != ok {
             tracing::info!(ready = ok, "backend readiness changed");
         }
         self.publish().await;
     }
 
-    /// Checks the backend every `interval`.
-    pub async fn check_backend(self: Arc<Self>, backend: Arc<dyn Backend>, interval: Duration) {
+    /// Asks the backend once, through `backend` (which records the answer like any call's),
+    /// and follows the answer.
+    pub async fn check_backend_once(&self, backend: &dyn Backend) {
+        let Some(probe) = Target::all().next() else {
+            return;
+        };
+        if tokio::time::timeout(PROBE_TIMEOUT, backend.get_encryption_key(probe))
+            .await
+            .is_err()
+        {
+            self.answers.record(false);
+        }
+        self.follow(self.answers.last()).await;
+    }
+
+    /// Follows the answers to the calls the cache and the drift check make, and asks the
+    /// backend itself only when nothing answered for a draw from `quiet` (so it is never
+    /// further behind than `quiet.end`), or every `retry` (± 15 %) while the backend is
+    /// unreachable and nothing else is asking.
+    pub async fn follow_backend(
+        self: Arc<Self>,
+        backend: Arc<dyn Backend>,
+        quiet: Range<Duration>,
+        retry: Duration,
+    ) {
+        let mut changes = self.answers.subscribe();
         loop {
-            tokio::time::sleep(interval).await;
+            let last = *changes.borrow_and_update();
+            self.follow(last).await;
+            let wait = match last {
+                Some(answer) if answer.reachable => (answer.at + jitter::within(quiet.clone()))
+                    .saturating_duration_since(Instant::now()),
+                _ => jitter::around(retry),
+            };
+            tokio::select! {
+                changed = changes.changed() => match changed {
+                    Ok(()) => continue,
+                    // The sender lives as long as `self`: cannot happen.
+                    Err(_) => return,
+                },
+                () = tokio::time::sleep(wait) => {}
+            }
+            // Answers that keep reachability as it was wake no one: look again before asking.
+            if self.answers.last() != last {
+                continue;
+            }
             self.check_backend_once(backend.as_ref()).await;
         }
     }

@@ -28,7 +28,7 @@ use crate::{
     authz::{Authorizer, AuthzLayer, Rules, RulesSource},
     backend::{Backend, aws::AwsBackend, local::LocalBackend, metered::MeteredBackend},
     cache::{CacheState, KeyCache},
-    config::{BackendKind, Placement, Settings},
+    config::{BackendKind, CacheConfig, Placement, Settings},
     connection::{self, ListenerKind},
     drain::DrainingHealth,
     metrics::Metrics,
@@ -176,7 +176,13 @@ fn listener_task(
     (name.to_owned(), Box::pin(task))
 }
 
-/// A loop that should never end.
+/// How long readiness waits for another call's answer before asking the backend itself:
+/// past the point where the cache refreshes a key that is being read, so steady reads keep
+/// it informed, and within one key TTL, so it is never further behind than that.
+fn readiness_quiet(cache: &CacheConfig) -> std::ops::Range<Duration> {
+    cache.key_ttl.mul_f64(crate::cache::REFRESH_AHEAD.1 + 0.02)..cache.key_ttl
+}
+
 /// How often the local KMS forgets keys whose deletion date has passed (and at start).
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -260,8 +266,9 @@ impl App {
         };
         let cache_state = Arc::new(CacheState::new(config.cache.clone()));
         let metrics = Metrics::new(cache_state.clone());
-        let backend: Arc<dyn Backend> =
-            Arc::new(MeteredBackend::new(store_backend, metrics.clone()));
+        let metered = MeteredBackend::new(store_backend, metrics.clone());
+        let backend_answers = metered.answers();
+        let backend: Arc<dyn Backend> = Arc::new(metered);
         let cache = KeyCache::with_state(backend.clone(), cache_state);
         let verifier = KeyVerifier::new(backend.clone(), verification);
         let key_watch = Arc::new(KeyWatch::new(
@@ -364,7 +371,11 @@ impl App {
                 router.serve_with_incoming_shutdown(incoming, stopped()),
             ));
         }
-        let readiness = Arc::new(Readiness::new(health.clone(), metrics.clone()));
+        let readiness = Arc::new(Readiness::new(
+            health.clone(),
+            metrics.clone(),
+            backend_answers,
+        ));
         if let Some(addr) = settings.metrics_listen {
             let (listener, local) = bind_tcp("metrics", addr).await?;
             addresses.metrics = Some(local);
@@ -408,9 +419,11 @@ impl App {
             background_task("the drift watch", key_watch.run(config.ops.drift_interval)),
             background_task(
                 "the readiness check",
-                readiness
-                    .clone()
-                    .check_backend(backend.clone(), config.ops.ready_check_interval),
+                readiness.clone().follow_backend(
+                    backend.clone(),
+                    readiness_quiet(&config.cache),
+                    config.ops.ready_check_interval,
+                ),
             ),
         ];
         if let Some(kms) = local_kms {

@@ -4,13 +4,15 @@
 //! on that key. Concurrent misses for a target coalesce into one backend call; Update and
 //! Reset write through before they return; the drift watch refreshes it from the backend;
 //! and when a refresh fails for a backend reason, the last value is served for a bounded
-//! time (stale-if-error). The targets are a fixed few, so each has a slot of its own: a
-//! cached read is one uncontended read lock.
+//! time (stale-if-error). A target that is being read is refreshed ahead of expiry in the
+//! background, so steady reads never wait for the backend and cost it about one call per
+//! TTL. The targets are a fixed few, so each has a slot of its own: a cached read is one
+//! uncontended read lock.
 
 use std::{
     sync::{
         Arc, PoisonError, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -21,8 +23,15 @@ use crate::{
     backend::{Backend, BackendError},
     config::CacheConfig,
     domain::{CodeSnippets, FindingArn, KeyArn, SUPPORTED_TARGETS, Target},
+    jitter,
     verify::Report,
 };
+
+/// Where in its TTL an entry that is being read is refreshed, as fractions of the TTL (a
+/// uniform draw per entry): late, so a steadily read target costs about one backend call
+/// per TTL; early enough that the refresh lands before the entry expires; spread, so
+/// sidecars that loaded together do not refresh together.
+pub const REFRESH_AHEAD: (f64, f64) = (0.75, 0.9);
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +71,7 @@ pub struct CacheStats {
     misses: AtomicU64,
     stale: AtomicU64,
     loads: AtomicU64,
+    refreshes: AtomicU64,
     load_failures: AtomicU64,
 }
 
@@ -71,7 +81,10 @@ pub struct CacheCounts {
     pub hits: u64,
     pub misses: u64,
     pub stale: u64,
+    /// Backend loads, refreshes included.
     pub loads: u64,
+    /// Loads made ahead of expiry, in the background.
+    pub refreshes: u64,
     pub load_failures: u64,
 }
 
@@ -82,6 +95,7 @@ impl CacheStats {
             misses: self.misses.load(Ordering::Relaxed),
             stale: self.stale.load(Ordering::Relaxed),
             loads: self.loads.load(Ordering::Relaxed),
+            refreshes: self.refreshes.load(Ordering::Relaxed),
             load_failures: self.load_failures.load(Ordering::Relaxed),
         }
     }
@@ -96,6 +110,8 @@ impl CacheStats {
 struct Entry {
     key_arn: Option<Arc<str>>,
     loaded_at: Instant,
+    /// From when a read of it starts a refresh in the background (before it expires).
+    refresh_at: Instant,
     /// The last verification of `key_arn` (by Update or the drift watch); `None` until one.
     verdict: Option<Arc<Report>>,
     /// Whether reads are answered from it. The drift watch's refresh of a target nobody
@@ -104,22 +120,31 @@ struct Entry {
     serves_reads: bool,
 }
 
+/// How long an answer is served: a key ARN, or "the AWS owned key" (`None`).
+fn ttl_of(key_arn: Option<&str>, config: &CacheConfig) -> Duration {
+    if key_arn.is_some() {
+        config.key_ttl
+    } else {
+        config.aws_owned_ttl
+    }
+}
+
 impl Entry {
-    fn new(key_arn: Option<Arc<str>>, verdict: Option<Arc<Report>>) -> Entry {
+    /// An entry loaded now.
+    fn new(key_arn: Option<Arc<str>>, verdict: Option<Arc<Report>>, config: &CacheConfig) -> Entry {
+        let loaded_at = Instant::now();
+        let ttl = ttl_of(key_arn.as_deref(), config);
         Entry {
             key_arn,
-            loaded_at: Instant::now(),
+            loaded_at,
+            refresh_at: loaded_at + jitter::between(ttl, REFRESH_AHEAD.0, REFRESH_AHEAD.1),
             verdict,
             serves_reads: true,
         }
     }
 
     fn ttl(&self, config: &CacheConfig) -> Duration {
-        if self.key_arn.is_some() {
-            config.key_ttl
-        } else {
-            config.aws_owned_ttl
-        }
+        ttl_of(self.key_arn.as_deref(), config)
     }
 
     fn is_fresh(&self, now: Instant, config: &CacheConfig) -> bool {
@@ -142,11 +167,11 @@ impl Entry {
 
     /// The entry after the backend said `key_arn` is in use: the verdict stays when the key
     /// did not change.
-    fn reloaded(previous: Option<&Entry>, key_arn: Option<String>) -> Entry {
+    fn reloaded(previous: Option<&Entry>, key_arn: Option<String>, config: &CacheConfig) -> Entry {
         let verdict = previous
             .filter(|p| p.key_arn.as_deref() == key_arn.as_deref())
             .and_then(|p| p.verdict.clone());
-        Entry::new(key_arn.map(Arc::from), verdict)
+        Entry::new(key_arn.map(Arc::from), verdict, config)
     }
 }
 
@@ -157,6 +182,8 @@ impl Entry {
 struct Slot {
     entry: RwLock<Option<Entry>>,
     load: tokio::sync::Mutex<()>,
+    /// A refresh ahead of expiry is under way (one at a time).
+    refreshing: AtomicBool,
 }
 
 /// What the cache holds, shared with the metrics: the counters and each target's slot.
@@ -199,6 +226,14 @@ impl CacheState {
             .entry
             .write()
             .unwrap_or_else(PoisonError::into_inner) = entry;
+    }
+
+    /// When a read of `target` starts its refresh ahead of expiry (`None`: nothing is held
+    /// for reads). Tests and the bench use it to see the spread.
+    pub fn refresh_due(&self, target: Target) -> Option<Instant> {
+        self.entry(target)
+            .filter(|e| e.serves_reads)
+            .map(|e| e.refresh_at)
     }
 
     /// For each target whose entry is past its TTL, how long it may still be served while
@@ -292,14 +327,76 @@ impl KeyCache {
         }
     }
 
-    /// The cache's answer for `target` when it is fresh (a hit), else `None`.
+    /// The cache's answer for `target` when it is fresh (a hit), else `None`. A hit past
+    /// the entry's refresh point starts its refresh in the background.
     pub async fn get_fresh(&self, target: Target) -> Option<Cached> {
         let now = Instant::now();
         let entry = self.state.entry(target)?;
-        entry.is_fresh(now, &self.state.config).then(|| {
-            CacheStats::count(&self.state.stats.hits);
-            entry.answer(CacheStatus::Hit, now)
-        })
+        if !entry.is_fresh(now, &self.state.config) {
+            return None;
+        }
+        CacheStats::count(&self.state.stats.hits);
+        if now >= entry.refresh_at {
+            self.start_refresh_ahead(target);
+        }
+        Some(entry.answer(CacheStatus::Hit, now))
+    }
+
+    /// Spawns the refresh of `target`'s entry unless one is under way.
+    fn start_refresh_ahead(&self, target: Target) {
+        if self
+            .state
+            .slot(target)
+            .refreshing
+            .swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            cache.refresh_ahead(target).await;
+            cache
+                .state
+                .slot(target)
+                .refreshing
+                .store(false, Ordering::Release);
+        });
+    }
+
+    /// Reloads a fresh entry that reads found past its refresh point, while reads keep
+    /// being answered from it. A failure keeps the entry until it expires, without another
+    /// refresh: the reads after that load (or serve it stale) as any miss does.
+    async fn refresh_ahead(&self, target: Target) {
+        let (stats, config) = (&self.state.stats, &self.state.config);
+        let _loading = self.state.slot(target).load.lock().await;
+        let Some(current) = self.state.entry(target) else {
+            return;
+        };
+        let now = Instant::now();
+        // A write, a load or the drift watch may have replaced it meanwhile.
+        if !current.is_fresh(now, config) || now < current.refresh_at {
+            return;
+        }
+        CacheStats::count(&stats.loads);
+        CacheStats::count(&stats.refreshes);
+        match self.backend.get_encryption_key(target).await {
+            Ok(key_arn) => {
+                let refreshed = Entry::reloaded(Some(&current), key_arn, config);
+                self.state.set(target, Some(refreshed));
+            }
+            Err(error) => {
+                CacheStats::count(&stats.load_failures);
+                tracing::warn!(%target, %error, "refreshing the cached key failed; it is served until it expires");
+                let expires = current.loaded_at + current.ttl(config);
+                self.state.set(
+                    target,
+                    Some(Entry {
+                        refresh_at: expires,
+                        ..current
+                    }),
+                );
+            }
+        }
     }
 
     /// A read [`KeyCache::get_fresh`] could not answer (a miss): loads from the backend, or
@@ -320,7 +417,7 @@ impl KeyCache {
         CacheStats::count(&stats.loads);
         match self.backend.get_encryption_key(target).await {
             Ok(key_arn) => {
-                let loaded = Entry::reloaded(current.as_ref(), key_arn);
+                let loaded = Entry::reloaded(current.as_ref(), key_arn, config);
                 let answer = loaded.answer(CacheStatus::Miss, Instant::now());
                 self.state.set(target, Some(loaded));
                 Ok(answer)
@@ -369,7 +466,7 @@ impl KeyCache {
         let _loading = self.state.slot(target).load.lock().await;
         let previous = self.state.entry(target);
         let key_arn = self.backend.get_encryption_key(target).await?;
-        let mut refreshed = Entry::reloaded(previous.as_ref(), key_arn);
+        let mut refreshed = Entry::reloaded(previous.as_ref(), key_arn, &self.state.config);
         refreshed.serves_reads = previous.as_ref().is_some_and(|p| p.serves_reads);
         let now = KeyInUse::from(&refreshed);
         self.state.set(target, Some(refreshed));
@@ -397,8 +494,13 @@ impl KeyCache {
     ) -> Result<(), BackendError> {
         let _write = self.writes.lock().await;
         let result = self.backend.update_encryption_key(target, key).await;
-        let written = Entry::new(Some(Arc::from(key.as_str())), Some(Arc::new(verdict)));
-        self.write_through(target, &result, written).await;
+        self.write_through(
+            target,
+            &result,
+            Some(Arc::from(key.as_str())),
+            Some(Arc::new(verdict)),
+        )
+        .await;
         result
     }
 
@@ -414,8 +516,7 @@ impl KeyCache {
     pub async fn reset(&self, target: Target) -> Result<(), BackendError> {
         let _write = self.writes.lock().await;
         let result = self.backend.reset_encryption_key(target).await;
-        self.write_through(target, &result, Entry::new(None, None))
-            .await;
+        self.write_through(target, &result, None, None).await;
         result
     }
 
@@ -427,17 +528,16 @@ impl KeyCache {
         &self,
         target: Target,
         result: &Result<(), BackendError>,
-        written: Entry,
+        key_arn: Option<Arc<str>>,
+        verdict: Option<Arc<Report>>,
     ) {
-        let value = match result {
-            Ok(()) => Some(Entry {
-                loaded_at: Instant::now(),
-                ..written
-            }),
-            Err(error) if write_outcome_unknown(error) => None,
+        let written = match result {
+            Ok(()) => true,
+            Err(error) if write_outcome_unknown(error) => false,
             Err(_) => return,
         };
         let _loading = self.state.slot(target).load.lock().await;
+        let value = written.then(|| Entry::new(key_arn, verdict, &self.state.config));
         self.state.set(target, value);
     }
 }

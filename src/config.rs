@@ -178,7 +178,10 @@ pub struct OpsConfig {
     /// How often every configured customer managed key is verified again. Default `5m`.
     #[serde(with = "humantime_serde")]
     pub drift_interval: Duration,
-    /// How often readiness checks the backend (probes never call it). Default `10s`.
+    /// Readiness follows the answers to the backend calls the cache and the drift check
+    /// make; it asks the backend itself only when none answered for about `cache.key_ttl`,
+    /// and every `ready_check_interval` (± 15 %) while the backend is unreachable. Probes
+    /// never call it. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub ready_check_interval: Duration,
     /// WatchEncryptionKey streams open at once; more are answered RESOURCE_EXHAUSTED.

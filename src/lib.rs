@@ -20,6 +20,7 @@ pub mod connection;
 pub mod domain;
 pub mod drain;
 pub mod files;
+pub mod jitter;
 pub mod metrics;
 pub mod ops;
 pub mod proto;

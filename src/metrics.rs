@@ -175,6 +175,11 @@ impl Collector for CacheCollector {
                 counts.loads,
             ),
             (
+                "inspector_keyd_cache_refreshes",
+                "of those, loads made ahead of expiry in the background for targets being read",
+                counts.refreshes,
+            ),
+            (
                 "inspector_keyd_cache_load_failures",
                 "cache loads that failed",
                 counts.load_failures,

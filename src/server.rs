@@ -59,7 +59,7 @@ pub enum ServeError {
 }
 
 /// Reads the rules file and the TLS files again when they change (checked every
-/// `interval`) and on SIGHUP. A broken new file is refused with an error log; what is in
+/// `interval`, ± 15 %) and on SIGHUP. A broken new file is refused with an error log; what is in
 /// force stays.
 pub(crate) async fn reload_loop(
     authorizer: Arc<Authorizer>,
@@ -78,7 +78,7 @@ pub(crate) async fn reload_loop(
     let mut rules_stamp = authorizer.rules_file().and_then(crate::files::fingerprint);
     loop {
         let forced = tokio::select! {
-            () = tokio::time::sleep(interval) => false,
+            () = tokio::time::sleep(crate::jitter::around(interval)) => false,
             Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
         if let Some(path) = authorizer.rules_file() {

@@ -1,4 +1,5 @@
-//! The load benchmark tool runs, in its tiny configuration, and prints every figure. No
+//! The load benchmark tool runs, in its tiny configuration, and prints every figure (our
+//! own client's, h2load's, and the fleet's cost in AWS calls). No
 //! timing is asserted here: speed targets live in the benchmark, not in tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -23,7 +24,9 @@ fn the_benchmark_tool_runs_and_reports_every_figure() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    for transport in ["unix", "tcp", "mtls"] {
+    // h2load (installed by the test-tool script) drives the same path: the bench fails
+    // under CI=true without it, and leaves its lines out otherwise, which fails here.
+    for transport in ["unix", "tcp", "mtls", "h2load"] {
         for server in ["baseline", "sidecar"] {
             let line = stdout
                 .lines()
@@ -41,9 +44,24 @@ fn the_benchmark_tool_runs_and_reports_every_figure() {
     }
     assert_eq!(
         stdout.lines().filter(|l| l.contains("ratio")).count(),
-        3,
+        4,
         "{stdout}"
     );
+    // The fleet's cost: calls per sidecar-hour counted from the backend-call metric (the
+    // drift check's KMS reads among them), and the fleet's share of KMS's quotas.
+    let per_hour = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("backend calls per sidecar-hour: "))
+        .unwrap_or_else(|| panic!("no fleet figures: {stdout}"));
+    for operation in ["get_encryption_key", "describe_key", "get_key_policy"] {
+        assert!(per_hour.contains(operation), "{per_hour}");
+    }
+    for quota in ["KMS DescribeKey", "KMS GetKeyPolicy"] {
+        assert!(
+            stdout.contains(&format!("1,000 sidecars in one account: {quota}")),
+            "{stdout}"
+        );
+    }
     assert!(stdout.contains("resident memory:"), "{stdout}");
     assert!(stdout.contains("start-up to SERVING:"), "{stdout}");
     // Coalescing is not a timing: a hundred concurrent cold reads make exactly one load.

@@ -250,9 +250,10 @@ async fn entries_expire_on_their_own_ttl() {
         (negative.key_arn, negative.status),
         (None, CacheStatus::Miss)
     );
-    tokio::time::advance(Duration::from_secs(9)).await;
+    // 7 s: before the entry's refresh point (75-90 % of its TTL), so no refresh starts.
+    tokio::time::advance(Duration::from_secs(7)).await;
     assert_eq!(cache.get(lambda()).await.unwrap().status, CacheStatus::Hit);
-    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio::time::advance(Duration::from_secs(4)).await;
     assert_eq!(
         cache.get(lambda()).await.unwrap().status,
         CacheStatus::Miss,
@@ -494,4 +495,128 @@ async fn a_refresh_of_a_target_nobody_read_keeps_its_verdict_but_serves_no_read(
     assert_eq!(fake.gets(), gets + 1);
     assert!(cache.key_in_use(lambda()).await.unwrap().verdict.is_some());
     assert_eq!(cache.state().stale_windows(), vec![]);
+}
+
+/// Yields until `done` holds (bounded): lets a refresh spawned by a read run.
+async fn settle(done: impl Fn() -> bool) -> bool {
+    for _ in 0..1000 {
+        if done() {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    done()
+}
+
+/// A read bounded in (paused) time: a read that waited for the backend's gate would not
+/// come back.
+async fn read_now(cache: &KeyCache) -> (Option<String>, CacheStatus) {
+    let read = tokio::time::timeout(Duration::from_secs(1), cache.get(lambda()))
+        .await
+        .expect("a read waited for the backend")
+        .unwrap();
+    (read.key_arn.map(|k| k.to_string()), read.status)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_being_read_is_refreshed_ahead_of_expiry_and_reads_meanwhile_are_hits() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(fake.clone(), config());
+    cache.get(lambda()).await.unwrap();
+    let loaded = tokio::time::Instant::now();
+    let due = cache.state().refresh_due(lambda()).unwrap();
+    let ttl = config().key_ttl;
+    assert!(
+        due >= loaded + ttl.mul_f64(0.74) && due <= loaded + ttl.mul_f64(0.9),
+        "refresh due {:?} after the load",
+        due - loaded
+    );
+
+    // Until then reads are hits and call nothing.
+    tokio::time::advance(due - loaded - Duration::from_millis(1)).await;
+    assert_eq!(read_now(&cache).await, (Some(OLD.into()), CacheStatus::Hit));
+    assert!(
+        !settle(|| fake.gets() > 1).await,
+        "refreshed before it was due"
+    );
+
+    // Past it, a read starts one refresh; the backend now says NEW and holds its answer.
+    let gate = Arc::new(Semaphore::new(0));
+    *fake.gate.lock().unwrap() = Some(gate.clone());
+    *fake.key.lock().unwrap() = Some(NEW.to_owned());
+    tokio::time::advance(Duration::from_millis(2)).await;
+    assert_eq!(read_now(&cache).await, (Some(OLD.into()), CacheStatus::Hit));
+    assert!(settle(|| fake.gets() == 2).await, "no refresh started");
+    for _ in 0..20 {
+        assert_eq!(read_now(&cache).await, (Some(OLD.into()), CacheStatus::Hit));
+    }
+    assert_eq!(fake.gets(), 2, "one refresh at a time");
+
+    // It lands: reads get what the backend said, still hits, fresh past the old expiry.
+    gate.add_permits(1);
+    assert!(
+        settle(|| cache.state().refresh_due(lambda()).is_some_and(|d| d > due)).await,
+        "the refresh did not land"
+    );
+    assert_eq!(read_now(&cache).await, (Some(NEW.into()), CacheStatus::Hit));
+    tokio::time::advance(loaded + ttl + Duration::from_secs(1) - tokio::time::Instant::now()).await;
+    assert_eq!(read_now(&cache).await, (Some(NEW.into()), CacheStatus::Hit));
+    let counts = cache.stats().snapshot();
+    assert_eq!((counts.misses, counts.loads, counts.refreshes), (1, 2, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_leaves_the_entry_to_expire_without_asking_again() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(fake.clone(), config());
+    cache.get(lambda()).await.unwrap();
+    let due = cache.state().refresh_due(lambda()).unwrap();
+    fake.fail_with(Some(BackendError::Timeout));
+    tokio::time::advance(due - tokio::time::Instant::now()).await;
+    assert_eq!(read_now(&cache).await, (Some(OLD.into()), CacheStatus::Hit));
+    // The refresh asks; the fake answers 50 ms later.
+    assert!(settle(|| fake.gets() == 2).await);
+    tokio::time::advance(Duration::from_millis(60)).await;
+    assert!(settle(|| cache.stats().snapshot().load_failures == 1).await);
+    for _ in 0..10 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(read_now(&cache).await, (Some(OLD.into()), CacheStatus::Hit));
+    }
+    assert_eq!(
+        fake.gets(),
+        2,
+        "a failed refresh is not retried by every read"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn caches_loaded_at_the_same_instant_refresh_at_different_instants() {
+    let fakes: Vec<_> = (0..2).map(|_| FakeBackend::with_key(Some(OLD))).collect();
+    let caches: Vec<_> = fakes
+        .iter()
+        .map(|f| KeyCache::new(f.clone(), config()))
+        .collect();
+    let (a, b) = tokio::join!(caches[0].get(lambda()), caches[1].get(lambda()));
+    a.unwrap();
+    b.unwrap();
+    let dues: Vec<_> = caches
+        .iter()
+        .map(|c| c.state().refresh_due(lambda()).unwrap())
+        .collect();
+    assert_ne!(
+        dues[0], dues[1],
+        "two sidecars drew the same refresh instant"
+    );
+    let (first, second) = if dues[0] < dues[1] { (0, 1) } else { (1, 0) };
+
+    // At the first one's instant, only the first one calls its backend.
+    tokio::time::advance(dues[first] - tokio::time::Instant::now()).await;
+    for cache in &caches {
+        assert_eq!(read_now(cache).await.1, CacheStatus::Hit);
+    }
+    assert!(settle(|| fakes[first].gets() == 2).await);
+    assert_eq!(fakes[second].gets(), 1);
+    tokio::time::advance(dues[second] - tokio::time::Instant::now()).await;
+    assert_eq!(read_now(&caches[second]).await.1, CacheStatus::Hit);
+    assert!(settle(|| fakes[second].gets() == 2).await);
 }

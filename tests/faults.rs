@@ -307,3 +307,124 @@ async fn a_throttling_backend_answers_resource_exhausted_with_retry_info() {
         assert_eq!(throttled, Some(1.0), "{operation}: {metrics}");
     }
 }
+
+/// Every backend call so far, of every operation and outcome, from the backend-call metric.
+fn backend_calls(sidecar: &Sidecar) -> f64 {
+    let metrics = sidecar.scrape_metrics();
+    metrics["inspector_keyd_backend_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == "inspector_keyd_backend_calls_total")
+        .map(|s| s["value"].as_f64().unwrap())
+        .sum()
+}
+
+/// Fleet cost with the default config: once a key is set, 35 s of steady reads (10 a
+/// second) cost at most 2 backend calls — readiness makes none of its own while the cache's
+/// answer — and yet, with the backend failing, readiness turns NOT_SERVING within one key
+/// TTL (60 s) of the key being set, from the answer to the cache's refresh ahead of expiry.
+#[tokio::test]
+async fn steady_reads_cost_almost_no_backend_calls_and_readiness_still_sees_a_failing_backend() {
+    let faulty = Faulty::start("");
+    let sidecar = &faulty.sidecar;
+    let key = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&key))
+        .await
+        .unwrap();
+    let set_at = Instant::now();
+    let before = backend_calls(sidecar);
+    let mut reader = sidecar.read_only_keys().await;
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    for _ in 0..350 {
+        ticks.tick().await;
+        assert_eq!(
+            read_key(&mut reader).await.unwrap(),
+            (key.clone(), "hit".into())
+        );
+    }
+    let after = backend_calls(sidecar);
+    assert!(
+        after - before <= 2.0,
+        "{} backend calls in 35 s",
+        after - before
+    );
+    assert_eq!(sidecar.http_get("/readyz").0, 200);
+
+    // The backend goes down; reads go on (hits until the entry expires, then stale).
+    faulty.set("[reads]\nerror = \"unavailable\"\n");
+    let mut unready_after = None;
+    for _ in 0..400 {
+        ticks.tick().await;
+        let (arn, _) = read_key(&mut reader).await.unwrap();
+        assert_eq!(arn, key);
+        if sidecar.http_get("/readyz").0 == 503 {
+            unready_after = Some(set_at.elapsed());
+            break;
+        }
+    }
+    let unready_after = unready_after.expect("readiness never saw the backend fail");
+    // One key TTL, and a little for a loaded machine's scheduling.
+    assert!(
+        unready_after < Duration::from_secs(62),
+        "NOT_SERVING only {unready_after:?} after the key was set"
+    );
+}
+
+/// With nothing read, readiness asks the backend itself once a key TTL has passed without
+/// another call's answer, so an idle sidecar still turns NOT_SERVING within one key TTL —
+/// and not before the backend fails, however long `ops.ready_check_interval` is.
+#[tokio::test]
+async fn with_nothing_read_readiness_still_turns_unready_within_one_key_ttl() {
+    let faulty = Faulty::start(
+        "[cache]\nkey_ttl = \"2s\"\n[ops]\nready_check_interval = \"1h\"\nhealth_listen = \"127.0.0.1:0\"\n",
+    );
+    let sidecar = &faulty.sidecar;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sidecar.http_get("/readyz").0, 200);
+    let calls = backend_calls(sidecar);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Idle: about one call per key TTL, readiness's own.
+    let idle_calls = backend_calls(sidecar) - calls;
+    assert!(
+        (1.0..=3.0).contains(&idle_calls),
+        "{idle_calls} calls in 3 s"
+    );
+
+    faulty.set("[reads]\nerror = \"unavailable\"\n");
+    let failed_at = Instant::now();
+    let unready = eventually(Duration::from_secs(6), || async {
+        sidecar.http_get("/readyz").0 == 503
+    })
+    .await;
+    assert!(
+        unready,
+        "still ready {:?} after the backend failed",
+        failed_at.elapsed()
+    );
+    let channel = sidecar.health_channel().await;
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: proto::ENCRYPTION_KEY_SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing
+    );
+    // Recovery is seen at the next check while unready: the retry interval (1 h) is long,
+    // so it is a read's answer that brings it back.
+    faulty.clear();
+    sidecar.read_lambda_key().await.unwrap_err();
+    let ready = eventually(Duration::from_secs(5), || async {
+        sidecar.http_get("/readyz").0 == 200
+    })
+    .await;
+    assert!(ready, "a read's answer did not bring readiness back");
+}

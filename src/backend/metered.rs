@@ -1,8 +1,11 @@
-//! A backend wrapper that counts every call by operation and result class.
+//! A backend wrapper that counts every call by operation and result class, and keeps the
+//! last answer for readiness, which rides on the calls the cache and the drift check make
+//! instead of making its own.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::{sync::watch, time::Instant};
 
 use super::{Backend, BackendError};
 use crate::{
@@ -11,15 +14,79 @@ use crate::{
     verify::KeyMetadata,
 };
 
+/// The last answer of the backend to any call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendAnswer {
+    /// It answered: any outcome but an outage or an internal failure (throttling and
+    /// refusals of the request still mean the backend is there).
+    pub reachable: bool,
+    pub at: Instant,
+}
+
+/// Where the backend's answers are seen: the metered backend records every call's, and a
+/// readiness probe records its own timeout. Subscribers are woken when reachability
+/// changes, not on every answer.
+#[derive(Debug)]
+pub struct BackendAnswers {
+    last: watch::Sender<Option<BackendAnswer>>,
+}
+
+impl Default for BackendAnswers {
+    fn default() -> BackendAnswers {
+        BackendAnswers {
+            last: watch::Sender::new(None),
+        }
+    }
+}
+
+impl BackendAnswers {
+    /// Records an answer now.
+    pub fn record(&self, reachable: bool) {
+        let answer = BackendAnswer {
+            reachable,
+            at: Instant::now(),
+        };
+        self.last.send_if_modified(|last| {
+            let changed = last.is_none_or(|l| l.reachable != reachable);
+            *last = Some(answer);
+            changed
+        });
+    }
+
+    /// The last answer, if any yet.
+    pub fn last(&self) -> Option<BackendAnswer> {
+        *self.last.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<BackendAnswer>> {
+        self.last.subscribe()
+    }
+}
+
+/// Whether an error still means the backend answered.
+pub fn reachable_despite(error: &BackendError) -> bool {
+    !matches!(error.class(), "transient" | "internal")
+}
+
 /// Counts the calls of the backend it wraps.
 pub struct MeteredBackend {
     inner: Arc<dyn Backend>,
     metrics: Metrics,
+    answers: Arc<BackendAnswers>,
 }
 
 impl MeteredBackend {
     pub fn new(inner: Arc<dyn Backend>, metrics: Metrics) -> MeteredBackend {
-        MeteredBackend { inner, metrics }
+        MeteredBackend {
+            inner,
+            metrics,
+            answers: Arc::default(),
+        }
+    }
+
+    /// The answers of every call through it.
+    pub fn answers(&self) -> Arc<BackendAnswers> {
+        self.answers.clone()
     }
 
     fn count<T>(
@@ -32,6 +99,8 @@ impl MeteredBackend {
             Err(e) => e.class(),
         };
         self.metrics.count_backend(operation, class);
+        self.answers
+            .record(result.as_ref().map_or_else(reachable_despite, |_| true));
         result
     }
 }

@@ -182,11 +182,12 @@ impl KeyWatch {
         }
     }
 
-    /// Checks every `interval` until the task is dropped.
+    /// Checks now and then every `interval` (± 15 %, drawn each time) until the task is
+    /// dropped.
     pub async fn run(self: Arc<Self>, interval: Duration) {
         loop {
             self.check().await;
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(crate::jitter::around(interval)).await;
         }
     }
 }

@@ -404,17 +404,16 @@ impl LocalKms {
         })
     }
 
-    /// Purges deleted keys now and every `interval` after, for as long as the server runs.
+    /// Purges deleted keys now and every `interval` (± 15 %) after, for as long as the
+    /// server runs.
     pub async fn purge_deleted_keys_every(self, interval: std::time::Duration) {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
             match self.blocking(|kms| kms.purge_deleted_keys(now())).await {
                 Ok(0) => {}
                 Ok(keys) => tracing::info!(keys, "purged deleted keys and their material"),
                 Err(error) => tracing::warn!(%error, "purging deleted keys failed"),
             }
+            tokio::time::sleep(crate::jitter::around(interval)).await;
         }
     }
 
