@@ -64,10 +64,47 @@ pub struct Cached {
     pub age: Duration,
 }
 
+/// A counter that threads add to without sharing a cache line: every core's reads count a
+/// hit, and one shared counter would bounce between the cores on each of them.
+#[derive(Debug, Default)]
+struct StripedCounter {
+    stripes: [Stripe; STRIPES],
+}
+
+const STRIPES: usize = 8;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+thread_local! {
+    /// This thread's stripe, given out in turn.
+    static STRIPE: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) as usize % STRIPES
+    };
+}
+
+impl StripedCounter {
+    fn add(&self) {
+        let stripe = STRIPE.with(|s| *s);
+        if let Some(stripe) = self.stripes.get(stripe) {
+            stripe.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
 /// Cache counters, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct CacheStats {
-    hits: AtomicU64,
+    hits: StripedCounter,
     misses: AtomicU64,
     stale: AtomicU64,
     loads: AtomicU64,
@@ -91,7 +128,7 @@ pub struct CacheCounts {
 impl CacheStats {
     pub fn snapshot(&self) -> CacheCounts {
         CacheCounts {
-            hits: self.hits.load(Ordering::Relaxed),
+            hits: self.hits.get(),
             misses: self.misses.load(Ordering::Relaxed),
             stale: self.stale.load(Ordering::Relaxed),
             loads: self.loads.load(Ordering::Relaxed),
@@ -331,15 +368,25 @@ impl KeyCache {
     /// the entry's refresh point starts its refresh in the background.
     pub async fn get_fresh(&self, target: Target) -> Option<Cached> {
         let now = Instant::now();
-        let entry = self.state.entry(target)?;
-        if !entry.is_fresh(now, &self.state.config) {
-            return None;
-        }
-        CacheStats::count(&self.state.stats.hits);
-        if now >= entry.refresh_at {
+        // Read in place, under the lock: no copy of the entry.
+        let (answer, refresh_due) = {
+            let held = self
+                .state
+                .slot(target)
+                .entry
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let entry = held.as_ref()?;
+            if !entry.is_fresh(now, &self.state.config) {
+                return None;
+            }
+            (entry.answer(CacheStatus::Hit, now), now >= entry.refresh_at)
+        };
+        self.state.stats.hits.add();
+        if refresh_due {
             self.start_refresh_ahead(target);
         }
-        Some(entry.answer(CacheStatus::Hit, now))
+        Some(answer)
     }
 
     /// Spawns the refresh of `target`'s entry unless one is under way.

@@ -4,6 +4,8 @@
 //! deadline, the shorter of the configured one and the caller's `grpc-timeout`.
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -12,7 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::Semaphore;
+use http::{HeaderName, HeaderValue};
+use tokio::{sync::Semaphore, time::Sleep};
 use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::Instrument;
@@ -31,11 +34,15 @@ pub struct OpsLimits {
     pub rpc_timeout: Duration,
 }
 
+/// Header names parsed at compile time: a lookup by `&str` parses and hashes the name.
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// The caller's `x-request-id` when it is a sensible token, else a new id.
 fn request_id<B>(request: &http::Request<B>) -> String {
     request
         .headers()
-        .get(REQUEST_ID_HEADER)
+        .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(new_request_id, str::to_owned)
@@ -72,7 +79,7 @@ const NODE_MASK: u64 = (1 << 48) - 1;
 
 /// The deadline a `grpc-timeout` header asks for (`<digits><H|M|S|m|u|n>`).
 fn grpc_timeout<B>(request: &http::Request<B>) -> Option<Duration> {
-    let value = request.headers().get("grpc-timeout")?.to_str().ok()?;
+    let value = request.headers().get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let amount: u64 = digits.parse().ok().filter(|_| digits.len() <= 8)?;
     Some(match unit {
@@ -86,22 +93,44 @@ fn grpc_timeout<B>(request: &http::Request<B>) -> Option<Duration> {
     })
 }
 
-fn with_request_id(mut response: http::Response<Body>, id: &str) -> http::Response<Body> {
-    if let Ok(mut value) = http::HeaderValue::from_str(id) {
+/// Adds the request id to the answer; the id's own bytes become the header's (no copy).
+fn with_request_id(mut response: http::Response<Body>, id: String) -> http::Response<Body> {
+    if let Ok(mut value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(id)) {
         // A value that never repeats: HPACK should not index it (indexing it would push the
         // headers that do repeat out of the connection's table).
         value.set_sensitive(true);
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        response.headers_mut().insert(REQUEST_ID, value);
     }
     response
 }
 
+/// `call` bounded by `deadline` (`None`: it ran out). The timer is made only if the call
+/// does not answer at its first poll: a cached read answers at once, and a timer per call
+/// (made, registered and cancelled) costs more than the read itself.
+async fn within_deadline<F: Future>(call: F, deadline: tokio::time::Instant) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+/// The layer; cloned for every call (by tonic, with the service it wraps), so what it
+/// holds sits behind one `Arc`: each clone and drop is a write to a count that every core
+/// shares.
 #[derive(Clone)]
-pub struct OpsLayer {
+pub struct OpsLayer(Arc<OpsShared>);
+
+struct OpsShared {
     metrics: Metrics,
     limits: OpsLimits,
     permits: Arc<Semaphore>,
-    shed_log: Arc<ShedLog>,
+    shed_log: ShedLog,
 }
 
 /// Shed calls are logged at most once a second, with how many there were since the last
@@ -135,12 +164,12 @@ impl ShedLog {
 
 impl OpsLayer {
     pub fn new(metrics: Metrics, limits: OpsLimits) -> OpsLayer {
-        OpsLayer {
+        OpsLayer(Arc::new(OpsShared {
             metrics,
             limits,
             permits: Arc::new(Semaphore::new(limits.max_concurrent_rpcs.max(1))),
-            shed_log: Arc::default(),
-        }
+            shed_log: ShedLog::default(),
+        }))
     }
 }
 
@@ -184,7 +213,7 @@ where
             // A clone of the URI shares its bytes: no copy of the path per call.
             uri: request.uri().clone(),
             id: request_id(&request),
-            metrics: self.layer.metrics.clone(),
+            metrics: self.layer.0.metrics.clone(),
         };
         let method = rpc::method(call.uri.path());
         // The cached read opens no span: a read answered from the cache logs nothing, and
@@ -195,11 +224,11 @@ where
 
         // Public calls (probes, reflection) are never shed.
         let permit = if rpc::role_needed(method).is_some() {
-            match self.layer.permits.clone().try_acquire_owned() {
+            match self.layer.0.permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    self.layer.metrics.count_shed();
-                    if let Some(shed) = self.layer.shed_log.count() {
+                    self.layer.0.metrics.count_shed();
+                    if let Some(shed) = self.layer.0.shed_log.count() {
                         let _entered = span.unwrap_or_else(|| call.span()).entered();
                         tracing::warn!(shed, "overloaded: calls shed");
                     }
@@ -213,18 +242,19 @@ where
         } else {
             None
         };
-        let deadline = grpc_timeout(&request).map_or(self.layer.limits.rpc_timeout, |t| {
-            t.min(self.layer.limits.rpc_timeout)
+        let deadline = grpc_timeout(&request).map_or(self.layer.0.limits.rpc_timeout, |t| {
+            t.min(self.layer.0.limits.rpc_timeout)
         });
         let spanless = span.is_none();
-        // The clone is the one that is not ready yet; the ready one serves this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let started = call.started;
+        // Called now, on the instance poll_ready readied; the answer is awaited below.
+        let answer = self.inner.call(request);
         Box::pin(
             async move {
-                let result = match tokio::time::timeout(deadline, inner.call(request)).await {
-                    Ok(result) => result,
-                    Err(_) => {
+                let ends = tokio::time::Instant::from_std(started) + deadline;
+                let result = match within_deadline(answer, ends).await {
+                    Some(result) => result,
+                    None => {
                         let _entered = spanless.then(|| call.span().entered());
                         tracing::warn!(?deadline, "deadline exceeded");
                         Ok(
@@ -259,7 +289,7 @@ impl RpcCall {
         let code = grpc_code(&response);
         self.metrics
             .observe_rpc(self.uri.path(), code, self.started.elapsed().as_secs_f64());
-        with_request_id(response, &self.id)
+        with_request_id(response, self.id)
     }
 }
 

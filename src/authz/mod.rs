@@ -7,7 +7,7 @@ pub mod rules;
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, RwLock},
+    sync::{Arc, PoisonError, RwLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -167,7 +167,9 @@ impl Authorizer {
         let Some(required) = required_role(path) else {
             return Ok(None);
         };
-        let rules = self.rules();
+        // Read under the lock, not cloned: a clone per call is two more writes to a count
+        // every core shares.
+        let rules = self.rules.read().unwrap_or_else(PoisonError::into_inner);
         let identity = match bearer {
             Bearer::Absent => connection.ok_or(AuthzError::Unauthenticated(
                 "the caller could not be identified",
@@ -251,7 +253,11 @@ impl Drop for AuditGuard {
 
 /// The tower layer that authorizes (and audits) every request.
 #[derive(Clone)]
-pub struct AuthzLayer {
+pub struct AuthzLayer(Arc<AuthzShared>);
+
+/// What every call's service shares, behind one `Arc`: tonic clones the service for every
+/// call, and each clone and drop is a write to a count that every core shares.
+struct AuthzShared {
     authorizer: Arc<Authorizer>,
     audit: AuditLog,
     metrics: Metrics,
@@ -259,11 +265,11 @@ pub struct AuthzLayer {
 
 impl AuthzLayer {
     pub fn new(authorizer: Arc<Authorizer>, audit: AuditLog, metrics: Metrics) -> AuthzLayer {
-        AuthzLayer {
+        AuthzLayer(Arc::new(AuthzShared {
             authorizer,
             audit,
             metrics,
-        }
+        }))
     }
 }
 
@@ -273,9 +279,7 @@ impl<S> Layer<S> for AuthzLayer {
     fn layer(&self, inner: S) -> Authz<S> {
         Authz {
             inner,
-            authorizer: self.authorizer.clone(),
-            audit: self.audit.clone(),
-            metrics: self.metrics.clone(),
+            shared: self.0.clone(),
         }
     }
 }
@@ -284,9 +288,7 @@ impl<S> Layer<S> for AuthzLayer {
 #[derive(Clone)]
 pub struct Authz<S> {
     inner: S,
-    authorizer: Arc<Authorizer>,
-    audit: AuditLog,
-    metrics: Metrics,
+    shared: Arc<AuthzShared>,
 }
 
 impl<S, B> Service<http::Request<B>> for Authz<S>
@@ -312,7 +314,10 @@ where
         let path = uri.path();
         let connection = connection_identity(&request);
         let bearer = Bearer::from_header(request.headers().get(http::header::AUTHORIZATION));
-        let decision = self.authorizer.decide(path, connection.clone(), bearer);
+        let decision = self
+            .shared
+            .authorizer
+            .decide(path, connection.clone(), bearer);
         let caller = match &decision {
             Ok(Some(caller)) => Some(caller.clone()),
             Ok(None) => None,
@@ -320,7 +325,7 @@ where
             // refused token has none, whatever connection carried it.
             Err(_) => match bearer {
                 Bearer::Absent => connection.clone().map(|identity| Caller {
-                    role: self.authorizer.role_of(&identity),
+                    role: self.shared.authorizer.role_of(&identity),
                     identity,
                 }),
                 Bearer::Malformed | Bearer::Token(_) => None,
@@ -343,7 +348,9 @@ where
             });
         }
         if rpc::role_needed(method).is_some() {
-            self.metrics.count_authz(path, role, decision.is_ok());
+            self.shared
+                .metrics
+                .count_authz(path, role, decision.is_ok());
         }
         // Mutations, secret-bearing reads, calls of paths not served and refusals are
         // audited; other reads pay nothing for it.
@@ -354,7 +361,7 @@ where
                 .get::<RequestId>()
                 .map_or_else(String::new, |r| r.0.clone());
             let guard = AuditGuard {
-                log: self.audit.clone(),
+                log: self.shared.audit.clone(),
                 record: Some(AuditRecord {
                     time: time::OffsetDateTime::now_utc()
                         .format(&time::format_description::well_known::Rfc3339)
@@ -400,11 +407,10 @@ where
                 if let Some(admitted) = admitted {
                     request.extensions_mut().insert(admitted);
                 }
-                // The clone is the one that is not ready yet; the ready one serves this call.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
+                // Called now, on the instance poll_ready readied; the answer is awaited below.
+                let answer = self.inner.call(request);
                 Box::pin(async move {
-                    let result = inner.call(request).await;
+                    let result = answer.await;
                     if let Some(guard) = &mut guard {
                         let code = result
                             .as_ref()
