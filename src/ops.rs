@@ -247,8 +247,12 @@ where
         });
         let spanless = span.is_none();
         let started = call.started;
-        // Called now, on the instance poll_ready readied; the answer is awaited below.
-        let answer = self.inner.call(request);
+        // Called now, on the instance poll_ready readied (inside the span, as what it logs
+        // must be); the answer is awaited below.
+        let answer = {
+            let _entered = span.as_ref().map(tracing::Span::enter);
+            self.inner.call(request)
+        };
         Box::pin(
             async move {
                 let ends = tokio::time::Instant::from_std(started) + deadline;

@@ -64,7 +64,7 @@ impl BackendAnswers {
 }
 
 /// Whether an error still means the backend answered.
-pub fn reachable_despite(error: &BackendError) -> bool {
+fn reachable_despite(error: &BackendError) -> bool {
     !matches!(error.class(), "transient" | "internal")
 }
 

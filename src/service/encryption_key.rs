@@ -337,9 +337,15 @@ impl EncryptionKeyService for EncryptionKeys {
         let (target, cached) = self.get(request).await?;
         match &cached.key_arn {
             Some(kms_key_id) => {
-                let mut response = Response::new(proto::GetEncryptionKeyResponse {
-                    kms_key_id: kms_key_id.to_string(),
-                });
+                // Room for what the answer carries (the two cache headers, the content type
+                // and the request id) from the start: growing the map rehashes it.
+                let mut response = Response::from_parts(
+                    tonic::metadata::MetadataMap::with_capacity(4),
+                    proto::GetEncryptionKeyResponse {
+                        kms_key_id: kms_key_id.to_string(),
+                    },
+                    tonic::Extensions::default(),
+                );
                 add_cache_metadata(response.metadata_mut(), &cached);
                 Ok(response)
             }
