@@ -221,6 +221,15 @@ struct Slot {
     load: tokio::sync::Mutex<()>,
     /// A refresh ahead of expiry is under way (one at a time).
     refreshing: AtomicBool,
+    /// Loads finished so far, and the error of the last one if it failed: a call that
+    /// waited for a load answers as that load did instead of asking the backend again.
+    loads: std::sync::Mutex<LoadRecord>,
+}
+
+#[derive(Debug, Default)]
+struct LoadRecord {
+    finished: u64,
+    failure: Option<BackendError>,
 }
 
 /// What the cache holds, shared with the metrics: the counters and each target's slot.
@@ -452,17 +461,40 @@ impl KeyCache {
         let stats = &self.state.stats;
         let config = &self.state.config;
         CacheStats::count(&stats.misses);
-        // Calls for one target load one at a time: the first loads, the ones that waited
-        // find its fresh entry.
-        let _loading = self.state.slot(target).load.lock().await;
+        let slot = self.state.slot(target);
+        let record = || slot.loads.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = record().finished;
+        // Calls for one target load one at a time: the first loads; the ones that waited
+        // find its fresh entry, or answer as its failure did (during an outage, a queue of
+        // readers must not each wait for a failing call of its own).
+        let _loading = slot.load.lock().await;
         let current = self.state.entry(target);
         if let Some(entry) = &current
             && entry.is_fresh(Instant::now(), config)
         {
             return Ok(entry.answer(CacheStatus::Miss, Instant::now()));
         }
-        CacheStats::count(&stats.loads);
-        match self.backend.get_encryption_key(target).await {
+        let waited_for = {
+            let record = record();
+            (record.finished != seen)
+                .then(|| record.failure.clone())
+                .flatten()
+        };
+        let result = match waited_for {
+            Some(failure) => Err(failure),
+            None => {
+                CacheStats::count(&stats.loads);
+                let result = self.backend.get_encryption_key(target).await;
+                let mut record = record();
+                record.finished += 1;
+                record.failure = result.as_ref().err().cloned();
+                if result.is_err() {
+                    CacheStats::count(&stats.load_failures);
+                }
+                result
+            }
+        };
+        match result {
             Ok(key_arn) => {
                 let loaded = Entry::reloaded(current.as_ref(), key_arn, config);
                 let answer = loaded.answer(CacheStatus::Miss, Instant::now());
@@ -470,7 +502,6 @@ impl KeyCache {
                 Ok(answer)
             }
             Err(error) => {
-                CacheStats::count(&stats.load_failures);
                 let now = Instant::now();
                 match current {
                     Some(stale)

@@ -620,3 +620,40 @@ async fn caches_loaded_at_the_same_instant_refresh_at_different_instants() {
     assert_eq!(read_now(&caches[second]).await.1, CacheStatus::Hit);
     assert!(settle(|| fakes[second].gets() == 2).await);
 }
+
+#[tokio::test(start_paused = true)]
+async fn readers_queued_behind_a_failing_load_answer_as_it_did_without_calling_again() {
+    let fake = FakeBackend::with_key(Some(OLD));
+    let cache = KeyCache::new(fake.clone(), config());
+    cache.get(lambda()).await.unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    // An outage whose calls hang until released: fifty reads queue behind the first.
+    fake.fail_with(Some(BackendError::Timeout));
+    let gate = Arc::new(Semaphore::new(0));
+    *fake.gate.lock().unwrap() = Some(gate.clone());
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let cache = cache.clone();
+        reads.spawn(async move { cache.get(lambda()).await });
+    }
+    assert!(settle(|| fake.gets() == 2).await, "no load started");
+    // The first read of the test was a miss too.
+    assert!(settle(|| cache.stats().snapshot().misses == 51).await);
+    gate.add_permits(100);
+    while let Some(read) = reads.join_next().await {
+        let read = read.unwrap().unwrap();
+        assert_eq!(
+            (read.key_arn.as_deref(), read.status),
+            (Some(OLD), CacheStatus::Stale)
+        );
+    }
+    assert_eq!(
+        fake.gets(),
+        2,
+        "each queued reader called the failing backend again"
+    );
+    // The next read after them asks again, and recovery is seen at once.
+    fake.fail_with(None);
+    assert_eq!(cache.get(lambda()).await.unwrap().status, CacheStatus::Miss);
+    assert_eq!(fake.gets(), 3);
+}
