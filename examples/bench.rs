@@ -592,7 +592,8 @@ fn sidecar_config(dir: &Path) -> (Addresses, SocketAddr) {
     sidecar_config_with(dir, "", "")
 }
 
-fn scrape(metrics: SocketAddr, name: &str) -> f64 {
+/// The sidecar's `/metrics` page (the HTTP response, headers included).
+fn metrics_text(metrics: SocketAddr) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(metrics).unwrap();
     write!(
@@ -602,7 +603,12 @@ fn scrape(metrics: SocketAddr, name: &str) -> f64 {
     .unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
-    text.lines()
+    text
+}
+
+fn scrape(metrics: SocketAddr, name: &str) -> f64 {
+    metrics_text(metrics)
+        .lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(f64::NAN)
 }
@@ -849,15 +855,7 @@ const FLEET_SCALE: f64 = 100.0;
 
 /// Every backend call so far, by operation, from the backend-call metric.
 fn backend_calls(metrics: SocketAddr) -> std::collections::BTreeMap<String, f64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(metrics).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
+    let text = metrics_text(metrics);
     let mut calls = std::collections::BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("inspector_keyd_backend_calls_total{") else {

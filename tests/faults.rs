@@ -387,12 +387,11 @@ async fn with_nothing_read_readiness_still_turns_unready_within_one_key_ttl() {
     assert_eq!(sidecar.http_get("/readyz").0, 200);
     let calls = backend_calls(sidecar);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // Idle: about one call per key TTL, readiness's own.
+    // Idle: only readiness's own calls, at least 92 % of a key TTL (1.84 s) apart — 2 in
+    // 3 s; the bound leaves one for the time the scrapes take. That it asks at all is what
+    // the outage below shows.
     let idle_calls = backend_calls(sidecar) - calls;
-    assert!(
-        (1.0..=3.0).contains(&idle_calls),
-        "{idle_calls} calls in 3 s"
-    );
+    assert!(idle_calls <= 3.0, "{idle_calls} calls in 3 s");
 
     faulty.set("[reads]\nerror = \"unavailable\"\n");
     let failed_at = Instant::now();
@@ -406,16 +405,10 @@ async fn with_nothing_read_readiness_still_turns_unready_within_one_key_ttl() {
         failed_at.elapsed()
     );
     let channel = sidecar.health_channel().await;
-    let status = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: proto::ENCRYPTION_KEY_SERVICE.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status();
     assert_eq!(
-        status,
+        health_status(channel, proto::ENCRYPTION_KEY_SERVICE)
+            .await
+            .unwrap(),
         tonic_health::pb::health_check_response::ServingStatus::NotServing
     );
     // Recovery is seen at the next check while unready: the retry interval (1 h) is long,

@@ -619,19 +619,6 @@ async fn oversized_messages_are_refused_and_change_nothing() {
     );
 }
 
-/// The status of `service` on the gRPC health service at `channel`.
-async fn health_status(
-    channel: tonic::transport::Channel,
-    service: &str,
-) -> Result<tonic_health::pb::health_check_response::ServingStatus, tonic::Status> {
-    let response = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await?;
-    Ok(response.into_inner().status())
-}
-
 #[tokio::test]
 async fn the_health_port_serves_health_and_nothing_else() {
     use tonic_health::pb::health_check_response::ServingStatus;

@@ -463,6 +463,19 @@ pub fn yaml_documents(python: &Path, file: &Path) -> Vec<serde_json::Value> {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// The status of `service` on the gRPC health service at `channel`.
+pub async fn health_status(
+    channel: tonic::transport::Channel,
+    service: &str,
+) -> Result<tonic_health::pb::health_check_response::ServingStatus, tonic::Status> {
+    let response = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    Ok(response.into_inner().status())
+}
+
 /// The value of one sample of a scraped family whose labels include `labels`.
 pub fn sample(
     metrics: &serde_json::Value,
