@@ -18,7 +18,8 @@ const PROFILES: [Profile; 3] = [
 ];
 
 /// The policy parser, evaluator and renderer. Input: a profile selector byte, then the key
-/// policy, an identity policy and a DescribeKey document separated by NUL bytes.
+/// policy, an identity policy, a DescribeKey document and a permissions boundary separated by
+/// NUL bytes.
 pub fn policy(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
@@ -30,6 +31,7 @@ pub fn policy(data: &[u8]) {
     let metadata = parts
         .next()
         .and_then(|text| verify::parse_describe_key(&text).ok());
+    let permissions_boundary = parts.next();
     let principal = "arn:aws:iam::111122223333:role/inspector-keyd";
     let report = verify::verify(&verify::Input {
         profile,
@@ -39,6 +41,8 @@ pub fn policy(data: &[u8]) {
         key_metadata: metadata.as_ref(),
         key_policy: &key_policy,
         identity_policies: &identity_policies,
+        identity_policies_complete: false,
+        permissions_boundary: permissions_boundary.as_deref(),
     });
     // A failed verification always says why.
     assert!(

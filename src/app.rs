@@ -103,31 +103,44 @@ pub struct App {
     placement: Placement,
 }
 
-/// The verification settings, with the identity policy files read.
+/// A policy file the sidecar trusts, as text.
+fn read_policy_file(path: &Path) -> Result<String, std::io::Error> {
+    let bytes = crate::files::read_trusted(path)?;
+    String::from_utf8(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
+}
+
+/// The verification settings, with the identity policy and permissions boundary files read.
 fn verification_settings(
     settings: &Settings,
     placement: &Placement,
 ) -> Result<VerificationSettings, ServeError> {
+    let verification = &settings.config.verification;
     let mut identity_policies = Vec::new();
-    for path in &settings.config.verification.identity_policy_files {
-        let policy_error = |source| ServeError::IdentityPolicy {
+    for path in &verification.identity_policy_files {
+        let text = read_policy_file(path).map_err(|source| ServeError::IdentityPolicy {
             path: path.clone(),
             source,
-        };
-        let bytes = crate::files::read_trusted(path).map_err(policy_error)?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            policy_error(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                e.utf8_error(),
-            ))
         })?;
         identity_policies.push(text);
     }
+    let permissions_boundary = match &verification.permissions_boundary_file {
+        Some(path) => {
+            Some(
+                read_policy_file(path).map_err(|source| ServeError::PermissionsBoundary {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
     Ok(VerificationSettings::new(
         placement.region.clone(),
         placement.account_id.clone(),
         settings.config.principal_arn(placement),
         identity_policies,
+        permissions_boundary,
         settings.lambda_profile,
         settings.code_repository_profile,
     ))
@@ -248,6 +261,7 @@ impl App {
                     &config.aws,
                     config.region.as_deref(),
                     config.account_id.as_deref(),
+                    config.ops.drift_interval,
                 )
                 .await?;
                 let verification = verification_settings(&settings, &placement)?;

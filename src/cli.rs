@@ -128,6 +128,10 @@ pub struct VerifyArgs {
     /// An identity policy of the principal (JSON); repeat for several.
     #[arg(long = "identity-policy", value_name = "FILE")]
     identity_policies: Vec<PathBuf>,
+    /// The principal's permissions boundary policy (JSON): it caps what the identity
+    /// policies, and key-policy statements naming a role, allow.
+    #[arg(long, value_name = "FILE")]
+    permissions_boundary: Option<PathBuf>,
     /// `aws kms describe-key` output; without it the key rules are not checked.
     #[arg(long, value_name = "FILE")]
     key_metadata: Option<PathBuf>,
@@ -185,12 +189,36 @@ fn check_config(args: &ConfigCheckArgs) -> Result<Vec<String>, String> {
     {
         Rules::from_file(path, settings.loopback_anonymous_role).map_err(|e| e.to_string())?;
     }
-    for path in &config.verification.identity_policy_files {
-        if present_here(path, "verification.identity_policy_files") {
+    let policy_files = config
+        .verification
+        .identity_policy_files
+        .iter()
+        .map(|path| {
+            (
+                path,
+                "verification.identity_policy_files",
+                "identity policy",
+            )
+        })
+        .chain(
+            config
+                .verification
+                .permissions_boundary_file
+                .iter()
+                .map(|path| {
+                    (
+                        path,
+                        "verification.permissions_boundary_file",
+                        "permissions boundary",
+                    )
+                }),
+        );
+    for (path, key, what) in policy_files {
+        if present_here(path, key) {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read identity policy `{}`: {e}", path.display()))?;
+                .map_err(|e| format!("cannot read {what} `{}`: {e}", path.display()))?;
             verify::json::parse_unique(&text)
-                .map_err(|e| format!("identity policy `{}`: {e}", path.display()))?;
+                .map_err(|e| format!("{what} `{}`: {e}", path.display()))?;
         }
     }
     if let Some((_, files)) = &settings.listeners.tls {
@@ -243,6 +271,7 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode, ExitCode> {
         .iter()
         .map(read)
         .collect::<Result<Vec<_>, _>>()?;
+    let permissions_boundary = args.permissions_boundary.as_ref().map(read).transpose()?;
     let metadata = match &args.key_metadata {
         Some(path) => Some(
             verify::parse_describe_key(&read(path)?)
@@ -258,6 +287,8 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode, ExitCode> {
         key_metadata: metadata.as_ref(),
         key_policy: &key_policy,
         identity_policies: &identity_policies,
+        identity_policies_complete: false,
+        permissions_boundary: permissions_boundary.as_deref(),
     });
     match args.format {
         Format::Json => println!(

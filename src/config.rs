@@ -95,6 +95,9 @@ pub struct AwsConfig {
     pub kms_endpoint: Option<String>,
     /// Endpoint URL override for AWS STS. Default none. https, as `inspector2_endpoint`.
     pub sts_endpoint: Option<String>,
+    /// Endpoint URL override for AWS IAM (read for the principal's policies). Default none.
+    /// https, as `inspector2_endpoint`.
+    pub iam_endpoint: Option<String>,
     /// Time to connect to an AWS endpoint. Default `3s`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -111,6 +114,7 @@ impl Default for AwsConfig {
             inspector2_endpoint: None,
             kms_endpoint: None,
             sts_endpoint: None,
+            iam_endpoint: None,
             connect_timeout: Duration::from_secs(3),
             operation_timeout: Duration::from_secs(10),
             max_attempts: 3,
@@ -357,9 +361,14 @@ pub struct VerificationConfig {
     /// The IAM principal that calls Inspector. Default
     /// `arn:aws:iam::<account_id>:role/inspector-keyd`.
     pub principal_arn: Option<String>,
-    /// Files holding that principal's identity policies (JSON). Default none.
+    /// Files holding that principal's identity policies (JSON). Default none: on the aws
+    /// backend they are read from IAM, with the permissions boundary.
     #[serde_as(as = "OneOrMany<_>")]
     pub identity_policy_files: Vec<PathBuf>,
+    /// File holding that principal's permissions boundary policy (JSON). Default none. When
+    /// this or `identity_policy_files` is set, the files are the principal's policies and
+    /// IAM is not read.
+    pub permissions_boundary_file: Option<PathBuf>,
     /// Profile for CODE + AWS_LAMBDA_FUNCTION. Default `codeguru-grants` on the local
     /// backend (which emulates that system).
     pub lambda_profile: Option<String>,
@@ -664,6 +673,7 @@ impl Config {
             ("aws.inspector2_endpoint", &self.aws.inspector2_endpoint),
             ("aws.kms_endpoint", &self.aws.kms_endpoint),
             ("aws.sts_endpoint", &self.aws.sts_endpoint),
+            ("aws.iam_endpoint", &self.aws.iam_endpoint),
         ] {
             if let Some(endpoint) = endpoint {
                 check_endpoint(key, endpoint)?;
@@ -1076,7 +1086,12 @@ mod tests {
 
     #[test]
     fn aws_endpoints_are_https_unless_on_loopback() {
-        for key in ["inspector2_endpoint", "kms_endpoint", "sts_endpoint"] {
+        for key in [
+            "inspector2_endpoint",
+            "kms_endpoint",
+            "sts_endpoint",
+            "iam_endpoint",
+        ] {
             let name = format!("INSPECTOR_KEYD_AWS__{}", key.to_ascii_uppercase());
             let load = |value: &str| Settings::load(None, env(&[(&name, value)]));
             for good in [
@@ -1094,6 +1109,7 @@ mod tests {
                 let set = match key {
                     "inspector2_endpoint" => &aws.inspector2_endpoint,
                     "kms_endpoint" => &aws.kms_endpoint,
+                    "iam_endpoint" => &aws.iam_endpoint,
                     _ => &aws.sts_endpoint,
                 };
                 assert_eq!(set.as_deref(), Some(good));

@@ -34,6 +34,11 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: io::Error,
     },
+    #[error("cannot read permissions boundary file `{path}`: {source}")]
+    PermissionsBoundary {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
     #[error("cannot connect to AWS: {0}")]
     Aws(#[from] AwsSetupError),
     #[error("cannot open the backend: {0}")]

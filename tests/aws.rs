@@ -18,11 +18,21 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 fn aws_config(stub: &InspectorStub, moto: &Moto, account: Option<&str>) -> String {
+    aws_config_reading_iam_at(stub, moto, account, &moto.url())
+}
+
+/// As [`aws_config`], with IAM at `iam_endpoint`.
+fn aws_config_reading_iam_at(
+    stub: &InspectorStub,
+    moto: &Moto,
+    account: Option<&str>,
+    iam_endpoint: &str,
+) -> String {
     let account = account
         .map(|a| format!("account_id = \"{a}\"\n"))
         .unwrap_or_default();
     format!(
-        "backend = \"aws\"\nregion = \"us-east-1\"\n{account}[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{}\"\nmax_attempts = 2\noperation_timeout = \"20s\"\n",
+        "backend = \"aws\"\nregion = \"us-east-1\"\n{account}[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{}\"\niam_endpoint = \"{iam_endpoint}\"\nmax_attempts = 2\noperation_timeout = \"20s\"\n",
         stub.url(),
         moto.url(),
         moto.url()
@@ -460,6 +470,15 @@ async fn moto_multi_region_ids_are_refused_as_inspector_would() {
         )),
         ..Default::default()
     };
+    // The principal is in IAM, without policies of its own: the key policy names it, so
+    // nothing is left unchecked.
+    moto.iam()
+        .create_role()
+        .role_name("inspector-keyd")
+        .assume_role_policy_document(TRUST)
+        .send()
+        .await
+        .unwrap();
     let report = verify_report(&mut sidecar.read_only_keys().await, request).await;
     assert_eq!(
         report
@@ -467,7 +486,8 @@ async fn moto_multi_region_ids_are_refused_as_inspector_would() {
             .iter()
             .map(|f| f.code.as_str())
             .collect::<Vec<_>>(),
-        ["KEY_ARN_INVALID"]
+        ["KEY_ARN_INVALID"],
+        "{report:#?}"
     );
 }
 
@@ -548,4 +568,510 @@ async fn an_unreadable_answer_is_not_written_to_the_log() {
     let log = sidecar.log();
     assert!(log.contains("AWS call failed"), "{log}");
     assert!(!log.contains(&secret), "the answer reached the log:\n{log}");
+}
+
+const ACCOUNT: &str = "123456789012";
+const TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+
+/// [`quiet_aws_config`] for a sidecar that verifies Lambda keys against the seed's profile
+/// (whose statements belong in the principal's identity policies) for `principal`, reads
+/// IAM at `iam_endpoint`, and checks drift every `drift_interval`.
+fn iam_config(
+    stub: &InspectorStub,
+    moto: &Moto,
+    principal: &str,
+    iam_endpoint: &str,
+    drift_interval: &str,
+) -> String {
+    format!(
+        "{}[verification]\nprincipal_arn = \"{principal}\"\nlambda_profile = \"codeguru-grants\"\n[ops]\nready_check_interval = \"1h\"\ndrift_interval = \"{drift_interval}\"\n",
+        aws_config_reading_iam_at(stub, moto, Some(ACCOUNT), iam_endpoint)
+    )
+}
+
+/// The seed's two identity-policy statements as `policy render` prints them for the
+/// sidecar's principal: the CreateGrant one and the one that uses the key.
+async fn seed_statements(sidecar: &Sidecar) -> (serde_json::Value, serde_json::Value) {
+    let rendered: serde_json::Value =
+        serde_json::from_str(&sidecar.rendered_policy("codeguru-grants").await).unwrap();
+    let statements = rendered["Statement"].as_array().unwrap();
+    assert_eq!(statements.len(), 2, "{rendered}");
+    (statements[0].clone(), statements[1].clone())
+}
+
+fn document(statements: &[&serde_json::Value]) -> String {
+    serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string()
+}
+
+/// `statement` without the action `action`.
+fn without(statement: &serde_json::Value, action: &str) -> serde_json::Value {
+    let mut statement = statement.clone();
+    statement["Action"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|a| a != action);
+    statement
+}
+
+/// A customer managed policy in moto; its ARN.
+async fn managed_policy(iam: &aws_sdk_iam::Client, name: &str, document: String) -> String {
+    iam.create_policy()
+        .policy_name(name)
+        .policy_document(document)
+        .send()
+        .await
+        .unwrap()
+        .policy()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned()
+}
+
+/// A stored key's report, through VerifyKeyPolicy.
+async fn stored_key_report(sidecar: &Sidecar, key: &str) -> proto::VerificationReport {
+    let request = proto::VerifyKeyPolicyRequest {
+        scan_type: CODE,
+        resource_type: LAMBDA,
+        key: Some(proto::verify_key_policy_request::Key::KmsKeyId(
+            key.to_owned(),
+        )),
+        ..Default::default()
+    };
+    verify_report(&mut sidecar.code_reader_keys().await, request).await
+}
+
+fn codes(report: &proto::VerificationReport) -> Vec<&str> {
+    let mut codes: Vec<&str> = report.findings.iter().map(|f| f.code.as_str()).collect();
+    codes.sort_unstable();
+    codes
+}
+
+/// The role of the IAM tests: the seed's CreateGrant statement inline; the statement that
+/// uses the key in a managed policy whose default version is the second of three (the first
+/// lacks kms:Encrypt, the third kms:Decrypt, so reading either shows); and, when
+/// `boundary_denies` names an action, a permissions boundary allowing every action but it.
+async fn seed_role(
+    iam: &aws_sdk_iam::Client,
+    name: &str,
+    (grant, use_key): &(serde_json::Value, serde_json::Value),
+    boundary_denies: Option<&str>,
+) {
+    iam.create_role()
+        .role_name(name)
+        .path("/team/")
+        .assume_role_policy_document(TRUST)
+        .send()
+        .await
+        .unwrap();
+    iam.put_role_policy()
+        .role_name(name)
+        .policy_name("request-grants")
+        .policy_document(document(&[grant]))
+        .send()
+        .await
+        .unwrap();
+    let policy = managed_policy(
+        iam,
+        &format!("{name}-use-key"),
+        document(&[&without(use_key, "kms:Encrypt")]),
+    )
+    .await;
+    for (statement, default) in [
+        (use_key.clone(), true),
+        (without(use_key, "kms:Decrypt"), false),
+    ] {
+        iam.create_policy_version()
+            .policy_arn(&policy)
+            .policy_document(document(&[&statement]))
+            .set_as_default(default)
+            .send()
+            .await
+            .unwrap();
+    }
+    iam.attach_role_policy()
+        .role_name(name)
+        .policy_arn(&policy)
+        .send()
+        .await
+        .unwrap();
+    if let Some(action) = boundary_denies {
+        let boundary = managed_policy(
+            iam,
+            &format!("{name}-boundary"),
+            serde_json::json!({"Version": "2012-10-17", "Statement": [
+                {"Sid": "EverythingBut", "Effect": "Allow", "NotAction": action, "Resource": "*"}
+            ]})
+            .to_string(),
+        )
+        .await;
+        iam.put_role_permissions_boundary()
+            .role_name(name)
+            .permissions_boundary(boundary)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// The IAM calls of one read of a role with one inline and one managed policy.
+const ROLE_ROUND: [&str; 6] = [
+    "GetRole",
+    "ListRolePolicies",
+    "GetRolePolicy",
+    "ListAttachedRolePolicies",
+    "GetPolicy",
+    "GetPolicyVersion",
+];
+
+#[tokio::test]
+async fn identity_policies_and_the_permissions_boundary_are_read_from_iam() {
+    let moto = Moto::start();
+    let stub = InspectorStub::start().await;
+    let iam = moto.iam();
+    // moto's default key policy delegates to the account, so the identity policies decide.
+    let key = moto.create_key(None).await;
+
+    // A role whose boundary leaves out kms:RetireGrant: exactly the two RetireGrant
+    // requests fail, each naming the boundary; the inline policy and the default version
+    // of the managed one were read (any other source would fail other requests).
+    let principal = format!("arn:aws:iam::{ACCOUNT}:role/team/bounded");
+    let sidecar = Sidecar::start_with_env(
+        &iam_config(&stub, &moto, &principal, &moto.url(), "1h"),
+        AWS_TEST_ENV,
+    );
+    let statements = seed_statements(&sidecar).await;
+    seed_role(&iam, "bounded", &statements, Some("kms:RetireGrant")).await;
+    let report = stored_key_report(&sidecar, &key).await;
+    assert!(!report.passed);
+    assert_eq!(
+        codes(&report),
+        ["REQUIRED_ACCESS_MISSING", "REQUIRED_ACCESS_MISSING"],
+        "{report:#?}"
+    );
+    for finding in &report.findings {
+        assert!(finding.message.contains("kms:RetireGrant"), "{finding:?}");
+        assert!(
+            finding.message.contains("permissions boundary"),
+            "{finding:?}"
+        );
+        assert!(
+            finding.message.contains(&format!(
+                "managed policy `arn:aws:iam::{ACCOUNT}:policy/bounded-boundary` (version v1)"
+            )),
+            "the finding names the boundary IAM holds: {finding:?}"
+        );
+        assert!(
+            finding.fix().contains("permissions boundary"),
+            "{finding:?}"
+        );
+    }
+    // The Update gate refuses the key for the same reason.
+    let status = sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&key))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("kms:RetireGrant"), "{status:?}");
+    assert_eq!(stub.key("CODE", "AWS_LAMBDA_FUNCTION"), None);
+    drop(sidecar);
+
+    // The same policies without a boundary pass, with nothing left unchecked.
+    let principal = format!("arn:aws:iam::{ACCOUNT}:role/team/unbounded");
+    let sidecar = Sidecar::start_with_env(
+        &iam_config(&stub, &moto, &principal, &moto.url(), "1h"),
+        AWS_TEST_ENV,
+    );
+    seed_role(&iam, "unbounded", &seed_statements(&sidecar).await, None).await;
+    let report = stored_key_report(&sidecar, &key).await;
+    assert!(report.passed, "{report:#?}");
+    assert_eq!(codes(&report), Vec::<&str>::new(), "{report:#?}");
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&key))
+        .await
+        .unwrap();
+    assert_eq!(
+        stub.key("CODE", "AWS_LAMBDA_FUNCTION").as_deref(),
+        Some(key.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_users_policies_include_its_groups() {
+    let moto = Moto::start();
+    let stub = InspectorStub::start().await;
+    let iam = moto.iam();
+    let key = moto.create_key(None).await;
+    let principal = format!("arn:aws:iam::{ACCOUNT}:user/ops/alice");
+    let sidecar = Sidecar::start_with_env(
+        &iam_config(&stub, &moto, &principal, &moto.url(), "1h"),
+        AWS_TEST_ENV,
+    );
+    let (grant, use_key) = seed_statements(&sidecar).await;
+    iam.create_user()
+        .user_name("alice")
+        .path("/ops/")
+        .send()
+        .await
+        .unwrap();
+    iam.create_group()
+        .group_name("scanners")
+        .send()
+        .await
+        .unwrap();
+    iam.add_user_to_group()
+        .group_name("scanners")
+        .user_name("alice")
+        .send()
+        .await
+        .unwrap();
+    // The user's own inline policy requests grants; a policy attached to its group (and,
+    // once more, to the user) uses the key.
+    iam.put_user_policy()
+        .user_name("alice")
+        .policy_name("request-grants")
+        .policy_document(document(&[&grant]))
+        .send()
+        .await
+        .unwrap();
+    let policy = managed_policy(&iam, "use-key", document(&[&use_key])).await;
+    iam.attach_group_policy()
+        .group_name("scanners")
+        .policy_arn(&policy)
+        .send()
+        .await
+        .unwrap();
+    iam.attach_user_policy()
+        .user_name("alice")
+        .policy_arn(&policy)
+        .send()
+        .await
+        .unwrap();
+    let report = stored_key_report(&sidecar, &key).await;
+    assert!(report.passed, "{report:#?}");
+    assert_eq!(codes(&report), Vec::<&str>::new(), "{report:#?}");
+
+    // A group's inline Deny reaches the user.
+    iam.put_group_policy()
+        .group_name("scanners")
+        .policy_name("no-decrypt")
+        .policy_document(
+            serde_json::json!({"Version": "2012-10-17", "Statement": [
+                {"Sid": "NoDecrypt", "Effect": "Deny", "Action": "kms:Decrypt", "Resource": "*"}
+            ]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let sidecar = Sidecar::start_with_env(
+        &iam_config(&stub, &moto, &principal, &moto.url(), "1h"),
+        AWS_TEST_ENV,
+    );
+    let report = stored_key_report(&sidecar, &key).await;
+    let denied: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.code == "REQUIRED_ACCESS_EXPLICITLY_DENIED")
+        .collect();
+    assert_eq!(
+        denied.len(),
+        2,
+        "Decrypt via inspector2 and codeguru: {report:#?}"
+    );
+    for finding in denied {
+        assert_eq!(finding.sid(), "NoDecrypt");
+        assert!(
+            finding
+                .message
+                .contains("IAM's inline policy `no-decrypt` of group `scanners`"),
+            "{finding:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn iam_is_read_once_per_drift_interval() {
+    let moto = Moto::start();
+    let stub = InspectorStub::start().await;
+    let iam = moto.iam();
+    let key = moto.create_key(None).await;
+    let principal = format!("arn:aws:iam::{ACCOUNT}:role/team/cached");
+    let sidecar = Sidecar::start_with_env(
+        &iam_config(&stub, &moto, &principal, &moto.url(), "4s"),
+        AWS_TEST_ENV,
+    );
+    seed_role(&iam, "cached", &seed_statements(&sidecar).await, None).await;
+    let setup = moto.iam_requests().len();
+    let reads = || moto.iam_requests()[setup..].to_vec();
+
+    // Three verifications (two VerifyKeyPolicy calls and the Update gate) well within the
+    // interval make one round of IAM calls.
+    assert!(stored_key_report(&sidecar, &key).await.passed);
+    assert_eq!(reads(), ROLE_ROUND);
+    assert!(stored_key_report(&sidecar, &key).await.passed);
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&key))
+        .await
+        .unwrap();
+    assert_eq!(
+        reads(),
+        ROLE_ROUND,
+        "the second and third verification read IAM"
+    );
+
+    // Once the interval has passed, the next verification (here the drift check, which
+    // now has a key in use to check) reads IAM again.
+    let again = eventually(Duration::from_secs(20), || async {
+        reads().len() >= 2 * ROLE_ROUND.len()
+    })
+    .await;
+    assert!(
+        again,
+        "IAM was not read again after the interval: {:?}",
+        reads()
+    );
+    assert_eq!(reads()[ROLE_ROUND.len()..2 * ROLE_ROUND.len()], ROLE_ROUND);
+}
+
+#[tokio::test]
+async fn iam_that_cannot_be_read_leaves_identity_policies_unchecked_and_says_why() {
+    let moto = Moto::start();
+    let stub = InspectorStub::start().await;
+    let key = moto.create_key(None).await;
+    let unchecked = |report: &proto::VerificationReport| {
+        let found: Vec<_> = report
+            .findings
+            .iter()
+            .filter(|f| f.code == "IDENTITY_POLICY_NOT_CHECKED")
+            .map(|f| (f.severity(), f.message.clone(), f.fix().to_owned()))
+            .collect();
+        assert_eq!(found.len(), 1, "{report:#?}");
+        assert_eq!(found[0].0, proto::Severity::Warning);
+        assert!(found[0].2.contains("sidecar-policy.json"), "{found:?}");
+        found[0].1.clone()
+    };
+
+    // IAM unreachable: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let principal = format!("arn:aws:iam::{ACCOUNT}:role/team/somebody");
+    let sidecar = Sidecar::start_with_env(
+        &iam_config(&stub, &moto, &principal, &down, "1h"),
+        AWS_TEST_ENV,
+    );
+    let report = stored_key_report(&sidecar, &key).await;
+    assert!(report.passed, "a warning, as without IAM: {report:#?}");
+    let message = unchecked(&report);
+    assert!(message.contains("IAM could not be reached"), "{message}");
+    // A key policy that names the role itself needs no identity policy, yet the role's
+    // denies and boundary went unchecked: still said.
+    let direct = moto
+        .create_key(Some(&sidecar.rendered_policy("amazon-q-lambda").await))
+        .await;
+    let request = proto::VerifyKeyPolicyRequest {
+        profile: "amazon-q-lambda".into(),
+        key: Some(proto::verify_key_policy_request::Key::KmsKeyId(direct)),
+        ..Default::default()
+    };
+    let report = verify_report(&mut sidecar.code_reader_keys().await, request).await;
+    assert!(report.passed, "{report:#?}");
+    let message = unchecked(&report);
+    assert!(
+        message.contains("could not be read from IAM (IAM could not be reached)"),
+        "{message}"
+    );
+    drop(sidecar);
+
+    // The principal is not in IAM.
+    let sidecar = Sidecar::start_with_env(
+        &iam_config(&stub, &moto, &principal, &moto.url(), "1h"),
+        AWS_TEST_ENV,
+    );
+    let message = unchecked(&stored_key_report(&sidecar, &key).await);
+    assert!(
+        message.contains("role `somebody` does not exist in IAM"),
+        "{message}"
+    );
+    drop(sidecar);
+
+    // The sidecar may read the role but not its inline policies.
+    let iam_refusing = iam_refusing_inline_policies(&principal).await;
+    let sidecar = Sidecar::start_with_env(
+        &iam_config(&stub, &moto, &principal, &iam_refusing, "1h"),
+        AWS_TEST_ENV,
+    );
+    let report = stored_key_report(&sidecar, &key).await;
+    let message = unchecked(&report);
+    assert!(
+        message.contains("IAM denied the sidecar's read (iam:GetRolePolicy (AccessDenied))"),
+        "{message}"
+    );
+    // IAM's own words stay in the sidecar's log.
+    assert!(
+        !format!("{report:?}").contains("is not authorized"),
+        "{report:#?}"
+    );
+    assert!(
+        sidecar.log().contains("is not authorized"),
+        "{}",
+        sidecar.log()
+    );
+}
+
+/// IAM on loopback that lets the caller read the role `role_arn` and list its inline
+/// policies, and refuses everything else as IAM does (HTTP 403, the query protocol's
+/// `AccessDenied` error). moto refuses in another XML shape, one AWS's SDKs do not read as
+/// IAM's. Its URL.
+async fn iam_refusing_inline_policies(role_arn: &str) -> String {
+    let role_arn = role_arn.to_owned();
+    let handle = move |body: String| {
+        let role_arn = role_arn.clone();
+        async move {
+            let action = body
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("Action="))
+                .unwrap_or_default()
+                .to_owned();
+            let name = role_arn.rsplit('/').next().unwrap_or_default();
+            let ok = |result: String| {
+                (
+                    axum::http::StatusCode::OK,
+                    [("content-type", "text/xml")],
+                    format!(
+                        "<{action}Response xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><{action}Result>{result}</{action}Result><ResponseMetadata><RequestId>7a62c49f-347e-4fc4-9331-6e8eEXAMPLE</RequestId></ResponseMetadata></{action}Response>"
+                    ),
+                )
+            };
+            match action.as_str() {
+                "GetRole" => ok(format!(
+                    "<Role><Path>/team/</Path><RoleName>{name}</RoleName><RoleId>AROADBQP57FF2AEXAMPLE</RoleId><Arn>{role_arn}</Arn><CreateDate>2024-01-01T00:00:00Z</CreateDate><AssumeRolePolicyDocument>%7B%7D</AssumeRolePolicyDocument></Role>"
+                )),
+                "ListRolePolicies" => ok(
+                    "<PolicyNames><member>request-grants</member></PolicyNames><IsTruncated>false</IsTruncated>".into(),
+                ),
+                _ => (
+                    axum::http::StatusCode::FORBIDDEN,
+                    [("content-type", "text/xml")],
+                    format!(
+                        "<ErrorResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User: arn:aws:sts::{ACCOUNT}:assumed-role/inspector-keyd/pod is not authorized to perform: iam:{action} on resource: {role_arn}</Message></Error><RequestId>7a62c49f-347e-4fc4-9331-6e8eEXAMPLE</RequestId></ErrorResponse>"
+                    ),
+                ),
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let app = axum::Router::new().fallback(axum::routing::post(handle));
+        let _ = axum::serve(listener, app).await;
+    });
+    url
 }

@@ -44,8 +44,9 @@ impl Backend {
         let moto = Moto::start();
         let stub = InspectorStub::start().await;
         let config = format!(
-            "backend = \"aws\"\nregion = \"us-east-1\"\naccount_id = \"123456789012\"\n{PROFILE}[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{}\"\nmax_attempts = 2\n",
+            "backend = \"aws\"\nregion = \"us-east-1\"\naccount_id = \"123456789012\"\n{PROFILE}[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{}\"\niam_endpoint = \"{}\"\nmax_attempts = 2\n",
             stub.url(),
+            moto.url(),
             moto.url(),
             moto.url()
         );

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use inspector_keyd::verify::{
     self, KeyMetadata, Profile,
-    eval::{Caller, Decision, Request, decide},
+    eval::{Caller, Decision, Request, decide_bounded},
     policy::{Document, DocumentKind, analyze},
 };
 use serde::Deserialize;
@@ -29,6 +29,8 @@ struct Case {
     key_policy: Value,
     /// Identity policies of the principal; absent means none were supplied.
     identity_policies: Option<Vec<Value>>,
+    /// The principal's permissions boundary; absent means it has none.
+    permissions_boundary: Option<Value>,
 
     request: Option<RequestSpec>,
     /// allow | explicit_deny | implicit_deny | identity_policy_not_checked
@@ -108,6 +110,16 @@ fn run_decision(case: &Case, spec: &RequestSpec) -> Result<(), String> {
             })
             .collect()
     });
+    let boundary = case.permissions_boundary.as_ref().map(|b| {
+        let t = text(b);
+        analyze(Document {
+            kind: DocumentKind::IdentityPolicy,
+            name: "permissions_boundary",
+            text: &t,
+        })
+        .0
+        .expect("permissions boundary usable")
+    });
     let caller = match (&spec.principal, &spec.service) {
         (Some(arn), None) => Caller::Aws {
             arn: arn.clone(),
@@ -137,7 +149,12 @@ fn run_decision(case: &Case, spec: &RequestSpec) -> Result<(), String> {
         resource: spec.resource.clone().unwrap_or_else(|| KEY_ARN.into()),
         context,
     };
-    let decision = decide(&key_policy, identity.as_deref(), &request);
+    let decision = decide_bounded(
+        &key_policy,
+        identity.as_deref(),
+        boundary.as_ref(),
+        &request,
+    );
     let (name, sid) = match &decision {
         Decision::Allow => ("allow", None),
         Decision::ExplicitDeny { sid, .. } => ("explicit_deny", sid.clone()),
@@ -170,6 +187,7 @@ fn run_profile(case: &Case, profile: &str) -> Result<(), String> {
         None => Some(good_key()),
     };
     let identity: Vec<String> = case.identity_policies.iter().flatten().map(text).collect();
+    let boundary = case.permissions_boundary.as_ref().map(text);
     let key_policy = text(&case.key_policy);
     let report = verify::verify(&verify::Input {
         profile,
@@ -179,6 +197,8 @@ fn run_profile(case: &Case, profile: &str) -> Result<(), String> {
         key_metadata: metadata.as_ref(),
         key_policy: &key_policy,
         identity_policies: &identity,
+        identity_policies_complete: case.identity_policies.is_some(),
+        permissions_boundary: boundary.as_deref(),
     });
     let mut got: Vec<&str> = report.findings.iter().map(|f| f.code).collect();
     got.sort_unstable();

@@ -42,6 +42,8 @@ fn config_key() -> impl Strategy<Value = String> {
         "ops.rpc_timeout",
         "aws.max_attempts",
         "aws.kms_endpoint",
+        "aws.iam_endpoint",
+        "verification.permissions_boundary_file",
         "verification.principal_arn",
         "verification.lambda_profile",
         "local.fault_file",

@@ -128,8 +128,9 @@ async fn trace_logs_of_the_aws_backend_hold_no_snippet_token_or_signature() {
         env.push(("AWS_SESSION_TOKEN", &session_token));
         // No account configured: STS GetCallerIdentity is called, signed with the token.
         let config = format!(
-            "{extra}backend = \"aws\"\nregion = \"us-east-1\"\n[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{}\"\nmax_attempts = 1\n",
+            "{extra}backend = \"aws\"\nregion = \"us-east-1\"\n[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{}\"\niam_endpoint = \"{}\"\nmax_attempts = 1\n",
             stub.url(),
+            moto.url(),
             moto.url(),
             moto.url()
         );

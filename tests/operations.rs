@@ -670,7 +670,7 @@ async fn an_unreachable_backend_makes_the_sidecar_unready_but_alive() {
     let endpoint = format!("http://{closed}");
     let sidecar = Sidecar::start_with_env(
         &format!(
-            "backend = \"aws\"\nregion = \"us-east-1\"\naccount_id = \"111122223333\"\n[ops]\nhealth_listen = \"127.0.0.1:0\"\n[aws]\ninspector2_endpoint = \"{endpoint}\"\nkms_endpoint = \"{endpoint}\"\nsts_endpoint = \"{endpoint}\"\nmax_attempts = 1\n"
+            "backend = \"aws\"\nregion = \"us-east-1\"\naccount_id = \"111122223333\"\n[ops]\nhealth_listen = \"127.0.0.1:0\"\n[aws]\ninspector2_endpoint = \"{endpoint}\"\nkms_endpoint = \"{endpoint}\"\nsts_endpoint = \"{endpoint}\"\niam_endpoint = \"{endpoint}\"\nmax_attempts = 1\n"
         ),
         common::moto::AWS_TEST_ENV,
     );

@@ -83,6 +83,8 @@ fn verify_rendered(
         key_metadata: Some(&key),
         key_policy: &key_policy,
         identity_policies: &identity,
+        identity_policies_complete: false,
+        permissions_boundary: None,
     })
 }
 
@@ -148,6 +150,8 @@ proptest! {
             key_metadata: None,
             key_policy: &text,
             identity_policies: std::slice::from_ref(&text),
+            identity_policies_complete: true,
+            permissions_boundary: Some(&text),
         });
         prop_assert!(!report.passed);
         let _ = verify::parse_describe_key(&text);
@@ -164,6 +168,8 @@ proptest! {
             key_metadata: None,
             key_policy: &text,
             identity_policies: std::slice::from_ref(&text),
+            identity_policies_complete: true,
+            permissions_boundary: Some(&text),
         });
         prop_assert!(!report.profile.is_empty());
     }
@@ -180,6 +186,8 @@ proptest! {
             key_metadata: Some(&key),
             key_policy: &text,
             identity_policies: std::slice::from_ref(&text),
+            identity_policies_complete: true,
+            permissions_boundary: Some(&text),
         });
         prop_assert_eq!(report.passed, report.findings.iter().all(|f| f.severity != verify::Severity::Error));
     }

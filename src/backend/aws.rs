@@ -1,9 +1,9 @@
-//! The aws backend: Amazon Inspector's encryption-key operations and the KMS reads
+//! The aws backend: Amazon Inspector's encryption-key operations and the KMS and IAM reads
 //! verification needs, through the official AWS SDK (default credential chain, bounded
 //! timeouts, the SDK's standard retry). Errors are classified once; AWS's own text is
 //! logged, never returned to callers.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
@@ -11,7 +11,7 @@ use aws_sdk_inspector2::types::{ResourceType as AwsResourceType, ScanType as Aws
 use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkError};
 use aws_smithy_types::{date_time::Format, error::metadata::ProvideErrorMetadata};
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, PrincipalPolicies, iam::IamPolicies};
 use crate::{
     config::{AwsConfig, Placement},
     domain::{
@@ -43,15 +43,18 @@ pub enum AwsSetupError {
 pub struct AwsBackend {
     inspector: aws_sdk_inspector2::Client,
     kms: aws_sdk_kms::Client,
+    iam: IamPolicies,
 }
 
 impl AwsBackend {
     /// Loads the SDK configuration, checks the credentials, and finds the Region and
-    /// account (configured, else from the chain and STS).
+    /// account (configured, else from the chain and STS). Principals' policies read from
+    /// IAM are kept for `policy_ttl` (the drift interval).
     pub async fn connect(
         settings: &AwsConfig,
         region: Option<&str>,
         account_id: Option<&str>,
+        policy_ttl: Duration,
     ) -> Result<(AwsBackend, Placement), AwsSetupError> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(
@@ -107,10 +110,15 @@ impl AwsBackend {
         if let Some(url) = &settings.kms_endpoint {
             kms = kms.endpoint_url(url);
         }
+        let mut iam = aws_sdk_iam::config::Builder::from(&shared);
+        if let Some(url) = &settings.iam_endpoint {
+            iam = iam.endpoint_url(url);
+        }
         Ok((
             AwsBackend {
                 inspector: aws_sdk_inspector2::Client::from_conf(inspector.build()),
                 kms: aws_sdk_kms::Client::from_conf(kms.build()),
+                iam: IamPolicies::new(aws_sdk_iam::Client::from_conf(iam.build()), policy_ttl),
             },
             Placement { region, account_id },
         ))
@@ -140,7 +148,7 @@ fn describe_sdk_error<E: ProvideErrorMetadata + std::fmt::Debug>(
 
 /// Classifies an SDK error once: the gRPC code, retry hint and metric label follow from
 /// the class. AWS's text goes to the log.
-fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+pub(super) fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
     operation: &'static str,
     error: SdkError<E, HttpResponse>,
 ) -> BackendError {
@@ -183,9 +191,11 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
         | "ExpiredTokenException" => BackendError::AccessDenied {
             message: format!("{operation} ({code})"),
         },
-        "ResourceNotFoundException" | "NotFoundException" => BackendError::NotFound {
-            what: operation.to_owned(),
-        },
+        "ResourceNotFoundException" | "NotFoundException" | "NoSuchEntity" => {
+            BackendError::NotFound {
+                what: operation.to_owned(),
+            }
+        }
         "ThrottlingException"
         | "Throttling"
         | "TooManyRequestsException"
@@ -198,6 +208,7 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
         | "DependencyTimeoutException"
         | "ServiceUnavailable"
         | "ServiceUnavailableException"
+        | "ServiceFailure"
         | "InternalFailure" => BackendError::Unavailable {
             message: format!("{operation}: {code}"),
             retry_after,
@@ -396,5 +407,12 @@ impl Backend for AwsBackend {
             });
         }
         Ok(snippets)
+    }
+
+    async fn principal_policies(
+        &self,
+        principal_arn: &str,
+    ) -> Result<Option<Arc<PrincipalPolicies>>, BackendError> {
+        self.iam.get(principal_arn).await.map(Some)
     }
 }

@@ -23,7 +23,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, PrincipalPolicies};
 use crate::{
     domain::{CodeSnippets, FindingArn, KeyArn, Target},
     verify::KeyMetadata,
@@ -206,6 +206,14 @@ impl Backend for FaultyBackend {
     ) -> Result<CodeSnippets, BackendError> {
         self.inject(Kind::Read).await?;
         self.inner.batch_get_code_snippet(findings).await
+    }
+
+    /// Not faulted: the local backend it wraps has no IAM.
+    async fn principal_policies(
+        &self,
+        principal_arn: &str,
+    ) -> Result<Option<Arc<PrincipalPolicies>>, BackendError> {
+        self.inner.principal_policies(principal_arn).await
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::{sync::watch, time::Instant};
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, PrincipalPolicies};
 use crate::{
     domain::{CodeSnippets, FindingArn, KeyArn, Target},
     metrics::Metrics,
@@ -142,5 +142,21 @@ impl Backend for MeteredBackend {
     ) -> Result<CodeSnippets, BackendError> {
         let result = self.inner.batch_get_code_snippet(findings).await;
         self.count("batch_get_code_snippet", result)
+    }
+
+    /// Counted when the backend has IAM, but not an answer readiness follows: without IAM,
+    /// verification goes on (IDENTITY_POLICY_NOT_CHECKED says why) and so does serving keys.
+    async fn principal_policies(
+        &self,
+        principal_arn: &str,
+    ) -> Result<Option<Arc<PrincipalPolicies>>, BackendError> {
+        let result = self.inner.principal_policies(principal_arn).await;
+        let class = match &result {
+            Ok(None) => return result,
+            Ok(Some(_)) => "ok",
+            Err(e) => e.class(),
+        };
+        self.metrics.count_backend("principal_policies", class);
+        result
     }
 }

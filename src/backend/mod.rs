@@ -4,10 +4,11 @@
 pub mod aws;
 #[cfg(feature = "test-hooks")]
 pub mod faulty;
+pub mod iam;
 pub mod local;
 pub mod metered;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
@@ -41,6 +42,36 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         findings: &[FindingArn],
     ) -> Result<CodeSnippets, BackendError>;
+
+    /// The identity policies and permissions boundary IAM holds for the principal
+    /// `principal_arn` (a role or user ARN), as of at most one drift interval ago; `None`
+    /// when the backend has no IAM to read them from, as the local backend.
+    async fn principal_policies(
+        &self,
+        principal_arn: &str,
+    ) -> Result<Option<Arc<PrincipalPolicies>>, BackendError> {
+        let _ = principal_arn;
+        Ok(None)
+    }
+}
+
+/// One policy document of a principal, and where IAM keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcedPolicy {
+    /// Where it comes from, for findings: `inline policy `p` of role `r``,
+    /// `managed policy `arn:...` (version v2)`.
+    pub source: String,
+    /// The JSON document (IAM's URL encoding undone).
+    pub document: String,
+}
+
+/// What IAM evaluates for a principal's own requests besides resource policies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrincipalPolicies {
+    /// Its identity policies: inline and attached managed ones (a user's also include those
+    /// of its groups).
+    pub identity_policies: Vec<SourcedPolicy>,
+    pub permissions_boundary: Option<SourcedPolicy>,
 }
 
 /// Why a backend call failed, classified once so every consumer (gRPC code, retry hints,

@@ -204,9 +204,11 @@ impl EncryptionKeys {
             validation::KeyToVerify::Inline {
                 metadata,
                 key_policy,
-            } => self
-                .verifier
-                .verify_documents(&subject, metadata.as_deref(), key_policy),
+            } => {
+                self.verifier
+                    .verify_documents(&subject, metadata.as_deref(), key_policy)
+                    .await
+            }
         };
         self.metrics
             .count_verification(&report.profile, report.passed);

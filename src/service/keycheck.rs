@@ -1,12 +1,14 @@
 //! Verifying a key the backend holds, for a target's profile: shared by the Update gate,
-//! VerifyKeyPolicy and the drift watch. Reads the key as it is now (never cached).
+//! VerifyKeyPolicy and the drift watch. Reads the key as it is now (never cached), and the
+//! principal's identity policies and permissions boundary from the backend's IAM (kept there
+//! for the drift interval) unless they are given or configured.
 
 use std::sync::Arc;
 
 use crate::{
-    backend::{Backend, BackendError},
+    backend::{Backend, BackendError, PrincipalPolicies},
     domain::{KeyArn, Target},
-    verify::{self, Finding, KeyMetadata, Profile, Report, VerificationSettings},
+    verify::{self, Finding, KeyMetadata, Profile, Report, Severity, VerificationSettings},
 };
 
 /// Whose access a verification checks.
@@ -15,6 +17,13 @@ pub struct Subject<'a> {
     pub principal_arn: &'a str,
     pub identity_policies: &'a [String],
 }
+
+/// The finding verification leaves where the identity policies could not be used.
+const NOT_CHECKED: &str = "IDENTITY_POLICY_NOT_CHECKED";
+
+/// The principal's policies as IAM holds them, or why IAM could not be read; `None` when
+/// they were given or configured, or the backend has no IAM.
+type FromIam = Option<Result<Arc<PrincipalPolicies>, BackendError>>;
 
 /// Verifies keys through the backend.
 #[derive(Clone)]
@@ -44,22 +53,31 @@ impl KeyVerifier {
         }
     }
 
+    /// The principal's policies from IAM, when nothing gives them: no identity policies in
+    /// the request, none configured, and the principal is the configured one (the sidecar
+    /// reads no other principal's policies).
+    async fn policies_from_iam(&self, subject: &Subject<'_>) -> FromIam {
+        if !subject.identity_policies.is_empty()
+            || self.settings.policies_configured()
+            || subject.principal_arn != self.settings.principal_arn
+        {
+            return None;
+        }
+        self.backend
+            .principal_policies(subject.principal_arn)
+            .await
+            .transpose()
+    }
+
     /// Verifies documents given inline.
-    pub fn verify_documents(
+    pub async fn verify_documents(
         &self,
         subject: &Subject<'_>,
         metadata: Option<&KeyMetadata>,
         key_policy: &str,
     ) -> Report {
-        verify::verify(&verify::Input {
-            profile: subject.profile,
-            region: &self.settings.region,
-            account_id: &self.settings.account_id,
-            principal_arn: subject.principal_arn,
-            key_metadata: metadata,
-            key_policy,
-            identity_policies: subject.identity_policies,
-        })
+        let from_iam = self.policies_from_iam(subject).await;
+        self.verify_with(subject, &from_iam, metadata, key_policy)
     }
 
     /// Verifies a key the backend holds: its metadata and its policy, as they are now.
@@ -68,9 +86,10 @@ impl KeyVerifier {
         key: &KeyArn,
         subject: &Subject<'_>,
     ) -> Result<Report, BackendError> {
-        let (metadata, policy) = tokio::join!(
+        let (metadata, policy, from_iam) = tokio::join!(
             self.backend.describe_key(key),
-            self.backend.get_key_policy(key)
+            self.backend.get_key_policy(key),
+            self.policies_from_iam(subject)
         );
         let metadata = match metadata {
             Ok(metadata) => metadata,
@@ -82,6 +101,123 @@ impl KeyVerifier {
             }
             Err(e) => return Err(e),
         };
-        Ok(self.verify_documents(subject, Some(&metadata), &policy?))
+        Ok(self.verify_with(subject, &from_iam, Some(&metadata), &policy?))
+    }
+
+    fn verify_with(
+        &self,
+        subject: &Subject<'_>,
+        from_iam: &FromIam,
+        metadata: Option<&KeyMetadata>,
+        key_policy: &str,
+    ) -> Report {
+        let read: Vec<String>;
+        let (identity_policies, identity_policies_complete, permissions_boundary) = match from_iam {
+            Some(Ok(policies)) => {
+                read = policies
+                    .identity_policies
+                    .iter()
+                    .map(|p| p.document.clone())
+                    .collect();
+                let boundary = policies.permissions_boundary.as_ref();
+                (read.as_slice(), true, boundary.map(|b| b.document.as_str()))
+            }
+            _ => (
+                subject.identity_policies,
+                false,
+                self.settings.permissions_boundary.as_deref(),
+            ),
+        };
+        let mut report = verify::verify(&verify::Input {
+            profile: subject.profile,
+            region: &self.settings.region,
+            account_id: &self.settings.account_id,
+            principal_arn: subject.principal_arn,
+            key_metadata: metadata,
+            key_policy,
+            identity_policies,
+            identity_policies_complete,
+            permissions_boundary,
+        });
+        match from_iam {
+            Some(Ok(policies)) => name_sources(&mut report, policies),
+            Some(Err(error)) => note_unread(&mut report, subject.principal_arn, error),
+            None => {}
+        }
+        report
+    }
+}
+
+/// Says which IAM policy a finding's `identity_policies[i]` or `permissions_boundary` is.
+fn name_sources(report: &mut Report, policies: &PrincipalPolicies) {
+    for finding in &mut report.findings {
+        let Some(path) = finding.location.as_ref().map(|l| l.path.as_str()) else {
+            continue;
+        };
+        let named = if let Some(rest) = path.strip_prefix("identity_policies[") {
+            let index = rest.split(']').next().unwrap_or_default();
+            index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| policies.identity_policies.get(i))
+                .map(|p| (format!("identity_policies[{index}]"), &p.source))
+        } else if path.starts_with("permissions_boundary") {
+            policies
+                .permissions_boundary
+                .as_ref()
+                .map(|p| ("the permissions boundary".to_owned(), &p.source))
+        } else {
+            None
+        };
+        if let Some((name, source)) = named {
+            finding
+                .message
+                .push_str(&format!("; {name} is IAM's {source}"));
+        }
+    }
+}
+
+/// Why the principal's policies could not be read, in the sidecar's words: AWS's text went
+/// to the log when the call failed.
+fn unread_reason(error: &BackendError) -> String {
+    match error {
+        BackendError::AccessDenied { message } => {
+            format!("IAM denied the sidecar's read ({message})")
+        }
+        BackendError::NotFound { what } => format!("{what} does not exist in IAM"),
+        BackendError::InvalidRequest { message, .. } => message.clone(),
+        BackendError::Throttled { .. } => "IAM throttled the sidecar's reads".into(),
+        BackendError::Unavailable { .. } => "IAM could not be reached".into(),
+        BackendError::Timeout => "IAM did not answer in time".into(),
+        other => {
+            tracing::warn!(error = %other, "the principal's policies could not be read from IAM");
+            "IAM's answer could not be used (the sidecar's log says why)".into()
+        }
+    }
+}
+
+/// IDENTITY_POLICY_NOT_CHECKED, saying why IAM could not be read: on the finding the
+/// verification left (the key policy delegates), or as a new one, since the identity
+/// policies' denies and the boundary's cap on a role went unchecked either way.
+fn note_unread(report: &mut Report, principal_arn: &str, error: &BackendError) {
+    let reason = unread_reason(error);
+    let fix = "let the sidecar read the principal's policies from IAM (the read-only IAM actions of deploy/iam/sidecar-policy.json), or configure verification.identity_policy_files";
+    match report.findings.iter_mut().find(|f| f.code == NOT_CHECKED) {
+        Some(finding) => {
+            finding
+                .message
+                .push_str(&format!("; reading them from IAM failed: {reason}"));
+            finding.fix = Some(fix.into());
+        }
+        None => report.findings.push(
+            Finding::new(
+                NOT_CHECKED,
+                Severity::Warning,
+                format!(
+                    "the identity policies and permissions boundary of `{principal_arn}` could not be read from IAM ({reason}), so their explicit denies, and a boundary's cap on what the key policy grants a role, were not checked"
+                ),
+            )
+            .with_fix(fix),
+        ),
     }
 }

@@ -2,6 +2,8 @@
 //! request? AWS semantics for KMS keys: an explicit deny in any policy wins; otherwise the
 //! key policy must allow the principal directly, or allow the account and then an
 //! identity policy must allow too. Service principals are allowed by the key policy alone.
+//! A permissions boundary caps what the identity policies allow, and what a key policy
+//! grants to a role's ARN (docs/verification.md cites IAM's rules).
 
 use super::{
     Location,
@@ -145,11 +147,39 @@ fn deny(statement: &Statement) -> Decision {
     }
 }
 
+/// Whether a permissions boundary caps what a key-policy statement that names the caller
+/// grants: a grant to a role's ARN is capped (the role's sessions make the requests); one
+/// to an IAM user, or to everyone (`"*"`), is not.
+fn capped_by_boundary(statement: &Statement, caller: &Caller) -> bool {
+    let Caller::Aws { arn, .. } = caller else {
+        return false;
+    };
+    let is_role = arn
+        .split(':')
+        .nth(5)
+        .is_some_and(|resource| resource.starts_with("role/"));
+    let to_everyone = matches!(&statement.principal, PrincipalElement::Principal(p) if p.any);
+    is_role && !to_everyone
+}
+
 /// Decides `request` against the key policy and, when supplied, the caller's identity
 /// policies.
 pub fn decide(
     key_policy: &Policy,
     identity_policies: Option<&[Policy]>,
+    request: &Request,
+) -> Decision {
+    decide_bounded(key_policy, identity_policies, None, request)
+}
+
+/// As [`decide`], for a caller whose permissions boundary is `boundary` (`None`: none).
+/// The boundary's denies deny; an identity-policy allow, and a key-policy allow naming a
+/// role's ARN, count only where the boundary allows too; and a key-policy `Deny` with
+/// `NotPrincipal` denies a principal with a boundary whatever it lists.
+pub fn decide_bounded(
+    key_policy: &Policy,
+    identity_policies: Option<&[Policy]>,
+    boundary: Option<&Policy>,
     request: &Request,
 ) -> Decision {
     let is_aws_caller = matches!(request.caller, Caller::Aws { .. });
@@ -158,13 +188,17 @@ pub fn decide(
     } else {
         &[]
     };
+    let boundary = boundary.filter(|_| is_aws_caller);
 
     // Explicit denies, in any policy, win. A deny naming the account covers its principals.
     let key_denies = key_policy.statements.iter().filter(|s| {
-        s.effect == Effect::Deny && principal_match(s, &request.caller) != PrincipalMatch::No
+        s.effect == Effect::Deny
+            && (principal_match(s, &request.caller) != PrincipalMatch::No
+                || (boundary.is_some() && matches!(s.principal, PrincipalElement::NotPrincipal(_))))
     });
     let identity_denies = identity
         .iter()
+        .chain(boundary)
         .flat_map(|p| &p.statements)
         .filter(|s| s.effect == Effect::Deny);
     if let Some(statement) = key_denies
@@ -173,6 +207,11 @@ pub fn decide(
     {
         return deny(statement);
     }
+    let boundary_allows = boundary.is_none_or(|b| {
+        b.statements
+            .iter()
+            .any(|s| s.effect == Effect::Allow && covers(s, request))
+    });
 
     // A principal of another account needs its own account's IAM policy as well.
     let key_account = request.resource.split(':').nth(4).filter(|a| !a.is_empty());
@@ -185,7 +224,12 @@ pub fn decide(
         .filter(|s| s.effect == Effect::Allow)
     {
         match principal_match(statement, &request.caller) {
-            PrincipalMatch::Direct if covers(statement, request) && !cross_account => {
+            // A grant to a role's ARN counts only where its boundary allows too.
+            PrincipalMatch::Direct
+                if covers(statement, request)
+                    && !cross_account
+                    && (boundary_allows || !capped_by_boundary(statement, &request.caller)) =>
+            {
                 return Decision::Allow;
             }
             PrincipalMatch::Direct | PrincipalMatch::Account if covers(statement, request) => {
@@ -194,7 +238,8 @@ pub fn decide(
             _ => {}
         }
     }
-    if !delegated {
+    // What the identity policies allow, the boundary caps.
+    if !delegated || !boundary_allows {
         return Decision::ImplicitDeny;
     }
     match identity_policies {

@@ -72,6 +72,11 @@ impl Finding {
         self.fix = Some(fix.into());
         self
     }
+
+    pub fn at(mut self, location: Location) -> Finding {
+        self.location = Some(location);
+        self
+    }
 }
 
 /// The result of a verification.
@@ -128,6 +133,12 @@ pub struct Input<'a> {
     /// The principal's identity policies, as text; none supplied reports
     /// IDENTITY_POLICY_NOT_CHECKED where they would decide.
     pub identity_policies: &'a [String],
+    /// `identity_policies` are all the principal has (read from IAM), so an empty list means
+    /// it has none, not that none were supplied.
+    pub identity_policies_complete: bool,
+    /// The principal's permissions boundary, as text; `None`: it has none (or it is not
+    /// known). It caps what identity policies, and key-policy grants to a role, allow.
+    pub permissions_boundary: Option<&'a str>,
 }
 
 /// Verifies a key and its policies for a profile.
@@ -176,9 +187,24 @@ pub fn verify(input: &Input<'_>) -> Report {
         findings.extend(identity_findings);
         identity.extend(parsed);
     }
+    let boundary = input.permissions_boundary.and_then(|text| {
+        let (parsed, boundary_findings) = policy::analyze(Document {
+            kind: DocumentKind::IdentityPolicy,
+            name: "permissions_boundary",
+            text,
+        });
+        findings.extend(boundary_findings);
+        parsed
+    });
     if let Some(key_policy) = key_policy {
-        let supplied = (!input.identity_policies.is_empty()).then_some(identity.as_slice());
-        requirement_findings(input, &key_arn, &key_policy, supplied, &mut findings);
+        let supplied = (input.identity_policies_complete || !input.identity_policies.is_empty())
+            .then_some(identity.as_slice());
+        let policies = Policies {
+            key_policy: &key_policy,
+            identity: supplied,
+            boundary: boundary.as_ref(),
+        };
+        requirement_findings(input, &key_arn, &policies, &mut findings);
     }
     Report::new(input.profile.name(), findings)
 }
@@ -206,13 +232,36 @@ fn describe(request: &Request) -> String {
     format!("{who} calling {}{via}{operations}", request.action)
 }
 
+/// The parsed policies a request is decided against.
+struct Policies<'p> {
+    key_policy: &'p policy::Policy,
+    identity: Option<&'p [policy::Policy]>,
+    boundary: Option<&'p policy::Policy>,
+}
+
+impl Policies<'_> {
+    fn decide(&self, request: &Request) -> Decision {
+        eval::decide_bounded(self.key_policy, self.identity, self.boundary, request)
+    }
+
+    /// The permissions boundary alone denies `request` (implicitly): without it, the
+    /// other policies allow it, or leave it to identity policies that were not supplied.
+    fn boundary_caps(&self, request: &Request) -> bool {
+        self.boundary.is_some()
+            && matches!(
+                eval::decide(self.key_policy, self.identity, request),
+                Decision::Allow | Decision::IdentityPolicyNotChecked
+            )
+    }
+}
+
 fn requirement_findings(
     input: &Input<'_>,
     key_arn: &str,
-    key_policy: &policy::Policy,
-    identity: Option<&[policy::Policy]>,
+    policies: &Policies<'_>,
     findings: &mut Vec<Finding>,
 ) {
+    let key_policy = policies.key_policy;
     let params = profile::Params {
         region: input.region,
         account_id: input.account_id,
@@ -229,7 +278,7 @@ fn requirement_findings(
         let request = &required.request;
         let statement = requirements.statements.get(required.statement);
         let statement_json = statement.map(|s| serde_json::to_string(s).unwrap_or_default());
-        match eval::decide(key_policy, identity, request) {
+        match policies.decide(request) {
             Decision::Allow => {}
             Decision::IdentityPolicyNotChecked => {
                 if !not_checked.contains(&request.action) {
@@ -253,6 +302,24 @@ fn requirement_findings(
                 sid,
                 location: Some(location),
             }),
+            Decision::ImplicitDeny if policies.boundary_caps(request) => findings.push(
+                Finding::error(
+                    "REQUIRED_ACCESS_MISSING",
+                    format!(
+                        "{} is not allowed: the principal's permissions boundary does not allow it (a boundary caps what identity policies, and key-policy statements naming a role, allow)",
+                        describe(request)
+                    ),
+                )
+                .with_fix(format!(
+                    "allow {} in the permissions boundary policy, or remove the boundary from the principal",
+                    request.action
+                ))
+                .at(Location {
+                    path: "permissions_boundary".into(),
+                    line: 1,
+                    column: 1,
+                }),
+            ),
             Decision::ImplicitDeny => {
                 // Is the key policy missing it, or (the key policy delegating to the
                 // account) the identity policy?
@@ -305,7 +372,7 @@ fn requirement_findings(
             .with_fix("pass the principal's identity policies (--identity-policy, or verification.identity_policy_files in the config)"),
         );
     }
-    probe_broader_than_needed(input, &requirements, key_policy, identity, findings);
+    probe_broader_than_needed(input, &requirements, policies, findings);
 }
 
 /// Warnings for access wider than the profile needs: grants for any operation, and use of
@@ -313,8 +380,7 @@ fn requirement_findings(
 fn probe_broader_than_needed(
     input: &Input<'_>,
     requirements: &profile::Requirements,
-    key_policy: &policy::Policy,
-    identity: Option<&[policy::Policy]>,
+    policies: &Policies<'_>,
     findings: &mut Vec<Finding>,
 ) {
     for required in &requirements.required {
@@ -326,7 +392,7 @@ fn probe_broader_than_needed(
                     *values = profile::ALL_GRANT_OPERATIONS.map(str::to_owned).to_vec();
                 }
             }
-            if eval::decide(key_policy, identity, &probe) == Decision::Allow {
+            if policies.decide(&probe) == Decision::Allow {
                 findings.push(
                     Finding::new(
                         "GRANT_OPERATIONS_UNRESTRICTED",
@@ -354,9 +420,7 @@ fn probe_broader_than_needed(
         probe
             .context
             .retain(|(k, _)| !k.eq_ignore_ascii_case("kms:ViaService"));
-        if eval::decide(key_policy, identity, &probe) == Decision::Allow
-            && !unrestricted.contains(&request.action)
-        {
+        if policies.decide(&probe) == Decision::Allow && !unrestricted.contains(&request.action) {
             unrestricted.push(request.action.clone());
         }
     }

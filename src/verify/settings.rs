@@ -22,6 +22,11 @@ pub struct VerificationSettings {
     /// them); `None` when none are configured, and the account is then assumed to allow
     /// what its key policies delegate (IDENTITY_POLICY_NOT_CHECKED says so).
     pub parsed_identity_policies: Option<Vec<Policy>>,
+    /// The configured permissions boundary of the principal, as written; `None`: none
+    /// configured.
+    pub permissions_boundary: Option<String>,
+    /// The same, parsed (`None` also when it does not parse: verification reports it).
+    pub parsed_permissions_boundary: Option<Policy>,
     pub lambda_profile: Profile,
     pub code_repository_profile: Profile,
 }
@@ -32,6 +37,7 @@ impl VerificationSettings {
         account_id: String,
         principal_arn: String,
         identity_policies: Vec<String>,
+        permissions_boundary: Option<String>,
         lambda_profile: Profile,
         code_repository_profile: Profile,
     ) -> VerificationSettings {
@@ -49,15 +55,31 @@ impl VerificationSettings {
                 })
                 .collect()
         });
+        let parsed_permissions_boundary = permissions_boundary.as_deref().and_then(|text| {
+            analyze(Document {
+                kind: DocumentKind::IdentityPolicy,
+                name: "permissions_boundary",
+                text,
+            })
+            .0
+        });
         VerificationSettings {
             region,
             account_id,
             principal_arn,
             identity_policies,
             parsed_identity_policies,
+            permissions_boundary,
+            parsed_permissions_boundary,
             lambda_profile,
             code_repository_profile,
         }
+    }
+
+    /// Whether the principal's policies are configured (identity policy files or a
+    /// permissions boundary file): then they are what verification uses, and IAM is not read.
+    pub fn policies_configured(&self) -> bool {
+        !self.identity_policies.is_empty() || self.permissions_boundary.is_some()
     }
 
     pub fn profile_for(&self, target: Target) -> Profile {

@@ -1,5 +1,5 @@
-//! A real KMS-protocol server (moto) on a loopback port, for the aws backend's tests, and
-//! an AWS SDK KMS client pointed at it.
+//! A real KMS- and IAM-protocol server (moto) on a loopback port, for the aws backend's
+//! tests, AWS SDK clients pointed at it, and the log of the requests it served.
 
 use std::{
     net::SocketAddr,
@@ -13,6 +13,8 @@ use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 pub struct Moto {
     child: Child,
     pub addr: SocketAddr,
+    /// Where moto's recorder writes every request it serves.
+    recording: tempfile::TempDir,
 }
 
 /// The environment the sidecar (and the SDK clients) get in aws tests: static test
@@ -38,14 +40,22 @@ impl Moto {
             .local_addr()
             .unwrap()
             .port();
+        // The recorder logs every request (see `iam_requests`) into a file of its own.
+        let recording = tempfile::tempdir().unwrap();
         let child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_ENABLE_RECORDING", "true")
+            .env("MOTO_RECORDER_FILEPATH", recording.path().join("requests"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto_server");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let moto = Moto { child, addr };
+        let moto = Moto {
+            child,
+            addr,
+            recording,
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(addr).is_err() {
             assert!(
@@ -70,6 +80,44 @@ impl Moto {
             .endpoint_url(self.url())
             .build();
         aws_sdk_kms::Client::from_conf(config)
+    }
+
+    /// An SDK IAM client talking to this moto.
+    pub fn iam(&self) -> aws_sdk_iam::Client {
+        let config = aws_sdk_iam::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+            .endpoint_url(self.url())
+            .build();
+        aws_sdk_iam::Client::from_conf(config)
+    }
+
+    /// The IAM actions moto has served, in order (IAM speaks the query protocol: the action
+    /// is in the form body; the signature's scope names the service).
+    pub fn iam_requests(&self) -> Vec<String> {
+        let log =
+            std::fs::read_to_string(self.recording.path().join("requests")).unwrap_or_default();
+        log.lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|entry| {
+                entry["headers"]["Authorization"]
+                    .as_str()
+                    .is_some_and(|a| a.contains("/iam/aws4_request"))
+            })
+            .map(|entry| {
+                let body = entry["body"].as_str().unwrap_or_default();
+                let body = if entry["body_encoded"] == true {
+                    String::from_utf8(aws_smithy_types::base64::decode(body).unwrap()).unwrap()
+                } else {
+                    body.to_owned()
+                };
+                body.split('&')
+                    .find_map(|pair| pair.strip_prefix("Action="))
+                    .unwrap_or("(no action)")
+                    .to_owned()
+            })
+            .collect()
     }
 
     /// Creates a key in moto with `policy` (moto's default when `None`); its ARN.

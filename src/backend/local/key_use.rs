@@ -17,7 +17,7 @@ use crate::{
     domain::Target,
     verify::{
         VerificationSettings,
-        eval::{Decision, decide},
+        eval::{Decision, decide_bounded},
         policy::{Document, DocumentKind, analyze},
         profile::{GRANT_OPERATIONS, Params, Profile},
     },
@@ -112,9 +112,10 @@ impl KeyUser<'_> {
             grant.key_arn == key.arn && grant.operations.iter().any(|op| op == operation)
         });
         for request in &requests {
-            match decide(
+            match decide_bounded(
                 &key_policy,
                 self.settings.parsed_identity_policies.as_deref(),
+                self.settings.parsed_permissions_boundary.as_ref(),
                 request,
             ) {
                 // An explicit deny wins over every allow, grants included.

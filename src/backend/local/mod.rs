@@ -220,6 +220,7 @@ mod tests {
             "111122223333".into(),
             "arn:aws:iam::111122223333:role/inspector-keyd".into(),
             Vec::new(),
+            None,
             crate::verify::Profile::CodeguruGrants,
             crate::verify::Profile::AmazonQCodeRepository,
         )

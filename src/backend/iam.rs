@@ -1,0 +1,476 @@
+//! A principal's identity policies and permissions boundary, read from IAM for the aws
+//! backend, and kept for the drift interval so that the Update gate, VerifyKeyPolicy and the
+//! drift check do not each ask IAM. Read-only IAM calls only; every list is paginated and
+//! bounded. What IAM evaluates, per the IAM User Guide's policy evaluation logic: for a role,
+//! its inline and attached managed policies; for a user, also those of its groups; and the
+//! permissions boundary of either.
+
+use std::{sync::Arc, time::Duration};
+
+use aws_smithy_async::future::pagination_stream::PaginationStream;
+use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkError};
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use tokio::{sync::Mutex, time::Instant};
+
+use super::{BackendError, PrincipalPolicies, SourcedPolicy, aws::classify};
+
+/// How long a failed read is kept: long enough that callers cannot make the sidecar ask IAM
+/// on every verification while IAM refuses, short enough that a fixed permission is seen
+/// soon.
+pub const FAILURE_TTL: Duration = Duration::from_secs(30);
+
+/// The most items one IAM list may hold before the read gives up. IAM's own quotas are far
+/// lower (20 managed policies per role or user, 10 groups per user, inline policies within
+/// 10,240 characters in all); the bound stops an endpoint that pages forever.
+const MAX_LIST_ITEMS: usize = 200;
+
+/// An IAM principal whose policies IAM can list: the name IAM's calls take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Principal<'a> {
+    Role(&'a str),
+    User(&'a str),
+}
+
+impl<'a> Principal<'a> {
+    /// `arn:aws:iam::111122223333:role/path/name` is the role `name` (IAM's calls take the
+    /// name without the path).
+    fn parse(arn: &'a str) -> Option<Principal<'a>> {
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let ["arn", _, "iam", "", _, resource] = parts.as_slice() else {
+            return None;
+        };
+        let name = |rest: &'a str| rest.rsplit('/').next().filter(|n| !n.is_empty());
+        if let Some(rest) = resource.strip_prefix("role/") {
+            name(rest).map(Principal::Role)
+        } else if let Some(rest) = resource.strip_prefix("user/") {
+            name(rest).map(Principal::User)
+        } else {
+            None
+        }
+    }
+}
+
+/// The last answer, for one principal (the sidecar verifies for the one it is configured
+/// with).
+struct Held {
+    principal: String,
+    at: Instant,
+    answer: Result<Arc<PrincipalPolicies>, BackendError>,
+}
+
+impl Held {
+    fn fresh_for(&self, principal: &str, ttl: Duration) -> bool {
+        let ttl = if self.answer.is_ok() {
+            ttl
+        } else {
+            ttl.min(FAILURE_TTL)
+        };
+        self.principal == principal && self.at.elapsed() < ttl
+    }
+}
+
+/// Reads principals' policies from IAM, keeping the last answer for `ttl`.
+pub struct IamPolicies {
+    iam: aws_sdk_iam::Client,
+    ttl: Duration,
+    /// Held while IAM is read, so verifications at the same time wait for one read.
+    last: Mutex<Option<Held>>,
+}
+
+impl IamPolicies {
+    pub fn new(iam: aws_sdk_iam::Client, ttl: Duration) -> IamPolicies {
+        IamPolicies {
+            iam,
+            ttl,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The policies of `principal_arn`: the kept answer while it is fresh, else IAM's.
+    pub async fn get(&self, principal_arn: &str) -> Result<Arc<PrincipalPolicies>, BackendError> {
+        let mut last = self.last.lock().await;
+        if let Some(held) = last.as_ref()
+            && held.fresh_for(principal_arn, self.ttl)
+        {
+            return held.answer.clone();
+        }
+        let answer = self.read(principal_arn).await.map(Arc::new);
+        *last = Some(Held {
+            principal: principal_arn.to_owned(),
+            at: Instant::now(),
+            answer: answer.clone(),
+        });
+        answer
+    }
+
+    async fn read(&self, principal_arn: &str) -> Result<PrincipalPolicies, BackendError> {
+        match Principal::parse(principal_arn) {
+            Some(Principal::Role(name)) => self.read_role(principal_arn, name).await,
+            Some(Principal::User(name)) => self.read_user(principal_arn, name).await,
+            None => Err(BackendError::InvalidRequest {
+                field: "principal_arn",
+                message: format!(
+                    "`{principal_arn}` is not the ARN of an IAM role or user, whose policies IAM lists"
+                ),
+            }),
+        }
+    }
+
+    async fn read_role(
+        &self,
+        principal_arn: &str,
+        role: &str,
+    ) -> Result<PrincipalPolicies, BackendError> {
+        let what = format!("role `{role}`");
+        let output = self
+            .iam
+            .get_role()
+            .role_name(role)
+            .send()
+            .await
+            .map_err(|e| iam_error("iam:GetRole", &what, e))?;
+        let found = output
+            .role()
+            .ok_or_else(|| BackendError::internal("iam:GetRole answered without a role"))?;
+        same_principal(principal_arn, found.arn())?;
+        let boundary = found
+            .permissions_boundary()
+            .and_then(|b| b.permissions_boundary_arn())
+            .map(str::to_owned);
+
+        let mut policies = PrincipalPolicies::default();
+        let names = bounded(
+            "iam:ListRolePolicies",
+            self.iam
+                .list_role_policies()
+                .role_name(role)
+                .into_paginator()
+                .items()
+                .send(),
+        )
+        .await?;
+        for name in names {
+            let source = format!("inline policy `{name}` of role `{role}`");
+            let output = self
+                .iam
+                .get_role_policy()
+                .role_name(role)
+                .policy_name(&name)
+                .send()
+                .await
+                .map_err(|e| iam_error("iam:GetRolePolicy", &source, e))?;
+            let document = decode("iam:GetRolePolicy", output.policy_document())?;
+            policies
+                .identity_policies
+                .push(SourcedPolicy { source, document });
+        }
+        let attached = bounded(
+            "iam:ListAttachedRolePolicies",
+            self.iam
+                .list_attached_role_policies()
+                .role_name(role)
+                .into_paginator()
+                .items()
+                .send(),
+        )
+        .await?;
+        let mut seen = Vec::new();
+        for arn in attached.iter().filter_map(|p| p.policy_arn()) {
+            self.add_managed(arn, &mut seen, &mut policies).await?;
+        }
+        if let Some(arn) = boundary {
+            policies.permissions_boundary = Some(self.managed_policy(&arn).await?);
+        }
+        Ok(policies)
+    }
+
+    async fn read_user(
+        &self,
+        principal_arn: &str,
+        user: &str,
+    ) -> Result<PrincipalPolicies, BackendError> {
+        let what = format!("user `{user}`");
+        let output = self
+            .iam
+            .get_user()
+            .user_name(user)
+            .send()
+            .await
+            .map_err(|e| iam_error("iam:GetUser", &what, e))?;
+        let found = output
+            .user()
+            .ok_or_else(|| BackendError::internal("iam:GetUser answered without a user"))?;
+        same_principal(principal_arn, found.arn())?;
+        let boundary = found
+            .permissions_boundary()
+            .and_then(|b| b.permissions_boundary_arn())
+            .map(str::to_owned);
+
+        let mut policies = PrincipalPolicies::default();
+        let names = bounded(
+            "iam:ListUserPolicies",
+            self.iam
+                .list_user_policies()
+                .user_name(user)
+                .into_paginator()
+                .items()
+                .send(),
+        )
+        .await?;
+        for name in names {
+            let source = format!("inline policy `{name}` of user `{user}`");
+            let output = self
+                .iam
+                .get_user_policy()
+                .user_name(user)
+                .policy_name(&name)
+                .send()
+                .await
+                .map_err(|e| iam_error("iam:GetUserPolicy", &source, e))?;
+            let document = decode("iam:GetUserPolicy", output.policy_document())?;
+            policies
+                .identity_policies
+                .push(SourcedPolicy { source, document });
+        }
+        let attached = bounded(
+            "iam:ListAttachedUserPolicies",
+            self.iam
+                .list_attached_user_policies()
+                .user_name(user)
+                .into_paginator()
+                .items()
+                .send(),
+        )
+        .await?;
+        let mut seen = Vec::new();
+        for arn in attached.iter().filter_map(|p| p.policy_arn()) {
+            self.add_managed(arn, &mut seen, &mut policies).await?;
+        }
+
+        // A user's requests are also allowed by the policies of its groups.
+        let groups = bounded(
+            "iam:ListGroupsForUser",
+            self.iam
+                .list_groups_for_user()
+                .user_name(user)
+                .into_paginator()
+                .items()
+                .send(),
+        )
+        .await?;
+        for group in groups.iter().map(|g| g.group_name()) {
+            let names = bounded(
+                "iam:ListGroupPolicies",
+                self.iam
+                    .list_group_policies()
+                    .group_name(group)
+                    .into_paginator()
+                    .items()
+                    .send(),
+            )
+            .await?;
+            for name in names {
+                let source = format!("inline policy `{name}` of group `{group}`");
+                let output = self
+                    .iam
+                    .get_group_policy()
+                    .group_name(group)
+                    .policy_name(&name)
+                    .send()
+                    .await
+                    .map_err(|e| iam_error("iam:GetGroupPolicy", &source, e))?;
+                let document = decode("iam:GetGroupPolicy", output.policy_document())?;
+                policies
+                    .identity_policies
+                    .push(SourcedPolicy { source, document });
+            }
+            let attached = bounded(
+                "iam:ListAttachedGroupPolicies",
+                self.iam
+                    .list_attached_group_policies()
+                    .group_name(group)
+                    .into_paginator()
+                    .items()
+                    .send(),
+            )
+            .await?;
+            for arn in attached.iter().filter_map(|p| p.policy_arn()) {
+                self.add_managed(arn, &mut seen, &mut policies).await?;
+            }
+        }
+        if let Some(arn) = boundary {
+            policies.permissions_boundary = Some(self.managed_policy(&arn).await?);
+        }
+        Ok(policies)
+    }
+
+    /// Adds the managed policy `arn` to the identity policies, once however often it is
+    /// attached (to the user and to its groups).
+    async fn add_managed(
+        &self,
+        arn: &str,
+        seen: &mut Vec<String>,
+        policies: &mut PrincipalPolicies,
+    ) -> Result<(), BackendError> {
+        if seen.iter().any(|s| s == arn) {
+            return Ok(());
+        }
+        seen.push(arn.to_owned());
+        let policy = self.managed_policy(arn).await?;
+        policies.identity_policies.push(policy);
+        Ok(())
+    }
+
+    /// A managed policy's default version: the one IAM evaluates.
+    async fn managed_policy(&self, arn: &str) -> Result<SourcedPolicy, BackendError> {
+        let what = format!("managed policy `{arn}`");
+        let output = self
+            .iam
+            .get_policy()
+            .policy_arn(arn)
+            .send()
+            .await
+            .map_err(|e| iam_error("iam:GetPolicy", &what, e))?;
+        let version = output
+            .policy()
+            .and_then(|p| p.default_version_id())
+            .ok_or_else(|| {
+                BackendError::internal(format!(
+                    "iam:GetPolicy answered without a default version for {what}"
+                ))
+            })?
+            .to_owned();
+        let output = self
+            .iam
+            .get_policy_version()
+            .policy_arn(arn)
+            .version_id(&version)
+            .send()
+            .await
+            .map_err(|e| iam_error("iam:GetPolicyVersion", &what, e))?;
+        let document = output
+            .policy_version()
+            .and_then(|v| v.document())
+            .ok_or_else(|| {
+                BackendError::internal(format!(
+                    "iam:GetPolicyVersion answered without a document for {what}"
+                ))
+            })?;
+        Ok(SourcedPolicy {
+            source: format!("{what} (version {version})"),
+            document: decode("iam:GetPolicyVersion", document)?,
+        })
+    }
+}
+
+/// Classifies an IAM error as every AWS error is; a missing entity is named.
+fn iam_error<E: ProvideErrorMetadata + std::fmt::Debug>(
+    operation: &'static str,
+    what: &str,
+    error: SdkError<E, HttpResponse>,
+) -> BackendError {
+    match classify(operation, error) {
+        BackendError::NotFound { .. } => BackendError::NotFound {
+            what: what.to_owned(),
+        },
+        other => other,
+    }
+}
+
+/// IAM answers for the name in the caller's own account: a principal of another account, or
+/// the same name on another path, is another principal.
+fn same_principal(principal_arn: &str, found_arn: &str) -> Result<(), BackendError> {
+    if principal_arn == found_arn {
+        return Ok(());
+    }
+    Err(BackendError::InvalidRequest {
+        field: "principal_arn",
+        message: format!(
+            "IAM answered for `{found_arn}`, not `{principal_arn}` (another account's principal, or another path): the sidecar reads only principals of its own account"
+        ),
+    })
+}
+
+/// IAM returns policy documents URL-encoded (RFC 3986).
+fn decode(operation: &'static str, document: &str) -> Result<String, BackendError> {
+    percent_encoding::percent_decode_str(document)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| {
+            BackendError::internal(format!(
+                "{operation} answered a document that is not URL-encoded UTF-8"
+            ))
+        })
+}
+
+/// Every item of a paginated IAM list, up to [`MAX_LIST_ITEMS`].
+async fn bounded<T, E: ProvideErrorMetadata + std::fmt::Debug>(
+    operation: &'static str,
+    mut items: PaginationStream<Result<T, SdkError<E, HttpResponse>>>,
+) -> Result<Vec<T>, BackendError> {
+    let mut all = Vec::new();
+    while let Some(item) = items.next().await {
+        if all.len() == MAX_LIST_ITEMS {
+            return Err(BackendError::internal(format!(
+                "{operation} listed more than {MAX_LIST_ITEMS} items"
+            )));
+        }
+        all.push(item.map_err(|e| classify(operation, e))?);
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principals_are_named_without_their_path() {
+        assert_eq!(
+            Principal::parse("arn:aws:iam::111122223333:role/inspector-keyd"),
+            Some(Principal::Role("inspector-keyd"))
+        );
+        assert_eq!(
+            Principal::parse("arn:aws:iam::111122223333:role/team/a/keyd"),
+            Some(Principal::Role("keyd"))
+        );
+        assert_eq!(
+            Principal::parse("arn:aws-cn:iam::111122223333:user/ops/alice"),
+            Some(Principal::User("alice"))
+        );
+        for other in [
+            "arn:aws:iam::111122223333:root",
+            "arn:aws:iam::111122223333:role/",
+            "arn:aws:sts::111122223333:assumed-role/keyd/session",
+            "arn:aws:iam::111122223333:group/ops",
+            "role/keyd",
+        ] {
+            assert_eq!(Principal::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn documents_are_url_decoded_and_must_be_utf8() {
+        assert_eq!(
+            decode("op", "%7B%22Action%22%3A%22kms%3A%2A%22%7D").unwrap(),
+            r#"{"Action":"kms:*"}"#
+        );
+        // A literal plus stays a plus (RFC 3986, not form encoding).
+        assert_eq!(decode("op", "a+b%20c").unwrap(), "a+b c");
+        assert!(decode("op", "%FF%FE").is_err());
+    }
+
+    #[test]
+    fn failures_are_kept_shorter_than_answers() {
+        let held = |answer| Held {
+            principal: "p".into(),
+            at: Instant::now() - Duration::from_secs(60),
+            answer,
+        };
+        let hour = Duration::from_secs(3600);
+        assert!(held(Ok(Arc::default())).fresh_for("p", hour));
+        assert!(!held(Ok(Arc::default())).fresh_for("q", hour));
+        assert!(!held(Err(BackendError::Timeout)).fresh_for("p", hour));
+        assert!(!held(Ok(Arc::default())).fresh_for("p", Duration::from_secs(59)));
+    }
+}
