@@ -439,44 +439,100 @@ fn the_checked_in_iam_policy_is_what_policy_render_prints() {
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(String::from_utf8(output.stdout).unwrap(), checked_in);
 
-    let policy: Value = serde_json::from_str(&checked_in).unwrap();
-    let actions: BTreeSet<String> = policy["Statement"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| match &s["Action"] {
-            Value::String(a) => vec![a.clone()],
-            Value::Array(list) => list
-                .iter()
-                .map(|a| a.as_str().unwrap().to_owned())
-                .collect(),
-            _ => vec![],
-        })
-        .collect();
-    // Every operation the aws backend calls, and the seed's CreateGrant.
+    let sidecar_grants = grants(&checked_in);
+    let actions: BTreeSet<&str> = sidecar_grants.iter().map(|(a, _)| a.as_str()).collect();
+    // Every Inspector and KMS operation the aws backend calls, and the seed's CreateGrant.
     let called = aws_backend_actions();
-    for action in called.iter().map(String::as_str).chain(["kms:CreateGrant"]) {
+    for action in called
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("iam:"))
+        .chain(["kms:CreateGrant"])
+    {
         assert!(
             actions.contains(action),
             "{action} (called by src/backend/aws.rs) is not granted by {}: {actions:?}",
             path.display()
         );
     }
+
+    // Every IAM read of src/backend/iam.rs, each on the principal's own ARN or on policies,
+    // never `*`: a role principal's reads (the default principal is the sidecar's role) in
+    // the sidecar's policy, a user principal's in the policy added for one.
+    let user_policy = repo().join("deploy/iam/user-principal-read-policy.json");
+    let user_grants = grants(&std::fs::read_to_string(&user_policy).unwrap());
+    let role = "arn:aws:iam::111122223333:role/inspector-keyd";
+    let policies = regex::Regex::new(r"^arn:aws:iam::(111122223333|aws):policy/\*$").unwrap();
+    let user = "arn:aws:iam::111122223333:user/inspector-admin";
+    let groups = "arn:aws:iam::111122223333:group/*";
+    let iam_reads: Vec<&str> = called
+        .iter()
+        .map(String::as_str)
+        .filter(|a| a.starts_with("iam:"))
+        .collect();
+    assert!(iam_reads.len() >= 13, "{iam_reads:?}");
+    for action in iam_reads {
+        let (granted, allowed): (&[(String, Vec<String>)], &dyn Fn(&str) -> bool) =
+            if action.contains("Role") {
+                (&sidecar_grants, &|r| r == role)
+            } else if action == "iam:GetPolicy" || action == "iam:GetPolicyVersion" {
+                (&sidecar_grants, &|r| policies.is_match(r))
+            } else if action.contains("Group") && action != "iam:ListGroupsForUser" {
+                (&user_grants, &|r| r == groups)
+            } else {
+                (&user_grants, &|r| r == user)
+            };
+        let resources: Vec<&String> = granted
+            .iter()
+            .filter(|(a, _)| a == action)
+            .flat_map(|(_, r)| r)
+            .collect();
+        assert!(
+            !resources.is_empty() && resources.iter().all(|r| allowed(r)),
+            "{action} (called by src/backend/iam.rs) is not granted on the resources it reads: {resources:?}"
+        );
+    }
 }
 
-/// The IAM actions of the Inspector and KMS operations src/backend/aws.rs calls
-/// (`self.inspector.batch_get_code_snippet()` is `inspector2:BatchGetCodeSnippet`). STS
-/// GetCallerIdentity needs no permission.
+/// Each action an Allow statement of `policy` grants, with the statement's resources.
+fn grants(policy: &str) -> Vec<(String, Vec<String>)> {
+    let policy: Value = serde_json::from_str(policy).unwrap();
+    let strings = |value: &Value| match value {
+        Value::String(a) => vec![a.clone()],
+        Value::Array(list) => list
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect(),
+        _ => vec![],
+    };
+    policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Effect"] == "Allow")
+        .flat_map(|s| {
+            let resources = strings(&s["Resource"]);
+            strings(&s["Action"])
+                .into_iter()
+                .map(move |a| (a, resources.clone()))
+        })
+        .collect()
+}
+
+/// The IAM actions of the Inspector, KMS and IAM operations src/backend/aws.rs and
+/// src/backend/iam.rs call (`self.inspector.batch_get_code_snippet()` is
+/// `inspector2:BatchGetCodeSnippet`). STS GetCallerIdentity needs no permission.
 fn aws_backend_actions() -> BTreeSet<String> {
-    let source = std::fs::read_to_string(repo().join("src/backend/aws.rs")).unwrap();
-    let call = regex::Regex::new(r"self\s*\.(inspector|kms)\s*\.([a-z_]+)\(\)").unwrap();
+    let source = ["src/backend/aws.rs", "src/backend/iam.rs"]
+        .map(|file| std::fs::read_to_string(repo().join(file)).unwrap())
+        .join("\n");
+    let call = regex::Regex::new(r"self\s*\.(inspector|kms|iam)\s*\.([a-z_]+)\(\)").unwrap();
     let actions: BTreeSet<String> = call
         .captures_iter(&source)
         .map(|c| {
-            let service = if &c[1] == "inspector" {
-                "inspector2"
-            } else {
-                "kms"
+            let service = match &c[1] {
+                "inspector" => "inspector2",
+                service => service,
             };
             let operation: String = c[2]
                 .split('_')
@@ -491,8 +547,8 @@ fn aws_backend_actions() -> BTreeSet<String> {
             format!("{service}:{operation}")
         })
         .collect();
-    // The four Inspector operations and the two KMS reads known when this was written: the
-    // scan of the source still finds them.
+    // The four Inspector operations, the two KMS reads and some IAM reads known when this
+    // was written: the scan of the source still finds them.
     for known in [
         "inspector2:GetEncryptionKey",
         "inspector2:UpdateEncryptionKey",
@@ -500,6 +556,9 @@ fn aws_backend_actions() -> BTreeSet<String> {
         "inspector2:BatchGetCodeSnippet",
         "kms:DescribeKey",
         "kms:GetKeyPolicy",
+        "iam:GetRole",
+        "iam:GetPolicyVersion",
+        "iam:ListGroupsForUser",
     ] {
         assert!(actions.contains(known), "{known} not found: {actions:?}");
     }
