@@ -898,6 +898,17 @@ async fn files_the_sidecar_creates_are_private_and_files_it_trusts_must_be() {
         stderr.contains("identity.json") && stderr.contains("mode 0664"),
         "{stderr}"
     );
+    // And a permissions boundary file.
+    let stderr = refused_start(
+        dir.path(),
+        &format!("[verification]\npermissions_boundary_file = {policy:?}\n"),
+    );
+    assert!(
+        stderr.contains("cannot read permissions boundary file")
+            && stderr.contains("identity.json")
+            && stderr.contains("mode 0664"),
+        "{stderr}"
+    );
 
     // What a fresh start creates is private to the server.
     let audit_dir = tempfile::tempdir().unwrap();

@@ -1011,7 +1011,7 @@ async fn iam_that_cannot_be_read_leaves_identity_policies_unchecked_and_says_why
     let report = stored_key_report(&sidecar, &key).await;
     let message = unchecked(&report);
     assert!(
-        message.contains("IAM denied the sidecar's read (iam:GetRolePolicy (AccessDenied))"),
+        message.contains("IAM refused the sidecar's iam:GetRolePolicy (AccessDenied)"),
         "{message}"
     );
     // IAM's own words stay in the sidecar's log.

@@ -567,7 +567,7 @@ fn config_check_refuses_bad_files_naming_what_is_wrong() {
 }
 
 #[test]
-fn config_check_refuses_an_identity_policy_with_a_duplicate_member() {
+fn config_check_refuses_an_identity_policy_or_boundary_with_a_duplicate_member() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("identity.json");
     std::fs::write(
@@ -575,22 +575,85 @@ fn config_check_refuses_an_identity_policy_with_a_duplicate_member() {
         "{\"Version\": \"2012-10-17\",\n \"Statement\": {\"Effect\": \"Allow\", \"Action\": \"kms:Decrypt\",\n  \"Action\": \"kms:*\", \"Resource\": \"*\"}}",
     )
     .unwrap();
-    let (code, text) = config_check(
-        &format!(
-            "[verification]\nidentity_policy_files = [{:?}]\n",
-            policy.display().to_string()
+    let path = policy.display().to_string();
+    for (setting, what) in [
+        (
+            format!("identity_policy_files = [{path:?}]"),
+            "identity policy",
         ),
-        None,
+        (
+            format!("permissions_boundary_file = {path:?}"),
+            "permissions boundary",
+        ),
+    ] {
+        let (code, text) = config_check(&format!("[verification]\n{setting}\n"), None);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(
+            text.contains(&format!(
+                "{what} `{path}`: duplicate member `Action` at line 3, column 3 (first at line 2, column 35)"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("is valid"), "{text}");
+    }
+}
+
+#[test]
+fn policy_verify_reads_a_permissions_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = run(dir.path(), "render", "amazon-q-lambda", &[]);
+    std::fs::write(dir.path().join("key.json"), &rendered.stdout).unwrap();
+    std::fs::write(
+        dir.path().join("boundary.json"),
+        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "NotAction": "kms:GenerateDataKey", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    let verified = run(
+        dir.path(),
+        "verify",
+        "amazon-q-lambda",
+        &[
+            "--key-policy",
+            "key.json",
+            "--permissions-boundary",
+            "boundary.json",
+            "--format",
+            "json",
+        ],
     );
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(verified.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+    let errors: Vec<&serde_json::Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "ERROR")
+        .collect();
+    assert_eq!(errors.len(), 1, "{report:#}");
+    assert_eq!(errors[0]["code"], "REQUIRED_ACCESS_MISSING");
+    assert_eq!(errors[0]["location"]["path"], "permissions_boundary");
     assert!(
-        text.contains(&format!(
-            "identity policy `{}`: duplicate member `Action` at line 3, column 3 (first at line 2, column 35)",
-            policy.display()
-        )),
-        "{text}"
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("kms:GenerateDataKey via"),
+        "{report:#}"
     );
-    assert!(!text.contains("is valid"), "{text}");
+
+    // A boundary that cannot be read is a usage error.
+    let missing = run(
+        dir.path(),
+        "verify",
+        "amazon-q-lambda",
+        &[
+            "--key-policy",
+            "key.json",
+            "--permissions-boundary",
+            "nope.json",
+        ],
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read `nope.json`"));
 }
 
 /// Runs `serve` with `config` for at most 20 s (killed then, as a server that started when

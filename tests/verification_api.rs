@@ -385,3 +385,44 @@ async fn configured_identity_policies_decide_the_grant_profile() {
     assert_eq!(got.pop(), Some("VIA_SERVICE_UNRESTRICTED"), "{report:?}");
     assert_eq!(got, ["REQUIRED_ACCESS_MISSING"; 9]);
 }
+
+#[tokio::test]
+async fn a_configured_permissions_boundary_caps_the_identity_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = Sidecar::start().rendered_policy("codeguru-grants").await;
+    let identity = dir.path().join("identity.json");
+    std::fs::write(&identity, rendered).unwrap();
+    let boundary = dir.path().join("boundary.json");
+    std::fs::write(
+        &boundary,
+        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "NotAction": "kms:RetireGrant", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    let sidecar = Sidecar::start_with(&format!(
+        "[verification]\nidentity_policy_files = [{identity:?}]\npermissions_boundary_file = {boundary:?}\n"
+    ));
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let status = sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let violations = status
+        .get_error_details()
+        .precondition_failure()
+        .unwrap()
+        .violations
+        .clone();
+    // RetireGrant via inspector2 and via codeguru-security; nothing else.
+    assert_eq!(violations.len(), 2, "{violations:?}");
+    for violation in &violations {
+        assert_eq!(violation.r#type, "REQUIRED_ACCESS_MISSING");
+        assert!(
+            violation.description.contains("kms:RetireGrant")
+                && violation.description.contains("permissions boundary"),
+            "{violation:?}"
+        );
+    }
+}

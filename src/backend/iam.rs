@@ -17,7 +17,7 @@ use super::{BackendError, PrincipalPolicies, SourcedPolicy, aws::classify};
 /// How long a failed read is kept: long enough that callers cannot make the sidecar ask IAM
 /// on every verification while IAM refuses, short enough that a fixed permission is seen
 /// soon.
-pub const FAILURE_TTL: Duration = Duration::from_secs(30);
+const FAILURE_TTL: Duration = Duration::from_secs(30);
 
 /// The most items one IAM list may hold before the read gives up. IAM's own quotas are far
 /// lower (20 managed policies per role or user, 10 groups per user, inline policies within
@@ -59,13 +59,17 @@ struct Held {
 }
 
 impl Held {
-    fn fresh_for(&self, principal: &str, ttl: Duration) -> bool {
-        let ttl = if self.answer.is_ok() {
+    /// How long the answer is kept: `ttl`, or less for a failure.
+    fn kept_for(&self, ttl: Duration) -> Duration {
+        if self.answer.is_ok() {
             ttl
         } else {
             ttl.min(FAILURE_TTL)
-        };
-        self.principal == principal && self.at.elapsed() < ttl
+        }
+    }
+
+    fn fresh_for(&self, principal: &str, ttl: Duration) -> bool {
+        self.principal == principal && self.at.elapsed() < self.kept_for(ttl)
     }
 }
 
@@ -461,16 +465,23 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_kept_shorter_than_answers() {
+    fn answers_are_kept_for_the_interval_failures_shorter() {
         let held = |answer| Held {
             principal: "p".into(),
-            at: Instant::now() - Duration::from_secs(60),
+            at: Instant::now(),
             answer,
         };
         let hour = Duration::from_secs(3600);
-        assert!(held(Ok(Arc::default())).fresh_for("p", hour));
-        assert!(!held(Ok(Arc::default())).fresh_for("q", hour));
-        assert!(!held(Err(BackendError::Timeout)).fresh_for("p", hour));
-        assert!(!held(Ok(Arc::default())).fresh_for("p", Duration::from_secs(59)));
+        let ok = held(Ok(Arc::default()));
+        assert_eq!(ok.kept_for(hour), hour);
+        assert!(ok.fresh_for("p", hour));
+        assert!(!ok.fresh_for("q", hour), "another principal's answer");
+        assert!(!ok.fresh_for("p", Duration::ZERO));
+        let failed = held(Err(BackendError::Timeout));
+        assert_eq!(failed.kept_for(hour), FAILURE_TTL);
+        assert_eq!(
+            failed.kept_for(Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
     }
 }

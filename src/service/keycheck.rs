@@ -181,9 +181,7 @@ fn name_sources(report: &mut Report, policies: &PrincipalPolicies) {
 /// to the log when the call failed.
 fn unread_reason(error: &BackendError) -> String {
     match error {
-        BackendError::AccessDenied { message } => {
-            format!("IAM denied the sidecar's read ({message})")
-        }
+        BackendError::AccessDenied { message } => format!("IAM refused the sidecar's {message}"),
         BackendError::NotFound { what } => format!("{what} does not exist in IAM"),
         BackendError::InvalidRequest { message, .. } => message.clone(),
         BackendError::Throttled { .. } => "IAM throttled the sidecar's reads".into(),
