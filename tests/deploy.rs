@@ -472,16 +472,15 @@ fn the_checked_in_iam_policy_is_what_policy_render_prints() {
         .collect();
     assert!(iam_reads.len() >= 13, "{iam_reads:?}");
     for action in iam_reads {
-        let (granted, allowed): (&[(String, Vec<String>)], &dyn Fn(&str) -> bool) =
-            if action.contains("Role") {
-                (&sidecar_grants, &|r| r == role)
-            } else if action == "iam:GetPolicy" || action == "iam:GetPolicyVersion" {
-                (&sidecar_grants, &|r| policies.is_match(r))
-            } else if action.contains("Group") && action != "iam:ListGroupsForUser" {
-                (&user_grants, &|r| r == groups)
-            } else {
-                (&user_grants, &|r| r == user)
-            };
+        let (granted, allowed): (&Grants, &dyn Fn(&str) -> bool) = if action.contains("Role") {
+            (&sidecar_grants, &|r| r == role)
+        } else if action == "iam:GetPolicy" || action == "iam:GetPolicyVersion" {
+            (&sidecar_grants, &|r| policies.is_match(r))
+        } else if action.contains("Group") && action != "iam:ListGroupsForUser" {
+            (&user_grants, &|r| r == groups)
+        } else {
+            (&user_grants, &|r| r == user)
+        };
         let resources: Vec<&String> = granted
             .iter()
             .filter(|(a, _)| a == action)
@@ -493,6 +492,9 @@ fn the_checked_in_iam_policy_is_what_policy_render_prints() {
         );
     }
 }
+
+/// Actions, each with the resources a statement grants it on.
+type Grants = [(String, Vec<String>)];
 
 /// Each action an Allow statement of `policy` grants, with the statement's resources.
 fn grants(policy: &str) -> Vec<(String, Vec<String>)> {
