@@ -1045,6 +1045,17 @@ mod tests {
         );
         assert_eq!(listeners.unix_socket_mode, 0o660);
         assert_eq!(listeners.tcp, Some("127.0.0.1:50051".parse().unwrap()));
+        assert_eq!(
+            listeners.aws_api,
+            Some(AwsApiListener {
+                addr: "127.0.0.1:50052".parse().unwrap(),
+                tls: false
+            })
+        );
+        assert_eq!(
+            config.aws_credentials_file(),
+            PathBuf::from("state/aws-credentials")
+        );
         assert_eq!(settings.lambda_profile, Profile::CodeguruGrants);
         assert_eq!(
             settings.code_repository_profile,
@@ -1144,6 +1155,39 @@ mod tests {
         assert!(
             err(&[("INSPECTOR_KEYD_VERIFICATION__PRINCIPAL_ARN", "role-ARN")])
                 .contains("`verification.principal_arn`")
+        );
+    }
+
+    #[test]
+    fn the_aws_protocol_door_is_plaintext_on_loopback_or_tls() {
+        let load = |pairs: &[(&str, &str)]| Settings::load(None, env(pairs));
+        let error = load(&[("INSPECTOR_KEYD_AWS_API__LISTEN", "0.0.0.0:50052")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`aws_api.listen` `0.0.0.0:50052` is not a loopback address"),
+            "{error}"
+        );
+        let error = load(&[("INSPECTOR_KEYD_AWS_API__LISTEN", "door")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not an address"), "{error}");
+        let off = load(&[("INSPECTOR_KEYD_AWS_API__LISTEN", "")]).unwrap();
+        assert_eq!(off.listeners.aws_api, None);
+        let tls = load(&[
+            ("INSPECTOR_KEYD_AWS_API__LISTEN", "0.0.0.0:50052"),
+            ("INSPECTOR_KEYD_TLS__LISTEN", "0.0.0.0:50443"),
+            ("INSPECTOR_KEYD_TLS__CERT_FILE", "c.pem"),
+            ("INSPECTOR_KEYD_TLS__KEY_FILE", "k.pem"),
+            ("INSPECTOR_KEYD_TLS__ALLOW_TOKEN_ONLY", "true"),
+        ])
+        .unwrap();
+        assert_eq!(
+            tls.listeners.aws_api,
+            Some(AwsApiListener {
+                addr: "0.0.0.0:50052".parse().unwrap(),
+                tls: true
+            })
         );
     }
 

@@ -913,3 +913,49 @@ fn the_operation_table_is_the_service_model() {
         );
     }
 }
+
+/// With the `[tls]` listener configured, the door speaks TLS with its certificate (HTTP/1.1,
+/// no client certificate asked: callers are known by their signatures), and plaintext is
+/// not answered.
+#[tokio::test]
+async fn with_the_tls_listener_the_door_speaks_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::pki::Ca::new("door-ca");
+    let ca_file = ca.write(dir.path(), "ca");
+    let server = ca.server(dir.path(), "server");
+    let sidecar = Sidecar::start_with(&format!(
+        "[tls]\nlisten = \"127.0.0.1:0\"\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_files = [{ca_file:?}]\n",
+        server.cert, server.key
+    ));
+    let port = sidecar.aws_api.unwrap().port();
+    let python = tool("KEYD_TEST_PYTHON", ".tools/venv/bin/python");
+    let script = "import boto3, sys\nc = boto3.client('inspector2', endpoint_url=sys.argv[1], verify=sys.argv[2])\ntry:\n    c.get_encryption_key(scanType='CODE', resourceType='AWS_LAMBDA_FUNCTION')\nexcept c.exceptions.ResourceNotFoundException as e:\n    print('not found over tls:', e.response['Error']['Message'])\n";
+    let output = aws_process(&python, &sidecar.aws_credentials_file(), dir.path())
+        .env("AWS_PROFILE", "inspector-keyd-admin")
+        .args(["-c", script])
+        .arg(format!("https://localhost:{port}"))
+        .arg(&ca_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("not found over tls: no customer managed key is set"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Plaintext HTTP gets no answer: the connection is closed during the handshake.
+    let mut stream = std::net::TcpStream::connect(sidecar.aws_api.unwrap()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /encryptionkey/get HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}

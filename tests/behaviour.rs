@@ -32,7 +32,7 @@ enum Kms {
     /// made in both, with the same ARN.
     Door {
         moto: Moto,
-        inspector: Sidecar,
+        inspector: Box<Sidecar>,
     },
 }
 
@@ -69,7 +69,10 @@ impl Backend {
         env.push(("AWS_SECRET_ACCESS_KEY", &secret));
         Backend {
             sidecar: Sidecar::start_with_env(&config, &env),
-            kms: Kms::Door { moto, inspector },
+            kms: Kms::Door {
+                moto,
+                inspector: Box::new(inspector),
+            },
         }
     }
 
@@ -143,7 +146,7 @@ impl Backend {
     async fn put_snippet(&self, snippet: &proto::CodeSnippetResult) {
         let scanner = match &self.kms {
             Kms::Local => &self.sidecar,
-            Kms::Door { inspector, .. } => inspector,
+            Kms::Door { inspector, .. } => inspector.as_ref(),
         };
         let recorded = LocalCodeScanningServiceClient::new(scanner.unix_channel().await)
             .record_code_finding(proto::RecordCodeFindingRequest {

@@ -420,6 +420,9 @@ mod tests {
             [[rule]]
             role = "read-only"
             dns_name = "reader.internal"
+            [[rule]]
+            role = "code-reader"
+            aws_access_key_id = "KEYDTRIAGE00000000"
             "#,
             hex(&token_hash(token))
         ))
@@ -459,6 +462,18 @@ mod tests {
             }),
             Some(Role::ReadOnly)
         );
+        let aws = |id: &str| Identity::AwsAccessKey {
+            access_key_id: id.into(),
+        };
+        assert_eq!(
+            rules.role_of(&aws("KEYDTRIAGE00000000")),
+            Some(Role::CodeReader)
+        );
+        assert_eq!(rules.role_of(&aws("KEYDTRIAGE00000001")), None);
+        assert_eq!(
+            aws("KEYDTRIAGE00000000").to_string(),
+            "aws:KEYDTRIAGE00000000"
+        );
         assert_eq!(
             rules.role_of(&Identity::LoopbackPeer {
                 addr: "127.0.0.1:1".parse().unwrap()
@@ -490,6 +505,10 @@ mod tests {
             (
                 "[[rule]]\nrole = \"admin\"\nspiffe_id = \"example.org/x\"\n",
                 "not a SPIFFE ID",
+            ),
+            (
+                "[[rule]]\nrole = \"admin\"\naws_access_key_id = \"AKID/x\"\n",
+                "not an access key id",
             ),
             (
                 "[[rule]]\nrole = \"admin\"\nuid = 1\n",

@@ -207,11 +207,9 @@ impl Door {
                 Ok(bytes)
             }
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Err(e) => Err(AwsError::new(
-                StatusCode::BAD_REQUEST,
-                "ValidationException",
-                format!("the request body could not be read: {e}"),
-            )),
+            Err(e) => Err(AwsError::unreadable(format!(
+                "the request body could not be read: {e}"
+            ))),
         }
     }
 

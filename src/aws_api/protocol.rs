@@ -327,6 +327,11 @@ impl AwsError {
         }
     }
 
+    /// A request whose body cannot be read or parsed at all.
+    pub fn unreadable(message: String) -> AwsError {
+        AwsError::validation(CANNOT_PARSE, message, Vec::new())
+    }
+
     /// A member that cannot be read (missing, of the wrong JSON type, not an enum value).
     fn member(reason: &'static str, name: &str, problem: String) -> AwsError {
         AwsError::validation(
@@ -459,16 +464,12 @@ fn body_members(body: &[u8]) -> Result<Map<String, Value>, AwsError> {
     }
     match serde_json::from_slice(body) {
         Ok(Value::Object(members)) => Ok(members),
-        Ok(_) => Err(AwsError::validation(
-            CANNOT_PARSE,
+        Ok(_) => Err(AwsError::unreadable(
             "the request body must be a JSON object".into(),
-            Vec::new(),
         )),
-        Err(e) => Err(AwsError::validation(
-            CANNOT_PARSE,
-            format!("the request body is not JSON: {e}"),
-            Vec::new(),
-        )),
+        Err(e) => Err(AwsError::unreadable(format!(
+            "the request body is not JSON: {e}"
+        ))),
     }
 }
 

@@ -136,11 +136,12 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, SignatureError>
         return Err(incomplete("Signature must be 64 lower-case hex digits"));
     }
     let signed_headers: Vec<&str> = signed_headers.split(';').collect();
+    // Header names are HTTP tokens (RFC 9110 §5.6.2), in lower case once canonical.
     let well_formed = signed_headers.iter().all(|name| {
         !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && name.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+            })
     });
     if !well_formed {
         return Err(incomplete(
