@@ -1179,7 +1179,7 @@ mod tests {
             ("INSPECTOR_KEYD_TLS__LISTEN", "0.0.0.0:50443"),
             ("INSPECTOR_KEYD_TLS__CERT_FILE", "c.pem"),
             ("INSPECTOR_KEYD_TLS__KEY_FILE", "k.pem"),
-            ("INSPECTOR_KEYD_TLS__ALLOW_TOKEN_ONLY", "true"),
+            ("INSPECTOR_KEYD_TLS__CLIENT_CA_FILES", "ca.pem"),
         ])
         .unwrap();
         assert_eq!(
