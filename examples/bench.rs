@@ -567,7 +567,7 @@ fn sidecar_config_with(dir: &Path, extra_ops: &str, extra: &str) -> (Addresses, 
     std::fs::write(
         dir.join("keyd.toml"),
         format!(
-            "state_dir = {}\n[listen]\nunix_socket = {}\ntcp = \"{tcp}\"\n[authz]\nrules_file = {}\n[tls]\nlisten = \"{tls}\"\ncert_file = {}\nkey_file = {}\nclient_ca_files = [{}]\n[ops]\nmetrics_listen = \"{metrics}\"\n# the cold-read test sends 1,000 reads at once\nmax_concurrent_rpcs = 4096\n{extra_ops}{extra}",
+            "state_dir = {}\n[listen]\nunix_socket = {}\ntcp = \"{tcp}\"\n[authz]\nrules_file = {}\n[tls]\nlisten = \"{tls}\"\ncert_file = {}\nkey_file = {}\nclient_ca_files = [{}]\n# the bench measures gRPC; the AWS-protocol door is off\n[aws_api]\nlisten = \"\"\n[ops]\nmetrics_listen = \"{metrics}\"\n# the cold-read test sends 1,000 reads at once\nmax_concurrent_rpcs = 4096\n{extra_ops}{extra}",
             path(dir.join("state")),
             path(dir.join("keyd.sock")),
             path(dir.join("rules.toml")),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs each fuzz target (fuzz/fuzz_targets: policy, config, requests) for a bounded time,
-# seeded from the conformance corpus and the configs under deploy/. A crash, timeout or
+# Runs each fuzz target (fuzz/fuzz_targets: policy, config, requests, aws_request) for a
+# bounded time, seeded from the conformance corpus, the configs under deploy/ and
+# hand-written requests. A crash, timeout or
 # out-of-memory input is kept in fuzz/regressions/<target>/, which tests/fuzz_regressions.rs
 # replays in the normal suite. Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 # Installs cargo-fuzz (pinned) into .tools/cargo; libFuzzer's coverage instrumentation needs
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 SECONDS_EACH=${1:-60}
 shift || true
-TARGETS=("${@:-policy config requests}")
+TARGETS=("${@:-policy config requests aws_request}")
 read -r -a TARGETS <<< "${TARGETS[*]}"
 CARGO_FUZZ_VERSION=0.13.2
 TOOLS=$PWD/.tools/cargo

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes seed inputs for the fuzz targets into DIR/<target>/: the conformance corpus's
-policies (policy), the config files under deploy/ (config), and hand-encoded requests
-(requests). The input layouts are those of fuzz/entry_points.rs."""
+policies (policy), the config files under deploy/ (config), hand-encoded requests
+(requests) and AWS-protocol requests (aws_request). The input layouts are those of fuzz/entry_points.rs."""
 
 import glob
 import json
@@ -71,6 +71,21 @@ def main(root):
     }
     for name, data in requests.items():
         write(os.path.join(root, "requests"), name, data)
+        seeds += 1
+    # The AWS-protocol door: method selector, path and query, headers, body (NUL-separated).
+    finding = "arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef"
+    target = '"scanType":"CODE","resourceType":"AWS_LAMBDA_FUNCTION"'
+    door = {
+        "get": (0, "/encryptionkey/get?scanType=CODE&resourceType=AWS_LAMBDA_FUNCTION", "", ""),
+        "update": (1, "/encryptionkey/update", "content-type: application/json", '{"kmsKeyId":"%s",%s}' % (arn, target)),
+        "reset": (1, "/encryptionkey/reset", "content-type: application/json", "{%s}" % target),
+        "snippets": (2, "/codesnippet/batchget", "content-type: application/json", '{"findingArns":["%s"]}' % finding),
+        "signed": (1, "/encryptionkey/reset", "authorization: AWS4-HMAC-SHA256 Credential=KEYDFUZZKEY0000000/20260528/us-east-1/inspector2/aws4_request, SignedHeaders=host;x-amz-date, Signature=" + "0" * 64 + "\nx-amz-date: 20260528T204640Z\nhost: 127.0.0.1:50052", "{%s}" % target),
+        "not-served": (2, "/findings/list", "", "{}"),
+    }
+    for name, (selector, path, headers, body) in door.items():
+        data = bytes([selector]) + path.encode() + b"\0" + headers.encode() + b"\0" + body.encode()
+        write(os.path.join(root, "aws_request"), name, data)
         seeds += 1
     print(f"{seeds} seeds in {root}")
 

@@ -19,13 +19,14 @@ use tokio::{
     sync::watch,
     task::{Id, JoinError, JoinSet},
 };
-use tonic::transport::Server;
+use tonic::{service::Routes, transport::Server};
 use tonic_health::{ServingStatus, pb::health_server::HealthServer, server::HealthReporter};
 
 use crate::{
     admin::Readiness,
     audit::AuditLog,
     authz::{Authorizer, AuthzLayer, Rules, RulesSource},
+    aws_api::{AwsCredentials, Door, DoorLimits, GrpcService},
     backend::{Backend, aws::AwsBackend, local::LocalBackend, metered::MeteredBackend},
     cache::{CacheState, KeyCache},
     config::{BackendKind, CacheConfig, Placement, Settings},
@@ -65,6 +66,8 @@ pub struct Addresses {
     pub tls: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub health: Option<SocketAddr>,
+    /// The AWS-protocol door.
+    pub aws_api: Option<SocketAddr>,
 }
 
 impl Addresses {
@@ -146,9 +149,26 @@ fn verification_settings(
     ))
 }
 
+/// The AWS-protocol door's credentials, when the door is on: the configured file, or the
+/// default one (written with a random admin key pair at first start).
+fn aws_credentials(settings: &Settings) -> Result<Option<Arc<AwsCredentials>>, ServeError> {
+    if settings.listeners.aws_api.is_none() {
+        return Ok(None);
+    }
+    let path = settings.config.aws_credentials_file();
+    if settings.config.aws_api.credentials_file.is_none() {
+        crate::aws_api::credentials::ensure_file(&path)?;
+    }
+    Ok(Some(Arc::new(AwsCredentials::load(&path)?)))
+}
+
 /// The authorization rules: the rules file when configured, else the defaults (the server's
-/// own uid and the holder of the generated admin token are admin).
-fn authorizer(settings: &Settings) -> Result<Authorizer, ServeError> {
+/// own uid, the holder of the generated admin token and the access key of the credentials
+/// file's `inspector-keyd-admin` profile are admin).
+fn authorizer(
+    settings: &Settings,
+    aws_credentials: Option<&AwsCredentials>,
+) -> Result<Authorizer, ServeError> {
     let loopback_anonymous = settings.loopback_anonymous_role;
     let source = match &settings.config.authz.rules_file {
         Some(path) => RulesSource::File {
@@ -157,11 +177,17 @@ fn authorizer(settings: &Settings) -> Result<Authorizer, ServeError> {
         },
         None => {
             let token = crate::authz::rules::admin_token(&settings.config.state_dir)?;
-            RulesSource::Fixed(Rules::defaults(
+            let rules = Rules::defaults(
                 rustix::process::getuid().as_raw(),
                 crate::authz::rules::token_hash(&token),
                 loopback_anonymous,
-            ))
+            );
+            let admin_key = aws_credentials
+                .and_then(|c| c.access_key_id_of(crate::aws_api::credentials::ADMIN_PROFILE));
+            RulesSource::Fixed(match admin_key {
+                Some(id) => rules.with_admin_access_key(&id),
+                None => rules,
+            })
         }
     };
     Ok(Authorizer::new(source)?)
@@ -303,7 +329,8 @@ impl App {
             )),
         );
 
-        let authorizer = Arc::new(authorizer(&settings)?);
+        let aws_credentials = aws_credentials(&settings)?;
+        let authorizer = Arc::new(authorizer(&settings, aws_credentials.as_deref())?);
         let audit = AuditLog::open(config.authz.audit_file.as_deref()).map_err(|source| {
             ServeError::Audit {
                 path: config.authz.audit_file.clone().unwrap_or_default(),
@@ -321,15 +348,15 @@ impl App {
                 rpc_timeout: config.ops.rpc_timeout,
             },
         );
-        let authz = AuthzLayer::new(authorizer.clone(), audit, metrics.clone());
+        let authz = AuthzLayer::new(authorizer.clone(), audit.clone(), metrics.clone());
         let (max_request, max_response) =
             (config.ops.max_request_bytes, config.ops.max_response_bytes);
         let health_service = HealthServer::new(DrainingHealth::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),
             stop_rx.clone(),
         ));
-        let router = hardened(Server::builder(), config)
-            .layer(tower::ServiceBuilder::new().layer(ops).layer(authz))
+        let mut routes = Routes::builder();
+        routes
             .add_service(health_service.clone())
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
@@ -337,17 +364,27 @@ impl App {
                 EncryptionKeyServiceServer::new(keys)
                     .max_decoding_message_size(max_request)
                     .max_encoding_message_size(max_response),
-            )
-            .add_optional_service(local_apis.as_ref().map(|(kms, _)| {
-                LocalKmsServiceServer::new(kms.clone())
-                    .max_decoding_message_size(max_request)
-                    .max_encoding_message_size(max_response)
-            }))
-            .add_optional_service(local_apis.map(|(_, scanning)| {
-                LocalCodeScanningServiceServer::new(scanning)
-                    .max_decoding_message_size(max_request)
-                    .max_encoding_message_size(max_response)
-            }));
+            );
+        if let Some((kms, scanning)) = local_apis {
+            routes
+                .add_service(
+                    LocalKmsServiceServer::new(kms)
+                        .max_decoding_message_size(max_request)
+                        .max_encoding_message_size(max_response),
+                )
+                .add_service(
+                    LocalCodeScanningServiceServer::new(scanning)
+                        .max_decoding_message_size(max_request)
+                        .max_encoding_message_size(max_response),
+                );
+        }
+        let routes = routes.routes();
+        // One stack of layers for every listener: the AWS-protocol door calls the same one.
+        let layers = tower::ServiceBuilder::new().layer(ops).layer(authz);
+        let router = hardened(Server::builder(), config)
+            .layer(layers.clone())
+            .add_routes(routes.clone());
+        let grpc_service = GrpcService::new(tower::Layer::layer(&layers, routes.prepare()));
 
         let admission =
             |kind| connection::Admission::new(kind, &config.connections, metrics.clone());
@@ -384,6 +421,41 @@ impl App {
                 &format!("tls {local}"),
                 router.serve_with_incoming_shutdown(incoming, stopped()),
             ));
+        }
+        if let (Some(door), Some(credentials)) = (listeners.aws_api, &aws_credentials) {
+            let (listener, local) = bind_tcp("aws_api", door.addr).await?;
+            addresses.aws_api = Some(local);
+            let limits = DoorLimits {
+                max_request_bytes: max_request,
+                read_timeout: config.ops.rpc_timeout,
+                header_timeout: config.connections.preface_timeout,
+                max_age: config.connections.max_age,
+                max_age_grace: config.connections.max_age_grace,
+            };
+            let door_service = Arc::new(Door::new(
+                grpc_service,
+                credentials.clone(),
+                placement.region.clone(),
+                limits,
+                audit,
+                metrics.clone(),
+            ));
+            let admission = admission(ListenerKind::AwsApi);
+            let task = match (&tls, door.tls) {
+                (Some(tls), true) => Box::pin(crate::aws_api::serve(
+                    crate::tls::incoming_http1(listener, tls.clone(), admission),
+                    door_service,
+                    limits,
+                    stopped.clone(),
+                )) as Pin<Box<dyn Future<Output = ()> + Send>>,
+                _ => Box::pin(crate::aws_api::serve(
+                    connection::incoming(listener, admission),
+                    door_service,
+                    limits,
+                    stopped.clone(),
+                )),
+            };
+            tasks.push(background_task(&format!("aws_api {local}"), task));
         }
         let readiness = Arc::new(Readiness::new(
             health.clone(),
@@ -426,6 +498,7 @@ impl App {
                 reload_loop(
                     authorizer,
                     tls,
+                    aws_credentials,
                     config.authz.reload_interval,
                     metrics.clone(),
                 ),
@@ -507,7 +580,7 @@ impl App {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        tracing::info!(unix = %unix, tcp = %shown(&addresses.tcp), tls = %shown(&addresses.tls), metrics = %shown(&addresses.metrics), health = %shown(&addresses.health), backend = ?backend_kind, region = %placement.region, account = %placement.account_id, "serving");
+        tracing::info!(unix = %unix, tcp = %shown(&addresses.tcp), tls = %shown(&addresses.tls), metrics = %shown(&addresses.metrics), health = %shown(&addresses.health), aws_api = %shown(&addresses.aws_api), backend = ?backend_kind, region = %placement.region, account = %placement.account_id, "serving");
         let mut failure = None;
         if let Some(path) = &ready_file
             && let Err(e) = addresses.write_ready_file(path)

@@ -35,7 +35,7 @@ pub enum Command {
         #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
         log_format: Option<String>,
         /// Once every listener serves, write their addresses here as JSON (`unix_socket`,
-        /// `tcp`, `tls`, `metrics`, `health`; `null` when off), for scripts that start
+        /// `tcp`, `tls`, `metrics`, `health`, `aws_api`; `null` when off), for scripts that start
         /// the sidecar; removed at shutdown.
         #[arg(long, value_name = "FILE")]
         ready_file: Option<PathBuf>,

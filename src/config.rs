@@ -152,6 +152,35 @@ pub struct Config {
     pub ops: OpsConfig,
     pub connections: ConnectionsConfig,
     pub aws: AwsConfig,
+    pub aws_api: AwsApiConfig,
+}
+
+/// The AWS-protocol door (the `[aws_api]` table): Amazon Inspector's REST-JSON API for the
+/// encryption-key operations and BatchGetCodeSnippet, signed with SigV4, so the AWS CLI and
+/// SDKs can call the sidecar by changing only their endpoint URL.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsApiConfig {
+    /// HTTP/1.1 address of the door. Default `127.0.0.1:50052`; empty disables it; port 0
+    /// picks a free port. Plaintext on loopback only, unless the `[tls]` listener is
+    /// configured: then the door speaks TLS with its certificate and may listen on any
+    /// interface.
+    pub listen: String,
+    /// The access keys callers sign with (AWS shared-credentials format, one profile per
+    /// key). Default `<state_dir>/aws-credentials`, created at first start with a random key
+    /// pair (profile `inspector-keyd-admin`, admin under the default rules). Refused when
+    /// owned by a uid other than the server's or root, writable by group or others, or
+    /// readable by others; read again when it changes.
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl Default for AwsApiConfig {
+    fn default() -> AwsApiConfig {
+        AwsApiConfig {
+            listen: "127.0.0.1:50052".into(),
+            credentials_file: None,
+        }
+    }
 }
 
 /// Operating the sidecar: metrics and probes, logs, limits, the drift watch.
@@ -409,6 +438,7 @@ impl Default for Config {
             ops: OpsConfig::default(),
             connections: ConnectionsConfig::default(),
             aws: AwsConfig::default(),
+            aws_api: AwsApiConfig::default(),
         }
     }
 }
@@ -448,6 +478,17 @@ pub struct Listeners {
     pub unix_socket_mode: u32,
     pub tcp: Option<SocketAddr>,
     pub tls: Option<(SocketAddr, TlsFiles)>,
+    /// The AWS-protocol door, and whether it speaks TLS (with the `[tls]` certificate).
+    pub aws_api: Option<AwsApiListener>,
+}
+
+/// Where the AWS-protocol door listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwsApiListener {
+    pub addr: SocketAddr,
+    /// TLS with the `[tls]` listener's certificate and key; plaintext (loopback only) when
+    /// false.
+    pub tls: bool,
 }
 
 /// A configuration parsed and validated once (file, then environment): the file's tables,
@@ -871,12 +912,44 @@ impl Config {
                 "no listener: set `listen.unix_socket`, `listen.tcp` or `tls.listen`".into(),
             ));
         }
+        let aws_api = self.aws_api_listener(tls.is_some())?;
         Ok(Listeners {
             unix_socket,
             unix_socket_mode,
             tcp,
             tls,
+            aws_api,
         })
+    }
+
+    /// The AWS-protocol door: TLS when the `[tls]` listener is configured, else plaintext
+    /// on loopback only.
+    fn aws_api_listener(&self, tls: bool) -> Result<Option<AwsApiListener>, ConfigError> {
+        let listen = &self.aws_api.listen;
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        let addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Value {
+            key: "aws_api.listen",
+            message: format!("`{listen}` is not an address such as 127.0.0.1:50052"),
+        })?;
+        if !tls && !addr.ip().is_loopback() {
+            return Err(ConfigError::Value {
+                key: "aws_api.listen",
+                message: format!(
+                    "`{addr}` is not a loopback address; without the `[tls]` listener the AWS-protocol door is plaintext and may only listen on loopback"
+                ),
+            });
+        }
+        Ok(Some(AwsApiListener { addr, tls }))
+    }
+
+    /// The credentials file of the AWS-protocol door.
+    pub fn aws_credentials_file(&self) -> PathBuf {
+        self.aws_api
+            .credentials_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("aws-credentials"))
     }
 
     fn tls_listener(&self) -> Result<Option<(SocketAddr, TlsFiles)>, ConfigError> {
@@ -982,6 +1055,17 @@ mod tests {
         );
         assert_eq!(listeners.unix_socket_mode, 0o660);
         assert_eq!(listeners.tcp, Some("127.0.0.1:50051".parse().unwrap()));
+        assert_eq!(
+            listeners.aws_api,
+            Some(AwsApiListener {
+                addr: "127.0.0.1:50052".parse().unwrap(),
+                tls: false
+            })
+        );
+        assert_eq!(
+            config.aws_credentials_file(),
+            PathBuf::from("state/aws-credentials")
+        );
         assert_eq!(settings.lambda_profile, Profile::CodeguruGrants);
         assert_eq!(
             settings.code_repository_profile,
@@ -1081,6 +1165,39 @@ mod tests {
         assert!(
             err(&[("INSPECTOR_KEYD_VERIFICATION__PRINCIPAL_ARN", "role-ARN")])
                 .contains("`verification.principal_arn`")
+        );
+    }
+
+    #[test]
+    fn the_aws_protocol_door_is_plaintext_on_loopback_or_tls() {
+        let load = |pairs: &[(&str, &str)]| Settings::load(None, env(pairs));
+        let error = load(&[("INSPECTOR_KEYD_AWS_API__LISTEN", "0.0.0.0:50052")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`aws_api.listen` `0.0.0.0:50052` is not a loopback address"),
+            "{error}"
+        );
+        let error = load(&[("INSPECTOR_KEYD_AWS_API__LISTEN", "door")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not an address"), "{error}");
+        let off = load(&[("INSPECTOR_KEYD_AWS_API__LISTEN", "")]).unwrap();
+        assert_eq!(off.listeners.aws_api, None);
+        let tls = load(&[
+            ("INSPECTOR_KEYD_AWS_API__LISTEN", "0.0.0.0:50052"),
+            ("INSPECTOR_KEYD_TLS__LISTEN", "0.0.0.0:50443"),
+            ("INSPECTOR_KEYD_TLS__CERT_FILE", "c.pem"),
+            ("INSPECTOR_KEYD_TLS__KEY_FILE", "k.pem"),
+            ("INSPECTOR_KEYD_TLS__CLIENT_CA_FILES", "ca.pem"),
+        ])
+        .unwrap();
+        assert_eq!(
+            tls.listeners.aws_api,
+            Some(AwsApiListener {
+                addr: "0.0.0.0:50052".parse().unwrap(),
+                tls: true
+            })
         );
     }
 

@@ -45,6 +45,8 @@ pub enum ListenerKind {
     Tcp,
     Tls,
     Health,
+    /// The AWS-protocol door (HTTP/1.1).
+    AwsApi,
 }
 
 impl ListenerKind {
@@ -54,6 +56,7 @@ impl ListenerKind {
             ListenerKind::Tcp => "tcp",
             ListenerKind::Tls => "tls",
             ListenerKind::Health => "health",
+            ListenerKind::AwsApi => "aws_api",
         }
     }
 }

@@ -14,6 +14,14 @@ pub enum ScanType {
 }
 
 impl ScanType {
+    /// Every scan type.
+    pub const ALL: [ScanType; 3] = [ScanType::Network, ScanType::Package, ScanType::Code];
+
+    /// The scan type of an AWS spelling.
+    pub fn from_aws_str(text: &str) -> Option<ScanType> {
+        ScanType::ALL.into_iter().find(|t| t.as_aws_str() == text)
+    }
+
     /// The AWS spelling.
     pub fn as_aws_str(self) -> &'static str {
         match self {
@@ -39,6 +47,26 @@ pub enum ResourceType {
 }
 
 impl ResourceType {
+    /// Every resource type.
+    pub const ALL: [ResourceType; 9] = [
+        ResourceType::AwsEc2Instance,
+        ResourceType::AwsEcrContainerImage,
+        ResourceType::AwsEcrRepository,
+        ResourceType::AwsLambdaFunction,
+        ResourceType::CodeRepository,
+        ResourceType::MachineImage,
+        ResourceType::MicrosoftComputeVirtualMachines,
+        ResourceType::MicrosoftContainerRegistryContainerImage,
+        ResourceType::MicrosoftWebSites,
+    ];
+
+    /// The resource type of an AWS spelling.
+    pub fn from_aws_str(text: &str) -> Option<ResourceType> {
+        ResourceType::ALL
+            .into_iter()
+            .find(|t| t.as_aws_str() == text)
+    }
+
     /// The AWS spelling.
     pub fn as_aws_str(self) -> &'static str {
         match self {

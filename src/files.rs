@@ -184,6 +184,13 @@ pub fn read_private_secret(path: &Path, min_len: usize) -> io::Result<Option<Zer
 pub fn create_private_secret(path: &Path, secret: &[u8]) -> io::Result<Zeroizing<String>> {
     let text: Zeroizing<String> =
         Zeroizing::new(secret.iter().map(|b| format!("{b:02x}")).collect());
+    create_private_text(path, &format!("{}\n", text.as_str()))?;
+    Ok(text)
+}
+
+/// Writes `text` to a new private file, as [`create_private_secret`] does: beside, synced,
+/// then linked into place; an existing file at `path` is an error.
+pub fn create_private_text(path: &Path, text: &str) -> io::Result<()> {
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = Path::new(&partial);
@@ -194,7 +201,6 @@ pub fn create_private_secret(path: &Path, secret: &[u8]) -> io::Result<Zeroizing
     }
     let mut file = create_private(partial)?;
     io::Write::write_all(&mut file, text.as_bytes())?;
-    io::Write::write_all(&mut file, b"\n")?;
     file.sync_all()?;
     // A link, unlike a rename, fails rather than replace a file already at `path`.
     std::fs::hard_link(partial, path)?;
@@ -202,7 +208,25 @@ pub fn create_private_secret(path: &Path, secret: &[u8]) -> io::Result<Zeroizing
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         File::open(dir)?.sync_all()?;
     }
-    Ok(text)
+    Ok(())
+}
+
+/// Reads a file of secrets the sidecar acts on (the AWS-protocol door's credentials): a
+/// file [`check_trusted`] accepts that others may not read either. Its group may (a
+/// Kubernetes Secret mounted with `fsGroup` is 0440 or 0640), so that is allowed.
+pub fn read_secret_trusted(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
+    check_trusted(path)?;
+    let mode = std::fs::metadata(path)?.mode();
+    if mode & 0o004 != 0 {
+        return Err(refused(
+            path,
+            format!(
+                "may be read by others (mode {:04o}); it holds secrets: make it 0600",
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(Zeroizing::new(std::fs::read(path)?))
 }
 
 /// What a file holds now and who may change it, to tell a change: by content (not by

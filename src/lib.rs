@@ -1,7 +1,8 @@
 //! inspector-keyd: a gRPC sidecar that reads, verifies and manages the customer managed
 //! KMS key Amazon Inspector uses to encrypt code-scanning data at rest.
 //!
-//! [`app`] builds and runs everything. Layers, outermost first: [`server`] and [`connection`] (listeners, connection limits) →
+//! [`app`] builds and runs everything. Layers, outermost first: [`server`], [`tls`], [`aws_api`]
+//! (the AWS-protocol door) and [`connection`] (listeners, connection limits) →
 //! [`ops`] (request ids, metrics, shedding) → [`authz`] (a tower layer) → [`service`]
 //! (validation, mapping to gRPC) → [`cache`] → [`backend`] (local or AWS).
 //! [`verify`] is a pure library the service and the CLI call. [`status`] is the one place
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod authz;
+pub mod aws_api;
 pub mod backend;
 pub mod cache;
 pub mod cli;

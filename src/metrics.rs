@@ -98,6 +98,8 @@ pub enum ReloadedFile {
     Rules,
     /// The TLS certificate, key and client CAs.
     Tls,
+    /// The AWS-protocol door's credentials file.
+    AwsCredentials,
 }
 
 impl ReloadedFile {
@@ -106,6 +108,7 @@ impl ReloadedFile {
             file: match self {
                 ReloadedFile::Rules => "rules",
                 ReloadedFile::Tls => "tls",
+                ReloadedFile::AwsCredentials => "aws_credentials",
             },
         }
     }

@@ -9,6 +9,7 @@ use tonic::transport::Server;
 
 use crate::{
     authz::{Authorizer, RulesError},
+    aws_api::{AwsCredentials, credentials::CredentialsError},
     backend::{BackendError, aws::AwsSetupError},
     config::{Config, ConfigError},
     metrics::{Metrics, ReloadedFile},
@@ -56,6 +57,8 @@ pub enum ServeError {
     TaskEnded { task: String },
     #[error("{task} panicked: {message}")]
     TaskPanicked { task: String, message: String },
+    #[error("cannot load the AWS-protocol door's credentials: {0}")]
+    AwsCredentials(#[from] CredentialsError),
     #[error("cannot write the ready file `{path}`: {source}")]
     ReadyFile {
         path: std::path::PathBuf,
@@ -63,12 +66,13 @@ pub enum ServeError {
     },
 }
 
-/// Reads the rules file and the TLS files again when they change (checked every
-/// `interval`, ± 15 %) and on SIGHUP. A broken new file is refused with an error log; what is in
-/// force stays.
+/// Reads the rules file, the TLS files and the AWS-protocol door's credentials file again
+/// when they change (checked every `interval`, ± 15 %) and on SIGHUP. A broken new file is
+/// refused with an error log; what is in force stays.
 pub(crate) async fn reload_loop(
     authorizer: Arc<Authorizer>,
     tls: Option<Arc<ReloadableTls>>,
+    aws_credentials: Option<Arc<AwsCredentials>>,
     interval: std::time::Duration,
     metrics: Metrics,
 ) {
@@ -78,6 +82,12 @@ pub(crate) async fn reload_loop(
     if tls.is_some() {
         metrics.watch_reloads(ReloadedFile::Tls);
     }
+    if aws_credentials.is_some() {
+        metrics.watch_reloads(ReloadedFile::AwsCredentials);
+    }
+    let mut credentials_stamp = aws_credentials
+        .as_ref()
+        .and_then(|c| crate::files::fingerprint(c.path()));
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     // A change is seen by content, not by modification time.
     let mut rules_stamp = authorizer.rules_file().and_then(crate::files::fingerprint);
@@ -115,6 +125,24 @@ pub(crate) async fn reload_loop(
             // Unchanged files (Ok(false)) say nothing new.
             if !matches!(reloaded, Ok(false)) {
                 metrics.count_reload(ReloadedFile::Tls, reloaded.is_err());
+            }
+        }
+        if let Some(credentials) = &aws_credentials {
+            let stamp = crate::files::fingerprint(credentials.path());
+            if forced || stamp != credentials_stamp {
+                credentials_stamp = stamp;
+                let reloaded = credentials.reload();
+                metrics.count_reload(ReloadedFile::AwsCredentials, reloaded.is_err());
+                match reloaded {
+                    Ok(()) => tracing::info!(
+                        path = %credentials.path().display(),
+                        "AWS-protocol door credentials reloaded"
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "new AWS-protocol door credentials refused; the keys in force stay"
+                    ),
+                }
             }
         }
     }

@@ -75,6 +75,8 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 /// bound to CA bundles, a verifier of those bundles alone.
 pub struct TlsState {
     config: Arc<ServerConfig>,
+    /// The AWS-protocol door's: the same certificate, HTTP/1.1, no client certificate.
+    http1: Arc<ServerConfig>,
     trust_domains: HashMap<String, Arc<dyn ClientCertVerifier>>,
 }
 
@@ -105,8 +107,31 @@ pub fn tls_state(files: &TlsFiles) -> Result<TlsState, TlsError> {
     }
     Ok(TlsState {
         config: server_config(files)?,
+        http1: http1_config(files)?,
         trust_domains,
     })
+}
+
+fn server_key(files: &TlsFiles) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(&read_tls_file(&files.key_file)?).map_err(|e| TlsError::File {
+        path: files.key_file.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// The AWS-protocol door's configuration: the server certificate and key, no client
+/// certificate (callers are identified by their SigV4 signatures), HTTP/1.1 (what the AWS
+/// CLI and SDKs speak).
+pub fn http1_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certificates(&files.cert_file)?, server_key(files)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Builds the rustls server configuration from the files as they are now; the handshake
@@ -114,12 +139,7 @@ pub fn tls_state(files: &TlsFiles) -> Result<TlsState, TlsError> {
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = certificates(&files.cert_file)?;
-    let key = PrivateKeyDer::from_pem_slice(&read_tls_file(&files.key_file)?).map_err(|e| {
-        TlsError::File {
-            path: files.key_file.clone(),
-            message: e.to_string(),
-        }
-    })?;
+    let key = server_key(files)?;
     let roots = roots_of(
         files
             .client_ca_files
@@ -346,6 +366,68 @@ pub fn incoming(
     tls: Arc<ReloadableTls>,
     admission: Arc<Admission>,
 ) -> ReceiverStream<io::Result<Guarded<TlsConnection>>> {
+    accept(
+        listener,
+        tls,
+        admission,
+        |state| state.config.clone(),
+        |stream, addr, state| {
+            let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+            let name = match state.client_name(chain) {
+                Ok(name) => name,
+                Err(why) => {
+                    tracing::info!(%addr, reason = %why, "client certificate refused");
+                    return None;
+                }
+            };
+            Some(TlsConnection {
+                stream,
+                peer: TlsPeer {
+                    addr: Some(addr),
+                    name,
+                },
+            })
+        },
+    )
+}
+
+/// As [`incoming`], for the AWS-protocol door: HTTP/1.1, no client certificate.
+pub fn incoming_http1(
+    listener: TcpListener,
+    tls: Arc<ReloadableTls>,
+    admission: Arc<Admission>,
+) -> ReceiverStream<io::Result<Guarded<TlsConnection>>> {
+    accept(
+        listener,
+        tls,
+        admission,
+        |state| state.http1.clone(),
+        |stream, addr, _| {
+            Some(TlsConnection {
+                stream,
+                peer: TlsPeer {
+                    addr: Some(addr),
+                    name: None,
+                },
+            })
+        },
+    )
+}
+
+/// The accept loop of [`incoming`] and [`incoming_http1`]: `config_of` picks the rustls
+/// configuration, `connection_of` makes the connection of a finished handshake (or refuses
+/// it).
+fn accept(
+    listener: TcpListener,
+    tls: Arc<ReloadableTls>,
+    admission: Arc<Admission>,
+    config_of: fn(&TlsState) -> Arc<ServerConfig>,
+    connection_of: fn(
+        TlsStream<TcpStream>,
+        std::net::SocketAddr,
+        &TlsState,
+    ) -> Option<TlsConnection>,
+) -> ReceiverStream<io::Result<Guarded<TlsConnection>>> {
     let (tx, rx) = mpsc::channel(64);
     let limits = admission.limits().clone();
     let handshakes = Arc::new(Semaphore::new(limits.max_tls_handshakes));
@@ -373,7 +455,7 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             limit_unsent(&tcp, &limits);
             let state = tls.state();
-            let acceptor = TlsAcceptor::from(state.config.clone());
+            let acceptor = TlsAcceptor::from(config_of(&state));
             let tx = tx.clone();
             let timeout = limits.tls_handshake_timeout;
             tokio::spawn(async move {
@@ -381,20 +463,9 @@ pub fn incoming(
                 drop(handshake);
                 match accepted {
                     Ok(Ok(stream)) => {
-                        let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
-                        let name = match state.client_name(chain) {
-                            Ok(name) => name,
-                            Err(why) => {
-                                tracing::info!(%addr, reason = %why, "client certificate refused");
-                                return;
-                            }
-                        };
-                        let peer = TlsPeer {
-                            addr: Some(addr),
-                            name,
-                        };
-                        let connection = TlsConnection { stream, peer };
-                        let _ = tx.send(Ok(Guarded::new(connection, ticket))).await;
+                        if let Some(connection) = connection_of(stream, addr, &state) {
+                            let _ = tx.send(Ok(Guarded::new(connection, ticket))).await;
+                        }
                     }
                     Ok(Err(e)) => tracing::info!(%addr, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::info!(%addr, "TLS handshake timed out"),

@@ -828,7 +828,8 @@ fn refused_start(dir: &Path, config: &str) -> String {
     }
     command
         .env("INSPECTOR_KEYD_LISTEN__TCP", "127.0.0.1:0")
-        .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0");
+        .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0")
+        .env("INSPECTOR_KEYD_AWS_API__LISTEN", "127.0.0.1:0");
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stderr}");

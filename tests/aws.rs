@@ -503,7 +503,8 @@ fn serve_without(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", dir.path())
-        .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "");
+        .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "")
+        .env("INSPECTOR_KEYD_AWS_API__LISTEN", "");
     for (k, v) in env {
         command.env(k, v);
     }

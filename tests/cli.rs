@@ -667,6 +667,7 @@ fn serve_bounded(config: &str) -> (Option<i32>, String) {
         .arg(&path)
         .current_dir(dir.path())
         .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "")
+        .env("INSPECTOR_KEYD_AWS_API__LISTEN", "")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -30,10 +30,11 @@ fn files(dir: &Path, extension: Option<&str>) -> Vec<PathBuf> {
 #[test]
 fn every_kept_fuzz_input_runs_clean() {
     type EntryPoint = fn(&[u8]);
-    let targets: [(&str, EntryPoint); 3] = [
+    let targets: [(&str, EntryPoint); 4] = [
         ("policy", entry_points::policy),
         ("config", entry_points::config),
         ("requests", entry_points::requests),
+        ("aws_request", entry_points::aws_request),
     ];
     for (target, run) in targets {
         for file in files(&repo().join("fuzz/regressions").join(target), None) {
@@ -89,4 +90,52 @@ fn the_deploy_configs_pass_the_fuzz_checks() {
         }
     }
     assert!(configs >= 5);
+}
+
+/// The AWS-protocol door's fuzz checks on requests shaped as the SDKs send them: every
+/// operation, with and without query, headers and body.
+#[test]
+fn sdk_shaped_requests_pass_the_door_fuzz_checks() {
+    let cases: [(u8, &str, &str, &str); 6] = [
+        (
+            0,
+            "/encryptionkey/get?scanType=CODE&resourceType=AWS_LAMBDA_FUNCTION",
+            "content-type: application/json\nx-amz-user-agent: aws-sdk-rust",
+            "",
+        ),
+        (
+            1,
+            "/encryptionkey/update",
+            "content-type: application/json",
+            r#"{"kmsKeyId":"arn:aws:kms:us-east-1:111122223333:key/0f2b1f8e-7a3d-4f0c-9d5e-3c1b2a4d5e6f","scanType":"CODE","resourceType":"AWS_LAMBDA_FUNCTION"}"#,
+        ),
+        (
+            1,
+            "/encryptionkey/reset",
+            "content-type: application/json\nx-amz-content-sha256: 0",
+            r#"{"scanType":"CODE","resourceType":"CODE_REPOSITORY"}"#,
+        ),
+        (
+            2,
+            "/codesnippet/batchget",
+            "content-type: application/json\naccept: */*\naccept: text/plain",
+            r#"{"findingArns":["arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef"]}"#,
+        ),
+        (
+            2,
+            "/findings/list?a=%20b&a=c+d",
+            "x-custom:   spaced   value  ",
+            "{}",
+        ),
+        (3, "/tags/arn%3Aaws%3Ainspector2", "", ""),
+    ];
+    for (selector, target, headers, body) in cases {
+        let mut input = vec![selector];
+        input.extend(target.as_bytes());
+        input.push(0);
+        input.extend(headers.as_bytes());
+        input.push(0);
+        input.extend(body.as_bytes());
+        entry_points::aws_request(&input);
+    }
 }

@@ -1,6 +1,6 @@
 //! Logs at the most verbose level, through the real binary on both backends: whatever
 //! `RUST_LOG` or `log_level` asks for, no code snippet, session token, signature, bearer
-//! token or `Authorization` header reaches the log (the AWS SDK's and the HTTP stack's own
+//! token, AWS-protocol door secret or `Authorization` header reaches the log (the AWS SDK's and the HTTP stack's own
 //! logging is capped).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -94,7 +94,7 @@ async fn trace_logs_of_the_local_backend_hold_no_snippet_or_token() {
             .finding_arn;
         let token = sidecar.admin_token();
         let mut request = tonic::Request::new(proto::BatchGetCodeSnippetRequest {
-            finding_arns: vec![finding_arn],
+            finding_arns: vec![finding_arn.clone()],
         });
         request
             .metadata_mut()
@@ -112,9 +112,35 @@ async fn trace_logs_of_the_local_backend_hold_no_snippet_or_token() {
                 .content
                 .contains(&secret)
         );
+        // Through the AWS-protocol door, signed with the generated key pair; and a request
+        // whose signature is refused.
+        let key = sidecar.aws_key("inspector-keyd-admin");
+        let door = sidecar
+            .inspector(&key)
+            .batch_get_code_snippet()
+            .finding_arns(&finding_arn)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            door.code_snippet_results()[0].code_snippet()[0]
+                .content()
+                .contains(&secret)
+        );
+        let wrong = (key.0.clone(), "wrong-secret-0123456789".to_owned());
+        sidecar
+            .inspector(&wrong)
+            .get_encryption_key()
+            .scan_type(aws_sdk_inspector2::types::ScanType::Code)
+            .resource_type(aws_sdk_inspector2::types::ResourceType::AwsLambdaFunction)
+            .send()
+            .await
+            .unwrap_err();
         // Let the log pipe catch up with the calls.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_clean(&sidecar.log(), &[&secret, &token]);
+        let log = sidecar.log();
+        assert!(log.contains("its signature was not accepted"), "{log}");
+        assert_clean(&log, &[&secret, &token, &key.1]);
     }
 }
 

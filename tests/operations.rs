@@ -700,6 +700,7 @@ async fn a_taken_port_stops_the_start_naming_the_listener_and_address() {
         ("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "metrics"),
         ("INSPECTOR_KEYD_OPS__HEALTH_LISTEN", "health"),
         ("INSPECTOR_KEYD_LISTEN__TCP", "tcp"),
+        ("INSPECTOR_KEYD_AWS_API__LISTEN", "aws_api"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut command = std::process::Command::new(BIN);
@@ -710,6 +711,7 @@ async fn a_taken_port_stops_the_start_naming_the_listener_and_address() {
         let output = command
             .env("INSPECTOR_KEYD_LISTEN__TCP", "127.0.0.1:0")
             .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0")
+            .env("INSPECTOR_KEYD_AWS_API__LISTEN", "127.0.0.1:0")
             .env(setting, addr.to_string())
             .output()
             .unwrap();
@@ -736,6 +738,14 @@ async fn the_ready_file_lists_every_bound_address_until_shutdown() {
     assert_eq!(ready["health"], sidecar.health.unwrap().to_string());
     assert_eq!(ready["unix_socket"], sidecar.socket.to_str().unwrap());
     assert_eq!(ready["tls"], serde_json::Value::Null);
+    assert_eq!(ready["aws_api"], sidecar.aws_api.unwrap().to_string());
+    assert!(
+        sidecar
+            .log()
+            .contains(&format!(" aws_api={} ", sidecar.aws_api.unwrap())),
+        "the serving line names the door: {}",
+        sidecar.log()
+    );
     // What it names answers.
     assert_eq!(sidecar.http_get("/livez").0, 200);
     sidecar.signal("TERM");

@@ -1,4 +1,4 @@
-//! Runs the grpcurl and CLI examples of README.md and docs/ verbatim against one
+//! Runs the grpcurl, AWS CLI and CLI examples of README.md and docs/ verbatim against one
 //! `inspector-keyd serve` started with no configuration, and checks each prints what the
 //! document shows (key ids, dates and client ports aside).
 
@@ -122,13 +122,32 @@ fn readme_and_docs_examples_print_what_they_show() {
         grpcurl.parent().unwrap(),
         bin_dir
     );
-    // The examples name the default port; this sidecar listens on an ephemeral one.
+    // The examples name the default ports; this sidecar listens on ephemeral ones.
     let tcp = sidecar.tcp.to_string();
+    let aws_api = sidecar.aws_api.unwrap().to_string();
     for example in &examples {
-        let command = example.command.replace("127.0.0.1:50051", &tcp);
+        let command = example
+            .command
+            .replace("127.0.0.1:50051", &tcp)
+            .replace("127.0.0.1:50052", &aws_api);
         script.push_str(&format!("{command} 2>&1\necho {END}\n"));
     }
-    let output = Command::new("bash")
+    let mut command = Command::new("bash");
+    // The AWS CLI examples use the credentials file the sidecar wrote, and nothing of the
+    // machine's own AWS configuration.
+    for name in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+    ] {
+        command.env_remove(name);
+    }
+    let output = command
+        .env("AWS_CONFIG_FILE", "/nonexistent/inspector-keyd-readme")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .arg("-c")
         .arg(&script)
         .current_dir(sidecar.dir())

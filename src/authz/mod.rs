@@ -35,6 +35,16 @@ pub struct TlsPeer {
     pub name: Option<CertName>,
 }
 
+/// The caller of a request that came through the AWS-protocol door, left in its extensions
+/// by the door once its SigV4 signature was verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsPeer {
+    /// The access key id the request was signed with.
+    pub access_key_id: String,
+    /// The TCP peer that sent it.
+    pub addr: Option<SocketAddr>,
+}
+
 /// The authenticated caller of a request, left in its extensions for the handlers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -204,6 +214,11 @@ impl Authorizer {
 /// The connection's identity, from what the transport left in the request.
 fn connection_identity<B>(request: &http::Request<B>) -> Option<Identity> {
     let extensions = request.extensions();
+    if let Some(peer) = extensions.get::<AwsPeer>() {
+        return Some(Identity::AwsAccessKey {
+            access_key_id: peer.access_key_id.clone(),
+        });
+    }
     if let Some(peer) = extensions.get::<TlsPeer>() {
         return peer.name.clone().map(|name| Identity::Certificate { name });
     }

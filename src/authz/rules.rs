@@ -32,6 +32,9 @@ pub enum Identity {
     Certificate { name: CertName },
     /// A caller presenting a bearer token; only its hash is kept.
     Token { sha256: [u8; 32] },
+    /// A caller of the AWS-protocol door, by the access key id its SigV4 signature was
+    /// verified with.
+    AwsAccessKey { access_key_id: String },
 }
 
 impl fmt::Display for Identity {
@@ -58,6 +61,12 @@ impl fmt::Display for Identity {
             }
             // A prefix of the hash names the token in logs; the token itself never appears.
             Identity::Token { sha256 } => write!(f, "token:sha256:{}", hex(&sha256[..6])),
+            // The id is not a secret (the signature is what proves it); it is checked to be
+            // letters and digits before it gets here, and escaped all the same.
+            Identity::AwsAccessKey { access_key_id } => {
+                f.write_str("aws:")?;
+                write_escaped(f, access_key_id)
+            }
         }
     }
 }
@@ -86,6 +95,9 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     hash
 }
 
+/// The fields of a rule that say whom it matches.
+const MATCHERS: &str = "unix_uid, unix_gid, spiffe_id, spiffe_trust_domain, dns_name, common_name, token_sha256, aws_access_key_id";
+
 /// What a rule matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Matcher {
@@ -97,6 +109,7 @@ enum Matcher {
     DnsName(String),
     CommonName(String),
     TokenSha256([u8; 32]),
+    AwsAccessKeyId(String),
 }
 
 impl Matcher {
@@ -131,6 +144,9 @@ impl Matcher {
             (Matcher::TokenSha256(want), Identity::Token { sha256 }) => {
                 aws_lc_rs::constant_time::verify_slices_are_equal(want, sha256).is_ok()
             }
+            (Matcher::AwsAccessKeyId(want), Identity::AwsAccessKey { access_key_id }) => {
+                want == access_key_id
+            }
             _ => false,
         }
     }
@@ -148,6 +164,7 @@ struct RuleSpec {
     dns_name: Option<String>,
     common_name: Option<String>,
     token_sha256: Option<String>,
+    aws_access_key_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,10 +249,19 @@ fn rule(index: usize, spec: RuleSpec) -> Result<(Matcher, Role), String> {
         array.copy_from_slice(&bytes);
         matchers.push(Matcher::TokenSha256(array));
     }
+    if let Some(id) = &spec.aws_access_key_id {
+        if !crate::aws_api::credentials::is_access_key_id(id) {
+            return Err(at(format!(
+                "aws_access_key_id `{}` is not an access key id (16 to 128 letters and digits)",
+                id.escape_default()
+            )));
+        }
+        matchers.push(Matcher::AwsAccessKeyId(id.clone()));
+    }
     match matchers.len() {
         1 => Ok((matchers.remove(0), spec.role)),
-        0 => Err(at("give one of unix_uid, unix_gid, spiffe_id, spiffe_trust_domain, dns_name, common_name, token_sha256".into())),
-        _ => Err(at("give only one of unix_uid, unix_gid, spiffe_id, spiffe_trust_domain, dns_name, common_name, token_sha256".into())),
+        0 => Err(at(format!("give one of {MATCHERS}"))),
+        _ => Err(at(format!("give only one of {MATCHERS}"))),
     }
 }
 
@@ -285,6 +311,15 @@ impl Rules {
             ],
             loopback_anonymous,
         }
+    }
+
+    /// These rules, with the AWS-protocol door's generated key (`access_key_id`) admin too.
+    pub fn with_admin_access_key(mut self, access_key_id: &str) -> Rules {
+        self.rules.push((
+            Matcher::AwsAccessKeyId(access_key_id.to_owned()),
+            Role::Admin,
+        ));
+        self
     }
 
     /// The highest role any rule gives `identity`; `None` when no rule matches.
@@ -385,6 +420,9 @@ mod tests {
             [[rule]]
             role = "read-only"
             dns_name = "reader.internal"
+            [[rule]]
+            role = "code-reader"
+            aws_access_key_id = "KEYDTRIAGE00000000"
             "#,
             hex(&token_hash(token))
         ))
@@ -424,6 +462,18 @@ mod tests {
             }),
             Some(Role::ReadOnly)
         );
+        let aws = |id: &str| Identity::AwsAccessKey {
+            access_key_id: id.into(),
+        };
+        assert_eq!(
+            rules.role_of(&aws("KEYDTRIAGE00000000")),
+            Some(Role::CodeReader)
+        );
+        assert_eq!(rules.role_of(&aws("KEYDTRIAGE00000001")), None);
+        assert_eq!(
+            aws("KEYDTRIAGE00000000").to_string(),
+            "aws:KEYDTRIAGE00000000"
+        );
         assert_eq!(
             rules.role_of(&Identity::LoopbackPeer {
                 addr: "127.0.0.1:1".parse().unwrap()
@@ -455,6 +505,10 @@ mod tests {
             (
                 "[[rule]]\nrole = \"admin\"\nspiffe_id = \"example.org/x\"\n",
                 "not a SPIFFE ID",
+            ),
+            (
+                "[[rule]]\nrole = \"admin\"\naws_access_key_id = \"AKID/x\"\n",
+                "not an access key id",
             ),
             (
                 "[[rule]]\nrole = \"admin\"\nuid = 1\n",

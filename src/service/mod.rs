@@ -11,7 +11,7 @@ pub mod quota;
 pub mod validation;
 
 pub use code_snippets::LocalCodeScanningApi;
-pub use encryption_key::{EncryptionKeys, WatchLimits};
+pub use encryption_key::{CACHE_AGE_HEADER, CACHE_HEADER, EncryptionKeys, WatchLimits};
 pub use keycheck::KeyVerifier;
 pub use local_kms::LocalKmsApi;
 

@@ -44,6 +44,8 @@ pub struct Sidecar {
     pub metrics: Option<SocketAddr>,
     /// The gRPC health-only listener (`ops.health_listen`), when configured.
     pub health: Option<SocketAddr>,
+    /// The AWS-protocol door (`aws_api.listen`), when on.
+    pub aws_api: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     extra_config: String,
     env: Vec<(String, String)>,
@@ -72,8 +74,9 @@ impl Sidecar {
     }
 
     /// Starts `inspector-keyd serve` with no configuration file, as the README runs it, in a
-    /// temporary working directory; only the TCP and metrics ports are ephemeral (the
-    /// defaults, 127.0.0.1:50051 and 127.0.0.1:9464, may be taken on the machine).
+    /// temporary working directory; only the TCP, AWS-protocol and metrics ports are
+    /// ephemeral (the defaults, 127.0.0.1:50051, 127.0.0.1:50052 and 127.0.0.1:9464, may be
+    /// taken on the machine).
     pub fn start_default() -> Sidecar {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut command = Command::new(BIN);
@@ -82,6 +85,7 @@ impl Sidecar {
         let env = [
             ("INSPECTOR_KEYD_LISTEN__TCP", "127.0.0.1:0"),
             ("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0"),
+            ("INSPECTOR_KEYD_AWS_API__LISTEN", "127.0.0.1:0"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .to_vec();
@@ -105,14 +109,17 @@ impl Sidecar {
         .unwrap();
         let mut command = Command::new(BIN);
         command.args(["serve", "--config"]).arg(&config);
-        // An ephemeral port, so tests can run side by side; the test's own settings come
-        // after it, so one may override it.
-        let metrics = ("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0");
-        let env = std::iter::once((metrics.0.to_owned(), metrics.1.to_owned()))
-            .chain(
-                env.into_iter()
-                    .filter(|pair| *pair != (metrics.0.to_owned(), metrics.1.to_owned())),
-            )
+        // Ephemeral ports, so tests can run side by side; the test's own settings come
+        // after them, so one may override them.
+        let ephemeral = [
+            ("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0"),
+            ("INSPECTOR_KEYD_AWS_API__LISTEN", "127.0.0.1:0"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let env = ephemeral
+            .iter()
+            .cloned()
+            .chain(env.into_iter().filter(|pair| !ephemeral.contains(pair)))
             .collect::<Vec<_>>();
         Sidecar::spawn(command, dir, socket, extra_config, env)
     }
@@ -187,6 +194,7 @@ impl Sidecar {
             tls: address("tls"),
             metrics: address("metrics"),
             health: address("health"),
+            aws_api: address("aws_api"),
             log,
             extra_config,
             env,
@@ -337,6 +345,39 @@ impl Sidecar {
 }
 
 impl Sidecar {
+    /// The AWS-protocol door's URL.
+    pub fn aws_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.aws_api.expect("the AWS-protocol door is announced")
+        )
+    }
+
+    /// The AWS credentials file the sidecar wrote at first start.
+    pub fn aws_credentials_file(&self) -> PathBuf {
+        self.state_dir().join("aws-credentials")
+    }
+
+    /// The key pair of `profile` in the sidecar's AWS credentials file.
+    pub fn aws_key(&self, profile: &str) -> (String, String) {
+        aws_key_in(&self.aws_credentials_file(), profile)
+    }
+
+    /// An AWS SDK Inspector client of the door, signing with `key`, without retries.
+    pub fn inspector(&self, key: &(String, String)) -> aws_sdk_inspector2::Client {
+        use aws_sdk_inspector2::config::{
+            BehaviorVersion, Credentials, Region, retry::RetryConfig,
+        };
+        let config = aws_sdk_inspector2::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(&key.0, &key.1, None, None, "tests"))
+            .endpoint_url(self.aws_url())
+            .retry_config(RetryConfig::disabled())
+            .build();
+        aws_sdk_inspector2::Client::from_conf(config)
+    }
+
     /// Renders the key policy a profile needs (for the sidecar's defaults) through the API.
     pub async fn rendered_policy(&self, profile: &str) -> String {
         self.read_only_keys()
@@ -413,6 +454,24 @@ impl Sidecar {
     }
 }
 
+/// The key pair of `profile` in an AWS shared-credentials file.
+pub fn aws_key_in(file: &Path, profile: &str) -> (String, String) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let section = text
+        .split('[')
+        .find(|s| s.starts_with(&format!("{profile}]")))
+        .unwrap_or_else(|| panic!("no profile {profile} in {}", file.display()));
+    let value = |name: &str| {
+        section
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim_start().strip_prefix('='))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    (value("aws_access_key_id"), value("aws_secret_access_key"))
+}
+
 /// An [`App`](inspector_keyd::app::App) built in process on a temporary state directory,
 /// for tests that inject faults or timing through its hooks: the same configuration the
 /// binary gets from [`Sidecar::start_with`], with its addresses from the App itself.
@@ -431,8 +490,11 @@ impl InProcess {
             socket = dir.path().join("keyd.sock"),
         );
         // Only what this test says: no INSPECTOR_KEYD_* of the test process.
-        let env = [("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0")]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let env = [
+            ("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0"),
+            ("INSPECTOR_KEYD_AWS_API__LISTEN", "127.0.0.1:0"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let settings = inspector_keyd::config::Settings::parse(
             Some((&text, &dir.path().join("keyd.toml"))),
             env,

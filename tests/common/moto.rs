@@ -1,5 +1,7 @@
 //! A real KMS- and IAM-protocol server (moto) on a loopback port, for the aws backend's
-//! tests, AWS SDK clients pointed at it, and the log of the requests it served.
+//! tests, AWS SDK clients pointed at it, and the log of the requests it served. moto runs
+//! through `tests/python/moto_server.py`, which lets a test choose a key's id (see
+//! [`Moto::create_key_with_id`]).
 
 use std::{
     net::SocketAddr,
@@ -34,7 +36,10 @@ pub const AWS_TEST_ENV: &[(&str, &str)] = &[
 impl Moto {
     /// Starts moto (the test fails when it is not installed).
     pub fn start() -> Moto {
-        let bin = super::tool("KEYD_TEST_MOTO", ".tools/venv/bin/moto_server");
+        super::tool("KEYD_TEST_MOTO", ".tools/venv/bin/moto_server");
+        let python = super::tool("KEYD_TEST_PYTHON", ".tools/venv/bin/python");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/moto_server.py");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -42,8 +47,10 @@ impl Moto {
             .port();
         // The recorder logs every request (see `iam_requests`) into a file of its own.
         let recording = tempfile::tempdir().unwrap();
-        let child = Command::new(bin)
+        let child = Command::new(python)
+            .arg(script)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("MOTO_ENABLE_RECORDING", "true")
             .env("MOTO_RECORDER_FILEPATH", recording.path().join("requests"))
             .stdout(Stdio::null())
@@ -122,6 +129,11 @@ impl Moto {
 
     /// Creates a key in moto with `policy` (moto's default when `None`); its ARN.
     pub async fn create_key(&self, policy: Option<&str>) -> String {
+        self.create_key_with_id(policy, None).await
+    }
+
+    /// As [`Moto::create_key`], with the key id `id` when given.
+    pub async fn create_key_with_id(&self, policy: Option<&str>, id: Option<&str>) -> String {
         // moto leaves KeyUsage out of DescribeKey unless CreateKey named it (AWS always
         // reports it), so name it.
         let mut request = self
@@ -131,6 +143,15 @@ impl Moto {
             .key_spec(aws_sdk_kms::types::KeySpec::SymmetricDefault);
         if let Some(policy) = policy {
             request = request.policy(policy);
+        }
+        if let Some(id) = id {
+            request = request.tags(
+                aws_sdk_kms::types::Tag::builder()
+                    .tag_key("_custom_id_")
+                    .tag_value(id)
+                    .build()
+                    .unwrap(),
+            );
         }
         request
             .send()

@@ -1,0 +1,961 @@
+//! The AWS-protocol door against the real binary: the AWS SDK for Rust (aws-sdk-inspector2)
+//! round trips every operation and gets each modeled error; raw HTTP checks what an SDK
+//! never sends (no signature, a stale or foreign one, an oversized body, an operation not
+//! served); roles come from rules naming access keys; refusals and mutations are audited
+//! under the access key id; the credentials file is private and reloaded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use aws_sdk_inspector2::{
+    operation::{
+        get_encryption_key::GetEncryptionKeyError, update_encryption_key::UpdateEncryptionKeyError,
+    },
+    types::{ResourceType, ScanType, ValidationExceptionReason},
+};
+use common::*;
+use inspector_keyd::{aws_api::sigv4::sign_for_tests, proto};
+
+/// Key pairs of the credentials file the role tests write.
+pub const ADMIN: (&str, &str) = ("KEYDTESTADMIN00000", "admin-secret-0123456789abcdef");
+pub const READER: (&str, &str) = ("KEYDTESTREADER0000", "reader-secret-0123456789abcdef");
+
+fn owned(key: (&str, &str)) -> (String, String) {
+    (key.0.to_owned(), key.1.to_owned())
+}
+
+/// A sidecar whose door takes [`ADMIN`] (admin) and [`READER`] (read-only), from a
+/// credentials file and a rules file of the test's own; `extra` goes into its config, with
+/// `@FILES@` standing for the directory of those files.
+pub fn sidecar_with_roles(extra: &str) -> (tempfile::TempDir, Sidecar) {
+    let files = tempfile::tempdir().unwrap();
+    let credentials = files.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[admin]\naws_access_key_id = {}\naws_secret_access_key = {}\n\n[reader]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            ADMIN.0, ADMIN.1, READER.0, READER.1
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let rules = files.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[[rule]]\nrole = \"admin\"\nunix_uid = {}\n[[rule]]\nrole = \"admin\"\naws_access_key_id = \"{}\"\n[[rule]]\nrole = \"read-only\"\naws_access_key_id = \"{}\"\n",
+            rustix::process::getuid().as_raw(),
+            ADMIN.0,
+            READER.0
+        ),
+    )
+    .unwrap();
+    let audit = files.path().join("audit.jsonl");
+    let extra = extra.replace("@FILES@", files.path().to_str().unwrap());
+    let sidecar = Sidecar::start_with(&format!(
+        "{extra}[authz]\nrules_file = {rules:?}\naudit_file = {audit:?}\n[aws_api]\ncredentials_file = {credentials:?}\n"
+    ));
+    (files, sidecar)
+}
+
+fn audit_lines(files: &tempfile::TempDir) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(files.path().join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// One HTTP/1.1 request on a new connection: (status, headers, body).
+fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> (u16, http::HeaderMap, serde_json::Value) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    if !headers.contains_key("content-length") {
+        request.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut map = http::HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap();
+        map.append(
+            http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            value.trim().parse().unwrap(),
+        );
+    }
+    (status, map, serde_json::from_str(body).unwrap_or_default())
+}
+
+/// Headers of a request signed with `key` at `time`.
+fn signed(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    key: (&str, &str),
+    region: &str,
+    time: SystemTime,
+) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("host", addr.to_string().parse().unwrap());
+    headers.insert("content-type", "application/json".parse().unwrap());
+    sign_for_tests(method, path, &mut headers, body, key, region, time).unwrap();
+    headers
+}
+
+fn error_type(headers: &http::HeaderMap) -> &str {
+    headers["x-amzn-errortype"].to_str().unwrap()
+}
+
+#[tokio::test]
+async fn the_rust_sdk_round_trips_with_the_generated_admin_key() {
+    let sidecar = Sidecar::start();
+    let mode = std::fs::metadata(sidecar.aws_credentials_file())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the generated credentials are private");
+    let key = sidecar.aws_key("inspector-keyd-admin");
+    assert!(key.0.starts_with("KEYD"), "{key:?}");
+    let inspector = sidecar.inspector(&key);
+    let get = || {
+        inspector
+            .get_encryption_key()
+            .scan_type(ScanType::Code)
+            .resource_type(ResourceType::AwsLambdaFunction)
+            .send()
+    };
+
+    let error = get().await.unwrap_err().into_service_error();
+    assert!(
+        matches!(error, GetEncryptionKeyError::ResourceNotFoundException(_)),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("the AWS owned key is in use"),
+        "{error}"
+    );
+
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    inspector
+        .update_encryption_key()
+        .kms_key_id(&arn)
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get().await.unwrap().kms_key_id(), arn);
+    // The same answer over gRPC: one service behind both doors.
+    assert_eq!(sidecar.read_lambda_key().await.unwrap(), arn);
+
+    // An alias: ValidationException with the field, and nothing changed.
+    let error = inspector
+        .update_encryption_key()
+        .kms_key_id("alias/inspector")
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    let UpdateEncryptionKeyError::ValidationException(validation) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(
+        validation.reason(),
+        &ValidationExceptionReason::FieldValidationFailed
+    );
+    assert_eq!(validation.fields()[0].name(), "kmsKeyId");
+    assert!(validation.fields()[0].message().contains("is an alias"));
+    assert_eq!(get().await.unwrap().kms_key_id(), arn);
+
+    // An unsupported pair names the supported ones.
+    let error = inspector
+        .reset_encryption_key()
+        .scan_type(ScanType::Package)
+        .resource_type(ResourceType::AwsEc2Instance)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(error.is_validation_exception(), "{error:?}");
+    assert!(
+        error.to_string().contains("CODE + AWS_LAMBDA_FUNCTION"),
+        "{error}"
+    );
+
+    inspector
+        .reset_encryption_key()
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        get()
+            .await
+            .unwrap_err()
+            .into_service_error()
+            .is_resource_not_found_exception()
+    );
+
+    let finding =
+        "arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef";
+    let answer = inspector
+        .batch_get_code_snippet()
+        .finding_arns(finding)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.code_snippet_results().is_empty());
+    let error = &answer.errors()[0];
+    assert_eq!(error.finding_arn(), finding);
+    assert_eq!(error.error_code().as_str(), "CODE_SNIPPET_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn roles_come_from_rules_naming_access_keys_and_calls_are_audited_by_key() {
+    let (files, sidecar) = sidecar_with_roles("");
+    let reader = sidecar.inspector(&owned(READER));
+    let admin = sidecar.inspector(&owned(ADMIN));
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let update = |client: &aws_sdk_inspector2::Client| {
+        client
+            .update_encryption_key()
+            .kms_key_id(&arn)
+            .scan_type(ScanType::Code)
+            .resource_type(ResourceType::AwsLambdaFunction)
+            .send()
+    };
+    let error = update(&reader).await.unwrap_err().into_service_error();
+    assert!(error.is_access_denied_exception(), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("caller `aws:{}` does not have it", READER.0)),
+        "{error}"
+    );
+    assert_eq!(
+        sidecar.read_lambda_key().await.unwrap_err().code(),
+        tonic::Code::NotFound,
+        "nothing changed"
+    );
+    update(&admin).await.unwrap();
+    let read = reader
+        .get_encryption_key()
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.kms_key_id(), arn);
+    // Code snippets need code-reader, which the reader key does not have.
+    let error = reader
+        .batch_get_code_snippet()
+        .finding_arns(
+            "arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef",
+        )
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(error.is_access_denied_exception(), "{error:?}");
+
+    // The audit lines name the access key as the identity presented.
+    let lines = audit_lines(&files);
+    let update_lines: Vec<_> = lines
+        .iter()
+        .filter(|l| l["rpc"] == "/inspectorkeyd.v1.EncryptionKeyService/UpdateEncryptionKey")
+        .collect();
+    assert_eq!(update_lines.len(), 2, "{lines:?}");
+    assert_eq!(update_lines[0]["caller"], format!("aws:{}", READER.0));
+    assert_eq!(update_lines[0]["decision"], "denied");
+    assert_eq!(update_lines[0]["code"], "PERMISSION_DENIED");
+    assert_eq!(update_lines[1]["caller"], format!("aws:{}", ADMIN.0));
+    assert_eq!(update_lines[1]["decision"], "allowed");
+    assert_eq!(update_lines[1]["key_arn"], arn.as_str());
+    assert_eq!(update_lines[1]["role"], "admin");
+    // The request id of the answer is the audit line's.
+    let output = admin
+        .reset_encryption_key()
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .unwrap();
+    let request_id = aws_sdk_inspector2::operation::RequestId::request_id(&output)
+        .unwrap()
+        .to_owned();
+    assert!(
+        audit_lines(&files)
+            .iter()
+            .any(|l| l["request_id"] == request_id.as_str() && l["code"] == "OK"),
+        "{request_id}"
+    );
+}
+
+#[tokio::test]
+async fn requests_without_a_good_signature_are_refused_with_aws_codes_and_audited() {
+    let (files, sidecar) = sidecar_with_roles("");
+    let addr = sidecar.aws_api.unwrap();
+    let body = br#"{"scanType":"CODE","resourceType":"AWS_LAMBDA_FUNCTION"}"#;
+    let reset = "/encryptionkey/reset";
+    let now = SystemTime::now();
+    let cases: Vec<(&str, http::HeaderMap, &str, &str)> = vec![
+        (
+            "unsigned",
+            {
+                let mut h = http::HeaderMap::new();
+                h.insert("host", addr.to_string().parse().unwrap());
+                h
+            },
+            "MissingAuthenticationTokenException",
+            "Missing Authentication Token",
+        ),
+        (
+            "unknown key",
+            signed(
+                addr,
+                "PUT",
+                reset,
+                body,
+                ("KEYDNOBODY00000000", ADMIN.1),
+                "us-east-1",
+                now,
+            ),
+            "UnrecognizedClientException",
+            "not known to this sidecar",
+        ),
+        (
+            "wrong secret",
+            signed(
+                addr,
+                "PUT",
+                reset,
+                body,
+                (ADMIN.0, "wrong-secret-0123456789"),
+                "us-east-1",
+                now,
+            ),
+            "InvalidSignatureException",
+            "does not match the signature you provided",
+        ),
+        (
+            "skewed clock",
+            signed(
+                addr,
+                "PUT",
+                reset,
+                body,
+                ADMIN,
+                "us-east-1",
+                now - Duration::from_secs(16 * 60),
+            ),
+            "InvalidSignatureException",
+            "Signature expired",
+        ),
+        (
+            "another Region",
+            signed(addr, "PUT", reset, body, ADMIN, "eu-west-1", now),
+            "InvalidSignatureException",
+            "this sidecar serves `us-east-1`",
+        ),
+    ];
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+    for (case, headers, code, message) in &cases {
+        let (status, answer_headers, answer) = raw(addr, "PUT", reset, headers, body);
+        assert_eq!(status, 403, "{case}: {answer}");
+        assert_eq!(error_type(&answer_headers), *code, "{case}");
+        assert!(answer_headers.contains_key("x-amzn-requestid"), "{case}");
+        let text = answer["message"].as_str().unwrap();
+        assert!(text.contains(message), "{case}: {text}");
+        assert!(!text.contains(ADMIN.1), "{case}: the secret in {text}");
+    }
+    // Nothing was reset.
+    assert_eq!(sidecar.read_lambda_key().await.unwrap(), arn);
+    // A body that differs from the one signed.
+    let headers = signed(addr, "PUT", reset, body, ADMIN, "us-east-1", now);
+    let (status, answer_headers, _) = raw(
+        addr,
+        "PUT",
+        reset,
+        &headers,
+        br#"{"scanType":"CODE","resourceType":"CODE_REPOSITORY"}"#,
+    );
+    assert_eq!(
+        (status, error_type(&answer_headers)),
+        (403, "InvalidSignatureException")
+    );
+    // The same request, signed right, goes through.
+    let (status, _, answer) = raw(addr, "PUT", reset, &headers, body);
+    assert_eq!((status, answer), (200, serde_json::json!({})));
+    assert_eq!(
+        sidecar.read_lambda_key().await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+
+    // Each refusal is audited as the operation asked for, under the key it claimed.
+    let refused: Vec<_> = audit_lines(&files)
+        .into_iter()
+        .filter(|l| l["code"] == "UNAUTHENTICATED")
+        .collect();
+    assert_eq!(refused.len(), cases.len() + 1, "{refused:?}");
+    assert!(refused.iter().all(|l| l["decision"] == "denied"
+        && l["rpc"] == "/inspectorkeyd.v1.EncryptionKeyService/ResetEncryptionKey"));
+    assert_eq!(refused[0]["caller"], "unknown");
+    assert_eq!(refused[1]["caller"], "aws:KEYDNOBODY00000000");
+    assert_eq!(refused[2]["caller"], format!("aws:{}", ADMIN.0));
+    let metrics = sidecar.scrape_metrics();
+    assert_eq!(
+        sample(
+            &metrics,
+            "inspector_keyd_authz_decisions",
+            "_total",
+            &[
+                ("rpc", "ResetEncryptionKey"),
+                ("role", "none"),
+                ("decision", "deny")
+            ]
+        ),
+        Some((cases.len() + 1) as f64),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn what_is_not_served_or_too_large_is_named() {
+    let (_files, sidecar) = sidecar_with_roles("[ops]\nmax_request_bytes = 4096\n");
+    let addr = sidecar.aws_api.unwrap();
+    let now = SystemTime::now();
+    let list = "/findings/list";
+    let headers = signed(addr, "POST", list, b"{}", ADMIN, "us-east-1", now);
+    let (status, answer_headers, answer) = raw(addr, "POST", list, &headers, b"{}");
+    assert_eq!(
+        (status, error_type(&answer_headers)),
+        (404, "UnknownOperationException")
+    );
+    assert!(
+        answer["message"].as_str().unwrap().starts_with(
+            "ListFindings is an Amazon Inspector operation this sidecar does not serve"
+        ),
+        "{answer}"
+    );
+
+    let big = vec![b' '; 8192];
+    let update = "/encryptionkey/update";
+    let headers = signed(addr, "PUT", update, &big, ADMIN, "us-east-1", now);
+    let (status, answer_headers, answer) = raw(addr, "PUT", update, &headers, &big);
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(
+        error_type(&answer_headers),
+        "RequestEntityTooLargeException"
+    );
+    assert!(
+        answer["message"].as_str().unwrap().contains("4096 bytes"),
+        "{answer}"
+    );
+
+    // A body that is not JSON: ValidationException CANNOT_PARSE, before the service.
+    let headers = signed(addr, "PUT", update, b"{", ADMIN, "us-east-1", now);
+    let (status, answer_headers, answer) = raw(addr, "PUT", update, &headers, b"{");
+    assert_eq!(
+        (status, error_type(&answer_headers)),
+        (400, "ValidationException")
+    );
+    assert_eq!(answer["reason"], "CANNOT_PARSE");
+}
+
+#[tokio::test]
+async fn shed_and_over_quota_calls_are_throttling_with_retry_after() {
+    let (_files, sidecar) =
+        sidecar_with_roles("[ops]\nuncached_calls_per_minute = 1\nuncached_burst = 1\n");
+    let admin = sidecar.inspector(&owned(ADMIN));
+    let finding =
+        "arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef";
+    admin
+        .batch_get_code_snippet()
+        .finding_arns(finding)
+        .send()
+        .await
+        .unwrap();
+    let error = admin
+        .batch_get_code_snippet()
+        .finding_arns(finding)
+        .send()
+        .await
+        .unwrap_err();
+    let raw_response = error.raw_response().unwrap();
+    assert_eq!(raw_response.status().as_u16(), 429);
+    let retry_after: u64 = raw_response
+        .headers()
+        .get("retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let error = error.into_service_error();
+    let aws_sdk_inspector2::operation::batch_get_code_snippet::BatchGetCodeSnippetError::ThrottlingException(throttling) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(
+        throttling.retry_after_seconds(),
+        Some(i32::try_from(retry_after).unwrap())
+    );
+}
+
+#[tokio::test]
+async fn the_credentials_file_is_private_and_reloaded() {
+    let (files, sidecar) = sidecar_with_roles("");
+    let path = files.path().join("credentials");
+    let reader = sidecar.inspector(&owned(READER));
+    let get = || {
+        reader
+            .get_encryption_key()
+            .scan_type(ScanType::Code)
+            .resource_type(ResourceType::AwsLambdaFunction)
+            .send()
+    };
+    assert!(
+        get()
+            .await
+            .unwrap_err()
+            .into_service_error()
+            .is_resource_not_found_exception()
+    );
+    // Readable by others: refused, the keys in force stay.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sidecar
+                .log()
+                .contains("new AWS-protocol door credentials refused")
+        })
+        .await,
+        "{}",
+        sidecar.log()
+    );
+    assert!(sidecar.log().contains("may be read by others"));
+    assert!(
+        get()
+            .await
+            .unwrap_err()
+            .into_service_error()
+            .is_resource_not_found_exception()
+    );
+    // A new secret for the reader, in a private file: the old one stops working.
+    write_private(
+        &path,
+        &format!(
+            "[admin]\naws_access_key_id = {}\naws_secret_access_key = {}\n[reader]\naws_access_key_id = {}\naws_secret_access_key = rotated-secret-0123456789\n",
+            ADMIN.0, ADMIN.1, READER.0
+        ),
+    );
+    let rotated = eventually(Duration::from_secs(10), || async {
+        get().await.err().is_some_and(|e| {
+            e.raw_response()
+                .and_then(|r| r.headers().get("x-amzn-errortype"))
+                == Some("InvalidSignatureException")
+        })
+    })
+    .await;
+    assert!(rotated, "{}", sidecar.log());
+    let rotated_reader =
+        sidecar.inspector(&(READER.0.to_owned(), "rotated-secret-0123456789".to_owned()));
+    assert!(
+        rotated_reader
+            .get_encryption_key()
+            .scan_type(ScanType::Code)
+            .resource_type(ResourceType::AwsLambdaFunction)
+            .send()
+            .await
+            .unwrap_err()
+            .into_service_error()
+            .is_resource_not_found_exception()
+    );
+}
+
+fn write_private(path: &Path, text: &str) {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text).unwrap();
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&partial, path).unwrap();
+}
+
+#[test]
+fn a_door_off_loopback_without_tls_or_a_world_readable_credentials_file_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[a]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            ADMIN.0, ADMIN.1
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (env, expected) in [
+        (
+            vec![("INSPECTOR_KEYD_AWS_API__LISTEN", "0.0.0.0:0")],
+            "`aws_api.listen` `0.0.0.0:0` is not a loopback address",
+        ),
+        (
+            vec![
+                ("INSPECTOR_KEYD_AWS_API__LISTEN", "127.0.0.1:0"),
+                (
+                    "INSPECTOR_KEYD_AWS_API__CREDENTIALS_FILE",
+                    credentials.to_str().unwrap(),
+                ),
+            ],
+            "may be read by others (mode 0644)",
+        ),
+    ] {
+        let mut command = std::process::Command::new(BIN);
+        command.arg("serve").current_dir(dir.path());
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("INSPECTOR_KEYD_")) {
+            command.env_remove(name);
+        }
+        let output = command
+            .env("INSPECTOR_KEYD_LISTEN__TCP", "127.0.0.1:0")
+            .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "")
+            .envs(env)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(output.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains(ADMIN.1), "{stderr}");
+    }
+}
+
+/// Runs `tests/python/aws_door.py` with `args` against the sidecar's door, with the test's
+/// credentials file and no other AWS configuration: its stdout.
+fn run_aws_door_script(sidecar: &Sidecar, files: &tempfile::TempDir, args: &[&str]) -> String {
+    let python = tool("KEYD_TEST_PYTHON", ".tools/venv/bin/python");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = aws_process(&python, &files.path().join("credentials"), files.path())
+        .arg(root.join("tests/python/aws_door.py"))
+        .arg(sidecar.aws_url())
+        .arg(files.path().join("credentials"))
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        sidecar.log()
+    );
+    stdout
+}
+
+/// `program` as an AWS CLI or SDK process: the credentials file, no other AWS
+/// configuration or instance metadata (nothing leaves loopback), a home of its own.
+fn aws_process(program: &Path, credentials: &Path, home: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    for name in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+    ] {
+        command.env_remove(name);
+    }
+    command
+        .env("AWS_SHARED_CREDENTIALS_FILE", credentials)
+        .env("AWS_CONFIG_FILE", "/nonexistent/inspector-keyd-test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("HOME", home);
+    command
+}
+
+/// boto3 builds every request from AWS's service model and parses every answer into its
+/// modeled exception classes: Get with nothing set, Update then Get, an alias and a disabled
+/// key (nothing changed), the snippet of a recorded finding, a read-only key's Update,
+/// throttling, Reset, a wrong secret, a skewed clock, an unsigned request, an operation not
+/// served, and a backend that is down.
+#[tokio::test]
+async fn boto3_drives_every_operation_and_parses_every_error() {
+    let (files, sidecar) = sidecar_with_roles(
+        "[ops]\nuncached_calls_per_minute = 1\nuncached_burst = 1\n[cache]\nkey_ttl = \"10ms\"\naws_owned_ttl = \"10ms\"\nmax_stale = \"0s\"\n[local]\nfault_file = \"@FILES@/faults.toml\"\n",
+    );
+    let good_key = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let disabled_key = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    sidecar
+        .kms()
+        .await
+        .disable_key(proto::DisableKeyRequest {
+            key_id: disabled_key.clone(),
+        })
+        .await
+        .unwrap();
+    let finding =
+        "arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef";
+    inspector_keyd::proto::local_code_scanning_service_client::LocalCodeScanningServiceClient::new(
+        sidecar.unix_channel().await,
+    )
+    .record_code_finding(proto::RecordCodeFindingRequest {
+        resource_type: LAMBDA,
+        finding: Some(proto::CodeSnippetResult {
+            finding_arn: finding.into(),
+            start_line: 12,
+            end_line: 13,
+            code_snippet: vec![
+                proto::CodeLine {
+                    content: "def handler(event, context):".into(),
+                    line_number: 12,
+                },
+                proto::CodeLine {
+                    content: "    return eval(event[\"q\"])".into(),
+                    line_number: 13,
+                },
+            ],
+            suggested_fixes: vec![proto::SuggestedFix {
+                description: "Do not eval input.".into(),
+                code: "return int(event[\"q\"])".into(),
+            }],
+        }),
+    })
+    .await
+    .unwrap();
+    let cases = serde_json::json!({
+        "good_key": good_key,
+        "disabled_key": disabled_key,
+        "finding": {"arn": finding, "expected": {
+            "findingArn": finding, "startLine": 12, "endLine": 13,
+            "codeSnippet": [
+                {"content": "def handler(event, context):", "lineNumber": 12},
+                {"content": "    return eval(event[\"q\"])", "lineNumber": 13},
+            ],
+            "suggestedFixes": [{"description": "Do not eval input.", "code": "return int(event[\"q\"])"}],
+        }},
+    });
+    let cases_file = files.path().join("cases.json");
+    std::fs::write(&cases_file, cases.to_string()).unwrap();
+    let stdout = run_aws_door_script(&sidecar, &files, &[cases_file.to_str().unwrap()]);
+    assert!(stdout.contains("aws door flow: ok"), "{stdout}");
+    // What boto3 did is what the gRPC API sees: reset, and the disabled key never set.
+    assert_eq!(
+        sidecar.read_lambda_key().await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+
+    // The backend down, nothing cached: InternalServerException.
+    std::fs::write(
+        files.path().join("faults.toml"),
+        "[reads]\nerror = \"unavailable\"\n",
+    )
+    .unwrap();
+    let stdout = run_aws_door_script(&sidecar, &files, &["--backend-down"]);
+    assert!(stdout.contains("aws door backend down: ok"), "{stdout}");
+}
+
+/// The AWS CLI (v1, botocore) against a sidecar started with no configuration, with the
+/// key pair it wrote at first start.
+#[tokio::test]
+async fn the_aws_cli_works_with_the_generated_credentials() {
+    let sidecar = Sidecar::start();
+    let home = tempfile::tempdir().unwrap();
+    let aws = tool("KEYD_TEST_AWS_CLI", ".tools/venv/bin/aws");
+    let run = |args: &[&str]| {
+        let output = aws_process(&aws, &sidecar.aws_credentials_file(), home.path())
+            .arg("--endpoint-url")
+            .arg(sidecar.aws_url())
+            .args(["inspector2"])
+            .args(args)
+            .env("AWS_PROFILE", "inspector-keyd-admin")
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let target = [
+        "--scan-type",
+        "CODE",
+        "--resource-type",
+        "AWS_LAMBDA_FUNCTION",
+    ];
+    let get: Vec<&str> = ["get-encryption-key"]
+        .iter()
+        .chain(&target)
+        .copied()
+        .collect();
+    let (code, _, stderr) = run(&get);
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(
+        stderr.contains("An error occurred (ResourceNotFoundException) when calling the GetEncryptionKey operation: no customer managed key is set"),
+        "{stderr}"
+    );
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let update: Vec<&str> = ["update-encryption-key", "--kms-key-id", &arn]
+        .iter()
+        .chain(&target)
+        .copied()
+        .collect();
+    let (code, _, stderr) = run(&update);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, stderr) = run(&get);
+    assert_eq!(code, Some(0), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(printed, serde_json::json!({"kmsKeyId": arn}));
+    let alias: Vec<&str> = ["update-encryption-key", "--kms-key-id", "alias/x"]
+        .iter()
+        .chain(&target)
+        .copied()
+        .collect();
+    let (code, _, stderr) = run(&alias);
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(stderr.contains("(ValidationException)"), "{stderr}");
+    let reset: Vec<&str> = ["reset-encryption-key"]
+        .iter()
+        .chain(&target)
+        .copied()
+        .collect();
+    let (code, _, stderr) = run(&reset);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(run(&get).0, Some(255));
+    let (code, stdout, stderr) = run(&[
+        "batch-get-code-snippet",
+        "--finding-arns",
+        "arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(printed["errors"][0]["errorCode"], "CODE_SNIPPET_NOT_FOUND");
+}
+
+/// The door's table of Inspector operations is the service model's (botocore's, as boto3
+/// installs it), and the four it serves have the model's methods and paths.
+#[test]
+fn the_operation_table_is_the_service_model() {
+    use inspector_keyd::aws_api::protocol::{INSPECTOR2_OPERATIONS, Operation};
+    let python = tool("KEYD_TEST_PYTHON", ".tools/venv/bin/python");
+    let output = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import botocore.session, json; m = botocore.session.get_session().get_service_model('inspector2'); print(json.dumps(sorted([m.operation_model(n).http['method'], m.operation_model(n).http['requestUri'], n] for n in m.operation_names)))",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let model: Vec<(String, String, String)> = serde_json::from_slice(&output.stdout).unwrap();
+    let mut table: Vec<(String, String, String)> = INSPECTOR2_OPERATIONS
+        .iter()
+        .map(|(m, p, n)| ((*m).to_owned(), (*p).to_owned(), (*n).to_owned()))
+        .collect();
+    table.sort();
+    let mut model_sorted = model.clone();
+    model_sorted.sort();
+    assert_eq!(table, model_sorted);
+    for operation in Operation::ALL {
+        let (method, path) = operation.http();
+        assert!(
+            model.contains(&(
+                method.to_owned(),
+                path.to_owned(),
+                operation.name().to_owned()
+            )),
+            "{operation:?}"
+        );
+    }
+}
+
+/// With the `[tls]` listener configured, the door speaks TLS with its certificate (HTTP/1.1,
+/// no client certificate asked: callers are known by their signatures), and plaintext is
+/// not answered.
+#[tokio::test]
+async fn with_the_tls_listener_the_door_speaks_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::pki::Ca::new("door-ca");
+    let ca_file = ca.write(dir.path(), "ca");
+    let server = ca.server(dir.path(), "server");
+    let sidecar = Sidecar::start_with(&format!(
+        "[tls]\nlisten = \"127.0.0.1:0\"\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_files = [{ca_file:?}]\n",
+        server.cert, server.key
+    ));
+    let port = sidecar.aws_api.unwrap().port();
+    let python = tool("KEYD_TEST_PYTHON", ".tools/venv/bin/python");
+    let script = "import boto3, sys\nc = boto3.client('inspector2', endpoint_url=sys.argv[1], verify=sys.argv[2])\ntry:\n    c.get_encryption_key(scanType='CODE', resourceType='AWS_LAMBDA_FUNCTION')\nexcept c.exceptions.ResourceNotFoundException as e:\n    print('not found over tls:', e.response['Error']['Message'])\n";
+    let output = aws_process(&python, &sidecar.aws_credentials_file(), dir.path())
+        .env("AWS_PROFILE", "inspector-keyd-admin")
+        .args(["-c", script])
+        .arg(format!("https://localhost:{port}"))
+        .arg(&ca_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("not found over tls: no customer managed key is set"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Plaintext HTTP gets no answer: the connection is closed during the handshake.
+    let mut stream = std::net::TcpStream::connect(sidecar.aws_api.unwrap()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /encryptionkey/get HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
