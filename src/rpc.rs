@@ -182,9 +182,11 @@ where
 /// The gRPC code of a response: from its headers when the status came without a body
 /// (every error), else OK (a unary success sends its status in the trailers).
 pub fn grpc_code<B>(response: &http::Response<B>) -> tonic::Code {
+    // Parsed at compile time: a lookup by `&str` parses and hashes the name.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     response
         .headers()
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map_or(tonic::Code::Ok, tonic::Code::from_i32)
