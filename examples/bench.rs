@@ -112,18 +112,25 @@ fn main() {
 
 // ---------------------------------------------------------------- servers (child processes)
 
-/// A bare tonic server: GetEncryptionKey answers a constant, no layers.
-struct Constant;
+/// A bare tonic server: GetEncryptionKey looks the key up in a moka cache, no layers, no
+/// validation, no metadata.
+struct Bare {
+    keys: moka::sync::Cache<(i32, i32), Arc<str>>,
+}
 
 #[tonic::async_trait]
-impl EncryptionKeyService for Constant {
+impl EncryptionKeyService for Bare {
     async fn get_encryption_key(
         &self,
-        _: tonic::Request<proto::GetEncryptionKeyRequest>,
+        request: tonic::Request<proto::GetEncryptionKeyRequest>,
     ) -> Result<tonic::Response<proto::GetEncryptionKeyResponse>, tonic::Status> {
-        Ok(tonic::Response::new(proto::GetEncryptionKeyResponse {
-            kms_key_id: KEY.into(),
-        }))
+        let r = request.get_ref();
+        match self.keys.get(&(r.scan_type, r.resource_type)) {
+            Some(key) => Ok(tonic::Response::new(proto::GetEncryptionKeyResponse {
+                kms_key_id: key.to_string(),
+            })),
+            None => Err(tonic::Status::not_found("the AWS owned key is in use")),
+        }
     }
     async fn update_encryption_key(
         &self,
@@ -176,8 +183,11 @@ fn tls_files(dir: &Path) -> inspector_keyd::config::TlsFiles {
 }
 
 async fn baseline(dir: PathBuf) {
-    let router =
-        tonic::transport::Server::builder().add_service(EncryptionKeyServiceServer::new(Constant));
+    let keys = moka::sync::Cache::new(16);
+    let target = request();
+    keys.insert((target.scan_type, target.resource_type), Arc::from(KEY));
+    let router = tonic::transport::Server::builder()
+        .add_service(EncryptionKeyServiceServer::new(Bare { keys }));
     let socket = dir.join("baseline.sock");
     let unix = tokio::net::UnixListener::bind(&socket).unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

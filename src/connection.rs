@@ -373,10 +373,24 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     }
 }
 
-/// Caps the answers the kernel holds unsent for a TCP connection (TCP_NOTSENT_LOWAT): a
-/// write waits once that much is queued, which is what lets the stall clock start.
-pub fn limit_unsent(stream: &TcpStream, limits: &ConnectionsConfig) {
+/// How long a TCP connection may be idle before the kernel probes the peer, how often it
+/// probes, and how many unanswered probes close it: a peer that vanished (its host gone, a
+/// cable pulled) is let go after about 80 s of silence. The kernel does this, so it costs a
+/// call nothing; HTTP/2 pings would have the server note the time of every frame it reads.
+const TCP_KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(60))
+    .with_interval(Duration::from_secs(10))
+    .with_retries(2);
+
+/// Options of every accepted TCP connection (plaintext or TLS): no Nagle delay, TCP
+/// keepalive, and the answers the kernel holds unsent capped (TCP_NOTSENT_LOWAT): a write
+/// waits once that much is queued, which is what lets the stall clock start.
+pub fn tune_tcp(stream: &TcpStream, limits: &ConnectionsConfig) {
+    let _ = stream.set_nodelay(true);
     let socket = socket2::SockRef::from(stream);
+    if let Err(e) = socket.set_tcp_keepalive(&TCP_KEEPALIVE) {
+        tracing::warn!(error = %e, "cannot turn on TCP keepalive for a connection");
+    }
     if let Err(e) = socket.set_tcp_notsent_lowat(limits.max_unsent_bytes) {
         tracing::warn!(error = %e, "cannot limit the unsent bytes of a connection");
     }
@@ -451,8 +465,7 @@ pub trait TcpOptions {
 
 impl TcpOptions for TcpStream {
     fn set_options(&self, limits: &ConnectionsConfig) {
-        let _ = self.set_nodelay(true);
-        limit_unsent(self, limits);
+        tune_tcp(self, limits);
     }
 }
 

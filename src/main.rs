@@ -62,10 +62,16 @@ fn init_logs(settings: &Settings, log_format: Option<String>) {
     // user's: in an EnvFilter the most specific directive wins (a user's
     // `aws_smithy_runtime::client=trace` beats an added `aws_smithy_runtime=info`), and a span
     // directive (`[rpc]=trace`) enables every event inside its spans, the SDK's included.
-    let cap = WIRE_LOG_TARGETS.iter().fold(
-        Targets::new().with_default(LevelFilter::TRACE),
-        |cap, target| cap.with_target(*target, WIRE_LOG_CAP),
-    );
+    // Elsewhere it lets through what the filter does, and no more: its default is the
+    // filter's own most verbose level, which is also the process's, so below it every
+    // `trace!` and `debug!` of the HTTP stack (dozens a request) is skipped by one comparison
+    // instead of asking the subscriber.
+    let most_verbose = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let cap = WIRE_LOG_TARGETS
+        .iter()
+        .fold(Targets::new().with_default(most_verbose), |cap, target| {
+            cap.with_target(*target, WIRE_LOG_CAP)
+        });
     let shown = filter.to_string();
     let format = match log_format.as_deref() {
         Some("json") => LogFormat::Json,

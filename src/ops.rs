@@ -4,25 +4,26 @@
 //! deadline, the shorter of the configured one and the caller's `grpc-timeout`.
 
 use std::{
+    cell::Cell,
     future::Future,
     pin::Pin,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use tokio::{sync::Semaphore, time::Sleep};
+use tokio::time::Sleep;
 use tonic::body::Body;
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 use crate::{
     metrics::Metrics,
-    rpc::{self, REQUEST_ID_HEADER, RequestId, answer_after_request, grpc_code, rpc_span},
+    rpc::{self, REQUEST_ID, answer_after_request, grpc_code, rpc_span},
 };
 
 /// Limits of the layer.
@@ -34,42 +35,74 @@ pub struct OpsLimits {
     pub rpc_timeout: Duration,
 }
 
-/// Header names parsed at compile time: a lookup by `&str` parses and hashes the name.
-const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+/// Parsed at compile time: a lookup by `&str` parses and hashes the name.
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-/// The caller's `x-request-id` when it is a sensible token, else a new id.
-fn request_id<B>(request: &http::Request<B>) -> String {
-    request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(new_request_id, str::to_owned)
+/// The call's request id: the caller's `x-request-id` when it is a sensible token, else a
+/// new one, which then replaces whatever the caller sent, so that every layer and handler
+/// reads the call's id from its metadata ([`rpc::request_id`]).
+fn request_id<B>(request: &mut http::Request<B>) -> HeaderValue {
+    let callers = request.headers().get(&REQUEST_ID).filter(|v| {
+        let v = v.as_bytes();
+        !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)
+    });
+    if let Some(id) = callers {
+        return id.clone();
+    }
+    let id = new_request_id();
+    request.headers_mut().insert(REQUEST_ID, id.clone());
+    id
 }
 
 /// A new request id, shaped as a version-4 UUID: the first four groups are drawn at random
 /// once per process and the last group (48 bits) counts up from a random start, so ids are
-/// unique without a random draw (a system call) per request.
-fn new_request_id() -> String {
-    static PREFIX_AND_START: OnceLock<(String, u64)> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// unique without a random draw (a system call) per request. Each thread takes its numbers
+/// in blocks, so the cores do not share a counter they would both write on every call. One
+/// allocation holds the id, which the request and the answer then share.
+fn new_request_id() -> HeaderValue {
+    static PREFIX_AND_START: OnceLock<([u8; 24], u64)> = OnceLock::new();
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+    const BLOCK: u64 = 1 << 12;
+    thread_local! {
+        /// This thread's next number and the end of its block.
+        static NUMBERS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
     let (prefix, start) = PREFIX_AND_START.get_or_init(|| {
         let random = uuid::Uuid::new_v4().as_u128();
         let text = uuid::Uuid::from_u128(random).hyphenated().to_string();
         // "xxxxxxxx-xxxx-4xxx-yxxx-" and the node group as the counter's start.
-        (text[..24].to_owned(), (random as u64) & NODE_MASK)
+        let mut prefix = [0; 24];
+        prefix.copy_from_slice(&text.as_bytes()[..24]);
+        (prefix, (random as u64) & NODE_MASK)
     });
-    let node = start.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed)) & NODE_MASK;
+    let number = NUMBERS.with(|numbers| {
+        let (mut next, mut end) = numbers.get();
+        if next == end {
+            next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+            end = next + BLOCK;
+        }
+        numbers.set((next + 1, end));
+        next
+    });
+    let node = start.wrapping_add(number) & NODE_MASK;
+    let mut id = RequestIdBytes([0; 36]);
+    id.0[..24].copy_from_slice(prefix);
     // Twelve hex digits by hand: `format!` costs several times as much on this path.
-    let mut id = String::with_capacity(prefix.len() + 12);
-    id.push_str(prefix);
-    id.extend(
-        (0..12)
-            .rev()
-            .map(|digit| HEX[((node >> (digit * 4)) & 0xf) as usize] as char),
-    );
-    id
+    for (digit, byte) in id.0[24..].iter_mut().rev().enumerate() {
+        *byte = HEX[((node >> (digit * 4)) & 0xf) as usize];
+    }
+    let value = HeaderValue::from_maybe_shared(Bytes::from_owner(id));
+    // Only hex digits and dashes: always a valid header value.
+    value.unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A generated request id's text, owned by the `Bytes` the request and the answer share.
+struct RequestIdBytes([u8; 36]);
+
+impl AsRef<[u8]> for RequestIdBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -93,33 +126,6 @@ fn grpc_timeout<B>(request: &http::Request<B>) -> Option<Duration> {
     })
 }
 
-/// Adds the request id to the answer; the id's own bytes become the header's (no copy).
-fn with_request_id(mut response: http::Response<Body>, id: String) -> http::Response<Body> {
-    if let Ok(mut value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(id)) {
-        // A value that never repeats: HPACK should not index it (indexing it would push the
-        // headers that do repeat out of the connection's table).
-        value.set_sensitive(true);
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
-    response
-}
-
-/// `call` bounded by `deadline` (`None`: it ran out). The timer is made only if the call
-/// does not answer at its first poll: a cached read answers at once, and a timer per call
-/// (made, registered and cancelled) costs more than the read itself.
-async fn within_deadline<F: Future>(call: F, deadline: tokio::time::Instant) -> Option<F::Output> {
-    let mut call = std::pin::pin!(call);
-    let mut timer: Option<Pin<Box<Sleep>>> = None;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(output) = call.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
-}
-
 /// The layer; cloned for every call (by tonic, with the service it wraps), so what it
 /// holds sits behind one `Arc`: each clone and drop is a write to a count that every core
 /// shares.
@@ -129,7 +135,9 @@ pub struct OpsLayer(Arc<OpsShared>);
 struct OpsShared {
     metrics: Metrics,
     limits: OpsLimits,
-    permits: Arc<Semaphore>,
+    /// Calls being served that count against `max_concurrent_rpcs`. A count rather than a
+    /// semaphore: nothing ever waits for a place, and giving one back takes no lock.
+    in_flight: AtomicUsize,
     shed_log: ShedLog,
 }
 
@@ -167,7 +175,7 @@ impl OpsLayer {
         OpsLayer(Arc::new(OpsShared {
             metrics,
             limits,
-            permits: Arc::new(Semaphore::new(limits.max_concurrent_rpcs.max(1))),
+            in_flight: AtomicUsize::new(0),
             shed_log: ShedLog::default(),
         }))
     }
@@ -199,101 +207,189 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
+    type Future = OpsFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let call = RpcCall {
-            started: Instant::now(),
+        let started = Instant::now();
+        let id = request_id(&mut request);
+        let mut call = RpcCall {
+            started,
             // A clone of the URI shares its bytes: no copy of the path per call.
             uri: request.uri().clone(),
-            id: request_id(&request),
-            metrics: self.layer.0.metrics.clone(),
+            id,
+            shared: self.layer.0.clone(),
+            counted: false,
         };
         let method = rpc::method(call.uri.path());
         // The cached read opens no span: a read answered from the cache logs nothing, and
         // building a span costs about a microsecond, a tenth of the call. Whatever logs for
         // such a call (a refusal, a load, a deadline) opens it first with `rpc_span_of`.
         let span = (!method.is_some_and(|m| m.access.cached_read)).then(|| call.span());
-        request.extensions_mut().insert(RequestId(call.id.clone()));
 
         // Public calls (probes, reflection) are never shed.
-        let permit = if rpc::role_needed(method).is_some() {
-            match self.layer.0.permits.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    self.layer.0.metrics.count_shed();
-                    if let Some(shed) = self.layer.0.shed_log.count() {
-                        let _entered = span.unwrap_or_else(|| call.span()).entered();
-                        tracing::warn!(shed, "overloaded: calls shed");
-                    }
-                    let status = tonic::Status::from(crate::status::Overloaded);
-                    let body = request.into_body();
-                    return Box::pin(async move {
-                        Ok(call.finish(answer_after_request(body, status.into_http()).await))
-                    });
+        if rpc::role_needed(method).is_some() {
+            let shared = &self.layer.0;
+            let before = shared.in_flight.fetch_add(1, Ordering::Acquire);
+            call.counted = true;
+            if before >= shared.limits.max_concurrent_rpcs.max(1) {
+                shared.metrics.count_shed();
+                if let Some(shed) = shared.shed_log.count() {
+                    let _entered = span.unwrap_or_else(|| call.span()).entered();
+                    tracing::warn!(shed, "overloaded: calls shed");
                 }
+                // Gives its place back now: the answer only waits for the request.
+                call.release();
+                let status = tonic::Status::from(crate::status::Overloaded);
+                let body = request.into_body();
+                return OpsFuture::Shed {
+                    answer: Box::pin(answer_after_request(body, status.into_http())),
+                    call: Some(call),
+                };
             }
-        } else {
-            None
-        };
+        }
         let deadline = grpc_timeout(&request).map_or(self.layer.0.limits.rpc_timeout, |t| {
             t.min(self.layer.0.limits.rpc_timeout)
         });
-        let spanless = span.is_none();
-        let started = call.started;
         // Called now, on the instance poll_ready readied (inside the span, as what it logs
-        // must be); the answer is awaited below.
+        // must be); the answer is awaited by the future.
         let answer = {
             let _entered = span.as_ref().map(tracing::Span::enter);
             self.inner.call(request)
         };
-        Box::pin(
-            async move {
-                let ends = tokio::time::Instant::from_std(started) + deadline;
-                let result = match within_deadline(answer, ends).await {
-                    Some(result) => result,
-                    None => {
-                        let _entered = spanless.then(|| call.span().entered());
+        OpsFuture::Serving {
+            answer,
+            deadline,
+            timer: None,
+            span,
+            call: Some(call),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's answer as the layer awaits it, named rather than boxed: the future of every
+    /// call would otherwise be an allocation of its own.
+    #[project = OpsFutureProjection]
+    pub enum OpsFuture<F> {
+        Serving {
+            #[pin]
+            answer: F,
+            deadline: Duration,
+            // Made only if the call does not answer at its first poll: a cached read
+            // answers at once, and a timer per call (made, registered and cancelled) costs
+            // more than the read itself.
+            timer: Option<Pin<Box<Sleep>>>,
+            // The call's span; `None` for a cached read.
+            span: Option<tracing::Span>,
+            call: Option<RpcCall>,
+        },
+        Shed {
+            answer: Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>,
+            call: Option<RpcCall>,
+        },
+    }
+}
+
+impl<F, E> Future for OpsFuture<F>
+where
+    F: Future<Output = Result<http::Response<Body>, E>>,
+{
+    type Output = Result<http::Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            OpsFutureProjection::Serving {
+                answer,
+                deadline,
+                timer,
+                span,
+                call,
+            } => {
+                let _entered = span.as_ref().map(tracing::Span::enter);
+                let result = match answer.poll(cx) {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => {
+                        let started = call.as_ref().map_or_else(Instant::now, |c| c.started);
+                        let ends = tokio::time::Instant::from_std(started) + *deadline;
+                        let timer =
+                            timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(ends)));
+                        if timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        let _entered = match (span.is_none(), call.as_ref()) {
+                            (true, Some(call)) => Some(call.span().entered()),
+                            _ => None,
+                        };
                         tracing::warn!(?deadline, "deadline exceeded");
                         Ok(
-                            tonic::Status::from(crate::status::DeadlineExceeded(deadline))
+                            tonic::Status::from(crate::status::DeadlineExceeded(*deadline))
                                 .into_http(),
                         )
                     }
                 };
-                drop(permit);
-                result.map(|response| call.finish(response))
+                Poll::Ready(match call.take() {
+                    Some(call) => result.map(|response| call.finish(response)),
+                    None => result,
+                })
             }
-            .instrument(span.unwrap_or_else(tracing::Span::none)),
-        )
+            OpsFutureProjection::Shed { answer, call } => {
+                let response = std::task::ready!(answer.as_mut().poll(cx));
+                Poll::Ready(Ok(match call.take() {
+                    Some(call) => call.finish(response),
+                    None => response,
+                }))
+            }
+        }
     }
 }
 
 /// What the layer keeps of a call until it answers.
-struct RpcCall {
+pub struct RpcCall {
     started: Instant,
     uri: http::Uri,
-    id: String,
-    metrics: Metrics,
+    id: HeaderValue,
+    shared: Arc<OpsShared>,
+    /// Holds one of the `max_concurrent_rpcs` places until it answers or is dropped.
+    counted: bool,
 }
 
 impl RpcCall {
     fn span(&self) -> tracing::Span {
-        rpc_span(&self.id, self.uri.path())
+        rpc_span(self.id.to_str().unwrap_or(""), self.uri.path())
+    }
+
+    fn release(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.shared.in_flight.fetch_sub(1, Ordering::Release);
+        }
     }
 
     /// Counts the answer and adds the request id to it.
-    fn finish(self, response: http::Response<Body>) -> http::Response<Body> {
+    fn finish(mut self, mut response: http::Response<Body>) -> http::Response<Body> {
+        self.release();
         let code = grpc_code(&response);
-        self.metrics
-            .observe_rpc(self.uri.path(), code, self.started.elapsed().as_secs_f64());
-        with_request_id(response, self.id)
+        self.shared.metrics.observe_rpc(
+            self.uri.path(),
+            code,
+            self.started.elapsed().as_secs_f64(),
+        );
+        let mut id = std::mem::replace(&mut self.id, HeaderValue::from_static(""));
+        // A value that never repeats: HPACK should not index it (indexing it would push the
+        // headers that do repeat out of the connection's table).
+        id.set_sensitive(true);
+        response.headers_mut().insert(REQUEST_ID, id);
+        response
+    }
+}
+
+impl Drop for RpcCall {
+    /// A call dropped before it answered (cancelled by its caller) gives its place back.
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -341,15 +437,29 @@ mod tests {
 
     #[test]
     fn request_ids() {
-        assert_eq!(
-            request_id(&with_header(REQUEST_ID_HEADER, "abc-123")),
-            "abc-123"
-        );
-        let generated = request_id(&with_header(REQUEST_ID_HEADER, "has space"));
-        let parsed = uuid::Uuid::parse_str(&generated).unwrap();
+        let mut given = with_header(rpc::REQUEST_ID_HEADER, "abc-123");
+        assert_eq!(request_id(&mut given), "abc-123");
+        assert_eq!(rpc::request_id(given.headers()), "abc-123");
+        let mut unusable = with_header(rpc::REQUEST_ID_HEADER, "has space");
+        let generated = request_id(&mut unusable);
+        let generated = generated.to_str().unwrap();
+        // The new id replaces the caller's, so the handlers read the call's id.
+        assert_eq!(rpc::request_id(unusable.headers()), generated);
+        let parsed = uuid::Uuid::parse_str(generated).unwrap();
         assert_eq!(parsed.get_version_num(), 4);
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
-        assert_eq!(ids.len(), 1000, "ids repeat");
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| new_request_id().to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 10_000, "ids repeat");
         assert!(ids.iter().all(|id| id[..24] == generated[..24]));
+        // Other threads take other blocks of numbers.
+        let other: Vec<String> = std::thread::spawn(|| {
+            (0..10)
+                .map(|_| new_request_id().to_str().unwrap().to_owned())
+                .collect()
+        })
+        .join()
+        .unwrap();
+        assert!(other.iter().all(|id| !ids.contains(id)));
     }
 }

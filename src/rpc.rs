@@ -124,9 +124,17 @@ pub fn role_needed(method: Option<&Method>) -> Option<Role> {
 /// Metadata carrying the request id, in requests and responses.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The request id of a call, left in its extensions by the outermost layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
+/// [`REQUEST_ID_HEADER`] parsed at compile time: a lookup by `&str` parses and hashes it.
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
+
+/// The request id of a call: its `x-request-id`, which the outermost layer has made the
+/// caller's when that is a sensible token and a new one otherwise ("" before that layer).
+pub fn request_id(headers: &http::HeaderMap) -> &str {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or("")
+}
 
 /// The span every log line of an RPC is written in.
 pub fn rpc_span(request_id: &str, method: &str) -> tracing::Span {
@@ -134,17 +142,13 @@ pub fn rpc_span(request_id: &str, method: &str) -> tracing::Span {
 }
 
 /// The RPC's span from inside the call: the current one, or, for a cached read the outer
-/// layer left without one, a new one from the request id it recorded.
+/// layer left without one, a new one from the request's id.
 pub fn rpc_span_of<B>(request: &http::Request<B>) -> tracing::Span {
     let current = tracing::Span::current();
     if !current.is_none() {
         return current;
     }
-    let id = request
-        .extensions()
-        .get::<RequestId>()
-        .map_or("", |id| id.0.as_str());
-    rpc_span(id, request.uri().path())
+    rpc_span(request_id(request.headers()), request.uri().path())
 }
 
 /// Reads what the caller sent (up to 64 KiB, for at most 100 ms) before `response` goes out.
@@ -178,9 +182,11 @@ where
 /// The gRPC code of a response: from its headers when the status came without a body
 /// (every error), else OK (a unary success sends its status in the trailers).
 pub fn grpc_code<B>(response: &http::Response<B>) -> tonic::Code {
+    // Parsed at compile time: a lookup by `&str` parses and hashes the name.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     response
         .headers()
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map_or(tonic::Code::Ok, tonic::Code::from_i32)

@@ -148,21 +148,15 @@ pub(crate) async fn reload_loop(
     }
 }
 
-/// HTTP/2 limits for every listener: streams per connection (tonic leaves it unlimited),
-/// keepalive pings so that connections to peers that vanished are closed, and a maximum
-/// connection age. The limits on connections themselves are in `connection`.
+/// HTTP/2 limits for every listener: streams per connection (tonic leaves it unlimited) and
+/// a maximum connection age. The limits on connections themselves, and the TCP keepalive
+/// that closes connections to peers that vanished, are in `connection`.
 pub(crate) fn hardened(server: Server, config: &Config) -> Server {
     server
         .max_concurrent_streams(config.ops.max_streams_per_connection)
         .max_connection_age(config.connections.max_age)
         .max_connection_age_grace(config.connections.max_age_grace)
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
 }
-
-/// How often an idle connection is pinged, and how long the peer has to answer.
-const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
-const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Binds a TCP listener (`kind` names it in errors) and says where it listens.
 pub(crate) async fn bind_tcp(

@@ -30,7 +30,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::{
     authz::{CertName, TlsPeer},
-    connection::{Admission, Guarded, Refusal, limit_unsent},
+    connection::{Admission, Guarded, Refusal, tune_tcp},
 };
 
 use crate::config::TlsFiles;
@@ -452,8 +452,7 @@ fn accept(
                 admission.refused(Refusal::HandshakesFull, Some(addr.ip()));
                 continue;
             };
-            let _ = tcp.set_nodelay(true);
-            limit_unsent(&tcp, &limits);
+            tune_tcp(&tcp, &limits);
             let state = tls.state();
             let acceptor = TlsAcceptor::from(config_of(&state));
             let tx = tx.clone();

@@ -6,6 +6,7 @@
 pub mod rules;
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{Arc, PoisonError, RwLock},
     task::{Context, Poll},
@@ -23,7 +24,7 @@ pub use rules::{CertName, Identity, Role, Rules, RulesError};
 use crate::{
     audit::{AuditLog, AuditRecord, AuditSubject},
     metrics::Metrics,
-    rpc::{self, RequestId, code_name, required_role},
+    rpc::{self, code_name, required_role},
 };
 
 /// The peer of a TLS connection, left in each request's extensions by the TLS transport.
@@ -45,7 +46,7 @@ pub struct AwsPeer {
     pub addr: Option<SocketAddr>,
 }
 
-/// The authenticated caller of a request, left in its extensions for the handlers.
+/// The authenticated caller of a request and the role the rules give it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub identity: Identity,
@@ -236,7 +237,7 @@ fn connection_identity<B>(request: &http::Request<B>) -> Option<Identity> {
 }
 
 /// Writes the audit line of one call when finished, or as `cancelled` if dropped first.
-struct AuditGuard {
+pub struct AuditGuard {
     log: AuditLog,
     record: Option<AuditRecord>,
     subject: AuditSubject,
@@ -315,53 +316,30 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
+    type Future = AuthzFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        // A clone of the URI shares its bytes: no copy of the path per call.
-        let uri = request.uri().clone();
-        let path = uri.path();
+        let path = request.uri().path();
+        let method = rpc::method(path);
         let connection = connection_identity(&request);
         let bearer = Bearer::from_header(request.headers().get(http::header::AUTHORIZATION));
         let decision = self
             .shared
             .authorizer
             .decide(path, connection.clone(), bearer);
-        let caller = match &decision {
-            Ok(Some(caller)) => Some(caller.clone()),
-            Ok(None) => None,
-            // The role the caller has (not enough), for the audit line and the metrics; a
-            // refused token has none, whatever connection carried it.
-            Err(_) => match bearer {
-                Bearer::Absent => connection.clone().map(|identity| Caller {
-                    role: self.shared.authorizer.role_of(&identity),
-                    identity,
-                }),
-                Bearer::Malformed | Bearer::Token(_) => None,
+        // The role the caller has (not enough, when refused), for the audit line and the
+        // metrics; a refused token has none, whatever connection carried it.
+        let role = match &decision {
+            Ok(admitted) => admitted.as_ref().and_then(|c| c.role),
+            Err(_) => match (bearer, &connection) {
+                (Bearer::Absent, Some(identity)) => self.shared.authorizer.role_of(identity),
+                _ => None,
             },
         };
-        let role = caller.as_ref().and_then(|c| c.role);
-        let method = rpc::method(path);
-        // What the service checks itself once it knows what the call is about.
-        if let (Ok(Some(caller)), Some(access)) = (&decision, method.map(|m| m.access))
-            && (access.secret_bearing || access.stored_key_role.is_some())
-        {
-            request.extensions_mut().insert(rpc::CallerContext {
-                role: caller.role,
-                caller: caller.identity.to_string(),
-                quota_key: match &caller.identity {
-                    Identity::LoopbackPeer { addr } => format!("tcp:{}", addr.ip()),
-                    identity => identity.to_string(),
-                },
-                stored_key_role: access.stored_key_role,
-            });
-        }
         if rpc::role_needed(method).is_some() {
             self.shared
                 .metrics
@@ -370,41 +348,36 @@ where
         // Mutations, secret-bearing reads, calls of paths not served and refusals are
         // audited; other reads pay nothing for it.
         let audited = method.is_none_or(|m| m.access.mutation || m.access.secret_bearing);
-        let mut guard = (audited || decision.is_err()).then(|| {
-            let request_id = request
-                .extensions()
-                .get::<RequestId>()
-                .map_or_else(String::new, |r| r.0.clone());
-            let guard = AuditGuard {
-                log: self.shared.audit.clone(),
-                record: Some(AuditRecord {
-                    time: time::OffsetDateTime::now_utc()
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default(),
-                    request_id,
-                    caller: match bearer {
-                        Bearer::Token(sha256) => Identity::Token { sha256 }.to_string(),
-                        Bearer::Malformed => "malformed-token".to_owned(),
-                        Bearer::Absent => connection
-                            .as_ref()
-                            .map_or_else(|| "unknown".to_owned(), Identity::to_string),
-                    },
-                    connection: connection.as_ref().map(Identity::to_string),
-                    role: role.map(|r| r.to_string()),
-                    rpc: path.to_owned(),
-                    key_arn: None,
-                    scan_type: None,
-                    resource_type: None,
-                    decision: "allowed",
-                    code: String::new(),
-                    latency_ms: 0.0,
-                }),
-                subject: AuditSubject::default(),
-                started: Instant::now(),
-            };
-            request.extensions_mut().insert(guard.subject.clone());
-            guard
+        let mut guard = (audited || decision.is_err()).then(|| AuditGuard {
+            log: self.shared.audit.clone(),
+            record: Some(AuditRecord {
+                time: time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                request_id: rpc::request_id(request.headers()).to_owned(),
+                caller: match bearer {
+                    Bearer::Token(sha256) => Identity::Token { sha256 }.to_string(),
+                    Bearer::Malformed => "malformed-token".to_owned(),
+                    Bearer::Absent => connection
+                        .as_ref()
+                        .map_or_else(|| "unknown".to_owned(), Identity::to_string),
+                },
+                connection: connection.as_ref().map(Identity::to_string),
+                role: role.map(|r| r.to_string()),
+                rpc: path.to_owned(),
+                key_arn: None,
+                scan_type: None,
+                resource_type: None,
+                decision: "allowed",
+                code: String::new(),
+                latency_ms: 0.0,
+            }),
+            subject: AuditSubject::default(),
+            started: Instant::now(),
         });
+        if let Some(guard) = &guard {
+            request.extensions_mut().insert(guard.subject.clone());
+        }
         match decision {
             Err(error) => {
                 let _entered = rpc::rpc_span_of(&request).entered();
@@ -414,27 +387,72 @@ where
                     guard.finish("denied", status.code());
                 }
                 let body = request.into_body();
-                Box::pin(
-                    async move { Ok(rpc::answer_after_request(body, status.into_http()).await) },
-                )
+                AuthzFuture::Refused {
+                    answer: Box::pin(rpc::answer_after_request(body, status.into_http())),
+                }
             }
             Ok(admitted) => {
-                if let Some(admitted) = admitted {
-                    request.extensions_mut().insert(admitted);
+                // What the service checks itself once it knows what the call is about.
+                if let (Some(caller), Some(access)) = (admitted, method.map(|m| m.access))
+                    && (access.secret_bearing || access.stored_key_role.is_some())
+                {
+                    request.extensions_mut().insert(rpc::CallerContext {
+                        role: caller.role,
+                        quota_key: match &caller.identity {
+                            Identity::LoopbackPeer { addr } => format!("tcp:{}", addr.ip()),
+                            identity => identity.to_string(),
+                        },
+                        caller: caller.identity.to_string(),
+                        stored_key_role: access.stored_key_role,
+                    });
                 }
-                // Called now, on the instance poll_ready readied; the answer is awaited below.
-                let answer = self.inner.call(request);
-                Box::pin(async move {
-                    let result = answer.await;
-                    if let Some(guard) = &mut guard {
-                        let code = result
-                            .as_ref()
-                            .map_or(tonic::Code::Internal, rpc::grpc_code);
-                        guard.finish("allowed", code);
-                    }
-                    result
-                })
+                // Called now, on the instance poll_ready readied; the answer is awaited by
+                // the future.
+                AuthzFuture::Admitted {
+                    answer: self.inner.call(request),
+                    guard,
+                }
             }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's answer as the layer awaits it, named rather than boxed: the future of every
+    /// call would otherwise be an allocation of its own.
+    #[project = AuthzFutureProjection]
+    pub enum AuthzFuture<F> {
+        Admitted {
+            #[pin]
+            answer: F,
+            // The audit line, for audited calls.
+            guard: Option<AuditGuard>,
+        },
+        Refused {
+            answer: std::pin::Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>,
+        },
+    }
+}
+
+impl<F, E> Future for AuthzFuture<F>
+where
+    F: Future<Output = Result<http::Response<Body>, E>>,
+{
+    type Output = Result<http::Response<Body>, E>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AuthzFutureProjection::Admitted { answer, guard } => {
+                let result = std::task::ready!(answer.poll(cx));
+                if let Some(guard) = guard {
+                    let code = result
+                        .as_ref()
+                        .map_or(tonic::Code::Internal, rpc::grpc_code);
+                    guard.finish("allowed", code);
+                }
+                Poll::Ready(result)
+            }
+            AuthzFutureProjection::Refused { answer } => answer.as_mut().poll(cx).map(Ok),
         }
     }
 }

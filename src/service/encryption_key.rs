@@ -131,10 +131,7 @@ impl EncryptionKeys {
         if let Some(hit) = self.cache.get_fresh(target).await {
             return Ok((target, hit));
         }
-        let request_id = request
-            .extensions()
-            .get::<rpc::RequestId>()
-            .map_or("", |id| id.0.as_str());
+        let request_id = rpc::request_id(request.metadata().as_ref());
         async {
             let loaded = self.cache.load(target).await.map_err(ServiceError::from)?;
             Ok((target, loaded))
