@@ -447,6 +447,7 @@ impl From<Finding> for proto::Finding {
                 column: l.column,
             }),
             fix: finding.fix,
+            requests: finding.requests,
         }
     }
 }

@@ -5,6 +5,7 @@ use super::{
     Finding, Location, Severity,
     condition::{Operator, SetQualifier},
     json::{self, Json, LineIndex, Value},
+    variables::has_variables,
 };
 use crate::domain::{is_account_id, is_partition};
 
@@ -87,6 +88,11 @@ pub struct Condition {
     /// The key as written (names are matched case-insensitively).
     pub key: String,
     pub values: Vec<String>,
+    /// Whether the values hold policy variables IAM substitutes (a 2012-10-17 document,
+    /// a string or ARN operator).
+    pub variables: bool,
+    /// Where the key is written.
+    pub location: Location,
 }
 
 /// A statement that parsed completely; broken statements are reported, not evaluated.
@@ -97,6 +103,8 @@ pub struct Statement {
     pub principal: PrincipalElement,
     pub actions: Names,
     pub resources: Names,
+    /// Whether the resources hold policy variables IAM substitutes (2012-10-17 documents).
+    pub resource_variables: bool,
     pub conditions: Vec<Condition>,
     pub location: Location,
 }
@@ -185,6 +193,7 @@ pub fn analyze(document: Document<'_>) -> (Option<Policy>, Vec<Finding>) {
         document,
         index,
         findings: Vec::new(),
+        variables: false,
     };
     let policy = analysis.run();
     (policy, analysis.findings)
@@ -194,6 +203,8 @@ struct Analysis<'a> {
     document: Document<'a>,
     index: LineIndex<'a>,
     findings: Vec<Finding>,
+    /// Whether the document's version substitutes policy variables (only 2012-10-17 does).
+    variables: bool,
 }
 
 impl Analysis<'_> {
@@ -225,6 +236,7 @@ impl Analysis<'_> {
             sid: None,
             location: Some(location),
             fix: None,
+            requests: Vec::new(),
         });
         let last = self.findings.len() - 1;
         &mut self.findings[last]
@@ -287,7 +299,7 @@ impl Analysis<'_> {
                 .fix = Some("add \"Version\": \"2012-10-17\"".into());
             }
             Some(version) => match version.as_str() {
-                Some("2012-10-17") => {}
+                Some("2012-10-17") => self.variables = true,
                 Some("2008-10-17") => {
                     self.report(
                         "POLICY_OLD_VERSION",
@@ -528,12 +540,17 @@ impl Analysis<'_> {
         else {
             return None;
         };
+        let resource_variables = self.variables
+            && match &resources {
+                Names::Only(r) | Names::AllExcept(r) => r.iter().any(|r| has_variables(r)),
+            };
         Some(Statement {
             sid,
             effect,
             principal,
             actions,
             resources,
+            resource_variables,
             conditions,
             location: self.location(path, json.offset),
         })
@@ -759,10 +776,15 @@ impl Analysis<'_> {
                     key_path,
                     key.offset,
                 );
+                let variables = self.variables
+                    && operator.substitutes_variables()
+                    && values.iter().any(|v| has_variables(v));
                 conditions.push(Condition {
                     operator,
                     key: key.name.clone(),
                     values,
+                    variables,
+                    location: self.location(&key_path(), key.offset),
                 });
             }
         }
