@@ -311,7 +311,7 @@ fn severity_level(severity: Severity) -> Level<'static> {
 }
 
 /// The byte range of the value or member name that starts at `offset` in `text`: a string
-/// with its quotes, or the rest of the line for anything else.
+/// with its quotes, a number or literal, or else the one character there.
 fn span_at(text: &str, offset: usize) -> std::ops::Range<usize> {
     let rest = text.get(offset..).unwrap_or_default();
     let length = if rest.starts_with('"') {
@@ -325,7 +325,9 @@ fn span_at(text: &str, offset: usize) -> std::ops::Range<usize> {
             })
             .map_or(rest.len(), |(i, _)| i + 1)
     } else {
-        rest.find('\n').unwrap_or(rest.len()).max(1)
+        rest.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '+' | '.')))
+            .unwrap_or(rest.len())
+            .max(rest.chars().next().map_or(0, char::len_utf8))
     };
     offset..(offset + length).min(text.len())
 }

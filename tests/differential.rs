@@ -569,6 +569,10 @@ fn mutate(rng: &mut Rng, case: &mut Case) -> String {
             let Some((op, key)) = (!entries.is_empty()).then(|| rng.pick(&entries).clone()) else {
                 return "own variable (none)".into();
             };
+            if op.contains("Null") {
+                // Null takes true or false, never a variable.
+                return "own variable (skipped)".into();
+            }
             let value = match key.to_ascii_lowercase().as_str() {
                 "aws:sourceaccount" => "${aws:ResourceAccount}",
                 "kms:viaservice" => "inspector2.${aws:RequestedRegion}.amazonaws.com",

@@ -74,6 +74,16 @@ impl Finding {
         }
     }
 
+    /// The message followed by the requests the finding is about, for a single line such
+    /// as a gRPC error's description.
+    pub fn message_with_requests(&self) -> String {
+        if self.requests.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.message, self.requests.join("; "))
+        }
+    }
+
     pub fn with_fix(mut self, fix: impl Into<String>) -> Finding {
         self.fix = Some(fix.into());
         self
@@ -447,9 +457,31 @@ fn unknown_key_findings(
     identity: Option<&[policy::Policy]>,
     findings: &mut Vec<Finding>,
 ) {
+    // The condition keys the policies use, once each; most policies use none the requests
+    // lack, and then no statement needs a second look.
+    let mut keys: Vec<&str> = Vec::new();
+    for statement in key_policy
+        .statements
+        .iter()
+        .chain(identity.into_iter().flatten().flat_map(|p| &p.statements))
+    {
+        for condition in &statement.conditions {
+            if !keys.iter().any(|k| k.eq_ignore_ascii_case(&condition.key)) {
+                keys.push(&condition.key);
+            }
+        }
+    }
     let mut unknown: Groups<String> = Groups::new();
     for required in &requirements.required {
         let request = &required.request;
+        let unknown_here: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| profile::unknown_key(request, k))
+            .collect();
+        if unknown_here.is_empty() {
+            continue;
+        }
         let key_statements = key_policy
             .statements
             .iter()
@@ -466,7 +498,10 @@ fn unknown_key_findings(
                 continue;
             }
             for condition in &statement.conditions {
-                if !profile::unknown_key(request, &condition.key) {
+                if !unknown_here
+                    .iter()
+                    .any(|k| k.eq_ignore_ascii_case(&condition.key))
+                {
                     continue;
                 }
                 let key = condition.key.to_ascii_lowercase();

@@ -158,7 +158,9 @@ const SINGLE_VALUED_KEYS: &[&str] = &[
 ];
 
 pub fn is_multi_valued(key: &str) -> bool {
-    MULTI_VALUED_KEYS.contains(&key.to_ascii_lowercase().as_str())
+    MULTI_VALUED_KEYS
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(key))
 }
 
 fn is_single_valued(key: &str) -> bool {
