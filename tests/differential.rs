@@ -724,7 +724,8 @@ fn never(condition: &policy::Condition) -> policy::Condition {
         key: "x:never-present".into(),
         values: vec!["false".into()],
         variables: false,
-        location: condition.location.clone(),
+        line: condition.line,
+        column: condition.column,
     }
 }
 

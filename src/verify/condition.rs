@@ -124,6 +124,22 @@ impl Operator {
         )
     }
 
+    /// The operator as written (operator names are case-sensitive, so there is one
+    /// spelling): `ForAllValues:StringEqualsIfExists`.
+    pub fn name(&self) -> String {
+        let set = match self.set {
+            Some(SetQualifier::ForAllValues) => "ForAllValues:",
+            Some(SetQualifier::ForAnyValue) => "ForAnyValue:",
+            None => "",
+        };
+        let base = BASES
+            .iter()
+            .find(|(_, b)| *b == self.base)
+            .map_or("", |(name, _)| name);
+        let if_exists = if self.if_exists { "IfExists" } else { "" };
+        format!("{set}{base}{if_exists}")
+    }
+
     /// Whether IAM substitutes policy variables in the operator's values: the string and ARN
     /// operators only.
     pub fn substitutes_variables(&self) -> bool {
@@ -381,6 +397,18 @@ mod tests {
             "",
         ] {
             assert!(Operator::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_the_spelling_parsed() {
+        for name in [
+            "ForAllValues:StringEqualsIfExists",
+            "ForAnyValue:ArnNotLike",
+            "Null",
+            "BoolIfExists",
+        ] {
+            assert_eq!(op(name).name(), name);
         }
     }
 

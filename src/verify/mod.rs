@@ -524,7 +524,7 @@ fn unknown_key_findings(
                         condition.key
                     ));
                     finding.sid = statement.sid.clone();
-                    finding.location = Some(condition.location.clone());
+                    finding.location = Some(condition.location(statement));
                     finding
                 });
             }
