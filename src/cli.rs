@@ -1,8 +1,9 @@
 //! The command line: `serve`, and the verification library offline (`policy verify`,
 //! `policy render`) for CI pipelines and people.
 
-use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
+use std::{fmt::Write as _, io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
+use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
@@ -295,7 +296,18 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode, ExitCode> {
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         ),
-        Format::Text => print!("{}", text_report(&report)),
+        Format::Text => {
+            let mut sources = vec![("key_policy".to_owned(), key_policy.as_str())];
+            sources.extend(
+                identity_policies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, text)| (format!("identity_policies[{i}]"), text.as_str())),
+            );
+            // Colour only on a terminal, and never with NO_COLOR set.
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            print!("{}", text_report(&report, &sources, color));
+        }
     }
     Ok(if report.passed {
         ExitCode::SUCCESS
@@ -319,45 +331,123 @@ fn render_command(args: RenderArgs) -> Result<ExitCode, ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn severity_label(severity: Severity) -> &'static str {
+/// The label and level of a severity in the text report.
+fn severity_level(severity: Severity) -> Level<'static> {
     match severity {
-        Severity::Error => "ERROR",
-        Severity::SecurityWarning => "SECURITY_WARNING",
-        Severity::Warning => "WARNING",
-        Severity::Suggestion => "SUGGESTION",
+        Severity::Error => Level::ERROR,
+        Severity::SecurityWarning => Level::WARNING.with_name(Some("security warning")),
+        Severity::Warning => Level::WARNING,
+        Severity::Suggestion => Level::HELP.with_name(Some("suggestion")),
     }
 }
 
-/// One line per finding (severity first, then where, what, and how to fix), then a
-/// summary line.
-pub fn text_report(report: &Report) -> String {
+/// The byte range of the value or member name that starts at `offset` in `text`: a string
+/// with its quotes, a number or literal, or else the one character there.
+fn span_at(text: &str, offset: usize) -> std::ops::Range<usize> {
+    let rest = text.get(offset..).unwrap_or_default();
+    let length = if rest.starts_with('"') {
+        let mut escaped = false;
+        rest.char_indices()
+            .skip(1)
+            .find(|&(_, c)| {
+                let end = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                end
+            })
+            .map_or(rest.len(), |(i, _)| i + 1)
+    } else {
+        rest.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '+' | '.')))
+            .unwrap_or(rest.len())
+            .max(rest.chars().next().map_or(0, char::len_utf8))
+    };
+    offset..(offset + length).min(text.len())
+}
+
+/// The byte offset of a 1-based line and column (in characters).
+fn offset_of(text: &str, line: u32, column: u32) -> Option<usize> {
+    let start = if line <= 1 {
+        0
+    } else {
+        text.match_indices('\n')
+            .nth(usize::try_from(line).ok()? - 2)
+            .map(|(i, _)| i + 1)?
+    };
+    let column = usize::try_from(column).ok()?.saturating_sub(1);
+    let line_text = text.get(start..)?;
+    Some(
+        start
+            + line_text
+                .char_indices()
+                .nth(column)
+                .map_or(line_text.len(), |(i, _)| i),
+    )
+}
+
+/// The policy documents a report's locations point into, by name (`key_policy`,
+/// `identity_policies[0]`).
+pub type Sources<'a> = [(String, &'a str)];
+
+/// Each finding as a diagnostic (severity, code and message; the offending line of the
+/// policy with a caret under the value; the requests it affects; the fix), then a summary
+/// line. `color`: ANSI colours, for a terminal.
+pub fn text_report(report: &Report, sources: &Sources<'_>, color: bool) -> String {
+    let renderer = if color {
+        Renderer::styled()
+    } else {
+        Renderer::plain()
+    };
     let mut out = String::new();
-    let mut fixes_shown: Vec<&str> = Vec::new();
     for f in &report.findings {
-        let _ = write!(out, "{} {}", severity_label(f.severity), f.code);
+        let mut group = Group::with_title(
+            severity_level(f.severity)
+                .primary_title(f.message.as_str())
+                .id(f.code),
+        );
+        let mut located = false;
         if let Some(location) = &f.location {
-            let _ = write!(
-                out,
-                " at {} (line {}, column {})",
-                location.path, location.line, location.column
-            );
-        }
-        if let Some(sid) = &f.sid {
-            let _ = write!(out, " [Sid \"{sid}\"]");
-        }
-        let _ = write!(out, ": {}", f.message);
-        match &f.fix {
-            // Several requests often need the same statement; print it once.
-            Some(fix) if fixes_shown.contains(&fix.as_str()) => {
-                out.push_str(". Fix: the statement shown above")
+            let document = sources.iter().find(|(name, _)| {
+                location
+                    .path
+                    .strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            });
+            if let Some((name, text)) = document
+                && let Some(offset) = offset_of(text, location.line, location.column)
+            {
+                let element = location.path[name.len()..].trim_start_matches('.');
+                let annotation = AnnotationKind::Primary.span(span_at(text, offset));
+                group = group.element(Snippet::source(*text).path(name.as_str()).annotation(
+                    if element.is_empty() {
+                        annotation
+                    } else {
+                        annotation.label(element)
+                    },
+                ));
+                located = true;
             }
-            Some(fix) => {
-                let _ = write!(out, ". Fix: {fix}");
-                fixes_shown.push(fix);
+            if !located {
+                group = group.element(Level::NOTE.message(format!(
+                    "at {} (line {}, column {})",
+                    location.path, location.line, location.column
+                )));
             }
-            None => {}
         }
-        out.push('\n');
+        if let Some(sid) = &f.sid
+            && !located
+        {
+            group = group.element(Level::NOTE.message(format!("statement Sid \"{sid}\"")));
+        }
+        if !f.requests.is_empty() {
+            let mut listed = String::from("requests:");
+            for request in &f.requests {
+                let _ = write!(listed, "\n- {request}");
+            }
+            group = group.element(Level::NOTE.message(listed));
+        }
+        if let Some(fix) = &f.fix {
+            group = group.element(Level::HELP.message(format!("fix: {fix}")));
+        }
+        let _ = writeln!(out, "{}\n", renderer.render(&[group]));
     }
     let counts: Vec<String> = [
         (Severity::Error, "error"),

@@ -62,7 +62,7 @@ fn verification_failed(key: &str, report: Report) -> Status {
         report.profile,
         errors
             .iter()
-            .map(|f| f.message.as_str())
+            .map(|f| f.message_with_requests())
             .collect::<Vec<_>>()
             .join("; ")
     );
@@ -81,7 +81,7 @@ fn verification_failed(key: &str, report: Report) -> Status {
                     .clone()
                     .or_else(|| f.location.as_ref().map(|l| l.path.clone()))
                     .unwrap_or_else(|| key.to_owned());
-                PreconditionViolation::new(f.code, subject, f.message.clone())
+                PreconditionViolation::new(f.code, subject, f.message_with_requests())
             })
             .collect::<Vec<_>>(),
     );

@@ -218,22 +218,33 @@ fn policy_verify_reports_findings_with_exit_code_1() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    let lines: Vec<&str> = stdout.lines().collect();
+    // One diagnostic per cause: the statement Amazon Q's data-key requests need, with the
+    // requests it blocks listed and the statement to add as the fix; its describe
+    // statement is the second cause.
+    let diagnostics: Vec<&str> = stdout.split("\n\n").collect();
+    let missing: Vec<&&str> = diagnostics
+        .iter()
+        .filter(|d| d.starts_with("error[REQUIRED_ACCESS_MISSING]"))
+        .collect();
+    assert_eq!(missing.len(), 2, "{stdout}");
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("ERROR REQUIRED_ACCESS_MISSING")
-                && l.contains("q.amazonaws.com")
-                && l.contains("Fix: {")),
+        missing[0].contains("service `q.amazonaws.com`")
+            && missing[0].contains("= note: requests:")
+            && missing[0]
+                .contains("- kms:Decrypt for arn:aws:qdeveloper:eu-west-1:123456789012:scans/")
+            && missing[0].contains("= help: fix: {"),
         "{stdout}"
     );
     assert!(
-        lines
+        stdout
+            .lines()
             .last()
             .unwrap()
-            .starts_with("FAILED (profile amazon-q-lambda): 5 errors"),
+            .starts_with("FAILED (profile amazon-q-lambda): 2 errors"),
         "{stdout}"
     );
+    // Not a terminal: no colour.
+    assert!(!stdout.contains('\u{1b}'), "{stdout}");
 
     // A malformed policy is a finding (exit 1) with its line and column.
     std::fs::write(
@@ -257,6 +268,40 @@ fn policy_verify_reports_findings_with_exit_code_1() {
         .unwrap();
     assert_eq!(invalid["location"]["line"], 3);
     assert_eq!(invalid["location"]["column"], 17);
+    // As text: the offending line of the policy, with a caret under the position.
+    let output = run(
+        dir.path(),
+        "verify",
+        "amazon-q-lambda",
+        &["--key-policy", "broken.json"],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let diagnostic = stdout
+        .split("\n\n")
+        .find(|d| d.starts_with("error[POLICY_INVALID_JSON]"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let lines: Vec<&str> = diagnostic.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.trim_start() == "--> key_policy:3:17"),
+        "{diagnostic}"
+    );
+    let source = lines
+        .iter()
+        .position(|l| l.ends_with("|   \"Statement\": [,]"))
+        .unwrap_or_else(|| panic!("{diagnostic}"));
+    let caret = lines[source + 1];
+    assert!(
+        caret.ends_with('^') && !caret.ends_with("^^"),
+        "{diagnostic}"
+    );
+    let column_of = |line: &str, c: char| line.find(c).unwrap();
+    assert_eq!(
+        column_of(caret, '^') - column_of(caret, '|'),
+        column_of(lines[source], ',') - column_of(lines[source], '|'),
+        "{diagnostic}"
+    );
 
     // Key metadata is checked when given.
     std::fs::write(
@@ -280,7 +325,7 @@ fn policy_verify_reports_findings_with_exit_code_1() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(stdout.starts_with("ERROR KEY_NOT_ENABLED"), "{stdout}");
+    assert!(stdout.starts_with("error[KEY_NOT_ENABLED]"), "{stdout}");
 }
 
 #[test]
@@ -636,7 +681,12 @@ fn policy_verify_reads_a_permissions_boundary() {
         errors[0]["message"]
             .as_str()
             .unwrap()
-            .contains("kms:GenerateDataKey via"),
+            .contains("permissions boundary"),
+        "{report:#}"
+    );
+    assert_eq!(
+        errors[0]["requests"],
+        serde_json::json!(["kms:GenerateDataKey via inspector2.eu-west-1.amazonaws.com"]),
         "{report:#}"
     );
 

@@ -88,7 +88,11 @@ async fn render_create_verify_update() {
         ["REQUIRED_ACCESS_MISSING", "IDENTITY_POLICY_NOT_CHECKED"],
         "{report:?}"
     );
-    assert_eq!(report.findings.len(), 6);
+    // One finding per cause: Amazon Q's two statements (four data-key requests, then
+    // DescribeKey), and the delegation no identity policy decides.
+    assert_eq!(report.findings.len(), 3, "{report:?}");
+    assert_eq!(report.findings[0].requests.len(), 4, "{report:?}");
+    assert!(report.findings[0].requests[0].starts_with("kms:Encrypt for arn:aws:qdeveloper:"));
     // Verification never changes anything.
     let status = reader
         .get_encryption_key(get_request(REPOSITORY))
@@ -320,11 +324,19 @@ async fn update_gate_enforces_the_policy_and_names_the_denying_statement() {
         .unwrap_err();
     let details = status.get_error_details();
     let violations = &details.precondition_failure().unwrap().violations;
-    assert_eq!(violations.len(), 11, "{violations:?}");
+    // One cause, one violation, listing the eleven requests it blocks.
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].r#type, "REQUIRED_ACCESS_MISSING");
     assert!(
-        violations
-            .iter()
-            .all(|v| v.r#type == "REQUIRED_ACCESS_MISSING")
+        violations[0]
+            .description
+            .contains("neither allows `arn:aws:iam::111122223333:role/inspector-keyd` nor delegates to its account"),
+        "{violations:?}"
+    );
+    assert_eq!(
+        violations[0].description.matches("kms:").count(),
+        11,
+        "{violations:?}"
     );
 }
 
@@ -383,7 +395,10 @@ async fn configured_identity_policies_decide_the_grant_profile() {
     // the services that need it.
     let mut got = codes(&report);
     assert_eq!(got.pop(), Some("VIA_SERVICE_UNRESTRICTED"), "{report:?}");
-    assert_eq!(got, ["REQUIRED_ACCESS_MISSING"; 9]);
+    // The two statements are missing: CreateGrant, and the eight other requests.
+    assert_eq!(got, ["REQUIRED_ACCESS_MISSING"; 2]);
+    assert_eq!(report.findings[0].requests.len(), 1, "{report:?}");
+    assert_eq!(report.findings[1].requests.len(), 8, "{report:?}");
 }
 
 #[tokio::test]

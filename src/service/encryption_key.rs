@@ -446,6 +446,7 @@ impl From<Finding> for proto::Finding {
                 column: l.column,
             }),
             fix: finding.fix,
+            requests: finding.requests,
         }
     }
 }

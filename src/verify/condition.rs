@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use super::variables::{self, Unit};
+
 /// How a condition compares values, without its qualifiers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Base {
@@ -122,6 +124,41 @@ impl Operator {
         )
     }
 
+    /// The operator as written (operator names are case-sensitive, so there is one
+    /// spelling): `ForAllValues:StringEqualsIfExists`.
+    pub fn name(&self) -> String {
+        let set = match self.set {
+            Some(SetQualifier::ForAllValues) => "ForAllValues:",
+            Some(SetQualifier::ForAnyValue) => "ForAnyValue:",
+            None => "",
+        };
+        let base = BASES
+            .iter()
+            .find(|(_, b)| *b == self.base)
+            .map_or("", |(name, _)| name);
+        let if_exists = if self.if_exists { "IfExists" } else { "" };
+        format!("{set}{base}{if_exists}")
+    }
+
+    /// Whether IAM substitutes policy variables in the operator's values: the string and ARN
+    /// operators only.
+    pub fn substitutes_variables(&self) -> bool {
+        use Base::*;
+        matches!(
+            self.base,
+            StringEquals
+                | StringNotEquals
+                | StringEqualsIgnoreCase
+                | StringNotEqualsIgnoreCase
+                | StringLike
+                | StringNotLike
+                | ArnEquals
+                | ArnLike
+                | ArnNotEquals
+                | ArnNotLike
+        )
+    }
+
     /// Whether the condition holds for a request whose context has `request` for the key
     /// (`None`: the key is absent).
     pub fn holds(&self, policy_values: &[String], request: Option<&[String]>) -> bool {
@@ -132,6 +169,29 @@ impl Operator {
                 .iter()
                 .any(|v| v.eq_ignore_ascii_case("true") == absent);
         }
+        self.holds_by(request, |value| {
+            policy_values.iter().any(|p| self.matches(value, p))
+        })
+    }
+
+    /// [`Operator::holds`] for values whose policy variables were substituted; `None` is a
+    /// value whose variable has no value, which matches nothing.
+    pub fn holds_substituted(
+        &self,
+        policy_values: &[Option<Vec<Unit>>],
+        request: Option<&[String]>,
+    ) -> bool {
+        self.holds_by(request, |value| {
+            policy_values
+                .iter()
+                .flatten()
+                .any(|p| self.matches_units(value, p))
+        })
+    }
+
+    /// The set logic around `hit`, which says whether one request value matches one of the
+    /// policy values in the positive sense.
+    fn holds_by(&self, request: Option<&[String]>, hit: impl Fn(&String) -> bool) -> bool {
         // For the set operators a key that resolves to empty strings is a null data set.
         let request =
             request.filter(|values| self.set.is_none() || values.iter().any(|v| !v.is_empty()));
@@ -147,8 +207,7 @@ impl Operator {
                     };
             }
         };
-        // Does one request value match one of the policy values, in the positive sense?
-        let hits = |value: &String| policy_values.iter().any(|p| self.matches(value, p));
+        let hits = hit;
         match (self.set, self.negated()) {
             (Some(SetQualifier::ForAllValues), false) => request.iter().all(hits),
             (Some(SetQualifier::ForAllValues), true) => request.iter().all(|v| !hits(v)),
@@ -156,6 +215,17 @@ impl Operator {
             (Some(SetQualifier::ForAnyValue), true) => request.iter().any(|v| !hits(v)),
             (None, false) => request.iter().any(hits),
             (None, true) => !request.iter().any(hits),
+        }
+    }
+
+    /// The positive comparison of one request value with one substituted policy value (a
+    /// string or ARN operator).
+    fn matches_units(&self, request: &str, policy: &[Unit]) -> bool {
+        use Base::*;
+        match self.base {
+            StringLike | StringNotLike => variables::glob(policy, request, false),
+            ArnEquals | ArnLike | ArnNotEquals | ArnNotLike => variables::arn_like(policy, request),
+            _ => self.matches(request, &variables::text(policy)),
         }
     }
 
@@ -327,6 +397,18 @@ mod tests {
             "",
         ] {
             assert!(Operator::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_the_spelling_parsed() {
+        for name in [
+            "ForAllValues:StringEqualsIfExists",
+            "ForAnyValue:ArnNotLike",
+            "Null",
+            "BoolIfExists",
+        ] {
+            assert_eq!(op(name).name(), name);
         }
     }
 

@@ -2,13 +2,23 @@
 //! request? AWS semantics for KMS keys: an explicit deny in any policy wins; otherwise the
 //! key policy must allow the principal directly, or allow the account and then an
 //! identity policy must allow too. Service principals are allowed by the key policy alone.
+//!
+//! A role acts as one of its assumed-role sessions, whose name is not known: a `Principal`
+//! naming the role matches it, but no `NotPrincipal` can exempt it (IAM exempts a session
+//! only when the session's own ARN is listed too). An IAM user acts as itself, exempted by
+//! a `NotPrincipal` that lists both the user and its account.
+//!
 //! A permissions boundary caps what the identity policies allow, and what a key policy
 //! grants to a role's ARN (docs/verification.md cites IAM's rules).
 
 use super::{
     Location,
-    condition::glob,
-    policy::{Effect, Names, Policy, PrincipalElement, Principals, Statement, names_account},
+    condition::{Base, glob},
+    policy::{
+        Condition, Effect, Names, Policy, PrincipalElement, Principals, Statement, is_multi_valued,
+        names_account,
+    },
+    variables::{self, substitute},
 };
 
 /// Who makes a request.
@@ -34,7 +44,7 @@ pub struct Request {
 
 impl Request {
     /// The request's values for a key, matched case-insensitively; `None` when absent.
-    fn context_value(&self, key: &str) -> Option<&[String]> {
+    pub fn context_value(&self, key: &str) -> Option<&[String]> {
         self.context
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
@@ -110,40 +120,58 @@ fn principals_match(principals: &Principals, caller: &Caller) -> PrincipalMatch 
     }
 }
 
+/// Whether a `NotPrincipal` element exempts the caller. A service principal is exempt when
+/// listed. An IAM user only when both the user and its account are listed ("you must also
+/// specify the account ARN of the not-denied principal"). A role's session never: IAM
+/// checks the account, the role and the session ARN, and the session's name is not known
+/// (nor can a wildcard name every session).
+pub fn not_principal_exempts(principals: &Principals, caller: &Caller) -> bool {
+    if principals.any {
+        return true;
+    }
+    match caller {
+        Caller::Service(service) => principals.services.iter().any(|s| s == service),
+        Caller::Aws { arn, account } => {
+            is_user_arn(arn)
+                && principals.aws.iter().any(|p| p == arn)
+                && principals.aws.iter().any(|p| names_account(p, account))
+        }
+    }
+}
+
+/// Whether a `NotPrincipal` element lists the caller (its ARN or its account) without
+/// exempting it: the case IAM documents and people get wrong.
+pub fn not_principal_lists_without_exempting(principals: &Principals, caller: &Caller) -> bool {
+    match caller {
+        Caller::Aws { arn, account } => {
+            !not_principal_exempts(principals, caller)
+                && principals
+                    .aws
+                    .iter()
+                    .any(|p| p == arn || names_account(p, account))
+        }
+        Caller::Service(_) => false,
+    }
+}
+
+/// `arn:<partition>:iam::<account>:user/<path/name>`.
+fn is_user_arn(arn: &str) -> bool {
+    arn.splitn(6, ':')
+        .nth(5)
+        .is_some_and(|resource| resource.starts_with("user/"))
+}
+
 fn principal_match(statement: &Statement, caller: &Caller) -> PrincipalMatch {
     match &statement.principal {
         PrincipalElement::Absent => PrincipalMatch::Direct,
         PrincipalElement::Principal(p) => principals_match(p, caller),
-        PrincipalElement::NotPrincipal(p) => match principals_match(p, caller) {
-            PrincipalMatch::No => PrincipalMatch::Direct,
-            _ => PrincipalMatch::No,
-        },
-    }
-}
-
-fn names_match(names: &Names, value: &str, matches: impl Fn(&str, &str) -> bool) -> bool {
-    match names {
-        Names::Only(patterns) => patterns.iter().any(|p| matches(p, value)),
-        Names::AllExcept(patterns) => !patterns.iter().any(|p| matches(p, value)),
-    }
-}
-
-/// Whether a statement's action, resource and conditions cover the request.
-fn covers(statement: &Statement, request: &Request) -> bool {
-    names_match(&statement.actions, &request.action, |p, a| glob(p, a, true))
-        && names_match(&statement.resources, &request.resource, |p, r| {
-            glob(p, r, false)
-        })
-        && statement
-            .conditions
-            .iter()
-            .all(|c| c.operator.holds(&c.values, request.context_value(&c.key)))
-}
-
-fn deny(statement: &Statement) -> Decision {
-    Decision::ExplicitDeny {
-        sid: statement.sid.clone(),
-        location: statement.location.clone(),
+        PrincipalElement::NotPrincipal(p) => {
+            if not_principal_exempts(p, caller) {
+                PrincipalMatch::No
+            } else {
+                PrincipalMatch::Direct
+            }
+        }
     }
 }
 
@@ -160,6 +188,77 @@ fn capped_by_boundary(statement: &Statement, caller: &Caller) -> bool {
         .is_some_and(|resource| resource.starts_with("role/"));
     let to_everyone = matches!(&statement.principal, PrincipalElement::Principal(p) if p.any);
     is_role && !to_everyone
+}
+
+/// Whether a key-policy statement's principal element takes in the caller (the caller
+/// itself, its account, or everyone); always true for identity-policy statements.
+pub fn applies_to(statement: &Statement, caller: &Caller) -> bool {
+    principal_match(statement, caller) != PrincipalMatch::No
+}
+
+fn names_match(names: &Names, value: &str, matches: impl Fn(&str, &str) -> bool) -> bool {
+    match names {
+        Names::Only(patterns) => patterns.iter().any(|p| matches(p, value)),
+        Names::AllExcept(patterns) => !patterns.iter().any(|p| matches(p, value)),
+    }
+}
+
+/// Whether a statement's action and resource cover the request (conditions aside).
+pub fn covers_action_and_resource(statement: &Statement, request: &Request) -> bool {
+    names_match(&statement.actions, &request.action, |p, a| glob(p, a, true))
+        && if statement.resource_variables {
+            names_match(&statement.resources, &request.resource, |p, r| {
+                // A resource whose variable has no value names no resource.
+                variables::substitute_resource(p, |key| request.context_value(key))
+                    .is_some_and(|units| variables::glob(&units, r, false))
+            })
+        } else {
+            names_match(&statement.resources, &request.resource, |p, r| {
+                glob(p, r, false)
+            })
+        }
+}
+
+/// Whether a condition holds for the request. An operator without `ForAllValues:` or
+/// `ForAnyValue:` on a multivalued key the request carries matches nothing (the
+/// documentation requires the qualifier, and `MISSING_SET_QUALIFIER` reports it as an
+/// error; how IAM then compares is not documented, and matching nothing is what AWS has
+/// said in talks and what the independent simulator does).
+pub fn condition_holds(condition: &Condition, request: &Request) -> bool {
+    let values = request.context_value(&condition.key);
+    if values.is_some()
+        && condition.operator.set.is_none()
+        && condition.operator.base != Base::Null
+        && is_multi_valued(&condition.key)
+    {
+        return false;
+    }
+    if condition.variables {
+        let substituted: Vec<_> = condition
+            .values
+            .iter()
+            .map(|v| substitute(v, |key| request.context_value(key)))
+            .collect();
+        condition.operator.holds_substituted(&substituted, values)
+    } else {
+        condition.operator.holds(&condition.values, values)
+    }
+}
+
+/// Whether a statement's action, resource and conditions cover the request.
+fn covers(statement: &Statement, request: &Request) -> bool {
+    covers_action_and_resource(statement, request)
+        && statement
+            .conditions
+            .iter()
+            .all(|c| condition_holds(c, request))
+}
+
+fn deny(statement: &Statement) -> Decision {
+    Decision::ExplicitDeny {
+        sid: statement.sid.clone(),
+        location: statement.location.clone(),
+    }
 }
 
 /// Decides `request` against the key policy and, when supplied, the caller's identity
@@ -188,6 +287,7 @@ pub fn decide_bounded(
     } else {
         &[]
     };
+
     let boundary = boundary.filter(|_| is_aws_caller);
 
     // Explicit denies, in any policy, win. A deny naming the account covers its principals.
@@ -207,16 +307,16 @@ pub fn decide_bounded(
     {
         return deny(statement);
     }
-    let boundary_allows = boundary.is_none_or(|b| {
-        b.statements
-            .iter()
-            .any(|s| s.effect == Effect::Allow && covers(s, request))
-    });
 
     // A principal of another account needs its own account's IAM policy as well.
     let key_account = request.resource.split(':').nth(4).filter(|a| !a.is_empty());
     let cross_account = matches!(&request.caller,
         Caller::Aws { account, .. } if key_account.is_some_and(|k| k != account.as_str()));
+    let boundary_allows = boundary.is_none_or(|b| {
+        b.statements
+            .iter()
+            .any(|s| s.effect == Effect::Allow && covers(s, request))
+    });
     let mut delegated = false;
     for statement in key_policy
         .statements

@@ -11,6 +11,7 @@ pub mod policy;
 pub mod profile;
 pub mod render;
 mod settings;
+pub mod variables;
 
 pub use key::{
     KeyMetadata, MultiRegionConfiguration, MultiRegionKey, parse_describe_key, verify_key_metadata,
@@ -54,6 +55,10 @@ pub struct Finding {
     pub location: Option<Location>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
+    /// The profile's requests the finding is about (one finding per cause, listing every
+    /// request it affects), such as `kms:Decrypt via inspector2.us-east-1.amazonaws.com`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<String>,
 }
 
 impl Finding {
@@ -65,6 +70,17 @@ impl Finding {
             sid: None,
             location: None,
             fix: None,
+            requests: Vec::new(),
+        }
+    }
+
+    /// The message followed by the requests the finding is about, for a single line such
+    /// as a gRPC error's description.
+    pub fn message_with_requests(&self) -> String {
+        if self.requests.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.message, self.requests.join("; "))
         }
     }
 
@@ -113,6 +129,7 @@ impl Finding {
             sid: None,
             location: None,
             fix: None,
+            requests: Vec::new(),
         }
     }
 }
@@ -217,19 +234,94 @@ fn context_value<'r>(request: &'r Request, key: &str) -> Option<&'r [String]> {
         .map(|(_, v)| v.as_slice())
 }
 
-/// `arn:aws:iam::111122223333:role/x calling kms:Decrypt via inspector2.us-east-1.amazonaws.com`.
-fn describe(request: &Request) -> String {
-    let who = match &request.caller {
+/// Who makes a request: `` `arn:aws:iam::111122223333:role/x` `` or `service `q.amazonaws.com``.
+fn caller_name(request: &Request) -> String {
+    match &request.caller {
         Caller::Aws { arn, .. } => format!("`{arn}`"),
         Caller::Service(service) => format!("service `{service}`"),
-    };
+    }
+}
+
+/// `kms:CreateGrant via codeguru-security.us-east-1.amazonaws.com for grant operations ...`.
+fn describe_request(request: &Request) -> String {
     let via = context_value(request, "kms:ViaService")
         .map(|v| format!(" via {}", v.join(", ")))
         .unwrap_or_default();
+    let source = match request.caller {
+        Caller::Service(_) => context_value(request, "aws:SourceArn")
+            .map(|v| format!(" for {}", v.join(", ")))
+            .unwrap_or_default(),
+        Caller::Aws { .. } => String::new(),
+    };
     let operations = context_value(request, "kms:GrantOperations")
         .map(|v| format!(" for grant operations {}", v.join(", ")))
         .unwrap_or_default();
-    format!("{who} calling {}{via}{operations}", request.action)
+    format!("{}{via}{source}{operations}", request.action)
+}
+
+/// `arn:aws:iam::111122223333:role/x calling kms:Decrypt via inspector2.us-east-1.amazonaws.com`.
+fn describe(request: &Request) -> String {
+    format!(
+        "{} calling {}",
+        caller_name(request),
+        describe_request(request)
+    )
+}
+
+/// Findings that share a cause, in the order their first request came.
+struct Groups<K> {
+    groups: Vec<(K, Finding)>,
+}
+
+impl<K: PartialEq> Groups<K> {
+    fn new() -> Self {
+        Groups { groups: Vec::new() }
+    }
+
+    /// Adds `request` to the finding for `key`, made by `make` the first time.
+    fn add(&mut self, key: K, request: &Request, make: impl FnOnce() -> Finding) {
+        let described = describe_request(request);
+        match self.groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, finding)) => {
+                if !finding.requests.contains(&described) {
+                    finding.requests.push(described);
+                }
+            }
+            None => {
+                let mut finding = make();
+                finding.requests.push(described);
+                self.groups.push((key, finding));
+            }
+        }
+    }
+
+    fn into_findings(self) -> impl Iterator<Item = Finding> {
+        self.groups.into_iter().map(|(_, finding)| finding)
+    }
+}
+
+/// Why a required request is not allowed, one finding per cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MissingCause {
+    /// The key policy neither allows the principal nor delegates to its account.
+    NoDelegation,
+    /// The profile's statement (by index) is missing or does not cover the request.
+    Statement(usize),
+    /// The principal's permissions boundary does not allow the request.
+    Boundary,
+}
+
+/// The statement a deny decision names, found by its location.
+fn statement_at<'p>(
+    key_policy: &'p policy::Policy,
+    identity: Option<&'p [policy::Policy]>,
+    location: &Location,
+) -> Option<&'p policy::Statement> {
+    key_policy
+        .statements
+        .iter()
+        .chain(identity.into_iter().flatten().flat_map(|p| &p.statements))
+        .find(|s| s.location == *location)
 }
 
 /// The parsed policies a request is decided against.
@@ -261,7 +353,7 @@ fn requirement_findings(
     policies: &Policies<'_>,
     findings: &mut Vec<Finding>,
 ) {
-    let key_policy = policies.key_policy;
+    let (key_policy, identity) = (policies.key_policy, policies.identity);
     let params = profile::Params {
         region: input.region,
         account_id: input.account_id,
@@ -273,106 +365,240 @@ fn requirement_findings(
         DocumentKind::KeyPolicy => "key policy",
         DocumentKind::IdentityPolicy => "principal's identity policy",
     };
-    let mut not_checked = Vec::new();
+    let mut denied: Groups<(Location, String, bool)> = Groups::new();
+    let mut missing: Groups<MissingCause> = Groups::new();
+    let mut not_checked: Groups<()> = Groups::new();
     for required in &requirements.required {
         let request = &required.request;
-        let statement = requirements.statements.get(required.statement);
-        let statement_json = statement.map(|s| serde_json::to_string(s).unwrap_or_default());
         match policies.decide(request) {
             Decision::Allow => {}
-            Decision::IdentityPolicyNotChecked => {
-                if !not_checked.contains(&request.action) {
-                    not_checked.push(request.action.clone());
-                }
-            }
-            Decision::ExplicitDeny { sid, location } => findings.push(Finding {
-                code: "REQUIRED_ACCESS_EXPLICITLY_DENIED",
-                severity: Severity::Error,
-                message: format!(
-                    "{} is denied by statement {} ({}); Inspector's scanning partner needs it",
-                    describe(request),
-                    sid.as_deref()
-                        .map_or_else(|| "without a Sid".to_owned(), |s| format!("`{s}`")),
-                    location.path
-                ),
-                fix: Some(
-                    "narrow or remove the denying statement so it does not cover this request"
-                        .into(),
-                ),
-                sid,
-                location: Some(location),
-            }),
-            Decision::ImplicitDeny if policies.boundary_caps(request) => findings.push(
-                Finding::error(
-                    "REQUIRED_ACCESS_MISSING",
+            Decision::IdentityPolicyNotChecked => not_checked.add((), request, || {
+                Finding::new(
+                    "IDENTITY_POLICY_NOT_CHECKED",
+                    Severity::Warning,
                     format!(
-                        "{} is not allowed: the principal's permissions boundary does not allow it (a boundary caps what identity policies, and key-policy statements naming a role, allow)",
-                        describe(request)
+                        "the key policy delegates to the account, so the identity policies of `{}` decide whether it may make the requests listed, and none were given",
+                        input.principal_arn,
                     ),
                 )
-                .with_fix(format!(
-                    "allow {} in the permissions boundary policy, or remove the boundary from the principal",
-                    request.action
-                ))
-                .at(Location {
-                    path: "permissions_boundary".into(),
-                    line: 1,
-                    column: 1,
-                }),
-            ),
+                .with_fix("pass the principal's identity policies (--identity-policy, or verification.identity_policy_files in the config)")
+            }),
+            Decision::ExplicitDeny { sid, location } => {
+                let statement = statement_at(key_policy, identity, &location);
+                let not_principal = match statement.map(|s| &s.principal) {
+                    Some(policy::PrincipalElement::NotPrincipal(listed)) => {
+                        eval::not_principal_lists_without_exempting(listed, &request.caller)
+                    }
+                    _ => false,
+                };
+                let named = sid
+                    .as_deref()
+                    .map_or_else(|| "without a Sid".to_owned(), |s| format!("`{s}`"));
+                let make = || {
+                    if not_principal {
+                        not_principal_finding(input, &named, &location)
+                    } else {
+                        Finding {
+                            code: "REQUIRED_ACCESS_EXPLICITLY_DENIED",
+                            severity: Severity::Error,
+                            message: format!(
+                                "statement {named} ({}) denies {} the requests listed, which Inspector's scanning partner needs",
+                                location.path,
+                                caller_name(request),
+                            ),
+                            sid: None,
+                            location: None,
+                            fix: Some(
+                                "narrow or remove the denying statement so it does not cover these requests"
+                                    .into(),
+                            ),
+                            requests: Vec::new(),
+                        }
+                    }
+                };
+                let key = (location.clone(), caller_name(request), not_principal);
+                denied.add(key, request, || {
+                    let mut finding = make();
+                    finding.sid = sid.clone();
+                    finding.location = Some(location.clone());
+                    finding
+                });
+            }
+            Decision::ImplicitDeny if policies.boundary_caps(request) => {
+                missing.add(MissingCause::Boundary, request, || {
+                    Finding::error(
+                        "REQUIRED_ACCESS_MISSING",
+                        format!(
+                            "the permissions boundary of {} does not allow the requests listed (a boundary caps what identity policies, and key-policy statements naming a role, allow)",
+                            caller_name(request)
+                        ),
+                    )
+                    .with_fix("allow these requests in the permissions boundary policy, or remove the boundary from the principal")
+                    .at(Location {
+                        path: "permissions_boundary".into(),
+                        line: 1,
+                        column: 1,
+                    })
+                });
+            }
             Decision::ImplicitDeny => {
                 // Is the key policy missing it, or (the key policy delegating to the
                 // account) the identity policy?
                 let key_policy_delegates =
                     eval::decide(key_policy, None, request) == Decision::IdentityPolicyNotChecked;
-                let (where_missing, fix) = match (
-                    &request.caller,
-                    input.profile.document_kind(),
-                    key_policy_delegates,
-                ) {
-                    (Caller::Aws { .. }, DocumentKind::IdentityPolicy, false) => (
-                        "the key policy neither allows the principal nor delegates to its account"
-                            .to_owned(),
-                        serde_json::to_string(&profile::account_delegation_statement(
-                            input.region,
-                            input.account_id,
-                        ))
-                        .unwrap_or_default(),
-                    ),
-                    _ => (
-                        format!("no statement of the {target} allows it"),
-                        statement_json.unwrap_or_default(),
-                    ),
-                };
-                findings.push(Finding {
-                    code: "REQUIRED_ACCESS_MISSING",
-                    severity: Severity::Error,
-                    message: format!("{} is not allowed: {where_missing}", describe(request)),
-                    sid: statement
-                        .and_then(|s| s.get("Sid"))
-                        .and_then(|s| s.as_str())
-                        .map(str::to_owned),
-                    location: None,
-                    fix: Some(fix),
+                let no_delegation = matches!(request.caller, Caller::Aws { .. })
+                    && input.profile.document_kind() == DocumentKind::IdentityPolicy
+                    && !key_policy_delegates;
+                if no_delegation {
+                    missing.add(MissingCause::NoDelegation, request, || {
+                        Finding::error(
+                            "REQUIRED_ACCESS_MISSING",
+                            format!(
+                                "the key policy neither allows {} nor delegates to its account, so none of the requests listed is allowed",
+                                caller_name(request)
+                            ),
+                        )
+                        .with_fix(
+                            serde_json::to_string(&profile::account_delegation_statement(
+                                input.region,
+                                input.account_id,
+                            ))
+                            .unwrap_or_default(),
+                        )
+                    });
+                } else {
+                    let statement = requirements.statements.get(required.statement);
+                    missing.add(MissingCause::Statement(required.statement), request, || {
+                        let mut finding = Finding::error(
+                            "REQUIRED_ACCESS_MISSING",
+                            format!(
+                                "no statement of the {target} allows {} the requests listed",
+                                caller_name(request)
+                            ),
+                        );
+                        finding.sid = statement
+                            .and_then(|s| s.get("Sid"))
+                            .and_then(|s| s.as_str())
+                            .map(str::to_owned);
+                        finding.fix =
+                            statement.map(|s| serde_json::to_string(s).unwrap_or_default());
+                        finding
+                    });
+                }
+            }
+        }
+    }
+    findings.extend(denied.into_findings());
+    findings.extend(missing.into_findings());
+    findings.extend(not_checked.into_findings());
+    unknown_key_findings(&requirements, key_policy, identity, findings);
+    probe_broader_than_needed(input, &requirements, policies, findings);
+}
+
+/// The finding for a `NotPrincipal` that lists the principal (or its account) but does not
+/// exempt it: IAM exempts a role's session only when the session's own ARN is listed too,
+/// and a user only with its account.
+fn not_principal_finding(input: &Input<'_>, named: &str, location: &Location) -> Finding {
+    let principal = input.principal_arn;
+    let why = if principal.contains(":role/") {
+        "the role acts as an assumed-role session, which NotPrincipal exempts only when the session's own ARN is listed as well, and a session's name is not known in advance"
+    } else {
+        "IAM exempts a user only when NotPrincipal lists the user and its account"
+    };
+    Finding::error(
+        "NOT_PRINCIPAL_DOES_NOT_EXEMPT",
+        format!(
+            "statement {named} ({}) denies everyone not in NotPrincipal, which names `{principal}` or its account; {why}, so the requests listed are denied",
+            location.path
+        ),
+    )
+    .with_fix(format!(
+        "replace NotPrincipal with \"Principal\": \"*\" and exempt the principal with a condition: \"Condition\": {{\"ArnNotEquals\": {{\"aws:PrincipalArn\": \"{principal}\"}}}}"
+    ))
+}
+
+/// One WARNING per condition key whose value the verifier does not know on a request it
+/// checks (it was evaluated as absent), pointing at the first condition on it.
+fn unknown_key_findings(
+    requirements: &profile::Requirements,
+    key_policy: &policy::Policy,
+    identity: Option<&[policy::Policy]>,
+    findings: &mut Vec<Finding>,
+) {
+    // The condition keys the policies use, once each; most policies use none the requests
+    // lack, and then no statement needs a second look.
+    let mut keys: Vec<&str> = Vec::new();
+    for statement in key_policy
+        .statements
+        .iter()
+        .chain(identity.into_iter().flatten().flat_map(|p| &p.statements))
+    {
+        for condition in &statement.conditions {
+            if !keys.iter().any(|k| k.eq_ignore_ascii_case(&condition.key)) {
+                keys.push(&condition.key);
+            }
+        }
+    }
+    let mut unknown: Groups<String> = Groups::new();
+    for required in &requirements.required {
+        let request = &required.request;
+        let unknown_here: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| profile::unknown_key(request, k))
+            .collect();
+        if unknown_here.is_empty() {
+            continue;
+        }
+        let key_statements = key_policy
+            .statements
+            .iter()
+            .filter(|s| eval::applies_to(s, &request.caller));
+        let identity_statements = identity
+            .filter(|_| matches!(request.caller, Caller::Aws { .. }))
+            .into_iter()
+            .flatten()
+            .flat_map(|p| &p.statements);
+        for statement in key_statements.chain(identity_statements) {
+            if statement.conditions.is_empty()
+                || !eval::covers_action_and_resource(statement, request)
+            {
+                continue;
+            }
+            for condition in &statement.conditions {
+                if !unknown_here
+                    .iter()
+                    .any(|k| k.eq_ignore_ascii_case(&condition.key))
+                {
+                    continue;
+                }
+                let key = condition.key.to_ascii_lowercase();
+                unknown.add(key, request, || {
+                    let what = if profile::present_with_unknown_value(request, &condition.key) {
+                        "these requests carry it, but its value is not known before the request is made"
+                    } else {
+                        "the documentation does not settle whether these requests carry it"
+                    };
+                    let mut finding = Finding::new(
+                        "CONDITION_KEY_NOT_IN_REQUEST",
+                        Severity::Warning,
+                        format!(
+                            "`{}` decides a condition on the requests listed, and {what}; the verifier evaluated it as absent",
+                            condition.key
+                        ),
+                    )
+                    .with_fix(format!(
+                        "make sure the statement does what you want whatever `{}` is, or condition on a key the requests carry (docs/verification.md lists them)",
+                        condition.key
+                    ));
+                    finding.sid = statement.sid.clone();
+                    finding.location = Some(condition.location(statement));
+                    finding
                 });
             }
         }
     }
-    if !not_checked.is_empty() {
-        findings.push(
-            Finding::new(
-                "IDENTITY_POLICY_NOT_CHECKED",
-                Severity::Warning,
-                format!(
-                    "the key policy delegates to the account, so the identity policies of `{}` decide whether it may call {}, and none were given",
-                    input.principal_arn,
-                    not_checked.join(", ")
-                ),
-            )
-            .with_fix("pass the principal's identity policies (--identity-policy, or verification.identity_policy_files in the config)"),
-        );
-    }
-    probe_broader_than_needed(input, &requirements, policies, findings);
+    findings.extend(unknown.into_findings());
 }
 
 /// Warnings for access wider than the profile needs: grants for any operation, and use of
@@ -408,7 +634,7 @@ fn probe_broader_than_needed(
             }
         }
     }
-    let mut unrestricted: Vec<String> = Vec::new();
+    let mut unrestricted: Groups<()> = Groups::new();
     for required in &requirements.required {
         let request = &required.request;
         if !matches!(request.caller, Caller::Aws { .. })
@@ -416,26 +642,32 @@ fn probe_broader_than_needed(
         {
             continue;
         }
+        // The same request made by the principal directly: no forward access session.
         let mut probe = request.clone();
+        probe.context.retain(|(k, _)| {
+            !k.eq_ignore_ascii_case("kms:ViaService")
+                && !k.eq_ignore_ascii_case("aws:ViaAWSService")
+        });
         probe
             .context
-            .retain(|(k, _)| !k.eq_ignore_ascii_case("kms:ViaService"));
-        if policies.decide(&probe) == Decision::Allow && !unrestricted.contains(&request.action) {
-            unrestricted.push(request.action.clone());
+            .push(("aws:ViaAWSService".to_owned(), vec!["false".to_owned()]));
+        if policies.decide(&probe) == Decision::Allow {
+            let mut direct = request.clone();
+            direct
+                .context
+                .retain(|(k, _)| !k.eq_ignore_ascii_case("kms:ViaService"));
+            unrestricted.add((), &direct, || {
+                Finding::new(
+                    "VIA_SERVICE_UNRESTRICTED",
+                    Severity::SecurityWarning,
+                    format!(
+                        "`{}` may make the requests listed directly, not only through the services that need the key",
+                        input.principal_arn,
+                    ),
+                )
+                .with_fix("condition the statements on kms:ViaService")
+            });
         }
     }
-    if !unrestricted.is_empty() {
-        findings.push(
-            Finding::new(
-                "VIA_SERVICE_UNRESTRICTED",
-                Severity::SecurityWarning,
-                format!(
-                    "`{}` may call {} directly, not only through the services that need the key",
-                    input.principal_arn,
-                    unrestricted.join(", ")
-                ),
-            )
-            .with_fix("condition the statements on kms:ViaService"),
-        );
-    }
+    findings.extend(unrestricted.into_findings());
 }

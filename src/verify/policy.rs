@@ -5,6 +5,7 @@ use super::{
     Finding, Location, Severity,
     condition::{Operator, SetQualifier},
     json::{self, Json, LineIndex, Value},
+    variables::has_variables,
 };
 use crate::domain::{is_account_id, is_partition};
 
@@ -87,6 +88,30 @@ pub struct Condition {
     /// The key as written (names are matched case-insensitively).
     pub key: String,
     pub values: Vec<String>,
+    /// Whether the values hold policy variables IAM substitutes (a 2012-10-17 document,
+    /// a string or ARN operator).
+    pub variables: bool,
+    /// The 1-based line and column where the key is written; [`Condition::location`] makes
+    /// the whole location only when a finding needs it (most conditions never do, and
+    /// building every path cost a third of a large policy's verification).
+    pub line: u32,
+    pub column: u32,
+}
+
+impl Condition {
+    /// Where the key is written, in `statement` (the statement that holds the condition).
+    pub fn location(&self, statement: &Statement) -> Location {
+        Location {
+            path: format!(
+                "{}.Condition.{}[\"{}\"]",
+                statement.location.path,
+                self.operator.name(),
+                self.key
+            ),
+            line: self.line,
+            column: self.column,
+        }
+    }
 }
 
 /// A statement that parsed completely; broken statements are reported, not evaluated.
@@ -97,6 +122,8 @@ pub struct Statement {
     pub principal: PrincipalElement,
     pub actions: Names,
     pub resources: Names,
+    /// Whether the resources hold policy variables IAM substitutes (2012-10-17 documents).
+    pub resource_variables: bool,
     pub conditions: Vec<Condition>,
     pub location: Location,
 }
@@ -150,7 +177,9 @@ const SINGLE_VALUED_KEYS: &[&str] = &[
 ];
 
 pub fn is_multi_valued(key: &str) -> bool {
-    MULTI_VALUED_KEYS.contains(&key.to_ascii_lowercase().as_str())
+    MULTI_VALUED_KEYS
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(key))
 }
 
 fn is_single_valued(key: &str) -> bool {
@@ -185,6 +214,7 @@ pub fn analyze(document: Document<'_>) -> (Option<Policy>, Vec<Finding>) {
         document,
         index,
         findings: Vec::new(),
+        variables: false,
     };
     let policy = analysis.run();
     (policy, analysis.findings)
@@ -194,6 +224,8 @@ struct Analysis<'a> {
     document: Document<'a>,
     index: LineIndex<'a>,
     findings: Vec<Finding>,
+    /// Whether the document's version substitutes policy variables (only 2012-10-17 does).
+    variables: bool,
 }
 
 impl Analysis<'_> {
@@ -225,6 +257,7 @@ impl Analysis<'_> {
             sid: None,
             location: Some(location),
             fix: None,
+            requests: Vec::new(),
         });
         let last = self.findings.len() - 1;
         &mut self.findings[last]
@@ -287,7 +320,7 @@ impl Analysis<'_> {
                 .fix = Some("add \"Version\": \"2012-10-17\"".into());
             }
             Some(version) => match version.as_str() {
-                Some("2012-10-17") => {}
+                Some("2012-10-17") => self.variables = true,
                 Some("2008-10-17") => {
                     self.report(
                         "POLICY_OLD_VERSION",
@@ -528,12 +561,17 @@ impl Analysis<'_> {
         else {
             return None;
         };
+        let resource_variables = self.variables
+            && match &resources {
+                Names::Only(r) | Names::AllExcept(r) => r.iter().any(|r| has_variables(r)),
+            };
         Some(Statement {
             sid,
             effect,
             principal,
             actions,
             resources,
+            resource_variables,
             conditions,
             location: self.location(path, json.offset),
         })
@@ -759,10 +797,17 @@ impl Analysis<'_> {
                     key_path,
                     key.offset,
                 );
+                let (line, column) = self.index.position(key.offset);
+                let variables = self.variables
+                    && operator.substitutes_variables()
+                    && values.iter().any(|v| has_variables(v));
                 conditions.push(Condition {
                     operator,
                     key: key.name.clone(),
                     values,
+                    variables,
+                    line,
+                    column,
                 });
             }
         }

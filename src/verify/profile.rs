@@ -127,6 +127,150 @@ fn ctx(pairs: &[(&str, &str)]) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// The account that owns the key (the key ARN's), or the principal's when no key is known.
+fn key_account<'a>(p: &Params<'a>) -> &'a str {
+    p.key_arn
+        .split(':')
+        .nth(4)
+        .filter(|a| !a.is_empty())
+        .unwrap_or(p.account_id)
+}
+
+/// The context every request that the principal's credentials make through `via` (a
+/// forward access session of that service) carries. Each key, its value and its source are
+/// listed in docs/verification.md ("The request context").
+fn principal_context(p: &Params<'_>, via: &str) -> Vec<(String, Vec<String>)> {
+    let user_name = p
+        .principal_arn
+        .splitn(6, ':')
+        .nth(5)
+        .and_then(|resource| resource.strip_prefix("user/"))
+        .map(|path_and_name| path_and_name.rsplit('/').next().unwrap_or(path_and_name));
+    let mut context = ctx(&[
+        ("aws:PrincipalArn", p.principal_arn),
+        ("aws:PrincipalAccount", p.account_id),
+        (
+            "aws:PrincipalType",
+            if user_name.is_some() {
+                "User"
+            } else {
+                "AssumedRole"
+            },
+        ),
+        ("aws:PrincipalIsAWSService", "false"),
+        ("aws:ViaAWSService", "true"),
+        ("aws:SecureTransport", "true"),
+        ("aws:RequestedRegion", p.region),
+        ("aws:ResourceAccount", key_account(p)),
+        ("kms:CallerAccount", p.account_id),
+        ("kms:ViaService", via),
+    ]);
+    if let Some(name) = user_name {
+        context.extend(ctx(&[("aws:username", name)]));
+    }
+    context
+}
+
+/// The context of a request the service principal `service` makes itself, for the resource
+/// `source_arn` of `source_account`.
+fn service_context(
+    p: &Params<'_>,
+    service: &str,
+    source_account: &str,
+    source_arn: &str,
+) -> Vec<(String, Vec<String>)> {
+    ctx(&[
+        ("aws:PrincipalServiceName", service),
+        ("aws:PrincipalIsAWSService", "true"),
+        ("aws:SecureTransport", "true"),
+        ("aws:RequestedRegion", p.region),
+        ("aws:ResourceAccount", key_account(p)),
+        ("aws:SourceAccount", source_account),
+        ("aws:SourceArn", source_arn),
+    ])
+}
+
+/// `kms:EncryptionContext:<key>` for each pair, and `kms:EncryptionContextKeys`.
+fn encryption_context(pairs: &[(&str, &str)]) -> Vec<(String, Vec<String>)> {
+    let mut context: Vec<(String, Vec<String>)> = pairs
+        .iter()
+        .map(|(k, v)| (format!("kms:EncryptionContext:{k}"), vec![(*v).to_owned()]))
+        .collect();
+    context.push((
+        "kms:EncryptionContextKeys".to_owned(),
+        pairs.iter().map(|(k, _)| (*k).to_owned()).collect(),
+    ));
+    context
+}
+
+const ENCRYPTION_CONTEXT_PREFIX: &str = "kms:encryptioncontext:";
+
+/// Whether the documentation settles that `key` is absent from `request` (a key the
+/// request does not carry and that is not settled absent is unknown: the verifier evaluates
+/// it as absent and says so).
+pub fn documented_absent(request: &Request, key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let action = request.action.to_ascii_lowercase();
+    let starts = |prefix: &str| key.starts_with(prefix);
+    // KMS's key operations take no tags and name the key by ARN, not by alias.
+    if starts("aws:requesttag/") || key == "aws:tagkeys" || key == "kms:requestalias" {
+        return true;
+    }
+    // Grant keys exist on CreateGrant only.
+    if starts("kms:grant") && action != "kms:creategrant" {
+        return true;
+    }
+    // The encryption context is known exactly where the request carries one, and the
+    // operations without an EncryptionContext parameter have none.
+    if starts(ENCRYPTION_CONTEXT_PREFIX) || key == "kms:encryptioncontextkeys" {
+        let carries_context = request.context.iter().any(|(k, _)| {
+            k.to_ascii_lowercase()
+                .starts_with(ENCRYPTION_CONTEXT_PREFIX)
+        });
+        let no_context_parameter = matches!(
+            action.as_str(),
+            "kms:describekey" | "kms:creategrant" | "kms:retiregrant"
+        );
+        return carries_context || no_context_parameter;
+    }
+    match request.caller {
+        Caller::Aws { .. } => {
+            matches!(
+                key.as_str(),
+                "aws:principalservicename"
+                    | "aws:principalservicenameslist"
+                    | "aws:sourcevpc"
+                    | "aws:sourcevpce"
+                    | "aws:vpcsourceip"
+            ) || (key == "aws:username" && request.context_value("aws:username").is_none())
+        }
+        Caller::Service(_) => matches!(
+            key.as_str(),
+            "kms:viaservice"
+                | "aws:calledvia"
+                | "aws:calledviafirst"
+                | "aws:calledvialast"
+                | "aws:username"
+        ),
+    }
+}
+
+/// Whether the documentation says `request` carries `key` though its value cannot be known
+/// in advance (the address the call came from, the time, the role's unique id).
+pub fn present_with_unknown_value(request: &Request, key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    matches!(
+        key.as_str(),
+        "aws:currenttime" | "aws:epochtime" | "aws:useragent"
+    ) || (matches!(request.caller, Caller::Aws { .. })
+        && matches!(key.as_str(), "aws:sourceip" | "aws:userid"))
+}
+
+/// Whether a condition on `key` reads a value the verifier does not know for `request`.
+pub fn unknown_key(request: &Request, key: &str) -> bool {
+    request.context_value(key).is_none() && !documented_absent(request, key)
+}
+
 impl Profile {
     pub fn requirements(self, p: &Params<'_>) -> Requirements {
         let partition = partition_of(p.region);
@@ -147,15 +291,15 @@ impl Profile {
         let statements = match self {
             Profile::CodeguruGrants => {
                 let codeguru = format!("codeguru-security.{}.amazonaws.com", p.region);
-                let mut grant = request(
-                    &role,
-                    "kms:CreateGrant",
-                    ctx(&[("kms:ViaService", &codeguru)]),
-                );
+                let mut grant = request(&role, "kms:CreateGrant", principal_context(p, &codeguru));
                 grant.context.push((
                     "kms:GrantOperations".into(),
                     GRANT_OPERATIONS.map(str::to_owned).to_vec(),
                 ));
+                // CodeGuru Security, a service integrated with KMS, creates the grant.
+                grant
+                    .context
+                    .extend(ctx(&[("kms:GrantIsForAWSResource", "true")]));
                 required.push(Required {
                     request: grant,
                     statement: 0,
@@ -169,7 +313,7 @@ impl Profile {
                         "kms:GenerateDataKeyWithoutPlaintext",
                     ] {
                         required.push(Required {
-                            request: request(&role, action, ctx(&[("kms:ViaService", via)])),
+                            request: request(&role, action, principal_context(p, via)),
                             statement: 1,
                         });
                     }
@@ -222,33 +366,29 @@ impl Profile {
                     )
                 };
                 let account = p.account_id;
+                let scope = scope_key.trim_start_matches("kms:EncryptionContext:");
                 for action in Q_DATA_ACTIONS {
-                    let context = ctx(&[
-                        (scope_key, account),
-                        ("aws:SourceAccount", account),
-                        ("aws:SourceArn", &source_arn),
-                    ]);
+                    let mut context = service_context(p, Q_SERVICE, account, &source_arn);
+                    context.extend(encryption_context(&[(scope, account)]));
                     required.push(Required {
                         request: request(&q, action, context),
                         statement: 0,
                     });
                 }
-                let describe_context = ctx(&[
-                    ("aws:SourceAccount", account),
-                    ("aws:SourceArn", &source_arn),
-                ]);
+                let describe_context = service_context(p, Q_SERVICE, account, &source_arn);
                 required.push(Required {
                     request: request(&q, "kms:DescribeKey", describe_context),
                     statement: 1,
                 });
                 for action in Q_DATA_ACTIONS {
-                    let context = ctx(&[("kms:ViaService", &inspector), (scope_key, account)]);
+                    let mut context = principal_context(p, &inspector);
+                    context.extend(encryption_context(&[(scope, account)]));
                     required.push(Required {
                         request: request(&role, action, context),
                         statement: 2,
                     });
                 }
-                let describe_context = ctx(&[("kms:ViaService", &inspector)]);
+                let describe_context = principal_context(p, &inspector);
                 required.push(Required {
                     request: request(&role, "kms:DescribeKey", describe_context),
                     statement: 3,
