@@ -11,12 +11,13 @@
 
 use std::{
     sync::{
-        Arc, PoisonError, RwLock,
+        Arc, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
 use crate::{
@@ -24,6 +25,7 @@ use crate::{
     config::CacheConfig,
     domain::{CodeSnippets, FindingArn, KeyArn, SUPPORTED_TARGETS, Target},
     jitter,
+    striped::StripedCounter,
     verify::Report,
 };
 
@@ -58,47 +60,11 @@ impl CacheStatus {
 /// from, and how old it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cached {
-    /// Shared with the cache's entry: a hit copies no string.
-    pub key_arn: Option<Arc<str>>,
+    /// A copy of the entry's: the answer needs one, and sharing the entry's would be a
+    /// count every core writes to.
+    pub key_arn: Option<String>,
     pub status: CacheStatus,
     pub age: Duration,
-}
-
-/// A counter that threads add to without sharing a cache line: every core's reads count a
-/// hit, and one shared counter would bounce between the cores on each of them.
-#[derive(Debug, Default)]
-struct StripedCounter {
-    stripes: [Stripe; STRIPES],
-}
-
-const STRIPES: usize = 8;
-
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Stripe(AtomicU64);
-
-thread_local! {
-    /// This thread's stripe, given out in turn.
-    static STRIPE: usize = {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed) as usize % STRIPES
-    };
-}
-
-impl StripedCounter {
-    fn add(&self) {
-        let stripe = STRIPE.with(|s| *s);
-        if let Some(stripe) = self.stripes.get(stripe) {
-            stripe.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn get(&self) -> u64 {
-        self.stripes
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .sum()
-    }
 }
 
 /// Cache counters, for metrics and tests.
@@ -196,7 +162,7 @@ impl Entry {
 
     fn answer(&self, status: CacheStatus, now: Instant) -> Cached {
         Cached {
-            key_arn: self.key_arn.clone(),
+            key_arn: self.key_arn.as_deref().map(str::to_owned),
             status,
             age: now.saturating_duration_since(self.loaded_at),
         }
@@ -217,7 +183,9 @@ impl Entry {
 /// by it).
 #[derive(Debug, Default)]
 struct Slot {
-    entry: RwLock<Option<Entry>>,
+    /// Read by every call without a lock or a shared count: a read lock, or a clone of a
+    /// shared `Arc`, is a write to a line both cores would take turns owning.
+    entry: ArcSwapOption<Entry>,
     load: tokio::sync::Mutex<()>,
     /// A refresh ahead of expiry is under way (one at a time).
     refreshing: AtomicBool,
@@ -259,19 +227,11 @@ impl CacheState {
     }
 
     fn entry(&self, target: Target) -> Option<Entry> {
-        self.slot(target)
-            .entry
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.slot(target).entry.load().as_deref().cloned()
     }
 
     fn set(&self, target: Target, entry: Option<Entry>) {
-        *self
-            .slot(target)
-            .entry
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = entry;
+        self.slot(target).entry.store(entry.map(Arc::new));
     }
 
     /// When a read of `target` starts its refresh ahead of expiry (`None`: nothing is held
@@ -377,21 +337,16 @@ impl KeyCache {
     /// the entry's refresh point starts its refresh in the background.
     pub async fn get_fresh(&self, target: Target) -> Option<Cached> {
         let now = Instant::now();
-        // Read in place, under the lock: no copy of the entry.
+        // Read in place: no copy of the entry.
         let (answer, refresh_due) = {
-            let held = self
-                .state
-                .slot(target)
-                .entry
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            let entry = held.as_ref()?;
+            let held = self.state.slot(target).entry.load();
+            let entry = held.as_deref()?;
             if !entry.is_fresh(now, &self.state.config) {
                 return None;
             }
             (entry.answer(CacheStatus::Hit, now), now >= entry.refresh_at)
         };
-        self.state.stats.hits.add();
+        self.state.stats.hits.inc();
         if refresh_due {
             self.start_refresh_ahead(target);
         }

@@ -30,5 +30,6 @@ pub mod rpc;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod striped;
 pub mod tls;
 pub mod verify;

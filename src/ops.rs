@@ -372,11 +372,9 @@ impl RpcCall {
     fn finish(mut self, mut response: http::Response<Body>) -> http::Response<Body> {
         self.release();
         let code = grpc_code(&response);
-        self.shared.metrics.observe_rpc(
-            self.uri.path(),
-            code,
-            self.started.elapsed().as_secs_f64(),
-        );
+        self.shared
+            .metrics
+            .observe_rpc(self.uri.path(), code, self.started.elapsed());
         let mut id = std::mem::replace(&mut self.id, HeaderValue::from_static(""));
         // A value that never repeats: HPACK should not index it (indexing it would push the
         // headers that do repeat out of the connection's table).

@@ -888,7 +888,10 @@ async fn a_users_policies_include_its_groups() {
         assert_eq!(finding.sid(), "NoDecrypt");
         assert_eq!(finding.requests.len(), 2, "{finding:?}");
         assert!(
-            finding.requests.iter().all(|r| r.starts_with("kms:Decrypt via ")),
+            finding
+                .requests
+                .iter()
+                .all(|r| r.starts_with("kms:Decrypt via ")),
             "{finding:?}"
         );
         assert!(

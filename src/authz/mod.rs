@@ -8,11 +8,12 @@ pub mod rules;
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{Arc, PoisonError, RwLock},
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
 
+use arc_swap::ArcSwap;
 use tonic::{
     body::Body,
     transport::server::{TcpConnectInfo, UdsConnectInfo},
@@ -107,7 +108,9 @@ pub enum RulesSource {
 /// The rules in force, replaceable while serving.
 #[derive(Debug)]
 pub struct Authorizer {
-    rules: RwLock<Arc<Rules>>,
+    /// Read by every call without a lock or a shared count (a read lock, or a clone of the
+    /// `Arc`, is a write to a line both cores would take turns owning).
+    rules: ArcSwap<Rules>,
     source: RulesSource,
 }
 
@@ -121,7 +124,7 @@ impl Authorizer {
             } => Rules::from_file(path, *loopback_anonymous)?,
         };
         Ok(Authorizer {
-            rules: RwLock::new(Arc::new(rules)),
+            rules: ArcSwap::from_pointee(rules),
             source,
         })
     }
@@ -131,13 +134,6 @@ impl Authorizer {
         match &self.source {
             RulesSource::File { path, .. } => Some(path),
             RulesSource::Fixed(_) => None,
-        }
-    }
-
-    fn rules(&self) -> Arc<Rules> {
-        match self.rules.read() {
-            Ok(rules) => rules.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -152,19 +148,16 @@ impl Authorizer {
             return Ok(false);
         };
         let new = Rules::from_file(path, *loopback_anonymous)?;
-        let changed = *self.rules() != new;
+        let changed = **self.rules.load() != new;
         if changed {
-            match self.rules.write() {
-                Ok(mut rules) => *rules = Arc::new(new),
-                Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
-            }
+            self.rules.store(Arc::new(new));
         }
         Ok(changed)
     }
 
     /// The role the rules give an identity (for metrics and audit of refusals).
     pub fn role_of(&self, identity: &Identity) -> Option<Role> {
-        self.rules().role_of(identity)
+        self.rules.load().role_of(identity)
     }
 
     /// Decides one request: the caller, or why it is refused. A bearer token, when
@@ -178,9 +171,7 @@ impl Authorizer {
         let Some(required) = required_role(path) else {
             return Ok(None);
         };
-        // Read under the lock, not cloned: a clone per call is two more writes to a count
-        // every core shares.
-        let rules = self.rules.read().unwrap_or_else(PoisonError::into_inner);
+        let rules = self.rules.load();
         let identity = match bearer {
             Bearer::Absent => connection.ok_or(AuthzError::Unauthenticated(
                 "the caller could not be identified",

@@ -333,16 +333,14 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::GetEncryptionKeyRequest>,
     ) -> Result<Response<proto::GetEncryptionKeyResponse>, Status> {
-        let (target, cached) = self.get(request).await?;
-        match &cached.key_arn {
+        let (target, mut cached) = self.get(request).await?;
+        match cached.key_arn.take() {
             Some(kms_key_id) => {
                 // Room for what the answer carries (the two cache headers, the content type
                 // and the request id) from the start: growing the map rehashes it.
                 let mut response = Response::from_parts(
                     tonic::metadata::MetadataMap::with_capacity(4),
-                    proto::GetEncryptionKeyResponse {
-                        kms_key_id: kms_key_id.to_string(),
-                    },
+                    proto::GetEncryptionKeyResponse { kms_key_id },
                     tonic::Extensions::default(),
                 );
                 add_cache_metadata(response.metadata_mut(), &cached);
