@@ -150,10 +150,10 @@ pub fn generate(rows: &[Row]) -> Result<String, Error> {
         "/// Every method the server serves.\npub static METHODS: [Method; {}] = [",
         rows.len()
     );
-    for row in rows {
+    for (index, row) in rows.iter().enumerate() {
         let _ = writeln!(
             code,
-            "    Method {{ path: {:?}, name: {:?}, access: Access {{ role: {}, stored_key_role: {}, mutation: {}, secret_bearing: {}, cached_read: {} }} }},",
+            "    Method {{ index: {index}, path: {:?}, name: {:?}, access: Access {{ role: {}, stored_key_role: {}, mutation: {}, secret_bearing: {}, cached_read: {} }} }},",
             row.path,
             row.method,
             row.role,

@@ -209,9 +209,9 @@ const CODES: usize = 17;
 /// Roles as the authorization metric counts them: each role, and none.
 const ROLES: usize = Role::ALL.len() + 1;
 
-/// A path's row in the method table; paths not served share one more, labelled `other`.
-fn method_index(path: &str) -> usize {
-    rpc::method_index(path).unwrap_or(rpc::METHODS.len())
+/// A method's row in the method table; paths not served share one more, labelled `other`.
+fn method_index(method: Option<&rpc::Method>) -> usize {
+    method.map_or(rpc::METHODS.len(), |m| m.index)
 }
 
 fn method_name(index: usize) -> &'static str {
@@ -345,8 +345,14 @@ impl Metrics {
         text
     }
 
-    pub fn observe_rpc(&self, path: &str, code: tonic::Code, duration: std::time::Duration) {
-        let method = method_index(path);
+    /// An RPC answered; `method` as the method table has it (`None`: a path not served).
+    pub fn observe_rpc(
+        &self,
+        method: Option<&rpc::Method>,
+        code: tonic::Code,
+        duration: std::time::Duration,
+    ) {
+        let method = method_index(method);
         let code_index = usize::try_from(code as i32).unwrap_or(0).min(CODES - 1);
         let Some(slot) = self.0.rpc_series.get(method * CODES + code_index) else {
             return;
@@ -366,12 +372,12 @@ impl Metrics {
     }
 
     /// An authorization decision; `role` is the caller's (none when it has no role).
-    pub fn count_authz(&self, path: &str, role: Option<Role>, allowed: bool) {
+    pub fn count_authz(&self, method: Option<&rpc::Method>, role: Option<Role>, allowed: bool) {
         let (role_index, role) = match role {
             Some(role) => (role as usize, role.as_str()),
             None => (Role::ALL.len(), "none"),
         };
-        let method = method_index(path);
+        let method = method_index(method);
         let index = (method * ROLES + role_index) * 2 + usize::from(allowed);
         let Some(slot) = self.0.authz_series.get(index) else {
             return;

@@ -4,7 +4,6 @@
 //! deadline, the shorter of the configured one and the caller's `grpc-timeout`.
 
 use std::{
-    cell::Cell,
     future::Future,
     pin::Pin,
     sync::{
@@ -15,7 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use tokio::time::Sleep;
 use tonic::body::Body;
@@ -38,77 +36,22 @@ pub struct OpsLimits {
 /// Parsed at compile time: a lookup by `&str` parses and hashes the name.
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-/// The call's request id: the caller's `x-request-id` when it is a sensible token, else a
-/// new one, which then replaces whatever the caller sent, so that every layer and handler
-/// reads the call's id from its metadata ([`rpc::request_id`]).
-fn request_id<B>(request: &mut http::Request<B>) -> HeaderValue {
-    let callers = request.headers().get(&REQUEST_ID).filter(|v| {
-        let v = v.as_bytes();
-        !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)
-    });
-    if let Some(id) = callers {
-        return id.clone();
+/// The call's request id: the caller's `x-request-id` when it is a sensible token; else, for
+/// a call the layer opens a span for, a new one, which then replaces whatever the caller
+/// sent, so that every layer and handler reads the call's id from its metadata
+/// ([`rpc::request_id`]); else none yet: a cached read answered from the cache records
+/// nothing under an id, and whatever records something for it makes one then
+/// ([`rpc::request_id_or_new`]) and returns it on the answer it gives.
+fn request_id<B>(request: &mut http::Request<B>, opens_span: bool) -> Option<HeaderValue> {
+    if let Some(id) = rpc::callers_request_id(request.headers()) {
+        return Some(id.clone());
     }
-    let id = new_request_id();
-    request.headers_mut().insert(REQUEST_ID, id.clone());
-    id
+    opens_span.then(|| {
+        let id = rpc::new_request_id();
+        request.headers_mut().insert(REQUEST_ID, id.clone());
+        id
+    })
 }
-
-/// A new request id, shaped as a version-4 UUID: the first four groups are drawn at random
-/// once per process and the last group (48 bits) counts up from a random start, so ids are
-/// unique without a random draw (a system call) per request. Each thread takes its numbers
-/// in blocks, so the cores do not share a counter they would both write on every call. One
-/// allocation holds the id, which the request and the answer then share.
-fn new_request_id() -> HeaderValue {
-    static PREFIX_AND_START: OnceLock<([u8; 24], u64)> = OnceLock::new();
-    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
-    const BLOCK: u64 = 1 << 12;
-    thread_local! {
-        /// This thread's next number and the end of its block.
-        static NUMBERS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
-    }
-    let (prefix, start) = PREFIX_AND_START.get_or_init(|| {
-        let random = uuid::Uuid::new_v4().as_u128();
-        let text = uuid::Uuid::from_u128(random).hyphenated().to_string();
-        // "xxxxxxxx-xxxx-4xxx-yxxx-" and the node group as the counter's start.
-        let mut prefix = [0; 24];
-        prefix.copy_from_slice(&text.as_bytes()[..24]);
-        (prefix, (random as u64) & NODE_MASK)
-    });
-    let number = NUMBERS.with(|numbers| {
-        let (mut next, mut end) = numbers.get();
-        if next == end {
-            next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
-            end = next + BLOCK;
-        }
-        numbers.set((next + 1, end));
-        next
-    });
-    let node = start.wrapping_add(number) & NODE_MASK;
-    let mut id = RequestIdBytes([0; 36]);
-    id.0[..24].copy_from_slice(prefix);
-    // Twelve hex digits by hand: `format!` costs several times as much on this path.
-    for (digit, byte) in id.0[24..].iter_mut().rev().enumerate() {
-        *byte = HEX[((node >> (digit * 4)) & 0xf) as usize];
-    }
-    let value = HeaderValue::from_maybe_shared(Bytes::from_owner(id));
-    // Only hex digits and dashes: always a valid header value.
-    value.unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// A generated request id's text, owned by the `Bytes` the request and the answer share.
-struct RequestIdBytes([u8; 36]);
-
-impl AsRef<[u8]> for RequestIdBytes {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// The 48 bits of a UUID's last group.
-const NODE_MASK: u64 = (1 << 48) - 1;
 
 /// The deadline a `grpc-timeout` header asks for (`<digits><H|M|S|m|u|n>`).
 fn grpc_timeout<B>(request: &http::Request<B>) -> Option<Duration> {
@@ -215,20 +158,21 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
-        let id = request_id(&mut request);
+        let method = rpc::method(request.uri().path());
+        // The cached read opens no span: a read answered from the cache logs nothing, and
+        // building a span costs about a microsecond, a tenth of the call. Whatever logs for
+        // such a call (a refusal, a load, a deadline) opens it first.
+        let opens_span = !method.is_some_and(|m| m.access.cached_read);
         let mut call = RpcCall {
             started,
+            method,
+            id: request_id(&mut request, opens_span),
             // A clone of the URI shares its bytes: no copy of the path per call.
             uri: request.uri().clone(),
-            id,
             shared: self.layer.0.clone(),
             counted: false,
         };
-        let method = rpc::method(call.uri.path());
-        // The cached read opens no span: a read answered from the cache logs nothing, and
-        // building a span costs about a microsecond, a tenth of the call. Whatever logs for
-        // such a call (a refusal, a load, a deadline) opens it first with `rpc_span_of`.
-        let span = (!method.is_some_and(|m| m.access.cached_read)).then(|| call.span());
+        let span = opens_span.then(|| call.span());
 
         // Public calls (probes, reflection) are never shed.
         if rpc::role_needed(method).is_some() {
@@ -320,7 +264,7 @@ where
                         if timer.as_mut().poll(cx).is_pending() {
                             return Poll::Pending;
                         }
-                        let _entered = match (span.is_none(), call.as_ref()) {
+                        let _entered = match (span.is_none(), call.as_mut()) {
                             (true, Some(call)) => Some(call.span().entered()),
                             _ => None,
                         };
@@ -351,15 +295,21 @@ where
 pub struct RpcCall {
     started: Instant,
     uri: http::Uri,
-    id: HeaderValue,
+    /// The method table's row for the call's path, looked up once.
+    method: Option<&'static rpc::Method>,
+    /// `None`: a cached read whose caller sent no id, and nothing has recorded it yet.
+    id: Option<HeaderValue>,
     shared: Arc<OpsShared>,
     /// Holds one of the `max_concurrent_rpcs` places until it answers or is dropped.
     counted: bool,
 }
 
 impl RpcCall {
-    fn span(&self) -> tracing::Span {
-        rpc_span(self.id.to_str().unwrap_or(""), self.uri.path())
+    /// The call's span: what the layer logs is a record under the call's id, so the call
+    /// has one from then on.
+    fn span(&mut self) -> tracing::Span {
+        let id = self.id.get_or_insert_with(rpc::new_request_id);
+        rpc_span(id.to_str().unwrap_or(""), self.uri.path())
     }
 
     fn release(&mut self) {
@@ -368,18 +318,16 @@ impl RpcCall {
         }
     }
 
-    /// Counts the answer and adds the request id to it.
+    /// Counts the answer and adds the request id to it, when the call has one.
     fn finish(mut self, mut response: http::Response<Body>) -> http::Response<Body> {
         self.release();
         let code = grpc_code(&response);
         self.shared
             .metrics
-            .observe_rpc(self.uri.path(), code, self.started.elapsed());
-        let mut id = std::mem::replace(&mut self.id, HeaderValue::from_static(""));
-        // A value that never repeats: HPACK should not index it (indexing it would push the
-        // headers that do repeat out of the connection's table).
-        id.set_sensitive(true);
-        response.headers_mut().insert(REQUEST_ID, id);
+            .observe_rpc(self.method, code, self.started.elapsed());
+        if let Some(id) = self.id.take() {
+            rpc::answer_request_id(response.headers_mut(), id);
+        }
         response
     }
 }
@@ -435,29 +383,21 @@ mod tests {
 
     #[test]
     fn request_ids() {
+        // The caller's, when usable, whatever the call.
         let mut given = with_header(rpc::REQUEST_ID_HEADER, "abc-123");
-        assert_eq!(request_id(&mut given), "abc-123");
+        assert_eq!(request_id(&mut given, false).unwrap(), "abc-123");
         assert_eq!(rpc::request_id(given.headers()), "abc-123");
+        // Else a new one for a call with a span, which replaces the caller's...
         let mut unusable = with_header(rpc::REQUEST_ID_HEADER, "has space");
-        let generated = request_id(&mut unusable);
+        let generated = request_id(&mut unusable, true).unwrap();
         let generated = generated.to_str().unwrap();
-        // The new id replaces the caller's, so the handlers read the call's id.
         assert_eq!(rpc::request_id(unusable.headers()), generated);
-        let parsed = uuid::Uuid::parse_str(generated).unwrap();
-        assert_eq!(parsed.get_version_num(), 4);
-        let ids: std::collections::HashSet<String> = (0..10_000)
-            .map(|_| new_request_id().to_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(ids.len(), 10_000, "ids repeat");
-        assert!(ids.iter().all(|id| id[..24] == generated[..24]));
-        // Other threads take other blocks of numbers.
-        let other: Vec<String> = std::thread::spawn(|| {
-            (0..10)
-                .map(|_| new_request_id().to_str().unwrap().to_owned())
-                .collect()
-        })
-        .join()
-        .unwrap();
-        assert!(other.iter().all(|id| !ids.contains(id)));
+        assert_eq!(
+            uuid::Uuid::parse_str(generated).unwrap().get_version_num(),
+            4
+        );
+        // ...and none yet for a cached read.
+        let mut cached_read = with_header(rpc::REQUEST_ID_HEADER, "has space");
+        assert_eq!(request_id(&mut cached_read, false), None);
     }
 }

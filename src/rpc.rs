@@ -4,7 +4,15 @@
 //! cached read are declared once, on the RPC), roles, request ids and the span every log
 //! line of a call is written in, and gRPC code names.
 
-use std::{fmt, time::Duration};
+use std::{
+    cell::Cell,
+    fmt,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use serde::Deserialize;
 use tonic::body::Body;
@@ -95,6 +103,8 @@ pub struct Access {
 /// A method the server serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Method {
+    /// Its position in [`METHODS`].
+    pub index: usize,
     /// `/package.Service/Method`, as in the request URI.
     pub path: &'static str,
     /// The method's name, for metric labels.
@@ -127,8 +137,18 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// [`REQUEST_ID_HEADER`] parsed at compile time: a lookup by `&str` parses and hashes it.
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
 
+/// The caller's `x-request-id`, when it is a sensible token (printable ASCII, at most 128
+/// bytes).
+pub fn callers_request_id(headers: &http::HeaderMap) -> Option<&http::HeaderValue> {
+    headers.get(&REQUEST_ID).filter(|v| {
+        let v = v.as_bytes();
+        !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)
+    })
+}
+
 /// The request id of a call: its `x-request-id`, which the outermost layer has made the
-/// caller's when that is a sensible token and a new one otherwise ("" before that layer).
+/// caller's when that is a sensible token and a new one otherwise, except for a cached
+/// read that came without one ("" then, and before that layer).
 pub fn request_id(headers: &http::HeaderMap) -> &str {
     headers
         .get(&REQUEST_ID)
@@ -136,19 +156,82 @@ pub fn request_id(headers: &http::HeaderMap) -> &str {
         .unwrap_or("")
 }
 
+/// The id to record a call under: its request id, or, for a cached read that has none yet,
+/// a new one, which the caller of this then returns on the answer it gives
+/// ([`answer_request_id`]) so that the record can be found from the answer.
+pub fn request_id_or_new(headers: &http::HeaderMap) -> http::HeaderValue {
+    callers_request_id(headers)
+        .cloned()
+        .unwrap_or_else(new_request_id)
+}
+
+/// Puts the request id on an answer's metadata.
+pub fn answer_request_id(headers: &mut http::HeaderMap, mut id: http::HeaderValue) {
+    // A value that never repeats: HPACK should not index it (indexing it would push the
+    // headers that do repeat out of the connection's table).
+    id.set_sensitive(true);
+    headers.insert(REQUEST_ID, id);
+}
+
+/// A new request id, shaped as a version-4 UUID: the first four groups are drawn at random
+/// once per process and the last group (48 bits) counts up from a random start, so ids are
+/// unique without a random draw (a system call) per request. Each thread takes its numbers
+/// in blocks, so the cores do not share a counter they would both write on every call. One
+/// allocation holds the id, which the request and the answer then share.
+pub fn new_request_id() -> http::HeaderValue {
+    static PREFIX_AND_START: OnceLock<([u8; 24], u64)> = OnceLock::new();
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+    const BLOCK: u64 = 1 << 12;
+    thread_local! {
+        /// This thread's next number and the end of its block.
+        static NUMBERS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+    let (prefix, start) = PREFIX_AND_START.get_or_init(|| {
+        let random = uuid::Uuid::new_v4().as_u128();
+        let text = uuid::Uuid::from_u128(random).hyphenated().to_string();
+        // "xxxxxxxx-xxxx-4xxx-yxxx-" and the node group as the counter's start.
+        let mut prefix = [0; 24];
+        prefix.copy_from_slice(&text.as_bytes()[..24]);
+        (prefix, (random as u64) & NODE_MASK)
+    });
+    let number = NUMBERS.with(|numbers| {
+        let (mut next, mut end) = numbers.get();
+        if next == end {
+            next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+            end = next + BLOCK;
+        }
+        numbers.set((next + 1, end));
+        next
+    });
+    let node = start.wrapping_add(number) & NODE_MASK;
+    let mut id = RequestIdBytes([0; 36]);
+    id.0[..24].copy_from_slice(prefix);
+    // Twelve hex digits by hand: `format!` costs several times as much on this path.
+    for (digit, byte) in id.0[24..].iter_mut().rev().enumerate() {
+        *byte = HEX[((node >> (digit * 4)) & 0xf) as usize];
+    }
+    let value = http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id));
+    // Only hex digits and dashes: always a valid header value.
+    value.unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+/// A generated request id's text, owned by the `Bytes` the request and the answer share.
+struct RequestIdBytes([u8; 36]);
+
+impl AsRef<[u8]> for RequestIdBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The 48 bits of a UUID's last group.
+const NODE_MASK: u64 = (1 << 48) - 1;
+
 /// The span every log line of an RPC is written in.
 pub fn rpc_span(request_id: &str, method: &str) -> tracing::Span {
     tracing::info_span!("rpc", request_id = %request_id, method = %method)
-}
-
-/// The RPC's span from inside the call: the current one, or, for a cached read the outer
-/// layer left without one, a new one from the request's id.
-pub fn rpc_span_of<B>(request: &http::Request<B>) -> tracing::Span {
-    let current = tracing::Span::current();
-    if !current.is_none() {
-        return current;
-    }
-    rpc_span(request_id(request.headers()), request.uri().path())
 }
 
 /// Reads what the caller sent (up to 64 KiB, for at most 100 ms) before `response` goes out.
@@ -219,6 +302,26 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_request_ids_are_unique_version_4_uuids_of_one_process() {
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| new_request_id().to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 10_000, "ids repeat");
+        let first = ids.iter().next().unwrap().clone();
+        assert_eq!(uuid::Uuid::parse_str(&first).unwrap().get_version_num(), 4);
+        assert!(ids.iter().all(|id| id[..24] == first[..24]));
+        // Other threads take other blocks of numbers.
+        let other: Vec<String> = std::thread::spawn(|| {
+            (0..10)
+                .map(|_| new_request_id().to_str().unwrap().to_owned())
+                .collect()
+        })
+        .join()
+        .unwrap();
+        assert!(other.iter().all(|id| !ids.contains(id)));
+    }
 
     #[test]
     fn the_table_says_what_each_path_needs_and_denies_by_default() {

@@ -492,26 +492,57 @@ async fn json_logs_carry_the_request_id() {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(status.metadata().get("x-request-id").unwrap(), "req-json-7");
-    // Without one, the sidecar makes one up, a new one per call, and returns it.
+    // Without one, the sidecar makes one up for a call it records (every call but a read
+    // the cache answers), a new one per call, and returns it.
     let mut reader = sidecar.read_only_keys().await;
-    let id = |status: tonic::Status| {
+    let id = |status: &tonic::Status| {
         status
             .metadata()
             .get("x-request-id")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned()
+            .map(|id| id.to_str().unwrap().to_owned())
     };
-    let first = id(reader
-        .get_encryption_key(get_request(LAMBDA))
+    let refused = |mut request: Request<_>| {
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer not-a-known-token".parse().unwrap());
+        request
+    };
+    let first = id(&reader
+        .get_encryption_key(refused(Request::new(get_request(LAMBDA))))
         .await
-        .unwrap_err());
-    let second = id(reader
-        .get_encryption_key(get_request(LAMBDA))
+        .unwrap_err())
+    .unwrap();
+    let second = id(&reader
+        .get_encryption_key(refused(Request::new(get_request(LAMBDA))))
         .await
-        .unwrap_err());
+        .unwrap_err())
+    .unwrap();
     assert!(!first.is_empty() && first != second, "{first} {second}");
+    // The first read of a target goes to the backend (its span logs under the id it
+    // returns); the next is answered from the cache, records nothing and has no id to give,
+    // unless the caller sent one, which it echoes.
+    let loaded = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        loaded.metadata().get("x-keyd-cache").unwrap(),
+        "miss",
+        "{loaded:?}"
+    );
+    assert!(id(&loaded).is_some(), "{loaded:?}");
+    let hit = reader
+        .get_encryption_key(get_request(LAMBDA))
+        .await
+        .unwrap_err();
+    assert_eq!(hit.metadata().get("x-keyd-cache").unwrap(), "hit");
+    assert_eq!(id(&hit), None, "{hit:?}");
+    let mut request = Request::new(get_request(LAMBDA));
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-json-9".parse().unwrap());
+    let echoed = reader.get_encryption_key(request).await.unwrap_err();
+    assert_eq!(id(&echoed).as_deref(), Some("req-json-9"));
     // A refused read (the hot path, which opens its span only when it logs) too.
     let mut request = Request::new(get_request(LAMBDA));
     request
@@ -525,7 +556,8 @@ async fn json_logs_carry_the_request_id() {
 
     let found = eventually(Duration::from_secs(5), || async {
         let log = sidecar.log();
-        log.contains("req-json-7") && log.contains("req-json-8")
+        // The id a refused read was answered with is the one its log line carries.
+        log.contains("req-json-7") && log.contains("req-json-8") && log.contains(&first)
     })
     .await;
     assert!(found);

@@ -25,7 +25,7 @@ pub use rules::{CertName, Identity, Role, Rules, RulesError};
 use crate::{
     audit::{AuditLog, AuditRecord, AuditSubject},
     metrics::Metrics,
-    rpc::{self, code_name, required_role},
+    rpc::{self, code_name},
 };
 
 /// The peer of a TLS connection, left in each request's extensions by the TLS transport.
@@ -164,11 +164,11 @@ impl Authorizer {
     /// present, is the caller's identity; otherwise the connection's.
     pub fn decide(
         &self,
-        path: &str,
+        method: Option<&rpc::Method>,
         connection: Option<Identity>,
         bearer: Bearer,
     ) -> Result<Option<Caller>, AuthzError> {
-        let Some(required) = required_role(path) else {
+        let Some(required) = rpc::role_needed(method) else {
             return Ok(None);
         };
         let rules = self.rules.load();
@@ -321,7 +321,7 @@ where
         let decision = self
             .shared
             .authorizer
-            .decide(path, connection.clone(), bearer);
+            .decide(method, connection.clone(), bearer);
         // The role the caller has (not enough, when refused), for the audit line and the
         // metrics; a refused token has none, whatever connection carried it.
         let role = match &decision {
@@ -334,18 +334,32 @@ where
         if rpc::role_needed(method).is_some() {
             self.shared
                 .metrics
-                .count_authz(path, role, decision.is_ok());
+                .count_authz(method, role, decision.is_ok());
         }
         // Mutations, secret-bearing reads, calls of paths not served and refusals are
         // audited; other reads pay nothing for it.
         let audited = method.is_none_or(|m| m.access.mutation || m.access.secret_bearing);
-        let mut guard = (audited || decision.is_err()).then(|| AuditGuard {
+        // The id the audit line and the refusal's log line are written under.
+        let record_id =
+            (audited || decision.is_err()).then(|| rpc::request_id_or_new(request.headers()));
+        // A refusal is logged inside the call's span, or, for a cached read the outer layer
+        // left without one, a span of its own.
+        let refusal_span = decision.is_err().then(|| {
+            let current = tracing::Span::current();
+            match &record_id {
+                Some(id) if current.is_none() => {
+                    rpc::rpc_span(id.to_str().unwrap_or_default(), path)
+                }
+                _ => current,
+            }
+        });
+        let mut guard = record_id.as_ref().map(|id| AuditGuard {
             log: self.shared.audit.clone(),
             record: Some(AuditRecord {
                 time: time::OffsetDateTime::now_utc()
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default(),
-                request_id: rpc::request_id(request.headers()).to_owned(),
+                request_id: id.to_str().unwrap_or_default().to_owned(),
                 caller: match bearer {
                     Bearer::Token(sha256) => Identity::Token { sha256 }.to_string(),
                     Bearer::Malformed => "malformed-token".to_owned(),
@@ -371,11 +385,15 @@ where
         }
         match decision {
             Err(error) => {
-                let _entered = rpc::rpc_span_of(&request).entered();
+                let _entered = refusal_span.map(tracing::Span::entered);
                 tracing::info!(%error, "call refused");
-                let status = tonic::Status::from(error);
+                let mut status = tonic::Status::from(error);
                 if let Some(guard) = &mut guard {
                     guard.finish("denied", status.code());
+                }
+                // The answer names the id the refusal was recorded under.
+                if let Some(id) = record_id {
+                    rpc::answer_request_id(status.metadata_mut().as_mut(), id);
                 }
                 let body = request.into_body();
                 AuthzFuture::Refused {
@@ -475,10 +493,18 @@ mod tests {
         let tcp = Identity::LoopbackPeer {
             addr: "127.0.0.1:4000".parse().unwrap(),
         };
-        assert!(authz.decide(UPDATE, Some(owner), Bearer::Absent).is_ok());
-        assert!(authz.decide(GET, Some(tcp.clone()), Bearer::Absent).is_ok());
+        assert!(
+            authz
+                .decide(rpc::method(UPDATE), Some(owner), Bearer::Absent)
+                .is_ok()
+        );
+        assert!(
+            authz
+                .decide(rpc::method(GET), Some(tcp.clone()), Bearer::Absent)
+                .is_ok()
+        );
         assert_eq!(
-            authz.decide(UPDATE, Some(tcp.clone()), Bearer::Absent),
+            authz.decide(rpc::method(UPDATE), Some(tcp.clone()), Bearer::Absent),
             Err(AuthzError::RoleRequired {
                 required: Role::Admin,
                 caller: "tcp:127.0.0.1:4000".into()
@@ -486,7 +512,7 @@ mod tests {
         );
         let admin = authz
             .decide(
-                UPDATE,
+                rpc::method(UPDATE),
                 Some(tcp.clone()),
                 Bearer::Token(rules::token_hash(token)),
             )
@@ -494,19 +520,27 @@ mod tests {
             .unwrap();
         assert_eq!(admin.role, Some(Role::Admin));
         assert!(matches!(
-            authz.decide(GET, Some(tcp), Bearer::Token(rules::token_hash("guess"))),
+            authz.decide(
+                rpc::method(GET),
+                Some(tcp),
+                Bearer::Token(rules::token_hash("guess"))
+            ),
             Err(AuthzError::Unauthenticated(_))
         ));
         assert!(matches!(
-            authz.decide(GET, Some(other), Bearer::Absent),
+            authz.decide(rpc::method(GET), Some(other), Bearer::Absent),
             Err(AuthzError::RoleRequired { .. })
         ));
         assert!(matches!(
-            authz.decide(GET, None, Bearer::Absent),
+            authz.decide(rpc::method(GET), None, Bearer::Absent),
             Err(AuthzError::Unauthenticated(_))
         ));
         assert_eq!(
-            authz.decide("/grpc.health.v1.Health/Check", None, Bearer::Absent),
+            authz.decide(
+                rpc::method("/grpc.health.v1.Health/Check"),
+                None,
+                Bearer::Absent
+            ),
             Ok(None)
         );
     }

@@ -32,7 +32,7 @@ use crate::{
     audit::{AuditLog, AuditRecord},
     authz::AwsPeer,
     metrics::Metrics,
-    rpc::REQUEST_ID_HEADER,
+    rpc,
 };
 pub use credentials::AwsCredentials;
 use protocol::{AwsError, Operation};
@@ -102,9 +102,13 @@ impl Door {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = request.into_parts();
+        // The call's id: the caller's x-request-id when it sent a usable one, else a new one;
+        // the gRPC layers record the call under it, and every answer names it.
+        let id = rpc::request_id_or_new(&parts.headers);
+        let request_id = id.to_str().unwrap_or_default().to_owned();
         let body = match self.read_body(&parts.headers, body).await {
             Ok(body) => body,
-            Err(error) => return error_response(&error, &new_request_id()),
+            Err(error) => return error_response(&error, &request_id),
         };
         let path_and_query = parts
             .uri
@@ -124,27 +128,23 @@ impl Door {
         );
         let access_key_id = match verified {
             Ok(id) => id,
-            Err(error) => return self.refuse_signature(&parts, &error, peer),
+            Err(error) => return self.refuse_signature(&parts, &error, peer, &request_id),
         };
         let operation = match protocol::route(parts.method.as_str(), parts.uri.path()) {
             Ok(operation) => operation,
-            Err(error) => return error_response(&error, &new_request_id()),
+            Err(error) => return error_response(&error, &request_id),
         };
         let message = match protocol::decode_request(operation, parts.uri.query(), &body) {
             Ok(message) => message,
-            Err(error) => return error_response(&error, &new_request_id()),
+            Err(error) => return error_response(&error, &request_id),
         };
-        let mut call = http::Request::builder()
+        let call = http::Request::builder()
             .method(http::Method::POST)
             .uri(operation.grpc_path())
             .version(http::Version::HTTP_2)
             .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers");
-        // The caller's request id, when it sent one, is the call's (the ops layer checks it).
-        if let Some(id) = parts.headers.get(REQUEST_ID_HEADER) {
-            call = call.header(REQUEST_ID_HEADER, id.clone());
-        }
-        let call = call
+            .header(http::header::TE, "trailers")
+            .header(rpc::REQUEST_ID, id)
             .extension(AwsPeer {
                 access_key_id,
                 addr: peer,
@@ -154,11 +154,11 @@ impl Door {
             Ok(call) => call,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the gRPC call");
-                return error_response(&internal(), &new_request_id());
+                return error_response(&internal(), &request_id);
             }
         };
         let Ok(answer) = self.grpc.clone().oneshot(call).await;
-        answer_of(operation, answer).await
+        answer_of(operation, answer, &request_id).await
     }
 
     /// The body, within `max_request_bytes` and `read_timeout`.
@@ -221,8 +221,8 @@ impl Door {
         parts: &http::request::Parts,
         error: &sigv4::SignatureError,
         peer: Option<SocketAddr>,
+        request_id: &str,
     ) -> http::Response<Full<Bytes>> {
-        let request_id = new_request_id();
         let operation = protocol::route(parts.method.as_str(), parts.uri.path()).ok();
         let rpc = operation.map_or("", Operation::grpc_path);
         tracing::info!(
@@ -233,7 +233,8 @@ impl Door {
             "AWS-protocol request refused: its signature was not accepted"
         );
         if let Some(operation) = operation {
-            self.metrics.count_authz(operation.grpc_path(), None, false);
+            self.metrics
+                .count_authz(rpc::method(operation.grpc_path()), None, false);
         }
         let claimed = parts
             .headers
@@ -245,7 +246,7 @@ impl Door {
             time: time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
-            request_id: request_id.clone(),
+            request_id: request_id.to_owned(),
             caller: claimed.unwrap_or_else(|| "unknown".to_owned()),
             connection: peer.map(|addr| format!("aws-api:{addr}")),
             role: None,
@@ -258,7 +259,7 @@ impl Door {
             latency_ms: 0.0,
         });
         let error = AwsError::new(StatusCode::FORBIDDEN, error.code(), error.to_string());
-        error_response(&error, &request_id)
+        error_response(&error, request_id)
     }
 }
 
@@ -268,10 +269,6 @@ fn claimed_access_key(authorization: &str) -> Option<&str> {
     let credential = authorization.split("Credential=").nth(1)?;
     let id = credential.split('/').next()?;
     credentials::is_access_key_id(id).then_some(id)
-}
-
-fn new_request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 fn internal() -> AwsError {
@@ -305,13 +302,9 @@ const CARRIED_HEADERS: [&str; 2] = [
 async fn answer_of(
     operation: Operation,
     answer: http::Response<tonic::body::Body>,
+    request_id: &str,
 ) -> http::Response<Full<Bytes>> {
     let (parts, body) = answer.into_parts();
-    let request_id = parts
-        .headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(new_request_id, str::to_owned);
     let carried: Vec<(&str, HeaderValue)> = CARRIED_HEADERS
         .iter()
         .filter_map(|name| Some((*name, parts.headers.get(*name)?.clone())))
@@ -327,13 +320,13 @@ async fn answer_of(
         && status.code() != tonic::Code::Ok
     {
         let error = protocol::AwsError::from_status(&status, operation);
-        return with_carried(error_response(&error, &request_id));
+        return with_carried(error_response(&error, request_id));
     }
     let collected = match body.collect().await {
         Ok(collected) => collected,
         Err(e) => {
             tracing::error!(error = %e, "the gRPC answer could not be read");
-            return error_response(&internal(), &request_id);
+            return error_response(&internal(), request_id);
         }
     };
     if let Some(status) = collected
@@ -342,16 +335,16 @@ async fn answer_of(
         .filter(|s| s.code() != tonic::Code::Ok)
     {
         let error = protocol::AwsError::from_status(&status, operation);
-        return with_carried(error_response(&error, &request_id));
+        return with_carried(error_response(&error, request_id));
     }
     let frame = collected.to_bytes();
     let Some(message) = frame.get(5..) else {
         tracing::error!("the gRPC answer has no message");
-        return error_response(&internal(), &request_id);
+        return error_response(&internal(), request_id);
     };
     match protocol::encode_response(operation, message) {
-        Ok(json) => with_carried(json_response(StatusCode::OK, &json, &request_id)),
-        Err(error) => error_response(&error, &request_id),
+        Ok(json) => with_carried(json_response(StatusCode::OK, &json, request_id)),
+        Err(error) => error_response(&error, request_id),
     }
 }
 

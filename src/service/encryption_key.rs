@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use http::HeaderValue;
+
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -58,7 +60,16 @@ pub const CACHE_HEADER: &str = "x-keyd-cache";
 /// Response metadata: the age of the answer, in whole seconds.
 pub const CACHE_AGE_HEADER: &str = "x-keyd-cache-age";
 
-fn add_cache_metadata(metadata: &mut tonic::metadata::MetadataMap, cached: &Cached) {
+/// Adds the cache headers, and the request id of an answer the cache could not give (see
+/// `get`), to an answer's metadata.
+fn add_cache_metadata(
+    metadata: &mut tonic::metadata::MetadataMap,
+    cached: &Cached,
+    request_id: Option<HeaderValue>,
+) {
+    if let Some(id) = request_id {
+        rpc::answer_request_id(metadata.as_mut(), id);
+    }
     use tonic::metadata::{AsciiMetadataKey, MetadataValue};
     // Names parsed once, not on every read.
     static NAMES: std::sync::LazyLock<(AsciiMetadataKey, AsciiMetadataKey)> =
@@ -120,24 +131,35 @@ impl EncryptionKeys {
     }
 
     /// A read: the cache's fresh answer, else a load. Only the load opens the RPC's span
-    /// (the outer layer leaves the cached read without one): a hit logs nothing.
+    /// (the outer layer leaves the cached read without one): a hit logs nothing. What the
+    /// load answers carries the id its span was recorded under.
     async fn get(
         &self,
         request: Request<proto::GetEncryptionKeyRequest>,
-    ) -> Result<(Target, Cached), Status> {
+    ) -> Result<(Target, Cached, Option<HeaderValue>), Status> {
         let r = request.get_ref();
         let target =
             validation::target_request(r.scan_type, r.resource_type).map_err(ServiceError::from)?;
         if let Some(hit) = self.cache.get_fresh(target).await {
-            return Ok((target, hit));
+            return Ok((target, hit, None));
         }
-        let request_id = rpc::request_id(request.metadata().as_ref());
-        async {
-            let loaded = self.cache.load(target).await.map_err(ServiceError::from)?;
-            Ok((target, loaded))
+        let id = rpc::request_id_or_new(request.metadata().as_ref());
+        let loaded = self
+            .cache
+            .load(target)
+            .instrument(rpc::rpc_span(
+                id.to_str().unwrap_or_default(),
+                rpc::CACHED_READ.path,
+            ))
+            .await;
+        match loaded {
+            Ok(loaded) => Ok((target, loaded, Some(id))),
+            Err(e) => {
+                let mut status = Status::from(ServiceError::from(e));
+                rpc::answer_request_id(status.metadata_mut().as_mut(), id);
+                Err(status)
+            }
         }
-        .instrument(rpc::rpc_span(request_id, rpc::CACHED_READ.path))
-        .await
     }
 
     async fn update(
@@ -333,7 +355,7 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::GetEncryptionKeyRequest>,
     ) -> Result<Response<proto::GetEncryptionKeyResponse>, Status> {
-        let (target, mut cached) = self.get(request).await?;
+        let (target, mut cached, request_id) = self.get(request).await?;
         match cached.key_arn.take() {
             Some(kms_key_id) => {
                 // Room for what the answer carries (the two cache headers, the content type
@@ -343,12 +365,12 @@ impl EncryptionKeyService for EncryptionKeys {
                     proto::GetEncryptionKeyResponse { kms_key_id },
                     tonic::Extensions::default(),
                 );
-                add_cache_metadata(response.metadata_mut(), &cached);
+                add_cache_metadata(response.metadata_mut(), &cached, request_id);
                 Ok(response)
             }
             None => {
                 let mut status = Status::from(ServiceError::AwsOwnedKey(target));
-                add_cache_metadata(status.metadata_mut(), &cached);
+                add_cache_metadata(status.metadata_mut(), &cached, request_id);
                 Err(status)
             }
         }
