@@ -264,9 +264,13 @@ where
 
 /// The gRPC code of a response: from its headers when the status came without a body
 /// (every error), else OK (a unary success sends its status in the trailers).
-pub fn grpc_code<B>(response: &http::Response<B>) -> tonic::Code {
+pub fn grpc_code<B: http_body::Body>(response: &http::Response<B>) -> tonic::Code {
     // Parsed at compile time: a lookup by `&str` parses and hashes the name.
     const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    // A body still to come is a success's (asking costs less than the header lookup).
+    if !response.body().is_end_stream() {
+        return tonic::Code::Ok;
+    }
     response
         .headers()
         .get(&GRPC_STATUS)
@@ -321,6 +325,17 @@ mod tests {
         .join()
         .unwrap();
         assert!(other.iter().all(|id| !ids.contains(id)));
+    }
+
+    #[test]
+    fn an_answer_without_a_body_has_its_code_in_its_headers_and_one_with_a_body_is_ok() {
+        let refused: http::Response<tonic::body::Body> =
+            tonic::Status::permission_denied("no").into_http();
+        assert_eq!(grpc_code(&refused), tonic::Code::PermissionDenied);
+        let served = http::Response::new(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(b"\0\0\0\0\0"),
+        )));
+        assert_eq!(grpc_code(&served), tonic::Code::Ok);
     }
 
     #[test]
