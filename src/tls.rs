@@ -296,13 +296,13 @@ pub fn certificate_name(der: &[u8]) -> Option<CertName> {
                 .get(..9)
                 .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe://")) =>
         {
-            Some(CertName::Spiffe(format!("spiffe://{}", &uri[9..])))
+            Some(CertName::Spiffe(format!("spiffe://{}", &uri[9..]).into()))
         }
         _ => None,
     });
     let dns = || {
         sans.iter().find_map(|name| match name {
-            GeneralName::DNSName(dns) => Some(CertName::Dns((*dns).to_owned())),
+            GeneralName::DNSName(dns) => Some(CertName::Dns((*dns).into())),
             _ => None,
         })
     };
@@ -311,7 +311,7 @@ pub fn certificate_name(der: &[u8]) -> Option<CertName> {
             .iter_common_name()
             .next()
             .and_then(|cn| cn.as_str().ok())
-            .map(|cn| CertName::CommonName(cn.to_owned()))
+            .map(|cn| CertName::CommonName(cn.into()))
     };
     spiffe.or_else(dns).or_else(common_name)
 }

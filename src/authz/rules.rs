@@ -6,6 +6,7 @@ use std::{
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::Deserialize;
@@ -13,12 +14,13 @@ use serde::Deserialize;
 pub use crate::rpc::Role;
 
 /// The name a client certificate gives its holder: its SPIFFE ID (URI SAN), else its first
-/// DNS SAN, else its subject common name.
+/// DNS SAN, else its subject common name. Shared, not copied: every call on a connection
+/// carries its peer's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertName {
-    Spiffe(String),
-    Dns(String),
-    CommonName(String),
+    Spiffe(Arc<str>),
+    Dns(Arc<str>),
+    CommonName(Arc<str>),
 }
 
 /// Who is calling.
@@ -122,7 +124,7 @@ impl Matcher {
                 Identity::Certificate {
                     name: CertName::Spiffe(id),
                 },
-            ) => want == id,
+            ) => want.as_str() == &**id,
             (
                 Matcher::TrustDomain(prefix),
                 Identity::Certificate {
@@ -140,7 +142,7 @@ impl Matcher {
                 Identity::Certificate {
                     name: CertName::CommonName(cn),
                 },
-            ) => want == cn,
+            ) => want.as_str() == &**cn,
             (Matcher::TokenSha256(want), Identity::Token { sha256 }) => {
                 aws_lc_rs::constant_time::verify_slices_are_equal(want, sha256).is_ok()
             }
