@@ -149,7 +149,7 @@ fn update_get_reset_flow_and_error_details() {
         "{}",
         verbose.stdout
     );
-    assert!(verbose.stdout.contains("age: "), "{}", verbose.stdout);
+    assert!(verbose.stdout.contains("\nage: "), "{}", verbose.stdout);
 
     let reset = grpcurl.unix(
         Some(&format!("{{{TARGET}}}")),
