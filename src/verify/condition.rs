@@ -314,7 +314,7 @@ pub fn glob(pattern: &str, text: &str, ignore_case: bool) -> bool {
     }
     if pattern.is_ascii() && text.is_ascii() {
         let same = |p: u8, t: u8| p == t || ignore_case && p.eq_ignore_ascii_case(&t);
-        return glob_units(pattern.as_bytes(), text.as_bytes(), b'*', b'?', same);
+        return glob_units(pattern.as_bytes(), text.as_bytes(), wild(b'*', b'?'), same);
     }
     let fold = |s: &str| -> Vec<char> {
         if ignore_case {
@@ -323,25 +323,40 @@ pub fn glob(pattern: &str, text: &str, ignore_case: bool) -> bool {
             s.chars().collect()
         }
     };
-    glob_units(&fold(pattern), &fold(text), '*', '?', |p, t| p == t)
+    glob_units(&fold(pattern), &fold(text), wild('*', '?'), |p, t| p == t)
 }
 
-fn glob_units<T: Copy + PartialEq>(
-    p: &[T],
+/// What one element of a wildcard pattern stands for.
+pub(super) enum Wild<T> {
+    /// `*`: any run.
+    Run,
+    /// `?`: one element.
+    One,
+    Literal(T),
+}
+
+/// Wildcard matching over any elements: `class` says what each pattern element stands for,
+/// `same` whether a literal matches a text element. Iterative: on a mismatch it resumes
+/// after the last `*` (no backtracking blow-up).
+pub(super) fn glob_units<P: Copy, T: Copy>(
+    p: &[P],
     t: &[T],
-    star: T,
-    any: T,
+    class: impl Fn(P) -> Wild<T>,
     same: impl Fn(T, T) -> bool,
 ) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut resume: Option<(usize, usize)> = None;
     while ti < t.len() {
-        match p.get(pi).copied() {
-            Some(c) if c == star => {
+        match p.get(pi).copied().map(&class) {
+            Some(Wild::Run) => {
                 resume = Some((pi, ti));
                 pi += 1;
             }
-            Some(c) if c == any || same(c, t[ti]) => {
+            Some(Wild::One) => {
+                pi += 1;
+                ti += 1;
+            }
+            Some(Wild::Literal(c)) if same(c, t[ti]) => {
                 pi += 1;
                 ti += 1;
             }
@@ -355,7 +370,20 @@ fn glob_units<T: Copy + PartialEq>(
             },
         }
     }
-    p[pi..].iter().all(|&c| c == star)
+    p[pi..].iter().all(|&c| matches!(class(c), Wild::Run))
+}
+
+/// The wildcards of a policy string: `*` and `?` in whatever element type it is read as.
+fn wild<T: Copy + PartialEq>(star: T, any: T) -> impl Fn(T) -> Wild<T> {
+    move |c| {
+        if c == star {
+            Wild::Run
+        } else if c == any {
+            Wild::One
+        } else {
+            Wild::Literal(c)
+        }
+    }
 }
 
 /// ARN matching: each of the six colon-separated components is matched on its own, with

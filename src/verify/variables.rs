@@ -7,6 +7,8 @@
 //! does, and a resource with it names no resource (IAM User Guide, "Policy variables with no
 //! value").
 
+use super::condition::{Wild, glob_units};
+
 /// One unit of a substituted policy value: a character to match literally, or a wildcard
 /// the policy itself wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +108,8 @@ pub fn text(units: &[Unit]) -> String {
         .collect()
 }
 
-/// Wildcard matching of substituted units against `text`, iterative like
-/// [`super::condition::glob`].
+/// Wildcard matching of substituted units against `text`, by [`super::condition::glob`]'s
+/// matcher.
 pub fn glob(pattern: &[Unit], text: &str, ignore_case: bool) -> bool {
     let t: Vec<char> = if ignore_case {
         text.to_lowercase().chars().collect()
@@ -127,33 +129,14 @@ pub fn glob(pattern: &[Unit], text: &str, ignore_case: bool) -> bool {
     } else {
         pattern
     };
-    let (mut pi, mut ti) = (0, 0);
-    let mut resume: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some(Unit::Star) => {
-                resume = Some((pi, ti));
-                pi += 1;
-            }
-            Some(Unit::Any) => {
-                pi += 1;
-                ti += 1;
-            }
-            Some(Unit::Char(c)) if *c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match resume {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    resume = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|u| *u == Unit::Star)
+    // A `*` or `?` a variable put there is a literal character, so the units say what is
+    // a wildcard, not the characters.
+    let class = |u: Unit| match u {
+        Unit::Star => Wild::Run,
+        Unit::Any => Wild::One,
+        Unit::Char(c) => Wild::Literal(c),
+    };
+    glob_units(p, &t, class, |p, t| p == t)
 }
 
 /// ARN matching of substituted units: each of the six colon-separated components on its own.
