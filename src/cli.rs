@@ -304,6 +304,9 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode, ExitCode> {
                     .enumerate()
                     .map(|(i, text)| (format!("identity_policies[{i}]"), text.as_str())),
             );
+            if let Some(boundary) = &permissions_boundary {
+                sources.push(("permissions_boundary".to_owned(), boundary.as_str()));
+            }
             // Colour only on a terminal, and never with NO_COLOR set.
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             print!("{}", text_report(&report, &sources, color));

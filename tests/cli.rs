@@ -690,6 +690,26 @@ fn policy_verify_reads_a_permissions_boundary() {
         "{report:#}"
     );
 
+    // As text, the finding shows the boundary's line, as it does a key policy's.
+    let text = run(
+        dir.path(),
+        "verify",
+        "amazon-q-lambda",
+        &[
+            "--key-policy",
+            "key.json",
+            "--permissions-boundary",
+            "boundary.json",
+        ],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("--> permissions_boundary:1:"), "{text}");
+    assert!(
+        text.contains(r#""NotAction": "kms:GenerateDataKey""#),
+        "{text}"
+    );
+    assert!(!text.contains("at permissions_boundary (line"), "{text}");
+
     // A boundary that cannot be read is a usage error.
     let missing = run(
         dir.path(),
