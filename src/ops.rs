@@ -38,10 +38,10 @@ const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// The call's request id: the caller's `x-request-id` when it is a sensible token; else, for
 /// a call the layer opens a span for, a new one, which then replaces whatever the caller
-/// sent, so that every layer and handler reads the call's id from its metadata
-/// ([`rpc::request_id`]); else none yet: a cached read answered from the cache records
-/// nothing under an id, and whatever records something for it makes one then
-/// ([`rpc::request_id_or_new`]) and returns it on the answer it gives.
+/// sent, so that every layer and handler reads the call's id from its `x-request-id`; else
+/// none yet: a cached read answered from the cache records nothing under an id, and
+/// whatever records something for it makes one then ([`rpc::request_id_or_new`]) and
+/// returns it on the answer it gives.
 fn request_id<B>(request: &mut http::Request<B>, opens_span: bool) -> Option<HeaderValue> {
     if let Some(id) = rpc::callers_request_id(request.headers()) {
         return Some(id.clone());
@@ -386,12 +386,12 @@ mod tests {
         // The caller's, when usable, whatever the call.
         let mut given = with_header(rpc::REQUEST_ID_HEADER, "abc-123");
         assert_eq!(request_id(&mut given, false).unwrap(), "abc-123");
-        assert_eq!(rpc::request_id(given.headers()), "abc-123");
+        assert_eq!(given.headers()[&REQUEST_ID], "abc-123");
         // Else a new one for a call with a span, which replaces the caller's...
         let mut unusable = with_header(rpc::REQUEST_ID_HEADER, "has space");
         let generated = request_id(&mut unusable, true).unwrap();
         let generated = generated.to_str().unwrap();
-        assert_eq!(rpc::request_id(unusable.headers()), generated);
+        assert_eq!(unusable.headers()[&REQUEST_ID], generated);
         assert_eq!(
             uuid::Uuid::parse_str(generated).unwrap().get_version_num(),
             4

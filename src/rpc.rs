@@ -119,14 +119,9 @@ pub fn method(path: &str) -> Option<&'static Method> {
     METHODS.get(method_index(path)?)
 }
 
-/// What a path needs: a path the server does not serve needs `admin` (deny by default; the
-/// router then answers UNIMPLEMENTED to whoever has it).
-pub fn required_role(path: &str) -> Option<Role> {
-    role_needed(method(path))
-}
-
-/// [`required_role`] for a method already looked up (`None`: a path not served), so a
-/// layer looks a call's path up once.
+/// What a call of a method already looked up needs (a layer looks a call's path up once):
+/// a path the server does not serve (`None`) needs `admin` (deny by default; the router then
+/// answers UNIMPLEMENTED to whoever has it).
 pub fn role_needed(method: Option<&Method>) -> Option<Role> {
     method.map_or(Some(Role::Admin), |m| m.access.role)
 }
@@ -144,16 +139,6 @@ pub fn callers_request_id(headers: &http::HeaderMap) -> Option<&http::HeaderValu
         let v = v.as_bytes();
         !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)
     })
-}
-
-/// The request id of a call: its `x-request-id`, which the outermost layer has made the
-/// caller's when that is a sensible token and a new one otherwise, except for a cached
-/// read that came without one ("" then, and before that layer).
-pub fn request_id(headers: &http::HeaderMap) -> &str {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|id| id.to_str().ok())
-        .unwrap_or("")
 }
 
 /// The id to record a call under: its request id, or, for a cached read that has none yet,
@@ -366,15 +351,15 @@ mod tests {
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ] {
-            assert_eq!(required_role(public), None, "{public}");
+            assert_eq!(role_needed(method(public)), None, "{public}");
         }
         // Not served: admin, and no row.
         assert_eq!(
-            required_role("/inspectorkeyd.v1.EncryptionKeyService/NoSuchCall"),
+            role_needed(method("/inspectorkeyd.v1.EncryptionKeyService/NoSuchCall")),
             Some(Role::Admin)
         );
         assert_eq!(
-            required_role("/grpc.health.v1.Health/Nope"),
+            role_needed(method("/grpc.health.v1.Health/Nope")),
             Some(Role::Admin)
         );
         assert_eq!(CACHED_READ.name, "GetEncryptionKey");
