@@ -223,7 +223,7 @@ impl Operator {
     fn matches_units(&self, request: &str, policy: &[Unit]) -> bool {
         use Base::*;
         match self.base {
-            StringLike | StringNotLike => variables::glob(policy, request, false),
+            StringLike | StringNotLike => variables::glob(policy, request),
             ArnEquals | ArnLike | ArnNotEquals | ArnNotLike => variables::arn_like(policy, request),
             _ => self.matches(request, &variables::text(policy)),
         }

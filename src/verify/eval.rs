@@ -210,7 +210,7 @@ pub fn covers_action_and_resource(statement: &Statement, request: &Request) -> b
             names_match(&statement.resources, &request.resource, |p, r| {
                 // A resource whose variable has no value names no resource.
                 variables::substitute_resource(p, |key| request.context_value(key))
-                    .is_some_and(|units| variables::glob(&units, r, false))
+                    .is_some_and(|units| variables::glob(&units, r))
             })
         } else {
             names_match(&statement.resources, &request.resource, |p, r| {

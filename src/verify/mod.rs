@@ -652,11 +652,7 @@ fn probe_broader_than_needed(
             .context
             .push(("aws:ViaAWSService".to_owned(), vec!["false".to_owned()]));
         if policies.decide(&probe) == Decision::Allow {
-            let mut direct = request.clone();
-            direct
-                .context
-                .retain(|(k, _)| !k.eq_ignore_ascii_case("kms:ViaService"));
-            unrestricted.add((), &direct, || {
+            unrestricted.add((), &probe, || {
                 Finding::new(
                     "VIA_SERVICE_UNRESTRICTED",
                     Severity::SecurityWarning,

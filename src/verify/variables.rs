@@ -20,6 +20,15 @@ pub enum Unit {
     Any,
 }
 
+/// A character the policy wrote: `*` and `?` are wildcards.
+fn written(c: char) -> Unit {
+    match c {
+        '*' => Unit::Star,
+        '?' => Unit::Any,
+        other => Unit::Char(other),
+    }
+}
+
 /// Whether a value holds a variable (only then is it substituted).
 pub fn has_variables(value: &str) -> bool {
     value.contains("${")
@@ -47,11 +56,7 @@ pub fn substitute<'r>(
             }
             continue;
         }
-        units.push(match c {
-            '*' => Unit::Star,
-            '?' => Unit::Any,
-            other => Unit::Char(other),
-        });
+        units.push(written(c));
         rest = &rest[c.len_utf8()..];
     }
     Some(units)
@@ -65,14 +70,7 @@ pub fn substitute_resource<'r>(
 ) -> Option<Vec<Unit>> {
     let resource_start = pattern.match_indices(':').nth(4).map_or(0, |(i, _)| i + 1);
     let (head, resource) = pattern.split_at(resource_start);
-    let mut units: Vec<Unit> = head
-        .chars()
-        .map(|c| match c {
-            '*' => Unit::Star,
-            '?' => Unit::Any,
-            other => Unit::Char(other),
-        })
-        .collect();
+    let mut units: Vec<Unit> = head.chars().map(written).collect();
     units.extend(substitute(resource, lookup)?);
     Some(units)
 }
@@ -110,25 +108,8 @@ pub fn text(units: &[Unit]) -> String {
 
 /// Wildcard matching of substituted units against `text`, by [`super::condition::glob`]'s
 /// matcher.
-pub fn glob(pattern: &[Unit], text: &str, ignore_case: bool) -> bool {
-    let t: Vec<char> = if ignore_case {
-        text.to_lowercase().chars().collect()
-    } else {
-        text.chars().collect()
-    };
-    let folded;
-    let p: &[Unit] = if ignore_case {
-        folded = pattern
-            .iter()
-            .flat_map(|u| match u {
-                Unit::Char(c) => c.to_lowercase().map(Unit::Char).collect::<Vec<_>>(),
-                other => vec![*other],
-            })
-            .collect::<Vec<_>>();
-        &folded
-    } else {
-        pattern
-    };
+pub fn glob(pattern: &[Unit], text: &str) -> bool {
+    let text: Vec<char> = text.chars().collect();
     // A `*` or `?` a variable put there is a literal character, so the units say what is
     // a wildcard, not the characters.
     let class = |u: Unit| match u {
@@ -136,7 +117,7 @@ pub fn glob(pattern: &[Unit], text: &str, ignore_case: bool) -> bool {
         Unit::Any => Wild::One,
         Unit::Char(c) => Wild::Literal(c),
     };
-    glob_units(p, &t, class, |p, t| p == t)
+    glob_units(pattern, &text, class, |p, t| p == t)
 }
 
 /// ARN matching of substituted units: each of the six colon-separated components on its own.
@@ -145,7 +126,7 @@ pub fn arn_like(pattern: &[Unit], arn: &str) -> bool {
     let arn_parts: Vec<&str> = arn.splitn(6, ':').collect();
     parts.len() == 6
         && arn_parts.len() == 6
-        && parts.iter().zip(&arn_parts).all(|(p, a)| glob(p, a, false))
+        && parts.iter().zip(&arn_parts).all(|(p, a)| glob(p, a))
 }
 
 #[cfg(test)]
@@ -193,10 +174,10 @@ mod tests {
     #[test]
     fn substituted_wildcards_are_literal() {
         let units = substitute("a${*}*", context).unwrap();
-        assert!(glob(&units, "a*xyz", false));
-        assert!(!glob(&units, "abxyz", false));
+        assert!(glob(&units, "a*xyz"));
+        assert!(!glob(&units, "abxyz"));
         let any = substitute("${?}?", context).unwrap();
-        assert!(glob(&any, "?x", false) && !glob(&any, "xx", false));
+        assert!(glob(&any, "?x") && !glob(&any, "xx"));
     }
 
     #[test]
