@@ -253,6 +253,8 @@ impl App {
             move || crate::drain::stopped(stop_rx.clone())
         };
 
+        let cache_state = Arc::new(CacheState::new(config.cache.clone()));
+        let metrics = Metrics::new(cache_state.clone());
         let (store_backend, local_apis, verification, placement, local_kms) = match config.backend {
             BackendKind::Local => {
                 let placement = config.local_placement();
@@ -288,6 +290,7 @@ impl App {
                     config.region.as_deref(),
                     config.account_id.as_deref(),
                     config.ops.drift_interval,
+                    metrics.clone(),
                 )
                 .await?;
                 let verification = verification_settings(&settings, &placement)?;
@@ -304,8 +307,6 @@ impl App {
             Some(wrap) => wrap(store_backend),
             None => store_backend,
         };
-        let cache_state = Arc::new(CacheState::new(config.cache.clone()));
-        let metrics = Metrics::new(cache_state.clone());
         let metered = MeteredBackend::new(store_backend, metrics.clone());
         let backend_answers = metered.answers();
         let backend: Arc<dyn Backend> = Arc::new(metered);

@@ -903,6 +903,21 @@ async fn a_users_policies_include_its_groups() {
     }
 }
 
+/// The reads of the principal's policies the backend-call metric counts, of any outcome.
+fn principal_policy_reads(sidecar: &Sidecar) -> f64 {
+    let metrics = sidecar.scrape_metrics();
+    metrics["inspector_keyd_backend_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["name"] == "inspector_keyd_backend_calls_total"
+                && s["labels"]["operation"] == "principal_policies"
+        })
+        .map(|s| s["value"].as_f64().unwrap())
+        .sum()
+}
+
 #[tokio::test]
 async fn iam_is_read_once_per_drift_interval() {
     let moto = Moto::start();
@@ -934,6 +949,8 @@ async fn iam_is_read_once_per_drift_interval() {
         ROLE_ROUND,
         "the second and third verification read IAM"
     );
+    // The backend-call metric counts that one read, not the answers kept.
+    assert_eq!(principal_policy_reads(&sidecar), 1.0);
 
     // Once the interval has passed, the next verification (here the drift check, which
     // now has a key in use to check) reads IAM again.

@@ -55,6 +55,7 @@ impl AwsBackend {
         region: Option<&str>,
         account_id: Option<&str>,
         policy_ttl: Duration,
+        metrics: crate::metrics::Metrics,
     ) -> Result<(AwsBackend, Placement), AwsSetupError> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(
@@ -118,7 +119,11 @@ impl AwsBackend {
             AwsBackend {
                 inspector: aws_sdk_inspector2::Client::from_conf(inspector.build()),
                 kms: aws_sdk_kms::Client::from_conf(kms.build()),
-                iam: IamPolicies::new(aws_sdk_iam::Client::from_conf(iam.build()), policy_ttl),
+                iam: IamPolicies::new(
+                    aws_sdk_iam::Client::from_conf(iam.build()),
+                    policy_ttl,
+                    metrics,
+                ),
             },
             Placement { region, account_id },
         ))

@@ -13,6 +13,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use tokio::{sync::Mutex, time::Instant};
 
 use super::{BackendError, PrincipalPolicies, SourcedPolicy, aws::classify};
+use crate::metrics::Metrics;
 
 /// How long a failed read is kept: long enough that callers cannot make the sidecar ask IAM
 /// on every verification while IAM refuses, short enough that a fixed permission is seen
@@ -77,15 +78,19 @@ impl Held {
 pub struct IamPolicies {
     iam: aws_sdk_iam::Client,
     ttl: Duration,
+    /// Counts the reads (`principal_policies`), not the answers kept: the backend-call
+    /// metric says how often IAM was called.
+    metrics: Metrics,
     /// Held while IAM is read, so verifications at the same time wait for one read.
     last: Mutex<Option<Held>>,
 }
 
 impl IamPolicies {
-    pub fn new(iam: aws_sdk_iam::Client, ttl: Duration) -> IamPolicies {
+    pub fn new(iam: aws_sdk_iam::Client, ttl: Duration, metrics: Metrics) -> IamPolicies {
         IamPolicies {
             iam,
             ttl,
+            metrics,
             last: Mutex::new(None),
         }
     }
@@ -99,6 +104,10 @@ impl IamPolicies {
             return held.answer.clone();
         }
         let answer = self.read(principal_arn).await.map(Arc::new);
+        self.metrics.count_backend(
+            "principal_policies",
+            answer.as_ref().map_or_else(BackendError::class, |_| "ok"),
+        );
         *last = Some(Held {
             principal: principal_arn.to_owned(),
             at: Instant::now(),
