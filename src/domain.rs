@@ -435,9 +435,61 @@ pub fn trust_domain_of(id: &str) -> Option<&str> {
     Some(rest.split('/').next().unwrap_or(rest))
 }
 
+/// An IAM role or user, by the name IAM's calls take (without its path). Sessions, groups
+/// and account roots are not principals of this kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IamPrincipal<'a> {
+    Role(&'a str),
+    User(&'a str),
+}
+
+impl<'a> IamPrincipal<'a> {
+    /// `arn:aws:iam::111122223333:role/path/name` is the role `name` (IAM's calls take the
+    /// name without the path).
+    pub fn parse(arn: &'a str) -> Option<IamPrincipal<'a>> {
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let ["arn", _, "iam", "", _, resource] = parts.as_slice() else {
+            return None;
+        };
+        let name = |rest: &'a str| rest.rsplit('/').next().filter(|n| !n.is_empty());
+        if let Some(rest) = resource.strip_prefix("role/") {
+            name(rest).map(IamPrincipal::Role)
+        } else if let Some(rest) = resource.strip_prefix("user/") {
+            name(rest).map(IamPrincipal::User)
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn principals_are_named_without_their_path() {
+        assert_eq!(
+            IamPrincipal::parse("arn:aws:iam::111122223333:role/inspector-keyd"),
+            Some(IamPrincipal::Role("inspector-keyd"))
+        );
+        assert_eq!(
+            IamPrincipal::parse("arn:aws:iam::111122223333:role/team/a/keyd"),
+            Some(IamPrincipal::Role("keyd"))
+        );
+        assert_eq!(
+            IamPrincipal::parse("arn:aws-cn:iam::111122223333:user/ops/alice"),
+            Some(IamPrincipal::User("alice"))
+        );
+        for other in [
+            "arn:aws:iam::111122223333:root",
+            "arn:aws:iam::111122223333:role/",
+            "arn:aws:sts::111122223333:assumed-role/keyd/session",
+            "arn:aws:iam::111122223333:group/ops",
+            "role/keyd",
+        ] {
+            assert_eq!(IamPrincipal::parse(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn accepts_key_arns_in_every_partition() {

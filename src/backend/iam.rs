@@ -13,7 +13,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use tokio::{sync::Mutex, time::Instant};
 
 use super::{BackendError, PrincipalPolicies, SourcedPolicy, aws::classify};
-use crate::metrics::Metrics;
+use crate::{domain::IamPrincipal, metrics::Metrics};
 
 /// How long a failed read is kept: long enough that callers cannot make the sidecar ask IAM
 /// on every verification while IAM refuses, short enough that a fixed permission is seen
@@ -24,32 +24,6 @@ const FAILURE_TTL: Duration = Duration::from_secs(30);
 /// lower (20 managed policies per role or user, 10 groups per user, inline policies within
 /// 10,240 characters in all); the bound stops an endpoint that pages forever.
 const MAX_LIST_ITEMS: usize = 200;
-
-/// An IAM principal whose policies IAM can list: the name IAM's calls take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Principal<'a> {
-    Role(&'a str),
-    User(&'a str),
-}
-
-impl<'a> Principal<'a> {
-    /// `arn:aws:iam::111122223333:role/path/name` is the role `name` (IAM's calls take the
-    /// name without the path).
-    fn parse(arn: &'a str) -> Option<Principal<'a>> {
-        let parts: Vec<&str> = arn.splitn(6, ':').collect();
-        let ["arn", _, "iam", "", _, resource] = parts.as_slice() else {
-            return None;
-        };
-        let name = |rest: &'a str| rest.rsplit('/').next().filter(|n| !n.is_empty());
-        if let Some(rest) = resource.strip_prefix("role/") {
-            name(rest).map(Principal::Role)
-        } else if let Some(rest) = resource.strip_prefix("user/") {
-            name(rest).map(Principal::User)
-        } else {
-            None
-        }
-    }
-}
 
 /// The last answer, for one principal (the sidecar verifies for the one it is configured
 /// with).
@@ -117,9 +91,9 @@ impl IamPolicies {
     }
 
     async fn read(&self, principal_arn: &str) -> Result<PrincipalPolicies, BackendError> {
-        match Principal::parse(principal_arn) {
-            Some(Principal::Role(name)) => self.read_role(principal_arn, name).await,
-            Some(Principal::User(name)) => self.read_user(principal_arn, name).await,
+        match IamPrincipal::parse(principal_arn) {
+            Some(IamPrincipal::Role(name)) => self.read_role(principal_arn, name).await,
+            Some(IamPrincipal::User(name)) => self.read_user(principal_arn, name).await,
             None => Err(BackendError::InvalidRequest {
                 field: "principal_arn",
                 message: format!(
@@ -436,31 +410,6 @@ async fn bounded<T, E: ProvideErrorMetadata + std::fmt::Debug>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn principals_are_named_without_their_path() {
-        assert_eq!(
-            Principal::parse("arn:aws:iam::111122223333:role/inspector-keyd"),
-            Some(Principal::Role("inspector-keyd"))
-        );
-        assert_eq!(
-            Principal::parse("arn:aws:iam::111122223333:role/team/a/keyd"),
-            Some(Principal::Role("keyd"))
-        );
-        assert_eq!(
-            Principal::parse("arn:aws-cn:iam::111122223333:user/ops/alice"),
-            Some(Principal::User("alice"))
-        );
-        for other in [
-            "arn:aws:iam::111122223333:root",
-            "arn:aws:iam::111122223333:role/",
-            "arn:aws:sts::111122223333:assumed-role/keyd/session",
-            "arn:aws:iam::111122223333:group/ops",
-            "role/keyd",
-        ] {
-            assert_eq!(Principal::parse(other), None, "{other}");
-        }
-    }
 
     #[test]
     fn documents_are_url_decoded_and_must_be_utf8() {

@@ -11,6 +11,8 @@
 //! A permissions boundary caps what the identity policies allow, and what a key policy
 //! grants to a role's ARN (docs/verification.md cites IAM's rules).
 
+use crate::domain::IamPrincipal;
+
 use super::{
     Location,
     condition::{Base, glob},
@@ -132,7 +134,7 @@ pub fn not_principal_exempts(principals: &Principals, caller: &Caller) -> bool {
     match caller {
         Caller::Service(service) => principals.services.iter().any(|s| s == service),
         Caller::Aws { arn, account } => {
-            is_user_arn(arn)
+            matches!(IamPrincipal::parse(arn), Some(IamPrincipal::User(_)))
                 && principals.aws.iter().any(|p| p == arn)
                 && principals.aws.iter().any(|p| names_account(p, account))
         }
@@ -152,13 +154,6 @@ pub fn not_principal_lists_without_exempting(principals: &Principals, caller: &C
         }
         Caller::Service(_) => false,
     }
-}
-
-/// `arn:<partition>:iam::<account>:user/<path/name>`.
-fn is_user_arn(arn: &str) -> bool {
-    arn.splitn(6, ':')
-        .nth(5)
-        .is_some_and(|resource| resource.starts_with("user/"))
 }
 
 fn principal_match(statement: &Statement, caller: &Caller) -> PrincipalMatch {
@@ -182,10 +177,7 @@ fn capped_by_boundary(statement: &Statement, caller: &Caller) -> bool {
     let Caller::Aws { arn, .. } = caller else {
         return false;
     };
-    let is_role = arn
-        .split(':')
-        .nth(5)
-        .is_some_and(|resource| resource.starts_with("role/"));
+    let is_role = matches!(IamPrincipal::parse(arn), Some(IamPrincipal::Role(_)));
     let to_everyone = matches!(&statement.principal, PrincipalElement::Principal(p) if p.any);
     is_role && !to_everyone
 }

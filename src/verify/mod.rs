@@ -500,7 +500,10 @@ fn requirement_findings(
 /// and a user only with its account.
 fn not_principal_finding(input: &Input<'_>, named: &str, location: &Location) -> Finding {
     let principal = input.principal_arn;
-    let why = if principal.contains(":role/") {
+    let why = if matches!(
+        crate::domain::IamPrincipal::parse(principal),
+        Some(crate::domain::IamPrincipal::Role(_))
+    ) {
         "the role acts as an assumed-role session, which NotPrincipal exempts only when the session's own ARN is listed as well, and a session's name is not known in advance"
     } else {
         "IAM exempts a user only when NotPrincipal lists the user and its account"

@@ -7,7 +7,7 @@ use super::{
     eval::{Caller, Request},
     policy::DocumentKind,
 };
-use crate::domain::partition_of;
+use crate::domain::{IamPrincipal, partition_of};
 
 /// A named set of requirements a key's policies must meet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,12 +140,10 @@ fn key_account<'a>(p: &Params<'a>) -> &'a str {
 /// forward access session of that service) carries. Each key, its value and its source are
 /// listed in docs/verification.md ("The request context").
 fn principal_context(p: &Params<'_>, via: &str) -> Vec<(String, Vec<String>)> {
-    let user_name = p
-        .principal_arn
-        .splitn(6, ':')
-        .nth(5)
-        .and_then(|resource| resource.strip_prefix("user/"))
-        .map(|path_and_name| path_and_name.rsplit('/').next().unwrap_or(path_and_name));
+    let user_name = match IamPrincipal::parse(p.principal_arn) {
+        Some(IamPrincipal::User(name)) => Some(name),
+        _ => None,
+    };
     let mut context = ctx(&[
         ("aws:PrincipalArn", p.principal_arn),
         ("aws:PrincipalAccount", p.account_id),
