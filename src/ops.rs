@@ -167,8 +167,8 @@ where
             started,
             method,
             id: request_id(&mut request, opens_span),
-            // A clone of the URI shares its bytes: no copy of the path per call.
-            uri: request.uri().clone(),
+            // A served method's path is the table's; only a path not served is copied.
+            unserved_path: method.is_none().then(|| request.uri().path().into()),
             shared: self.layer.0.clone(),
             counted: false,
         };
@@ -294,9 +294,10 @@ where
 /// What the layer keeps of a call until it answers.
 pub struct RpcCall {
     started: Instant,
-    uri: http::Uri,
     /// The method table's row for the call's path, looked up once.
     method: Option<&'static rpc::Method>,
+    /// The path of a call of a method not served (`method` is `None`), for its span.
+    unserved_path: Option<Box<str>>,
     /// `None`: a cached read whose caller sent no id, and nothing has recorded it yet.
     id: Option<HeaderValue>,
     shared: Arc<OpsShared>,
@@ -309,7 +310,11 @@ impl RpcCall {
     /// has one from then on.
     fn span(&mut self) -> tracing::Span {
         let id = self.id.get_or_insert_with(rpc::new_request_id);
-        rpc_span(id.to_str().unwrap_or(""), self.uri.path())
+        let path = match (self.method, &self.unserved_path) {
+            (Some(method), _) => method.path,
+            (None, path) => path.as_deref().unwrap_or_default(),
+        };
+        rpc_span(id.to_str().unwrap_or(""), path)
     }
 
     fn release(&mut self) {

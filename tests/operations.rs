@@ -553,11 +553,31 @@ async fn json_logs_carry_the_request_id() {
         .insert("authorization", "Bearer not-a-known-token".parse().unwrap());
     let status = reader.get_encryption_key(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
+    // A call of a path the server does not serve needs admin: refused, and its line names
+    // the path the caller asked for.
+    let mut unserved = tonic::client::Grpc::new(sidecar.tcp_channel().await);
+    unserved.ready().await.unwrap();
+    let mut request = Request::new(get_request(LAMBDA));
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-json-6".parse().unwrap());
+    let status = unserved
+        .unary::<_, proto::GetEncryptionKeyResponse, _>(
+            request,
+            http::uri::PathAndQuery::from_static(UNSERVED_PATH),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     let found = eventually(Duration::from_secs(5), || async {
         let log = sidecar.log();
         // The id a refused read was answered with is the one its log line carries.
-        log.contains("req-json-7") && log.contains("req-json-8") && log.contains(&first)
+        log.contains("req-json-7")
+            && log.contains("req-json-8")
+            && log.contains("req-json-6")
+            && log.contains(&first)
     })
     .await;
     assert!(found);
@@ -586,7 +606,17 @@ async fn json_logs_carry_the_request_id() {
         refused_read["span"]["method"],
         "/inspectorkeyd.v1.EncryptionKeyService/GetEncryptionKey"
     );
+    let refused_unserved = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "call refused" && l["span"]["request_id"] == "req-json-6"
+        })
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(refused_unserved["span"]["method"], UNSERVED_PATH);
 }
+
+/// A path under the served package that no service has.
+const UNSERVED_PATH: &str = "/inspectorkeyd.v1.EncryptionKeyService/NoSuchCall";
 
 #[tokio::test]
 async fn oversized_messages_are_refused_and_change_nothing() {

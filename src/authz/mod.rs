@@ -353,32 +353,34 @@ where
                 _ => current,
             }
         });
-        let mut guard = record_id.as_ref().map(|id| AuditGuard {
-            log: self.shared.audit.clone(),
-            record: Some(AuditRecord {
-                time: time::OffsetDateTime::now_utc()
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-                request_id: id.to_str().unwrap_or_default().to_owned(),
-                caller: match bearer {
-                    Bearer::Token(sha256) => Identity::Token { sha256 }.to_string(),
-                    Bearer::Malformed => "malformed-token".to_owned(),
-                    Bearer::Absent => connection
-                        .as_ref()
-                        .map_or_else(|| "unknown".to_owned(), Identity::to_string),
-                },
-                connection: connection.as_ref().map(Identity::to_string),
-                role: role.map(|r| r.to_string()),
-                rpc: path.to_owned(),
-                key_arn: None,
-                scan_type: None,
-                resource_type: None,
-                decision: "allowed",
-                code: String::new(),
-                latency_ms: 0.0,
-            }),
-            subject: AuditSubject::default(),
-            started: Instant::now(),
+        let mut guard = record_id.as_ref().map(|id| {
+            Box::new(AuditGuard {
+                log: self.shared.audit.clone(),
+                record: Some(AuditRecord {
+                    time: time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    request_id: id.to_str().unwrap_or_default().to_owned(),
+                    caller: match bearer {
+                        Bearer::Token(sha256) => Identity::Token { sha256 }.to_string(),
+                        Bearer::Malformed => "malformed-token".to_owned(),
+                        Bearer::Absent => connection
+                            .as_ref()
+                            .map_or_else(|| "unknown".to_owned(), Identity::to_string),
+                    },
+                    connection: connection.as_ref().map(Identity::to_string),
+                    role: role.map(|r| r.to_string()),
+                    rpc: path.to_owned(),
+                    key_arn: None,
+                    scan_type: None,
+                    resource_type: None,
+                    decision: "allowed",
+                    code: String::new(),
+                    latency_ms: 0.0,
+                }),
+                subject: AuditSubject::default(),
+                started: Instant::now(),
+            })
         });
         if let Some(guard) = &guard {
             request.extensions_mut().insert(guard.subject.clone());
@@ -434,8 +436,9 @@ pin_project_lite::pin_project! {
         Admitted {
             #[pin]
             answer: F,
-            // The audit line, for audited calls.
-            guard: Option<AuditGuard>,
+            // The audit line, for audited calls; boxed, as every layer above moves this
+            // future, and reads (not audited) should not copy the record's room each time.
+            guard: Option<Box<AuditGuard>>,
         },
         Refused {
             answer: std::pin::Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>,
