@@ -50,9 +50,14 @@ struct Args {
     /// Connections the requests share.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Runs per transport and server; figures are medians over them.
+    /// Runs per transport and server, each on new server processes; figures are medians
+    /// over them.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Slices each run is measured in, the two servers taking turns (ABBA): the machine's
+    /// speed drifts over seconds, and turns give both servers the same share of it.
+    #[arg(long, default_value_t = 4)]
+    slices: usize,
     /// Cached reads between the two memory readings.
     #[arg(long, default_value_t = 1_000_000)]
     memory_reads: usize,
@@ -347,6 +352,58 @@ async fn channel(transport: Transport, addresses: &Addresses, pki: &Pki) -> Chan
     }
 }
 
+/// One measured slice of a run.
+#[derive(Debug, Default)]
+struct Sample {
+    latencies: Vec<Duration>,
+    /// The measured time.
+    elapsed: Duration,
+    /// Server CPU time over the measured time.
+    cpu: Duration,
+}
+
+impl Sample {
+    /// The slices of one run as one run.
+    fn combine(samples: Vec<Sample>) -> Run {
+        let mut all = Sample::default();
+        for sample in samples {
+            all.latencies.extend(sample.latencies);
+            all.elapsed += sample.elapsed;
+            all.cpu += sample.cpu;
+        }
+        all.latencies.sort_unstable();
+        let at = |q: f64| {
+            all.latencies
+                .get(
+                    ((all.latencies.len() as f64 * q) as usize)
+                        .min(all.latencies.len().saturating_sub(1)),
+                )
+                .copied()
+                .unwrap_or_default()
+        };
+        let requests = all.latencies.len();
+        Run {
+            throughput: requests as f64 / all.elapsed.as_secs_f64().max(1e-9),
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+            cpu_per_request: all.cpu / u32::try_from(requests.max(1)).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// The order the two servers (0 baseline, 1 sidecar) take turns in, slice by slice: ABBA,
+/// starting with the other server every other round.
+fn turns(round: usize, slices: usize) -> impl Iterator<Item = usize> {
+    (0..slices).flat_map(move |slice| {
+        if (round + slice) % 2 == 0 {
+            [0, 1]
+        } else {
+            [1, 0]
+        }
+    })
+}
+
 /// One measured run.
 #[derive(Clone, Copy, Debug)]
 struct Run {
@@ -385,7 +442,7 @@ async fn load(
     warmup: Duration,
     duration: Duration,
     server: u32,
-) -> Run {
+) -> Sample {
     let start = Instant::now() + warmup;
     let end = start + duration;
     let cpu_at_start = tokio::spawn(async move {
@@ -419,18 +476,10 @@ async fn load(
         all.extend(latencies.unwrap());
     }
     let cpu = cpu_time(server).saturating_sub(cpu_at_start.await.unwrap());
-    all.sort_unstable();
-    let at = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Run {
-        throughput: all.len() as f64 / duration.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
-        p999: at(0.999),
-        cpu_per_request: cpu / u32::try_from(all.len().max(1)).unwrap_or(u32::MAX),
+    Sample {
+        latencies: all,
+        elapsed: duration,
+        cpu,
     }
 }
 
@@ -463,9 +512,15 @@ fn grpc_frame() -> Vec<u8> {
 }
 
 /// One h2load run of `requests` cached reads over loopback TCP (16 connections, 8 streams
-/// each, one client thread), after a fifth as many unmeasured; the server's CPU time is
-/// read around the measured run, latencies from h2load's per-request log.
-fn h2load_run(h2load: &Path, addr: SocketAddr, requests: usize, server: u32, dir: &Path) -> Run {
+/// each, one client thread), after `warmup` unmeasured ones; the server's CPU time is read
+/// around the measured run, latencies from h2load's per-request log.
+fn h2load_run(
+    h2load: &Path,
+    addr: SocketAddr,
+    (warmup, requests): (usize, usize),
+    server: u32,
+    dir: &Path,
+) -> Sample {
     let body = dir.join("h2load-request.bin");
     std::fs::write(&body, grpc_frame()).unwrap();
     let log = dir.join("h2load.log");
@@ -494,7 +549,9 @@ fn h2load_run(h2load: &Path, addr: SocketAddr, requests: usize, server: u32, dir
         );
         stdout
     };
-    run((requests / 5).max(1), None);
+    if warmup > 0 {
+        run(warmup, None);
+    }
     let cpu_at_start = cpu_time(server);
     let stdout = run(requests, Some(&log));
     let cpu = cpu_time(server).saturating_sub(cpu_at_start);
@@ -506,24 +563,17 @@ fn h2load_run(h2load: &Path, addr: SocketAddr, requests: usize, server: u32, dir
         })
         .unwrap_or_else(|| panic!("no throughput in h2load's output: {stdout}"));
     // Tab-separated: start time, status, microseconds to the end of the response.
-    let mut latencies: Vec<u64> = std::fs::read_to_string(&log)
+    let latencies: Vec<Duration> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
-        .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<u64>().ok())
+        .map(Duration::from_micros)
         .collect();
-    latencies.sort_unstable();
     assert_eq!(latencies.len(), requests, "h2load's log");
-    let at = |q: f64| {
-        Duration::from_micros(
-            latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)],
-        )
-    };
-    Run {
-        throughput,
-        p50: at(0.50),
-        p99: at(0.99),
-        p999: at(0.999),
-        cpu_per_request: cpu / u32::try_from(requests.max(1)).unwrap_or(u32::MAX),
+    Sample {
+        latencies,
+        elapsed: Duration::from_secs_f64(requests as f64 / throughput),
+        cpu,
     }
 }
 
@@ -684,8 +734,8 @@ async fn drive(args: Args) {
         client,
     };
     println!(
-        "inspector-keyd load benchmark: {} concurrent over {} connection(s), {:?} per run after {:?} warm-up, median of {} run(s)\n",
-        args.concurrency, args.connections, args.duration, args.warmup, args.repeats
+        "inspector-keyd load benchmark: {} concurrent over {} connection(s), {:?} per run after {:?} warm-up, in {} slices the servers take turns at, median of {} run(s)\n",
+        args.concurrency, args.connections, args.duration, args.warmup, args.slices, args.repeats
     );
     let mut startups = Vec::new();
 
@@ -709,28 +759,31 @@ async fn drive(args: Args) {
             let servers =
                 start_servers(&server_dir(dir.path(), &format!("{transport:?}-{repeat}"))).await;
             startups.push(servers.startup.as_secs_f64());
-            // Alternate which server goes first, so neither always gets the warmer machine.
-            let order = if repeat % 2 == 0 { [0, 1] } else { [1, 0] };
-            for which in order {
-                let (addresses, server) = if which == 0 {
-                    (&servers.baseline_addresses, servers.baseline.pid())
-                } else {
-                    (&servers.sidecar_addresses, servers.sidecar.pid())
-                };
+            let mut clients = Vec::new();
+            for (addresses, server) in [
+                (&servers.baseline_addresses, servers.baseline.pid()),
+                (&servers.sidecar_addresses, servers.sidecar.pid()),
+            ] {
                 let mut channels = Vec::new();
                 for _ in 0..args.connections {
                     channels.push(channel(transport, addresses, &pki).await);
                 }
-                runs[which].push(
-                    load(
-                        &channels,
-                        args.concurrency,
-                        args.warmup,
-                        args.duration,
-                        server,
-                    )
-                    .await,
-                );
+                clients.push((channels, server));
+            }
+            let mut samples: [Vec<Sample>; 2] = Default::default();
+            for which in turns(repeat, args.slices) {
+                let (channels, server) = &clients[which];
+                // Each server's first slice comes after its warm-up.
+                let warmup = if samples[which].is_empty() {
+                    args.warmup
+                } else {
+                    Duration::ZERO
+                };
+                let slice = args.duration / u32::try_from(args.slices.max(1)).unwrap_or(1);
+                samples[which].push(load(channels, args.concurrency, warmup, slice, *server).await);
+            }
+            for (runs, samples) in runs.iter_mut().zip(samples) {
+                runs.push(Sample::combine(samples));
             }
         }
         report(&format!("{transport:?}").to_lowercase(), &runs);
@@ -741,17 +794,26 @@ async fn drive(args: Args) {
         for repeat in 0..args.repeats {
             let round = server_dir(dir.path(), &format!("h2load-{repeat}"));
             let servers = start_servers(&round).await;
-            let order = if repeat % 2 == 0 { [0, 1] } else { [1, 0] };
-            for which in order {
-                let (addr, server) = if which == 0 {
-                    (servers.baseline_addresses.tcp, servers.baseline.pid())
+            let targets = [
+                (servers.baseline_addresses.tcp, servers.baseline.pid()),
+                (servers.sidecar_addresses.tcp, servers.sidecar.pid()),
+            ];
+            let slice = (args.h2load_requests / args.slices.max(1)).max(1);
+            let mut samples: [Vec<Sample>; 2] = Default::default();
+            for which in turns(repeat, args.slices) {
+                let (addr, server) = targets[which];
+                // Each server's first slice comes after a fifth as many unmeasured requests.
+                let warmup = if samples[which].is_empty() {
+                    (args.h2load_requests / 5).max(1)
                 } else {
-                    (servers.sidecar_addresses.tcp, servers.sidecar.pid())
+                    0
                 };
-                let run = tokio::task::block_in_place(|| {
-                    h2load_run(&h2load, addr, args.h2load_requests, server, &round)
-                });
-                runs[which].push(run);
+                samples[which].push(tokio::task::block_in_place(|| {
+                    h2load_run(&h2load, addr, (warmup, slice), server, &round)
+                }));
+            }
+            for (runs, samples) in runs.iter_mut().zip(samples) {
+                runs.push(Sample::combine(samples));
             }
         }
         report("h2load", &runs);
