@@ -395,7 +395,7 @@ impl Sample {
 /// The order the two servers (0 baseline, 1 sidecar) take turns in, slice by slice: ABBA,
 /// starting with the other server every other round.
 fn turns(round: usize, slices: usize) -> impl Iterator<Item = usize> {
-    (0..slices).flat_map(move |slice| {
+    (0..slices.max(1)).flat_map(move |slice| {
         if (round + slice) % 2 == 0 {
             [0, 1]
         } else {
