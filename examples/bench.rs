@@ -396,7 +396,7 @@ impl Sample {
 /// starting with the other server every other round.
 fn turns(round: usize, slices: usize) -> impl Iterator<Item = usize> {
     (0..slices.max(1)).flat_map(move |slice| {
-        if (round + slice) % 2 == 0 {
+        if (round + slice).is_multiple_of(2) {
             [0, 1]
         } else {
             [1, 0]
