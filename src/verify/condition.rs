@@ -301,20 +301,21 @@ fn in_cidr(address: &str, cidr: &str) -> bool {
 }
 
 /// `*` (any run) and `?` (one character) wildcard matching, iterative (no backtracking
-/// blow-up). ASCII input (every real policy) is matched without allocating.
+/// blow-up). ASCII input (every real policy) is matched byte by byte without allocating.
 pub fn glob(pattern: &str, text: &str, ignore_case: bool) -> bool {
-    if !pattern.contains(['*', '?']) {
-        return if ignore_case {
-            pattern.len() == text.len() && pattern.eq_ignore_ascii_case(text)
-                || (!pattern.is_ascii() || !text.is_ascii())
-                    && pattern.to_lowercase() == text.to_lowercase()
-        } else {
-            pattern == text
-        };
-    }
+    // Straight to the anchored match: it stops at the first literal that differs, where a
+    // scan for wildcards first would read the whole pattern on every call (verification
+    // calls this for every action and resource of every statement, for every request).
     if pattern.is_ascii() && text.is_ascii() {
         let same = |p: u8, t: u8| p == t || ignore_case && p.eq_ignore_ascii_case(&t);
         return glob_units(pattern.as_bytes(), text.as_bytes(), wild(b'*', b'?'), same);
+    }
+    if !pattern.contains(['*', '?']) {
+        return if ignore_case {
+            pattern.to_lowercase() == text.to_lowercase()
+        } else {
+            pattern == text
+        };
     }
     let fold = |s: &str| -> Vec<char> {
         if ignore_case {
