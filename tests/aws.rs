@@ -905,17 +905,12 @@ async fn a_users_policies_include_its_groups() {
 
 /// The reads of the principal's policies the backend-call metric counts, of any outcome.
 fn principal_policy_reads(sidecar: &Sidecar) -> f64 {
-    let metrics = sidecar.scrape_metrics();
-    metrics["inspector_keyd_backend_calls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| {
-            s["name"] == "inspector_keyd_backend_calls_total"
-                && s["labels"]["operation"] == "principal_policies"
-        })
-        .map(|s| s["value"].as_f64().unwrap())
-        .sum()
+    sum_of_samples(
+        &sidecar.scrape_metrics(),
+        "inspector_keyd_backend_calls",
+        "_total",
+        &[("operation", "principal_policies")],
+    )
 }
 
 #[tokio::test]

@@ -653,19 +653,17 @@ fn policy_verify_reads_a_permissions_boundary() {
         r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "NotAction": "kms:GenerateDataKey", "Resource": "*"}]}"#,
     )
     .unwrap();
-    let verified = run(
-        dir.path(),
-        "verify",
-        "amazon-q-lambda",
-        &[
+    let verify = |format: &[&str]| {
+        let mut args = vec![
             "--key-policy",
             "key.json",
             "--permissions-boundary",
             "boundary.json",
-            "--format",
-            "json",
-        ],
-    );
+        ];
+        args.extend(format);
+        run(dir.path(), "verify", "amazon-q-lambda", &args)
+    };
+    let verified = verify(&["--format", "json"]);
     assert_eq!(verified.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
     let errors: Vec<&serde_json::Value> = report["findings"]
@@ -691,17 +689,7 @@ fn policy_verify_reads_a_permissions_boundary() {
     );
 
     // As text, the finding shows the boundary's line, as it does a key policy's.
-    let text = run(
-        dir.path(),
-        "verify",
-        "amazon-q-lambda",
-        &[
-            "--key-policy",
-            "key.json",
-            "--permissions-boundary",
-            "boundary.json",
-        ],
-    );
+    let text = verify(&[]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("--> permissions_boundary:1:"), "{text}");
     assert!(

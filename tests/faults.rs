@@ -310,14 +310,12 @@ async fn a_throttling_backend_answers_resource_exhausted_with_retry_info() {
 
 /// Every backend call so far, of every operation and outcome, from the backend-call metric.
 fn backend_calls(sidecar: &Sidecar) -> f64 {
-    let metrics = sidecar.scrape_metrics();
-    metrics["inspector_keyd_backend_calls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["name"] == "inspector_keyd_backend_calls_total")
-        .map(|s| s["value"].as_f64().unwrap())
-        .sum()
+    sum_of_samples(
+        &sidecar.scrape_metrics(),
+        "inspector_keyd_backend_calls",
+        "_total",
+        &[],
+    )
 }
 
 /// Fleet cost with the default config: once a key is set, 35 s of steady reads (10 a

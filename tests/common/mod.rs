@@ -538,6 +538,31 @@ pub async fn health_status(
     Ok(response.into_inner().status())
 }
 
+/// The values of the samples of a scraped family whose labels include `labels`.
+fn samples<'m>(
+    metrics: &'m serde_json::Value,
+    family: &str,
+    suffix: &str,
+    labels: &[(&str, &str)],
+) -> impl Iterator<Item = f64> + 'm {
+    let name = format!("{family}{suffix}");
+    let labels: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    metrics[family]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(move |s| {
+            s["name"].as_str() == Some(name.as_str())
+                && labels
+                    .iter()
+                    .all(|(k, v)| s["labels"][k.as_str()].as_str() == Some(v.as_str()))
+        })
+        .filter_map(|s| s["value"].as_f64())
+}
+
 /// The value of one sample of a scraped family whose labels include `labels`.
 pub fn sample(
     metrics: &serde_json::Value,
@@ -545,15 +570,18 @@ pub fn sample(
     suffix: &str,
     labels: &[(&str, &str)],
 ) -> Option<f64> {
-    metrics[family].as_array()?.iter().find_map(|s| {
-        let name_ok = s["name"].as_str() == Some(&format!("{family}{suffix}"));
-        let labels_ok = labels
-            .iter()
-            .all(|(k, v)| s["labels"][*k].as_str() == Some(*v));
-        (name_ok && labels_ok)
-            .then(|| s["value"].as_f64())
-            .flatten()
-    })
+    samples(metrics, family, suffix, labels).next()
+}
+
+/// The sum of the samples of a scraped family whose labels include `labels` (all of them,
+/// with none).
+pub fn sum_of_samples(
+    metrics: &serde_json::Value,
+    family: &str,
+    suffix: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    samples(metrics, family, suffix, labels).sum()
 }
 
 impl Drop for Sidecar {
