@@ -199,7 +199,10 @@ async fn baseline(dir: PathBuf) {
     let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addresses =
         serde_json::json!({"tcp": tcp.local_addr().unwrap(), "tls": tls.local_addr().unwrap()});
-    std::fs::write(dir.join("baseline.json"), addresses.to_string()).unwrap();
+    // Whole or not at all: the driver polls for this file and must never read half of it.
+    let temporary = dir.join("baseline.json.tmp");
+    std::fs::write(&temporary, addresses.to_string()).unwrap();
+    std::fs::rename(&temporary, dir.join("baseline.json")).unwrap();
     let reloadable = Arc::new(inspector_keyd::tls::ReloadableTls::load(tls_files(&dir)).unwrap());
     // The sidecar's TLS accept loop, with its default connection limits.
     let admission = inspector_keyd::connection::Admission::new(
@@ -604,6 +607,25 @@ async fn wait_serving(channel: Channel) {
     panic!("the server did not become SERVING");
 }
 
+/// The baseline's addresses, once its listeners are bound and it has said where.
+async fn baseline_addresses_when_up(dir: &Path) -> Addresses {
+    for _ in 0..4000 {
+        if let Ok(text) = std::fs::read_to_string(dir.join("baseline.json")) {
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            return Addresses {
+                unix: dir.join("baseline.sock"),
+                tcp: json["tcp"].as_str().unwrap().parse().unwrap(),
+                tls: json["tls"].as_str().unwrap().parse().unwrap(),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!(
+        "the baseline never wrote {}",
+        dir.join("baseline.json").display()
+    );
+}
+
 async fn unix_channel_when_up(path: &Path) -> Channel {
     for _ in 0..4000 {
         if path.exists() {
@@ -703,17 +725,7 @@ async fn start_servers(dir: &Path) -> Servers {
     let startup = started.elapsed();
     put_key_in_use(&admin).await;
     let baseline = Server::start("baseline", dir);
-    let baseline_addresses = loop {
-        if let Ok(text) = std::fs::read_to_string(dir.join("baseline.json")) {
-            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-            break Addresses {
-                unix: dir.join("baseline.sock"),
-                tcp: json["tcp"].as_str().unwrap().parse().unwrap(),
-                tls: json["tls"].as_str().unwrap().parse().unwrap(),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let baseline_addresses = baseline_addresses_when_up(dir).await;
     Servers {
         sidecar,
         sidecar_addresses,
