@@ -136,9 +136,9 @@ async fn trace_logs_of_the_local_backend_hold_no_snippet_or_token() {
             .send()
             .await
             .unwrap_err();
-        // Let the log pipe catch up with the calls.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let log = sidecar.log();
+        let log = sidecar
+            .log_once_it_has("its signature was not accepted")
+            .await;
         assert!(log.contains("its signature was not accepted"), "{log}");
         assert_clean(&log, &[&secret, &token, &key.1]);
     }

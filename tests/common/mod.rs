@@ -257,6 +257,16 @@ impl Sidecar {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it holds `text`, or after 10 s without it: lines reach the test through
+    /// a pipe, a moment after the server wrote them.
+    pub async fn log_once_it_has(&self, text: &str) -> String {
+        eventually(Duration::from_secs(10), || async {
+            self.log().contains(text)
+        })
+        .await;
+        self.log()
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill_9(&mut self) {
         self.child.kill().unwrap();

@@ -105,7 +105,10 @@ impl Moto {
     pub fn iam_requests(&self) -> Vec<String> {
         let log =
             std::fs::read_to_string(self.recording.path().join("requests")).unwrap_or_default();
-        log.lines()
+        // moto appends records while we read: a last line without its newline is one still
+        // being written, counted at the next read. Every whole line must parse.
+        log.split_inclusive('\n')
+            .filter(|line| line.ends_with('\n'))
             .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
             .filter(|entry| {
                 entry["headers"]["Authorization"]
