@@ -68,17 +68,7 @@ impl TlsSetup {
 }
 
 fn write_rules(path: &Path, rules: &str) {
-    write_rules_with_mode(path, rules, 0o644);
-}
-
-/// Write (and set the mode) then rename, as configuration tools do, so a reader never sees
-/// half a file, nor the new rules under the old mode.
-fn write_rules_with_mode(path: &Path, rules: &str, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    let staging = path.with_extension("staging");
-    std::fs::write(&staging, rules).unwrap();
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode)).unwrap();
-    std::fs::rename(staging, path).unwrap();
+    write_whole(path, rules, 0o644);
 }
 
 #[tokio::test]
@@ -320,7 +310,7 @@ async fn unix_peers_by_uid_and_rules_reload_on_change_and_sighup() {
     // A file others may write is refused at a reload too, and the rules in force stay; once
     // its mode is fixed (the same content), it is read again.
     use std::os::unix::fs::PermissionsExt;
-    write_rules_with_mode(
+    write_whole(
         &rules,
         &format!("[[rule]]\nrole = \"admin\"\nunix_uid = {}\n", my_uid()),
         0o666,

@@ -617,10 +617,7 @@ async fn the_credentials_file_is_private_and_reloaded() {
 }
 
 fn write_private(path: &Path, text: &str) {
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, text).unwrap();
-    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::rename(&partial, path).unwrap();
+    write_whole(path, text, 0o600);
 }
 
 #[test]

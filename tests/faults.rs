@@ -8,7 +8,7 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -38,19 +38,12 @@ impl Faulty {
     }
 
     fn set(&self, faults: &str) {
-        write_atomically(&self.file, faults);
+        write_whole(&self.file, faults, 0o644);
     }
 
     fn clear(&self) {
         let _ = std::fs::remove_file(&self.file);
     }
-}
-
-/// Replaces the file in one rename, so the server never reads half of it.
-fn write_atomically(path: &Path, text: &str) {
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, text).unwrap();
-    std::fs::rename(&temporary, path).unwrap();
 }
 
 type Reader =

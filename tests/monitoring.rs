@@ -553,11 +553,8 @@ async fn every_metric_and_label_the_alerts_and_the_dashboard_use_is_in_a_live_sc
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    // Written whole (renamed into place): the half-written file a reload could read would
-    // be valid, empty rules.
-    let staging = rules.with_extension("staging");
-    std::fs::write(&staging, "[[rule]]\nrole = \"root\"\n").unwrap();
-    std::fs::rename(&staging, &rules).unwrap();
+    // Whole: the half-written file a reload could read would be valid, empty rules.
+    write_whole(&rules, "[[rule]]\nrole = \"root\"\n", 0o644);
     set_key_enabled(&sidecar, &arn, false).await;
     let mut scraped = BTreeMap::new();
     let complete = eventually(Duration::from_secs(20), || {

@@ -151,11 +151,14 @@ async fn twice_the_limit_is_shed_not_queued_and_admitted_calls_stay_fast() {
         p50(&all.shed),
         p50(&all.admitted)
     );
-    // Admitted calls take their two backend reads and the verification, not a queue's wait.
+    // Admitted calls take their two backend reads and the verification, not a queue's wait:
+    // no tail past four times their median (measured 1.6-1.9, idle or beside two busy loops;
+    // a ratio of the same run, as a fixed time is crossed on a busy machine).
     assert!(
-        p99(&all.admitted) < Duration::from_millis(500),
-        "{:?}",
-        p99(&all.admitted)
+        p99(&all.admitted) < 4 * p50(&all.admitted),
+        "admitted p99 {:?}, p50 {:?}",
+        p99(&all.admitted),
+        p50(&all.admitted)
     );
     assert!(
         rss_after < rss_before + (64 << 10),

@@ -722,6 +722,17 @@ pub async fn closed_within<T: tokio::io::AsyncRead + Unpin>(io: &mut T, limit: D
     .is_ok()
 }
 
+/// Writes `text` to `path` with `mode`, whole or not at all (a staging file, its mode set,
+/// renamed into place), as configuration tools do: a server reloading the file never reads
+/// half of it, nor the new content under the old mode.
+pub fn write_whole(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, text).unwrap();
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::rename(&staging, path).unwrap();
+}
+
 /// Retries `check` until it holds, for at most `limit` (for changes the server picks up
 /// asynchronously, such as reloaded files).
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
