@@ -472,8 +472,9 @@ async fn moto_multi_region_ids_are_refused_as_inspector_would() {
         )),
         ..Default::default()
     };
-    // The principal is in IAM, without policies of its own: the key policy names it, so
-    // nothing is left unchecked.
+    // The principal is in IAM, but inline verification (read-only) uses only what the caller
+    // sent: IAM is not read on its behalf, and the report says the principal's policies were
+    // not checked.
     moto.iam()
         .create_role()
         .role_name("inspector-keyd")
@@ -481,6 +482,7 @@ async fn moto_multi_region_ids_are_refused_as_inspector_would() {
         .send()
         .await
         .unwrap();
+    let reads = principal_policy_reads(&sidecar);
     let report = verify_report(&mut sidecar.read_only_keys().await, request).await;
     assert_eq!(
         report
@@ -488,9 +490,10 @@ async fn moto_multi_region_ids_are_refused_as_inspector_would() {
             .iter()
             .map(|f| f.code.as_str())
             .collect::<Vec<_>>(),
-        ["KEY_ARN_INVALID"],
+        ["KEY_ARN_INVALID", "IDENTITY_POLICY_NOT_CHECKED"],
         "{report:#?}"
     );
+    assert_eq!(principal_policy_reads(&sidecar), reads, "IAM was read");
 }
 
 fn serve_without(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {

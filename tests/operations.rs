@@ -378,20 +378,59 @@ fn gauge(sidecar: &Sidecar) -> f64 {
     .unwrap_or_else(|| panic!("no verification gauge for the Lambda target in {metrics}"))
 }
 
+/// The next event of the admin's watch and of the read-only watcher's, which must be the
+/// same event with the report's findings left out (a stored key's verification is
+/// code-reader data); the admin's.
+async fn next_events(
+    admin: &mut tonic::Streaming<proto::WatchEncryptionKeyResponse>,
+    read_only: &mut tonic::Streaming<proto::WatchEncryptionKeyResponse>,
+) -> proto::WatchEncryptionKeyResponse {
+    let whole = next_event(admin).await;
+    let verdict = next_event(read_only).await;
+    assert_verdict_only(&verdict, &whole);
+    whole
+}
+
+/// `verdict` is `whole` as a read-only watcher gets it: the same event, key and verdict, and
+/// no finding (no Sid, message or list of requests).
+fn assert_verdict_only(
+    verdict: &proto::WatchEncryptionKeyResponse,
+    whole: &proto::WatchEncryptionKeyResponse,
+) {
+    let expected = proto::WatchEncryptionKeyResponse {
+        report: whole.report.clone().map(|r| proto::VerificationReport {
+            findings: Vec::new(),
+            ..r
+        }),
+        time: verdict.time,
+        ..whole.clone()
+    };
+    assert_eq!(verdict, &expected, "the read-only watcher's event");
+}
+
 #[tokio::test]
 async fn drift_is_detected_and_resolved_on_the_watch_stream() {
     let sidecar = Sidecar::start_with("[ops]\ndrift_interval = \"200ms\"\n");
     let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
-    let mut reader = sidecar.read_only_keys().await;
-    let mut events = reader
-        .watch_encryption_key(proto::WatchEncryptionKeyRequest {
-            scan_type: CODE,
-            resource_type: LAMBDA,
-        })
+    let watch = proto::WatchEncryptionKeyRequest {
+        scan_type: CODE,
+        resource_type: LAMBDA,
+    };
+    // The same events to an admin and to an anonymous loopback (read-only) watcher.
+    let mut events = sidecar
+        .admin_keys()
+        .await
+        .watch_encryption_key(watch)
         .await
         .unwrap()
         .into_inner();
-    let current = next_event(&mut events).await;
+    let mut reader = sidecar.read_only_keys().await;
+    let mut read_only = reader
+        .watch_encryption_key(watch)
+        .await
+        .unwrap()
+        .into_inner();
+    let current = next_events(&mut events, &mut read_only).await;
     assert_eq!(
         (current.r#type(), current.kms_key_id.as_str()),
         (KeyEventType::Current, "")
@@ -403,12 +442,16 @@ async fn drift_is_detected_and_resolved_on_the_watch_stream() {
         .update_encryption_key(update_request(&arn))
         .await
         .unwrap();
-    let updated = next_event(&mut events).await;
+    let updated = next_events(&mut events, &mut read_only).await;
     assert_eq!(
         (updated.r#type(), updated.kms_key_id.as_str()),
         (KeyEventType::Updated, arn.as_str())
     );
-    assert!(updated.report.unwrap().passed);
+    let report = updated.report.unwrap();
+    assert!(report.passed);
+    // The local key's default policy grants the account root everything: the admin sees
+    // that finding, with its Sid and the requests it allows.
+    assert!(!report.findings.is_empty(), "{report:?}");
 
     let mut kms = sidecar.kms().await;
     kms.disable_key(proto::DisableKeyRequest {
@@ -416,7 +459,7 @@ async fn drift_is_detected_and_resolved_on_the_watch_stream() {
     })
     .await
     .unwrap();
-    let drift = next_event(&mut events).await;
+    let drift = next_events(&mut events, &mut read_only).await;
     assert_eq!(drift.r#type(), KeyEventType::DriftDetected);
     let report = drift.report.unwrap();
     assert!(!report.passed);
@@ -427,13 +470,38 @@ async fn drift_is_detected_and_resolved_on_the_watch_stream() {
     assert_eq!(gauge(&sidecar), 0.0);
     assert!(sidecar.log().contains("key drift"), "a warning is logged");
 
+    // A watch opened now starts with the failing key's CURRENT event: its findings for the
+    // admin only, too.
+    let mut late_admin = sidecar
+        .admin_keys()
+        .await
+        .watch_encryption_key(watch)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut late_reader = reader
+        .watch_encryption_key(watch)
+        .await
+        .unwrap()
+        .into_inner();
+    let current = next_events(&mut late_admin, &mut late_reader).await;
+    assert_eq!(
+        (current.r#type(), current.kms_key_id.as_str()),
+        (KeyEventType::Current, arn.as_str())
+    );
+    let report = current.report.unwrap();
+    assert!(
+        !report.passed && report.findings.iter().any(|f| f.code == "KEY_NOT_ENABLED"),
+        "{report:?}"
+    );
+
     kms.enable_key(proto::EnableKeyRequest {
         key_id: arn.clone(),
     })
     .await
     .unwrap();
     assert_eq!(
-        next_event(&mut events).await.r#type(),
+        next_events(&mut events, &mut read_only).await.r#type(),
         KeyEventType::DriftResolved
     );
     assert_eq!(gauge(&sidecar), 1.0);
@@ -448,16 +516,17 @@ async fn drift_is_detected_and_resolved_on_the_watch_stream() {
     })
     .await
     .unwrap();
-    let drift = next_event(&mut events).await;
+    let drift = next_events(&mut events, &mut read_only).await;
     assert_eq!(drift.r#type(), KeyEventType::DriftDetected);
-    assert!(
-        drift
-            .report
-            .unwrap()
-            .findings
-            .iter()
-            .any(|f| f.code == "REQUIRED_ACCESS_EXPLICITLY_DENIED")
-    );
+    let denied = drift
+        .report
+        .unwrap()
+        .findings
+        .into_iter()
+        .find(|f| f.code == "REQUIRED_ACCESS_EXPLICITLY_DENIED")
+        .expect("the admin sees the denying statement");
+    assert_eq!(denied.sid.as_deref(), Some("NoGrants"));
+    assert!(!denied.requests.is_empty(), "{denied:?}");
 
     sidecar
         .admin_keys()
@@ -468,7 +537,7 @@ async fn drift_is_detected_and_resolved_on_the_watch_stream() {
         })
         .await
         .unwrap();
-    let reset = next_event(&mut events).await;
+    let reset = next_events(&mut events, &mut read_only).await;
     assert_eq!(
         (reset.r#type(), reset.kms_key_id.as_str()),
         (KeyEventType::Reset, "")

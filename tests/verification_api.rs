@@ -132,7 +132,11 @@ async fn inline_documents_and_profile_from_target() {
     };
     let report = verify_report(&mut reader, request).await;
     assert_eq!(report.profile, "amazon-q-code-repository");
-    assert_eq!(codes(&report), ["KEY_NOT_ENABLED"]);
+    // Inline verification uses only the documents sent: no identity policy was.
+    assert_eq!(
+        codes(&report),
+        ["KEY_NOT_ENABLED", "IDENTITY_POLICY_NOT_CHECKED"]
+    );
 
     let malformed = "{\"Version\": \"2012-10-17\",\n\"Statement\": [}";
     let request = verify_request(
@@ -145,7 +149,11 @@ async fn inline_documents_and_profile_from_target() {
     let report = verify_report(&mut reader, request).await;
     assert_eq!(
         codes(&report),
-        ["KEY_METADATA_NOT_CHECKED", "POLICY_INVALID_JSON"]
+        [
+            "KEY_METADATA_NOT_CHECKED",
+            "POLICY_INVALID_JSON",
+            "IDENTITY_POLICY_NOT_CHECKED"
+        ]
     );
     let location = report.findings[1].location.as_ref().unwrap();
     assert_eq!(
@@ -445,5 +453,86 @@ async fn a_configured_permissions_boundary_caps_the_identity_policies() {
                 .contains("kms:RetireGrant via codeguru-security.us-east-1.amazonaws.com")
             && violation.description.matches("kms:").count() == 2,
         "{violation:?}"
+    );
+}
+
+/// Inline documents are read-only: their verification uses only what the caller sent, never
+/// the configured principal's identity policies or boundary, which the findings would
+/// otherwise tell any caller (here: that the boundary caps kms:RetireGrant).
+#[tokio::test]
+async fn inline_verification_by_a_read_only_caller_uses_only_what_it_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = Sidecar::start().rendered_policy("codeguru-grants").await;
+    let identity = dir.path().join("identity.json");
+    std::fs::write(&identity, &rendered).unwrap();
+    let boundary = dir.path().join("boundary.json");
+    std::fs::write(
+        &boundary,
+        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "NotAction": "kms:RetireGrant", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    let sidecar = Sidecar::start_with(&format!(
+        "[verification]\nidentity_policy_files = [{identity:?}]\npermissions_boundary_file = {boundary:?}\n"
+    ));
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    let key_policy = sidecar
+        .kms()
+        .await
+        .get_key_policy(proto::GetKeyPolicyRequest {
+            key_id: arn.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy;
+    let inline = |identity_policies: Vec<String>| proto::VerifyKeyPolicyRequest {
+        profile: "codeguru-grants".into(),
+        key: Some(Key::InlineKey(InlineKey {
+            key_policy: key_policy.clone(),
+            key_metadata_json: String::new(),
+        })),
+        identity_policies,
+        ..Default::default()
+    };
+    let mut reader = sidecar.read_only_keys().await;
+
+    // Nothing sent: the principal's policies were not checked, and the report says so
+    // without a word of what they hold.
+    let report = verify_report(&mut reader, inline(Vec::new())).await;
+    let not_checked: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.code == "IDENTITY_POLICY_NOT_CHECKED")
+        .collect();
+    assert_eq!(not_checked.len(), 1, "{report:?}");
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|f| !f.message.contains("boundary caps")
+                && !f.message.contains("permissions boundary of")
+                && f.code != "REQUIRED_ACCESS_MISSING"),
+        "{report:?}"
+    );
+    // The same policies sent by the caller are used: the configured boundary is not.
+    let report = verify_report(&mut reader, inline(vec![rendered])).await;
+    assert!(report.passed, "{report:?}");
+    assert_eq!(codes(&report), ["KEY_METADATA_NOT_CHECKED"], "{report:?}");
+
+    // A stored key's verification (code-reader) uses the configured principal's policies and
+    // boundary, as the Update gate does.
+    let report = verify_report(
+        &mut sidecar.code_reader_keys().await,
+        verify_request("codeguru-grants", Key::KmsKeyId(arn)),
+    )
+    .await;
+    assert!(!report.passed, "{report:?}");
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.code == "REQUIRED_ACCESS_MISSING"
+                && f.message.contains("permissions boundary")),
+        "{report:?}"
     );
 }

@@ -209,27 +209,32 @@ impl EncryptionKeys {
     ) -> Result<proto::VerifyKeyPolicyResponse, ServiceError> {
         let settings = self.verifier.settings();
         let checked = validation::verify_request(&request, |target| settings.profile_for(target))?;
-        let identity_policies = if request.identity_policies.is_empty() {
-            &settings.identity_policies
-        } else {
-            &request.identity_policies
-        };
-        let subject = Subject {
-            profile: checked.profile,
-            principal_arn: checked.principal_arn.unwrap_or(&settings.principal_arn),
-            identity_policies,
-        };
+        let principal_arn = checked.principal_arn.unwrap_or(&settings.principal_arn);
         let report = match checked.key {
             validation::KeyToVerify::Stored(key) => {
+                let identity_policies = if request.identity_policies.is_empty() {
+                    &settings.identity_policies
+                } else {
+                    &request.identity_policies
+                };
+                let subject = Subject {
+                    profile: checked.profile,
+                    principal_arn,
+                    identity_policies,
+                };
                 self.verifier.verify_key(&key, &subject).await?
             }
             validation::KeyToVerify::Inline {
                 metadata,
                 key_policy,
             } => {
+                let subject = Subject {
+                    profile: checked.profile,
+                    principal_arn,
+                    identity_policies: &request.identity_policies,
+                };
                 self.verifier
-                    .verify_documents(&subject, metadata.as_deref(), key_policy)
-                    .await
+                    .verify_inline(&subject, metadata.as_deref(), key_policy)
             }
         };
         self.metrics
@@ -283,8 +288,38 @@ impl EncryptionKeys {
     }
 }
 
-/// A key event as the Watch stream sends it.
-fn event_message(event: KeyEvent) -> proto::WatchEncryptionKeyResponse {
+/// How much of the key in use's verification a Watch stream tells its caller. The findings
+/// (Sids, public principals, the requests that may decrypt) are a stored key's verification,
+/// which only the method's `stored_key_role` may learn; below it, the verdict alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReportAudience {
+    Whole,
+    VerdictOnly,
+}
+
+impl ReportAudience {
+    fn of(caller: Option<&rpc::CallerContext>) -> ReportAudience {
+        match rpc::CallerContext::may_use_stored_key(caller) {
+            Ok(()) => ReportAudience::Whole,
+            Err(_) => ReportAudience::VerdictOnly,
+        }
+    }
+
+    fn report(self, report: Report) -> proto::VerificationReport {
+        match self {
+            ReportAudience::Whole => report.into(),
+            ReportAudience::VerdictOnly => proto::VerificationReport {
+                passed: report.passed,
+                profile: report.profile,
+                findings: Vec::new(),
+            },
+        }
+    }
+}
+
+/// A key event as the Watch stream sends it to `audience`: the one place events become
+/// messages, so no event reaches a caller with more than it may see.
+fn event_message(event: KeyEvent, audience: ReportAudience) -> proto::WatchEncryptionKeyResponse {
     use proto::KeyEventType as T;
     let kind = match event.kind {
         KeyEventKind::Current => T::Current,
@@ -298,7 +333,7 @@ fn event_message(event: KeyEvent) -> proto::WatchEncryptionKeyResponse {
         scan_type: validation::scan_type_message(event.target.scan_type()).into(),
         resource_type: validation::resource_type_message(event.target.resource_type()).into(),
         kms_key_id: event.key_arn.unwrap_or_default(),
-        report: event.report.map(Into::into),
+        report: event.report.map(|report| audience.report(report)),
         time: Some(prost_types::Timestamp {
             seconds: event.time.unix_timestamp(),
             nanos: i32::try_from(event.time.nanosecond()).unwrap_or(0),
@@ -317,6 +352,7 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::WatchEncryptionKeyRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let audience = ReportAudience::of(request.extensions().get());
         let r = request.into_inner();
         let target =
             validation::target_request(r.scan_type, r.resource_type).map_err(ServiceError::from)?;
@@ -329,7 +365,7 @@ impl EncryptionKeyService for EncryptionKeys {
         // Subscribe first, so no change between the snapshot and the stream is lost.
         let changes =
             BroadcastStream::new(self.watch.subscribe()).filter_map(move |event| match event {
-                Ok(event) if event.target == target => Some(Ok(event_message(event))),
+                Ok(event) if event.target == target => Some(Ok(event_message(event, audience))),
                 Ok(_) => None,
                 // A slow reader missed events: say so rather than pretend it did not.
                 Err(_) => Some(Err(Status::data_loss(
@@ -341,7 +377,7 @@ impl EncryptionKeyService for EncryptionKeys {
             .current(target)
             .await
             .map_err(ServiceError::from)?;
-        let first = tokio_stream::once(Ok(event_message(current)));
+        let first = tokio_stream::once(Ok(event_message(current, audience)));
         // The stream holds its slot until it is dropped, and ends with WATCH_EXPIRED at
         // its maximum duration.
         let stream = crate::drain::Expiring::new(

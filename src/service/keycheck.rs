@@ -25,6 +25,16 @@ const NOT_CHECKED: &str = "IDENTITY_POLICY_NOT_CHECKED";
 /// they were given or configured, or the backend has no IAM.
 type FromIam = Option<Result<Arc<PrincipalPolicies>, BackendError>>;
 
+/// Where a verification's identity policies and boundary come from.
+enum Sources {
+    /// The request's alone (inline documents).
+    Given,
+    /// The request's, else the configuration's; the configured boundary.
+    GivenOrConfigured,
+    /// IAM's answer for the configured principal.
+    Iam(Result<Arc<PrincipalPolicies>, BackendError>),
+}
+
 /// Verifies keys through the backend.
 #[derive(Clone)]
 pub struct KeyVerifier {
@@ -69,15 +79,33 @@ impl KeyVerifier {
             .transpose()
     }
 
-    /// Verifies documents given inline.
-    pub async fn verify_documents(
+    /// Verifies documents given inline, with only what the caller gave: never the configured
+    /// principal's identity policies, boundary or IAM, which a read-only caller may not learn
+    /// from the findings (and reading IAM would be a backend call on its behalf). Without
+    /// identity policies the report says they, and any boundary, were not checked.
+    pub fn verify_inline(
         &self,
         subject: &Subject<'_>,
         metadata: Option<&KeyMetadata>,
         key_policy: &str,
     ) -> Report {
-        let from_iam = self.policies_from_iam(subject).await;
-        self.verify_with(subject, &from_iam, metadata, key_policy)
+        let mut report = self.verify_with(subject, &Sources::Given, metadata, key_policy);
+        if subject.identity_policies.is_empty()
+            && !report.findings.iter().any(|f| f.code == NOT_CHECKED)
+        {
+            report.findings.push(
+                Finding::new(
+                    NOT_CHECKED,
+                    Severity::Warning,
+                    format!(
+                        "no identity policies were given, so the identity policies and permissions boundary of `{}` (their explicit denies, a boundary's cap on what the key policy grants a role) were not checked: inline verification uses only the documents in the request",
+                        subject.principal_arn
+                    ),
+                )
+                .with_fix("pass the principal's identity policies with the request (identity_policies), or verify the stored key by its ARN"),
+            );
+        }
+        report
     }
 
     /// Verifies a key the backend holds: its metadata and its policy, as they are now.
@@ -91,6 +119,10 @@ impl KeyVerifier {
             self.backend.get_key_policy(key),
             self.policies_from_iam(subject)
         );
+        let sources = match from_iam {
+            Some(read) => Sources::Iam(read),
+            None => Sources::GivenOrConfigured,
+        };
         let metadata = match metadata {
             Ok(metadata) => metadata,
             Err(BackendError::NotFound { .. }) => {
@@ -101,19 +133,19 @@ impl KeyVerifier {
             }
             Err(e) => return Err(e),
         };
-        Ok(self.verify_with(subject, &from_iam, Some(&metadata), &policy?))
+        Ok(self.verify_with(subject, &sources, Some(&metadata), &policy?))
     }
 
     fn verify_with(
         &self,
         subject: &Subject<'_>,
-        from_iam: &FromIam,
+        sources: &Sources,
         metadata: Option<&KeyMetadata>,
         key_policy: &str,
     ) -> Report {
         let read: Vec<String>;
-        let (identity_policies, identity_policies_complete, permissions_boundary) = match from_iam {
-            Some(Ok(policies)) => {
+        let (identity_policies, identity_policies_complete, permissions_boundary) = match sources {
+            Sources::Iam(Ok(policies)) => {
                 read = policies
                     .identity_policies
                     .iter()
@@ -122,7 +154,8 @@ impl KeyVerifier {
                 let boundary = policies.permissions_boundary.as_ref();
                 (read.as_slice(), true, boundary.map(|b| b.document.as_str()))
             }
-            _ => (
+            Sources::Given => (subject.identity_policies, false, None),
+            Sources::GivenOrConfigured | Sources::Iam(Err(_)) => (
                 subject.identity_policies,
                 false,
                 self.settings.permissions_boundary.as_deref(),
@@ -139,10 +172,10 @@ impl KeyVerifier {
             identity_policies_complete,
             permissions_boundary,
         });
-        match from_iam {
-            Some(Ok(policies)) => name_sources(&mut report, policies),
-            Some(Err(error)) => note_unread(&mut report, subject.principal_arn, error),
-            None => {}
+        match sources {
+            Sources::Iam(Ok(policies)) => name_sources(&mut report, policies),
+            Sources::Iam(Err(error)) => note_unread(&mut report, subject.principal_arn, error),
+            Sources::Given | Sources::GivenOrConfigured => {}
         }
         report
     }
