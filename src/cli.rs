@@ -404,7 +404,7 @@ pub fn text_report(report: &Report, sources: &Sources<'_>, color: bool) -> Strin
         let mut group = Group::with_title(
             severity_level(f.severity)
                 .primary_title(f.message.as_str())
-                .id(f.code),
+                .id(f.code.as_str()),
         );
         let mut located = false;
         if let Some(location) = &f.location {

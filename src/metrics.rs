@@ -428,7 +428,7 @@ impl Metrics {
             }
         }
         let mut failing: Vec<&'static str> = report
-            .map(|r| r.errors().map(|f| f.code).collect())
+            .map(|r| r.errors().map(|f| f.code.as_str()).collect())
             .unwrap_or_default();
         failing.sort_unstable();
         failing.dedup();
@@ -519,7 +519,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::verify::Finding;
+    use crate::verify::{Finding, FindingCode};
 
     fn failing_checks(metrics: &Metrics) -> Vec<String> {
         metrics
@@ -535,24 +535,30 @@ mod tests {
         let metrics = Metrics::new(Arc::new(CacheState::new(Default::default())));
         let mut targets = Target::all();
         let (lambda, repository) = (targets.next().unwrap(), targets.next().unwrap());
-        let failing = |codes: &[&'static str]| {
+        let failing = |codes: &[FindingCode]| {
             Report::new(
                 "codeguru-grants",
-                codes.iter().map(|c| Finding::error(c, "x")).collect(),
+                codes.iter().map(|c| Finding::new(*c, "x")).collect(),
             )
         };
         metrics.set_key_verification(
             lambda,
-            Some(&failing(&["KEY_NOT_ENABLED", "KEY_POLICY_DENIES"])),
+            Some(&failing(&[
+                FindingCode::KeyNotEnabled,
+                FindingCode::RequiredAccessExplicitlyDenied,
+            ])),
         );
-        metrics.set_key_verification(repository, Some(&failing(&["KEY_NOT_ENABLED"])));
+        metrics.set_key_verification(repository, Some(&failing(&[FindingCode::KeyNotEnabled])));
         assert_eq!(failing_checks(&metrics).len(), 3);
 
-        metrics.set_key_verification(lambda, Some(&failing(&["KEY_POLICY_DENIES"])));
+        metrics.set_key_verification(
+            lambda,
+            Some(&failing(&[FindingCode::RequiredAccessExplicitlyDenied])),
+        );
         let left = failing_checks(&metrics);
         assert_eq!(left.len(), 2, "{left:?}");
         assert!(left.iter().any(|l| l.contains("AWS_LAMBDA_FUNCTION")
-            && l.contains("check=\"KEY_POLICY_DENIES\"")
+            && l.contains("check=\"REQUIRED_ACCESS_EXPLICITLY_DENIED\"")
             && l.ends_with(" 1")));
         assert!(
             !left

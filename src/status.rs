@@ -81,7 +81,7 @@ fn verification_failed(key: &str, report: Report) -> Status {
                     .clone()
                     .or_else(|| f.location.as_ref().map(|l| l.path.clone()))
                     .unwrap_or_else(|| key.to_owned());
-                PreconditionViolation::new(f.code, subject, f.message_with_requests())
+                PreconditionViolation::new(f.code.as_str(), subject, f.message_with_requests())
             })
             .collect::<Vec<_>>(),
     );

@@ -200,7 +200,7 @@ fn run_profile(case: &Case, profile: &str) -> Result<(), String> {
         identity_policies_complete: case.identity_policies.is_some(),
         permissions_boundary: boundary.as_deref(),
     });
-    let mut got: Vec<&str> = report.findings.iter().map(|f| f.code).collect();
+    let mut got: Vec<&str> = report.findings.iter().map(|f| f.code.as_str()).collect();
     got.sort_unstable();
     if let Some(expected) = &case.expect_codes {
         let mut expected: Vec<&str> = expected.iter().map(String::as_str).collect();

@@ -495,7 +495,7 @@ impl From<Finding> for proto::Finding {
             S::Suggestion => proto::Severity::Suggestion,
         };
         proto::Finding {
-            code: finding.code.to_owned(),
+            code: finding.code.as_str().to_owned(),
             severity: severity.into(),
             message: finding.message,
             sid: finding.sid,

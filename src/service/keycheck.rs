@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::{
     backend::{Backend, BackendError, PrincipalPolicies},
     domain::{KeyArn, Target},
-    verify::{self, Finding, KeyMetadata, Profile, Report, Severity, VerificationSettings},
+    verify::{self, Finding, FindingCode, KeyMetadata, Profile, Report, VerificationSettings},
 };
 
 /// Whose access a verification checks.
@@ -19,7 +19,7 @@ pub struct Subject<'a> {
 }
 
 /// The finding verification leaves where the identity policies could not be used.
-const NOT_CHECKED: &str = "IDENTITY_POLICY_NOT_CHECKED";
+const NOT_CHECKED: FindingCode = FindingCode::IdentityPolicyNotChecked;
 
 /// The principal's policies as IAM holds them, or why IAM could not be read; `None` when
 /// they were given or configured, or the backend has no IAM.
@@ -94,9 +94,7 @@ impl KeyVerifier {
             && !report.findings.iter().any(|f| f.code == NOT_CHECKED)
         {
             report.findings.push(
-                Finding::new(
-                    NOT_CHECKED,
-                    Severity::Warning,
+                Finding::new(NOT_CHECKED,
                     format!(
                         "no identity policies were given, so the identity policies and permissions boundary of `{}` (their explicit denies, a boundary's cap on what the key policy grants a role) were not checked: inline verification uses only the documents in the request",
                         subject.principal_arn
@@ -126,9 +124,11 @@ impl KeyVerifier {
         let metadata = match metadata {
             Ok(metadata) => metadata,
             Err(BackendError::NotFound { .. }) => {
-                let finding =
-                    Finding::error("KEY_NOT_FOUND", format!("key `{key}` does not exist"))
-                        .with_fix("create the key, or check the Region and account in its ARN");
+                let finding = Finding::new(
+                    FindingCode::KeyNotFound,
+                    format!("key `{key}` does not exist"),
+                )
+                .with_fix("create the key, or check the Region and account in its ARN");
                 return Ok(Report::new(subject.profile.name(), vec![finding]));
             }
             Err(e) => return Err(e),
@@ -241,9 +241,7 @@ fn note_unread(report: &mut Report, principal_arn: &str, error: &BackendError) {
             finding.fix = Some(fix.into());
         }
         None => report.findings.push(
-            Finding::new(
-                NOT_CHECKED,
-                Severity::Warning,
+            Finding::new(NOT_CHECKED,
                 format!(
                     "the identity policies and permissions boundary of `{principal_arn}` could not be read from IAM ({reason}), so their explicit denies, and a boundary's cap on what the key policy grants a role, were not checked"
                 ),

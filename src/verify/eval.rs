@@ -15,12 +15,13 @@ use crate::domain::IamPrincipal;
 
 use super::{
     Location,
-    condition::{Base, glob},
+    condition::Base,
     policy::{
         Condition, Effect, Names, Policy, PrincipalElement, Principals, Statement, is_multi_valued,
         names_account,
     },
     variables::{self, substitute},
+    wildcard::{self, glob},
 };
 
 /// Who makes a request.
@@ -202,7 +203,7 @@ pub fn covers_action_and_resource(statement: &Statement, request: &Request) -> b
             names_match(&statement.resources, &request.resource, |p, r| {
                 // A resource whose variable has no value names no resource.
                 variables::substitute_resource(p, |key| request.context_value(key))
-                    .is_some_and(|units| variables::glob(&units, r))
+                    .is_some_and(|units| wildcard::glob_units(&units, r))
             })
         } else {
             names_match(&statement.resources, &request.resource, |p, r| {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Finding;
+use super::{Finding, FindingCode};
 
 /// `KeyMetadata` as KMS DescribeKey returns it (field names as AWS spells them). Fields
 /// the verifier does not read are kept so the same type can describe a local key fully.
@@ -92,8 +92,8 @@ pub fn verify_key_metadata(key: &KeyMetadata, region: &str) -> Vec<Finding> {
     let mut findings = Vec::new();
     if key.key_state != "Enabled" {
         findings.push(
-            Finding::error(
-                "KEY_NOT_ENABLED",
+            Finding::new(
+                FindingCode::KeyNotEnabled,
                 format!(
                     "the key is in state `{}`; Inspector needs an Enabled key",
                     key.key_state
@@ -109,8 +109,8 @@ pub fn verify_key_metadata(key: &KeyMetadata, region: &str) -> Vec<Finding> {
     }
     if key.key_spec != "SYMMETRIC_DEFAULT" {
         findings.push(
-            Finding::error(
-                "KEY_NOT_SYMMETRIC",
+            Finding::new(
+                FindingCode::KeyNotSymmetric,
                 format!("the key has key spec `{}`; Inspector needs a symmetric key (SYMMETRIC_DEFAULT)", key.key_spec),
             )
             .with_fix("create a key with key spec SYMMETRIC_DEFAULT"),
@@ -118,8 +118,8 @@ pub fn verify_key_metadata(key: &KeyMetadata, region: &str) -> Vec<Finding> {
     }
     if key.key_usage != "ENCRYPT_DECRYPT" {
         findings.push(
-            Finding::error(
-                "KEY_USAGE_NOT_ENCRYPT_DECRYPT",
+            Finding::new(
+                FindingCode::KeyUsageNotEncryptDecrypt,
                 format!(
                     "the key has key usage `{}`; Inspector needs ENCRYPT_DECRYPT",
                     key.key_usage
@@ -130,8 +130,8 @@ pub fn verify_key_metadata(key: &KeyMetadata, region: &str) -> Vec<Finding> {
     }
     if key.key_manager != "CUSTOMER" {
         findings.push(
-            Finding::error(
-                "KEY_NOT_CUSTOMER_MANAGED",
+            Finding::new(
+                FindingCode::KeyNotCustomerManaged,
                 format!(
                     "the key is managed by `{}`; Inspector needs a customer managed key",
                     key.key_manager
@@ -142,8 +142,8 @@ pub fn verify_key_metadata(key: &KeyMetadata, region: &str) -> Vec<Finding> {
     }
     if key.region() != region && !key.multi_region {
         findings.push(
-            Finding::error(
-                "KEY_REGION_MISMATCH",
+            Finding::new(
+                FindingCode::KeyRegionMismatch,
                 format!(
                     "the key is in Region `{}` but Inspector runs in `{region}`; use a key in `{region}` or a multi-Region key",
                     key.region()
@@ -178,7 +178,7 @@ mod tests {
     fn codes(key: &KeyMetadata, region: &str) -> Vec<&'static str> {
         verify_key_metadata(key, region)
             .iter()
-            .map(|f| f.code)
+            .map(|f| f.code.as_str())
             .collect()
     }
 

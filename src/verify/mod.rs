@@ -3,6 +3,7 @@
 //!
 //! Finding codes are stable; docs/verification.md documents each with an example.
 
+mod codes;
 pub mod condition;
 pub mod eval;
 pub mod json;
@@ -12,7 +13,9 @@ pub mod profile;
 pub mod render;
 mod settings;
 pub mod variables;
+pub mod wildcard;
 
+pub use codes::FindingCode;
 pub use key::{
     KeyMetadata, MultiRegionConfiguration, MultiRegionKey, parse_describe_key, verify_key_metadata,
 };
@@ -35,6 +38,18 @@ pub enum Severity {
     Suggestion,
 }
 
+impl Severity {
+    /// The wire name, as reports spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::SecurityWarning => "SECURITY_WARNING",
+            Severity::Warning => "WARNING",
+            Severity::Suggestion => "SUGGESTION",
+        }
+    }
+}
+
 /// Where in a policy document a finding points.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Location {
@@ -43,10 +58,10 @@ pub struct Location {
     pub column: u32,
 }
 
-/// One thing the verifier found. `code` is a stable UPPER_SNAKE string.
+/// One thing the verifier found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
-    pub code: &'static str,
+    pub code: FindingCode,
     pub severity: Severity,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,10 +77,11 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn error(code: &'static str, message: impl Into<String>) -> Finding {
+    /// A finding of `code`, at the severity the code declares.
+    pub fn new(code: FindingCode, message: impl Into<String>) -> Finding {
         Finding {
             code,
-            severity: Severity::Error,
+            severity: code.severity(),
             message: message.into(),
             sid: None,
             location: None,
@@ -120,20 +136,6 @@ impl Report {
     }
 }
 
-impl Finding {
-    pub fn new(code: &'static str, severity: Severity, message: impl Into<String>) -> Finding {
-        Finding {
-            code,
-            severity,
-            message: message.into(),
-            sid: None,
-            location: None,
-            fix: None,
-            requests: Vec::new(),
-        }
-    }
-}
-
 /// Everything a verification looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
@@ -165,7 +167,7 @@ pub fn verify(input: &Input<'_>) -> Report {
         Some(metadata) => {
             if let Err(e) = crate::domain::KeyArn::parse(&metadata.arn) {
                 findings.push(
-                    Finding::error("KEY_ARN_INVALID", format!("Inspector would refuse the key ARN: {e}"))
+                    Finding::new(FindingCode::KeyArnInvalid, format!("Inspector would refuse the key ARN: {e}"))
                         .with_fix("use a key whose ARN matches Inspector's pattern (multi-Region ids are mrk- and 32 letters or digits)"),
                 );
             }
@@ -174,8 +176,7 @@ pub fn verify(input: &Input<'_>) -> Report {
         }
         None => {
             findings.push(Finding::new(
-                "KEY_METADATA_NOT_CHECKED",
-                Severity::Warning,
+                FindingCode::KeyMetadataNotChecked,
                 "no key metadata was given, so the key's state, spec, usage, manager and Region were not checked",
             ));
             format!(
@@ -374,8 +375,7 @@ fn requirement_findings(
             Decision::Allow => {}
             Decision::IdentityPolicyNotChecked => not_checked.add((), request, || {
                 Finding::new(
-                    "IDENTITY_POLICY_NOT_CHECKED",
-                    Severity::Warning,
+                    FindingCode::IdentityPolicyNotChecked,
                     format!(
                         "the key policy delegates to the account, so the identity policies of `{}` decide whether it may make the requests listed, and none were given",
                         input.principal_arn,
@@ -399,8 +399,8 @@ fn requirement_findings(
                         not_principal_finding(input, &named, &location)
                     } else {
                         Finding {
-                            code: "REQUIRED_ACCESS_EXPLICITLY_DENIED",
-                            severity: Severity::Error,
+                            code: FindingCode::RequiredAccessExplicitlyDenied,
+                            severity: FindingCode::RequiredAccessExplicitlyDenied.severity(),
                             message: format!(
                                 "statement {named} ({}) denies {} the requests listed, which Inspector's scanning partner needs",
                                 location.path,
@@ -426,8 +426,8 @@ fn requirement_findings(
             }
             Decision::ImplicitDeny if policies.boundary_caps(request) => {
                 missing.add(MissingCause::Boundary, request, || {
-                    Finding::error(
-                        "REQUIRED_ACCESS_MISSING",
+                    Finding::new(
+                        FindingCode::RequiredAccessMissing,
                         format!(
                             "the permissions boundary of {} does not allow the requests listed (a boundary caps what identity policies, and key-policy statements naming a role, allow)",
                             caller_name(request)
@@ -451,8 +451,8 @@ fn requirement_findings(
                     && !key_policy_delegates;
                 if no_delegation {
                     missing.add(MissingCause::NoDelegation, request, || {
-                        Finding::error(
-                            "REQUIRED_ACCESS_MISSING",
+                        Finding::new(
+                            FindingCode::RequiredAccessMissing,
                             format!(
                                 "the key policy neither allows {} nor delegates to its account, so none of the requests listed is allowed",
                                 caller_name(request)
@@ -469,8 +469,8 @@ fn requirement_findings(
                 } else {
                     let statement = requirements.statements.get(required.statement);
                     missing.add(MissingCause::Statement(required.statement), request, || {
-                        let mut finding = Finding::error(
-                            "REQUIRED_ACCESS_MISSING",
+                        let mut finding = Finding::new(
+                            FindingCode::RequiredAccessMissing,
                             format!(
                                 "no statement of the {target} allows {} the requests listed",
                                 caller_name(request)
@@ -508,8 +508,8 @@ fn not_principal_finding(input: &Input<'_>, named: &str, location: &Location) ->
     } else {
         "IAM exempts a user only when NotPrincipal lists the user and its account"
     };
-    Finding::error(
-        "NOT_PRINCIPAL_DOES_NOT_EXEMPT",
+    Finding::new(
+        FindingCode::NotPrincipalDoesNotExempt,
         format!(
             "statement {named} ({}) denies everyone not in NotPrincipal, which names `{principal}` or its account; {why}, so the requests listed are denied",
             location.path
@@ -583,8 +583,7 @@ fn unknown_key_findings(
                         "the documentation does not settle whether these requests carry it"
                     };
                     let mut finding = Finding::new(
-                        "CONDITION_KEY_NOT_IN_REQUEST",
-                        Severity::Warning,
+                        FindingCode::ConditionKeyNotInRequest,
                         format!(
                             "`{}` decides a condition on the requests listed, and {what}; the verifier evaluated it as absent",
                             condition.key
@@ -624,8 +623,7 @@ fn probe_broader_than_needed(
             if policies.decide(&probe) == Decision::Allow {
                 findings.push(
                     Finding::new(
-                        "GRANT_OPERATIONS_UNRESTRICTED",
-                        Severity::SecurityWarning,
+                        FindingCode::GrantOperationsUnrestricted,
                         format!(
                             "{} is allowed with every grant operation, not only {}",
                             describe(request),
@@ -657,8 +655,7 @@ fn probe_broader_than_needed(
         if policies.decide(&probe) == Decision::Allow {
             unrestricted.add((), &probe, || {
                 Finding::new(
-                    "VIA_SERVICE_UNRESTRICTED",
-                    Severity::SecurityWarning,
+                    FindingCode::ViaServiceUnrestricted,
                     format!(
                         "`{}` may make the requests listed directly, not only through the services that need the key",
                         input.principal_arn,

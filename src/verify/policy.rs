@@ -2,7 +2,7 @@
 //! the findings about the document itself (grammar, placeholders, risky shapes).
 
 use super::{
-    Finding, Location, Severity,
+    Finding, FindingCode, Location, Severity,
     condition::{Operator, SetQualifier},
     json::{self, Json, LineIndex, Value},
     variables::has_variables,
@@ -243,41 +243,22 @@ impl Analysis<'_> {
 
     fn report(
         &mut self,
-        code: &'static str,
-        severity: Severity,
+        code: FindingCode,
         message: String,
         path: &str,
         offset: usize,
     ) -> &mut Finding {
         let location = self.location(path, offset);
-        self.findings.push(Finding {
-            code,
-            severity,
-            message,
-            sid: None,
-            location: Some(location),
-            fix: None,
-            requests: Vec::new(),
-        });
+        self.findings.push(Finding::new(code, message).at(location));
         let last = self.findings.len() - 1;
         &mut self.findings[last]
-    }
-
-    fn error(
-        &mut self,
-        code: &'static str,
-        message: String,
-        path: &str,
-        offset: usize,
-    ) -> &mut Finding {
-        self.report(code, Severity::Error, message, path, offset)
     }
 
     fn run(&mut self) -> Option<Policy> {
         let text = self.document.text;
         if text.len() > MAX_POLICY_BYTES {
-            self.error(
-                "POLICY_TOO_LARGE",
+            self.report(
+                FindingCode::PolicyTooLarge,
                 format!("the policy is {} bytes; KMS accepts key policies of at most {MAX_POLICY_BYTES} bytes", text.len()),
                 "",
                 0,
@@ -287,8 +268,8 @@ impl Analysis<'_> {
             Ok(root) => root,
             Err(e) => {
                 let (line, column) = self.index.position(e.offset);
-                self.error(
-                    "POLICY_INVALID_JSON",
+                self.report(
+                    FindingCode::PolicyInvalidJson,
                     format!("the policy is not valid JSON: {} at line {line}, column {column}", e.message),
                     "",
                     e.offset,
@@ -298,8 +279,8 @@ impl Analysis<'_> {
             }
         };
         let Value::Object(members) = &root.value else {
-            self.error(
-                "INVALID_ELEMENT_VALUE",
+            self.report(
+                FindingCode::InvalidElementValue,
                 format!("the policy must be a JSON object, not {}", root.kind()),
                 "",
                 root.offset,
@@ -311,8 +292,7 @@ impl Analysis<'_> {
         match root.get("Version") {
             None => {
                 self.report(
-                    "POLICY_MISSING_VERSION",
-                    Severity::Warning,
+                    FindingCode::PolicyMissingVersion,
                     "the policy has no Version; without \"2012-10-17\" policy variables are not recognized".into(),
                     "",
                     root.offset,
@@ -323,8 +303,7 @@ impl Analysis<'_> {
                 Some("2012-10-17") => self.variables = true,
                 Some("2008-10-17") => {
                     self.report(
-                        "POLICY_OLD_VERSION",
-                        Severity::Warning,
+                        FindingCode::PolicyOldVersion,
                         "Version \"2008-10-17\" is the old policy language; policy variables are not recognized".into(),
                         "Version",
                         version.offset,
@@ -332,8 +311,8 @@ impl Analysis<'_> {
                     .fix = Some("use \"Version\": \"2012-10-17\"".into());
                 }
                 _ => {
-                    self.error(
-                        "POLICY_INVALID_VERSION",
+                    self.report(
+                        FindingCode::PolicyInvalidVersion,
                         format!("Version must be \"2012-10-17\", not {}", short(version)),
                         "Version",
                         version.offset,
@@ -359,8 +338,8 @@ impl Analysis<'_> {
                 .map(|(i, item)| (format!("Statement[{i}]"), item))
                 .collect(),
             Some(other) => {
-                self.error(
-                    "INVALID_ELEMENT_VALUE",
+                self.report(
+                    FindingCode::InvalidElementValue,
                     format!(
                         "Statement must be an object or an array of objects, not {}",
                         other.kind()
@@ -372,8 +351,8 @@ impl Analysis<'_> {
             }
         };
         if statements.is_empty() {
-            self.error(
-                "POLICY_NO_STATEMENTS",
+            self.report(
+                FindingCode::PolicyNoStatements,
                 "the policy has no statements".into(),
                 "",
                 root.offset,
@@ -398,8 +377,8 @@ impl Analysis<'_> {
         for (key, _) in members {
             let here = join(path, &key.name);
             if seen.contains(&key.name.as_str()) {
-                self.error(
-                    "DUPLICATE_ELEMENT",
+                self.report(
+                    FindingCode::DuplicateElement,
                     format!("`{}` appears twice; AWS would keep only one", key.name),
                     &here,
                     key.offset,
@@ -412,8 +391,8 @@ impl Analysis<'_> {
                     .find(|k| k.eq_ignore_ascii_case(&key.name))
                     .map(|k| format!(" (element names are case-sensitive: `{k}`)"))
                     .unwrap_or_default();
-                self.error(
-                    "UNKNOWN_ELEMENT",
+                self.report(
+                    FindingCode::UnknownElement,
                     format!(
                         "`{}` is not a policy element here; expected one of {}{hint}",
                         key.name,
@@ -428,8 +407,8 @@ impl Analysis<'_> {
 
     fn statement(&mut self, json: &Json, path: &str, sids: &mut Vec<String>) -> Option<Statement> {
         let Value::Object(members) = &json.value else {
-            self.error(
-                "INVALID_ELEMENT_VALUE",
+            self.report(
+                FindingCode::InvalidElementValue,
                 format!("a statement must be an object, not {}", json.kind()),
                 path,
                 json.offset,
@@ -444,8 +423,8 @@ impl Analysis<'_> {
                 offset,
             }) => {
                 if sids.contains(sid) {
-                    self.error(
-                        "DUPLICATE_SID",
+                    self.report(
+                        FindingCode::DuplicateSid,
                         format!(
                             "Sid `{sid}` is used by more than one statement; Sids must be unique"
                         ),
@@ -458,8 +437,8 @@ impl Analysis<'_> {
                 if self.document.kind == DocumentKind::IdentityPolicy
                     && !sid.chars().all(|c| c.is_ascii_alphanumeric())
                 {
-                    let finding = self.error(
-                        "INVALID_SID",
+                    let finding = self.report(
+                        FindingCode::InvalidSid,
                         format!("Sid `{sid}` has characters other than A-Z, a-z, 0-9, which IAM refuses in identity policies"),
                         &join(path, "Sid"),
                         *offset,
@@ -473,8 +452,8 @@ impl Analysis<'_> {
                 Some(sid.clone())
             }
             Some(other) => {
-                self.error(
-                    "INVALID_ELEMENT_VALUE",
+                self.report(
+                    FindingCode::InvalidElementValue,
                     format!("Sid must be a string, not {}", other.kind()),
                     &join(path, "Sid"),
                     other.offset,
@@ -486,8 +465,8 @@ impl Analysis<'_> {
 
         let effect = match json.get("Effect") {
             None => {
-                self.error(
-                    "STATEMENT_MISSING_ELEMENT",
+                self.report(
+                    FindingCode::StatementMissingElement,
                     "the statement has no Effect".into(),
                     path,
                     json.offset,
@@ -498,8 +477,8 @@ impl Analysis<'_> {
                 Some("Allow") => Some(Effect::Allow),
                 Some("Deny") => Some(Effect::Deny),
                 _ => {
-                    self.error(
-                        "INVALID_ELEMENT_VALUE",
+                    self.report(
+                        FindingCode::InvalidElementValue,
                         format!("Effect must be \"Allow\" or \"Deny\", not {}", short(e)),
                         &join(path, "Effect"),
                         e.offset,
@@ -519,8 +498,7 @@ impl Analysis<'_> {
         {
             let offset = json.get("Principal").map_or(json.offset, |p| p.offset);
             self.report(
-                "PUBLIC_PRINCIPAL",
-                Severity::SecurityWarning,
+                FindingCode::PublicPrincipal,
                 "the statement allows every principal of every AWS account, with no condition".into(),
                 &join(path, "Principal"),
                 offset,
@@ -542,8 +520,7 @@ impl Analysis<'_> {
         {
             let offset = json.get("Principal").map_or(json.offset, |p| p.offset);
             self.report(
-                "SERVICE_PRINCIPAL_WITHOUT_SOURCE",
-                Severity::SecurityWarning,
+                FindingCode::ServicePrincipalWithoutSource,
                 format!(
                     "the statement allows service principal {} without a source condition, so the service may use the key on behalf of any account",
                     p.services.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
@@ -588,8 +565,8 @@ impl Analysis<'_> {
         if self.document.kind == DocumentKind::IdentityPolicy {
             for (name, element) in [("Principal", principal), ("NotPrincipal", not_principal)] {
                 if let Some(element) = element {
-                    self.error(
-                        "PRINCIPAL_NOT_ALLOWED",
+                    self.report(
+                        FindingCode::PrincipalNotAllowed,
                         format!("identity policies cannot have a {name} element; the principal is whoever the policy is attached to"),
                         &join(path, name),
                         element.offset,
@@ -601,8 +578,8 @@ impl Analysis<'_> {
         }
         match (principal, not_principal) {
             (Some(_), Some(n)) => {
-                self.error(
-                    "STATEMENT_CONFLICTING_ELEMENTS",
+                self.report(
+                    FindingCode::StatementConflictingElements,
                     "the statement has both Principal and NotPrincipal; use one".into(),
                     &join(path, "NotPrincipal"),
                     n.offset,
@@ -610,8 +587,8 @@ impl Analysis<'_> {
                 None
             }
             (None, None) => {
-                self.error(
-                    "STATEMENT_MISSING_ELEMENT",
+                self.report(
+                    FindingCode::StatementMissingElement,
                     "the statement has no Principal; every key policy statement must name its principals".into(),
                     path,
                     json.offset,
@@ -624,8 +601,7 @@ impl Analysis<'_> {
             (None, Some(n)) => {
                 if effect == Some(Effect::Allow) {
                     self.report(
-                        "ALLOW_WITH_NOT_PRINCIPAL",
-                        Severity::SecurityWarning,
+                        FindingCode::AllowWithNotPrincipal,
                         "Allow with NotPrincipal allows everyone not listed; AWS supports NotPrincipal only with Deny".into(),
                         &join(path, "NotPrincipal"),
                         n.offset,
@@ -661,8 +637,8 @@ impl Analysis<'_> {
                 }
             }
             _ => {
-                self.error(
-                    "INVALID_ELEMENT_VALUE",
+                self.report(
+                    FindingCode::InvalidElementValue,
                     format!("a principal must be \"*\" or an object such as {{\"AWS\": \"<ARN>\"}}, not {}", short(json)),
                     path,
                     json.offset,
@@ -684,8 +660,8 @@ impl Analysis<'_> {
             _ => None,
         };
         if result.is_none() {
-            self.error(
-                "INVALID_ELEMENT_VALUE",
+            self.report(
+                FindingCode::InvalidElementValue,
                 format!(
                     "expected a string or a non-empty array of strings, not {}",
                     short(json)
@@ -706,8 +682,8 @@ impl Analysis<'_> {
     ) -> Option<Names> {
         match (json.get(element), json.get(not_element)) {
             (Some(_), Some(n)) => {
-                self.error(
-                    "STATEMENT_CONFLICTING_ELEMENTS",
+                self.report(
+                    FindingCode::StatementConflictingElements,
                     format!("the statement has both {element} and {not_element}; use one"),
                     &join(path, not_element),
                     n.offset,
@@ -715,8 +691,8 @@ impl Analysis<'_> {
                 None
             }
             (None, None) => {
-                self.error(
-                    "STATEMENT_MISSING_ELEMENT",
+                self.report(
+                    FindingCode::StatementMissingElement,
                     format!(
                         "the statement has no {element} (or {not_element}), so it has no effect"
                     ),
@@ -737,8 +713,8 @@ impl Analysis<'_> {
             return Some(Vec::new());
         };
         let Value::Object(operators) = &block.value else {
-            self.error(
-                "INVALID_ELEMENT_VALUE",
+            self.report(
+                FindingCode::InvalidElementValue,
                 format!("Condition must be an object, not {}", block.kind()),
                 &join(path, "Condition"),
                 block.offset,
@@ -750,8 +726,8 @@ impl Analysis<'_> {
         let mut usable = true;
         for (op_key, keys) in operators {
             let Some(operator) = Operator::parse(&op_key.name) else {
-                self.error(
-                    "INVALID_CONDITION_OPERATOR",
+                self.report(
+                    FindingCode::InvalidConditionOperator,
                     format!("`{}` is not a condition operator", op_key.name),
                     &op_path(&op_key.name),
                     op_key.offset,
@@ -761,8 +737,8 @@ impl Analysis<'_> {
                 continue;
             };
             let Value::Object(entries) = &keys.value else {
-                self.error(
-                    "INVALID_ELEMENT_VALUE",
+                self.report(
+                    FindingCode::InvalidElementValue,
                     format!("`{}` must map condition keys to values", op_key.name),
                     &op_path(&op_key.name),
                     keys.offset,
@@ -777,8 +753,8 @@ impl Analysis<'_> {
                     _ => scalar(value).map(|v| vec![v]),
                 };
                 let Some(values) = values else {
-                    self.error(
-                        "INVALID_ELEMENT_VALUE",
+                    self.report(
+                        FindingCode::InvalidElementValue,
                         format!(
                             "the values of `{}` must be strings, numbers or booleans",
                             key.name
@@ -826,8 +802,8 @@ impl Analysis<'_> {
         let base = operator.base;
         use super::condition::Base;
         if operator.set.is_none() && base != Base::Null && is_multi_valued(key) {
-            self.error(
-                "MISSING_SET_QUALIFIER",
+            self.report(
+                FindingCode::MissingSetQualifier,
                 format!("`{key}` has multiple values in a request; `{op_name}` needs ForAllValues: or ForAnyValue: to say how the sets compare"),
                 &path(),
                 offset,
@@ -853,14 +829,15 @@ impl Analysis<'_> {
             } else {
                 "it can be overly permissive (ForAllValues matches requests without the key)"
             };
-            self.report(
-                "SET_QUALIFIER_ON_SINGLE_VALUED_KEY",
-                severity,
+            let finding = self.report(
+                FindingCode::SetQualifierOnSingleValuedKey,
                 format!("`{key}` is single-valued; with {qualifier}: {consequence}"),
                 &path(),
                 offset,
-            )
-            .fix = Some(format!("remove `{qualifier}:`"));
+            );
+            // The code's severity note: KMS refuses some, ForAnyValue: is milder.
+            finding.severity = severity;
+            finding.fix = Some(format!("remove `{qualifier}:`"));
         }
         let wildcard = values.iter().any(|v| v.contains('*') || v.contains('?'));
         if wildcard
@@ -873,8 +850,7 @@ impl Analysis<'_> {
             )
         {
             self.report(
-                "WILDCARD_WITHOUT_LIKE",
-                Severity::Warning,
+                FindingCode::WildcardWithoutLike,
                 format!("a value of `{key}` has `*` or `?`, which `{op_name}` compares literally"),
                 &path(),
                 offset,
@@ -889,8 +865,8 @@ impl Analysis<'_> {
         match &json.value {
             Value::String(s) => {
                 if let Some(placeholder) = placeholder(s) {
-                    self.error(
-                        "PLACEHOLDER_NOT_REPLACED",
+                    self.report(
+                        FindingCode::PlaceholderNotReplaced,
                         format!("`{s}` still holds the placeholder `{placeholder}` from the documentation"),
                         &format_steps(steps),
                         json.offset,

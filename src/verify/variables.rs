@@ -7,27 +7,7 @@
 //! does, and a resource with it names no resource (IAM User Guide, "Policy variables with no
 //! value").
 
-use super::condition::{Wild, glob_units};
-
-/// One unit of a substituted policy value: a character to match literally, or a wildcard
-/// the policy itself wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
-    Char(char),
-    /// `*`: any run of characters.
-    Star,
-    /// `?`: one character.
-    Any,
-}
-
-/// A character the policy wrote: `*` and `?` are wildcards.
-fn written(c: char) -> Unit {
-    match c {
-        '*' => Unit::Star,
-        '?' => Unit::Any,
-        other => Unit::Char(other),
-    }
-}
+use super::wildcard::{Unit, Wild, written};
 
 /// Whether a value holds a variable (only then is it substituted).
 pub fn has_variables(value: &str) -> bool {
@@ -49,10 +29,10 @@ pub fn substitute<'r>(
             let body = &body_and_rest[..end];
             rest = &body_and_rest[end + 1..];
             match body {
-                "*" => units.push(Unit::Char('*')),
-                "?" => units.push(Unit::Char('?')),
-                "$" => units.push(Unit::Char('$')),
-                _ => units.extend(resolve(body, &lookup)?.chars().map(Unit::Char)),
+                "*" => units.push(Wild::Literal('*')),
+                "?" => units.push(Wild::Literal('?')),
+                "$" => units.push(Wild::Literal('$')),
+                _ => units.extend(resolve(body, &lookup)?.chars().map(Wild::Literal)),
             }
             continue;
         }
@@ -93,45 +73,10 @@ fn resolve<'r>(body: &str, lookup: &impl Fn(&str) -> Option<&'r [String]>) -> Op
     }
 }
 
-/// The units as text, wildcards written back as `*` and `?` (for the operators that
-/// compare literally).
-pub fn text(units: &[Unit]) -> String {
-    units
-        .iter()
-        .map(|u| match u {
-            Unit::Char(c) => *c,
-            Unit::Star => '*',
-            Unit::Any => '?',
-        })
-        .collect()
-}
-
-/// Wildcard matching of substituted units against `text`, by [`super::condition::glob`]'s
-/// matcher.
-pub fn glob(pattern: &[Unit], text: &str) -> bool {
-    let text: Vec<char> = text.chars().collect();
-    // A `*` or `?` a variable put there is a literal character, so the units say what is
-    // a wildcard, not the characters.
-    let class = |u: Unit| match u {
-        Unit::Star => Wild::Run,
-        Unit::Any => Wild::One,
-        Unit::Char(c) => Wild::Literal(c),
-    };
-    glob_units(pattern, &text, class, |p, t| p == t)
-}
-
-/// ARN matching of substituted units: each of the six colon-separated components on its own.
-pub fn arn_like(pattern: &[Unit], arn: &str) -> bool {
-    let parts: Vec<&[Unit]> = pattern.splitn(6, |u| *u == Unit::Char(':')).collect();
-    let arn_parts: Vec<&str> = arn.splitn(6, ':').collect();
-    parts.len() == 6
-        && arn_parts.len() == 6
-        && parts.iter().zip(&arn_parts).all(|(p, a)| glob(p, a))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::wildcard::{arn_like_units, glob_units, text};
 
     fn context(key: &str) -> Option<&'static [String]> {
         static ACCOUNT: std::sync::LazyLock<Vec<String>> =
@@ -174,10 +119,10 @@ mod tests {
     #[test]
     fn substituted_wildcards_are_literal() {
         let units = substitute("a${*}*", context).unwrap();
-        assert!(glob(&units, "a*xyz"));
-        assert!(!glob(&units, "abxyz"));
+        assert!(glob_units(&units, "a*xyz"));
+        assert!(!glob_units(&units, "abxyz"));
         let any = substitute("${?}?", context).unwrap();
-        assert!(glob(&any, "?x") && !glob(&any, "xx"));
+        assert!(glob_units(&any, "?x") && !glob_units(&any, "xx"));
     }
 
     #[test]
@@ -201,7 +146,7 @@ mod tests {
     #[test]
     fn arn_components_match_separately() {
         let units = substitute("arn:aws:iam::${aws:PrincipalAccount}:role/*", context).unwrap();
-        assert!(arn_like(&units, "arn:aws:iam::111122223333:role/x"));
-        assert!(!arn_like(&units, "arn:aws:iam::444455556666:role/x"));
+        assert!(arn_like_units(&units, "arn:aws:iam::111122223333:role/x"));
+        assert!(!arn_like_units(&units, "arn:aws:iam::444455556666:role/x"));
     }
 }
