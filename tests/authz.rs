@@ -831,9 +831,27 @@ fn refused_start(dir: &Path, config: &str) -> String {
         .env("INSPECTOR_KEYD_LISTEN__TCP", "127.0.0.1:0")
         .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "127.0.0.1:0")
         .env("INSPECTOR_KEYD_AWS_API__LISTEN", "127.0.0.1:0");
-    let output = command.output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // Bounded: a server that starts after all must fail the test, not hang it.
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
     stderr
 }
 
@@ -932,6 +950,101 @@ async fn files_the_sidecar_creates_are_private_and_files_it_trusts_must_be() {
     ] {
         assert_eq!(mode_of(&file), 0o600, "{file:?}");
     }
+}
+
+/// The attack of issue 28: the rules file in a directory another user (here, the group) may
+/// write, its link swapped there to rules of that user's choosing.
+#[tokio::test]
+async fn a_rules_file_reached_through_a_group_writable_directory_or_a_link_swapped_there_is_refused_and_the_trusted_rules_stay()
+ {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let set_mode = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    set_mode(&shared, 0o755);
+    write_rules(
+        &shared.join("read-only.toml"),
+        &format!("[[rule]]\nrole = \"read-only\"\nunix_uid = {}\n", my_uid()),
+    );
+    write_rules(
+        &shared.join("admin.toml"),
+        &format!("[[rule]]\nrole = \"admin\"\nunix_uid = {}\n", my_uid()),
+    );
+    let rules = shared.join("rules.toml");
+    symlink("read-only.toml", &rules).unwrap();
+    let config = format!(
+        "[authz]\nrules_file = {}\nreload_interval = \"100ms\"\n",
+        toml_path(&rules)
+    );
+    let loose = format!(
+        "`{}` (on the way to `{}`) is writable by group (mode 0775) and not sticky",
+        shared.display(),
+        rules.display()
+    );
+
+    // Running on the trusted rules (read-only), the directory becomes group-writable and the
+    // link is swapped there to rules making the caller admin: refused, at the change check
+    // and at SIGHUP, and the caller stays read-only.
+    let sidecar = Sidecar::start_with(&config);
+    let arn = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000";
+    let mut keys = sidecar.admin_keys().await;
+    let status = keys
+        .update_encryption_key(update_request(arn))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::PermissionDenied, "ROLE_REQUIRED")
+    );
+    set_mode(&shared, 0o775);
+    let swapped = shared.join("rules.swap");
+    symlink("admin.toml", &swapped).unwrap();
+    std::fs::rename(&swapped, &rules).unwrap();
+    let refusals = || {
+        sidecar
+            .log()
+            .lines()
+            .filter(|l| l.contains("new authorization rules refused") && l.contains(&loose))
+            .count()
+    };
+    let refused = eventually(Duration::from_secs(10), || async { refusals() >= 1 }).await;
+    assert!(refused, "{}", sidecar.log());
+    // A forced reload, which surely reads the swapped link.
+    sidecar.signal("HUP");
+    let refused = eventually(Duration::from_secs(10), || async { refusals() >= 2 }).await;
+    assert!(refused, "{}", sidecar.log());
+    let status = keys
+        .update_encryption_key(update_request(arn))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::PermissionDenied, "ROLE_REQUIRED"),
+        "the trusted rules stay: {status:?}"
+    );
+
+    // Once the directory is the server's alone again, what it holds is read again.
+    set_mode(&shared, 0o755);
+    let admitted = eventually(Duration::from_secs(10), || {
+        let mut keys = keys.clone();
+        async move {
+            keys.update_encryption_key(update_request(arn))
+                .await
+                .unwrap_err()
+                .code()
+                == Code::FailedPrecondition
+        }
+    })
+    .await;
+    assert!(admitted, "{}", sidecar.log());
+
+    // At start: refused, naming the directory and its mode.
+    set_mode(&shared, 0o775);
+    let stderr = refused_start(dir.path(), &config);
+    assert!(stderr.contains(&loose), "{stderr}");
 }
 
 #[tokio::test]
