@@ -4,7 +4,6 @@
 pub mod aws;
 #[cfg(feature = "test-hooks")]
 pub mod faulty;
-pub mod iam;
 pub mod local;
 pub mod metered;
 

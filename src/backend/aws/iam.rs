@@ -12,8 +12,12 @@ use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkErro
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use tokio::{sync::Mutex, time::Instant};
 
-use super::{BackendError, PrincipalPolicies, SourcedPolicy, aws::classify};
-use crate::{domain::IamPrincipal, metrics::Metrics};
+use super::classify;
+use crate::{
+    backend::{BackendError, PrincipalPolicies, SourcedPolicy},
+    domain::IamPrincipal,
+    metrics::Metrics,
+};
 
 /// How long a failed read is kept: long enough that callers cannot make the sidecar ask IAM
 /// on every verification while IAM refuses, short enough that a fixed permission is seen
@@ -46,6 +50,60 @@ impl Held {
     fn fresh_for(&self, principal: &str, ttl: Duration) -> bool {
         self.principal == principal && self.at.elapsed() < self.kept_for(ttl)
     }
+}
+
+/// Whose identity policies IAM lists: a role, a user, or a group of that user. Each kind
+/// has its own IAM operations; what is read of each is the same.
+#[derive(Debug, Clone, Copy)]
+enum Holder<'a> {
+    Role(&'a str),
+    User(&'a str),
+    Group(&'a str),
+}
+
+impl std::fmt::Display for Holder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Role(name) => write!(f, "role `{name}`"),
+            Holder::User(name) => write!(f, "user `{name}`"),
+            Holder::Group(name) => write!(f, "group `{name}`"),
+        }
+    }
+}
+
+/// Every item of the paginated IAM list `$method` for the entity `$name` (set by `$setter`),
+/// bounded.
+macro_rules! list {
+    ($self:ident, $operation:literal, $method:ident, $setter:ident, $name:expr) => {
+        bounded(
+            $operation,
+            $self
+                .iam
+                .$method()
+                .$setter($name)
+                .into_paginator()
+                .items()
+                .send(),
+        )
+        .await
+    };
+}
+
+/// The decoded document of the inline policy `$policy` of the entity `$name`.
+macro_rules! inline {
+    ($self:ident, $operation:literal, $method:ident, $setter:ident, $name:expr, $policy:expr, $source:expr) => {
+        match $self
+            .iam
+            .$method()
+            .$setter($name)
+            .policy_name($policy)
+            .send()
+            .await
+        {
+            Ok(output) => decode($operation, output.policy_document()),
+            Err(e) => Err(iam_error($operation, $source, e)),
+        }
+    };
 }
 
 /// Reads principals' policies from IAM, keeping the last answer for `ttl`.
@@ -91,204 +149,163 @@ impl IamPolicies {
     }
 
     async fn read(&self, principal_arn: &str) -> Result<PrincipalPolicies, BackendError> {
-        match IamPrincipal::parse(principal_arn) {
-            Some(IamPrincipal::Role(name)) => self.read_role(principal_arn, name).await,
-            Some(IamPrincipal::User(name)) => self.read_user(principal_arn, name).await,
-            None => Err(BackendError::InvalidRequest {
-                field: "principal_arn",
-                message: format!(
-                    "`{principal_arn}` is not the ARN of an IAM role or user, whose policies IAM lists"
-                ),
-            }),
-        }
-    }
-
-    async fn read_role(
-        &self,
-        principal_arn: &str,
-        role: &str,
-    ) -> Result<PrincipalPolicies, BackendError> {
-        let what = format!("role `{role}`");
-        let output = self
-            .iam
-            .get_role()
-            .role_name(role)
-            .send()
-            .await
-            .map_err(|e| iam_error("iam:GetRole", &what, e))?;
-        let found = output
-            .role()
-            .ok_or_else(|| BackendError::internal("iam:GetRole answered without a role"))?;
-        same_principal(principal_arn, found.arn())?;
-        let boundary = found
-            .permissions_boundary()
-            .and_then(|b| b.permissions_boundary_arn())
-            .map(str::to_owned);
-
+        let (principal, found_arn, boundary) = match IamPrincipal::parse(principal_arn) {
+            Some(IamPrincipal::Role(name)) => {
+                let what = format!("role `{name}`");
+                let output = self.iam.get_role().role_name(name).send().await;
+                let output = output.map_err(|e| iam_error("iam:GetRole", &what, e))?;
+                let role = output
+                    .role()
+                    .ok_or_else(|| BackendError::internal("iam:GetRole answered without a role"))?;
+                let boundary = role.permissions_boundary();
+                (
+                    Holder::Role(name),
+                    role.arn().to_owned(),
+                    boundary_arn(boundary),
+                )
+            }
+            Some(IamPrincipal::User(name)) => {
+                let what = format!("user `{name}`");
+                let output = self.iam.get_user().user_name(name).send().await;
+                let output = output.map_err(|e| iam_error("iam:GetUser", &what, e))?;
+                let user = output
+                    .user()
+                    .ok_or_else(|| BackendError::internal("iam:GetUser answered without a user"))?;
+                let boundary = user.permissions_boundary();
+                (
+                    Holder::User(name),
+                    user.arn().to_owned(),
+                    boundary_arn(boundary),
+                )
+            }
+            None => {
+                return Err(BackendError::InvalidRequest {
+                    field: "principal_arn",
+                    message: format!(
+                        "`{principal_arn}` is not the ARN of an IAM role or user, whose policies IAM lists"
+                    ),
+                });
+            }
+        };
+        same_principal(principal_arn, &found_arn)?;
         let mut policies = PrincipalPolicies::default();
-        let names = bounded(
-            "iam:ListRolePolicies",
-            self.iam
-                .list_role_policies()
-                .role_name(role)
-                .into_paginator()
-                .items()
-                .send(),
-        )
-        .await?;
-        for name in names {
-            let source = format!("inline policy `{name}` of role `{role}`");
-            let output = self
-                .iam
-                .get_role_policy()
-                .role_name(role)
-                .policy_name(&name)
-                .send()
-                .await
-                .map_err(|e| iam_error("iam:GetRolePolicy", &source, e))?;
-            let document = decode("iam:GetRolePolicy", output.policy_document())?;
-            policies
-                .identity_policies
-                .push(SourcedPolicy { source, document });
-        }
-        let attached = bounded(
-            "iam:ListAttachedRolePolicies",
-            self.iam
-                .list_attached_role_policies()
-                .role_name(role)
-                .into_paginator()
-                .items()
-                .send(),
-        )
-        .await?;
         let mut seen = Vec::new();
-        for arn in attached.iter().filter_map(|p| p.policy_arn()) {
-            self.add_managed(arn, &mut seen, &mut policies).await?;
-        }
-        if let Some(arn) = boundary {
-            policies.permissions_boundary = Some(self.managed_policy(&arn).await?);
-        }
-        Ok(policies)
-    }
-
-    async fn read_user(
-        &self,
-        principal_arn: &str,
-        user: &str,
-    ) -> Result<PrincipalPolicies, BackendError> {
-        let what = format!("user `{user}`");
-        let output = self
-            .iam
-            .get_user()
-            .user_name(user)
-            .send()
-            .await
-            .map_err(|e| iam_error("iam:GetUser", &what, e))?;
-        let found = output
-            .user()
-            .ok_or_else(|| BackendError::internal("iam:GetUser answered without a user"))?;
-        same_principal(principal_arn, found.arn())?;
-        let boundary = found
-            .permissions_boundary()
-            .and_then(|b| b.permissions_boundary_arn())
-            .map(str::to_owned);
-
-        let mut policies = PrincipalPolicies::default();
-        let names = bounded(
-            "iam:ListUserPolicies",
-            self.iam
-                .list_user_policies()
-                .user_name(user)
-                .into_paginator()
-                .items()
-                .send(),
-        )
-        .await?;
-        for name in names {
-            let source = format!("inline policy `{name}` of user `{user}`");
-            let output = self
-                .iam
-                .get_user_policy()
-                .user_name(user)
-                .policy_name(&name)
-                .send()
-                .await
-                .map_err(|e| iam_error("iam:GetUserPolicy", &source, e))?;
-            let document = decode("iam:GetUserPolicy", output.policy_document())?;
-            policies
-                .identity_policies
-                .push(SourcedPolicy { source, document });
-        }
-        let attached = bounded(
-            "iam:ListAttachedUserPolicies",
-            self.iam
-                .list_attached_user_policies()
-                .user_name(user)
-                .into_paginator()
-                .items()
-                .send(),
-        )
-        .await?;
-        let mut seen = Vec::new();
-        for arn in attached.iter().filter_map(|p| p.policy_arn()) {
-            self.add_managed(arn, &mut seen, &mut policies).await?;
-        }
-
+        self.add_policies_of(principal, &mut seen, &mut policies)
+            .await?;
         // A user's requests are also allowed by the policies of its groups.
-        let groups = bounded(
-            "iam:ListGroupsForUser",
-            self.iam
-                .list_groups_for_user()
-                .user_name(user)
-                .into_paginator()
-                .items()
-                .send(),
-        )
-        .await?;
-        for group in groups.iter().map(|g| g.group_name()) {
-            let names = bounded(
-                "iam:ListGroupPolicies",
-                self.iam
-                    .list_group_policies()
-                    .group_name(group)
-                    .into_paginator()
-                    .items()
-                    .send(),
-            )
-            .await?;
-            for name in names {
-                let source = format!("inline policy `{name}` of group `{group}`");
-                let output = self
-                    .iam
-                    .get_group_policy()
-                    .group_name(group)
-                    .policy_name(&name)
-                    .send()
-                    .await
-                    .map_err(|e| iam_error("iam:GetGroupPolicy", &source, e))?;
-                let document = decode("iam:GetGroupPolicy", output.policy_document())?;
-                policies
-                    .identity_policies
-                    .push(SourcedPolicy { source, document });
-            }
-            let attached = bounded(
-                "iam:ListAttachedGroupPolicies",
-                self.iam
-                    .list_attached_group_policies()
-                    .group_name(group)
-                    .into_paginator()
-                    .items()
-                    .send(),
-            )
-            .await?;
-            for arn in attached.iter().filter_map(|p| p.policy_arn()) {
-                self.add_managed(arn, &mut seen, &mut policies).await?;
+        if let Holder::User(user) = principal {
+            let groups = list!(
+                self,
+                "iam:ListGroupsForUser",
+                list_groups_for_user,
+                user_name,
+                user
+            )?;
+            for group in groups.iter().map(|g| g.group_name()) {
+                self.add_policies_of(Holder::Group(group), &mut seen, &mut policies)
+                    .await?;
             }
         }
         if let Some(arn) = boundary {
             policies.permissions_boundary = Some(self.managed_policy(&arn).await?);
         }
         Ok(policies)
+    }
+
+    /// Adds the inline and attached managed policies of `holder` to the identity policies.
+    async fn add_policies_of(
+        &self,
+        holder: Holder<'_>,
+        seen: &mut Vec<String>,
+        policies: &mut PrincipalPolicies,
+    ) -> Result<(), BackendError> {
+        let names = match holder {
+            Holder::Role(n) => list!(
+                self,
+                "iam:ListRolePolicies",
+                list_role_policies,
+                role_name,
+                n
+            ),
+            Holder::User(n) => list!(
+                self,
+                "iam:ListUserPolicies",
+                list_user_policies,
+                user_name,
+                n
+            ),
+            Holder::Group(n) => {
+                list!(
+                    self,
+                    "iam:ListGroupPolicies",
+                    list_group_policies,
+                    group_name,
+                    n
+                )
+            }
+        }?;
+        for name in names {
+            let source = format!("inline policy `{name}` of {holder}");
+            let document = match holder {
+                Holder::Role(n) => inline!(
+                    self,
+                    "iam:GetRolePolicy",
+                    get_role_policy,
+                    role_name,
+                    n,
+                    &name,
+                    &source
+                ),
+                Holder::User(n) => inline!(
+                    self,
+                    "iam:GetUserPolicy",
+                    get_user_policy,
+                    user_name,
+                    n,
+                    &name,
+                    &source
+                ),
+                Holder::Group(n) => inline!(
+                    self,
+                    "iam:GetGroupPolicy",
+                    get_group_policy,
+                    group_name,
+                    n,
+                    &name,
+                    &source
+                ),
+            }?;
+            policies
+                .identity_policies
+                .push(SourcedPolicy { source, document });
+        }
+        let attached = match holder {
+            Holder::Role(n) => list!(
+                self,
+                "iam:ListAttachedRolePolicies",
+                list_attached_role_policies,
+                role_name,
+                n
+            ),
+            Holder::User(n) => list!(
+                self,
+                "iam:ListAttachedUserPolicies",
+                list_attached_user_policies,
+                user_name,
+                n
+            ),
+            Holder::Group(n) => list!(
+                self,
+                "iam:ListAttachedGroupPolicies",
+                list_attached_group_policies,
+                group_name,
+                n
+            ),
+        }?;
+        for arn in attached.iter().filter_map(|p| p.policy_arn()) {
+            self.add_managed(arn, seen, policies).await?;
+        }
+        Ok(())
     }
 
     /// Adds the managed policy `arn` to the identity policies, once however often it is
@@ -362,6 +379,15 @@ fn iam_error<E: ProvideErrorMetadata + std::fmt::Debug>(
         },
         other => other,
     }
+}
+
+/// The managed policy a permissions boundary names.
+fn boundary_arn(
+    boundary: Option<&aws_sdk_iam::types::AttachedPermissionsBoundary>,
+) -> Option<String> {
+    boundary
+        .and_then(|b| b.permissions_boundary_arn())
+        .map(str::to_owned)
 }
 
 /// IAM answers for the name in the caller's own account: a principal of another account, or
