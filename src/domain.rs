@@ -5,83 +5,73 @@ use std::{fmt, sync::LazyLock};
 
 use regex::Regex;
 
-/// Amazon Inspector's ScanType.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ScanType {
-    Network,
-    Package,
-    Code,
-}
+use crate::proto;
 
-impl ScanType {
-    /// Every scan type.
-    pub const ALL: [ScanType; 3] = [ScanType::Network, ScanType::Package, ScanType::Code];
-
-    /// The scan type of an AWS spelling.
-    pub fn from_aws_str(text: &str) -> Option<ScanType> {
-        ScanType::ALL.into_iter().find(|t| t.as_aws_str() == text)
-    }
-
-    /// The AWS spelling.
-    pub fn as_aws_str(self) -> &'static str {
-        match self {
-            ScanType::Network => "NETWORK",
-            ScanType::Package => "PACKAGE",
-            ScanType::Code => "CODE",
+/// An Inspector enumeration, declared once: each value with its AWS spelling; the proto
+/// enumeration of the same name has the same values (and an `Unspecified`).
+macro_rules! inspector_enum {
+    ($(#[$meta:meta])* $name:ident [$count:literal] { $($variant:ident = $aws:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($variant,)+
         }
-    }
-}
 
-/// Amazon Inspector's ResourceType.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ResourceType {
-    AwsEc2Instance,
-    AwsEcrContainerImage,
-    AwsEcrRepository,
-    AwsLambdaFunction,
-    CodeRepository,
-    MachineImage,
-    MicrosoftComputeVirtualMachines,
-    MicrosoftContainerRegistryContainerImage,
-    MicrosoftWebSites,
-}
+        impl $name {
+            /// Every value.
+            pub const ALL: [$name; $count] = [$($name::$variant,)+];
 
-impl ResourceType {
-    /// Every resource type.
-    pub const ALL: [ResourceType; 9] = [
-        ResourceType::AwsEc2Instance,
-        ResourceType::AwsEcrContainerImage,
-        ResourceType::AwsEcrRepository,
-        ResourceType::AwsLambdaFunction,
-        ResourceType::CodeRepository,
-        ResourceType::MachineImage,
-        ResourceType::MicrosoftComputeVirtualMachines,
-        ResourceType::MicrosoftContainerRegistryContainerImage,
-        ResourceType::MicrosoftWebSites,
-    ];
-
-    /// The resource type of an AWS spelling.
-    pub fn from_aws_str(text: &str) -> Option<ResourceType> {
-        ResourceType::ALL
-            .into_iter()
-            .find(|t| t.as_aws_str() == text)
-    }
-
-    /// The AWS spelling.
-    pub fn as_aws_str(self) -> &'static str {
-        match self {
-            ResourceType::AwsEc2Instance => "AWS_EC2_INSTANCE",
-            ResourceType::AwsEcrContainerImage => "AWS_ECR_CONTAINER_IMAGE",
-            ResourceType::AwsEcrRepository => "AWS_ECR_REPOSITORY",
-            ResourceType::AwsLambdaFunction => "AWS_LAMBDA_FUNCTION",
-            ResourceType::CodeRepository => "CODE_REPOSITORY",
-            ResourceType::MachineImage => "MACHINE_IMAGE",
-            ResourceType::MicrosoftComputeVirtualMachines => "Microsoft.Compute/virtualMachines",
-            ResourceType::MicrosoftContainerRegistryContainerImage => {
-                "Microsoft.ContainerRegistry/registry/containerImage"
+            /// The value of an AWS spelling.
+            pub fn from_aws_str(text: &str) -> Option<$name> {
+                $name::ALL.into_iter().find(|t| t.as_aws_str() == text)
             }
-            ResourceType::MicrosoftWebSites => "Microsoft.Web/sites",
+
+            /// The AWS spelling.
+            pub fn as_aws_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $aws,)+
+                }
+            }
+
+            /// The value of the API's enumeration; `None` for `Unspecified`.
+            pub fn from_proto(value: proto::$name) -> Option<$name> {
+                match value {
+                    $(proto::$name::$variant => Some($name::$variant),)+
+                    proto::$name::Unspecified => None,
+                }
+            }
+
+            /// The API's enumeration value.
+            pub fn to_proto(self) -> proto::$name {
+                match self {
+                    $($name::$variant => proto::$name::$variant,)+
+                }
+            }
         }
+    };
+}
+
+inspector_enum! {
+    /// Amazon Inspector's ScanType.
+    ScanType [3] {
+        Network = "NETWORK",
+        Package = "PACKAGE",
+        Code = "CODE",
+    }
+}
+
+inspector_enum! {
+    /// Amazon Inspector's ResourceType.
+    ResourceType [9] {
+        AwsEc2Instance = "AWS_EC2_INSTANCE",
+        AwsEcrContainerImage = "AWS_ECR_CONTAINER_IMAGE",
+        AwsEcrRepository = "AWS_ECR_REPOSITORY",
+        AwsLambdaFunction = "AWS_LAMBDA_FUNCTION",
+        CodeRepository = "CODE_REPOSITORY",
+        MachineImage = "MACHINE_IMAGE",
+        MicrosoftComputeVirtualMachines = "Microsoft.Compute/virtualMachines",
+        MicrosoftContainerRegistryContainerImage = "Microsoft.ContainerRegistry/registry/containerImage",
+        MicrosoftWebSites = "Microsoft.Web/sites",
     }
 }
 

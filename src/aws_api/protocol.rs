@@ -18,7 +18,6 @@ use tonic_types::StatusExt;
 use crate::{
     domain::{ResourceType, ScanType},
     proto,
-    service::validation::{resource_type_message, scan_type_message},
 };
 
 /// The operations the door serves.
@@ -492,7 +491,7 @@ fn string_member<'a>(members: &'a Map<String, Value>, name: &str) -> Result<&'a 
 
 fn scan_type(name: &str, text: &str) -> Result<i32, AwsError> {
     ScanType::from_aws_str(text)
-        .map(|t| scan_type_message(t) as i32)
+        .map(|t| t.to_proto() as i32)
         .ok_or_else(|| {
             let values: Vec<&str> = ScanType::ALL.iter().map(|t| t.as_aws_str()).collect();
             AwsError::member(
@@ -509,7 +508,7 @@ fn scan_type(name: &str, text: &str) -> Result<i32, AwsError> {
 
 fn resource_type(name: &str, text: &str) -> Result<i32, AwsError> {
     ResourceType::from_aws_str(text)
-        .map(|t| resource_type_message(t) as i32)
+        .map(|t| t.to_proto() as i32)
         .ok_or_else(|| {
             let values: Vec<&str> = ResourceType::ALL.iter().map(|t| t.as_aws_str()).collect();
             AwsError::member(

@@ -330,8 +330,8 @@ fn event_message(event: KeyEvent, audience: ReportAudience) -> proto::WatchEncry
     };
     proto::WatchEncryptionKeyResponse {
         r#type: kind.into(),
-        scan_type: validation::scan_type_message(event.target.scan_type()).into(),
-        resource_type: validation::resource_type_message(event.target.resource_type()).into(),
+        scan_type: event.target.scan_type().to_proto().into(),
+        resource_type: event.target.resource_type().to_proto().into(),
         kms_key_id: event.key_arn.unwrap_or_default(),
         report: event.report.map(|report| audience.report(report)),
         time: Some(prost_types::Timestamp {

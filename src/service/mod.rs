@@ -17,7 +17,7 @@ pub use local_kms::LocalKmsApi;
 
 use crate::{
     backend::BackendError,
-    domain::{KeyArn, Target},
+    domain::{KeyArn, ResourceType, ScanType, Target},
     verify::Report,
 };
 use validation::FieldViolation;
@@ -66,16 +66,18 @@ fn audit_subject<T>(
     let Some(subject) = request.extensions().get::<crate::audit::AuditSubject>() else {
         return;
     };
-    let scan = scan_type.map(|v| match crate::proto::ScanType::try_from(v) {
-        Ok(t) => t.as_str_name().trim_start_matches("SCAN_TYPE_").to_owned(),
-        Err(_) => v.to_string(),
+    // The AWS spellings, as everywhere else; a value the API does not know as its number.
+    let scan = scan_type.map(|v| {
+        crate::proto::ScanType::try_from(v)
+            .ok()
+            .and_then(ScanType::from_proto)
+            .map_or_else(|| v.to_string(), |t| t.as_aws_str().to_owned())
     });
-    let resource = resource_type.map(|v| match crate::proto::ResourceType::try_from(v) {
-        Ok(t) => t
-            .as_str_name()
-            .trim_start_matches("RESOURCE_TYPE_")
-            .to_owned(),
-        Err(_) => v.to_string(),
+    let resource = resource_type.map(|v| {
+        crate::proto::ResourceType::try_from(v)
+            .ok()
+            .and_then(ResourceType::from_proto)
+            .map_or_else(|| v.to_string(), |t| t.as_aws_str().to_owned())
     });
     subject.record(
         (!key.is_empty()).then_some(key),

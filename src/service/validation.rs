@@ -26,47 +26,25 @@ impl FieldViolation {
 }
 
 fn scan_type(value: i32) -> Result<ScanType, FieldViolation> {
-    match proto::ScanType::try_from(value) {
-        Ok(proto::ScanType::Code) => Ok(ScanType::Code),
-        Ok(proto::ScanType::Network) => Ok(ScanType::Network),
-        Ok(proto::ScanType::Package) => Ok(ScanType::Package),
-        Ok(proto::ScanType::Unspecified) => Err(FieldViolation::new(
-            "scan_type",
-            "is required (for example SCAN_TYPE_CODE)",
-        )),
-        Err(_) => Err(FieldViolation::new(
-            "scan_type",
-            format!("{value} is not a ScanType value"),
-        )),
-    }
+    let value = proto::ScanType::try_from(value).map_err(|_| {
+        FieldViolation::new("scan_type", format!("{value} is not a ScanType value"))
+    })?;
+    ScanType::from_proto(value)
+        .ok_or_else(|| FieldViolation::new("scan_type", "is required (for example SCAN_TYPE_CODE)"))
 }
 
 fn resource_type(value: i32) -> Result<ResourceType, FieldViolation> {
-    use proto::ResourceType as P;
-    Ok(match P::try_from(value) {
-        Ok(P::AwsEc2Instance) => ResourceType::AwsEc2Instance,
-        Ok(P::AwsEcrContainerImage) => ResourceType::AwsEcrContainerImage,
-        Ok(P::AwsEcrRepository) => ResourceType::AwsEcrRepository,
-        Ok(P::AwsLambdaFunction) => ResourceType::AwsLambdaFunction,
-        Ok(P::CodeRepository) => ResourceType::CodeRepository,
-        Ok(P::MachineImage) => ResourceType::MachineImage,
-        Ok(P::MicrosoftComputeVirtualMachines) => ResourceType::MicrosoftComputeVirtualMachines,
-        Ok(P::MicrosoftContainerRegistryContainerImage) => {
-            ResourceType::MicrosoftContainerRegistryContainerImage
-        }
-        Ok(P::MicrosoftWebSites) => ResourceType::MicrosoftWebSites,
-        Ok(P::Unspecified) => {
-            return Err(FieldViolation::new(
-                "resource_type",
-                "is required (for example RESOURCE_TYPE_AWS_LAMBDA_FUNCTION)",
-            ));
-        }
-        Err(_) => {
-            return Err(FieldViolation::new(
-                "resource_type",
-                format!("{value} is not a ResourceType value"),
-            ));
-        }
+    let value = proto::ResourceType::try_from(value).map_err(|_| {
+        FieldViolation::new(
+            "resource_type",
+            format!("{value} is not a ResourceType value"),
+        )
+    })?;
+    ResourceType::from_proto(value).ok_or_else(|| {
+        FieldViolation::new(
+            "resource_type",
+            "is required (for example RESOURCE_TYPE_AWS_LAMBDA_FUNCTION)",
+        )
     })
 }
 
@@ -117,33 +95,6 @@ pub fn update_request(
     match (key, target) {
         (Some(key), Some(target)) if violations.is_empty() => Ok((key, target)),
         _ => Err(violations),
-    }
-}
-
-/// The proto value of a scan type.
-pub fn scan_type_message(scan: ScanType) -> proto::ScanType {
-    match scan {
-        ScanType::Network => proto::ScanType::Network,
-        ScanType::Package => proto::ScanType::Package,
-        ScanType::Code => proto::ScanType::Code,
-    }
-}
-
-/// The proto value of a resource type.
-pub fn resource_type_message(resource: ResourceType) -> proto::ResourceType {
-    use proto::ResourceType as P;
-    match resource {
-        ResourceType::AwsEc2Instance => P::AwsEc2Instance,
-        ResourceType::AwsEcrContainerImage => P::AwsEcrContainerImage,
-        ResourceType::AwsEcrRepository => P::AwsEcrRepository,
-        ResourceType::AwsLambdaFunction => P::AwsLambdaFunction,
-        ResourceType::CodeRepository => P::CodeRepository,
-        ResourceType::MachineImage => P::MachineImage,
-        ResourceType::MicrosoftComputeVirtualMachines => P::MicrosoftComputeVirtualMachines,
-        ResourceType::MicrosoftContainerRegistryContainerImage => {
-            P::MicrosoftContainerRegistryContainerImage
-        }
-        ResourceType::MicrosoftWebSites => P::MicrosoftWebSites,
     }
 }
 
