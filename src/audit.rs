@@ -1,6 +1,8 @@
 //! The audit log: one JSON line per mutation and per refusal, on the `inspector_keyd::audit`
 //! tracing target and, when configured, appended to a file. Written even when the client
-//! cancels. Never holds a token or key material.
+//! cancels. Never holds a token or key material. Refusals of callers that did not
+//! authenticate are written at a bounded rate, the rest summed into one summary line a
+//! second ([`crate::refusals`]).
 
 use std::{
     fs::File,
@@ -10,6 +12,8 @@ use std::{
 };
 
 use serde::Serialize;
+
+use crate::refusals::{Refusals, Summary, Verdict};
 
 /// The tracing target audit lines are logged on.
 pub const AUDIT_TARGET: &str = "inspector_keyd::audit";
@@ -83,10 +87,50 @@ impl AuditSubject {
     }
 }
 
+/// The audit line of refusals of unauthenticated callers that were not audited one by one.
+#[derive(Debug, Serialize)]
+struct RefusalSummaryRecord<'a> {
+    /// RFC 3339, UTC: when the summary was written.
+    time: String,
+    /// When the first refusal it sums came.
+    since: &'a str,
+    /// Tells this line from a call's: `refusals_not_audited_one_by_one`.
+    summary: &'static str,
+    decision: &'static str,
+    refusals: u64,
+    /// `{source, refusals}`, most first.
+    from: Vec<SourceCount<'a>>,
+    /// Refusals from sources beyond those in `from`.
+    others: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct SourceCount<'a> {
+    source: &'a str,
+    refusals: u64,
+}
+
+/// Now, RFC 3339 in UTC, as audit lines give times.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// Where audit lines go.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct AuditLog {
     file: Option<Arc<Mutex<File>>>,
+    /// Shared by every clone: the door and the gRPC layers draw on one rate.
+    refusals: Arc<Refusals>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("file", &self.file.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuditLog {
@@ -98,13 +142,86 @@ impl AuditLog {
             )?))),
             None => None,
         };
-        Ok(AuditLog { file })
+        Ok(AuditLog {
+            file,
+            refusals: Arc::default(),
+        })
+    }
+
+    /// Whether the refusal of a caller that did not authenticate, from `source`, is to be
+    /// logged and audited in full. When it is not, it is summed into the summary written
+    /// [`crate::refusals::SUMMARY_INTERVAL`] after the first such refusal. The caller
+    /// counts it in the metrics either way.
+    pub fn admit_refusal(&self, source: &str) -> bool {
+        match self.refusals.admit(source) {
+            Verdict::Write => true,
+            Verdict::Summed { opened } => {
+                if opened {
+                    self.schedule_summary();
+                }
+                false
+            }
+        }
+    }
+
+    /// Writes the pending summary one interval from now (one writer per summary: only
+    /// the refusal that opened it schedules one).
+    fn schedule_summary(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Outside a runtime (never while serving) it is written at once.
+            self.write_summary();
+            return;
+        };
+        let log = self.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(crate::refusals::SUMMARY_INTERVAL).await;
+            log.write_summary();
+        });
+    }
+
+    fn write_summary(&self) {
+        let Some(summary) = self.refusals.take_summary() else {
+            return;
+        };
+        let Summary {
+            since,
+            refusals,
+            from,
+            others,
+        } = &summary;
+        tracing::warn!(
+            refusals,
+            since = %since,
+            "{} (each is counted in inspector_keyd_authz_decisions_total)",
+            summary.message()
+        );
+        let record = RefusalSummaryRecord {
+            time: now_rfc3339(),
+            since,
+            summary: "refusals_not_audited_one_by_one",
+            decision: "denied",
+            refusals: *refusals,
+            from: from
+                .iter()
+                .map(|(source, refusals)| SourceCount {
+                    source,
+                    refusals: *refusals,
+                })
+                .collect(),
+            others: *others,
+        };
+        if let Ok(line) = serde_json::to_string(&record) {
+            self.write_line(&line);
+        }
     }
 
     pub fn write(&self, record: &AuditRecord) {
-        let Ok(line) = serde_json::to_string(record) else {
-            return;
-        };
+        if let Ok(line) = serde_json::to_string(record) {
+            self.write_line(&line);
+        }
+    }
+
+    fn write_line(&self, line: &str) {
         tracing::info!(target: AUDIT_TARGET, "{line}");
         if let Some(file) = &self.file {
             let written = file
@@ -115,5 +232,36 @@ impl AuditLog {
                 tracing::error!(error = %e, "cannot write the audit file");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_past_the_rate_are_audited_in_one_summary_a_second_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(Some(&path)).unwrap();
+        let written = (0..100)
+            .filter(|_| log.admit_refusal("tcp:127.0.0.1"))
+            .count();
+        assert!(written <= crate::refusals::BURST as usize + 1, "{written}");
+        // Nothing yet: the summary comes one interval after its first refusal.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        tokio::time::sleep(crate::refusals::SUMMARY_INTERVAL * 2).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["summary"], "refusals_not_audited_one_by_one");
+        assert_eq!(lines[0]["refusals"], 100 - written as u64);
+        assert_eq!(lines[0]["from"][0]["source"], "tcp:127.0.0.1");
+        assert_eq!(lines[0]["from"][0]["refusals"], 100 - written as u64);
     }
 }

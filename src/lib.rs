@@ -26,6 +26,7 @@ pub mod jitter;
 pub mod metrics;
 pub mod ops;
 pub mod proto;
+pub mod refusals;
 pub mod rpc;
 pub mod server;
 pub mod service;

@@ -956,3 +956,90 @@ async fn with_the_tls_listener_the_door_speaks_tls() {
         String::from_utf8_lossy(&answer)
     );
 }
+
+/// The head of a request is judged before its body is read: unsigned, or badly signed over
+/// the payload hash it sends (`x-amz-content-sha256`), it is refused while the body has not
+/// even been sent; signed right over that hash, the body must have it.
+#[tokio::test]
+async fn a_request_is_refused_from_its_head_before_its_body_is_read() {
+    use std::io::{BufRead, BufReader};
+    let (_files, sidecar) = sidecar_with_roles("");
+    let addr = sidecar.aws_api.unwrap();
+    let reset = "/encryptionkey/reset";
+    let body = br#"{"scanType":"CODE","resourceType":"AWS_LAMBDA_FUNCTION"}"#;
+    let sha256 = |bytes: &[u8]| -> String {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let with_hash = |key: (&str, &str)| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("host", addr.to_string().parse().unwrap());
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.insert("x-amz-content-sha256", sha256(body).parse().unwrap());
+        sign_for_tests(
+            "PUT",
+            reset,
+            &mut headers,
+            body,
+            key,
+            "us-east-1",
+            SystemTime::now(),
+        )
+        .unwrap();
+        headers
+    };
+    // Only the head is sent (the body it declares never comes): the answer comes anyway.
+    let head_only = |headers: &http::HeaderMap| -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut request = format!("PUT {reset} HTTP/1.1\r\ncontent-length: 1000\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader
+            .read_line(&mut status)
+            .expect("an answer before the body is sent");
+        let mut error_type = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("x-amzn-errortype:") {
+                error_type = value.trim().to_owned();
+            }
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let code = status.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, error_type)
+    };
+    let mut unsigned = http::HeaderMap::new();
+    unsigned.insert("host", addr.to_string().parse().unwrap());
+    assert_eq!(
+        head_only(&unsigned),
+        (403, "missingauthenticationtokenexception".to_owned())
+    );
+    assert_eq!(
+        head_only(&with_hash((ADMIN.0, "wrong-secret-0123456789"))),
+        (403, "invalidsignatureexception".to_owned())
+    );
+    // Signed right over the hash: the body must be the one hashed.
+    let headers = with_hash(ADMIN);
+    let (status, answer_headers, answer) = raw(addr, "PUT", reset, &headers, br#"{"other":1}"#);
+    assert_eq!(
+        (status, error_type(&answer_headers)),
+        (403, "InvalidSignatureException"),
+        "{answer}"
+    );
+    let (status, _, answer) = raw(addr, "PUT", reset, &headers, body);
+    assert_eq!((status, answer), (200, serde_json::json!({})));
+}

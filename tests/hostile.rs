@@ -1,6 +1,8 @@
 //! Hostile clients against the real server: malformed gRPC frames sent raw over HTTP/2,
-//! oversized metadata, many idle connections, and a client that sends requests but never
-//! reads the answers. Each is refused or contained, and the server keeps serving others.
+//! oversized metadata, many idle connections, a client that sends requests but never
+//! reads the answers, floods of large unauthenticated bodies to the AWS-protocol door, and
+//! floods of refused calls on the door and on gRPC. Each is refused or contained, and the
+//! server keeps serving others.
 //! (Oversized messages: `operations::oversized_messages_are_refused_and_change_nothing`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -728,4 +730,427 @@ async fn a_flood_of_silent_connections_holds_few_descriptors_and_only_until_the_
     }
     assert!(rss_during.saturating_sub(rss_before) < 64 << 10);
     drop(flood);
+}
+
+// --- Floods of the AWS-protocol door and of refusals ---------------------------------------
+
+const MIB: usize = 1 << 20;
+
+/// The head of a `PUT /encryptionkey/update` declaring a body of `length` bytes, with
+/// `extra` header lines (each ending in CRLF).
+fn update_head(door: std::net::SocketAddr, length: usize, extra: &str) -> String {
+    format!(
+        "PUT /encryptionkey/update HTTP/1.1\r\nhost: {door}\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n{extra}\r\n"
+    )
+}
+
+/// The status of the answer `stream` reads, or `None` when the connection ends first (the
+/// server may close it on a client still sending).
+async fn answer_status(stream: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 60 s");
+    String::from_utf8_lossy(&seen)
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+}
+
+/// Sends `head` and `length` bytes of body on a new connection to `door` (stopping when the
+/// server closes it), and reads the answer.
+async fn flood_one(door: std::net::SocketAddr, head: String, length: usize) -> Option<u16> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(door).await.unwrap();
+    let chunk = vec![b' '; 64 << 10];
+    if stream.write_all(head.as_bytes()).await.is_ok() {
+        let mut left = length;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if stream.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+            left -= n;
+        }
+    }
+    answer_status(&mut stream).await
+}
+
+/// A door client that signs with the sidecar's own admin key pair.
+fn door_client(sidecar: &Sidecar) -> aws_sdk_inspector2::Client {
+    sidecar.inspector(&sidecar.aws_key("inspector-keyd-admin"))
+}
+
+/// The key in use, read through the door with the AWS SDK.
+async fn door_read(client: &aws_sdk_inspector2::Client) -> String {
+    use aws_sdk_inspector2::types::{ResourceType, ScanType};
+    client
+        .get_encryption_key()
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .unwrap()
+        .kms_key_id
+}
+
+/// 300 connections (`KEYD_DOOR_FLOOD`; RELIABILITY.md has a 512 run) each send an unsigned
+/// `PUT` with a body of 1 MiB - 1 byte (under `ops.max_request_bytes`): the door refuses
+/// each from its head without reading the body, so the server's peak resident memory grows
+/// by little (it read every body before, and the pages stayed after the sockets closed),
+/// and a signed read is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_300_unsigned_1_mib_bodies_keeps_rss_growth_under_32_mb_and_the_sidecar_serving()
+{
+    let count: usize = std::env::var("KEYD_DOOR_FLOOD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let sidecar = Sidecar::start_with(&format!(
+        "[connections]\nmax_per_peer_ip = {0}\nmax_per_listener = {0}\n",
+        count + 8
+    ));
+    let door = sidecar.aws_api.unwrap();
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+    let client = door_client(&sidecar);
+    assert_eq!(door_read(&client).await, arn);
+    let (rss_before, peak_before) = (sidecar.rss_kib(), sidecar.peak_rss_kib());
+
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        flood.spawn(flood_one(door, update_head(door, MIB - 1, ""), MIB - 1));
+    }
+    // Served while the flood is on.
+    assert_eq!(door_read(&client).await, arn);
+    let rss_during = sidecar.rss_kib();
+    let mut answers = std::collections::BTreeMap::<Option<u16>, usize>::new();
+    while let Some(status) = flood.join_next().await {
+        *answers.entry(status.unwrap()).or_default() += 1;
+    }
+    let peak = sidecar.peak_rss_kib();
+    assert_eq!(door_read(&client).await, arn);
+    still_serving_read(&sidecar, &arn).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            open_connections(&sidecar, "aws_api") <= 1.0
+        })
+        .await
+    );
+    let rss_after = sidecar.rss_kib();
+    println!(
+        "{count} unsigned PUTs of 1 MiB - 1 byte: answers {answers:?} (None: closed before the \
+         answer was read); resident memory {rss_before} KiB before (peak so far \
+         {peak_before}), {rss_during} during, peak {peak}, {rss_after} after the sockets closed"
+    );
+    assert!(
+        answers
+            .keys()
+            .all(|status| matches!(status, None | Some(403))),
+        "{answers:?}"
+    );
+    let growth = peak.saturating_sub(rss_before);
+    assert!(growth < 32 << 10, "peak resident memory grew {growth} KiB");
+}
+
+/// A read of the key in use through tonic, answered.
+async fn still_serving_read(sidecar: &Sidecar, arn: &str) {
+    assert_eq!(sidecar.read_lambda_key().await.unwrap(), arn);
+}
+
+/// Bodies the door must read to check a signature (a known access key id, no payload hash
+/// in the head) share one budget: with 300 such requests of 1 MiB - 1 byte held open, 8
+/// (the 8 MiB budget) are read and the other 292 are answered `ThrottlingException` at
+/// once, unread; once the 8 bodies arrive they are refused for their bad signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_read_before_their_signature_is_known_share_a_budget() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let sidecar = Sidecar::start_with("[connections]\nmax_per_peer_ip = 512\n");
+    let door = sidecar.aws_api.unwrap();
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+    let (key_id, _) = sidecar.aws_key("inspector-keyd-admin");
+    let mut headers = http::HeaderMap::new();
+    headers.insert("host", door.to_string().parse().unwrap());
+    inspector_keyd::aws_api::sigv4::sign_for_tests(
+        "PUT",
+        "/encryptionkey/update",
+        &mut headers,
+        b"",
+        (&key_id, "not-the-secret-0123456789"),
+        "us-east-1",
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let signature = format!(
+        "x-amz-date: {}\r\nauthorization: {}\r\n",
+        headers["x-amz-date"].to_str().unwrap(),
+        headers["authorization"].to_str().unwrap()
+    );
+    let rss_before = sidecar.rss_kib();
+
+    let throttled = std::sync::Arc::new(AtomicUsize::new(0));
+    let (go, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let (head, throttled, mut go) = (
+            update_head(door, MIB - 1, &signature),
+            throttled.clone(),
+            go.subscribe(),
+        );
+        flood.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(door).await.unwrap();
+            stream.write_all(head.as_bytes()).await.unwrap();
+            // The first 32 KiB, then the rest once told to.
+            let first = vec![b' '; 32 << 10];
+            stream.write_all(&first).await.unwrap();
+            tokio::select! {
+                status = answer_status(&mut stream) => {
+                    if status == Some(429) {
+                        throttled.fetch_add(1, Ordering::SeqCst);
+                    }
+                    status
+                }
+                _ = go.recv() => {
+                    let rest = vec![b' '; MIB - 1 - first.len()];
+                    let _ = stream.write_all(&rest).await;
+                    answer_status(&mut stream).await
+                }
+            }
+        });
+    }
+    let all_but_8 = eventually(Duration::from_secs(20), || async {
+        throttled.load(Ordering::SeqCst) >= 292
+    })
+    .await;
+    let rss_held = sidecar.rss_kib();
+    // Served while 8 bodies fill the budget.
+    still_serving_read(&sidecar, &arn).await;
+    go.send(()).unwrap();
+    let mut answers = std::collections::BTreeMap::<Option<u16>, usize>::new();
+    while let Some(status) = flood.join_next().await {
+        *answers.entry(status.unwrap()).or_default() += 1;
+    }
+    let peak = sidecar.peak_rss_kib();
+    println!(
+        "300 PUTs of 1 MiB - 1 byte under a known key, badly signed: answers {answers:?}; \
+         resident memory {rss_before} KiB before, {rss_held} while 8 were held, peak {peak}"
+    );
+    assert!(all_but_8, "throttled {}", throttled.load(Ordering::SeqCst));
+    assert_eq!(answers.get(&Some(429)), Some(&292), "{answers:?}");
+    assert_eq!(answers.get(&Some(403)), Some(&8), "{answers:?}");
+    assert!(peak.saturating_sub(rss_before) < 32 << 10);
+    // The budget is given back: a signed call goes through.
+    assert_eq!(door_read(&door_client(&sidecar)).await, arn);
+}
+
+/// Bytes the server has written to its log and to `audit`.
+fn written(sidecar: &Sidecar, audit: &std::path::Path) -> usize {
+    sidecar.log().len() + std::fs::metadata(audit).map_or(0, |m| m.len() as usize)
+}
+
+/// The audit file's lines.
+fn audit_file_lines(audit: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(audit)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Refusals the audit file accounts for: those written one by one (matching `one`) and
+/// those its summaries sum.
+fn refusals_audited(
+    audit: &std::path::Path,
+    one: impl Fn(&serde_json::Value) -> bool,
+) -> (usize, u64) {
+    let lines = audit_file_lines(audit);
+    let each = lines.iter().filter(|l| one(l)).count();
+    let summed = lines
+        .iter()
+        .filter(|l| l["summary"] == "refusals_not_audited_one_by_one")
+        .map(|l| l["refusals"].as_u64().unwrap())
+        .sum();
+    (each, summed)
+}
+
+/// Denials of `rpc` to callers without a role, as the metrics count them.
+fn denials(sidecar: &Sidecar, rpc: &str) -> f64 {
+    counter(
+        sidecar,
+        "inspector_keyd_authz_decisions",
+        &[("rpc", rpc), ("role", "none"), ("decision", "deny")],
+    )
+}
+
+/// 5,000 badly signed reads on one keep-alive connection to the door: every one answered
+/// 403 and counted, but only a few logged and audited one by one and the rest summed in a
+/// line a second, so the log and audit file grow by under 100 KB (2.8 MB of audit and
+/// 5.6 MB of log before). An authenticated caller's audited call meanwhile is written.
+#[tokio::test]
+async fn five_thousand_bad_signatures_write_under_100_kb_of_log_and_audit_while_the_refusal_counter_says_5000()
+ {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let files = tempfile::tempdir().unwrap();
+    let audit = files.path().join("audit.jsonl");
+    let sidecar = Sidecar::start_with(&format!("[authz]\naudit_file = {audit:?}\n"));
+    let door = sidecar.aws_api.unwrap();
+    let (key_id, _) = sidecar.aws_key("inspector-keyd-admin");
+    let path = "/encryptionkey/get?resourceType=AWS_LAMBDA_FUNCTION&scanType=CODE";
+    let mut headers = http::HeaderMap::new();
+    headers.insert("host", door.to_string().parse().unwrap());
+    inspector_keyd::aws_api::sigv4::sign_for_tests(
+        "GET",
+        path,
+        &mut headers,
+        b"",
+        (&key_id, "not-the-secret-0123456789"),
+        "us-east-1",
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\n");
+    for (name, value) in &headers {
+        request.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    request.push_str("\r\n");
+    let before = written(&sidecar, &audit);
+
+    let mut stream = tokio::io::BufStream::new(tokio::net::TcpStream::connect(door).await.unwrap());
+    let mut forbidden = 0;
+    for _ in 0..5_000 {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut status = String::new();
+        stream.read_line(&mut status).await.unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            stream.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.unwrap();
+        forbidden += usize::from(status.starts_with("HTTP/1.1 403"));
+    }
+    // An authenticated caller's mutation, audited whatever the refusals.
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+    let refused = |l: &serde_json::Value| l["code"] == "UNAUTHENTICATED";
+    // The last summary is written a second after its first refusal.
+    let accounted = eventually(Duration::from_secs(10), || async {
+        let (each, summed) = refusals_audited(&audit, refused);
+        each as u64 + summed == 5_000
+    })
+    .await;
+    let grew = written(&sidecar, &audit) - before;
+    let (each, summed) = refusals_audited(&audit, refused);
+    let counted = denials(&sidecar, "GetEncryptionKey");
+    println!(
+        "5,000 bad signatures on one connection: {forbidden} answered 403, {counted} counted, \
+         {each} audited one by one and {summed} in summaries; log and audit grew {grew} bytes"
+    );
+    assert_eq!(forbidden, 5_000);
+    assert_eq!(counted, 5_000.0);
+    assert!(accounted, "{each} + {summed}");
+    assert!(grew < 100_000, "{grew} bytes written");
+    assert!(
+        sidecar
+            .log()
+            .contains("more refusals of unauthenticated callers in the last second")
+    );
+    assert!(audit_file_lines(&audit).iter().any(|l| l["rpc"]
+        == "/inspectorkeyd.v1.EncryptionKeyService/UpdateEncryptionKey"
+        && l["decision"] == "allowed"));
+}
+
+/// The same on gRPC: 5,000 calls with a bearer token the sidecar does not know, from
+/// loopback TCP, answered `UNAUTHENTICATED` and counted every one, written at a bounded
+/// rate; an authenticated caller's mutation meanwhile is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_unknown_tokens_on_grpc_write_under_100_kb_of_log_and_audit() {
+    let files = tempfile::tempdir().unwrap();
+    let audit = files.path().join("audit.jsonl");
+    let sidecar = Sidecar::start_with(&format!("[authz]\naudit_file = {audit:?}\n"));
+    let client = sidecar.read_only_keys().await;
+    let before = written(&sidecar, &audit);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let mut client = client.clone();
+        calls.spawn(async move {
+            let mut unauthenticated = 0;
+            for _ in 0..100 {
+                let mut request = tonic::Request::new(get_request(LAMBDA));
+                request
+                    .metadata_mut()
+                    .insert("authorization", "Bearer not-a-known-token".parse().unwrap());
+                let status = client.get_encryption_key(request).await.unwrap_err();
+                unauthenticated += usize::from(status.code() == Code::Unauthenticated);
+            }
+            unauthenticated
+        });
+    }
+    let mut unauthenticated = 0;
+    while let Some(n) = calls.join_next().await {
+        unauthenticated += n.unwrap();
+    }
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+    let refused = |l: &serde_json::Value| l["code"] == "UNAUTHENTICATED";
+    let accounted = eventually(Duration::from_secs(10), || async {
+        let (each, summed) = refusals_audited(&audit, refused);
+        each as u64 + summed == 5_000
+    })
+    .await;
+    let grew = written(&sidecar, &audit) - before;
+    let (each, summed) = refusals_audited(&audit, refused);
+    let counted = denials(&sidecar, "GetEncryptionKey");
+    println!(
+        "5,000 unknown tokens on gRPC: {unauthenticated} answered UNAUTHENTICATED, {counted} \
+         counted, {each} audited one by one and {summed} in summaries; log and audit grew \
+         {grew} bytes"
+    );
+    assert_eq!(unauthenticated, 5_000);
+    assert_eq!(counted, 5_000.0);
+    assert!(accounted, "{each} + {summed}");
+    assert!(grew < 100_000, "{grew} bytes written");
+    assert!(audit_file_lines(&audit).iter().any(|l| l["rpc"]
+        == "/inspectorkeyd.v1.EncryptionKeyService/UpdateEncryptionKey"
+        && l["decision"] == "allowed"));
 }

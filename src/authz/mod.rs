@@ -227,6 +227,33 @@ fn connection_identity<B>(request: &http::Request<B>) -> Option<Identity> {
         .map(|addr| Identity::LoopbackPeer { addr })
 }
 
+/// Who a refused caller is, for the summary of refusals not written one by one, when it
+/// did not authenticate: no identity, a malformed or unknown token, or an anonymous
+/// loopback caller (any local process can be one, from any 127.x address). `None` for an
+/// authenticated caller short of a role, whose refusals are always written. The address
+/// is given without its port, so that one host's flood sums into one entry.
+fn refusal_source(
+    error: &AuthzError,
+    bearer: Bearer,
+    connection: Option<&Identity>,
+) -> Option<String> {
+    let anonymous = matches!(bearer, Bearer::Absent)
+        && matches!(connection, Some(Identity::LoopbackPeer { .. }));
+    if !matches!(error, AuthzError::Unauthenticated(_)) && !anonymous {
+        return None;
+    }
+    let from = match connection {
+        Some(Identity::LoopbackPeer { addr }) => format!("tcp:{}", addr.ip()),
+        Some(identity) => identity.to_string(),
+        None => "an unknown connection".to_owned(),
+    };
+    Some(match bearer {
+        Bearer::Absent => from,
+        Bearer::Malformed => format!("malformed-token via {from}"),
+        Bearer::Token(sha256) => format!("{} via {from}", Identity::Token { sha256 }),
+    })
+}
+
 /// Writes the audit line of one call when finished, or as `cancelled` if dropped first.
 pub struct AuditGuard {
     log: AuditLog,
@@ -357,9 +384,7 @@ where
             Box::new(AuditGuard {
                 log: self.shared.audit.clone(),
                 record: Some(AuditRecord {
-                    time: time::OffsetDateTime::now_utc()
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default(),
+                    time: crate::audit::now_rfc3339(),
                     request_id: id.to_str().unwrap_or_default().to_owned(),
                     caller: match bearer {
                         Bearer::Token(sha256) => Identity::Token { sha256 }.to_string(),
@@ -387,11 +412,21 @@ where
         }
         match decision {
             Err(error) => {
+                // A caller that did not authenticate is logged and audited at a bounded
+                // rate (it was counted above); an authenticated one always.
+                let written = refusal_source(&error, bearer, connection.as_ref())
+                    .is_none_or(|source| self.shared.audit.admit_refusal(&source));
                 let _entered = refusal_span.map(tracing::Span::entered);
-                tracing::info!(%error, "call refused");
+                if written {
+                    tracing::info!(%error, "call refused");
+                }
                 let mut status = tonic::Status::from(error);
                 if let Some(guard) = &mut guard {
-                    guard.finish("denied", status.code());
+                    if written {
+                        guard.finish("denied", status.code());
+                    } else {
+                        guard.record = None;
+                    }
                 }
                 // The answer names the id the refusal was recorded under.
                 if let Some(id) = record_id {
@@ -545,6 +580,43 @@ mod tests {
                 Bearer::Absent
             ),
             Ok(None)
+        );
+    }
+
+    #[test]
+    fn only_callers_that_did_not_authenticate_are_written_at_a_bounded_rate() {
+        let loopback = Identity::LoopbackPeer {
+            addr: "127.0.0.3:4000".parse().unwrap(),
+        };
+        let unix = Identity::UnixPeer {
+            uid: 1001,
+            gid: 1001,
+        };
+        let short = AuthzError::RoleRequired {
+            required: Role::Admin,
+            caller: String::new(),
+        };
+        let unknown = AuthzError::Unauthenticated("the bearer token is not known");
+        // An anonymous loopback caller short of a role, by its address without the port.
+        assert_eq!(
+            refusal_source(&short, Bearer::Absent, Some(&loopback)).as_deref(),
+            Some("tcp:127.0.0.3")
+        );
+        // An unknown token, whatever carried it.
+        let token = rules::token_hash("guess");
+        assert_eq!(
+            refusal_source(&unknown, Bearer::Token(token), Some(&unix)),
+            Some(format!(
+                "{} via unix:uid=1001,gid=1001",
+                Identity::Token { sha256: token }
+            ))
+        );
+        assert!(refusal_source(&unknown, Bearer::Absent, None).is_some());
+        // Authenticated callers short of a role: always written.
+        assert_eq!(refusal_source(&short, Bearer::Absent, Some(&unix)), None);
+        assert_eq!(
+            refusal_source(&short, Bearer::Token(token), Some(&loopback)),
+            None
         );
     }
 

@@ -3,8 +3,12 @@
 //! `ResetEncryptionKey` and `BatchGetCodeSnippet` over HTTP/1.1 (what the AWS CLI and SDKs
 //! speak), so they work against the sidecar by changing only their endpoint URL.
 //!
-//! A request is read (within `ops.max_request_bytes` and `ops.rpc_timeout`), its SigV4
-//! signature verified ([`sigv4`]) against the credentials file ([`credentials`]), then
+//! A request's SigV4 signature is verified ([`sigv4`]) against the credentials file
+//! ([`credentials`]) from its head first: one without a known key, scope and time, or with a
+//! bad signature over the payload hash it sent, is refused before its body is read. Bodies
+//! are read within `ops.max_request_bytes`, `ops.rpc_timeout` and a budget of bytes all
+//! connections share ([`BODY_BUDGET`]), so what unauthenticated callers can make the door
+//! hold is bounded whatever their number. The request is then
 //! turned into the gRPC request message ([`protocol`]) and handed, framed, to the same
 //! layered service the gRPC listeners serve (ops → authorization → the tonic routes), with
 //! the verified access key id as the caller's identity ([`crate::authz::AwsPeer`]). So
@@ -21,7 +25,7 @@ use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time:
 
 use bytes::{Buf, Bytes};
 use http::{HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,7 +33,7 @@ use tonic::transport::server::Connected;
 use tower::ServiceExt;
 
 use crate::{
-    audit::{AuditLog, AuditRecord},
+    audit::{AuditLog, AuditRecord, now_rfc3339},
     authz::AwsPeer,
     metrics::Metrics,
     rpc,
@@ -48,12 +52,24 @@ pub type GrpcService = tower::util::BoxCloneSyncService<
 const REQUEST_ID: &str = "x-amzn-requestid";
 const ERROR_TYPE: &str = "x-amzn-errortype";
 
+/// Bytes of request bodies all the door's connections may hold at once (at least one
+/// `ops.max_request_bytes`). The served requests' bodies are a few hundred bytes; past the
+/// budget a request is answered `ThrottlingException` without its body being read.
+pub const BODY_BUDGET: usize = 8 << 20;
+
+/// Largest read buffer of a connection (hyper's default is ~400 KiB, which 512 connections
+/// of a flood would multiply): a request's head must fit (as gRPC metadata must fit in
+/// 16 KiB), and a body is taken from the socket this much at a time.
+const MAX_CONNECTION_BUFFER: usize = 16 << 10;
+
 /// What the door needs to answer requests.
 pub struct Door {
     grpc: GrpcService,
     credentials: Arc<AwsCredentials>,
     region: String,
     max_request_bytes: usize,
+    /// Permits of [`BODY_BUDGET`] bytes, held by the bodies being read or answered.
+    body_budget: tokio::sync::Semaphore,
     /// Longest a request may take to arrive whole (the RPC's own deadline starts after).
     read_timeout: Duration,
     audit: AuditLog,
@@ -85,6 +101,11 @@ impl Door {
             credentials,
             region,
             max_request_bytes: limits.max_request_bytes,
+            body_budget: tokio::sync::Semaphore::new(
+                BODY_BUDGET
+                    .max(limits.max_request_bytes)
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            ),
             read_timeout: limits.read_timeout,
             audit,
             metrics,
@@ -106,26 +127,55 @@ impl Door {
         // the gRPC layers record the call under it, and every answer names it.
         let id = rpc::request_id_or_new(&parts.headers);
         let request_id = id.to_str().unwrap_or_default().to_owned();
-        let body = match self.read_body(&parts.headers, body).await {
-            Ok(body) => body,
-            Err(error) => return error_response(&error, &request_id),
-        };
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut body = std::pin::pin!(body);
+        if declared.is_some_and(|length| length > self.max_request_bytes as u64) {
+            return after_request(body, error_response(&self.too_large(), &request_id)).await;
+        }
         let path_and_query = parts
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let verified = sigv4::verify(
-            &sigv4::Request {
-                method: parts.method.as_str(),
-                path_and_query: &path_and_query,
-                headers: &parts.headers,
-                body: &body,
-            },
-            |id| self.credentials.secret_of(id),
-            &self.region,
-            std::time::SystemTime::now(),
-        );
+        let now = std::time::SystemTime::now();
+        let secret_of = |id: &str| self.credentials.secret_of(id);
+        let head = sigv4::Head {
+            method: parts.method.as_str(),
+            path_and_query: &path_and_query,
+            headers: &parts.headers,
+        };
+        let verdict = match sigv4::verify_head(&head, secret_of, &self.region, now) {
+            Ok(verdict) => verdict,
+            Err(error) => {
+                let answer = self.refuse_signature(&parts, &error, peer, &request_id);
+                return after_request(body, answer).await;
+            }
+        };
+        let body = match self.read_body(declared, body.as_mut()).await {
+            Ok(body) => body,
+            Err(error) => return after_request(body, error_response(&error, &request_id)).await,
+        };
+        let verified = match verdict {
+            sigv4::HeadVerdict::Signed {
+                access_key_id,
+                payload_sha256,
+            } => sigv4::check_payload(&payload_sha256, &body.bytes).map(|()| access_key_id),
+            sigv4::HeadVerdict::NeedsBody => sigv4::verify(
+                &sigv4::Request {
+                    method: parts.method.as_str(),
+                    path_and_query: &path_and_query,
+                    headers: &parts.headers,
+                    body: &body.bytes,
+                },
+                secret_of,
+                &self.region,
+                now,
+            ),
+        };
         let access_key_id = match verified {
             Ok(id) => id,
             Err(error) => return self.refuse_signature(&parts, &error, peer, &request_id),
@@ -134,10 +184,12 @@ impl Door {
             Ok(operation) => operation,
             Err(error) => return error_response(&error, &request_id),
         };
-        let message = match protocol::decode_request(operation, parts.uri.query(), &body) {
+        let message = match protocol::decode_request(operation, parts.uri.query(), &body.bytes) {
             Ok(message) => message,
             Err(error) => return error_response(&error, &request_id),
         };
+        // The budget is given back once the message is made from the body.
+        drop(body);
         let call = http::Request::builder()
             .method(http::Method::POST)
             .uri(operation.grpc_path())
@@ -161,61 +213,112 @@ impl Door {
         answer_of(operation, answer, &request_id).await
     }
 
-    /// The body, within `max_request_bytes` and `read_timeout`.
-    async fn read_body<B>(&self, headers: &http::HeaderMap, body: B) -> Result<Vec<u8>, AwsError>
+    fn too_large(&self) -> AwsError {
+        AwsError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLargeException",
+            format!(
+                "the request body is larger than ops.max_request_bytes ({} bytes)",
+                self.max_request_bytes
+            ),
+        )
+    }
+
+    /// The body (of `declared` length, when the head says), within `max_request_bytes`,
+    /// `read_timeout` and the body budget: room for the declared length is taken before a
+    /// byte is read, room for a body of undeclared length as it grows; without room the
+    /// request is answered `ThrottlingException` and the rest of its body is not read.
+    async fn read_body<B>(&self, declared: Option<u64>, body: B) -> Result<ReadBody<'_>, AwsError>
     where
         B: http_body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let too_large = || {
-            AwsError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLargeException",
-                format!(
-                    "the request body is larger than ops.max_request_bytes ({} bytes)",
-                    self.max_request_bytes
-                ),
-            )
+        let mut read = ReadBody {
+            bytes: Vec::new(),
+            room: None,
+            room_bytes: 0,
         };
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > self.max_request_bytes as u64) {
-            return Err(too_large());
+        if let Some(declared) = declared {
+            // Not past max_request_bytes, which the head was checked against.
+            self.take_room(&mut read, usize::try_from(declared).unwrap_or(usize::MAX))?;
         }
-        let collected = tokio::time::timeout(
-            self.read_timeout,
-            Limited::new(body, self.max_request_bytes).collect(),
-        )
-        .await
-        .map_err(|_| {
-            AwsError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "RequestTimeoutException",
-                format!(
-                    "the request body did not arrive within ops.rpc_timeout ({:?})",
-                    self.read_timeout
-                ),
-            )
-        })?;
-        match collected {
-            Ok(collected) => {
-                let mut data = collected.aggregate();
-                let mut bytes = vec![0; data.remaining()];
-                data.copy_to_slice(&mut bytes);
-                Ok(bytes)
+        let collect = async {
+            let mut body = std::pin::pin!(body);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| {
+                    let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                    AwsError::unreadable(format!("the request body could not be read: {e}"))
+                })?;
+                let Ok(mut data) = frame.into_data() else {
+                    continue;
+                };
+                let length = read.bytes.len().saturating_add(data.remaining());
+                if length > self.max_request_bytes {
+                    return Err(self.too_large());
+                }
+                // Doubling, so an undeclared body is copied a few times at most.
+                let doubled = read
+                    .room_bytes
+                    .saturating_mul(2)
+                    .min(self.max_request_bytes);
+                self.take_room(&mut read, length.max(doubled))?;
+                while data.has_remaining() {
+                    let chunk = data.chunk();
+                    let taken = chunk.len();
+                    read.bytes.extend_from_slice(chunk);
+                    data.advance(taken);
+                }
             }
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Err(e) => Err(AwsError::unreadable(format!(
-                "the request body could not be read: {e}"
-            ))),
+            Ok(())
+        };
+        tokio::time::timeout(self.read_timeout, collect)
+            .await
+            .map_err(|_| {
+                AwsError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "RequestTimeoutException",
+                    format!(
+                        "the request body did not arrive within ops.rpc_timeout ({:?})",
+                        self.read_timeout
+                    ),
+                )
+            })??;
+        Ok(read)
+    }
+
+    /// Room for `wanted` bytes in `read`, from the body budget.
+    fn take_room<'a>(&'a self, read: &mut ReadBody<'a>, wanted: usize) -> Result<(), AwsError> {
+        if wanted <= read.room_bytes {
+            return Ok(());
+        }
+        let more = u32::try_from(wanted - read.room_bytes).map_err(|_| self.too_large())?;
+        let permit = self
+            .body_budget
+            .try_acquire_many(more)
+            .map_err(|_| self.busy())?;
+        match &mut read.room {
+            Some(held) => held.merge(permit),
+            None => read.room = Some(permit),
+        }
+        read.room_bytes = wanted;
+        read.bytes.reserve_exact(wanted - read.bytes.len());
+        Ok(())
+    }
+
+    fn busy(&self) -> AwsError {
+        AwsError {
+            retry_after: Some(1),
+            ..AwsError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "ThrottlingException",
+                "the sidecar holds as many request bodies as it may; retry",
+            )
         }
     }
 
     /// A request whose signature was not accepted: 403 with AWS's code, counted as a
-    /// refusal and audited (as the operation it asked for, when it names one), with the
-    /// access key id it claimed.
+    /// refusal (of the operation it asked for, or of `other`), and logged and audited with
+    /// the access key id it claimed, at a bounded rate: its caller did not authenticate.
     fn refuse_signature(
         &self,
         parts: &http::request::Parts,
@@ -225,42 +328,67 @@ impl Door {
     ) -> http::Response<Full<Bytes>> {
         let operation = protocol::route(parts.method.as_str(), parts.uri.path()).ok();
         let rpc = operation.map_or("", Operation::grpc_path);
-        tracing::info!(
-            request_id = %request_id,
-            peer = ?peer,
-            operation = operation.map_or("unknown", Operation::name),
-            error = %error,
-            "AWS-protocol request refused: its signature was not accepted"
-        );
-        if let Some(operation) = operation {
-            self.metrics
-                .count_authz(rpc::method(operation.grpc_path()), None, false);
-        }
+        self.metrics.count_authz(rpc::method(rpc), None, false);
         let claimed = parts
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(claimed_access_key)
             .map(|id| format!("aws:{id}"));
-        self.audit.write(&AuditRecord {
-            time: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-            request_id: request_id.to_owned(),
-            caller: claimed.unwrap_or_else(|| "unknown".to_owned()),
-            connection: peer.map(|addr| format!("aws-api:{addr}")),
-            role: None,
-            rpc: rpc.to_owned(),
-            key_arn: None,
-            scan_type: None,
-            resource_type: None,
-            decision: "denied",
-            code: "UNAUTHENTICATED".to_owned(),
-            latency_ms: 0.0,
-        });
+        let caller = claimed.unwrap_or_else(|| "unknown".to_owned());
+        let source = match peer {
+            Some(addr) => format!("{caller} via aws-api:{}", addr.ip()),
+            None => format!("{caller} via aws-api"),
+        };
+        if self.audit.admit_refusal(&source) {
+            tracing::info!(
+                request_id = %request_id,
+                peer = ?peer,
+                operation = operation.map_or("unknown", Operation::name),
+                error = %error,
+                "AWS-protocol request refused: its signature was not accepted"
+            );
+            self.audit.write(&AuditRecord {
+                time: now_rfc3339(),
+                request_id: request_id.to_owned(),
+                caller,
+                connection: peer.map(|addr| format!("aws-api:{addr}")),
+                role: None,
+                rpc: rpc.to_owned(),
+                key_arn: None,
+                scan_type: None,
+                resource_type: None,
+                decision: "denied",
+                code: "UNAUTHENTICATED".to_owned(),
+                latency_ms: 0.0,
+            });
+        }
         let error = AwsError::new(StatusCode::FORBIDDEN, error.code(), error.to_string());
         error_response(&error, request_id)
     }
+}
+
+/// A request body read, and its room in the door's body budget, given back on drop.
+struct ReadBody<'a> {
+    bytes: Vec<u8>,
+    room: Option<tokio::sync::SemaphorePermit<'a>>,
+    /// Bytes of `room`.
+    room_bytes: usize,
+}
+
+/// `answer`, once what the client has already sent of a body left unread is taken and
+/// dropped, within the gRPC side's bound for refused calls (64 KiB, 100 ms): closing a
+/// connection with unread bytes resets it, and the client may lose the answer.
+async fn after_request<B>(
+    body: B,
+    answer: http::Response<Full<Bytes>>,
+) -> http::Response<Full<Bytes>>
+where
+    B: http_body::Body + Send,
+{
+    // The bound is the gRPC side's, kept in one place; the answer it takes is a stand-in.
+    rpc::answer_after_request(body, http::Response::new(tonic::body::Body::empty())).await;
+    answer
 }
 
 /// The access key id an `Authorization` header claims, when it is shaped like one (for the
@@ -455,6 +583,7 @@ async fn serve_connection<IO>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_CONNECTION_BUFFER)
         .keep_alive(true);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);

@@ -4,6 +4,10 @@
 //! and the `inspector2` service, the request time within 15 minutes of the sidecar's clock,
 //! and the payload hash that of the body received. No error carries a secret or the
 //! signature.
+//!
+//! The head is checked before the body is read ([`verify_head`]): a request without a
+//! known key, scope or time is refused unread, and so is a bad signature when the caller
+//! sent its payload's hash (`x-amz-content-sha256`), which the signature then covers.
 
 use std::time::{Duration, SystemTime};
 
@@ -231,6 +235,28 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
+/// What the door has of a request before it reads the body.
+pub struct Head<'a> {
+    pub method: &'a str,
+    /// The path and query exactly as sent.
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// What a request's head says of its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadVerdict {
+    /// The signature is good over the payload hash the caller sent; the body must have
+    /// that hash ([`check_payload`]).
+    Signed {
+        access_key_id: String,
+        payload_sha256: String,
+    },
+    /// All but the signature is good; it covers a body whose hash the head does not give,
+    /// so it can only be checked with the body ([`verify`]).
+    NeedsBody,
+}
+
 /// The one value of a header, as text; `Err` when it repeats or is not text.
 fn single_header<'h>(
     headers: &'h HeaderMap,
@@ -259,6 +285,63 @@ pub fn verify(
     region: &str,
     now: SystemTime,
 ) -> Result<String, SignatureError> {
+    let head = Head {
+        method: request.method,
+        path_and_query: request.path_and_query,
+        headers: request.headers,
+    };
+    check(&head, Some(request.body), secret_of, region, now)?.ok_or_else(|| {
+        // `check` verifies the signature whenever it has the body.
+        SignatureError::Invalid("the signature could not be checked".into())
+    })
+}
+
+/// Checks what the head of a request can tell, before its body is read: an `Err` refuses
+/// it unread.
+pub fn verify_head(
+    head: &Head<'_>,
+    secret_of: impl Fn(&str) -> Option<Zeroizing<String>>,
+    region: &str,
+    now: SystemTime,
+) -> Result<HeadVerdict, SignatureError> {
+    let Some(access_key_id) = check(head, None, secret_of, region, now)? else {
+        return Ok(HeadVerdict::NeedsBody);
+    };
+    // `check` verified over the header's hash, so it is there.
+    let payload_sha256 = single_header(head.headers, PAYLOAD_HASH)?
+        .unwrap_or_default()
+        .to_owned();
+    Ok(HeadVerdict::Signed {
+        access_key_id,
+        payload_sha256,
+    })
+}
+
+/// The body of a request whose head was [`HeadVerdict::Signed`] over `payload_sha256`.
+pub fn check_payload(payload_sha256: &str, body: &[u8]) -> Result<(), SignatureError> {
+    if sha256_hex(body) == payload_sha256 {
+        Ok(())
+    } else {
+        Err(SignatureError::Invalid(
+            "x-amz-content-sha256 is not the SHA-256 of the request body; the payload must be signed".into(),
+        ))
+    }
+}
+
+/// The header that carries the payload's hash.
+const PAYLOAD_HASH: &str = "x-amz-content-sha256";
+
+/// Checks a request's signature. With `body`, wholly: the access key id it was signed with.
+/// Without, what the head tells: the key id when the signature is good over the payload
+/// hash the head gives (the body must then have it), `None` when all but the signature is
+/// good and the signature covers a body whose hash the head does not give.
+fn check(
+    request: &Head<'_>,
+    body: Option<&[u8]>,
+    secret_of: impl Fn(&str) -> Option<Zeroizing<String>>,
+    region: &str,
+    now: SystemTime,
+) -> Result<Option<String>, SignatureError> {
     let Some(value) = single_header(request.headers, "authorization")? else {
         if request.path_and_query.contains("X-Amz-Signature=") {
             return Err(incomplete(
@@ -300,14 +383,26 @@ pub fn verify(
         )));
     }
     check_time(signed_at, now)?;
-    if let Some(claimed) = single_header(request.headers, "x-amz-content-sha256")? {
-        let actual = sha256_hex(request.body);
-        if claimed != actual {
-            return Err(SignatureError::Invalid(
-                "x-amz-content-sha256 is not the SHA-256 of the request body; the payload must be signed".into(),
-            ));
+    let payload = match (single_header(request.headers, PAYLOAD_HASH)?, body) {
+        // The hash the caller signed: an unsigned or streamed payload is refused.
+        (Some(claimed), body) => {
+            let is_sha256 = claimed.len() == 64
+                && claimed
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !is_sha256 {
+                return Err(SignatureError::Invalid(
+                    "x-amz-content-sha256 must be the SHA-256 of the request body (64 lower-case hex digits); the payload must be signed".into(),
+                ));
+            }
+            if let Some(body) = body {
+                check_payload(claimed, body)?;
+            }
+            SignableBody::Precomputed(claimed.to_owned())
         }
-    }
+        (None, Some(body)) => SignableBody::Bytes(body),
+        (None, None) => return Ok(None),
+    };
 
     // Exactly the headers the caller signed; the signer adds x-amz-date from the time.
     let mut headers: Vec<(&str, &str)> = Vec::new();
@@ -353,7 +448,7 @@ pub fn verify(
         request.method,
         request.path_and_query,
         headers.into_iter(),
-        SignableBody::Bytes(request.body),
+        payload,
     )
     .map_err(|_| incomplete("the request cannot be put in canonical form"))?;
     let expected = sign(signable, &params)
@@ -369,7 +464,7 @@ pub fn verify(
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.".into(),
         ));
     }
-    Ok(authorization.access_key_id.to_owned())
+    Ok(Some(authorization.access_key_id.to_owned()))
 }
 
 /// A request signed more than [`MAX_SKEW`] from `now` either way is refused, with the times
@@ -729,6 +824,87 @@ mod tests {
         assert!(
             error.to_string().contains("x-amz-content-sha256"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn the_head_alone_refuses_or_verifies_before_the_body_is_read() {
+        let body = br#"{"scanType":"CODE","resourceType":"AWS_LAMBDA_FUNCTION"}"#;
+        let head_of = |headers: &HeaderMap| {
+            verify_head(
+                &Head {
+                    method: "PUT",
+                    path_and_query: "/encryptionkey/reset",
+                    headers,
+                },
+                secrets,
+                "us-east-1",
+                at("20260301T120000Z"),
+            )
+        };
+        // No payload hash in the head: all but the signature is checked.
+        let headers = signed("PUT", "/encryptionkey/reset", body);
+        assert_eq!(head_of(&headers), Ok(HeadVerdict::NeedsBody));
+        assert_eq!(
+            head_of(&HeaderMap::new()).unwrap_err(),
+            SignatureError::Missing
+        );
+        // With the payload's hash signed in the head, the signature is checked from it.
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "127.0.0.1:50052".parse().unwrap());
+        headers.insert("x-amz-content-sha256", sha256_hex(body).parse().unwrap());
+        let mut good = headers.clone();
+        sign_for_tests(
+            "PUT",
+            "/encryptionkey/reset",
+            &mut good,
+            body,
+            KEY,
+            "us-east-1",
+            at("20260301T120000Z"),
+        )
+        .unwrap();
+        assert_eq!(
+            head_of(&good),
+            Ok(HeadVerdict::Signed {
+                access_key_id: KEY.0.to_owned(),
+                payload_sha256: sha256_hex(body),
+            })
+        );
+        check_payload(&sha256_hex(body), body).unwrap();
+        assert!(check_payload(&sha256_hex(body), b"{}").is_err());
+        // The same request checked with its body verifies too.
+        check(
+            "PUT",
+            "/encryptionkey/reset",
+            &good,
+            body,
+            "20260301T120000Z",
+        )
+        .unwrap();
+        let mut bad = headers;
+        sign_for_tests(
+            "PUT",
+            "/encryptionkey/reset",
+            &mut bad,
+            body,
+            (KEY.0, "not-the-secret-0123456789"),
+            "us-east-1",
+            at("20260301T120000Z"),
+        )
+        .unwrap();
+        assert_eq!(
+            head_of(&bad).unwrap_err().code(),
+            "InvalidSignatureException"
+        );
+        // An unsigned or streamed payload is refused from the head.
+        let mut unsigned = good.clone();
+        unsigned.insert("x-amz-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
+        assert!(
+            head_of(&unsigned)
+                .unwrap_err()
+                .to_string()
+                .contains("x-amz-content-sha256")
         );
     }
 

@@ -749,3 +749,17 @@ where
     }
     false
 }
+
+impl Sidecar {
+    /// The server's peak resident memory so far (VmHWM), in KiB: what a flood took at its
+    /// height, without sampling at the right moment.
+    pub fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
