@@ -23,7 +23,6 @@ use tonic::{service::Routes, transport::Server};
 use tonic_health::{ServingStatus, pb::health_server::HealthServer, server::HealthReporter};
 
 use crate::{
-    admin::Readiness,
     audit::AuditLog,
     authz::{Authorizer, AuthzLayer, Rules, RulesSource},
     aws_api::{AwsCredentials, Door, DoorLimits, GrpcService},
@@ -34,6 +33,7 @@ use crate::{
     drain::DrainingHealth,
     metrics::Metrics,
     ops::{OpsLayer, OpsLimits},
+    probes::Readiness,
     proto::{
         self, encryption_key_service_server::EncryptionKeyServiceServer,
         local_code_scanning_service_server::LocalCodeScanningServiceServer,
@@ -467,7 +467,7 @@ impl App {
             let (listener, local) = bind_tcp("metrics", addr).await?;
             addresses.metrics = Some(local);
             let serve =
-                crate::admin::serve(listener, metrics.clone(), readiness.clone(), stopped());
+                crate::probes::serve(listener, metrics.clone(), readiness.clone(), stopped());
             let name = format!("metrics {local}");
             let listener_name = name.clone();
             tasks.push((

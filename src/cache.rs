@@ -235,7 +235,7 @@ impl CacheState {
     }
 
     /// When a read of `target` starts its refresh ahead of expiry (`None`: nothing is held
-    /// for reads). Tests and the bench use it to see the spread.
+    /// for reads). The cache tests read it to see the spread.
     pub fn refresh_due(&self, target: Target) -> Option<Instant> {
         self.entry(target)
             .filter(|e| e.serves_reads)
@@ -327,7 +327,7 @@ impl KeyCache {
 
     /// The key in use for `target`, from the cache when fresh.
     pub async fn get(&self, target: Target) -> Result<Cached, BackendError> {
-        match self.get_fresh(target).await {
+        match self.get_fresh(target) {
             Some(hit) => Ok(hit),
             None => self.load(target).await,
         }
@@ -335,7 +335,7 @@ impl KeyCache {
 
     /// The cache's answer for `target` when it is fresh (a hit), else `None`. A hit past
     /// the entry's refresh point starts its refresh in the background.
-    pub async fn get_fresh(&self, target: Target) -> Option<Cached> {
+    pub fn get_fresh(&self, target: Target) -> Option<Cached> {
         let now = Instant::now();
         // Read in place: no copy of the entry.
         let (answer, refresh_due) = {

@@ -4,12 +4,13 @@
 //! [`app`] builds and runs everything. Layers, outermost first: [`server`], [`tls`], [`aws_api`]
 //! (the AWS-protocol door) and [`connection`] (listeners, connection limits) →
 //! [`ops`] (request ids, metrics, shedding) → [`authz`] (a tower layer) → [`service`]
-//! (validation, mapping to gRPC) → [`cache`] → [`backend`] (local or AWS).
+//! (validation, mapping to gRPC) → [`cache`] (the key in use) → [`backend`] (local or AWS);
+//! verification reads keys from the backend as they are now, never from the cache.
 //! [`verify`] is a pure library the service and the CLI call. [`status`] is the one place
 //! errors become `tonic::Status`. [`rpc`] is the leaf every layer shares: the method table
-//! generated from the access options in proto/, roles, request ids and spans.
+//! generated from the access options in proto/, roles, request ids and spans. [`probes`]
+//! serves metrics, liveness and readiness on their own listener.
 
-pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod authz;
@@ -25,6 +26,7 @@ pub mod files;
 pub mod jitter;
 pub mod metrics;
 pub mod ops;
+pub mod probes;
 pub mod proto;
 pub mod refusals;
 pub mod rpc;

@@ -198,6 +198,9 @@ impl From<ServiceError> for Status {
                 "TOO_MANY_WATCHES",
                 None,
             ),
+            error @ ServiceError::WatchFellBehind => {
+                status(Code::DataLoss, error.to_string(), "WATCH_FELL_BEHIND", &[])
+            }
             error @ ServiceError::WatchExpired(_) => retry(
                 Code::Unavailable,
                 &error.to_string(),

@@ -73,8 +73,8 @@ pub struct PrincipalPolicies {
     pub permissions_boundary: Option<SourcedPolicy>,
 }
 
-/// Why a backend call failed, classified once so every consumer (gRPC code, retry hints,
-/// and later metrics) reads the same class.
+/// Why a backend call failed, classified once: the gRPC code, the retry hint, the metric
+/// label and readiness all read the same class.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {

@@ -143,7 +143,7 @@ impl EncryptionKeys {
         let r = request.get_ref();
         let target =
             validation::target_request(r.scan_type, r.resource_type).map_err(ServiceError::from)?;
-        if let Some(hit) = self.cache.get_fresh(target).await {
+        if let Some(hit) = self.cache.get_fresh(target) {
             return Ok((target, hit, None));
         }
         let id = rpc::request_id_or_new(request.metadata().as_ref());
@@ -368,9 +368,7 @@ impl EncryptionKeyService for EncryptionKeys {
                 Ok(event) if event.target == target => Some(Ok(event_message(event, audience))),
                 Ok(_) => None,
                 // A slow reader missed events: say so rather than pretend it did not.
-                Err(_) => Some(Err(Status::data_loss(
-                    "the watch fell behind and missed events; watch again",
-                ))),
+                Err(_) => Some(Err(ServiceError::WatchFellBehind.into())),
             });
         let current = self
             .watch

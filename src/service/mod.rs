@@ -1,6 +1,7 @@
-//! The gRPC services: request validation, the calls into the backend (through the
-//! verification library), and the mapping of results to responses. Errors leave as
-//! [`ServiceError`]; `crate::status` alone turns them into `tonic::Status`.
+//! The gRPC services: request validation, the calls into the cache (reads) and the backend
+//! (writes, verification's reads), verification through the pure library, and the mapping of
+//! results to responses. Errors leave as [`ServiceError`]; `crate::status` alone turns them
+//! into `tonic::Status`.
 
 mod code_snippets;
 pub mod drift;
@@ -49,6 +50,9 @@ pub enum ServiceError {
     /// `ops.max_watch_streams` Watch streams are open.
     #[error("{0} WatchEncryptionKey streams are open, the most ops.max_watch_streams allows")]
     TooManyWatches(usize),
+    /// A Watch stream's reader was too slow and missed events.
+    #[error("the watch fell behind and missed events; watch again")]
+    WatchFellBehind,
     /// A Watch stream lasted `ops.max_watch_duration`.
     #[error("the watch lasted ops.max_watch_duration ({0:?}); watch again")]
     WatchExpired(std::time::Duration),

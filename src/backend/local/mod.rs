@@ -27,8 +27,9 @@ pub const STORE_FILE: &str = "keyd.redb";
 
 pub struct LocalBackend {
     kms: LocalKms,
-    /// The scanning service's settings: the profiles and principal `Update` verifies for.
-    scanning: Arc<VerificationSettings>,
+    /// The verification settings the scanning service acts under: the profiles and principal
+    /// `Update` verifies keys for.
+    verification: Arc<VerificationSettings>,
 }
 
 /// The store's name of a target (`CODE/AWS_LAMBDA_FUNCTION`).
@@ -43,12 +44,12 @@ fn config_key(target: Target) -> String {
 impl LocalBackend {
     /// Opens the store in `state_dir` (created if missing), its key material sealed under
     /// the key-encryption key in `kek_file` (made at first start), for the Region, account,
-    /// profiles, principal and identity policies of `scanning` (those `Update` verifies keys
+    /// profiles, principal and identity policies of `verification` (those `Update` verifies keys
     /// against, so the scanning service uses keys for what was verified).
     pub fn open(
         state_dir: &Path,
         kek_file: &Path,
-        scanning: VerificationSettings,
+        verification: VerificationSettings,
     ) -> Result<LocalBackend, BackendError> {
         crate::files::private_dir(state_dir).map_err(|e| {
             BackendError::internal(format!(
@@ -73,11 +74,15 @@ impl LocalBackend {
             .name("crypto-warm-up".into())
             .spawn(|| crypto::random_key().map(drop));
         let store = Arc::new(Store::open(&store_path, kek_file)?);
-        let kms = LocalKms::new(store, scanning.region.clone(), scanning.account_id.clone());
+        let kms = LocalKms::new(
+            store,
+            verification.region.clone(),
+            verification.account_id.clone(),
+        );
         kms.add_missing_key_material()?;
         Ok(LocalBackend {
             kms,
-            scanning: Arc::new(scanning),
+            verification: Arc::new(verification),
         })
     }
 
@@ -90,7 +95,7 @@ impl LocalBackend {
     pub fn scanning(&self) -> LocalScanning {
         LocalScanning {
             kms: self.kms.clone(),
-            settings: self.scanning.clone(),
+            settings: self.verification.clone(),
         }
     }
 }
@@ -148,7 +153,7 @@ impl Backend for LocalBackend {
         key: &KeyArn,
     ) -> Result<(), BackendError> {
         let arn = key.as_str().to_owned();
-        let settings = self.scanning.clone();
+        let settings = self.verification.clone();
         self.kms
             .blocking(move |kms| {
                 kms.store
@@ -158,7 +163,7 @@ impl Backend for LocalBackend {
     }
 
     async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError> {
-        let settings = self.scanning.clone();
+        let settings = self.verification.clone();
         self.kms
             .blocking(move |kms| {
                 kms.store
@@ -182,7 +187,7 @@ impl Backend for LocalBackend {
         findings: &[FindingArn],
     ) -> Result<CodeSnippets, BackendError> {
         let findings = findings.to_vec();
-        let settings = self.scanning.clone();
+        let settings = self.verification.clone();
         self.kms
             .blocking(move |kms| {
                 kms.store
@@ -203,7 +208,7 @@ mod tests {
 
     /// The data key in use for Lambda code scanning, decrypted as the scanning service does.
     fn data_key_plaintext(backend: &LocalBackend) -> Vec<u8> {
-        let user = key_use::user(&backend.scanning, lambda());
+        let user = key_use::user(&backend.verification, lambda());
         backend
             .kms
             .store

@@ -1,4 +1,4 @@
-//! The operations HTTP listener: `/metrics` (Prometheus), `/livez` (the process is up; never
+//! The metrics and probes HTTP listener: `/metrics` (Prometheus), `/livez` (the process is up; never
 //! depends on the backend) and `/readyz` (serving, and the backend answered its last call).
 
 use std::{
