@@ -78,7 +78,25 @@ WRAPPER
   chmod 755 "$TOOLS/bin/h2load"
 fi
 
+# podman (Debian's `podman`, with runc and catatonit), which builds the image and runs the
+# pod (scripts/build-image.sh, tests/pod.rs). Installed system-wide, as root, for it runs
+# containers as root; its settings are the scripts' own (.tools/podman/), never the
+# system's files. Without recommends: no network helpers, as the pod test has no network.
+PODMAN_PACKAGES="podman runc catatonit"
+podman_installed() {
+  command -v podman >/dev/null && command -v runc >/dev/null && command -v catatonit >/dev/null
+}
+if ! podman_installed; then
+  as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+  # shellcheck disable=SC2086 # the package list is meant to split
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $PODMAN_PACKAGES >/dev/null 2>&1 \
+    || { "${as_root[@]}" apt-get update -qq \
+      && "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $PODMAN_PACKAGES >/dev/null; }
+fi
+
 "$PROMETHEUS_DIR/usr/bin/promtool" --version >/dev/null 2>&1 || { echo "promtool did not install" >&2; exit 1; }
+podman_installed || { echo "podman did not install ($PODMAN_PACKAGES)" >&2; exit 1; }
 "$TOOLS/bin/h2load" --version >/dev/null 2>&1 || { echo "h2load did not install" >&2; exit 1; }
 "$VENV/bin/grpcurl" -version >/dev/null 2>&1 || { echo "grpcurl did not install" >&2; exit 1; }
 oracle_installed || { echo "@cloud-copilot/iam-simulate did not install" >&2; exit 1; }
