@@ -172,5 +172,52 @@ pub fn generate(rows: &[Row]) -> Result<String, Error> {
         code,
         "/// The hot cached read, whose span the service opens itself on a miss.\npub static CACHED_READ: &Method = &METHODS[{cached_read}];"
     );
+    code.push_str(&path_constants(rows));
     Ok(code)
+}
+
+/// A module per service of the package with a constant per method holding its path
+/// (`paths::encryption_key_service::GET_ENCRYPTION_KEY`), so code that names a method (the
+/// AWS-protocol door) takes its path from the proto, and a renamed RPC does not build.
+fn path_constants(rows: &[Row]) -> String {
+    let prefix = format!("/{PACKAGE}.");
+    let mut services: std::collections::BTreeMap<&str, Vec<&Row>> = Default::default();
+    for row in rows {
+        if let Some((service, _)) = row
+            .path
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once('/'))
+        {
+            services.entry(service).or_default().push(row);
+        }
+    }
+    let mut code = String::from(
+        "\n/// The path of every method of the package's services.\npub mod paths {\n",
+    );
+    for (service, rows) in services {
+        let _ = writeln!(code, "    pub mod {} {{", snake_case(service));
+        for row in rows {
+            let _ = writeln!(
+                code,
+                "        pub const {}: &str = {:?};",
+                snake_case(&row.method).to_uppercase(),
+                row.path
+            );
+        }
+        code.push_str("    }\n");
+    }
+    code.push_str("}\n");
+    code
+}
+
+/// `EncryptionKeyService` as `encryption_key_service`.
+fn snake_case(name: &str) -> String {
+    let mut snake = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            snake.push('_');
+        }
+        snake.push(c.to_ascii_lowercase());
+    }
+    snake
 }

@@ -45,6 +45,32 @@ pub struct AuditRecord {
     pub latency_ms: f64,
 }
 
+impl AuditRecord {
+    /// A record of the call `rpc` by `caller` (over `connection`), now, as allowed: what
+    /// the call and its answer tell is filled in as they come.
+    pub fn new(
+        request_id: &str,
+        caller: String,
+        connection: Option<String>,
+        rpc: &str,
+    ) -> AuditRecord {
+        AuditRecord {
+            time: now_rfc3339(),
+            request_id: request_id.to_owned(),
+            caller,
+            connection,
+            role: None,
+            rpc: rpc.to_owned(),
+            key_arn: None,
+            scan_type: None,
+            resource_type: None,
+            decision: "allowed",
+            code: String::new(),
+            latency_ms: 0.0,
+        }
+    }
+}
+
 /// What a handler learned about the request that the audit line should say (the key and
 /// target), left in the request's extensions by the authorization layer.
 #[derive(Debug, Clone, Default)]
@@ -93,7 +119,7 @@ struct RefusalSummaryRecord<'a> {
     /// RFC 3339, UTC: when the summary was written.
     time: String,
     /// When the first refusal it sums came.
-    since: &'a str,
+    since: String,
     /// Tells this line from a call's: `refusals_not_audited_one_by_one`.
     summary: &'static str,
     decision: &'static str,
@@ -112,8 +138,11 @@ struct SourceCount<'a> {
 
 /// Now, RFC 3339 in UTC, as audit lines give times.
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+fn rfc3339(time: time::OffsetDateTime) -> String {
+    time.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
@@ -189,6 +218,7 @@ impl AuditLog {
             from,
             others,
         } = &summary;
+        let since = since.map(rfc3339).unwrap_or_default();
         tracing::warn!(
             refusals,
             since = %since,

@@ -38,8 +38,8 @@ pub enum Verdict {
 /// Refusals not written one by one since the pending summary opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// When the first of them came (RFC 3339, UTC).
-    pub since: String,
+    /// When the first of them came.
+    pub since: Option<time::OffsetDateTime>,
     pub refusals: u64,
     /// The sources with the most refusals first, at most [`MAX_SOURCES`].
     pub from: Vec<(String, u64)>,
@@ -98,7 +98,7 @@ impl Refusals {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let opened = pending.is_none();
         let summary = pending.get_or_insert_with(|| Summary {
-            since: crate::audit::now_rfc3339(),
+            since: Some(time::OffsetDateTime::now_utc()),
             ..Summary::default()
         });
         summary.refusals += 1;

@@ -69,19 +69,33 @@ pub struct CallerContext {
 
 impl CallerContext {
     /// Whether the caller may make a call about a stored key; no caller known may not.
-    pub fn may_use_stored_key(caller: Option<&CallerContext>) -> Result<(), (Role, String)> {
-        match caller {
+    pub fn may_use_stored_key(caller: Option<&CallerContext>) -> Result<(), RoleRequired> {
+        let (required, caller) = match caller {
             Some(c) => {
                 let needed = c.stored_key_role.unwrap_or(Role::Admin);
                 if c.role.is_some_and(|role| role >= needed) {
-                    Ok(())
-                } else {
-                    Err((needed, c.caller.clone()))
+                    return Ok(());
                 }
+                (needed, c.caller.clone())
             }
-            None => Err((Role::Admin, "unknown".to_owned())),
-        }
+            None => (Role::Admin, "unknown".to_owned()),
+        };
+        Err(RoleRequired {
+            required,
+            caller,
+            about: "a call about a stored key",
+        })
     }
+}
+
+/// A caller short of the role a call needs: refused by authorization for the method, or by
+/// the service for a call about a stored key (`about` says which, in the message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{about} needs the {required} role; caller `{caller}` does not have it")]
+pub struct RoleRequired {
+    pub required: Role,
+    pub caller: String,
+    pub about: &'static str,
 }
 
 /// What calling a method takes, as its access option declares it.
@@ -125,6 +139,14 @@ pub fn method(path: &str) -> Option<&'static Method> {
 pub fn role_needed(method: Option<&Method>) -> Option<Role> {
     method.map_or(Some(Role::Admin), |m| m.access.role)
 }
+
+/// Response metadata saying where a Get answer came from.
+pub const CACHE_HEADER: &str = "x-keyd-cache";
+/// Response metadata: the age of the answer, in whole seconds since the sidecar had it from
+/// the backend. HTTP's own `Age` (RFC 9111 §5.1) says exactly that, and HPACK knows its name
+/// and leaves its value out of the connection's table, which makes it several times cheaper
+/// to send on every read than a name of our own.
+pub const CACHE_AGE_HEADER: &str = "age";
 
 /// Metadata carrying the request id, in requests and responses.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

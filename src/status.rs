@@ -183,9 +183,7 @@ impl From<ServiceError> for Status {
             ServiceError::VerificationFailed { key, report } => {
                 verification_failed(key.as_str(), report)
             }
-            ServiceError::RoleRequired { required, caller } => {
-                role_required(&error_text(required, &caller), required, caller)
-            }
+            ServiceError::RoleRequired(refused) => refused.into(),
             error @ ServiceError::QuotaExceeded { retry_after } => retry(
                 Code::ResourceExhausted,
                 &error.to_string(),
@@ -221,29 +219,24 @@ impl From<AuthzError> for Status {
                 "UNAUTHENTICATED",
                 &[],
             ),
-            AuthzError::RoleRequired { required, caller } => {
-                role_required(&error.to_string(), *required, caller.clone())
-            }
+            AuthzError::RoleRequired(refused) => refused.clone().into(),
         }
     }
 }
 
 /// The caller's role is short of what the call needs (ROLE_REQUIRED, naming both).
-fn role_required(message: &str, required: crate::rpc::Role, caller: String) -> Status {
-    status(
-        Code::PermissionDenied,
-        message.to_owned(),
-        "ROLE_REQUIRED",
-        &[("required_role", required.to_string()), ("caller", caller)],
-    )
-}
-
-fn error_text(required: crate::rpc::Role, caller: &str) -> String {
-    ServiceError::RoleRequired {
-        required,
-        caller: caller.to_owned(),
+impl From<crate::rpc::RoleRequired> for Status {
+    fn from(refused: crate::rpc::RoleRequired) -> Status {
+        status(
+            Code::PermissionDenied,
+            refused.to_string(),
+            "ROLE_REQUIRED",
+            &[
+                ("required_role", refused.required.to_string()),
+                ("caller", refused.caller),
+            ],
+        )
     }
-    .to_string()
 }
 
 /// The server is at its concurrency limit and shed the call.

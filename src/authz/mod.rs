@@ -59,8 +59,8 @@ pub struct Caller {
 pub enum AuthzError {
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
-    #[error("this call needs the {required} role; caller `{caller}` does not have it")]
-    RoleRequired { required: Role, caller: String },
+    #[error(transparent)]
+    RoleRequired(#[from] rpc::RoleRequired),
 }
 
 /// What the `authorization` metadata holds.
@@ -195,10 +195,11 @@ impl Authorizer {
         if role.is_some_and(|role| role >= required) {
             Ok(Some(Caller { identity, role }))
         } else {
-            Err(AuthzError::RoleRequired {
+            Err(AuthzError::RoleRequired(rpc::RoleRequired {
                 required,
                 caller: identity.to_string(),
-            })
+                about: "this call",
+            }))
         }
     }
 }
@@ -263,6 +264,16 @@ pub struct AuditGuard {
 }
 
 impl AuditGuard {
+    /// The guard of `record`, written when the call ends or the guard is dropped.
+    fn new(log: AuditLog, record: AuditRecord) -> AuditGuard {
+        AuditGuard {
+            log,
+            record: Some(record),
+            subject: AuditSubject::default(),
+            started: Instant::now(),
+        }
+    }
+
     fn finish(&mut self, decision: &'static str, code: tonic::Code) {
         if let Some(mut record) = self.record.take() {
             self.subject.fill(&mut record);
@@ -381,31 +392,16 @@ where
             }
         });
         let mut guard = record_id.as_ref().map(|id| {
-            Box::new(AuditGuard {
-                log: self.shared.audit.clone(),
-                record: Some(AuditRecord {
-                    time: crate::audit::now_rfc3339(),
-                    request_id: id.to_str().unwrap_or_default().to_owned(),
-                    caller: match bearer {
-                        Bearer::Token(sha256) => Identity::Token { sha256 }.to_string(),
-                        Bearer::Malformed => "malformed-token".to_owned(),
-                        Bearer::Absent => connection
-                            .as_ref()
-                            .map_or_else(|| "unknown".to_owned(), Identity::to_string),
-                    },
-                    connection: connection.as_ref().map(Identity::to_string),
-                    role: role.map(|r| r.to_string()),
-                    rpc: path.to_owned(),
-                    key_arn: None,
-                    scan_type: None,
-                    resource_type: None,
-                    decision: "allowed",
-                    code: String::new(),
-                    latency_ms: 0.0,
-                }),
-                subject: AuditSubject::default(),
-                started: Instant::now(),
-            })
+            let record = AuditRecord {
+                role: role.map(|r| r.to_string()),
+                ..AuditRecord::new(
+                    id.to_str().unwrap_or_default(),
+                    presented_identity(bearer, connection.as_ref()),
+                    connection.as_ref().map(Identity::to_string),
+                    path,
+                )
+            };
+            Box::new(AuditGuard::new(self.shared.audit.clone(), record))
         });
         if let Some(guard) = &guard {
             request.extensions_mut().insert(guard.subject.clone());
@@ -438,19 +434,8 @@ where
                 }
             }
             Ok(admitted) => {
-                // What the service checks itself once it knows what the call is about.
-                if let (Some(caller), Some(access)) = (admitted, method.map(|m| m.access))
-                    && (access.secret_bearing || access.stored_key_role.is_some())
-                {
-                    request.extensions_mut().insert(rpc::CallerContext {
-                        role: caller.role,
-                        quota_key: match &caller.identity {
-                            Identity::LoopbackPeer { addr } => format!("tcp:{}", addr.ip()),
-                            identity => identity.to_string(),
-                        },
-                        caller: caller.identity.to_string(),
-                        stored_key_role: access.stored_key_role,
-                    });
+                if let Some(context) = admitted.and_then(|caller| caller_context(caller, method)) {
+                    request.extensions_mut().insert(context);
                 }
                 // Called now, on the instance poll_ready readied; the answer is awaited by
                 // the future.
@@ -461,6 +446,31 @@ where
             }
         }
     }
+}
+
+/// The identity a caller presented, as audit records name it: its bearer token's when it
+/// sent one (known or not), else its connection's; `unknown` when there is neither.
+fn presented_identity(bearer: Bearer, connection: Option<&Identity>) -> String {
+    match bearer {
+        Bearer::Token(sha256) => Identity::Token { sha256 }.to_string(),
+        Bearer::Malformed => "malformed-token".to_owned(),
+        Bearer::Absent => connection.map_or_else(|| "unknown".to_owned(), Identity::to_string),
+    }
+}
+
+/// What the service checks itself once it knows what the call is about (a stored key's
+/// role, the caller's quota), for the methods that need it.
+fn caller_context(caller: Caller, method: Option<&rpc::Method>) -> Option<rpc::CallerContext> {
+    let access = method?.access;
+    (access.secret_bearing || access.stored_key_role.is_some()).then(|| rpc::CallerContext {
+        role: caller.role,
+        quota_key: match &caller.identity {
+            Identity::LoopbackPeer { addr } => format!("tcp:{}", addr.ip()),
+            identity => identity.to_string(),
+        },
+        caller: caller.identity.to_string(),
+        stored_key_role: access.stored_key_role,
+    })
 }
 
 pin_project_lite::pin_project! {
@@ -543,10 +553,11 @@ mod tests {
         );
         assert_eq!(
             authz.decide(rpc::method(UPDATE), Some(tcp.clone()), Bearer::Absent),
-            Err(AuthzError::RoleRequired {
+            Err(AuthzError::RoleRequired(rpc::RoleRequired {
                 required: Role::Admin,
-                caller: "tcp:127.0.0.1:4000".into()
-            })
+                caller: "tcp:127.0.0.1:4000".into(),
+                about: "this call",
+            }))
         );
         let admin = authz
             .decide(
@@ -567,7 +578,7 @@ mod tests {
         ));
         assert!(matches!(
             authz.decide(rpc::method(GET), Some(other), Bearer::Absent),
-            Err(AuthzError::RoleRequired { .. })
+            Err(AuthzError::RoleRequired(_))
         ));
         assert!(matches!(
             authz.decide(rpc::method(GET), None, Bearer::Absent),
@@ -592,10 +603,11 @@ mod tests {
             uid: 1001,
             gid: 1001,
         };
-        let short = AuthzError::RoleRequired {
+        let short = AuthzError::RoleRequired(rpc::RoleRequired {
             required: Role::Admin,
             caller: String::new(),
-        };
+            about: "this call",
+        });
         let unknown = AuthzError::Unauthenticated("the bearer token is not known");
         // An anonymous loopback caller short of a role, by its address without the port.
         assert_eq!(

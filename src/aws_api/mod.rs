@@ -33,7 +33,7 @@ use tonic::transport::server::Connected;
 use tower::ServiceExt;
 
 use crate::{
-    audit::{AuditLog, AuditRecord, now_rfc3339},
+    audit::{AuditLog, AuditRecord},
     authz::AwsPeer,
     metrics::Metrics,
     rpc,
@@ -349,18 +349,14 @@ impl Door {
                 "AWS-protocol request refused: its signature was not accepted"
             );
             self.audit.write(&AuditRecord {
-                time: now_rfc3339(),
-                request_id: request_id.to_owned(),
-                caller,
-                connection: peer.map(|addr| format!("aws-api:{addr}")),
-                role: None,
-                rpc: rpc.to_owned(),
-                key_arn: None,
-                scan_type: None,
-                resource_type: None,
                 decision: "denied",
                 code: "UNAUTHENTICATED".to_owned(),
-                latency_ms: 0.0,
+                ..AuditRecord::new(
+                    request_id,
+                    caller,
+                    peer.map(|addr| format!("aws-api:{addr}")),
+                    rpc,
+                )
             });
         }
         let error = AwsError::new(StatusCode::FORBIDDEN, error.code(), error.to_string());
@@ -422,8 +418,8 @@ fn grpc_frame(message: &[u8]) -> Bytes {
 
 /// Headers of the gRPC answer carried over to the HTTP one: the cache's.
 const CARRIED_HEADERS: [&str; 2] = [
-    crate::service::CACHE_HEADER,
-    crate::service::CACHE_AGE_HEADER,
+    crate::rpc::CACHE_HEADER,
+    crate::rpc::CACHE_AGE_HEADER,
 ];
 
 /// The HTTP answer of a gRPC answer.

@@ -59,19 +59,12 @@ impl Operation {
 
     /// The gRPC method the door calls for it.
     pub fn grpc_path(self) -> &'static str {
+        use crate::rpc::paths::encryption_key_service as keys;
         match self {
-            Operation::GetEncryptionKey => {
-                "/inspectorkeyd.v1.EncryptionKeyService/GetEncryptionKey"
-            }
-            Operation::UpdateEncryptionKey => {
-                "/inspectorkeyd.v1.EncryptionKeyService/UpdateEncryptionKey"
-            }
-            Operation::ResetEncryptionKey => {
-                "/inspectorkeyd.v1.EncryptionKeyService/ResetEncryptionKey"
-            }
-            Operation::BatchGetCodeSnippet => {
-                "/inspectorkeyd.v1.EncryptionKeyService/BatchGetCodeSnippet"
-            }
+            Operation::GetEncryptionKey => keys::GET_ENCRYPTION_KEY,
+            Operation::UpdateEncryptionKey => keys::UPDATE_ENCRYPTION_KEY,
+            Operation::ResetEncryptionKey => keys::RESET_ENCRYPTION_KEY,
+            Operation::BatchGetCodeSnippet => keys::BATCH_GET_CODE_SNIPPET,
         }
     }
 }

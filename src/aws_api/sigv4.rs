@@ -356,6 +356,55 @@ fn check(
             authorization.access_key_id.to_owned(),
         ));
     };
+    let signed_at = check_scope(request, &authorization, region, now)?;
+    let Some(payload) = signed_payload(request, body)? else {
+        return Ok(None);
+    };
+    let headers = signed_headers(request, &authorization)?;
+    let mut settings = SigningSettings::default();
+    // The caller says what it signed; nothing it listed is dropped.
+    settings.excluded_headers = None;
+    let identity = aws_credential_types::Credentials::new(
+        authorization.access_key_id,
+        secret.as_str(),
+        None,
+        None,
+        "inspector-keyd",
+    )
+    .into();
+    let params = signing_params(&identity, region, signed_at, settings)
+        .map_err(|e| SignatureError::Invalid(format!("cannot check the signature: {e}")))?;
+    let signable = SignableRequest::new(
+        request.method,
+        request.path_and_query,
+        headers.into_iter(),
+        payload,
+    )
+    .map_err(|_| incomplete("the request cannot be put in canonical form"))?;
+    let expected = sign(signable, &params)
+        .map_err(|_| incomplete("the request cannot be put in canonical form"))?;
+    let expected = Zeroizing::new(expected.signature().to_owned());
+    if aws_lc_rs::constant_time::verify_slices_are_equal(
+        expected.as_bytes(),
+        authorization.signature.as_bytes(),
+    )
+    .is_err()
+    {
+        return Err(SignatureError::Invalid(
+            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.".into(),
+        ));
+    }
+    Ok(Some(authorization.access_key_id.to_owned()))
+}
+
+/// The credential scope names this Region and service and the day of `x-amz-date`, which is
+/// within [`MAX_SKEW`] of `now`: when the request was signed.
+fn check_scope(
+    request: &Head<'_>,
+    authorization: &Authorization<'_>,
+    region: &str,
+    now: SystemTime,
+) -> Result<SystemTime, SignatureError> {
     if authorization.region != region {
         return Err(SignatureError::Invalid(format!(
             "Credential should be scoped to a valid region: this sidecar serves `{region}`, not `{}`",
@@ -383,8 +432,16 @@ fn check(
         )));
     }
     check_time(signed_at, now)?;
-    let payload = match (single_header(request.headers, PAYLOAD_HASH)?, body) {
-        // The hash the caller signed: an unsigned or streamed payload is refused.
+    Ok(signed_at)
+}
+
+/// What the signature covers of the payload: the hash the caller signed (an unsigned or
+/// streamed payload is refused), else the body itself; `None` when neither is at hand yet.
+fn signed_payload<'b>(
+    request: &Head<'_>,
+    body: Option<&'b [u8]>,
+) -> Result<Option<SignableBody<'b>>, SignatureError> {
+    match (single_header(request.headers, PAYLOAD_HASH)?, body) {
         (Some(claimed), body) => {
             let is_sha256 = claimed.len() == 64
                 && claimed
@@ -398,14 +455,20 @@ fn check(
             if let Some(body) = body {
                 check_payload(claimed, body)?;
             }
-            SignableBody::Precomputed(claimed.to_owned())
+            Ok(Some(SignableBody::Precomputed(claimed.to_owned())))
         }
-        (None, Some(body)) => SignableBody::Bytes(body),
-        (None, None) => return Ok(None),
-    };
+        (None, Some(body)) => Ok(Some(SignableBody::Bytes(body))),
+        (None, None) => Ok(None),
+    }
+}
 
-    // Exactly the headers the caller signed; the signer adds x-amz-date from the time.
-    let mut headers: Vec<(&str, &str)> = Vec::new();
+/// Exactly the headers the caller signed, each value it sent; the signer adds x-amz-date
+/// from the time.
+fn signed_headers<'r>(
+    request: &Head<'r>,
+    authorization: &Authorization<'r>,
+) -> Result<Vec<(&'r str, &'r str)>, SignatureError> {
+    let mut headers = Vec::new();
     for name in authorization
         .signed_headers
         .iter()
@@ -421,50 +484,28 @@ fn check(
             let value = value
                 .to_str()
                 .map_err(|_| incomplete(format!("the signed header `{name}` is not text")))?;
-            headers.push((name, value));
+            headers.push((*name, value));
         }
     }
-    let mut settings = SigningSettings::default();
-    // The caller says what it signed; nothing it listed is dropped.
-    settings.excluded_headers = None;
-    let identity = aws_credential_types::Credentials::new(
-        authorization.access_key_id,
-        secret.as_str(),
-        None,
-        None,
-        "inspector-keyd",
-    )
-    .into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
+    Ok(headers)
+}
+
+/// SigV4 parameters for this service in `region` at `time`.
+fn signing_params<'a>(
+    identity: &'a aws_smithy_runtime_api::client::identity::Identity,
+    region: &'a str,
+    time: SystemTime,
+    settings: SigningSettings,
+) -> Result<aws_sigv4::http_request::SigningParams<'a>, String> {
+    v4::SigningParams::builder()
+        .identity(identity)
         .region(region)
         .name(SERVICE)
-        .time(signed_at)
+        .time(time)
         .settings(settings)
         .build()
-        .map_err(|e| SignatureError::Invalid(format!("cannot check the signature: {e}")))?
-        .into();
-    let signable = SignableRequest::new(
-        request.method,
-        request.path_and_query,
-        headers.into_iter(),
-        payload,
-    )
-    .map_err(|_| incomplete("the request cannot be put in canonical form"))?;
-    let expected = sign(signable, &params)
-        .map_err(|_| incomplete("the request cannot be put in canonical form"))?;
-    let expected = Zeroizing::new(expected.signature().to_owned());
-    if aws_lc_rs::constant_time::verify_slices_are_equal(
-        expected.as_bytes(),
-        authorization.signature.as_bytes(),
-    )
-    .is_err()
-    {
-        return Err(SignatureError::Invalid(
-            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.".into(),
-        ));
-    }
-    Ok(Some(authorization.access_key_id.to_owned()))
+        .map(Into::into)
+        .map_err(|e| e.to_string())
 }
 
 /// A request signed more than [`MAX_SKEW`] from `now` either way is refused, with the times
@@ -511,15 +552,7 @@ pub fn sign_for_tests(
     settings.payload_checksum_kind = aws_sigv4::http_request::PayloadChecksumKind::NoHeader;
     let identity =
         aws_credential_types::Credentials::new(access_key_id, secret, None, None, "tests").into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(SERVICE)
-        .time(time)
-        .settings(settings)
-        .build()
-        .map_err(|e| e.to_string())?
-        .into();
+    let params = signing_params(&identity, region, time, settings)?;
     let pairs: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))

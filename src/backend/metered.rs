@@ -63,11 +63,6 @@ impl BackendAnswers {
     }
 }
 
-/// Whether an error still means the backend answered.
-fn reachable_despite(error: &BackendError) -> bool {
-    !matches!(error.class(), "transient" | "internal")
-}
-
 /// Counts the calls of the backend it wraps.
 pub struct MeteredBackend {
     inner: Arc<dyn Backend>,
@@ -99,8 +94,11 @@ impl MeteredBackend {
             Err(e) => e.class(),
         };
         self.metrics.count_backend(operation, class);
-        self.answers
-            .record(result.as_ref().map_or_else(reachable_despite, |_| true));
+        self.answers.record(
+            result
+                .as_ref()
+                .map_or_else(BackendError::backend_answered, |_| true),
+        );
         result
     }
 }

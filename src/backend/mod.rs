@@ -121,6 +121,17 @@ impl BackendError {
         }
     }
 
+    /// Whether the backend answered (it refused, found nothing, throttled), as opposed to
+    /// not being reached or failing inside: what readiness follows.
+    pub fn backend_answered(&self) -> bool {
+        !matches!(
+            self,
+            BackendError::Unavailable { .. }
+                | BackendError::Timeout
+                | BackendError::Internal { .. }
+        )
+    }
+
     /// The error's class, for metrics: `user` (the request is wrong), `access_denied`,
     /// `not_found`, `throttled`, `transient` (unavailable or timed out), or `internal`.
     pub fn class(&self) -> &'static str {

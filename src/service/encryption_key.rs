@@ -55,14 +55,6 @@ impl WatchLimits {
     }
 }
 
-/// Response metadata saying where a Get answer came from.
-pub const CACHE_HEADER: &str = "x-keyd-cache";
-/// Response metadata: the age of the answer, in whole seconds since the sidecar had it from
-/// the backend. HTTP's own `Age` (RFC 9111 §5.1) says exactly that, and HPACK knows its name
-/// and leaves its value out of the connection's table, which makes it several times cheaper
-/// to send on every read than a name of our own.
-pub const CACHE_AGE_HEADER: &str = "age";
-
 /// Adds the cache headers, and the request id of an answer the cache could not give (see
 /// `get`), to an answer's metadata.
 fn add_cache_metadata(
@@ -78,8 +70,8 @@ fn add_cache_metadata(
     static NAMES: std::sync::LazyLock<(AsciiMetadataKey, AsciiMetadataKey)> =
         std::sync::LazyLock::new(|| {
             (
-                AsciiMetadataKey::from_static(CACHE_HEADER),
-                AsciiMetadataKey::from_static(CACHE_AGE_HEADER),
+                AsciiMetadataKey::from_static(rpc::CACHE_HEADER),
+                AsciiMetadataKey::from_static(rpc::CACHE_AGE_HEADER),
             )
         });
     // The ages of the first hour as static values, made once: a value formatted per read is
@@ -445,8 +437,7 @@ impl EncryptionKeyService for EncryptionKeys {
         if let Some(proto::verify_key_policy_request::Key::KmsKeyId(key)) = &request.get_ref().key {
             super::audit_subject(&request, key, None, None);
             let caller = request.extensions().get();
-            rpc::CallerContext::may_use_stored_key(caller)
-                .map_err(|(required, caller)| ServiceError::RoleRequired { required, caller })?;
+            rpc::CallerContext::may_use_stored_key(caller).map_err(ServiceError::RoleRequired)?;
             self.charge(caller)?;
         }
         Ok(Response::new(

@@ -12,7 +12,7 @@ pub mod quota;
 pub mod validation;
 
 pub use code_snippets::LocalCodeScanningApi;
-pub use encryption_key::{CACHE_AGE_HEADER, CACHE_HEADER, EncryptionKeys, WatchLimits};
+pub use encryption_key::{EncryptionKeys, WatchLimits};
 pub use keycheck::KeyVerifier;
 pub use local_kms::LocalKmsApi;
 
@@ -35,13 +35,8 @@ pub enum ServiceError {
     #[error("key `{key}` failed verification")]
     VerificationFailed { key: KeyArn, report: Report },
     /// The call is about a stored key, which needs more than the caller's role.
-    #[error(
-        "a call about a stored key needs the {required} role; caller `{caller}` does not have it"
-    )]
-    RoleRequired {
-        required: crate::rpc::Role,
-        caller: String,
-    },
+    #[error(transparent)]
+    RoleRequired(#[from] crate::rpc::RoleRequired),
     /// The caller spent its quota of uncached backend calls.
     #[error(
         "the caller's quota of uncached backend calls (ops.uncached_calls_per_minute) is spent; retry in {retry_after:?}"
