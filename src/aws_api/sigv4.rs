@@ -628,6 +628,18 @@ mod tests {
         )
     }
 
+    /// Why a reset request with `headers` and `body`, checked at the tests' time, is refused.
+    fn refused_reset(headers: &HeaderMap, body: &[u8]) -> SignatureError {
+        check(
+            "PUT",
+            "/encryptionkey/reset",
+            headers,
+            body,
+            "20260301T120000Z",
+        )
+        .unwrap_err()
+    }
+
     #[test]
     fn what_an_sdk_signs_verifies_and_any_change_does_not() {
         let body = br#"{"scanType":"CODE","resourceType":"AWS_LAMBDA_FUNCTION"}"#;
@@ -761,14 +773,7 @@ mod tests {
         let body = b"{}";
         let mut headers = HeaderMap::new();
         headers.insert("host", "127.0.0.1:50052".parse().unwrap());
-        let error = check(
-            "PUT",
-            "/encryptionkey/reset",
-            &headers,
-            body,
-            "20260301T120000Z",
-        )
-        .unwrap_err();
+        let error = refused_reset(&headers, body);
         assert_eq!(error, SignatureError::Missing);
         assert_eq!(error.code(), "MissingAuthenticationTokenException");
         for (authorization, expected) in [
@@ -809,14 +814,7 @@ mod tests {
         ] {
             let mut headers = headers.clone();
             headers.insert("authorization", authorization.parse().unwrap());
-            let error = check(
-                "PUT",
-                "/encryptionkey/reset",
-                &headers,
-                body,
-                "20260301T120000Z",
-            )
-            .unwrap_err();
+            let error = refused_reset(&headers, body);
             assert_eq!(
                 error.code(),
                 "IncompleteSignatureException",
@@ -830,14 +828,7 @@ mod tests {
         // A signed header that is not in the request, and a payload hash that is not the body's.
         let mut headers = signed("PUT", "/encryptionkey/reset", body);
         headers.remove("content-type");
-        let error = check(
-            "PUT",
-            "/encryptionkey/reset",
-            &headers,
-            body,
-            "20260301T120000Z",
-        )
-        .unwrap_err();
+        let error = refused_reset(&headers, body);
         assert!(
             error
                 .to_string()
@@ -846,14 +837,7 @@ mod tests {
         );
         let mut headers = signed("PUT", "/encryptionkey/reset", body);
         headers.insert("x-amz-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
-        let error = check(
-            "PUT",
-            "/encryptionkey/reset",
-            &headers,
-            body,
-            "20260301T120000Z",
-        )
-        .unwrap_err();
+        let error = refused_reset(&headers, body);
         assert!(
             error.to_string().contains("x-amz-content-sha256"),
             "{error}"

@@ -144,6 +144,22 @@ pub struct Tables<B, C> {
     kek: Arc<Kek>,
 }
 
+/// Every table of the store, opened in the transaction `$txn` (a write transaction opens
+/// them writable, a read transaction as a snapshot: the same calls, other types).
+macro_rules! open_tables {
+    ($txn:expr, $kek:expr) => {
+        Tables {
+            keys: $txn.open_table(KMS_KEYS).map_err(storage)?,
+            config: $txn.open_table(KEY_CONFIG).map_err(storage)?,
+            material: $txn.open_table(KEY_MATERIAL).map_err(storage)?,
+            grants: $txn.open_table(GRANTS).map_err(storage)?,
+            data_keys: $txn.open_table(DATA_KEYS).map_err(storage)?,
+            snippets: $txn.open_table(SNIPPETS).map_err(storage)?,
+            kek: $kek.clone(),
+        }
+    };
+}
+
 /// A write transaction in progress; see [`Store::write`].
 pub type WriteTx<'t> = Tables<
     redb::Table<'t, &'static str, &'static [u8]>,
@@ -341,15 +357,7 @@ impl Store {
     ) -> Result<T, BackendError> {
         let txn = self.db.begin_write().map_err(storage)?;
         let out = {
-            let mut tx = WriteTx {
-                keys: txn.open_table(KMS_KEYS).map_err(storage)?,
-                config: txn.open_table(KEY_CONFIG).map_err(storage)?,
-                material: txn.open_table(KEY_MATERIAL).map_err(storage)?,
-                grants: txn.open_table(GRANTS).map_err(storage)?,
-                data_keys: txn.open_table(DATA_KEYS).map_err(storage)?,
-                snippets: txn.open_table(SNIPPETS).map_err(storage)?,
-                kek: self.kek.clone(),
-            };
+            let mut tx: WriteTx<'_> = open_tables!(txn, self.kek);
             f(&mut tx)?
         };
         txn.commit().map_err(storage)?;
@@ -362,15 +370,7 @@ impl Store {
         f: impl FnOnce(&ReadTx) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         let txn = self.db.begin_read().map_err(storage)?;
-        let tx = ReadTx {
-            keys: txn.open_table(KMS_KEYS).map_err(storage)?,
-            config: txn.open_table(KEY_CONFIG).map_err(storage)?,
-            material: txn.open_table(KEY_MATERIAL).map_err(storage)?,
-            grants: txn.open_table(GRANTS).map_err(storage)?,
-            data_keys: txn.open_table(DATA_KEYS).map_err(storage)?,
-            snippets: txn.open_table(SNIPPETS).map_err(storage)?,
-            kek: self.kek.clone(),
-        };
+        let tx: ReadTx = open_tables!(txn, self.kek);
         f(&tx)
     }
 }
