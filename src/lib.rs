@@ -29,6 +29,7 @@ pub mod ops;
 pub mod probes;
 pub mod proto;
 pub mod refusals;
+pub mod reload;
 pub mod rpc;
 pub mod server;
 pub mod service;

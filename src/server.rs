@@ -1,19 +1,17 @@
 //! Transport: binding the listeners (Unix socket, loopback TCP, TLS), HTTP/2 limits, the
-//! reload of the rules and TLS files, the stop signals, and the errors of starting and
-//! serving. `app` wires the layers onto them.
+//! stop signals, and the errors of starting and serving. `app` wires the layers onto them.
 
-use std::{io, net::SocketAddr, path::Path, sync::Arc};
+use std::{io, net::SocketAddr, path::Path};
 
 use tokio::net::{TcpListener, UnixListener};
 use tonic::transport::Server;
 
 use crate::{
-    authz::{Authorizer, RulesError},
-    aws_api::{AwsCredentials, credentials::CredentialsError},
+    authz::RulesError,
+    aws_api::credentials::CredentialsError,
     backend::{BackendError, aws::AwsSetupError},
     config::{Config, ConfigError},
-    metrics::{Metrics, ReloadedFile},
-    tls::{ReloadableTls, TlsError},
+    tls::TlsError,
 };
 
 /// Why the server could not start or stopped abnormally.
@@ -64,88 +62,6 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: io::Error,
     },
-}
-
-/// Reads the rules file, the TLS files and the AWS-protocol door's credentials file again
-/// when they change (checked every `interval`, ± 15 %) and on SIGHUP. A broken new file is
-/// refused with an error log; what is in force stays.
-pub(crate) async fn reload_loop(
-    authorizer: Arc<Authorizer>,
-    tls: Option<Arc<ReloadableTls>>,
-    aws_credentials: Option<Arc<AwsCredentials>>,
-    interval: std::time::Duration,
-    metrics: Metrics,
-) {
-    if authorizer.rules_file().is_some() {
-        metrics.watch_reloads(ReloadedFile::Rules);
-    }
-    if tls.is_some() {
-        metrics.watch_reloads(ReloadedFile::Tls);
-    }
-    if aws_credentials.is_some() {
-        metrics.watch_reloads(ReloadedFile::AwsCredentials);
-    }
-    let mut credentials_stamp = aws_credentials
-        .as_ref()
-        .and_then(|c| crate::files::fingerprint(c.path()));
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    // A change is seen by content, not by modification time.
-    let mut rules_stamp = authorizer.rules_file().and_then(crate::files::fingerprint);
-    loop {
-        let forced = tokio::select! {
-            () = tokio::time::sleep(crate::jitter::around(interval)) => false,
-            Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-        };
-        if let Some(path) = authorizer.rules_file() {
-            let stamp = crate::files::fingerprint(path);
-            if forced || stamp != rules_stamp {
-                rules_stamp = stamp;
-                let reloaded = authorizer.reload();
-                metrics.count_reload(ReloadedFile::Rules, reloaded.is_err());
-                match reloaded {
-                    Ok(true) => {
-                        tracing::info!(path = %path.display(), "authorization rules reloaded")
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "new authorization rules refused; the rules in force stay")
-                    }
-                }
-            }
-        }
-        if let Some(tls) = &tls {
-            let reloaded = tls.reload(forced);
-            match &reloaded {
-                Ok(true) => tracing::info!("TLS certificate, key and client CAs reloaded"),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "new TLS files refused; the ones in force stay")
-                }
-            }
-            // Unchanged files (Ok(false)) say nothing new.
-            if !matches!(reloaded, Ok(false)) {
-                metrics.count_reload(ReloadedFile::Tls, reloaded.is_err());
-            }
-        }
-        if let Some(credentials) = &aws_credentials {
-            let stamp = crate::files::fingerprint(credentials.path());
-            if forced || stamp != credentials_stamp {
-                credentials_stamp = stamp;
-                let reloaded = credentials.reload();
-                metrics.count_reload(ReloadedFile::AwsCredentials, reloaded.is_err());
-                match reloaded {
-                    Ok(()) => tracing::info!(
-                        path = %credentials.path().display(),
-                        "AWS-protocol door credentials reloaded"
-                    ),
-                    Err(e) => tracing::error!(
-                        error = %e,
-                        "new AWS-protocol door credentials refused; the keys in force stay"
-                    ),
-                }
-            }
-        }
-    }
 }
 
 /// HTTP/2 limits for every listener: streams per connection (tonic leaves it unlimited) and

@@ -8,7 +8,7 @@ use std::{
     io,
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -179,49 +179,56 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 pub struct ReloadableTls {
     files: TlsFiles,
     current: RwLock<Arc<TlsState>>,
-    stamps: Mutex<Vec<Option<[u8; 32]>>>,
 }
 
 impl ReloadableTls {
     pub fn load(files: TlsFiles) -> Result<ReloadableTls, TlsError> {
         let config = Arc::new(tls_state(&files)?);
-        let stamps = Mutex::new(Self::stamps_of(&files));
         Ok(ReloadableTls {
             files,
             current: RwLock::new(config),
-            stamps,
         })
     }
 
-    /// What the files hold now: a change is seen by content, not by modification time.
-    fn stamps_of(files: &TlsFiles) -> Vec<Option<[u8; 32]>> {
-        files.all().map(|p| crate::files::fingerprint(p)).collect()
-    }
-
-    /// Rebuilds the configuration when a file changed (or when `force`). A configuration
-    /// that does not build is refused and the one in force stays.
-    pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
-        let stamps = Self::stamps_of(&self.files);
-        let mut seen = self
-            .stamps
-            .lock()
-            .map_err(|_| TlsError::Config("reload lock poisoned".into()))?;
-        if !force && *seen == stamps {
-            return Ok(false);
-        }
-        *seen = stamps;
+    /// Rebuilds the configuration from the files. A configuration that does not build is
+    /// refused and the one in force stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
         let config = Arc::new(tls_state(&self.files)?);
         match self.current.write() {
             Ok(mut current) => *current = config,
             Err(poisoned) => *poisoned.into_inner() = config,
         }
-        Ok(true)
+        Ok(())
     }
 
     fn state(&self) -> Arc<TlsState> {
         match self.current.read() {
             Ok(current) => current.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// Registered with the reloader: the certificate, key and CA files, rebuilt together.
+impl crate::reload::Reload for ReloadableTls {
+    fn label(&self) -> crate::metrics::ReloadedFile {
+        crate::metrics::ReloadedFile::Tls
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        self.files.all().map(PathBuf::as_path).collect()
+    }
+
+    fn reload(&self) -> crate::reload::Reloaded {
+        match ReloadableTls::reload(self) {
+            Ok(()) => {
+                tracing::info!("TLS certificate, key and client CAs reloaded");
+                crate::reload::Reloaded::Taken
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new TLS files refused; the ones in force stay");
+                crate::reload::Reloaded::Refused
+            }
         }
     }
 }

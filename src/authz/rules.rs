@@ -376,6 +376,35 @@ pub fn admin_token(state_dir: &Path) -> Result<String, RulesError> {
     Ok(token.as_str().to_owned())
 }
 
+/// Registered with the reloader when the rules come from a file (the defaults are fixed):
+/// a file that does not parse is refused and the rules in force stay.
+impl crate::reload::Reload for super::Authorizer {
+    fn label(&self) -> crate::metrics::ReloadedFile {
+        crate::metrics::ReloadedFile::Rules
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        self.rules_file().into_iter().collect()
+    }
+
+    fn reload(&self) -> crate::reload::Reloaded {
+        match super::Authorizer::reload(self) {
+            Ok(true) => {
+                if let Some(path) = self.rules_file() {
+                    tracing::info!(path = %path.display(), "authorization rules reloaded");
+                }
+                crate::reload::Reloaded::Taken
+            }
+            // The same rules again (a forced reload, a file rewritten alike) say nothing.
+            Ok(false) => crate::reload::Reloaded::Taken,
+            Err(e) => {
+                tracing::error!(error = %e, "new authorization rules refused; the rules in force stay");
+                crate::reload::Reloaded::Refused
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -275,6 +275,36 @@ pub fn ensure_file(path: &Path) -> Result<(), CredentialsError> {
     crate::files::create_private_text(path, &text).map_err(create_error)
 }
 
+/// Registered with the reloader when the door is on.
+impl crate::reload::Reload for AwsCredentials {
+    fn label(&self) -> crate::metrics::ReloadedFile {
+        crate::metrics::ReloadedFile::AwsCredentials
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        vec![&self.path]
+    }
+
+    fn reload(&self) -> crate::reload::Reloaded {
+        match AwsCredentials::reload(self) {
+            Ok(()) => {
+                tracing::info!(
+                    path = %self.path.display(),
+                    "AWS-protocol door credentials reloaded"
+                );
+                crate::reload::Reloaded::Taken
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "new AWS-protocol door credentials refused; the keys in force stay"
+                );
+                crate::reload::Reloaded::Refused
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

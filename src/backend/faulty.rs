@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use super::{Backend, BackendError, PrincipalPolicies};
 use crate::{
+    config::LocalConfig,
     domain::{CodeSnippets, FindingArn, KeyArn, Target},
     verify::KeyMetadata,
 };
@@ -114,16 +115,19 @@ impl FaultyBackend {
         }
     }
 
-    /// `inner` with the faults, or as it is when none are asked for.
-    pub fn wrap(
-        inner: Arc<dyn Backend>,
-        file: Option<PathBuf>,
-        write_latency: Duration,
-    ) -> Arc<dyn Backend> {
-        if file.is_none() && write_latency.is_zero() {
-            return inner;
+    /// The backend wrapper `local.fault_file` and `local.write_latency` ask for, which the
+    /// App applies where a test's own wrapper goes (inside it): the faults, or the backend
+    /// as it is when none are asked for.
+    pub fn wrapper(
+        local: &LocalConfig,
+    ) -> impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend> + Send + 'static {
+        let (file, write_latency) = (local.fault_file.clone(), local.write_latency);
+        move |inner| {
+            if file.is_none() && write_latency.is_zero() {
+                return inner;
+            }
+            Arc::new(FaultyBackend::new(inner, file, write_latency))
         }
-        Arc::new(FaultyBackend::new(inner, file, write_latency))
     }
 
     /// The faults in force: none when the file is missing or does not parse (logged).
