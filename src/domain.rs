@@ -394,6 +394,12 @@ pub fn is_partition(partition: &str) -> bool {
     PARTITIONS.contains(&partition)
 }
 
+/// Whether `id` looks like an access key id: 16 to 128 ASCII letters and digits (AWS's own
+/// are 20 upper-case letters and digits).
+pub fn is_access_key_id(id: &str) -> bool {
+    (16..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Whether `account` is an AWS account id: exactly 12 ASCII digits.
 pub fn is_account_id(account: &str) -> bool {
     account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())

@@ -252,7 +252,7 @@ fn rule(index: usize, spec: RuleSpec) -> Result<(Matcher, Role), String> {
         matchers.push(Matcher::TokenSha256(array));
     }
     if let Some(id) = &spec.aws_access_key_id {
-        if !crate::aws_api::credentials::is_access_key_id(id) {
+        if !crate::domain::is_access_key_id(id) {
             return Err(at(format!(
                 "aws_access_key_id `{}` is not an access key id (16 to 128 letters and digits)",
                 id.escape_default()

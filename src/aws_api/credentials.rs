@@ -33,12 +33,6 @@ pub enum CredentialsError {
     },
 }
 
-/// Whether `id` looks like an access key id: 16 to 128 ASCII letters and digits (AWS's own
-/// are 20 upper-case letters and digits).
-pub fn is_access_key_id(id: &str) -> bool {
-    (16..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
 /// Shortest secret access key accepted.
 const MIN_SECRET_LEN: usize = 16;
 
@@ -97,7 +91,7 @@ fn parse(text: &str) -> Result<KeyTable, String> {
         };
         match key {
             "aws_access_key_id" => {
-                if !is_access_key_id(value) {
+                if !crate::domain::is_access_key_id(value) {
                     return Err(format!(
                         "line {number}: profile `{}`: aws_access_key_id must be 16 to 128 letters and digits",
                         profile.name

@@ -392,7 +392,7 @@ where
 fn claimed_access_key(authorization: &str) -> Option<&str> {
     let credential = authorization.split("Credential=").nth(1)?;
     let id = credential.split('/').next()?;
-    credentials::is_access_key_id(id).then_some(id)
+    crate::domain::is_access_key_id(id).then_some(id)
 }
 
 fn internal() -> AwsError {

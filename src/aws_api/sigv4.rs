@@ -127,7 +127,7 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, SignatureError>
             "the credential scope must end in `aws4_request`",
         ));
     }
-    if !super::credentials::is_access_key_id(access_key_id) {
+    if !crate::domain::is_access_key_id(access_key_id) {
         return Err(incomplete(
             "the access key id must be 16 to 128 letters and digits",
         ));
