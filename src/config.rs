@@ -693,7 +693,17 @@ impl Config {
         Ok(config)
     }
 
+    /// Refuses values the file's shape lets through but the sidecar cannot use; the first
+    /// one found is the error.
     fn validate(&self) -> Result<(), ConfigError> {
+        self.check_placement()?;
+        self.check_aws()?;
+        self.check_more_than_zero()?;
+        self.check_principal()
+    }
+
+    /// The Region and account id, when set, are well formed.
+    fn check_placement(&self) -> Result<(), ConfigError> {
         if let Some(region) = &self.region
             && !crate::domain::is_region_name(region)
         {
@@ -710,6 +720,11 @@ impl Config {
                 message: format!("`{account}` is not a 12-digit AWS account id"),
             });
         }
+        Ok(())
+    }
+
+    /// The AWS endpoints are safe to send signed requests to, and the retry count is sane.
+    fn check_aws(&self) -> Result<(), ConfigError> {
         for (key, endpoint) in [
             ("aws.inspector2_endpoint", &self.aws.inspector2_endpoint),
             ("aws.kms_endpoint", &self.aws.kms_endpoint),
@@ -726,6 +741,11 @@ impl Config {
                 message: format!("{} is outside 1 to 10", self.aws.max_attempts),
             });
         }
+        Ok(())
+    }
+
+    /// The limits, intervals and timeouts that must be more than zero are.
+    fn check_more_than_zero(&self) -> Result<(), ConfigError> {
         for (key, zero) in [
             ("ops.max_concurrent_rpcs", self.ops.max_concurrent_rpcs == 0),
             (
@@ -784,6 +804,11 @@ impl Config {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The verification principal, when set, is the ARN of an IAM role or user.
+    fn check_principal(&self) -> Result<(), ConfigError> {
         if let Some(principal) = &self.verification.principal_arn {
             // Checked against the account once it is known (at start-up, for the aws backend).
             let account = principal.split(':').nth(4).unwrap_or_default();

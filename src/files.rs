@@ -196,61 +196,19 @@ fn parts(path: &Path) -> Vec<Part> {
 /// owned by the server's uid or root, and not writable by group or others. Checking the
 /// open descriptor, not the path, leaves no time to swap the file between check and read.
 fn open_trusted(path: &Path) -> io::Result<(File, rustix::fs::Stat)> {
-    use rustix::fs::{FileType, Mode, OFlags, StatVfsMountFlags};
-    let euid = server_uid();
-    let absolute = if path.is_absolute() {
-        path.to_owned()
-    } else {
-        std::env::current_dir()?.join(path)
-    };
-    let on_the_way = |what: &Path, why: &str| {
-        if what == absolute {
-            refused(path, why.to_owned())
-        } else {
-            refused(what, format!("(on the way to `{}`) {why}", path.display()))
-        }
-    };
-    let step = |dir: rustix::fd::OwnedFd,
-                at: std::path::PathBuf,
-                above: Option<&String>|
-     -> io::Result<Step> {
-        let stat = rustix::fs::fstat(&dir)?;
-        // The mount matters only for a directory its mode leaves open.
-        let writable = stat.st_mode & 0o022 != 0 && stat.st_mode & 0o1000 == 0;
-        let read_only = writable
-            && rustix::fs::fstatvfs(&dir)?
-                .f_flag
-                .contains(StatVfsMountFlags::RDONLY);
-        let loose = match directory(stat.st_uid, stat.st_mode, read_only, euid) {
-            Directory::Sealed => None,
-            Directory::Tight => above.cloned(),
-            Directory::Loose(why) => above.cloned().or_else(|| {
-                Some(
-                    on_the_way(
-                        &at,
-                        &format!("{why}: whoever may write it could put another file there"),
-                    )
-                    .to_string(),
-                )
-            }),
-        };
-        Ok(Step {
-            dir,
-            path: at,
-            loose,
-        })
-    };
+    use rustix::fs::{FileType, Mode, OFlags};
+    let walk = TrustedWalk::new(path)?;
     let root = rustix::fs::open(
         "/",
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let mut steps = vec![step(root, "/".into(), None)?];
+    let mut steps = vec![walk.step(root, "/".into(), None)?];
     // Set once a link is read from a directory another user could change: whatever it
     // points to, that user chose it.
     let mut chosen_by_others: Option<String> = None;
     let mut links = 0;
-    let mut pending: std::collections::VecDeque<Part> = parts(&absolute).into();
+    let mut pending: std::collections::VecDeque<Part> = parts(&walk.absolute).into();
     // Each turn takes one part; only links add parts, at most MAX_LINKS of PATH_MAX bytes.
     while let Some(part) = pending.pop_front() {
         let Some(top) = steps.last() else {
@@ -268,26 +226,8 @@ fn open_trusted(path: &Path) -> io::Result<(File, rustix::fs::Stat)> {
         };
         let at = top.path.join(&name);
         let last = pending.is_empty();
-        if last {
-            // The file itself; O_NONBLOCK so that a FIFO cannot hang the server.
-            let flags = OFlags::RDONLY
-                | OFlags::NOFOLLOW
-                | OFlags::NONBLOCK
-                | OFlags::NOCTTY
-                | OFlags::CLOEXEC;
-            match rustix::fs::openat(&top.dir, name.as_os_str(), flags, Mode::empty()) {
-                Ok(fd) => {
-                    let stat = rustix::fs::fstat(&fd)?;
-                    if let Some(why) = chosen_by_others.as_ref().or(top.loose.as_ref()) {
-                        return Err(io::Error::new(io::ErrorKind::PermissionDenied, why.clone()));
-                    }
-                    check_trusted_file(path, at != absolute, &at, &stat, euid)?;
-                    return Ok((File::from(fd), stat));
-                }
-                // A link: read below.
-                Err(rustix::io::Errno::LOOP) => {}
-                Err(e) => return Err(e.into()),
-            }
+        if last && let Some(opened) = walk.open_file(top, &name, &at, chosen_by_others.as_ref())? {
+            return Ok(opened);
         }
         let fd = rustix::fs::openat(
             &top.dir,
@@ -299,35 +239,14 @@ fn open_trusted(path: &Path) -> io::Result<(File, rustix::fs::Stat)> {
         match FileType::from_raw_mode(stat.st_mode) {
             FileType::Directory if !last => {
                 let above = top.loose.clone();
-                steps.push(step(fd, at, above.as_ref())?);
+                steps.push(walk.step(fd, at, above.as_ref())?);
             }
             FileType::Symlink => {
                 links += 1;
-                if links > MAX_LINKS {
-                    return Err(refused(
-                        path,
-                        format!("is reached through more than {MAX_LINKS} symbolic links"),
-                    ));
-                }
-                let owner = stat.st_uid;
-                if owner != euid && owner != 0 {
-                    return Err(on_the_way(
-                        &at,
-                        &format!(
-                            "is a symbolic link owned by uid {owner}, neither the server's uid {euid} nor root"
-                        ),
-                    ));
-                }
+                let target = walk.read_link(&fd, &stat, &at, links)?;
                 if chosen_by_others.is_none() {
                     chosen_by_others.clone_from(&top.loose);
                 }
-                // Read from the link that was checked, not by name again.
-                let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
-                let target = std::path::PathBuf::from(
-                    <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
-                        target.into_bytes(),
-                    ),
-                );
                 if target.is_absolute() {
                     steps.truncate(1);
                 }
@@ -337,14 +256,146 @@ fn open_trusted(path: &Path) -> io::Result<(File, rustix::fs::Stat)> {
             }
             // Opening it met a link; this one did not.
             FileType::RegularFile if last => {
-                return Err(on_the_way(&at, "changed while it was opened"));
+                return Err(walk.on_the_way(&at, "changed while it was opened"));
             }
-            _ if last => return Err(on_the_way(&at, "is not a regular file")),
-            _ => return Err(on_the_way(&at, "is not a directory")),
+            _ if last => return Err(walk.on_the_way(&at, "is not a regular file")),
+            _ => return Err(walk.on_the_way(&at, "is not a directory")),
         }
     }
     // The path ended in a directory (`..`, `/`).
     Err(refused(path, "is not a regular file".into()))
+}
+
+/// The walk [`open_trusted`] makes to one file: what each of its steps checks against.
+struct TrustedWalk<'a> {
+    /// The path as given, for messages.
+    path: &'a Path,
+    /// The path from `/`.
+    absolute: std::path::PathBuf,
+    euid: u32,
+}
+
+impl<'a> TrustedWalk<'a> {
+    fn new(path: &'a Path) -> io::Result<TrustedWalk<'a>> {
+        let absolute = if path.is_absolute() {
+            path.to_owned()
+        } else {
+            std::env::current_dir()?.join(path)
+        };
+        Ok(TrustedWalk {
+            path,
+            absolute,
+            euid: server_uid(),
+        })
+    }
+
+    /// Refuses the file because of `what`, the file itself or a place on the way to it.
+    fn on_the_way(&self, what: &Path, why: &str) -> io::Error {
+        if what == self.absolute {
+            refused(self.path, why.to_owned())
+        } else {
+            refused(
+                what,
+                format!("(on the way to `{}`) {why}", self.path.display()),
+            )
+        }
+    }
+
+    /// Judges the directory `dir`, found at `at` below a directory that `above` says why
+    /// another user could change (if one could).
+    fn step(
+        &self,
+        dir: rustix::fd::OwnedFd,
+        at: std::path::PathBuf,
+        above: Option<&String>,
+    ) -> io::Result<Step> {
+        use rustix::fs::StatVfsMountFlags;
+        let stat = rustix::fs::fstat(&dir)?;
+        // The mount matters only for a directory its mode leaves open.
+        let writable = stat.st_mode & 0o022 != 0 && stat.st_mode & 0o1000 == 0;
+        let read_only = writable
+            && rustix::fs::fstatvfs(&dir)?
+                .f_flag
+                .contains(StatVfsMountFlags::RDONLY);
+        let loose = match directory(stat.st_uid, stat.st_mode, read_only, self.euid) {
+            Directory::Sealed => None,
+            Directory::Tight => above.cloned(),
+            Directory::Loose(why) => above.cloned().or_else(|| {
+                Some(
+                    self.on_the_way(
+                        &at,
+                        &format!("{why}: whoever may write it could put another file there"),
+                    )
+                    .to_string(),
+                )
+            }),
+        };
+        Ok(Step {
+            dir,
+            path: at,
+            loose,
+        })
+    }
+
+    /// Opens and checks the file itself, `name` in `top` (found at `at`); `None` when it is
+    /// a link, to be read instead. `chosen_by_others`: why another user chose a link on the
+    /// way, if one did.
+    fn open_file(
+        &self,
+        top: &Step,
+        name: &std::ffi::OsStr,
+        at: &Path,
+        chosen_by_others: Option<&String>,
+    ) -> io::Result<Option<(File, rustix::fs::Stat)>> {
+        use rustix::fs::{Mode, OFlags};
+        // O_NONBLOCK so that a FIFO cannot hang the server.
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        match rustix::fs::openat(&top.dir, name, flags, Mode::empty()) {
+            Ok(fd) => {
+                let stat = rustix::fs::fstat(&fd)?;
+                if let Some(why) = chosen_by_others.or(top.loose.as_ref()) {
+                    return Err(io::Error::new(io::ErrorKind::PermissionDenied, why.clone()));
+                }
+                check_trusted_file(self.path, at != self.absolute, at, &stat, self.euid)?;
+                Ok(Some((File::from(fd), stat)))
+            }
+            // A link: read by the caller.
+            Err(rustix::io::Errno::LOOP) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The target of the link `fd` (found at `at`, the `links`th on the way), refused when
+    /// there are too many links or this one is not owned by the server's uid or root.
+    fn read_link(
+        &self,
+        fd: &rustix::fd::OwnedFd,
+        stat: &rustix::fs::Stat,
+        at: &Path,
+        links: usize,
+    ) -> io::Result<std::path::PathBuf> {
+        if links > MAX_LINKS {
+            return Err(refused(
+                self.path,
+                format!("is reached through more than {MAX_LINKS} symbolic links"),
+            ));
+        }
+        let (owner, euid) = (stat.st_uid, self.euid);
+        if owner != euid && owner != 0 {
+            return Err(self.on_the_way(
+                at,
+                &format!(
+                    "is a symbolic link owned by uid {owner}, neither the server's uid {euid} nor root"
+                ),
+            ));
+        }
+        // Read from the link that was checked, not by name again.
+        let target = rustix::fs::readlinkat(fd, "", Vec::new())?;
+        Ok(std::path::PathBuf::from(
+            <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(target.into_bytes()),
+        ))
+    }
 }
 
 /// Refuses an opened file that is not regular, owned by the server's uid or root, and

@@ -13,7 +13,7 @@ use prometheus_client::{
         family::Family,
         gauge::{ConstGauge, Gauge},
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 
 use crate::{
@@ -218,122 +218,105 @@ fn method_name(index: usize) -> &'static str {
     rpc::METHODS.get(index).map_or("other", |m| m.name)
 }
 
+/// A new metric, registered in `registry` as `name` with `help`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// `count` series slots, each filled at its first use.
+fn unset_series<T>(count: usize) -> Vec<OnceLock<T>> {
+    (0..count).map(|_| OnceLock::new()).collect()
+}
+
 impl Metrics {
     /// A registry with every metric, the cache's counters read from `cache`.
     pub fn new(cache: Arc<CacheState>) -> Metrics {
         let mut registry = Registry::default();
-        let rpc_requests = Family::<RpcLabels, StripedCounter>::default();
-        registry.register(
-            "inspector_keyd_rpc_requests",
-            "RPCs answered, by method and gRPC code",
-            rpc_requests.clone(),
-        );
-        let rpc_duration = Family::<RpcLabels, DurationHistogram>::default();
-        registry.register(
-            "inspector_keyd_rpc_duration_seconds",
-            "RPC latency, by method and gRPC code",
-            rpc_duration.clone(),
-        );
-        let authz_decisions = Family::<AuthzLabels, StripedCounter>::default();
-        registry.register(
-            "inspector_keyd_authz_decisions",
-            "authorization decisions, by RPC, role and decision",
-            authz_decisions.clone(),
-        );
-        let backend_calls = Family::<BackendLabels, Counter>::default();
-        registry.register(
-            "inspector_keyd_backend_calls",
-            "backend calls, by operation and result class (ok or the error class)",
-            backend_calls.clone(),
-        );
-        let verifications = Family::<VerificationLabels, Counter>::default();
-        registry.register(
-            "inspector_keyd_verifications",
-            "key verifications, by profile and result",
-            verifications.clone(),
-        );
-        let key_verification_passed = Family::<TargetLabels, Gauge>::default();
-        registry.register(
-            "inspector_keyd_key_verification_passed",
-            "1 when the customer managed key in use passes verification, 0 when it does not (drift)",
-            key_verification_passed.clone(),
-        );
-        let key_verification_failing_check = Family::<FailingCheckLabels, Gauge>::default();
-        registry.register(
-            "inspector_keyd_key_verification_failing_check",
-            "1 for each check (finding code) the customer managed key in use fails",
-            key_verification_failing_check.clone(),
-        );
-        let ready = Gauge::default();
-        registry.register(
-            "inspector_keyd_ready",
-            "1 when the sidecar is ready (serving, and the backend answered its last check), \
-             as readiness probes see it",
-            ready.clone(),
-        );
-        let rpc_shed = Counter::default();
-        registry.register(
-            "inspector_keyd_rpc_shed",
-            "RPCs refused with RESOURCE_EXHAUSTED because ops.max_concurrent_rpcs were running",
-            rpc_shed.clone(),
-        );
-        let reload_failures = Family::<ReloadLabels, Counter>::default();
-        registry.register(
-            "inspector_keyd_reload_failures",
-            "changed rules or TLS files that were refused (the ones in force stay)",
-            reload_failures.clone(),
-        );
-        let reload_failing = Family::<ReloadLabels, Gauge>::default();
-        registry.register(
-            "inspector_keyd_reload_failing",
-            "1 while the last change of the rules or TLS files was refused, 0 once one loads",
-            reload_failing.clone(),
-        );
-        let connections_open = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "inspector_keyd_connections_open",
-            "connections each listener holds",
-            connections_open.clone(),
-        );
-        let connections_refused = Family::<ConnectionLabels, Counter>::default();
-        registry.register(
-            "inspector_keyd_connections_refused",
-            "connections closed at accept, by listener and the limit they met \
-             (listener_full, peer_ip_full, tls_handshakes_full)",
-            connections_refused.clone(),
-        );
-        let connections_cut = Family::<ConnectionLabels, Counter>::default();
-        registry.register(
-            "inspector_keyd_connections_cut",
-            "connections the server ended, by listener and reason (no_preface: no HTTP/2 \
-             preface in time; not_reading: the client stopped reading its answers)",
-            connections_cut.clone(),
-        );
+        // A scrape lists every registered metric first, in the order below, then the
+        // collector's, wherever the collector is registered.
         registry.register_collector(Box::new(CacheCollector(cache)));
-        Metrics(Arc::new(Families {
-            registry,
-            rpc_requests,
-            rpc_duration,
-            authz_decisions,
-            backend_calls,
-            verifications,
-            key_verification_passed,
-            key_verification_failing_check,
+        let families = Families {
+            rpc_requests: registered(
+                &mut registry,
+                "inspector_keyd_rpc_requests",
+                "RPCs answered, by method and gRPC code",
+            ),
+            rpc_duration: registered(
+                &mut registry,
+                "inspector_keyd_rpc_duration_seconds",
+                "RPC latency, by method and gRPC code",
+            ),
+            authz_decisions: registered(
+                &mut registry,
+                "inspector_keyd_authz_decisions",
+                "authorization decisions, by RPC, role and decision",
+            ),
+            backend_calls: registered(
+                &mut registry,
+                "inspector_keyd_backend_calls",
+                "backend calls, by operation and result class (ok or the error class)",
+            ),
+            verifications: registered(
+                &mut registry,
+                "inspector_keyd_verifications",
+                "key verifications, by profile and result",
+            ),
+            key_verification_passed: registered(
+                &mut registry,
+                "inspector_keyd_key_verification_passed",
+                "1 when the customer managed key in use passes verification, 0 when it does not (drift)",
+            ),
+            key_verification_failing_check: registered(
+                &mut registry,
+                "inspector_keyd_key_verification_failing_check",
+                "1 for each check (finding code) the customer managed key in use fails",
+            ),
             failing_checks: Mutex::default(),
-            ready,
-            rpc_shed,
-            reload_failures,
-            reload_failing,
-            connections_open,
-            connections_refused,
-            connections_cut,
-            rpc_series: (0..(rpc::METHODS.len() + 1) * CODES)
-                .map(|_| OnceLock::new())
-                .collect(),
-            authz_series: (0..(rpc::METHODS.len() + 1) * ROLES * 2)
-                .map(|_| OnceLock::new())
-                .collect(),
-        }))
+            ready: registered(
+                &mut registry,
+                "inspector_keyd_ready",
+                "1 when the sidecar is ready (serving, and the backend answered its last check), \
+                 as readiness probes see it",
+            ),
+            rpc_shed: registered(
+                &mut registry,
+                "inspector_keyd_rpc_shed",
+                "RPCs refused with RESOURCE_EXHAUSTED because ops.max_concurrent_rpcs were running",
+            ),
+            reload_failures: registered(
+                &mut registry,
+                "inspector_keyd_reload_failures",
+                "changed rules or TLS files that were refused (the ones in force stay)",
+            ),
+            reload_failing: registered(
+                &mut registry,
+                "inspector_keyd_reload_failing",
+                "1 while the last change of the rules or TLS files was refused, 0 once one loads",
+            ),
+            connections_open: registered(
+                &mut registry,
+                "inspector_keyd_connections_open",
+                "connections each listener holds",
+            ),
+            connections_refused: registered(
+                &mut registry,
+                "inspector_keyd_connections_refused",
+                "connections closed at accept, by listener and the limit they met \
+                 (listener_full, peer_ip_full, tls_handshakes_full)",
+            ),
+            connections_cut: registered(
+                &mut registry,
+                "inspector_keyd_connections_cut",
+                "connections the server ended, by listener and reason (no_preface: no HTTP/2 \
+                 preface in time; not_reading: the client stopped reading its answers)",
+            ),
+            rpc_series: unset_series((rpc::METHODS.len() + 1) * CODES),
+            authz_series: unset_series((rpc::METHODS.len() + 1) * ROLES * 2),
+            registry,
+        };
+        Metrics(Arc::new(families))
     }
 
     /// The text exposition format.

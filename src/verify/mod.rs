@@ -348,13 +348,14 @@ impl Policies<'_> {
     }
 }
 
+/// The findings about the profile's required requests the policies do not allow, one per
+/// cause, then those about unknown condition keys and broader access than needed.
 fn requirement_findings(
     input: &Input<'_>,
     key_arn: &str,
     policies: &Policies<'_>,
     findings: &mut Vec<Finding>,
 ) {
-    let (key_policy, identity) = (policies.key_policy, policies.identity);
     let params = profile::Params {
         region: input.region,
         account_id: input.account_id,
@@ -362,10 +363,6 @@ fn requirement_findings(
         key_arn,
     };
     let requirements = input.profile.requirements(&params);
-    let target = match input.profile.document_kind() {
-        DocumentKind::KeyPolicy => "key policy",
-        DocumentKind::IdentityPolicy => "principal's identity policy",
-    };
     let mut denied: Groups<(Location, String, bool)> = Groups::new();
     let mut missing: Groups<MissingCause> = Groups::new();
     let mut not_checked: Groups<()> = Groups::new();
@@ -374,125 +371,166 @@ fn requirement_findings(
         match policies.decide(request) {
             Decision::Allow => {}
             Decision::IdentityPolicyNotChecked => not_checked.add((), request, || {
-                Finding::new(
-                    FindingCode::IdentityPolicyNotChecked,
-                    format!(
-                        "the key policy delegates to the account, so the identity policies of `{}` decide whether it may make the requests listed, and none were given",
-                        input.principal_arn,
-                    ),
-                )
-                .with_fix("pass the principal's identity policies (--identity-policy, or verification.identity_policy_files in the config)")
+                identity_policy_not_checked_finding(input.principal_arn)
             }),
             Decision::ExplicitDeny { sid, location } => {
-                let statement = statement_at(key_policy, identity, &location);
-                let not_principal = match statement.map(|s| &s.principal) {
-                    Some(policy::PrincipalElement::NotPrincipal(listed)) => {
-                        eval::not_principal_lists_without_exempting(listed, &request.caller)
-                    }
-                    _ => false,
-                };
-                let named = sid
-                    .as_deref()
-                    .map_or_else(|| "without a Sid".to_owned(), |s| format!("`{s}`"));
-                let make = || {
-                    if not_principal {
-                        not_principal_finding(input, &named, &location)
-                    } else {
-                        Finding {
-                            code: FindingCode::RequiredAccessExplicitlyDenied,
-                            severity: FindingCode::RequiredAccessExplicitlyDenied.severity(),
-                            message: format!(
-                                "statement {named} ({}) denies {} the requests listed, which Inspector's scanning partner needs",
-                                location.path,
-                                caller_name(request),
-                            ),
-                            sid: None,
-                            location: None,
-                            fix: Some(
-                                "narrow or remove the denying statement so it does not cover these requests"
-                                    .into(),
-                            ),
-                            requests: Vec::new(),
-                        }
-                    }
-                };
-                let key = (location.clone(), caller_name(request), not_principal);
-                denied.add(key, request, || {
-                    let mut finding = make();
-                    finding.sid = sid.clone();
-                    finding.location = Some(location.clone());
-                    finding
-                });
+                add_explicit_deny(&mut denied, input, policies, request, sid, location);
             }
             Decision::ImplicitDeny if policies.boundary_caps(request) => {
                 missing.add(MissingCause::Boundary, request, || {
-                    Finding::new(
-                        FindingCode::RequiredAccessMissing,
-                        format!(
-                            "the permissions boundary of {} does not allow the requests listed (a boundary caps what identity policies, and key-policy statements naming a role, allow)",
-                            caller_name(request)
-                        ),
-                    )
-                    .with_fix("allow these requests in the permissions boundary policy, or remove the boundary from the principal")
-                    .at(Location {
-                        path: "permissions_boundary".into(),
-                        line: 1,
-                        column: 1,
-                    })
+                    boundary_finding(request)
                 });
             }
             Decision::ImplicitDeny => {
-                // Is the key policy missing it, or (the key policy delegating to the
-                // account) the identity policy?
-                let key_policy_delegates =
-                    eval::decide(key_policy, None, request) == Decision::IdentityPolicyNotChecked;
-                let no_delegation = matches!(request.caller, Caller::Aws { .. })
-                    && input.profile.document_kind() == DocumentKind::IdentityPolicy
-                    && !key_policy_delegates;
-                if no_delegation {
-                    missing.add(MissingCause::NoDelegation, request, || {
-                        Finding::new(
-                            FindingCode::RequiredAccessMissing,
-                            format!(
-                                "the key policy neither allows {} nor delegates to its account, so none of the requests listed is allowed",
-                                caller_name(request)
-                            ),
-                        )
-                        .with_fix(
-                            serde_json::to_string(&profile::account_delegation_statement(
-                                input.region,
-                                input.account_id,
-                            ))
-                            .unwrap_or_default(),
-                        )
-                    });
-                } else {
-                    let statement = requirements.statements.get(required.statement);
-                    missing.add(MissingCause::Statement(required.statement), request, || {
-                        let mut finding = Finding::new(
-                            FindingCode::RequiredAccessMissing,
-                            format!(
-                                "no statement of the {target} allows {} the requests listed",
-                                caller_name(request)
-                            ),
-                        );
-                        finding.sid = statement
-                            .and_then(|s| s.get("Sid"))
-                            .and_then(|s| s.as_str())
-                            .map(str::to_owned);
-                        finding.fix =
-                            statement.map(|s| serde_json::to_string(s).unwrap_or_default());
-                        finding
-                    });
-                }
+                add_implicit_deny(&mut missing, input, &requirements, policies, required);
             }
         }
     }
     findings.extend(denied.into_findings());
     findings.extend(missing.into_findings());
     findings.extend(not_checked.into_findings());
+    let (key_policy, identity) = (policies.key_policy, policies.identity);
     unknown_key_findings(&requirements, key_policy, identity, findings);
     probe_broader_than_needed(input, &requirements, policies, findings);
+}
+
+/// The key policy delegates to the account and no identity policies of `principal_arn`
+/// were given to decide.
+fn identity_policy_not_checked_finding(principal_arn: &str) -> Finding {
+    Finding::new(
+        FindingCode::IdentityPolicyNotChecked,
+        format!(
+            "the key policy delegates to the account, so the identity policies of `{principal_arn}` decide whether it may make the requests listed, and none were given"
+        ),
+    )
+    .with_fix("pass the principal's identity policies (--identity-policy, or verification.identity_policy_files in the config)")
+}
+
+/// Adds `request`, denied by the statement at `location`, to the finding for that
+/// statement and caller.
+fn add_explicit_deny(
+    denied: &mut Groups<(Location, String, bool)>,
+    input: &Input<'_>,
+    policies: &Policies<'_>,
+    request: &Request,
+    sid: Option<String>,
+    location: Location,
+) {
+    let statement = statement_at(policies.key_policy, policies.identity, &location);
+    let not_principal = match statement.map(|s| &s.principal) {
+        Some(policy::PrincipalElement::NotPrincipal(listed)) => {
+            eval::not_principal_lists_without_exempting(listed, &request.caller)
+        }
+        _ => false,
+    };
+    let named = sid
+        .as_deref()
+        .map_or_else(|| "without a Sid".to_owned(), |s| format!("`{s}`"));
+    let key = (location.clone(), caller_name(request), not_principal);
+    denied.add(key, request, || {
+        let mut finding = if not_principal {
+            not_principal_finding(input, &named, &location)
+        } else {
+            explicitly_denied_finding(request, &named, &location)
+        };
+        finding.sid = sid;
+        finding.location = Some(location);
+        finding
+    });
+}
+
+/// The statement `named` at `location` denies the caller of `request` what it needs.
+fn explicitly_denied_finding(request: &Request, named: &str, location: &Location) -> Finding {
+    Finding {
+        code: FindingCode::RequiredAccessExplicitlyDenied,
+        severity: FindingCode::RequiredAccessExplicitlyDenied.severity(),
+        message: format!(
+            "statement {named} ({}) denies {} the requests listed, which Inspector's scanning partner needs",
+            location.path,
+            caller_name(request),
+        ),
+        sid: None,
+        location: None,
+        fix: Some(
+            "narrow or remove the denying statement so it does not cover these requests".into(),
+        ),
+        requests: Vec::new(),
+    }
+}
+
+/// The caller's permissions boundary alone does not allow `request`.
+fn boundary_finding(request: &Request) -> Finding {
+    Finding::new(
+        FindingCode::RequiredAccessMissing,
+        format!(
+            "the permissions boundary of {} does not allow the requests listed (a boundary caps what identity policies, and key-policy statements naming a role, allow)",
+            caller_name(request)
+        ),
+    )
+    .with_fix("allow these requests in the permissions boundary policy, or remove the boundary from the principal")
+    .at(Location {
+        path: "permissions_boundary".into(),
+        line: 1,
+        column: 1,
+    })
+}
+
+/// Adds `required`'s request, which no statement allows, to the finding for what is
+/// missing: the key policy's delegation to the account, or the profile's statement.
+fn add_implicit_deny(
+    missing: &mut Groups<MissingCause>,
+    input: &Input<'_>,
+    requirements: &profile::Requirements,
+    policies: &Policies<'_>,
+    required: &profile::Required,
+) {
+    let request = &required.request;
+    // Is the key policy missing it, or (the key policy delegating to the account) the
+    // identity policy?
+    let key_policy_delegates =
+        eval::decide(policies.key_policy, None, request) == Decision::IdentityPolicyNotChecked;
+    let no_delegation = matches!(request.caller, Caller::Aws { .. })
+        && input.profile.document_kind() == DocumentKind::IdentityPolicy
+        && !key_policy_delegates;
+    if no_delegation {
+        missing.add(MissingCause::NoDelegation, request, || {
+            Finding::new(
+                FindingCode::RequiredAccessMissing,
+                format!(
+                    "the key policy neither allows {} nor delegates to its account, so none of the requests listed is allowed",
+                    caller_name(request)
+                ),
+            )
+            .with_fix(
+                serde_json::to_string(&profile::account_delegation_statement(
+                    input.region,
+                    input.account_id,
+                ))
+                .unwrap_or_default(),
+            )
+        });
+        return;
+    }
+    let target = match input.profile.document_kind() {
+        DocumentKind::KeyPolicy => "key policy",
+        DocumentKind::IdentityPolicy => "principal's identity policy",
+    };
+    let statement = requirements.statements.get(required.statement);
+    missing.add(MissingCause::Statement(required.statement), request, || {
+        let mut finding = Finding::new(
+            FindingCode::RequiredAccessMissing,
+            format!(
+                "no statement of the {target} allows {} the requests listed",
+                caller_name(request)
+            ),
+        );
+        finding.sid = statement
+            .and_then(|s| s.get("Sid"))
+            .and_then(|s| s.as_str())
+            .map(str::to_owned);
+        finding.fix = statement.map(|s| serde_json::to_string(s).unwrap_or_default());
+        finding
+    });
 }
 
 /// The finding for a `NotPrincipal` that lists the principal (or its account) but does not

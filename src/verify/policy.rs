@@ -255,29 +255,7 @@ impl Analysis<'_> {
     }
 
     fn run(&mut self) -> Option<Policy> {
-        let text = self.document.text;
-        if text.len() > MAX_POLICY_BYTES {
-            self.report(
-                FindingCode::PolicyTooLarge,
-                format!("the policy is {} bytes; KMS accepts key policies of at most {MAX_POLICY_BYTES} bytes", text.len()),
-                "",
-                0,
-            );
-        }
-        let root = match json::parse(text) {
-            Ok(root) => root,
-            Err(e) => {
-                let (line, column) = self.index.position(e.offset);
-                self.report(
-                    FindingCode::PolicyInvalidJson,
-                    format!("the policy is not valid JSON: {} at line {line}, column {column}", e.message),
-                    "",
-                    e.offset,
-                )
-                .fix = Some("fix the JSON syntax; `inspector-keyd policy render --merge-into` merges statements without hand editing".into());
-                return None;
-            }
-        };
+        let root = self.root()?;
         let Value::Object(members) = &root.value else {
             self.report(
                 FindingCode::InvalidElementValue,
@@ -289,6 +267,51 @@ impl Analysis<'_> {
         };
         self.check_members(members, TOP_LEVEL, "");
         self.find_placeholders(&root, &mut Vec::new());
+        self.check_version(&root);
+        let statements = self.statement_list(&root)?;
+        let mut sids: Vec<String> = Vec::new();
+        let mut usable = Vec::new();
+        for (path, json) in statements {
+            if let Some(statement) = self.statement(json, &path, &mut sids) {
+                usable.push(statement);
+            }
+        }
+        Some(Policy {
+            kind: self.document.kind,
+            statements: usable,
+        })
+    }
+
+    /// The document's JSON, checked against KMS's size limit; `None` when it is not JSON.
+    fn root(&mut self) -> Option<Json> {
+        let text = self.document.text;
+        if text.len() > MAX_POLICY_BYTES {
+            self.report(
+                FindingCode::PolicyTooLarge,
+                format!("the policy is {} bytes; KMS accepts key policies of at most {MAX_POLICY_BYTES} bytes", text.len()),
+                "",
+                0,
+            );
+        }
+        match json::parse(text) {
+            Ok(root) => Some(root),
+            Err(e) => {
+                let (line, column) = self.index.position(e.offset);
+                self.report(
+                    FindingCode::PolicyInvalidJson,
+                    format!("the policy is not valid JSON: {} at line {line}, column {column}", e.message),
+                    "",
+                    e.offset,
+                )
+                .fix = Some("fix the JSON syntax; `inspector-keyd policy render --merge-into` merges statements without hand editing".into());
+                None
+            }
+        }
+    }
+
+    /// Reports a missing, old or invalid `Version`, and notes whether the document's
+    /// version substitutes policy variables.
+    fn check_version(&mut self, root: &Json) {
         match root.get("Version") {
             None => {
                 self.report(
@@ -321,6 +344,11 @@ impl Analysis<'_> {
                 }
             },
         }
+    }
+
+    /// The statements with their paths (`Statement` alone, or `Statement[i]`); `None` when
+    /// `Statement` is neither an object nor an array.
+    fn statement_list<'j>(&mut self, root: &'j Json) -> Option<Vec<(String, &'j Json)>> {
         let statements: Vec<(String, &Json)> = match root.get("Statement") {
             None => Vec::new(),
             Some(
@@ -358,17 +386,7 @@ impl Analysis<'_> {
                 root.offset,
             );
         }
-        let mut sids: Vec<String> = Vec::new();
-        let mut usable = Vec::new();
-        for (path, json) in statements {
-            if let Some(statement) = self.statement(json, &path, &mut sids) {
-                usable.push(statement);
-            }
-        }
-        Some(Policy {
-            kind: self.document.kind,
-            statements: usable,
-        })
+        Some(statements)
     }
 
     /// Reports unknown and duplicated members of an object.
@@ -416,7 +434,47 @@ impl Analysis<'_> {
             return None;
         };
         self.check_members(members, STATEMENT_ELEMENTS, path);
-        let sid = match json.get("Sid") {
+        let sid = self.sid(json, path, sids);
+        let before = self.findings.len();
+        let effect = self.effect(json, path);
+        let principal = self.principal_element(json, path, effect);
+        let actions = self.names(json, path, "Action", "NotAction");
+        let resources = self.names(json, path, "Resource", "NotResource");
+        let conditions = self.conditions(json, path);
+        if let (Some(Effect::Allow), Some(PrincipalElement::Principal(allowed))) =
+            (effect, &principal)
+        {
+            self.check_allowed_principals(json, path, allowed, conditions.as_deref());
+        }
+        // The findings about the statement's elements name its Sid.
+        for finding in &mut self.findings[before..] {
+            finding.sid = finding.sid.take().or_else(|| sid.clone());
+        }
+        let (Some(effect), Some(principal), Some(actions), Some(resources), Some(conditions)) =
+            (effect, principal, actions, resources, conditions)
+        else {
+            return None;
+        };
+        let resource_variables = self.variables
+            && match &resources {
+                Names::Only(r) | Names::AllExcept(r) => r.iter().any(|r| has_variables(r)),
+            };
+        Some(Statement {
+            sid,
+            effect,
+            principal,
+            actions,
+            resources,
+            resource_variables,
+            conditions,
+            location: self.location(path, json.offset),
+        })
+    }
+
+    /// The statement's Sid; reports one that is not a string, is used twice, or (in an
+    /// identity policy) is not alphanumeric. `sids` holds the Sids of the statements before.
+    fn sid(&mut self, json: &Json, path: &str, sids: &mut Vec<String>) -> Option<String> {
+        match json.get("Sid") {
             None => None,
             Some(Json {
                 value: Value::String(sid),
@@ -460,10 +518,11 @@ impl Analysis<'_> {
                 );
                 None
             }
-        };
-        let before = self.findings.len();
+        }
+    }
 
-        let effect = match json.get("Effect") {
+    fn effect(&mut self, json: &Json, path: &str) -> Option<Effect> {
+        match json.get("Effect") {
             None => {
                 self.report(
                     FindingCode::StatementMissingElement,
@@ -486,28 +545,31 @@ impl Analysis<'_> {
                     None
                 }
             },
-        };
+        }
+    }
 
-        let principal = self.principal_element(json, path, effect);
-        let actions = self.names(json, path, "Action", "NotAction");
-        let resources = self.names(json, path, "Resource", "NotResource");
-        let conditions = self.conditions(json, path);
-        if let (Some(Effect::Allow), Some(PrincipalElement::Principal(p))) = (effect, &principal)
-            && p.any
-            && json.get("Condition").is_none()
-        {
-            let offset = json.get("Principal").map_or(json.offset, |p| p.offset);
+    /// Reports an Allow statement's principals that reach too far: every principal with no
+    /// condition, or a service principal with no condition on the source it acts for.
+    /// `conditions` is `None` when the Condition block did not parse.
+    fn check_allowed_principals(
+        &mut self,
+        json: &Json,
+        path: &str,
+        allowed: &Principals,
+        conditions: Option<&[Condition]>,
+    ) {
+        let offset = || json.get("Principal").map_or(json.offset, |p| p.offset);
+        if allowed.any && json.get("Condition").is_none() {
             self.report(
                 FindingCode::PublicPrincipal,
                 "the statement allows every principal of every AWS account, with no condition".into(),
                 &join(path, "Principal"),
-                offset,
+                offset(),
             )
             .fix = Some("name the principals, or add a condition such as kms:CallerAccount or aws:PrincipalOrgID".into());
         }
-        if let (Some(Effect::Allow), Some(PrincipalElement::Principal(p))) = (effect, &principal)
-            && !p.services.is_empty()
-            && !conditions.iter().flatten().any(|c| {
+        if !allowed.services.is_empty()
+            && !conditions.into_iter().flatten().any(|c| {
                 [
                     "aws:SourceArn",
                     "aws:SourceAccount",
@@ -518,40 +580,17 @@ impl Analysis<'_> {
                 .any(|k| c.key.eq_ignore_ascii_case(k))
             })
         {
-            let offset = json.get("Principal").map_or(json.offset, |p| p.offset);
             self.report(
                 FindingCode::ServicePrincipalWithoutSource,
                 format!(
                     "the statement allows service principal {} without a source condition, so the service may use the key on behalf of any account",
-                    p.services.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                    allowed.services.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
                 ),
                 &join(path, "Principal"),
-                offset,
+                offset(),
             )
             .fix = Some("add a condition on aws:SourceAccount or aws:SourceArn".into());
         }
-        for finding in &mut self.findings[before..] {
-            finding.sid = finding.sid.take().or_else(|| sid.clone());
-        }
-        let (Some(effect), Some(principal), Some(actions), Some(resources), Some(conditions)) =
-            (effect, principal, actions, resources, conditions)
-        else {
-            return None;
-        };
-        let resource_variables = self.variables
-            && match &resources {
-                Names::Only(r) | Names::AllExcept(r) => r.iter().any(|r| has_variables(r)),
-            };
-        Some(Statement {
-            sid,
-            effect,
-            principal,
-            actions,
-            resources,
-            resource_variables,
-            conditions,
-            location: self.location(path, json.offset),
-        })
     }
 
     fn principal_element(

@@ -270,193 +270,257 @@ pub fn unknown_key(request: &Request, key: &str) -> bool {
 }
 
 impl Profile {
+    /// The requests the profile needs allowed for `p`, and the statements that allow them.
     pub fn requirements(self, p: &Params<'_>) -> Requirements {
-        let partition = partition_of(p.region);
-        let role = Caller::Aws {
-            arn: p.principal_arn.to_owned(),
-            account: p.account_id.to_owned(),
-        };
-        let q = Caller::Service(Q_SERVICE.to_owned());
-        let request =
-            |caller: &Caller, action: &str, context: Vec<(String, Vec<String>)>| Request {
-                caller: caller.clone(),
-                action: action.to_owned(),
-                resource: p.key_arn.to_owned(),
-                context,
-            };
-        let inspector = format!("inspector2.{}.amazonaws.com", p.region);
-        let mut required = Vec::new();
-        let statements = match self {
-            Profile::CodeguruGrants => {
-                let codeguru = format!("codeguru-security.{}.amazonaws.com", p.region);
-                let mut grant = request(&role, "kms:CreateGrant", principal_context(p, &codeguru));
-                grant.context.push((
-                    "kms:GrantOperations".into(),
-                    GRANT_OPERATIONS.map(str::to_owned).to_vec(),
-                ));
-                // CodeGuru Security, a service integrated with KMS, creates the grant.
-                grant
-                    .context
-                    .extend(ctx(&[("kms:GrantIsForAWSResource", "true")]));
-                required.push(Required {
-                    request: grant,
-                    statement: 0,
-                });
-                for via in [&inspector, &codeguru] {
-                    for action in [
-                        "kms:Encrypt",
-                        "kms:Decrypt",
-                        "kms:RetireGrant",
-                        "kms:DescribeKey",
-                        "kms:GenerateDataKeyWithoutPlaintext",
-                    ] {
-                        required.push(Required {
-                            request: request(&role, action, principal_context(p, via)),
-                            statement: 1,
-                        });
-                    }
-                }
-                vec![
-                    json!({
-                        "Sid": "AllowCodeGuruSecurityToRequestAGrantForTheKey",
-                        "Effect": "Allow",
-                        "Action": "kms:CreateGrant",
-                        "Resource": "*",
-                        "Condition": {
-                            "ForAllValues:StringEquals": {"kms:GrantOperations": GRANT_OPERATIONS},
-                            "StringEquals": {"kms:ViaService": [codeguru]}
-                        }
-                    }),
-                    json!({
-                        "Sid": "AllowInspectorAndCodeGuruSecurityToUseTheKey",
-                        "Effect": "Allow",
-                        "Action": ["kms:Encrypt", "kms:Decrypt", "kms:RetireGrant", "kms:DescribeKey", "kms:GenerateDataKeyWithoutPlaintext"],
-                        "Resource": "*",
-                        "Condition": {"StringEquals": {"kms:ViaService": [inspector, codeguru]}}
-                    }),
-                ]
-            }
-            Profile::AmazonQLambda | Profile::AmazonQCodeRepository => {
-                let lambda = self == Profile::AmazonQLambda;
-                let (scope_key, source_arn_pattern, source_arn) = if lambda {
-                    (
-                        "kms:EncryptionContext:aws:qdeveloper:lambda-codescan-scope",
-                        format!(
-                            "arn:{partition}:qdeveloper:{}:{}:scans/*",
-                            p.region, p.account_id
-                        ),
-                        format!(
-                            "arn:{partition}:qdeveloper:{}:{}:scans/inspector-keyd-check",
-                            p.region, p.account_id
-                        ),
-                    )
-                } else {
-                    (
-                        "kms:EncryptionContext:aws:qdeveloper:codesecurity-scope",
-                        format!(
-                            "arn:{partition}:inspector2:{}:{}:codesecurity-integration/*",
-                            p.region, p.account_id
-                        ),
-                        format!(
-                            "arn:{partition}:inspector2:{}:{}:codesecurity-integration/inspector-keyd-check",
-                            p.region, p.account_id
-                        ),
-                    )
-                };
-                let account = p.account_id;
-                let scope = scope_key.trim_start_matches("kms:EncryptionContext:");
-                for action in Q_DATA_ACTIONS {
-                    let mut context = service_context(p, Q_SERVICE, account, &source_arn);
-                    context.extend(encryption_context(&[(scope, account)]));
-                    required.push(Required {
-                        request: request(&q, action, context),
-                        statement: 0,
-                    });
-                }
-                let describe_context = service_context(p, Q_SERVICE, account, &source_arn);
-                required.push(Required {
-                    request: request(&q, "kms:DescribeKey", describe_context),
-                    statement: 1,
-                });
-                for action in Q_DATA_ACTIONS {
-                    let mut context = principal_context(p, &inspector);
-                    context.extend(encryption_context(&[(scope, account)]));
-                    required.push(Required {
-                        request: request(&role, action, context),
-                        statement: 2,
-                    });
-                }
-                let describe_context = principal_context(p, &inspector);
-                required.push(Required {
-                    request: request(&role, "kms:DescribeKey", describe_context),
-                    statement: 3,
-                });
-                let sids = if lambda {
-                    [
-                        "Allow Amazon Q to encrypt and decrypt Lambda code snippets",
-                        "Allow Amazon Q to describe the key for Lambda code scanning",
-                        "Allow Inspector to encrypt and decrypt Lambda code snippets using FAS",
-                        "Allow Inspector to describe the key for Lambda code scanning using FAS",
-                    ]
-                } else {
-                    [
-                        "Allow Q to use Encrypt Decrypt GenerateDataKey and GenerateDataKeyWithoutPlaintext",
-                        "Allow Q to use DescribeKey",
-                        "Allow Inspector to use Encrypt Decrypt GenerateDataKey and GenerateDataKeyWithoutPlaintext using FAS",
-                        "Allow Inspector to use DescribeKey using FAS",
-                    ]
-                };
-                vec![
-                    json!({
-                        "Sid": sids[0],
-                        "Effect": "Allow",
-                        "Principal": {"Service": Q_SERVICE},
-                        "Action": Q_DATA_ACTIONS,
-                        "Resource": "*",
-                        "Condition": {
-                            "StringEquals": {"aws:SourceAccount": account},
-                            "StringLike": {scope_key: account},
-                            "ArnLike": {"aws:SourceArn": source_arn_pattern}
-                        }
-                    }),
-                    json!({
-                        "Sid": sids[1],
-                        "Effect": "Allow",
-                        "Principal": {"Service": Q_SERVICE},
-                        "Action": "kms:DescribeKey",
-                        "Resource": "*",
-                        "Condition": {
-                            "StringEquals": {"aws:SourceAccount": account},
-                            "ArnLike": {"aws:SourceArn": source_arn_pattern}
-                        }
-                    }),
-                    json!({
-                        "Sid": sids[2],
-                        "Effect": "Allow",
-                        "Principal": {"AWS": p.principal_arn},
-                        "Action": Q_DATA_ACTIONS,
-                        "Resource": "*",
-                        "Condition": {
-                            "StringEquals": {"kms:ViaService": inspector},
-                            "StringLike": {scope_key: account}
-                        }
-                    }),
-                    json!({
-                        "Sid": sids[3],
-                        "Effect": "Allow",
-                        "Principal": {"AWS": p.principal_arn},
-                        "Action": "kms:DescribeKey",
-                        "Resource": "*",
-                        "Condition": {"StringEquals": {"kms:ViaService": inspector}}
-                    }),
-                ]
-            }
-        };
-        Requirements {
-            statements,
-            required,
+        match self {
+            Profile::CodeguruGrants => codeguru_grants(p),
+            Profile::AmazonQLambda => amazon_q(p, &AmazonQScope::lambda(p)),
+            Profile::AmazonQCodeRepository => amazon_q(p, &AmazonQScope::code_repository(p)),
         }
     }
+}
+
+/// The principal that calls Inspector, as the caller of a request.
+fn principal_caller(p: &Params<'_>) -> Caller {
+    Caller::Aws {
+        arn: p.principal_arn.to_owned(),
+        account: p.account_id.to_owned(),
+    }
+}
+
+/// `caller`'s request for `action` on the key.
+fn key_request(
+    p: &Params<'_>,
+    caller: &Caller,
+    action: &str,
+    context: Vec<(String, Vec<String>)>,
+) -> Request {
+    Request {
+        caller: caller.clone(),
+        action: action.to_owned(),
+        resource: p.key_arn.to_owned(),
+        context,
+    }
+}
+
+fn inspector_service(p: &Params<'_>) -> String {
+    format!("inspector2.{}.amazonaws.com", p.region)
+}
+
+/// The seed's system: the principal's credentials, via CodeGuru Security, create a grant
+/// limited to [`GRANT_OPERATIONS`], and use the key via Inspector and CodeGuru Security.
+fn codeguru_grants(p: &Params<'_>) -> Requirements {
+    let role = principal_caller(p);
+    let inspector = inspector_service(p);
+    let codeguru = format!("codeguru-security.{}.amazonaws.com", p.region);
+    let mut required = Vec::new();
+    let mut grant = key_request(p, &role, "kms:CreateGrant", principal_context(p, &codeguru));
+    grant.context.push((
+        "kms:GrantOperations".into(),
+        GRANT_OPERATIONS.map(str::to_owned).to_vec(),
+    ));
+    // CodeGuru Security, a service integrated with KMS, creates the grant.
+    grant
+        .context
+        .extend(ctx(&[("kms:GrantIsForAWSResource", "true")]));
+    required.push(Required {
+        request: grant,
+        statement: 0,
+    });
+    for via in [&inspector, &codeguru] {
+        for action in [
+            "kms:Encrypt",
+            "kms:Decrypt",
+            "kms:RetireGrant",
+            "kms:DescribeKey",
+            "kms:GenerateDataKeyWithoutPlaintext",
+        ] {
+            required.push(Required {
+                request: key_request(p, &role, action, principal_context(p, via)),
+                statement: 1,
+            });
+        }
+    }
+    let statements = vec![
+        json!({
+            "Sid": "AllowCodeGuruSecurityToRequestAGrantForTheKey",
+            "Effect": "Allow",
+            "Action": "kms:CreateGrant",
+            "Resource": "*",
+            "Condition": {
+                "ForAllValues:StringEquals": {"kms:GrantOperations": GRANT_OPERATIONS},
+                "StringEquals": {"kms:ViaService": [codeguru]}
+            }
+        }),
+        json!({
+            "Sid": "AllowInspectorAndCodeGuruSecurityToUseTheKey",
+            "Effect": "Allow",
+            "Action": ["kms:Encrypt", "kms:Decrypt", "kms:RetireGrant", "kms:DescribeKey", "kms:GenerateDataKeyWithoutPlaintext"],
+            "Resource": "*",
+            "Condition": {"StringEquals": {"kms:ViaService": [inspector, codeguru]}}
+        }),
+    ];
+    Requirements {
+        statements,
+        required,
+    }
+}
+
+/// What differs between the Amazon Q profiles: the encryption context's scope key, the
+/// resources Amazon Q acts for, and the statements' Sids.
+struct AmazonQScope {
+    scope_key: &'static str,
+    /// The resources the statements allow Amazon Q to act for.
+    source_arn_pattern: String,
+    /// The resource the checked requests are made for.
+    source_arn: String,
+    sids: [&'static str; 4],
+}
+
+impl AmazonQScope {
+    fn lambda(p: &Params<'_>) -> AmazonQScope {
+        AmazonQScope::new(
+            p,
+            "kms:EncryptionContext:aws:qdeveloper:lambda-codescan-scope",
+            ("qdeveloper", "scans"),
+            [
+                "Allow Amazon Q to encrypt and decrypt Lambda code snippets",
+                "Allow Amazon Q to describe the key for Lambda code scanning",
+                "Allow Inspector to encrypt and decrypt Lambda code snippets using FAS",
+                "Allow Inspector to describe the key for Lambda code scanning using FAS",
+            ],
+        )
+    }
+
+    fn code_repository(p: &Params<'_>) -> AmazonQScope {
+        AmazonQScope::new(
+            p,
+            "kms:EncryptionContext:aws:qdeveloper:codesecurity-scope",
+            ("inspector2", "codesecurity-integration"),
+            [
+                "Allow Q to use Encrypt Decrypt GenerateDataKey and GenerateDataKeyWithoutPlaintext",
+                "Allow Q to use DescribeKey",
+                "Allow Inspector to use Encrypt Decrypt GenerateDataKey and GenerateDataKeyWithoutPlaintext using FAS",
+                "Allow Inspector to use DescribeKey using FAS",
+            ],
+        )
+    }
+
+    /// `(service, resource_type)`: Amazon Q acts for the resources
+    /// `arn:<partition>:<service>:<region>:<account>:<resource_type>/*`.
+    fn new(
+        p: &Params<'_>,
+        scope_key: &'static str,
+        (service, resource_type): (&str, &str),
+        sids: [&'static str; 4],
+    ) -> AmazonQScope {
+        let (partition, region, account) = (partition_of(p.region), p.region, p.account_id);
+        AmazonQScope {
+            scope_key,
+            source_arn_pattern: format!(
+                "arn:{partition}:{service}:{region}:{account}:{resource_type}/*"
+            ),
+            source_arn: format!(
+                "arn:{partition}:{service}:{region}:{account}:{resource_type}/inspector-keyd-check"
+            ),
+            sids,
+        }
+    }
+}
+
+/// Amazon Q, and the principal's credentials via Inspector, use the key through the key
+/// policy, with the encryption context of `scope`.
+fn amazon_q(p: &Params<'_>, scope: &AmazonQScope) -> Requirements {
+    let inspector = inspector_service(p);
+    Requirements {
+        statements: amazon_q_statements(p, scope, &inspector),
+        required: amazon_q_required(p, scope, &inspector),
+    }
+}
+
+fn amazon_q_required(p: &Params<'_>, scope: &AmazonQScope, inspector: &str) -> Vec<Required> {
+    let role = principal_caller(p);
+    let q = Caller::Service(Q_SERVICE.to_owned());
+    let account = p.account_id;
+    let context_key = scope.scope_key.trim_start_matches("kms:EncryptionContext:");
+    let mut required = Vec::new();
+    for action in Q_DATA_ACTIONS {
+        let mut context = service_context(p, Q_SERVICE, account, &scope.source_arn);
+        context.extend(encryption_context(&[(context_key, account)]));
+        required.push(Required {
+            request: key_request(p, &q, action, context),
+            statement: 0,
+        });
+    }
+    let describe_context = service_context(p, Q_SERVICE, account, &scope.source_arn);
+    required.push(Required {
+        request: key_request(p, &q, "kms:DescribeKey", describe_context),
+        statement: 1,
+    });
+    for action in Q_DATA_ACTIONS {
+        let mut context = principal_context(p, inspector);
+        context.extend(encryption_context(&[(context_key, account)]));
+        required.push(Required {
+            request: key_request(p, &role, action, context),
+            statement: 2,
+        });
+    }
+    let describe_context = principal_context(p, inspector);
+    required.push(Required {
+        request: key_request(p, &role, "kms:DescribeKey", describe_context),
+        statement: 3,
+    });
+    required
+}
+
+fn amazon_q_statements(p: &Params<'_>, scope: &AmazonQScope, inspector: &str) -> Vec<Value> {
+    let account = p.account_id;
+    let (scope_key, source_arn_pattern, sids) =
+        (scope.scope_key, &scope.source_arn_pattern, scope.sids);
+    vec![
+        json!({
+            "Sid": sids[0],
+            "Effect": "Allow",
+            "Principal": {"Service": Q_SERVICE},
+            "Action": Q_DATA_ACTIONS,
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": {"aws:SourceAccount": account},
+                "StringLike": {scope_key: account},
+                "ArnLike": {"aws:SourceArn": source_arn_pattern}
+            }
+        }),
+        json!({
+            "Sid": sids[1],
+            "Effect": "Allow",
+            "Principal": {"Service": Q_SERVICE},
+            "Action": "kms:DescribeKey",
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": {"aws:SourceAccount": account},
+                "ArnLike": {"aws:SourceArn": source_arn_pattern}
+            }
+        }),
+        json!({
+            "Sid": sids[2],
+            "Effect": "Allow",
+            "Principal": {"AWS": p.principal_arn},
+            "Action": Q_DATA_ACTIONS,
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": {"kms:ViaService": inspector},
+                "StringLike": {scope_key: account}
+            }
+        }),
+        json!({
+            "Sid": sids[3],
+            "Effect": "Allow",
+            "Principal": {"AWS": p.principal_arn},
+            "Action": "kms:DescribeKey",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"kms:ViaService": inspector}}
+        }),
+    ]
 }
 
 /// The statement by which a key policy lets the account delegate through IAM policies
