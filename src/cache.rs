@@ -18,6 +18,11 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
 use tokio::time::Instant;
 
 use crate::{
@@ -25,6 +30,7 @@ use crate::{
     config::CacheConfig,
     domain::{CodeSnippets, FindingArn, KeyArn, SUPPORTED_TARGETS, Target},
     jitter,
+    metrics::TargetLabels,
     striped::StripedCounter,
     verify::Report,
 };
@@ -206,6 +212,61 @@ pub struct CacheState {
     config: CacheConfig,
     stats: CacheStats,
     slots: [Slot; SUPPORTED_TARGETS.len()],
+}
+
+/// The cache's counters and stale windows, read at each scrape.
+impl Collector for CacheState {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.stats().snapshot();
+        for (name, help, value) in [
+            (
+                "inspector_keyd_cache_hits",
+                "GetEncryptionKey answers served fresh from the cache",
+                counts.hits,
+            ),
+            (
+                "inspector_keyd_cache_misses",
+                "GetEncryptionKey calls that did not find a fresh entry",
+                counts.misses,
+            ),
+            (
+                "inspector_keyd_cache_stale",
+                "stale answers served while the backend failed",
+                counts.stale,
+            ),
+            (
+                "inspector_keyd_cache_loads",
+                "backend loads made by the cache",
+                counts.loads,
+            ),
+            (
+                "inspector_keyd_cache_refreshes",
+                "of those, loads made ahead of expiry in the background for targets being read",
+                counts.refreshes,
+            ),
+            (
+                "inspector_keyd_cache_load_failures",
+                "cache loads that failed",
+                counts.load_failures,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "inspector_keyd_cache_stale_seconds_left",
+            "for a target whose cached key is past its TTL: seconds it may still be served \
+             while the backend fails (cache.max_stale); reads fail once it reaches 0",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (target, left) in self.stale_windows() {
+            let labels = TargetLabels::of(target);
+            ConstGauge::new(left.as_secs_f64()).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 impl CacheState {

@@ -6,18 +6,12 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{
-        MetricType,
-        counter::{ConstCounter, Counter},
-        family::Family,
-        gauge::{ConstGauge, Gauge},
-    },
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::{Metric, Registry},
 };
 
 use crate::{
-    cache::CacheState,
     domain::{SUPPORTED_TARGETS, Target},
     rpc::{self, Role},
     striped::{DurationHistogram, StripedCounter},
@@ -50,14 +44,15 @@ struct VerificationLabels {
     result: String,
 }
 
+/// A target's labels, on every metric about one (the cache's too).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TargetLabels {
+pub(crate) struct TargetLabels {
     scan_type: &'static str,
     resource_type: &'static str,
 }
 
 impl TargetLabels {
-    fn of(target: Target) -> TargetLabels {
+    pub(crate) fn of(target: Target) -> TargetLabels {
         TargetLabels {
             scan_type: target.scan_type().as_aws_str(),
             resource_type: target.resource_type().as_aws_str(),
@@ -145,64 +140,6 @@ struct Families {
     authz_series: Vec<OnceLock<StripedCounter>>,
 }
 
-/// The cache's counters, read at each scrape.
-#[derive(Debug)]
-struct CacheCollector(Arc<CacheState>);
-
-impl Collector for CacheCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counts = self.0.stats().snapshot();
-        for (name, help, value) in [
-            (
-                "inspector_keyd_cache_hits",
-                "GetEncryptionKey answers served fresh from the cache",
-                counts.hits,
-            ),
-            (
-                "inspector_keyd_cache_misses",
-                "GetEncryptionKey calls that did not find a fresh entry",
-                counts.misses,
-            ),
-            (
-                "inspector_keyd_cache_stale",
-                "stale answers served while the backend failed",
-                counts.stale,
-            ),
-            (
-                "inspector_keyd_cache_loads",
-                "backend loads made by the cache",
-                counts.loads,
-            ),
-            (
-                "inspector_keyd_cache_refreshes",
-                "of those, loads made ahead of expiry in the background for targets being read",
-                counts.refreshes,
-            ),
-            (
-                "inspector_keyd_cache_load_failures",
-                "cache loads that failed",
-                counts.load_failures,
-            ),
-        ] {
-            let counter = ConstCounter::new(value);
-            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(metric)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "inspector_keyd_cache_stale_seconds_left",
-            "for a target whose cached key is past its TTL: seconds it may still be served \
-             while the backend fails (cache.max_stale); reads fail once it reaches 0",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (target, left) in self.0.stale_windows() {
-            let labels = TargetLabels::of(target);
-            ConstGauge::new(left.as_secs_f64()).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
-}
-
 /// gRPC codes are 0 to 16.
 const CODES: usize = 17;
 
@@ -231,12 +168,13 @@ fn unset_series<T>(count: usize) -> Vec<OnceLock<T>> {
 }
 
 impl Metrics {
-    /// A registry with every metric, the cache's counters read from `cache`.
-    pub fn new(cache: Arc<CacheState>) -> Metrics {
+    /// A registry with every metric, and what `cache` counts itself (the cache's counters,
+    /// read at each scrape).
+    pub fn new(cache: impl Collector) -> Metrics {
         let mut registry = Registry::default();
         // A scrape lists every registered metric first, in the order below, then the
         // collector's, wherever the collector is registered.
-        registry.register_collector(Box::new(CacheCollector(cache)));
+        registry.register_collector(Box::new(cache));
         let families = Families {
             rpc_requests: registered(
                 &mut registry,
@@ -504,6 +442,19 @@ mod tests {
     use super::*;
     use crate::verify::{Finding, FindingCode};
 
+    /// No cache: these tests are about the metrics' own families.
+    #[derive(Debug)]
+    struct NoCache;
+
+    impl Collector for NoCache {
+        fn encode(
+            &self,
+            _: prometheus_client::encoding::DescriptorEncoder,
+        ) -> Result<(), std::fmt::Error> {
+            Ok(())
+        }
+    }
+
     fn failing_checks(metrics: &Metrics) -> Vec<String> {
         metrics
             .encode()
@@ -515,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_new_verdict_replaces_the_failing_checks_of_its_target_only() {
-        let metrics = Metrics::new(Arc::new(CacheState::new(Default::default())));
+        let metrics = Metrics::new(NoCache);
         let mut targets = Target::all();
         let (lambda, repository) = (targets.next().unwrap(), targets.next().unwrap());
         let failing = |codes: &[FindingCode]| {
@@ -560,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_refused_reload_stays_failing_until_one_loads() {
-        let metrics = Metrics::new(Arc::new(CacheState::new(Default::default())));
+        let metrics = Metrics::new(NoCache);
         metrics.watch_reloads(ReloadedFile::Rules);
         let text = metrics.encode();
         assert!(
