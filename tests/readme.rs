@@ -234,3 +234,38 @@ fn the_roles_table_is_the_method_table() {
         .collect();
     assert_eq!(documented, generated);
 }
+
+/// docs/development.md's layout names every module of src/, and only files that exist.
+#[test]
+fn the_layout_names_every_module_and_nothing_else() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let development = read("docs/development.md");
+    let layout = development
+        .split("## Layout")
+        .nth(1)
+        .expect("docs/development.md has a Layout section");
+    let named: std::collections::BTreeSet<String> = Regex::new(r"`(src/[a-z0-9_/]+\.rs)`")
+        .unwrap()
+        .captures_iter(layout)
+        .map(|c| c[1].to_owned())
+        .collect();
+    let mut files = std::collections::BTreeSet::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let relative = path.strip_prefix(root).unwrap();
+                files.insert(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let missing: Vec<_> = files.difference(&named).collect();
+    let stale: Vec<_> = named.difference(&files).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "not in the layout: {missing:?}; in the layout but not in src/: {stale:?}"
+    );
+}
