@@ -134,7 +134,8 @@ impl Door {
             .and_then(|v| v.parse::<u64>().ok());
         let mut body = std::pin::pin!(body);
         if declared.is_some_and(|length| length > self.max_request_bytes as u64) {
-            return after_request(body, error_response(&self.too_large(), &request_id)).await;
+            return rpc::answer_after_request(body, error_response(&self.too_large(), &request_id))
+                .await;
         }
         let path_and_query = parts
             .uri
@@ -152,12 +153,14 @@ impl Door {
             Ok(verdict) => verdict,
             Err(error) => {
                 let answer = self.refuse_signature(&parts, &error, peer, &request_id);
-                return after_request(body, answer).await;
+                return rpc::answer_after_request(body, answer).await;
             }
         };
         let body = match self.read_body(declared, body.as_mut()).await {
             Ok(body) => body,
-            Err(error) => return after_request(body, error_response(&error, &request_id)).await,
+            Err(error) => {
+                return rpc::answer_after_request(body, error_response(&error, &request_id)).await;
+            }
         };
         let verified = match verdict {
             sigv4::HeadVerdict::Signed {
@@ -372,21 +375,6 @@ struct ReadBody<'a> {
     room_bytes: usize,
 }
 
-/// `answer`, once what the client has already sent of a body left unread is taken and
-/// dropped, within the gRPC side's bound for refused calls (64 KiB, 100 ms): closing a
-/// connection with unread bytes resets it, and the client may lose the answer.
-async fn after_request<B>(
-    body: B,
-    answer: http::Response<Full<Bytes>>,
-) -> http::Response<Full<Bytes>>
-where
-    B: http_body::Body + Send,
-{
-    // The bound is the gRPC side's, kept in one place; the answer it takes is a stand-in.
-    rpc::answer_after_request(body, http::Response::new(tonic::body::Body::empty())).await;
-    answer
-}
-
 /// The access key id an `Authorization` header claims, when it is shaped like one (for the
 /// audit line of a refused signature).
 fn claimed_access_key(authorization: &str) -> Option<&str> {
@@ -417,10 +405,7 @@ fn grpc_frame(message: &[u8]) -> Bytes {
 }
 
 /// Headers of the gRPC answer carried over to the HTTP one: the cache's.
-const CARRIED_HEADERS: [&str; 2] = [
-    crate::rpc::CACHE_HEADER,
-    crate::rpc::CACHE_AGE_HEADER,
-];
+const CARRIED_HEADERS: [&str; 2] = [crate::rpc::CACHE_HEADER, crate::rpc::CACHE_AGE_HEADER];
 
 /// The HTTP answer of a gRPC answer.
 async fn answer_of(
