@@ -3,7 +3,9 @@
 //! play`, beside a stand-in application (grpcurl `FROM scratch`) at its own uid. Checked: the
 //! sidecar runs as uid 10001 with a read-only root filesystem, no capabilities and its state
 //! created in the state volume; the application's uid reads the key over the socket in the
-//! shared volume and may not change it; the health port answers SERVING; SIGTERM ends the
+//! shared volume and may not change it, and reads the key an operator puts in use (with the
+//! admin token rule rules.toml describes, which the test adds; over loopback TCP in the pod,
+//! where `kubectl port-forward` lands); the health port answers SERVING; SIGTERM ends the
 //! health watchers cleanly and the sidecar exits 0 within terminationGracePeriodSeconds; a
 //! restarted sidecar still serves the key set before. Also measured: the image's size and
 //! the sidecar's start to SERVING.
