@@ -966,6 +966,47 @@ async fn bodies_read_before_their_signature_is_known_share_a_budget() {
 }
 
 /// Bytes the server has written to its log and to `audit`.
+/// What 5,000 refused reads left behind.
+struct Written {
+    /// Every refusal is in the audit, one by one or in a summary.
+    accounted: bool,
+    /// Bytes the log and the audit file grew by.
+    grew: usize,
+    /// Refusals audited one by one, and in summaries.
+    each: usize,
+    summed: u64,
+    /// Refusals the metrics counted.
+    counted: f64,
+}
+
+/// After 5,000 refusals of GetEncryptionKey: an authenticated caller's mutation (audited
+/// whatever the refusals), then what was written, once the last summary is (a second after
+/// its first refusal; waited for at most 10 s).
+async fn after_5000_refusals(sidecar: &Sidecar, audit: &std::path::Path, before: usize) -> Written {
+    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(update_request(&arn))
+        .await
+        .unwrap();
+    let refused = |l: &serde_json::Value| l["code"] == "UNAUTHENTICATED";
+    let accounted = eventually(Duration::from_secs(10), || async {
+        let (each, summed) = refusals_audited(audit, refused);
+        each as u64 + summed == 5_000
+    })
+    .await;
+    let grew = written(sidecar, audit) - before;
+    let (each, summed) = refusals_audited(audit, refused);
+    Written {
+        accounted,
+        grew,
+        each,
+        summed,
+        counted: denials(sidecar, "GetEncryptionKey"),
+    }
+}
+
 fn written(sidecar: &Sidecar, audit: &std::path::Path) -> usize {
     sidecar.log().len() + std::fs::metadata(audit).map_or(0, |m| m.len() as usize)
 }
@@ -1059,24 +1100,13 @@ async fn five_thousand_bad_signatures_write_under_100_kb_of_log_and_audit_while_
         stream.read_exact(&mut body).await.unwrap();
         forbidden += usize::from(status.starts_with("HTTP/1.1 403"));
     }
-    // An authenticated caller's mutation, audited whatever the refusals.
-    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
-    sidecar
-        .admin_keys()
-        .await
-        .update_encryption_key(update_request(&arn))
-        .await
-        .unwrap();
-    let refused = |l: &serde_json::Value| l["code"] == "UNAUTHENTICATED";
-    // The last summary is written a second after its first refusal.
-    let accounted = eventually(Duration::from_secs(10), || async {
-        let (each, summed) = refusals_audited(&audit, refused);
-        each as u64 + summed == 5_000
-    })
-    .await;
-    let grew = written(&sidecar, &audit) - before;
-    let (each, summed) = refusals_audited(&audit, refused);
-    let counted = denials(&sidecar, "GetEncryptionKey");
+    let Written {
+        accounted,
+        grew,
+        each,
+        summed,
+        counted,
+    } = after_5000_refusals(&sidecar, &audit, before).await;
     println!(
         "5,000 bad signatures on one connection: {forbidden} answered 403, {counted} counted, \
          {each} audited one by one and {summed} in summaries; log and audit grew {grew} bytes"
@@ -1125,22 +1155,13 @@ async fn five_thousand_unknown_tokens_on_grpc_write_under_100_kb_of_log_and_audi
     while let Some(n) = calls.join_next().await {
         unauthenticated += n.unwrap();
     }
-    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
-    sidecar
-        .admin_keys()
-        .await
-        .update_encryption_key(update_request(&arn))
-        .await
-        .unwrap();
-    let refused = |l: &serde_json::Value| l["code"] == "UNAUTHENTICATED";
-    let accounted = eventually(Duration::from_secs(10), || async {
-        let (each, summed) = refusals_audited(&audit, refused);
-        each as u64 + summed == 5_000
-    })
-    .await;
-    let grew = written(&sidecar, &audit) - before;
-    let (each, summed) = refusals_audited(&audit, refused);
-    let counted = denials(&sidecar, "GetEncryptionKey");
+    let Written {
+        accounted,
+        grew,
+        each,
+        summed,
+        counted,
+    } = after_5000_refusals(&sidecar, &audit, before).await;
     println!(
         "5,000 unknown tokens on gRPC: {unauthenticated} answered UNAUTHENTICATED, {counted} \
          counted, {each} audited one by one and {summed} in summaries; log and audit grew \

@@ -409,13 +409,14 @@ async fn configured_identity_policies_decide_the_grant_profile() {
     assert_eq!(report.findings[1].requests.len(), 8, "{report:?}");
 }
 
-#[tokio::test]
-async fn a_configured_permissions_boundary_caps_the_identity_policies() {
-    let dir = tempfile::tempdir().unwrap();
+/// A sidecar configured with the codeguru-grants identity policy it renders, and a
+/// permissions boundary (files in `dir`) that allows everything but kms:RetireGrant; and
+/// that identity policy.
+async fn with_a_boundary_capping_retire_grant(dir: &std::path::Path) -> (Sidecar, String) {
     let rendered = Sidecar::start().rendered_policy("codeguru-grants").await;
-    let identity = dir.path().join("identity.json");
-    std::fs::write(&identity, rendered).unwrap();
-    let boundary = dir.path().join("boundary.json");
+    let identity = dir.join("identity.json");
+    std::fs::write(&identity, &rendered).unwrap();
+    let boundary = dir.join("boundary.json");
     std::fs::write(
         &boundary,
         r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "NotAction": "kms:RetireGrant", "Resource": "*"}]}"#,
@@ -424,6 +425,13 @@ async fn a_configured_permissions_boundary_caps_the_identity_policies() {
     let sidecar = Sidecar::start_with(&format!(
         "[verification]\nidentity_policy_files = [{identity:?}]\npermissions_boundary_file = {boundary:?}\n"
     ));
+    (sidecar, rendered)
+}
+
+#[tokio::test]
+async fn a_configured_permissions_boundary_caps_the_identity_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sidecar, _) = with_a_boundary_capping_retire_grant(dir.path()).await;
     let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
     let status = sidecar
         .admin_keys()
@@ -462,18 +470,7 @@ async fn a_configured_permissions_boundary_caps_the_identity_policies() {
 #[tokio::test]
 async fn inline_verification_by_a_read_only_caller_uses_only_what_it_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let rendered = Sidecar::start().rendered_policy("codeguru-grants").await;
-    let identity = dir.path().join("identity.json");
-    std::fs::write(&identity, &rendered).unwrap();
-    let boundary = dir.path().join("boundary.json");
-    std::fs::write(
-        &boundary,
-        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "NotAction": "kms:RetireGrant", "Resource": "*"}]}"#,
-    )
-    .unwrap();
-    let sidecar = Sidecar::start_with(&format!(
-        "[verification]\nidentity_policy_files = [{identity:?}]\npermissions_boundary_file = {boundary:?}\n"
-    ));
+    let (sidecar, rendered) = with_a_boundary_capping_retire_grant(dir.path()).await;
     let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
     let key_policy = sidecar
         .kms()
