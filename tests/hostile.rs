@@ -821,13 +821,7 @@ async fn a_flood_of_300_unsigned_1_mib_bodies_keeps_rss_growth_under_32_mb_and_t
         count + 8
     ));
     let door = sidecar.aws_api.unwrap();
-    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
-    sidecar
-        .admin_keys()
-        .await
-        .update_encryption_key(update_request(&arn))
-        .await
-        .unwrap();
+    let arn = sidecar.key_in_use().await;
     let client = door_client(&sidecar);
     assert_eq!(door_read(&client).await, arn);
     let (rss_before, peak_before) = (sidecar.rss_kib(), sidecar.peak_rss_kib());
@@ -883,13 +877,7 @@ async fn bodies_read_before_their_signature_is_known_share_a_budget() {
     use tokio::io::AsyncWriteExt;
     let sidecar = Sidecar::start_with("[connections]\nmax_per_peer_ip = 512\n");
     let door = sidecar.aws_api.unwrap();
-    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
-    sidecar
-        .admin_keys()
-        .await
-        .update_encryption_key(update_request(&arn))
-        .await
-        .unwrap();
+    let arn = sidecar.key_in_use().await;
     let (key_id, _) = sidecar.aws_key("inspector-keyd-admin");
     let mut headers = http::HeaderMap::new();
     headers.insert("host", door.to_string().parse().unwrap());
@@ -983,13 +971,7 @@ struct Written {
 /// whatever the refusals), then what was written, once the last summary is (a second after
 /// its first refusal; waited for at most 10 s).
 async fn after_5000_refusals(sidecar: &Sidecar, audit: &std::path::Path, before: usize) -> Written {
-    let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
-    sidecar
-        .admin_keys()
-        .await
-        .update_encryption_key(update_request(&arn))
-        .await
-        .unwrap();
+    sidecar.key_in_use().await;
     let refused = |l: &serde_json::Value| l["code"] == "UNAUTHENTICATED";
     let accounted = eventually(Duration::from_secs(10), || async {
         let (each, summed) = refusals_audited(audit, refused);

@@ -340,6 +340,17 @@ impl Sidecar {
         LocalKmsServiceClient::new(self.unix_channel().await)
     }
 
+    /// Creates a local key and puts it in use for Lambda code scanning, as admin; its ARN.
+    pub async fn key_in_use(&self) -> String {
+        let arn = self.create_key(proto::CreateKeyRequest::default()).await;
+        self.admin_keys()
+            .await
+            .update_encryption_key(update_request(&arn))
+            .await
+            .unwrap();
+        arn
+    }
+
     /// Creates a local key and returns its ARN.
     pub async fn create_key(&self, request: proto::CreateKeyRequest) -> String {
         self.kms()
