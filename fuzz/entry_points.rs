@@ -44,6 +44,7 @@ pub fn policy(data: &[u8]) {
         identity_policies: &identity_policies,
         identity_policies_complete: false,
         permissions_boundary: permissions_boundary.as_deref(),
+        trust: verify::access::Trust::default(),
     });
     // A failed verification always says why.
     assert!(

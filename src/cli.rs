@@ -290,6 +290,7 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode, ExitCode> {
         identity_policies: &identity_policies,
         identity_policies_complete: false,
         permissions_boundary: permissions_boundary.as_deref(),
+        trust: verify::access::Trust::default(),
     });
     match args.format {
         Format::Json => println!(

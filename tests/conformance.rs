@@ -199,6 +199,7 @@ fn run_profile(case: &Case, profile: &str) -> Result<(), String> {
         identity_policies: &identity,
         identity_policies_complete: case.identity_policies.is_some(),
         permissions_boundary: boundary.as_deref(),
+        trust: verify::access::Trust::default(),
     });
     let mut got: Vec<&str> = report.findings.iter().map(|f| f.code.as_str()).collect();
     got.sort_unstable();

@@ -85,6 +85,7 @@ fn verify_rendered(
         identity_policies: &identity,
         identity_policies_complete: false,
         permissions_boundary: None,
+        trust: verify::access::Trust::default(),
     })
 }
 
@@ -152,6 +153,7 @@ proptest! {
             identity_policies: std::slice::from_ref(&text),
             identity_policies_complete: true,
             permissions_boundary: Some(&text),
+            trust: verify::access::Trust::default(),
         });
         prop_assert!(!report.passed);
         let _ = verify::parse_describe_key(&text);
@@ -170,6 +172,7 @@ proptest! {
             identity_policies: std::slice::from_ref(&text),
             identity_policies_complete: true,
             permissions_boundary: Some(&text),
+            trust: verify::access::Trust::default(),
         });
         prop_assert!(!report.profile.is_empty());
     }
@@ -188,6 +191,7 @@ proptest! {
             identity_policies: std::slice::from_ref(&text),
             identity_policies_complete: true,
             permissions_boundary: Some(&text),
+            trust: verify::access::Trust::default(),
         });
         prop_assert_eq!(report.passed, report.findings.iter().all(|f| f.severity != verify::Severity::Error));
     }

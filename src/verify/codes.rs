@@ -100,6 +100,16 @@ finding_codes! {
     PublicPrincipal = "PUBLIC_PRINCIPAL", SecurityWarning;
     /// `Allow` to `q.amazonaws.com` without `aws:SourceAccount`/`aws:SourceArn`
     ServicePrincipalWithoutSource = "SERVICE_PRINCIPAL_WITHOUT_SOURCE", SecurityWarning;
+    /// `kms:Decrypt` allowed to `"*"` whatever the caller's account (a condition on `aws:SourceIp`
+    /// alone does not pin it), naming the statement and a witness request; also for the actions
+    /// that break scanning
+    PublicAccess = "PUBLIC_ACCESS", Error;
+    /// `kms:Decrypt` or `kms:ScheduleKeyDeletion` allowed to `arn:aws:iam::444455556666:root`, a
+    /// principal outside the account, its trusted accounts and its organization, with a witness
+    ExternalAccess = "EXTERNAL_ACCESS", SecurityWarning, "(ERROR with `verification.deny_external_access = true`)";
+    /// a statement the access summary could not analyse exactly (a policy variable, or more
+    /// combinations of values than the bound), naming it
+    AnalysisIncomplete = "ANALYSIS_INCOMPLETE", Warning;
     /// the ARN names no key in the backend
     KeyNotFound = "KEY_NOT_FOUND", Error;
     /// `…:key/mrk-1234abcd-…` (multi-Region ids with dashes, as moto makes)

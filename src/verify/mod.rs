@@ -3,6 +3,7 @@
 //!
 //! Finding codes are stable; docs/verification.md documents each with an example.
 
+pub mod access;
 mod codes;
 pub mod condition;
 pub mod eval;
@@ -117,6 +118,10 @@ pub struct Report {
     pub passed: bool,
     pub profile: String,
     pub findings: Vec<Finding>,
+    /// Who can read the code and who can break scanning; `None` when the key policy did
+    /// not parse.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<access::AccessSummary>,
 }
 
 impl Report {
@@ -126,6 +131,7 @@ impl Report {
             passed: !findings.iter().any(|f| f.severity == Severity::Error),
             profile: profile.into(),
             findings,
+            access: None,
         }
     }
 
@@ -158,6 +164,8 @@ pub struct Input<'a> {
     /// The principal's permissions boundary, as text; `None`: it has none (or it is not
     /// known). It caps what identity policies, and key-policy grants to a role, allow.
     pub permissions_boundary: Option<&'a str>,
+    /// Which accounts and organization are inside, for `EXTERNAL_ACCESS`.
+    pub trust: access::Trust<'a>,
 }
 
 /// Verifies a key and its policies for a profile.
@@ -223,6 +231,21 @@ pub fn verify(input: &Input<'_>) -> Report {
             boundary: boundary.as_ref(),
         };
         requirement_findings(input, &key_arn, &policies, &mut findings);
+        let summary = access::summarize(
+            &key_policy,
+            &access::Subject {
+                account_id: input.account_id,
+                key_arn: &key_arn,
+                principal_arn: Some(input.principal_arn),
+                identity_policies: supplied,
+                boundary: boundary.as_ref(),
+                trust: input.trust,
+            },
+        );
+        findings.extend(access::findings(&summary, input.trust));
+        let mut report = Report::new(input.profile.name(), findings);
+        report.access = Some(summary);
+        return report;
     }
     Report::new(input.profile.name(), findings)
 }
