@@ -4,6 +4,7 @@
 //! Finding codes are stable; docs/verification.md documents each with an example.
 
 pub mod access;
+pub mod classes;
 mod codes;
 pub mod condition;
 pub mod eval;
