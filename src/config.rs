@@ -403,6 +403,18 @@ pub struct VerificationConfig {
     pub lambda_profile: Option<String>,
     /// Profile for CODE + CODE_REPOSITORY. Default `amazon-q-code-repository`.
     pub code_repository_profile: Option<String>,
+    /// `EXTERNAL_ACCESS` is an ERROR, so the Update gate refuses a key whose policy lets a
+    /// principal outside the account, its trusted accounts and its organization read the
+    /// code or break scanning. Default false: a SECURITY_WARNING.
+    #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
+    pub deny_external_access: bool,
+    /// 12-digit account ids whose access to a key is not external, besides the sidecar's
+    /// own. Default none.
+    #[serde_as(as = "OneOrMany<_>")]
+    pub trusted_accounts: Vec<String>,
+    /// The AWS Organizations id (`o-` and 10 to 32 lowercase letters or digits) whose
+    /// principals' access is not external (`aws:PrincipalOrgID`). Default none.
+    pub organization_id: Option<String>,
 }
 
 /// Where the sidecar listens.
@@ -699,7 +711,8 @@ impl Config {
         self.check_placement()?;
         self.check_aws()?;
         self.check_more_than_zero()?;
-        self.check_principal()
+        self.check_principal()?;
+        self.check_trust()
     }
 
     /// The Region and account id, when set, are well formed.
@@ -818,6 +831,32 @@ impl Config {
                     message: e.to_string(),
                 }
             })?;
+        }
+        Ok(())
+    }
+
+    /// The trusted accounts are account ids, and the organization an Organizations id.
+    fn check_trust(&self) -> Result<(), ConfigError> {
+        let verification = &self.verification;
+        if let Some(account) = verification
+            .trusted_accounts
+            .iter()
+            .find(|account| !crate::domain::is_account_id(account))
+        {
+            return Err(ConfigError::Value {
+                key: "verification.trusted_accounts",
+                message: format!("holds `{account}`, which is not a 12-digit AWS account id"),
+            });
+        }
+        if let Some(organization) = &verification.organization_id
+            && !crate::domain::is_organization_id(organization)
+        {
+            return Err(ConfigError::Value {
+                key: "verification.organization_id",
+                message: format!(
+                    "`{organization}` is not an AWS Organizations id (`o-` and 10 to 32 lowercase letters or digits, such as o-a1b2c3d4e5)"
+                ),
+            });
         }
         Ok(())
     }
@@ -1191,6 +1230,69 @@ mod tests {
             err(&[("INSPECTOR_KEYD_VERIFICATION__PRINCIPAL_ARN", "role-ARN")])
                 .contains("`verification.principal_arn`")
         );
+        for account in ["44445555666", "4444555566667", "44445555666x", ""] {
+            let error = err(&[("INSPECTOR_KEYD_VERIFICATION__TRUSTED_ACCOUNTS", account)]);
+            assert!(
+                error.contains("`verification.trusted_accounts`")
+                    && error.contains(&format!("`{account}`")),
+                "{error}"
+            );
+        }
+        for organization in ["o-abc", "o-A1B2C3D4E5", "a1b2c3d4e5", "o-a1b2c3d4e5-", ""] {
+            let error = err(&[("INSPECTOR_KEYD_VERIFICATION__ORGANIZATION_ID", organization)]);
+            assert!(
+                error.contains("`verification.organization_id`"),
+                "{organization}: {error}"
+            );
+        }
+        assert!(
+            err(&[("INSPECTOR_KEYD_VERIFICATION__DENY_EXTERNAL_ACCESS", "yes")])
+                .contains("verification.deny_external_access")
+        );
+    }
+
+    #[test]
+    fn trust_settings() {
+        let settings = Settings::load(None, Vec::new()).unwrap();
+        let verification = &settings.config.verification;
+        assert!(!verification.deny_external_access);
+        assert!(verification.trusted_accounts.is_empty());
+        assert_eq!(verification.organization_id, None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.toml");
+        std::fs::write(
+            &path,
+            "[verification]\ndeny_external_access = true\ntrusted_accounts = [\"444455556666\", \"777788889999\"]\norganization_id = \"o-a1b2c3d4e5\"\n",
+        )
+        .unwrap();
+        let settings = Settings::load(Some(&path), Vec::new()).unwrap();
+        let verification = &settings.config.verification;
+        assert!(verification.deny_external_access);
+        assert_eq!(
+            verification.trusted_accounts,
+            ["444455556666", "777788889999"]
+        );
+        assert_eq!(
+            verification.organization_id.as_deref(),
+            Some("o-a1b2c3d4e5")
+        );
+
+        // The environment sets the flag as text and one trusted account.
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("INSPECTOR_KEYD_VERIFICATION__DENY_EXTERNAL_ACCESS", "true"),
+                (
+                    "INSPECTOR_KEYD_VERIFICATION__TRUSTED_ACCOUNTS",
+                    "444455556666",
+                ),
+            ]),
+        )
+        .unwrap();
+        let verification = &settings.config.verification;
+        assert!(verification.deny_external_access);
+        assert_eq!(verification.trusted_accounts, ["444455556666"]);
     }
 
     #[test]

@@ -405,6 +405,16 @@ pub fn is_account_id(account: &str) -> bool {
     account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// An AWS Organizations id: `o-` and 10 to 32 lowercase letters or digits.
+pub fn is_organization_id(id: &str) -> bool {
+    id.strip_prefix("o-").is_some_and(|rest| {
+        (10..=32).contains(&rest.len())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    })
+}
+
 /// The partition a Region belongs to.
 pub fn partition_of(region: &str) -> &'static str {
     if region.starts_with("cn-") {

@@ -181,7 +181,7 @@ impl From<ServiceError> for Status {
                 ],
             ),
             ServiceError::VerificationFailed { key, report } => {
-                verification_failed(key.as_str(), report)
+                verification_failed(key.as_str(), *report)
             }
             ServiceError::RoleRequired(refused) => refused.into(),
             error @ ServiceError::QuotaExceeded { retry_after } => retry(

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use inspector_keyd::{
     config::Settings,
-    domain::KeyArn,
+    domain::{self, KeyArn},
     proto,
     service::validation::{self, FieldViolation},
     verify::Profile,
@@ -46,6 +46,9 @@ fn config_key() -> impl Strategy<Value = String> {
         "verification.permissions_boundary_file",
         "verification.principal_arn",
         "verification.lambda_profile",
+        "verification.deny_external_access",
+        "verification.trusted_accounts",
+        "verification.organization_id",
         "local.fault_file",
         "nonsense",
         "cache.nonsense",
@@ -63,6 +66,8 @@ fn toml_value() -> impl Strategy<Value = String> {
             "\"aws\"",
             "\"us-east-1\"",
             "\"123456789012\"",
+            "[\"444455556666\"]",
+            "\"o-a1b2c3d4e5\"",
             "\"127.0.0.1:0\"",
             "\"0.0.0.0:8086\"",
             "\"https://kms.example.com\"",
@@ -134,6 +139,10 @@ proptest! {
                 prop_assert!(
                     listeners.unix_socket.is_some() || listeners.tcp.is_some() || listeners.tls.is_some()
                 );
+                // Who is trusted is well formed.
+                let verification = &settings.config.verification;
+                prop_assert!(verification.trusted_accounts.iter().all(|a| domain::is_account_id(a)));
+                prop_assert!(verification.organization_id.as_deref().is_none_or(domain::is_organization_id));
             }
             Err(e) => prop_assert!(!e.to_string().is_empty()),
         }

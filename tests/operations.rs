@@ -392,7 +392,7 @@ async fn next_events(
 }
 
 /// `verdict` is `whole` as a read-only watcher gets it: the same event, key and verdict, and
-/// no finding (no Sid, message or list of requests).
+/// no finding (no Sid, message or list of requests) and no access summary (who may decrypt).
 fn assert_verdict_only(
     verdict: &proto::WatchEncryptionKeyResponse,
     whole: &proto::WatchEncryptionKeyResponse,
@@ -400,6 +400,7 @@ fn assert_verdict_only(
     let expected = proto::WatchEncryptionKeyResponse {
         report: whole.report.clone().map(|r| proto::VerificationReport {
             findings: Vec::new(),
+            access: None,
             ..r
         }),
         time: verdict.time,

@@ -533,3 +533,307 @@ async fn inline_verification_by_a_read_only_caller_uses_only_what_it_sent() {
         "{report:?}"
     );
 }
+
+/// The access summary entry of `report` for `grantee_id`, which must be there.
+fn entry<'a>(report: &'a proto::VerificationReport, grantee_id: &str) -> &'a proto::AccessEntry {
+    let access = report
+        .access
+        .as_ref()
+        .expect("the report has an access summary");
+    access
+        .entries
+        .iter()
+        .find(|e| e.grantee.as_ref().is_some_and(|g| g.id == grantee_id))
+        .unwrap_or_else(|| panic!("no access entry for `{grantee_id}` in {report:?}"))
+}
+
+/// The findings of `report` with `code`.
+fn findings<'a>(report: &'a proto::VerificationReport, code: &str) -> Vec<&'a proto::Finding> {
+    report.findings.iter().filter(|f| f.code == code).collect()
+}
+
+/// The codes of `report`'s ERROR findings.
+fn errors(report: &proto::VerificationReport) -> Vec<&str> {
+    report
+        .findings
+        .iter()
+        .filter(|f| f.severity() == proto::Severity::Error)
+        .map(|f| f.code.as_str())
+        .collect()
+}
+
+/// The key policy the CODE + CODE_REPOSITORY profile needs (it passes alone), with
+/// `statement` added.
+async fn repository_policy_with(sidecar: &Sidecar, statement: serde_json::Value) -> String {
+    let rendered = sidecar.rendered_policy("amazon-q-code-repository").await;
+    let mut policy: serde_json::Value = serde_json::from_str(&rendered).unwrap();
+    policy["Statement"].as_array_mut().unwrap().push(statement);
+    serde_json::to_string_pretty(&policy).unwrap()
+}
+
+/// The Update gate's verdict on `arn` for CODE + CODE_REPOSITORY, without putting it in use:
+/// the report when it passes, the PreconditionFailure violations' types when it does not.
+async fn repository_gate(
+    sidecar: &Sidecar,
+    arn: &str,
+) -> Result<proto::VerificationReport, Vec<String>> {
+    let request = proto::UpdateEncryptionKeyRequest {
+        resource_type: REPOSITORY,
+        validate_only: true,
+        ..update_request(arn)
+    };
+    match sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(request)
+        .await
+    {
+        Ok(response) => Ok(response.into_inner().report.unwrap()),
+        Err(status) => {
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            Err(status
+                .get_error_details()
+                .precondition_failure()
+                .unwrap()
+                .violations
+                .iter()
+                .map(|v| v.r#type.clone())
+                .collect())
+        }
+    }
+}
+
+/// The access summary says who may decrypt with a stored key: callers who may verify the
+/// stored key (code-reader, admin) get it; a read-only caller may not verify it, and its
+/// Watch events carry the verdict alone, without findings or summary.
+#[tokio::test]
+async fn the_access_summary_is_code_reader_data() {
+    let sidecar = Sidecar::start();
+    let arn = sidecar.key_in_use().await;
+    // The local key's default policy allows the account's root everything.
+    let check = |report: &proto::VerificationReport| {
+        let account = entry(report, "111122223333");
+        let grantee = account.grantee.as_ref().unwrap();
+        assert_eq!(grantee.kind(), proto::GranteeKind::Account, "{report:?}");
+        assert!(grantee.description.contains("111122223333"), "{report:?}");
+        assert!(account.reads_code && account.breaks_scanning, "{report:?}");
+        for action in ["kms:Decrypt", "kms:ScheduleKeyDeletion"] {
+            assert!(account.actions.iter().any(|a| a == action), "{report:?}");
+        }
+        assert!(!account.external && !account.public, "{report:?}");
+        assert!(account.location.is_some(), "{report:?}");
+        let witness = account.witness.as_ref().expect("a witness");
+        assert!(account.actions.contains(&witness.action), "{report:?}");
+        assert_eq!(witness.resource, arn, "{report:?}");
+        assert!(!witness.description.is_empty(), "{report:?}");
+        assert!(findings(report, "EXTERNAL_ACCESS").is_empty(), "{report:?}");
+        assert!(findings(report, "PUBLIC_ACCESS").is_empty(), "{report:?}");
+    };
+    let by_arn = verify_request("codeguru-grants", Key::KmsKeyId(arn.clone()));
+    let report = verify_report(&mut sidecar.code_reader_keys().await, by_arn.clone()).await;
+    check(&report);
+    let gate = proto::UpdateEncryptionKeyRequest {
+        validate_only: true,
+        ..update_request(&arn)
+    };
+    let report = sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(gate)
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    check(&report);
+
+    // A read-only caller may not verify the stored key at all.
+    let status = sidecar
+        .read_only_keys()
+        .await
+        .verify_key_policy(by_arn)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "ROLE_REQUIRED");
+
+    // Watching the key in use: the admin's CURRENT event has the summary, the read-only
+    // watcher's the verdict alone.
+    let watch = proto::WatchEncryptionKeyRequest {
+        scan_type: CODE,
+        resource_type: LAMBDA,
+    };
+    let first = |mut client: proto::encryption_key_service_client::EncryptionKeyServiceClient<
+        tonic::transport::Channel,
+    >| async move {
+        let mut stream = client
+            .watch_encryption_key(watch)
+            .await
+            .unwrap()
+            .into_inner();
+        tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
+            .await
+            .expect("an event within 20 s")
+            .unwrap()
+            .expect("the stream is open")
+    };
+    let whole = first(sidecar.admin_keys().await).await;
+    assert_eq!(whole.r#type(), proto::KeyEventType::Current);
+    assert_eq!(whole.kms_key_id, arn);
+    check(whole.report.as_ref().expect("the key in use's report"));
+    let verdict = first(sidecar.read_only_keys().await).await;
+    assert_eq!(
+        (verdict.r#type(), verdict.kms_key_id.as_str()),
+        (proto::KeyEventType::Current, arn.as_str())
+    );
+    let report = verdict.report.expect("the verdict");
+    assert!(report.passed, "{report:?}");
+    assert_eq!(report.access, None, "{report:?}");
+    assert!(report.findings.is_empty(), "{report:?}");
+}
+
+/// `"Principal": "*"` allowed kms:Decrypt with no condition: anyone may read the code. The
+/// report fails (PUBLIC_ACCESS is an ERROR), inline and at the Update gate.
+#[tokio::test]
+async fn public_decrypt_is_public_access_and_fails_verification() {
+    let sidecar = Sidecar::start();
+    let policy = repository_policy_with(
+        &sidecar,
+        serde_json::json!({"Sid": "Public", "Effect": "Allow", "Principal": "*",
+            "Action": "kms:Decrypt", "Resource": "*"}),
+    )
+    .await;
+    let request = verify_request(
+        "amazon-q-code-repository",
+        Key::InlineKey(InlineKey {
+            key_policy: policy.clone(),
+            key_metadata_json: String::new(),
+        }),
+    );
+    let report = verify_report(&mut sidecar.read_only_keys().await, request).await;
+    assert!(!report.passed, "{report:?}");
+    // The statement is the only cause of failure.
+    let public = findings(&report, "PUBLIC_ACCESS");
+    assert_eq!(public.len(), 1, "{report:?}");
+    assert_eq!(public[0].severity(), proto::Severity::Error, "{report:?}");
+    assert_eq!(public[0].sid.as_deref(), Some("Public"), "{report:?}");
+    assert!(public[0].message.contains("kms:Decrypt"), "{report:?}");
+    assert!(public[0].fix.is_some(), "{report:?}");
+    assert_eq!(errors(&report), ["PUBLIC_ACCESS"], "{report:?}");
+    let anyone = entry(&report, "");
+    assert_eq!(
+        anyone.grantee.as_ref().unwrap().kind(),
+        proto::GranteeKind::Anyone,
+        "{report:?}"
+    );
+    assert_eq!(anyone.sid.as_deref(), Some("Public"));
+    assert_eq!(anyone.actions, ["kms:Decrypt"], "{report:?}");
+    assert!(
+        anyone.public && anyone.reads_code && !anyone.breaks_scanning,
+        "{report:?}"
+    );
+    assert!(anyone.conditions.is_empty(), "{report:?}");
+    assert_eq!(anyone.witness.as_ref().unwrap().action, "kms:Decrypt");
+
+    // The Update gate refuses such a key.
+    let arn = sidecar
+        .create_key(proto::CreateKeyRequest {
+            policy,
+            ..Default::default()
+        })
+        .await;
+    let refused = repository_gate(&sidecar, &arn).await.unwrap_err();
+    assert_eq!(refused, ["PUBLIC_ACCESS"]);
+}
+
+/// A stored key whose policy also lets account 444455556666 decrypt, verified by a sidecar
+/// started with `config`: the sidecar, the key's ARN and the code-reader's report.
+async fn external_decrypt(config: &str) -> (Sidecar, String, proto::VerificationReport) {
+    let sidecar = Sidecar::start_with(config);
+    let policy = repository_policy_with(
+        &sidecar,
+        serde_json::json!({"Sid": "PartnerDecrypt", "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::444455556666:root"},
+            "Action": "kms:Decrypt", "Resource": "*"}),
+    )
+    .await;
+    let arn = sidecar
+        .create_key(proto::CreateKeyRequest {
+            policy,
+            ..Default::default()
+        })
+        .await;
+    let report = verify_report(
+        &mut sidecar.code_reader_keys().await,
+        verify_request("amazon-q-code-repository", Key::KmsKeyId(arn.clone())),
+    )
+    .await;
+    (sidecar, arn, report)
+}
+
+/// Decrypt granted to another account is EXTERNAL_ACCESS: a SECURITY_WARNING by default, an
+/// ERROR the Update gate refuses with `verification.deny_external_access`, and nothing once
+/// the account is in `verification.trusted_accounts`.
+#[tokio::test]
+async fn another_accounts_decrypt_is_external_access_as_configured() {
+    // By default: a warning, and the key may be put in use.
+    let (sidecar, arn, report) = external_decrypt("").await;
+    let external = findings(&report, "EXTERNAL_ACCESS");
+    assert_eq!(external.len(), 1, "{report:?}");
+    assert_eq!(
+        external[0].severity(),
+        proto::Severity::SecurityWarning,
+        "{report:?}"
+    );
+    assert_eq!(external[0].sid.as_deref(), Some("PartnerDecrypt"));
+    assert!(external[0].message.contains("444455556666"), "{report:?}");
+    assert!(report.passed, "{report:?}");
+    let partner = entry(&report, "444455556666");
+    assert_eq!(
+        partner.grantee.as_ref().unwrap().kind(),
+        proto::GranteeKind::Account
+    );
+    assert!(partner.external && !partner.public, "{report:?}");
+    assert_eq!(partner.actions, ["kms:Decrypt"], "{report:?}");
+    let witness = partner.witness.as_ref().unwrap();
+    assert_eq!(
+        (
+            witness.account.as_deref(),
+            witness.action.as_str(),
+            witness.resource.as_str()
+        ),
+        (Some("444455556666"), "kms:Decrypt", arn.as_str()),
+        "{report:?}"
+    );
+    let gate = repository_gate(&sidecar, &arn).await.unwrap();
+    assert_eq!(findings(&gate, "EXTERNAL_ACCESS").len(), 1, "{gate:?}");
+    drop(sidecar);
+
+    // Denied: an ERROR, and the gate refuses the key for it alone.
+    let (sidecar, arn, report) =
+        external_decrypt("[verification]\ndeny_external_access = true\n").await;
+    let external = findings(&report, "EXTERNAL_ACCESS");
+    assert_eq!(external.len(), 1, "{report:?}");
+    assert_eq!(external[0].severity(), proto::Severity::Error, "{report:?}");
+    assert!(!report.passed, "{report:?}");
+    assert_eq!(errors(&report), ["EXTERNAL_ACCESS"], "{report:?}");
+    assert_eq!(
+        repository_gate(&sidecar, &arn).await.unwrap_err(),
+        ["EXTERNAL_ACCESS"]
+    );
+    drop(sidecar);
+
+    // Trusted, even with external access denied: the access is listed, not external.
+    let (sidecar, arn, report) = external_decrypt(
+        "[verification]\ndeny_external_access = true\ntrusted_accounts = [\"444455556666\"]\n",
+    )
+    .await;
+    assert!(
+        findings(&report, "EXTERNAL_ACCESS").is_empty(),
+        "{report:?}"
+    );
+    assert!(report.passed, "{report:?}");
+    let partner = entry(&report, "444455556666");
+    assert!(!partner.external && !partner.public, "{report:?}");
+    assert!(repository_gate(&sidecar, &arn).await.is_ok());
+}

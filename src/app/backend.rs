@@ -197,5 +197,10 @@ fn verification_settings(
         permissions_boundary,
         settings.lambda_profile,
         settings.code_repository_profile,
+    )
+    .with_trust(
+        verification.trusted_accounts.clone(),
+        verification.organization_id.clone(),
+        verification.deny_external_access,
     ))
 }

@@ -20,7 +20,10 @@ use crate::{
     metrics::Metrics,
     proto::{self, encryption_key_service_server::EncryptionKeyService},
     rpc,
-    verify::{self, Finding, RenderError, Report},
+    verify::{
+        self, Finding, RenderError, Report,
+        access::{AccessEntry, AccessSummary, Grantee, Witness},
+    },
 };
 
 /// The encryption-key service: reads through the cache, writes through it after
@@ -170,7 +173,10 @@ impl EncryptionKeys {
             .count_verification(&report.profile, report.passed);
         if !report.passed {
             tracing::info!(%target, key = %key, "update refused: the key failed verification");
-            return Err(ServiceError::VerificationFailed { key, report });
+            return Err(ServiceError::VerificationFailed {
+                key,
+                report: Box::new(report),
+            });
         }
         let applied = !request.validate_only;
         if applied {
@@ -281,8 +287,9 @@ impl EncryptionKeys {
 }
 
 /// How much of the key in use's verification a Watch stream tells its caller. The findings
-/// (Sids, public principals, the requests that may decrypt) are a stored key's verification,
-/// which only the method's `stored_key_role` may learn; below it, the verdict alone.
+/// (Sids, public principals, the requests that may decrypt) and the access summary (who may
+/// decrypt) are a stored key's verification, which only the method's `stored_key_role` may
+/// learn; below it, the verdict alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReportAudience {
     Whole,
@@ -300,10 +307,13 @@ impl ReportAudience {
     fn report(self, report: Report) -> proto::VerificationReport {
         match self {
             ReportAudience::Whole => report.into(),
+            // The access summary says who may decrypt with the key: code-reader data, as
+            // the findings are.
             ReportAudience::VerdictOnly => proto::VerificationReport {
                 passed: report.passed,
                 profile: report.profile,
                 findings: Vec::new(),
+                access: None,
             },
         }
     }
@@ -470,6 +480,88 @@ impl From<Report> for proto::VerificationReport {
             passed: report.passed,
             profile: report.profile,
             findings: report.findings.into_iter().map(Into::into).collect(),
+            access: report.access.map(Into::into),
+        }
+    }
+}
+
+impl From<verify::Location> for proto::Location {
+    fn from(location: verify::Location) -> proto::Location {
+        proto::Location {
+            path: location.path,
+            line: location.line,
+            column: location.column,
+        }
+    }
+}
+
+impl From<AccessSummary> for proto::AccessSummary {
+    fn from(summary: AccessSummary) -> proto::AccessSummary {
+        proto::AccessSummary {
+            entries: summary.entries.into_iter().map(Into::into).collect(),
+            incomplete: summary
+                .incomplete
+                .into_iter()
+                .map(|gap| proto::AnalysisGap {
+                    sid: gap.sid,
+                    location: Some(gap.location.into()),
+                    reason: gap.reason,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<Grantee> for proto::Grantee {
+    fn from(grantee: Grantee) -> proto::Grantee {
+        use proto::GranteeKind as K;
+        let description = grantee.describe();
+        let (kind, id) = match grantee {
+            Grantee::Principal { arn } => (K::Principal, arn),
+            Grantee::Account { account_id } => (K::Account, account_id),
+            Grantee::Service { service } => (K::Service, service),
+            Grantee::Anyone => (K::Anyone, String::new()),
+        };
+        proto::Grantee {
+            kind: kind.into(),
+            id,
+            description,
+        }
+    }
+}
+
+impl From<AccessEntry> for proto::AccessEntry {
+    fn from(entry: AccessEntry) -> proto::AccessEntry {
+        proto::AccessEntry {
+            grantee: Some(entry.grantee.into()),
+            actions: entry.actions,
+            reads_code: entry.reads_code,
+            breaks_scanning: entry.breaks_scanning,
+            conditions: entry.conditions,
+            except_denied_by: entry.except_denied_by,
+            sid: entry.sid,
+            location: Some(entry.location.into()),
+            external: entry.external,
+            public: entry.public,
+            witness: Some(entry.witness.into()),
+        }
+    }
+}
+
+impl From<Witness> for proto::Witness {
+    fn from(witness: Witness) -> proto::Witness {
+        let description = witness.describe();
+        proto::Witness {
+            caller: witness.caller,
+            account: witness.account,
+            action: witness.action,
+            resource: witness.resource,
+            context: witness
+                .context
+                .into_iter()
+                .map(|(key, values)| proto::ContextValue { key, values })
+                .collect(),
+            description,
         }
     }
 }
@@ -488,11 +580,7 @@ impl From<Finding> for proto::Finding {
             severity: severity.into(),
             message: finding.message,
             sid: finding.sid,
-            location: finding.location.map(|l| proto::Location {
-                path: l.path,
-                line: l.line,
-                column: l.column,
-            }),
+            location: finding.location.map(Into::into),
             fix: finding.fix,
             requests: finding.requests,
         }

@@ -171,7 +171,7 @@ impl KeyVerifier {
             identity_policies,
             identity_policies_complete,
             permissions_boundary,
-            trust: verify::access::Trust::default(),
+            trust: self.settings.trust(),
         });
         match sources {
             Sources::Iam(Ok(policies)) => name_sources(&mut report, policies),

@@ -31,9 +31,11 @@ pub enum ServiceError {
     /// No customer managed key is set: the AWS owned key is in use.
     #[error("no customer managed key is set for {0}; the AWS owned key is in use")]
     AwsOwnedKey(Target),
-    /// Verification found at least one ERROR; nothing was changed.
+    /// Verification found at least one ERROR; nothing was changed. The report is boxed: it
+    /// is the largest thing an error carries, and every `Result` of the service would be as
+    /// large as it.
     #[error("key `{key}` failed verification")]
-    VerificationFailed { key: KeyArn, report: Report },
+    VerificationFailed { key: KeyArn, report: Box<Report> },
     /// The call is about a stored key, which needs more than the caller's role.
     #[error(transparent)]
     RoleRequired(#[from] crate::rpc::RoleRequired),

@@ -5,7 +5,7 @@
 use crate::domain::{ResourceType, Target};
 
 use super::{
-    Profile,
+    Profile, access,
     policy::{Document, DocumentKind, Policy, analyze},
 };
 
@@ -29,6 +29,13 @@ pub struct VerificationSettings {
     pub parsed_permissions_boundary: Option<Policy>,
     pub lambda_profile: Profile,
     pub code_repository_profile: Profile,
+    /// Accounts whose access to a key is not external, besides the sidecar's own.
+    pub trusted_accounts: Vec<String>,
+    /// The AWS Organizations id whose principals' access is not external; `None`: none.
+    pub organization_id: Option<String>,
+    /// `EXTERNAL_ACCESS` is an ERROR (the Update gate refuses the key) rather than a
+    /// SECURITY_WARNING.
+    pub deny_external_access: bool,
 }
 
 impl VerificationSettings {
@@ -73,6 +80,34 @@ impl VerificationSettings {
             parsed_permissions_boundary,
             lambda_profile,
             code_repository_profile,
+            trusted_accounts: Vec::new(),
+            organization_id: None,
+            deny_external_access: false,
+        }
+    }
+
+    /// The same settings with these accounts and organization trusted, and external access
+    /// an ERROR when `deny_external_access`.
+    pub fn with_trust(
+        self,
+        trusted_accounts: Vec<String>,
+        organization_id: Option<String>,
+        deny_external_access: bool,
+    ) -> VerificationSettings {
+        VerificationSettings {
+            trusted_accounts,
+            organization_id,
+            deny_external_access,
+            ..self
+        }
+    }
+
+    /// Who is inside, for the access summary's `EXTERNAL_ACCESS`.
+    pub fn trust(&self) -> access::Trust<'_> {
+        access::Trust {
+            trusted_accounts: &self.trusted_accounts,
+            organization_id: self.organization_id.as_deref(),
+            deny_external_access: self.deny_external_access,
         }
     }
 
