@@ -1,5 +1,8 @@
 //! The command line: `serve`, and the verification library offline (`policy verify`,
-//! `policy render`) for CI pipelines and people.
+//! `policy render`, and `policy access` and `policy diff` in [`access`]) for CI pipelines
+//! and people.
+
+mod access;
 
 use std::{fmt::Write as _, io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
@@ -9,7 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     authz::Rules,
     config::Settings,
-    verify::{self, Profile, Report, Severity},
+    domain::{is_account_id, is_organization_id},
+    verify::{self, Finding, Profile, Report, Severity},
 };
 
 #[derive(Parser)]
@@ -41,7 +45,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         ready_file: Option<PathBuf>,
     },
-    /// Verify or render key policies offline.
+    /// Verify, render, summarize or compare key policies offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Check configuration without starting the server.
@@ -76,6 +80,15 @@ pub enum PolicyCommand {
     Verify(VerifyArgs),
     /// Print the policy a profile needs, merged into an existing one when given.
     Render(RenderArgs),
+    /// Who can read the code and who can break scanning, with a request that shows each.
+    /// Exit 0: no access from outside the account (its trusted accounts and organization);
+    /// 1: external or public access, or a statement not analysed; 2: usage error, or a
+    /// policy that cannot be read or has errors.
+    Access(access::AccessArgs),
+    /// The access a new key policy allows that the old did not, and the access it removes.
+    /// Exit 0: no new access; 1: new access, or a statement not analysed; 2: usage error,
+    /// or a policy that cannot be read or has errors.
+    Diff(access::DiffArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -119,10 +132,57 @@ pub struct Target {
     principal_arn: String,
 }
 
+/// Which accounts and organization are inside, besides the key's account.
+#[derive(Args)]
+pub struct TrustArgs {
+    /// An account whose access is not external (12-digit id); repeat for several.
+    #[arg(long = "trusted-account", value_name = "ID", value_parser = account_id_arg)]
+    trusted_accounts: Vec<String>,
+    /// The AWS Organizations id whose principals' access is not external (`o-…`).
+    #[arg(long, value_name = "ID", value_parser = organization_id_arg)]
+    organization_id: Option<String>,
+}
+
+impl TrustArgs {
+    fn trust(&self, deny_external_access: bool) -> verify::access::Trust<'_> {
+        verify::access::Trust {
+            trusted_accounts: &self.trusted_accounts,
+            organization_id: self.organization_id.as_deref(),
+            deny_external_access,
+        }
+    }
+}
+
+/// `--trusted-account`, `--account`: a 12-digit account id.
+fn account_id_arg(value: &str) -> Result<String, String> {
+    if is_account_id(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("`{value}` is not a 12-digit AWS account id"))
+    }
+}
+
+/// `--organization-id`: an AWS Organizations id.
+fn organization_id_arg(value: &str) -> Result<String, String> {
+    if is_organization_id(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "`{value}` is not an AWS Organizations id (`o-` and 10 to 32 lowercase letters or digits, such as o-a1b2c3d4e5)"
+        ))
+    }
+}
+
 #[derive(Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Report access from outside the account (EXTERNAL_ACCESS) as an error, not a
+    /// security warning.
+    #[arg(long)]
+    deny_external_access: bool,
     /// The key policy (JSON).
     #[arg(long, value_name = "FILE")]
     key_policy: PathBuf,
@@ -245,6 +305,22 @@ fn check_config(args: &ConfigCheckArgs) -> Result<Vec<String>, String> {
     Ok(notes)
 }
 
+/// Writes `text` to standard output. A reader that went away (`| head`) is no reason to
+/// panic, so a failed write is ignored.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Writes `value` as pretty JSON and a newline to standard output.
+fn emit_json(value: &impl serde::Serialize) {
+    emit(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    ));
+}
+
 /// A usage or input problem: exit code 2.
 fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("inspector-keyd: {message}");
@@ -260,6 +336,8 @@ pub fn policy(command: PolicyCommand) -> ExitCode {
     match command {
         PolicyCommand::Verify(args) => verify_command(args).unwrap_or_else(|code| code),
         PolicyCommand::Render(args) => render_command(args).unwrap_or_else(|code| code),
+        PolicyCommand::Access(args) => access::access_command(args).unwrap_or_else(|code| code),
+        PolicyCommand::Diff(args) => access::diff_command(args).unwrap_or_else(|code| code),
     }
 }
 
@@ -290,13 +368,10 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode, ExitCode> {
         identity_policies: &identity_policies,
         identity_policies_complete: false,
         permissions_boundary: permissions_boundary.as_deref(),
-        trust: verify::access::Trust::default(),
+        trust: args.trust.trust(args.deny_external_access),
     });
     match args.format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        ),
+        Format::Json => emit_json(&report),
         Format::Text => {
             let mut sources = vec![("key_policy".to_owned(), key_policy.as_str())];
             sources.extend(
@@ -308,9 +383,7 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode, ExitCode> {
             if let Some(boundary) = &permissions_boundary {
                 sources.push(("permissions_boundary".to_owned(), boundary.as_str()));
             }
-            // Colour only on a terminal, and never with NO_COLOR set.
-            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            print!("{}", text_report(&report, &sources, color));
+            emit(&text_report(&report, &sources, stdout_color()));
         }
     }
     Ok(if report.passed {
@@ -331,8 +404,18 @@ fn render_command(args: RenderArgs) -> Result<ExitCode, ExitCode> {
         existing.as_deref(),
     )
     .map_err(usage_error)?;
-    println!("{policy}");
+    emit(&format!("{policy}\n"));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Colour on standard output: only on a terminal, and never with NO_COLOR set.
+fn stdout_color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Colour on standard error: only on a terminal, and never with NO_COLOR set.
+fn stderr_color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// The label and level of a severity in the text report.
@@ -395,13 +478,43 @@ pub type Sources<'a> = [(String, &'a str)];
 /// policy with a caret under the value; the requests it affects; the fix), then a summary
 /// line. `color`: ANSI colours, for a terminal.
 pub fn text_report(report: &Report, sources: &Sources<'_>, color: bool) -> String {
+    let mut out = diagnostics(&report.findings, sources, color);
+    let counts: Vec<String> = [
+        (Severity::Error, "error"),
+        (Severity::SecurityWarning, "security warning"),
+        (Severity::Warning, "warning"),
+        (Severity::Suggestion, "suggestion"),
+    ]
+    .iter()
+    .map(|&(severity, noun)| {
+        let n = report
+            .findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .count();
+        format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+    })
+    .collect();
+    let _ = writeln!(
+        out,
+        "{} (profile {}): {}",
+        if report.passed { "PASSED" } else { "FAILED" },
+        report.profile,
+        counts.join(", ")
+    );
+    out
+}
+
+/// Each finding as a diagnostic: severity, code and message; the offending line of the
+/// policy with a caret under the value; the requests it affects; the fix.
+fn diagnostics(findings: &[Finding], sources: &Sources<'_>, color: bool) -> String {
     let renderer = if color {
         Renderer::styled()
     } else {
         Renderer::plain()
     };
     let mut out = String::new();
-    for f in &report.findings {
+    for f in findings {
         let mut group = Group::with_title(
             severity_level(f.severity)
                 .primary_title(f.message.as_str())
@@ -453,28 +566,5 @@ pub fn text_report(report: &Report, sources: &Sources<'_>, color: bool) -> Strin
         }
         let _ = writeln!(out, "{}\n", renderer.render(&[group]));
     }
-    let counts: Vec<String> = [
-        (Severity::Error, "error"),
-        (Severity::SecurityWarning, "security warning"),
-        (Severity::Warning, "warning"),
-        (Severity::Suggestion, "suggestion"),
-    ]
-    .iter()
-    .map(|&(severity, noun)| {
-        let n = report
-            .findings
-            .iter()
-            .filter(|f| f.severity == severity)
-            .count();
-        format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
-    })
-    .collect();
-    let _ = writeln!(
-        out,
-        "{} (profile {}): {}",
-        if report.passed { "PASSED" } else { "FAILED" },
-        report.profile,
-        counts.join(", ")
-    );
     out
 }

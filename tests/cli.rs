@@ -170,7 +170,7 @@ fn policy_render_then_verify_passes_for_every_profile() {
         assert_eq!(verified.status.code(), Some(0), "{profile}: {stdout}");
         let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         let keys: Vec<&String> = report.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["passed", "profile", "findings"]);
+        assert_eq!(keys, ["passed", "profile", "findings", "access"]);
         assert_eq!(report["passed"], true);
         assert_eq!(report["profile"], profile);
         for finding in report["findings"].as_array().unwrap() {
@@ -442,6 +442,108 @@ fn policy_usage_errors_exit_2() {
                 "key.json",
             ],
             "not DescribeKey output",
+        ),
+        (
+            vec![
+                "verify",
+                "--profile",
+                "amazon-q-lambda",
+                "--region",
+                "eu-west-1",
+                "--account",
+                ACCOUNT,
+                "--principal-arn",
+                ROLE,
+                "--key-policy",
+                "key.json",
+                "--trusted-account",
+                "44445555666",
+            ],
+            "invalid value '44445555666' for '--trusted-account <ID>': `44445555666` is not a 12-digit AWS account id",
+        ),
+        (
+            vec![
+                "verify",
+                "--profile",
+                "amazon-q-lambda",
+                "--region",
+                "eu-west-1",
+                "--account",
+                ACCOUNT,
+                "--principal-arn",
+                ROLE,
+                "--key-policy",
+                "key.json",
+                "--organization-id",
+                "o-ABCDEFGHIJ",
+            ],
+            "for '--organization-id <ID>': `o-ABCDEFGHIJ` is not an AWS Organizations id",
+        ),
+        (
+            vec![
+                "access",
+                "--key-policy",
+                "key.json",
+                "--region",
+                "eu-west-1",
+                "--account",
+                ACCOUNT,
+                "--organization-id",
+                "o-abc",
+            ],
+            "for '--organization-id <ID>'",
+        ),
+        (
+            vec![
+                "access",
+                "--key-policy",
+                "key.json",
+                "--region",
+                "eu-west-1",
+                "--account",
+                "12345678901x",
+            ],
+            "for '--account <ID>'",
+        ),
+        (
+            vec![
+                "access",
+                "--key-policy",
+                "key.json",
+                "--region",
+                "eu-west-1",
+                "--account",
+                ACCOUNT,
+                "--key-arn",
+                "arn:aws:kms:eu-west-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            ],
+            "is a key of account 444455556666, not of --account 123456789012",
+        ),
+        (
+            vec![
+                "access",
+                "--key-policy",
+                "key.json",
+                "--region",
+                "eu-west-1",
+                "--account",
+                ACCOUNT,
+                "--identity-policy",
+                "key.json",
+            ],
+            "--principal-arn",
+        ),
+        (
+            vec![
+                "diff",
+                "missing.json",
+                "key.json",
+                "--region",
+                "eu-west-1",
+                "--account",
+                ACCOUNT,
+            ],
+            "cannot read `missing.json`",
         ),
     ];
     for (args, message) in cases {
@@ -816,4 +918,444 @@ async fn the_socket_has_the_configured_mode_also_when_it_replaces_a_stale_one() 
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The Amazon Q Lambda profile's key policy, as `policy render` prints it, parsed.
+fn rendered_lambda_policy(dir: &std::path::Path) -> serde_json::Value {
+    let rendered = run(dir, "render", "amazon-q-lambda", &[]);
+    assert_eq!(
+        rendered.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    serde_json::from_slice(&rendered.stdout).unwrap()
+}
+
+/// The policy with `statement` added at the end.
+fn with_statement(policy: &serde_json::Value, statement: serde_json::Value) -> serde_json::Value {
+    let mut policy = policy.clone();
+    policy["Statement"].as_array_mut().unwrap().push(statement);
+    policy
+}
+
+fn write_json(dir: &std::path::Path, name: &str, value: &serde_json::Value) {
+    std::fs::write(dir.join(name), serde_json::to_string_pretty(value).unwrap()).unwrap();
+}
+
+/// `policy <sub> <args> --account ACCOUNT --region eu-west-1`.
+fn for_the_key(dir: &std::path::Path, sub: &str, args: &[&str]) -> Output {
+    let mut all = vec![sub];
+    all.extend(args);
+    all.extend(["--account", ACCOUNT, "--region", "eu-west-1"]);
+    policy(&all, dir)
+}
+
+/// stdout as text, and the exit code checked against `code` (showing stdout and stderr).
+fn stdout_with_code(output: &Output, code: i32) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The lines of a text summary under `heading`, up to the next blank line.
+fn section<'a>(text: &'a str, heading: &str) -> Vec<&'a str> {
+    text.lines()
+        .skip_while(|l| *l != heading)
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect()
+}
+
+/// The statement that lets another account decrypt with the key.
+fn partner_statement() -> serde_json::Value {
+    serde_json::json!({
+        "Sid": "Partner", "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::444455556666:root"},
+        "Action": "kms:Decrypt", "Resource": "*"
+    })
+}
+
+#[test]
+fn policy_access_lists_who_reads_the_code_and_who_breaks_scanning() {
+    let dir = tempfile::tempdir().unwrap();
+    write_json(dir.path(), "key.json", &rendered_lambda_policy(dir.path()));
+
+    let output = for_the_key(dir.path(), "access", &["--key-policy", "key.json"]);
+    let text = stdout_with_code(&output, 0);
+    let reads = section(&text, "Reads the code");
+    let breaks = section(&text, "Breaks scanning");
+    let entry = |lines: &[&str], who: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(&format!("  {who}")))
+            .unwrap_or_else(|| panic!("no entry for {who}:\n{text}"))
+    };
+    // Each entry is one line, its witness the next.
+    for who in [
+        "service q.amazonaws.com",
+        ROLE,
+        "IAM principals of 123456789012",
+    ] {
+        let at = entry(&reads, who);
+        assert!(reads[at].contains("kms:Decrypt"), "{text}");
+        assert!(
+            reads[at + 1].trim_start().starts_with("witness: "),
+            "{text}"
+        );
+    }
+    // The service's entry shows its conditions and its statement.
+    let service = reads[entry(&reads, "service q.amazonaws.com")];
+    assert!(
+        service.contains("StringEquals") && service.contains("aws:SourceAccount"),
+        "{service}"
+    );
+    assert!(
+        service.contains("Sid \"Allow Amazon Q to encrypt and decrypt Lambda code snippets\""),
+        "{service}"
+    );
+    assert!(service.contains("line "), "{service}");
+    // The account's administrators may also break scanning; the role and the service not.
+    let account = breaks[entry(&breaks, "IAM principals of 123456789012")];
+    assert!(account.contains("kms:ScheduleKeyDeletion"), "{text}");
+    assert!(!account.contains("kms:Decrypt"), "{text}");
+    assert!(
+        !breaks
+            .iter()
+            .any(|l| l.starts_with("  service ") || l.starts_with(&format!("  {ROLE}"))),
+        "{text}"
+    );
+    assert!(
+        !text.contains("[external]") && !text.contains("[public]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "not a terminal: no colour\n{text}"
+    );
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with("no external or public access: "),
+        "{text}"
+    );
+
+    let output = for_the_key(
+        dir.path(),
+        "access",
+        &["--key-policy", "key.json", "--format", "json"],
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout_with_code(&output, 0)).unwrap();
+    assert_eq!(summary["external"], false, "{summary:#}");
+    assert_eq!(summary["public"], false, "{summary:#}");
+    let entries = summary["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["grantee"]
+            == serde_json::json!({"kind": "service", "service": "q.amazonaws.com"})
+            && e["reads_code"] == true),
+        "{summary:#}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["grantee"] == serde_json::json!({"kind": "principal", "arn": ROLE})),
+        "{summary:#}"
+    );
+    for entry in entries {
+        assert_eq!(entry["external"], false, "{entry:#}");
+        assert!(entry["witness"]["action"].is_string(), "{entry:#}");
+    }
+}
+
+#[test]
+fn policy_access_reports_another_account_as_external_unless_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = with_statement(&rendered_lambda_policy(dir.path()), partner_statement());
+    write_json(dir.path(), "key.json", &policy);
+
+    let output = for_the_key(dir.path(), "access", &["--key-policy", "key.json"]);
+    let text = stdout_with_code(&output, 1);
+    let partner = text
+        .lines()
+        .find(|l| l.contains("444455556666") && l.contains("Sid \"Partner\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(partner.contains("kms:Decrypt"), "{text}");
+    assert!(partner.ends_with("[external]"), "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with("EXTERNAL ACCESS: "),
+        "{text}"
+    );
+
+    let output = for_the_key(
+        dir.path(),
+        "access",
+        &["--key-policy", "key.json", "--format", "json"],
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout_with_code(&output, 1)).unwrap();
+    assert_eq!(summary["external"], true, "{summary:#}");
+    assert_eq!(summary["public"], false, "{summary:#}");
+    let external: Vec<&serde_json::Value> = summary["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["external"] == true)
+        .collect();
+    assert_eq!(external.len(), 1, "{summary:#}");
+    assert_eq!(external[0]["sid"], "Partner");
+    assert_eq!(external[0]["actions"], serde_json::json!(["kms:Decrypt"]));
+    assert_eq!(external[0]["witness"]["action"], "kms:Decrypt");
+    assert_eq!(external[0]["witness"]["account"], "444455556666");
+
+    // Trusted, the account is inside.
+    let output = for_the_key(
+        dir.path(),
+        "access",
+        &[
+            "--key-policy",
+            "key.json",
+            "--trusted-account",
+            "444455556666",
+            "--format",
+            "json",
+        ],
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout_with_code(&output, 0)).unwrap();
+    assert_eq!(summary["external"], false, "{summary:#}");
+    assert!(
+        summary["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["sid"] == "Partner"),
+        "still listed: {summary:#}"
+    );
+}
+
+#[test]
+fn policy_access_reports_anyone_pinned_only_by_source_ip_as_public() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = with_statement(
+        &rendered_lambda_policy(dir.path()),
+        serde_json::json!({
+            "Sid": "FromTheOffice", "Effect": "Allow", "Principal": "*",
+            "Action": "kms:Decrypt", "Resource": "*",
+            "Condition": {"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}}
+        }),
+    );
+    write_json(dir.path(), "key.json", &policy);
+
+    let output = for_the_key(dir.path(), "access", &["--key-policy", "key.json"]);
+    let text = stdout_with_code(&output, 1);
+    let anyone = text
+        .lines()
+        .find(|l| l.starts_with("  anyone") && l.contains("Sid \"FromTheOffice\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(anyone.contains("aws:SourceIp"), "{text}");
+    assert!(anyone.contains("[public]"), "{text}");
+    assert!(
+        text.lines().last().unwrap().starts_with("PUBLIC ACCESS: "),
+        "{text}"
+    );
+
+    let output = for_the_key(
+        dir.path(),
+        "access",
+        &["--key-policy", "key.json", "--format", "json"],
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout_with_code(&output, 1)).unwrap();
+    assert_eq!(summary["public"], true, "{summary:#}");
+    assert_eq!(summary["external"], true, "{summary:#}");
+}
+
+#[test]
+fn policy_access_and_diff_refuse_a_policy_that_does_not_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    write_json(dir.path(), "key.json", &rendered_lambda_policy(dir.path()));
+    std::fs::write(
+        dir.path().join("broken.json"),
+        "{\n  \"Version\": \"2012-10-17\",\n  \"Statement\": [,]\n}",
+    )
+    .unwrap();
+    for args in [
+        vec!["access", "--key-policy", "broken.json"],
+        vec!["diff", "key.json", "broken.json"],
+    ] {
+        let output = for_the_key(dir.path(), args[0], &args[1..]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+        assert!(stderr.contains("error[POLICY_INVALID_JSON]"), "{stderr}");
+        assert!(
+            stderr.contains("`broken.json`") && stderr.contains("is not a usable key policy"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains('\u{1b}'), "{stderr}");
+    }
+    // An identity policy with a Sid IAM refuses is an error in it.
+    std::fs::write(
+        dir.path().join("identity.json"),
+        r#"{"Version": "2012-10-17", "Statement": [{"Sid": "not alphanumeric", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    let output = for_the_key(
+        dir.path(),
+        "access",
+        &[
+            "--key-policy",
+            "key.json",
+            "--principal-arn",
+            ROLE,
+            "--identity-policy",
+            "identity.json",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("error[INVALID_SID]"), "{stderr}");
+    assert!(
+        stderr.contains("`identity.json` (identity_policies[0]) is not a usable identity policy"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn policy_diff_reports_only_the_access_a_change_adds() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = rendered_lambda_policy(dir.path());
+    write_json(dir.path(), "old.json", &policy);
+    // The same statements in another order add nothing.
+    let mut reordered = policy.clone();
+    reordered["Statement"].as_array_mut().unwrap().reverse();
+    write_json(dir.path(), "reordered.json", &reordered);
+    let output = for_the_key(
+        dir.path(),
+        "diff",
+        &["old.json", "reordered.json", "--format", "json"],
+    );
+    let diff: serde_json::Value = serde_json::from_str(&stdout_with_code(&output, 0)).unwrap();
+    assert_eq!(diff["new_access"], serde_json::json!([]), "{diff:#}");
+    assert_eq!(diff["removed_access"], serde_json::json!([]), "{diff:#}");
+    let output = for_the_key(dir.path(), "diff", &["old.json", "reordered.json"]);
+    let text = stdout_with_code(&output, 0);
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with("no new access: 0 new, 0 removed"),
+        "{text}"
+    );
+
+    // kms:ViaService from StringEquals to StringLike "*": the role may decrypt through any
+    // service, not only Inspector.
+    let mut widened = policy.clone();
+    let statements = widened["Statement"].as_array_mut().unwrap();
+    let fas = statements
+        .iter_mut()
+        .find(|s| {
+            s["Sid"] == "Allow Inspector to encrypt and decrypt Lambda code snippets using FAS"
+        })
+        .unwrap();
+    let condition = fas["Condition"].as_object_mut().unwrap();
+    let equals = condition["StringEquals"].as_object_mut().unwrap();
+    equals.remove("kms:ViaService").unwrap();
+    assert!(equals.is_empty());
+    condition.remove("StringEquals");
+    condition["StringLike"]
+        .as_object_mut()
+        .unwrap()
+        .insert("kms:ViaService".into(), "*".into());
+    write_json(dir.path(), "new.json", &widened);
+    let output = for_the_key(
+        dir.path(),
+        "diff",
+        &["old.json", "new.json", "--format", "json"],
+    );
+    let diff: serde_json::Value = serde_json::from_str(&stdout_with_code(&output, 1)).unwrap();
+    let new_access = diff["new_access"].as_array().unwrap();
+    assert!(!new_access.is_empty(), "{diff:#}");
+    for entry in new_access {
+        assert_eq!(
+            entry["grantee"],
+            serde_json::json!({"kind": "principal", "arn": ROLE}),
+            "{diff:#}"
+        );
+        assert_eq!(
+            entry["sid"],
+            "Allow Inspector to encrypt and decrypt Lambda code snippets using FAS"
+        );
+        // The witness goes through some other service than Inspector.
+        let via = entry["witness"]["context"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("kms:ViaService"))
+            .map(|(_, v)| v.clone());
+        assert_ne!(
+            via,
+            Some(serde_json::json!(["inspector2.eu-west-1.amazonaws.com"])),
+            "{diff:#}"
+        );
+    }
+    assert_eq!(diff["removed_access"], serde_json::json!([]), "{diff:#}");
+    let output = for_the_key(dir.path(), "diff", &["old.json", "new.json"]);
+    let text = stdout_with_code(&output, 1);
+    let new = section(&text, "New access (allowed by new.json, not by old.json)");
+    assert!(
+        new.first()
+            .is_some_and(|l| l.starts_with(&format!("  {ROLE}:"))),
+        "{text}"
+    );
+    assert!(
+        new.get(1)
+            .is_some_and(|l| l.trim_start().starts_with("witness: ")),
+        "{text}"
+    );
+    assert!(
+        text.lines().last().unwrap().starts_with("NEW ACCESS: "),
+        "{text}"
+    );
+}
+
+#[test]
+fn policy_verify_reports_external_access_as_an_error_when_told_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = with_statement(&rendered_lambda_policy(dir.path()), partner_statement());
+    write_json(dir.path(), "key.json", &policy);
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["--key-policy", "key.json", "--format", "json"];
+        args.extend(extra);
+        let output = run(dir.path(), "verify", "amazon-q-lambda", &args);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+        let external: Vec<String> = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["code"] == "EXTERNAL_ACCESS")
+            .map(|f| f["severity"].as_str().unwrap().to_owned())
+            .collect();
+        (output.status.code(), external)
+    };
+    assert_eq!(verify(&[]), (Some(0), vec!["SECURITY_WARNING".to_owned()]));
+    assert_eq!(
+        verify(&["--deny-external-access"]),
+        (Some(1), vec!["ERROR".to_owned()])
+    );
+    assert_eq!(
+        verify(&[
+            "--deny-external-access",
+            "--trusted-account",
+            "444455556666"
+        ]),
+        (Some(0), vec![])
+    );
 }
