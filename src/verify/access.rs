@@ -12,14 +12,19 @@
 //! a policy variable (which the per-dimension classes do not capture), the summary says so
 //! (`ANALYSIS_INCOMPLETE`, naming the statement) instead of answering for it.
 
-use std::collections::BTreeMap;
+use std::{
+    cmp::Ordering,
+    collections::{BTreeMap, HashMap},
+};
 
 use serde::Serialize;
 
 use super::{
     Finding, FindingCode, Location, Severity,
-    eval::{Caller, Request},
-    policy::Policy,
+    classes::{self, Matcher, Scope, Shape, TooLarge},
+    condition::Family,
+    eval::{self, Caller, Decision, Request},
+    policy::{Condition, Effect, Names, Policy, PrincipalElement, Statement, is_multi_valued},
 };
 
 /// The actions that read the code: whoever may make them can decrypt the snippets, or
@@ -223,7 +228,10 @@ pub fn findings(summary: &AccessSummary, trust: Trust<'_>) -> Vec<Finding> {
         let (code, what) = if entry.public {
             (FindingCode::PublicAccess, "anyone")
         } else if entry.external {
-            (FindingCode::ExternalAccess, "a principal outside the account")
+            (
+                FindingCode::ExternalAccess,
+                "a principal outside the account",
+            )
         } else {
             continue;
         };
@@ -262,16 +270,949 @@ pub fn findings(summary: &AccessSummary, trust: Trust<'_>) -> Vec<Finding> {
     findings
 }
 
+/// Context keys whose value is the caller's own: the caller's classes decide them.
+const CALLER_KEYS: [&str; 3] = [
+    "aws:principalarn",
+    "aws:principalaccount",
+    "kms:calleraccount",
+];
+
+/// Keys that hold the caller's account.
+const ACCOUNT_KEYS: [&str; 2] = ["aws:principalaccount", "kms:calleraccount"];
+
+/// The most values one multivalued key's classes may have: its sets are every
+/// combination of them.
+const MAX_SET_CLASSES: usize = 10;
+
+/// A service principal no policy names, standing for every such service.
+const UNNAMED_SERVICE: &str = "unnamed-service.keyd.invalid";
+
+/// The values one context key takes, one per class (`None`: absent); or why it cannot be
+/// split exactly.
+#[derive(Debug, Clone)]
+enum KeyValues {
+    Classes(Vec<Option<Vec<String>>>),
+    Unanalysable(String),
+}
+
+/// A request's context values, key by key.
+type Context = Vec<(String, Vec<String>)>;
+
+/// What an analysis works from: the callers, actions and context values to try.
+struct Space<'a> {
+    subject: &'a Subject<'a>,
+    /// Every 12-digit account id any policy writes, and the key's and trusted accounts.
+    named_accounts: Vec<String>,
+    /// Every organization id the policies compare `aws:PrincipalOrgID` with, and the
+    /// trusted one.
+    named_organizations: Vec<String>,
+    callers: Vec<Caller>,
+    keys: HashMap<String, KeyValues>,
+    /// Each key (lower-cased) as the policies first write it, for witnesses.
+    spelling: HashMap<String, String>,
+    gaps: Vec<Incomplete>,
+}
+
+fn statements<'p>(policies: &[&'p Policy]) -> impl Iterator<Item = &'p Statement> {
+    policies.iter().flat_map(|p| &p.statements)
+}
+
+/// Every run of exactly 12 digits in `text`.
+fn account_ids(text: &str, into: &mut Vec<String>) {
+    let bytes = text.as_bytes();
+    let mut start = None;
+    for i in 0..=bytes.len() {
+        let digit = bytes.get(i).is_some_and(u8::is_ascii_digit);
+        match (digit, start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                if i - s == 12 {
+                    into.push(text[s..i].to_owned());
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn principal_strings(statement: &Statement) -> Vec<&str> {
+    match &statement.principal {
+        PrincipalElement::Principal(p) | PrincipalElement::NotPrincipal(p) => p
+            .aws
+            .iter()
+            .chain(&p.services)
+            .map(String::as_str)
+            .collect(),
+        PrincipalElement::Absent => Vec::new(),
+    }
+}
+
+fn names_of(names: &Names) -> &[String] {
+    match names {
+        Names::Only(v) | Names::AllExcept(v) => v,
+    }
+}
+
+fn no_location() -> Location {
+    Location {
+        path: "key_policy".into(),
+        line: 1,
+        column: 1,
+    }
+}
+
+fn gap(statement: Option<&Statement>, reason: String) -> Incomplete {
+    Incomplete {
+        sid: statement.and_then(|s| s.sid.clone()),
+        location: statement.map_or_else(no_location, |s| s.location.clone()),
+        reason,
+    }
+}
+
+/// The string predicates a text condition's values make, or why they cannot be made.
+fn text_matchers(condition: &Condition) -> Result<Vec<Matcher>, String> {
+    use super::condition::Base::*;
+    condition
+        .values
+        .iter()
+        .map(|value| match condition.operator.base {
+            StringLike | StringNotLike => Ok(Matcher::like(value)),
+            ArnEquals | ArnLike | ArnNotEquals | ArnNotLike => Ok(Matcher::arn(value)),
+            StringEqualsIgnoreCase | StringNotEqualsIgnoreCase | Bool => {
+                Matcher::equals_ignoring_case(value).ok_or_else(|| {
+                    format!(
+                        "`{}` compares `{value}`, which is not ASCII, ignoring case",
+                        condition.key
+                    )
+                })
+            }
+            _ => Ok(Matcher::equals(value)),
+        })
+        .collect()
+}
+
+impl<'a> Space<'a> {
+    fn new(subject: &'a Subject<'a>, key_policies: &[&Policy]) -> Space<'a> {
+        let mut all: Vec<&Policy> = key_policies.to_vec();
+        all.extend(subject.identity_policies.into_iter().flatten());
+        all.extend(subject.boundary);
+
+        let mut named_accounts = vec![subject.account_id.to_owned()];
+        named_accounts.extend(subject.trust.trusted_accounts.iter().cloned());
+        account_ids(subject.key_arn, &mut named_accounts);
+        let mut named_organizations: Vec<String> = subject
+            .trust
+            .organization_id
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        for statement in statements(&all) {
+            for text in principal_strings(statement)
+                .into_iter()
+                .chain(names_of(&statement.resources).iter().map(String::as_str))
+            {
+                account_ids(text, &mut named_accounts);
+            }
+            for condition in &statement.conditions {
+                for value in &condition.values {
+                    account_ids(value, &mut named_accounts);
+                    if condition.key.eq_ignore_ascii_case("aws:PrincipalOrgID")
+                        && !value.contains(['*', '?'])
+                    {
+                        named_organizations.push(value.clone());
+                    }
+                }
+            }
+        }
+        named_accounts.sort_unstable();
+        named_accounts.dedup();
+        named_organizations.sort_unstable();
+        named_organizations.dedup();
+
+        let mut space = Space {
+            subject,
+            named_accounts,
+            named_organizations,
+            callers: Vec::new(),
+            keys: HashMap::new(),
+            spelling: HashMap::new(),
+            gaps: Vec::new(),
+        };
+        for statement in statements(&all) {
+            for condition in &statement.conditions {
+                space
+                    .spelling
+                    .entry(condition.key.to_ascii_lowercase())
+                    .or_insert_with(|| condition.key.clone());
+            }
+        }
+        space.callers = space.callers(key_policies, &all);
+        space.keys = space.key_values(&all);
+        space
+    }
+
+    /// One caller per class: IAM principals as the principal elements and the caller
+    /// conditions split them, and each named service and one unnamed.
+    fn callers(&mut self, key_policies: &[&Policy], all: &[&Policy]) -> Vec<Caller> {
+        let mut predicates: Vec<(Scope, Matcher)> =
+            vec![(Scope::Whole, Matcher::like("arn:*:iam::*:role/*"))];
+        predicates.extend(
+            self.named_accounts
+                .iter()
+                .map(|a| (Scope::Account, Matcher::equals(a))),
+        );
+        predicates.extend(
+            self.subject
+                .principal_arn
+                .map(|arn| (Scope::Whole, Matcher::equals(arn))),
+        );
+        let mut services: Vec<String> = Vec::new();
+        for statement in statements(key_policies) {
+            if let PrincipalElement::Principal(p) | PrincipalElement::NotPrincipal(p) =
+                &statement.principal
+            {
+                predicates.extend(p.aws.iter().map(|a| (Scope::Whole, Matcher::equals(a))));
+                services.extend(p.services.iter().cloned());
+            }
+        }
+        for statement in statements(all) {
+            for condition in &statement.conditions {
+                let key = condition.key.to_ascii_lowercase();
+                if !CALLER_KEYS.contains(&key.as_str())
+                    || condition.operator.family() != Family::Text
+                {
+                    continue;
+                }
+                let scope = if ACCOUNT_KEYS.contains(&key.as_str()) {
+                    Scope::Account
+                } else {
+                    Scope::Whole
+                };
+                match text_matchers(condition) {
+                    Ok(matchers) => predicates.extend(matchers.into_iter().map(|m| (scope, m))),
+                    Err(reason) => self.gaps.push(gap(Some(statement), reason)),
+                }
+            }
+        }
+        let partition = self
+            .subject
+            .key_arn
+            .split(':')
+            .nth(1)
+            .filter(|p| !p.is_empty())
+            .unwrap_or("aws")
+            .to_owned();
+        let mut callers = Vec::new();
+        match classes::representatives(&Shape::PrincipalArn { partition }, &predicates) {
+            Ok(found) => {
+                for (arn, _) in found {
+                    let account = arn.split(':').nth(4).unwrap_or_default().to_owned();
+                    callers.push(Caller::Aws { arn, account });
+                }
+            }
+            Err(TooLarge) => self.gaps.push(gap(
+                None,
+                format!(
+                    "the principals and caller conditions make more than {} classes of caller to search",
+                    classes::MAX_STATES
+                ),
+            )),
+        }
+        // The configured principal may fall in a class with another representative.
+        if let Some(arn) = self.subject.principal_arn
+            && !callers
+                .iter()
+                .any(|c| matches!(c, Caller::Aws { arn: a, .. } if a == arn))
+        {
+            {
+                let account = arn.split(':').nth(4).unwrap_or_default().to_owned();
+                callers.push(Caller::Aws {
+                    arn: arn.to_owned(),
+                    account,
+                });
+            }
+        }
+        services.sort_unstable();
+        services.dedup();
+        callers.extend(services.into_iter().map(Caller::Service));
+        callers.push(Caller::Service(UNNAMED_SERVICE.to_owned()));
+        callers
+    }
+
+    /// The classes of every context key a condition reads (the caller's own keys aside).
+    fn key_values(&mut self, all: &[&Policy]) -> HashMap<String, KeyValues> {
+        struct Seen<'s> {
+            text: Vec<Matcher>,
+            order: Vec<f64>,
+            addresses: Vec<String>,
+            first: &'s Statement,
+            problem: Option<String>,
+        }
+        let mut seen: BTreeMap<String, Seen<'_>> = BTreeMap::new();
+        for statement in statements(all) {
+            for condition in &statement.conditions {
+                let key = condition.key.to_ascii_lowercase();
+                if CALLER_KEYS.contains(&key.as_str()) {
+                    continue;
+                }
+                let entry = seen.entry(key).or_insert_with(|| Seen {
+                    text: Vec::new(),
+                    order: Vec::new(),
+                    addresses: Vec::new(),
+                    first: statement,
+                    problem: None,
+                });
+                match condition.operator.family() {
+                    Family::Text => match text_matchers(condition) {
+                        Ok(matchers) => entry.text.extend(matchers),
+                        Err(reason) => entry.problem = Some(reason),
+                    },
+                    Family::Order => entry.order.extend(
+                        condition
+                            .values
+                            .iter()
+                            .filter_map(|v| condition.operator.order_value(v)),
+                    ),
+                    Family::Address => entry.addresses.extend(condition.values.iter().cloned()),
+                    Family::Presence => {}
+                }
+            }
+        }
+        let mut keys = HashMap::new();
+        for (key, mut seen) in seen {
+            if key == "aws:sourceaccount" {
+                seen.text
+                    .extend(self.named_accounts.iter().map(|a| Matcher::equals(a)));
+            }
+            if key == "aws:principalorgid" {
+                seen.text
+                    .extend(self.named_organizations.iter().map(|o| Matcher::equals(o)));
+            }
+            let families = [
+                !seen.text.is_empty(),
+                !seen.order.is_empty(),
+                !seen.addresses.is_empty(),
+            ]
+            .iter()
+            .filter(|f| **f)
+            .count();
+            let values: Result<Vec<String>, String> = if let Some(problem) = seen.problem {
+                Err(problem)
+            } else if families > 1 {
+                Err(format!(
+                    "`{key}` is compared both as text and as a number, date or address"
+                ))
+            } else if !seen.order.is_empty() {
+                Ok(classes::numeric_representatives(&seen.order))
+            } else if !seen.addresses.is_empty() {
+                Ok(classes::address_representatives(&seen.addresses))
+            } else {
+                let predicates: Vec<(Scope, Matcher)> =
+                    seen.text.into_iter().map(|m| (Scope::Whole, m)).collect();
+                classes::representatives(&Shape::Any, &predicates)
+                    .map(|found| found.into_iter().map(|(v, _)| v).collect())
+                    .map_err(|TooLarge| {
+                        format!(
+                            "the values compared with `{key}` make more than {} classes to search",
+                            classes::MAX_STATES
+                        )
+                    })
+            };
+            let classes = match values {
+                Err(reason) => {
+                    self.gaps.push(gap(Some(seen.first), reason.clone()));
+                    KeyValues::Unanalysable(reason)
+                }
+                Ok(values) if is_multi_valued(&key) => {
+                    if values.len() > MAX_SET_CLASSES {
+                        let reason = format!(
+                            "`{key}` holds a set, and its {} classes of value make too many sets to search",
+                            values.len()
+                        );
+                        self.gaps.push(gap(Some(seen.first), reason.clone()));
+                        KeyValues::Unanalysable(reason)
+                    } else {
+                        let mut sets = vec![None];
+                        for mask in 1u32..(1 << values.len()) {
+                            sets.push(Some(
+                                values
+                                    .iter()
+                                    .enumerate()
+                                    .filter(|(i, _)| mask & (1 << i) != 0)
+                                    .map(|(_, v)| v.clone())
+                                    .collect(),
+                            ));
+                        }
+                        KeyValues::Classes(sets)
+                    }
+                }
+                Ok(values) => {
+                    let mut all = vec![None];
+                    all.extend(values.into_iter().map(|v| Some(vec![v])));
+                    KeyValues::Classes(all)
+                }
+            };
+            keys.insert(key, classes);
+        }
+        keys
+    }
+
+    /// The context combinations to try for `caller`: every class of every key in `keys`.
+    /// `Err` when there would be more than [`MAX_COMBINATIONS`].
+    fn contexts(&self, caller: &Caller, keys: &[String]) -> Result<Vec<Context>, usize> {
+        let mut axes: Vec<(&str, &[Option<Vec<String>>])> = Vec::new();
+        const ABSENT: &[Option<Vec<String>>] = &[None];
+        for key in keys {
+            // A service is nobody's principal: it carries no aws:Principal… keys.
+            let values = if matches!(caller, Caller::Service(_)) && key.starts_with("aws:principal")
+            {
+                ABSENT
+            } else {
+                match self.keys.get(key) {
+                    Some(KeyValues::Classes(values)) => values.as_slice(),
+                    _ => ABSENT,
+                }
+            };
+            axes.push((key, values));
+        }
+        let total = axes
+            .iter()
+            .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len().max(1)))
+            .unwrap_or(usize::MAX);
+        if total > MAX_COMBINATIONS {
+            return Err(total);
+        }
+        let mut out = Vec::with_capacity(total);
+        let mut digits = vec![0usize; axes.len()];
+        for _ in 0..total {
+            let context: Context = axes
+                .iter()
+                .zip(&digits)
+                .filter_map(|((key, values), &i)| {
+                    values.get(i).cloned().flatten().map(|v| {
+                        let spelled = self.spelling.get(*key).map_or(*key, String::as_str);
+                        (spelled.to_owned(), v)
+                    })
+                })
+                .collect();
+            out.push(context);
+            for (digit, (_, values)) in digits.iter_mut().zip(&axes) {
+                *digit += 1;
+                if *digit < values.len() {
+                    break;
+                }
+                *digit = 0;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Why one of `keys` has no exact classes, if one has none.
+    fn unanalysable(&self, keys: &[String]) -> Option<&str> {
+        keys.iter().find_map(|k| match self.keys.get(k) {
+            Some(KeyValues::Unanalysable(reason)) => Some(reason.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Whether a request comes from outside, and whether no policy names its account.
+    fn reach(&self, request: &Request) -> (bool, bool) {
+        let trust = &self.subject.trust;
+        let inside = |account: &str| {
+            account == self.subject.account_id
+                || trust.trusted_accounts.iter().any(|a| a == account)
+        };
+        let named = |account: &str| self.named_accounts.iter().any(|a| a == account);
+        match &request.caller {
+            Caller::Aws { account, .. } => {
+                let organization = request
+                    .context_value("aws:PrincipalOrgID")
+                    .and_then(|v| v.first());
+                let in_organization =
+                    organization.is_some_and(|o| trust.organization_id.is_some_and(|t| t == o));
+                let external = !inside(account) && !in_organization;
+                let public = !named(account)
+                    && organization.is_none_or(|o| !self.named_organizations.contains(o));
+                (external, public)
+            }
+            Caller::Service(_) => match service_account(request) {
+                Some(account) => (!inside(account), !named(account)),
+                None => (true, true),
+            },
+        }
+    }
+}
+
+/// The account a service acts for: `aws:SourceAccount`, else the account of
+/// `aws:SourceArn`.
+fn service_account(request: &Request) -> Option<&str> {
+    request
+        .context_value("aws:SourceAccount")
+        .and_then(|v| v.first())
+        .map(String::as_str)
+        .or_else(|| {
+            request
+                .context_value("aws:SourceArn")
+                .and_then(|v| v.first())
+                .and_then(|arn| arn.split(':').nth(4))
+                .filter(|a| crate::domain::is_account_id(a))
+        })
+}
+
+/// A service's request for an account that its source ARN contradicts is not one a
+/// service makes.
+fn consistent(request: &Request) -> bool {
+    if !matches!(request.caller, Caller::Service(_)) {
+        return true;
+    }
+    let account = request
+        .context_value("aws:SourceAccount")
+        .and_then(|v| v.first());
+    let arn_account = request
+        .context_value("aws:SourceArn")
+        .and_then(|v| v.first())
+        .and_then(|arn| arn.split(':').nth(4))
+        .filter(|a| crate::domain::is_account_id(a));
+    match (account, arn_account) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// The context keys a statement reads.
+fn condition_keys(statement: &Statement, into: &mut Vec<String>) {
+    for condition in &statement.conditions {
+        let key = condition.key.to_ascii_lowercase();
+        if !CALLER_KEYS.contains(&key.as_str()) && !into.contains(&key) {
+            into.push(key);
+        }
+    }
+}
+
+fn uses_variables(statement: &Statement) -> bool {
+    statement.resource_variables || statement.conditions.iter().any(|c| c.variables)
+}
+
+fn grantee(statement: &Statement, caller: &Caller) -> Grantee {
+    match (&statement.principal, caller) {
+        (PrincipalElement::Principal(p), _) if p.any => Grantee::Anyone,
+        (PrincipalElement::Principal(_), Caller::Service(service)) => Grantee::Service {
+            service: service.clone(),
+        },
+        (PrincipalElement::Principal(p), Caller::Aws { arn, account }) => {
+            if p.aws.iter().any(|a| a == arn) {
+                Grantee::Principal { arn: arn.clone() }
+            } else {
+                Grantee::Account {
+                    account_id: account.clone(),
+                }
+            }
+        }
+        _ => Grantee::Anyone,
+    }
+}
+
+fn allowed(decision: &Decision) -> bool {
+    matches!(
+        decision,
+        Decision::Allow | Decision::IdentityPolicyNotChecked
+    )
+}
+
+fn describe_condition(condition: &Condition) -> String {
+    format!(
+        "{} {} {}",
+        condition.operator.name(),
+        condition.key,
+        condition.values.join(", ")
+    )
+}
+
+fn witness(request: &Request) -> Witness {
+    let (caller, account) = match &request.caller {
+        Caller::Aws { arn, account } => (arn.clone(), Some(account.clone())),
+        Caller::Service(service) => (service.clone(), service_account(request).map(str::to_owned)),
+    };
+    Witness {
+        caller,
+        account,
+        action: request.action.clone(),
+        resource: request.resource.clone(),
+        context: request.context.iter().cloned().collect(),
+        request: request.clone(),
+    }
+}
+
+/// An entry as it is gathered.
+struct Gathered {
+    actions: Vec<bool>,
+    external: bool,
+    public: bool,
+    witness: Option<(u8, Request)>,
+    denied_by: Vec<String>,
+}
+
+/// Entries keyed by the allowing statement and grantee.
+#[derive(Default)]
+struct Entries(BTreeMap<(usize, Grantee), Gathered>);
+
+impl Entries {
+    fn add(
+        &mut self,
+        key: (usize, Grantee),
+        action: usize,
+        request: &Request,
+        reach: (bool, bool),
+    ) {
+        let gathered = self.0.entry(key).or_insert_with(|| Gathered {
+            actions: vec![false; ACTIONS.len()],
+            external: false,
+            public: false,
+            witness: None,
+            denied_by: Vec::new(),
+        });
+        gathered.actions[action] = true;
+        gathered.external |= reach.0;
+        gathered.public |= reach.1;
+        let rank = u8::from(reach.0) + u8::from(reach.1);
+        if gathered.witness.as_ref().is_none_or(|(r, _)| rank > *r) {
+            gathered.witness = Some((rank, request.clone()));
+        }
+    }
+
+    fn denied(&mut self, key: (usize, Grantee), sid: Option<&str>) {
+        if let (Some(gathered), Some(sid)) = (self.0.get_mut(&key), sid)
+            && !gathered.denied_by.iter().any(|s| s == sid)
+        {
+            gathered.denied_by.push(sid.to_owned());
+        }
+    }
+
+    fn into_entries(self, policy: &Policy) -> Vec<AccessEntry> {
+        self.0
+            .into_iter()
+            .filter_map(|((index, grantee), gathered)| {
+                let statement = policy.statements.get(index)?;
+                let (_, request) = gathered.witness?;
+                let actions: Vec<String> = ACTIONS
+                    .iter()
+                    .zip(&gathered.actions)
+                    .filter(|(_, on)| **on)
+                    .map(|(a, _)| (*a).to_owned())
+                    .collect();
+                Some(AccessEntry {
+                    grantee,
+                    reads_code: actions.iter().any(|a| READS_CODE.contains(&a.as_str())),
+                    breaks_scanning: actions
+                        .iter()
+                        .any(|a| BREAKS_SCANNING.contains(&a.as_str())),
+                    actions,
+                    conditions: statement
+                        .conditions
+                        .iter()
+                        .map(describe_condition)
+                        .collect(),
+                    except_denied_by: gathered.denied_by,
+                    sid: statement.sid.clone(),
+                    location: statement.location.clone(),
+                    external: gathered.external,
+                    public: gathered.public,
+                    witness: witness(&request),
+                    statement: index,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Every action the summary answers for.
+const ACTIONS: [&str; 12] = [
+    READS_CODE[0],
+    READS_CODE[1],
+    READS_CODE[2],
+    READS_CODE[3],
+    READS_CODE[4],
+    READS_CODE[5],
+    READS_CODE[6],
+    BREAKS_SCANNING[0],
+    BREAKS_SCANNING[1],
+    BREAKS_SCANNING[2],
+    BREAKS_SCANNING[3],
+    BREAKS_SCANNING[4],
+];
+
+/// The identity policies and boundary that go with `caller`: the subject's principal's,
+/// nobody else's (they are not known).
+fn identity_of<'s>(
+    subject: &'s Subject<'_>,
+    caller: &Caller,
+) -> (Option<&'s [Policy]>, Option<&'s Policy>) {
+    match (caller, subject.principal_arn) {
+        (Caller::Aws { arn, .. }, Some(principal)) if arn == principal => {
+            (subject.identity_policies, subject.boundary)
+        }
+        _ => (None, None),
+    }
+}
+
+/// The keys that decide `action` for `caller` under `key_policies` and the caller's own
+/// policies (a statement that cannot apply reads nothing that matters).
+fn deciding_keys(
+    key_policies: &[&Policy],
+    own: (Option<&[Policy]>, Option<&Policy>),
+    request: &Request,
+) -> Vec<String> {
+    let mut keys = Vec::new();
+    for statement in statements(key_policies) {
+        if (eval::applies_to(statement, &request.caller)
+            || matches!(statement.principal, PrincipalElement::NotPrincipal(_)))
+            && (statement.resource_variables
+                || eval::covers_action_and_resource(statement, request))
+        {
+            condition_keys(statement, &mut keys);
+        }
+    }
+    for statement in own
+        .0
+        .into_iter()
+        .flatten()
+        .chain(own.1)
+        .flat_map(|p| &p.statements)
+    {
+        if statement.resource_variables || eval::covers_action_and_resource(statement, request) {
+            condition_keys(statement, &mut keys);
+        }
+    }
+    keys.sort_unstable();
+    keys
+}
+
+/// The key policy of one Allow statement and every Deny: what it allows, it allows.
+fn alone_with_denies(policy: &Policy, index: usize) -> Policy {
+    Policy {
+        kind: policy.kind,
+        statements: policy
+            .statements
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i == index || s.effect == Effect::Deny)
+            .map(|(_, s)| s.clone())
+            .collect(),
+    }
+}
+
 /// The access summary of a key policy for `subject`.
 pub fn summarize(key_policy: &Policy, subject: &Subject<'_>) -> AccessSummary {
-    let _ = (key_policy, subject, Caller::Service(String::new()));
-    AccessSummary::default()
+    let mut space = Space::new(subject, &[key_policy]);
+    for statement in statements(&[key_policy])
+        .chain(
+            subject
+                .identity_policies
+                .into_iter()
+                .flatten()
+                .flat_map(|p| &p.statements),
+        )
+        .chain(subject.boundary.into_iter().flat_map(|p| &p.statements))
+    {
+        if uses_variables(statement) {
+            space.gaps.push(gap(
+                Some(statement),
+                "the statement relates request values through a policy variable, which the classes of each value on its own do not decide".into(),
+            ));
+        }
+    }
+    let mut entries = Entries::default();
+    for (index, statement) in key_policy.statements.iter().enumerate() {
+        if statement.effect != Effect::Allow {
+            continue;
+        }
+        let alone = alone_with_denies(key_policy, index);
+        let mut too_many = None;
+        let mut unanalysable = None;
+        for caller in &space.callers {
+            if !eval::applies_to(statement, caller) {
+                continue;
+            }
+            let own = identity_of(subject, caller);
+            let key = (index, grantee(statement, caller));
+            for (action_index, action) in ACTIONS.iter().enumerate() {
+                let mut request = Request {
+                    caller: caller.clone(),
+                    action: (*action).to_owned(),
+                    resource: subject.key_arn.to_owned(),
+                    context: Vec::new(),
+                };
+                if !statement.resource_variables
+                    && !eval::covers_action_and_resource(statement, &request)
+                {
+                    continue;
+                }
+                let keys = deciding_keys(&[&alone], own, &request);
+                if let Some(reason) = space.unanalysable(&keys) {
+                    unanalysable = Some(reason.to_owned());
+                }
+                let contexts = match space.contexts(caller, &keys) {
+                    Ok(contexts) => contexts,
+                    Err(n) => {
+                        too_many = Some(n);
+                        continue;
+                    }
+                };
+                for context in contexts {
+                    request.context = context;
+                    if !consistent(&request) {
+                        continue;
+                    }
+                    match eval::decide_bounded(&alone, own.0, own.1, &request) {
+                        decision if allowed(&decision) => {
+                            let reach = space.reach(&request);
+                            entries.add(key.clone(), action_index, &request, reach);
+                            if reach.1 {
+                                break;
+                            }
+                        }
+                        Decision::ExplicitDeny { sid, .. } => {
+                            entries.denied(key.clone(), sid.as_deref());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if let Some(reason) = unanalysable {
+            space.gaps.push(gap(Some(statement), reason));
+        }
+        if let Some(n) = too_many {
+            space.gaps.push(gap(
+                Some(statement),
+                format!(
+                    "deciding the statement needs {n} combinations of condition values, more than the bound of {MAX_COMBINATIONS}"
+                ),
+            ));
+        }
+    }
+    AccessSummary {
+        entries: entries.into_entries(key_policy),
+        incomplete: dedup_gaps(space.gaps),
+    }
+}
+
+fn dedup_gaps(mut gaps: Vec<Incomplete>) -> Vec<Incomplete> {
+    let mut seen: Vec<(Location, String)> = Vec::new();
+    gaps.retain(|g| {
+        let key = (g.location.clone(), g.reason.clone());
+        if seen.contains(&key) {
+            false
+        } else {
+            seen.push(key);
+            true
+        }
+    });
+    gaps
+}
+
+/// How far a decision lets a request through: not at all, if the caller's identity
+/// policies allow it (the key policy delegates and they are not known), or outright.
+fn rank(decision: &Decision) -> u8 {
+    match decision {
+        Decision::Allow => 2,
+        Decision::IdentityPolicyNotChecked => 1,
+        Decision::ExplicitDeny { .. } | Decision::ImplicitDeny => 0,
+    }
+}
+
+/// The first Allow statement of `policy` that lets `request` through as far as `wanted`
+/// on its own (with the denies), for naming where access comes from.
+fn allowing_statement(
+    policy: &Policy,
+    own: (Option<&[Policy]>, Option<&Policy>),
+    request: &Request,
+    wanted: u8,
+) -> Option<usize> {
+    policy
+        .statements
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            s.effect == Effect::Allow
+                && eval::applies_to(s, &request.caller)
+                && (s.resource_variables || eval::covers_action_and_resource(s, request))
+        })
+        .map(|(i, _)| i)
+        .find(|&i| {
+            rank(&eval::decide_bounded(
+                &alone_with_denies(policy, i),
+                own.0,
+                own.1,
+                request,
+            )) >= wanted
+        })
 }
 
 /// The access `new` allows that `old` did not, and the access it removes.
 pub fn diff(old: &Policy, new: &Policy, subject: &Subject<'_>) -> AccessDiff {
-    let _ = (old, new, subject);
-    AccessDiff::default()
+    let mut space = Space::new(subject, &[old, new]);
+    for statement in statements(&[old, new]) {
+        if uses_variables(statement) {
+            space.gaps.push(gap(
+                Some(statement),
+                "the statement relates request values through a policy variable, which the classes of each value on its own do not decide".into(),
+            ));
+        }
+    }
+    let mut added = Entries::default();
+    let mut removed = Entries::default();
+    let mut too_many = None;
+    for caller in &space.callers {
+        let own = identity_of(subject, caller);
+        for (action_index, action) in ACTIONS.iter().enumerate() {
+            let mut request = Request {
+                caller: caller.clone(),
+                action: (*action).to_owned(),
+                resource: subject.key_arn.to_owned(),
+                context: Vec::new(),
+            };
+            let keys = deciding_keys(&[old, new], own, &request);
+            let contexts = match space.contexts(caller, &keys) {
+                Ok(contexts) => contexts,
+                Err(n) => {
+                    too_many = Some(n);
+                    continue;
+                }
+            };
+            for context in contexts {
+                request.context = context;
+                if !consistent(&request) {
+                    continue;
+                }
+                let before = rank(&eval::decide_bounded(old, own.0, own.1, &request));
+                let after = rank(&eval::decide_bounded(new, own.0, own.1, &request));
+                let (policy, entries, wanted) = match before.cmp(&after) {
+                    Ordering::Less => (new, &mut added, after),
+                    Ordering::Greater => (old, &mut removed, before),
+                    Ordering::Equal => continue,
+                };
+                if let Some(index) = allowing_statement(policy, own, &request, wanted) {
+                    let key = (index, grantee(&policy.statements[index], caller));
+                    entries.add(key, action_index, &request, space.reach(&request));
+                }
+            }
+        }
+    }
+    if let Some(n) = too_many {
+        space.gaps.push(gap(
+            new.statements.first(),
+            format!(
+                "comparing the policies needs {n} combinations of condition values for one caller and action, more than the bound of {MAX_COMBINATIONS}"
+            ),
+        ));
+    }
+    AccessDiff {
+        new_access: added.into_entries(new),
+        removed_access: removed.into_entries(old),
+        incomplete: dedup_gaps(space.gaps),
+    }
 }
 
 impl AccessEntry {
@@ -279,7 +1220,25 @@ impl AccessEntry {
     /// its action is listed, and the allowing statement of `policy` (the policy the entry
     /// was made from) covers it, conditions included.
     pub fn covers(&self, policy: &Policy, request: &Request) -> bool {
-        let _ = (policy, request);
-        false
+        let Some(statement) = policy.statements.get(self.statement) else {
+            return false;
+        };
+        let grantee_makes_it = match (&self.grantee, &request.caller) {
+            (Grantee::Principal { arn }, Caller::Aws { arn: caller, .. }) => arn == caller,
+            (Grantee::Account { account_id }, Caller::Aws { account, .. }) => account_id == account,
+            (Grantee::Service { service }, Caller::Service(caller)) => service == caller,
+            (Grantee::Anyone, caller) => eval::applies_to(statement, caller),
+            _ => false,
+        };
+        grantee_makes_it
+            && self
+                .actions
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&request.action))
+            && eval::covers_action_and_resource(statement, request)
+            && statement
+                .conditions
+                .iter()
+                .all(|c| eval::condition_holds(c, request))
     }
 }

@@ -260,6 +260,60 @@ impl Operator {
     }
 }
 
+/// What a request value is compared as, which decides how the access summary splits it
+/// into classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Strings and ARNs (equality, wildcards, `Bool`, `BinaryEquals`).
+    Text,
+    /// Numbers, or dates as epoch seconds.
+    Order,
+    /// IP addresses against CIDR blocks.
+    Address,
+    /// Only whether the key is present (`Null`).
+    Presence,
+}
+
+impl Operator {
+    pub fn family(&self) -> Family {
+        use Base::*;
+        match self.base {
+            NumericEquals
+            | NumericNotEquals
+            | NumericLessThan
+            | NumericLessThanEquals
+            | NumericGreaterThan
+            | NumericGreaterThanEquals
+            | DateEquals
+            | DateNotEquals
+            | DateLessThan
+            | DateLessThanEquals
+            | DateGreaterThan
+            | DateGreaterThanEquals => Family::Order,
+            IpAddress | NotIpAddress => Family::Address,
+            Null => Family::Presence,
+            _ => Family::Text,
+        }
+    }
+
+    /// A policy value of an [`Family::Order`] operator as the number it compares.
+    pub fn order_value(&self, text: &str) -> Option<f64> {
+        if matches!(
+            self.base,
+            Base::DateEquals
+                | Base::DateNotEquals
+                | Base::DateLessThan
+                | Base::DateLessThanEquals
+                | Base::DateGreaterThan
+                | Base::DateGreaterThanEquals
+        ) {
+            date(text)
+        } else {
+            number(text)
+        }
+    }
+}
+
 fn number(text: &str) -> Option<f64> {
     text.trim().parse::<f64>().ok().filter(|n| n.is_finite())
 }
