@@ -339,6 +339,7 @@ pub fn representatives(
                     .map(|((_, m), set)| m.accepts(set))
                     .collect();
                 if outcomes.insert(outcome.clone(), ()).is_none() {
+                    let text = readable(shape, predicates, &text, &outcome).unwrap_or(text);
                     found.push((text, outcome));
                 }
                 continue;
@@ -393,6 +394,51 @@ pub fn representatives(
         }
     }
     Ok(found)
+}
+
+/// Which predicates `text` (a value of `shape`) satisfies.
+fn outcome(shape: &Shape, predicates: &[(Scope, Matcher)], text: &str) -> Vec<bool> {
+    let account = match shape {
+        Shape::Any => None,
+        Shape::PrincipalArn { partition } => {
+            let start = format!("arn:{partition}:iam::").len();
+            Some(start..start + 12)
+        }
+    };
+    predicates
+        .iter()
+        .map(|(scope, matcher)| {
+            let read: &str = match (scope, &account) {
+                (Scope::Account, Some(range)) => text.get(range.clone()).unwrap_or_default(),
+                _ => text,
+            };
+            let end = read
+                .chars()
+                .fold(matcher.start(), |set, c| matcher.step(&set, c));
+            matcher.accepts(&end)
+        })
+        .collect()
+}
+
+/// A representative a person reads more easily than the shortest one, when the same
+/// predicates hold for it: `other` for an empty value, `someone` for a principal's name.
+fn readable(
+    shape: &Shape,
+    predicates: &[(Scope, Matcher)],
+    text: &str,
+    wanted: &[bool],
+) -> Option<String> {
+    let candidate = match shape {
+        Shape::Any if text.is_empty() => "other".to_owned(),
+        Shape::Any => return None,
+        Shape::PrincipalArn { .. } => {
+            let kind = [":role/", ":user/"]
+                .iter()
+                .find_map(|kind| text.find(kind).map(|at| at + kind.len()))?;
+            format!("{}someone", text.get(..kind)?)
+        }
+    };
+    (candidate != text && outcome(shape, predicates, &candidate) == wanted).then_some(candidate)
 }
 
 /// Numbers (or epoch seconds) that fall in every interval the `values` cut the line into,
