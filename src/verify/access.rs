@@ -855,9 +855,15 @@ struct Gathered {
 
 /// Entries keyed by the allowing statement and grantee.
 #[derive(Default)]
-struct Entries(BTreeMap<(usize, Grantee), Gathered>);
+struct Entries(BTreeMap<(usize, bool, Grantee), Gathered>);
 
 impl Entries {
+    /// Entries are kept apart by the allowing statement, whether the actions read the code
+    /// or break scanning (so each has a witness of its kind), and the grantee.
+    fn key((index, grantee): (usize, Grantee), action: usize) -> (usize, bool, Grantee) {
+        (index, action >= READS_CODE.len(), grantee)
+    }
+
     fn add(
         &mut self,
         key: (usize, Grantee),
@@ -865,13 +871,16 @@ impl Entries {
         request: &Request,
         reach: (bool, bool),
     ) {
-        let gathered = self.0.entry(key).or_insert_with(|| Gathered {
-            actions: vec![false; ACTIONS.len()],
-            external: false,
-            public: false,
-            witness: None,
-            denied_by: Vec::new(),
-        });
+        let gathered = self
+            .0
+            .entry(Entries::key(key, action))
+            .or_insert_with(|| Gathered {
+                actions: vec![false; ACTIONS.len()],
+                external: false,
+                public: false,
+                witness: None,
+                denied_by: Vec::new(),
+            });
         gathered.actions[action] = true;
         gathered.external |= reach.0;
         gathered.public |= reach.1;
@@ -881,8 +890,8 @@ impl Entries {
         }
     }
 
-    fn denied(&mut self, key: (usize, Grantee), sid: Option<&str>) {
-        if let (Some(gathered), Some(sid)) = (self.0.get_mut(&key), sid)
+    fn denied(&mut self, key: (usize, Grantee), action: usize, sid: Option<&str>) {
+        if let (Some(gathered), Some(sid)) = (self.0.get_mut(&Entries::key(key, action)), sid)
             && !gathered.denied_by.iter().any(|s| s == sid)
         {
             gathered.denied_by.push(sid.to_owned());
@@ -892,7 +901,7 @@ impl Entries {
     fn into_entries(self, policy: &Policy) -> Vec<AccessEntry> {
         self.0
             .into_iter()
-            .filter_map(|((index, grantee), gathered)| {
+            .filter_map(|((index, _, grantee), gathered)| {
                 let statement = policy.statements.get(index)?;
                 let (_, request) = gathered.witness?;
                 let actions: Vec<String> = ACTIONS
@@ -1073,7 +1082,7 @@ pub fn summarize(key_policy: &Policy, subject: &Subject<'_>) -> AccessSummary {
                             }
                         }
                         Decision::ExplicitDeny { sid, .. } => {
-                            entries.denied(key.clone(), sid.as_deref());
+                            entries.denied(key.clone(), action_index, sid.as_deref());
                         }
                         _ => {}
                     }
