@@ -49,9 +49,13 @@ pub const BREAKS_SCANNING: [&str; 5] = [
     "kms:RetireGrant",
 ];
 
-/// The bound on the requests one statement's analysis decides; past it the statement is
-/// reported `ANALYSIS_INCOMPLETE`, never searched for longer.
+/// The bound on the context combinations one statement's analysis tries for one caller and
+/// action; past it the statement is reported `ANALYSIS_INCOMPLETE`, never searched longer.
 pub const MAX_COMBINATIONS: usize = 200_000;
+
+/// The bound on the requests one analysis decides in all, so a large policy ends in
+/// seconds at worst; the statements it did not reach are reported `ANALYSIS_INCOMPLETE`.
+pub const MAX_DECISIONS: usize = 1_000_000;
 
 /// Who is inside: the key's account, and the accounts and organization trusted as it is.
 #[derive(Debug, Clone, Copy, Default)]
@@ -297,6 +301,37 @@ enum KeyValues {
 
 /// A request's context values, key by key.
 type Context = Vec<(String, Vec<String>)>;
+
+/// Every combination of one class per key, as an odometer turns.
+struct Contexts<'s> {
+    axes: Vec<(String, &'s [Option<Vec<String>>])>,
+    digits: Vec<usize>,
+    left: usize,
+}
+
+impl Iterator for Contexts<'_> {
+    type Item = Context;
+
+    fn next(&mut self) -> Option<Context> {
+        self.left = self.left.checked_sub(1)?;
+        let context = self
+            .axes
+            .iter()
+            .zip(&self.digits)
+            .filter_map(|((key, values), &i)| {
+                values.get(i).cloned().flatten().map(|v| (key.clone(), v))
+            })
+            .collect();
+        for (digit, (_, values)) in self.digits.iter_mut().zip(&self.axes) {
+            *digit += 1;
+            if *digit < values.len() {
+                break;
+            }
+            *digit = 0;
+        }
+        Some(context)
+    }
+}
 
 /// What an analysis works from: the callers, actions and context values to try.
 struct Space<'a> {
@@ -658,11 +693,12 @@ impl<'a> Space<'a> {
         keys
     }
 
-    /// The context combinations to try for `caller`: every class of every key in `keys`.
-    /// `Err` when there would be more than [`MAX_COMBINATIONS`].
-    fn contexts(&self, caller: &Caller, keys: &[String]) -> Result<Vec<Context>, usize> {
-        let mut axes: Vec<(&str, &[Option<Vec<String>>])> = Vec::new();
+    /// The context combinations to try for `caller`: every class of every key in `keys`,
+    /// made one at a time. `Err` with their number when there are more than
+    /// [`MAX_COMBINATIONS`].
+    fn contexts(&self, caller: &Caller, keys: &[String]) -> Result<Contexts<'_>, usize> {
         const ABSENT: &[Option<Vec<String>>] = &[None];
+        let mut axes: Vec<(String, &[Option<Vec<String>>])> = Vec::new();
         for key in keys {
             // A service is nobody's principal: it carries no aws:Principal… keys.
             let values = if matches!(caller, Caller::Service(_)) && key.starts_with("aws:principal")
@@ -670,42 +706,25 @@ impl<'a> Space<'a> {
                 ABSENT
             } else {
                 match self.keys.get(key) {
-                    Some(KeyValues::Classes(values)) => values.as_slice(),
+                    Some(KeyValues::Classes(values)) if !values.is_empty() => values.as_slice(),
                     _ => ABSENT,
                 }
             };
-            axes.push((key, values));
+            let spelled = self.spelling.get(key).unwrap_or(key).clone();
+            axes.push((spelled, values));
         }
         let total = axes
             .iter()
-            .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len().max(1)))
+            .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len()))
             .unwrap_or(usize::MAX);
         if total > MAX_COMBINATIONS {
             return Err(total);
         }
-        let mut out = Vec::with_capacity(total);
-        let mut digits = vec![0usize; axes.len()];
-        for _ in 0..total {
-            let context: Context = axes
-                .iter()
-                .zip(&digits)
-                .filter_map(|((key, values), &i)| {
-                    values.get(i).cloned().flatten().map(|v| {
-                        let spelled = self.spelling.get(*key).map_or(*key, String::as_str);
-                        (spelled.to_owned(), v)
-                    })
-                })
-                .collect();
-            out.push(context);
-            for (digit, (_, values)) in digits.iter_mut().zip(&axes) {
-                *digit += 1;
-                if *digit < values.len() {
-                    break;
-                }
-                *digit = 0;
-            }
-        }
-        Ok(out)
+        Ok(Contexts {
+            digits: vec![0; axes.len()],
+            axes,
+            left: total,
+        })
     }
 
     /// Why one of `keys` has no exact classes, if one has none.
@@ -1032,8 +1051,13 @@ pub fn summarize(key_policy: &Policy, subject: &Subject<'_>) -> AccessSummary {
         }
     }
     let mut entries = Entries::default();
+    let mut budget = MAX_DECISIONS;
     for (index, statement) in key_policy.statements.iter().enumerate() {
         if statement.effect != Effect::Allow {
+            continue;
+        }
+        if budget == 0 {
+            space.gaps.push(gap(Some(statement), out_of_budget()));
             continue;
         }
         let alone = alone_with_denies(key_policy, index);
@@ -1073,6 +1097,10 @@ pub fn summarize(key_policy: &Policy, subject: &Subject<'_>) -> AccessSummary {
                     if !consistent(&request) {
                         continue;
                     }
+                    let Some(left) = budget.checked_sub(1) else {
+                        break;
+                    };
+                    budget = left;
                     match eval::decide_bounded(&alone, own.0, own.1, &request) {
                         decision if allowed(&decision) => {
                             let reach = space.reach(&request);
@@ -1092,6 +1120,9 @@ pub fn summarize(key_policy: &Policy, subject: &Subject<'_>) -> AccessSummary {
         if let Some(reason) = unanalysable {
             space.gaps.push(gap(Some(statement), reason));
         }
+        if budget == 0 {
+            space.gaps.push(gap(Some(statement), out_of_budget()));
+        }
         if let Some(n) = too_many {
             space.gaps.push(gap(
                 Some(statement),
@@ -1105,6 +1136,12 @@ pub fn summarize(key_policy: &Policy, subject: &Subject<'_>) -> AccessSummary {
         entries: entries.into_entries(key_policy),
         incomplete: dedup_gaps(space.gaps),
     }
+}
+
+fn out_of_budget() -> String {
+    format!(
+        "the analysis decided its bound of {MAX_DECISIONS} requests before it finished this statement"
+    )
 }
 
 fn dedup_gaps(mut gaps: Vec<Incomplete>) -> Vec<Incomplete> {
@@ -1173,6 +1210,7 @@ pub fn diff(old: &Policy, new: &Policy, subject: &Subject<'_>) -> AccessDiff {
     let mut added = Entries::default();
     let mut removed = Entries::default();
     let mut too_many = None;
+    let mut budget = MAX_DECISIONS;
     for caller in &space.callers {
         let own = identity_of(subject, caller);
         for (action_index, action) in ACTIONS.iter().enumerate() {
@@ -1195,6 +1233,10 @@ pub fn diff(old: &Policy, new: &Policy, subject: &Subject<'_>) -> AccessDiff {
                 if !consistent(&request) {
                     continue;
                 }
+                let Some(left) = budget.checked_sub(1) else {
+                    break;
+                };
+                budget = left;
                 let before = rank(&eval::decide_bounded(old, own.0, own.1, &request));
                 let after = rank(&eval::decide_bounded(new, own.0, own.1, &request));
                 let (policy, entries, wanted) = match before.cmp(&after) {
@@ -1202,12 +1244,19 @@ pub fn diff(old: &Policy, new: &Policy, subject: &Subject<'_>) -> AccessDiff {
                     Ordering::Greater => (old, &mut removed, before),
                     Ordering::Equal => continue,
                 };
-                if let Some(index) = allowing_statement(policy, own, &request, wanted) {
-                    let key = (index, grantee(&policy.statements[index], caller));
+                if let Some((index, statement)) = allowing_statement(policy, own, &request, wanted)
+                    .and_then(|i| Some((i, policy.statements.get(i)?)))
+                {
+                    let key = (index, grantee(statement, caller));
                     entries.add(key, action_index, &request, space.reach(&request));
                 }
             }
         }
+    }
+    if budget == 0 {
+        space
+            .gaps
+            .push(gap(new.statements.first(), out_of_budget()));
     }
     if let Some(n) = too_many {
         space.gaps.push(gap(
@@ -1249,5 +1298,93 @@ impl AccessEntry {
                 .conditions
                 .iter()
                 .all(|c| eval::condition_holds(c, request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::policy::{Document, DocumentKind, analyze};
+
+    const ACCOUNT: &str = "111122223333";
+    const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    fn key_policy(text: &str) -> Policy {
+        analyze(Document {
+            kind: DocumentKind::KeyPolicy,
+            name: "key_policy",
+            text,
+        })
+        .0
+        .unwrap()
+    }
+
+    fn subject() -> Subject<'static> {
+        Subject {
+            account_id: ACCOUNT,
+            key_arn: KEY,
+            principal_arn: None,
+            identity_policies: None,
+            boundary: None,
+            trust: Trust::default(),
+        }
+    }
+
+    #[test]
+    fn a_statement_past_the_bound_is_reported_not_searched() {
+        // Eight keys of four or more classes each: more combinations than the bound.
+        let conditions: Vec<String> = (0..8)
+            .map(|i| format!("\"k:key{i}\": [\"a{i}\", \"b{i}\", \"c{i}\"]"))
+            .collect();
+        let text = format!(
+            r#"{{"Version": "2012-10-17", "Statement": [{{"Sid": "Wide", "Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*", "Condition": {{"StringEquals": {{{}}}}}}}]}}"#,
+            conditions.join(", ")
+        );
+        let started = std::time::Instant::now();
+        let summary = summarize(&key_policy(&text), &subject());
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        assert_eq!(summary.incomplete.len(), 1, "{summary:?}");
+        assert_eq!(summary.incomplete[0].sid.as_deref(), Some("Wide"));
+        assert!(summary.incomplete[0].reason.contains("combinations"));
+        let findings = findings(&summary, Trust::default());
+        assert!(findings.iter().any(|f| f.code == FindingCode::AnalysisIncomplete));
+    }
+
+    #[test]
+    fn a_deny_that_excludes_other_accounts_leaves_no_external_access() {
+        let text = r#"{"Version": "2012-10-17", "Statement": [
+            {"Sid": "Everyone", "Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"},
+            {"Sid": "OnlyUs", "Effect": "Deny", "Principal": "*", "Action": "kms:*", "Resource": "*",
+             "Condition": {"StringNotEquals": {"aws:PrincipalAccount": "111122223333"}}}]}"#;
+        let summary = summarize(&key_policy(text), &subject());
+        assert!(!summary.external() && !summary.public(), "{summary:?}");
+        let entry = &summary.entries[0];
+        assert_eq!(entry.grantee, Grantee::Anyone);
+        assert_eq!(entry.except_denied_by, ["OnlyUs"]);
+        assert_eq!(entry.witness.account.as_deref(), Some(ACCOUNT));
+    }
+
+    #[test]
+    fn a_diff_is_three_way() {
+        // Granting the role directly where the account already delegated is new access: it
+        // no longer needs the role's identity policy.
+        let delegation = r#"{"Sid": "Root", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"}"#;
+        let direct = r#"{"Sid": "Role", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/r"}, "Action": "kms:Decrypt", "Resource": "*"}"#;
+        let old = key_policy(&format!(
+            r#"{{"Version": "2012-10-17", "Statement": [{delegation}]}}"#
+        ));
+        let new = key_policy(&format!(
+            r#"{{"Version": "2012-10-17", "Statement": [{delegation}, {direct}]}}"#
+        ));
+        let diff = diff(&old, &new, &subject());
+        assert_eq!(diff.new_access.len(), 1, "{diff:?}");
+        assert_eq!(
+            diff.new_access[0].grantee,
+            Grantee::Principal {
+                arn: "arn:aws:iam::111122223333:role/r".into()
+            }
+        );
+        assert_eq!(diff.new_access[0].actions, ["kms:Decrypt"]);
+        assert!(diff.removed_access.is_empty());
     }
 }
