@@ -534,17 +534,32 @@ async fn inline_verification_by_a_read_only_caller_uses_only_what_it_sent() {
     );
 }
 
-/// The access summary entry of `report` for `grantee_id`, which must be there.
-fn entry<'a>(report: &'a proto::VerificationReport, grantee_id: &str) -> &'a proto::AccessEntry {
+/// The access summary entries of `report` for `grantee_id`; there must be some.
+fn entries<'a>(
+    report: &'a proto::VerificationReport,
+    grantee_id: &str,
+) -> Vec<&'a proto::AccessEntry> {
     let access = report
         .access
         .as_ref()
         .expect("the report has an access summary");
-    access
+    let found: Vec<_> = access
         .entries
         .iter()
-        .find(|e| e.grantee.as_ref().is_some_and(|g| g.id == grantee_id))
-        .unwrap_or_else(|| panic!("no access entry for `{grantee_id}` in {report:?}"))
+        .filter(|e| e.grantee.as_ref().is_some_and(|g| g.id == grantee_id))
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "no access entry for `{grantee_id}` in {report:?}"
+    );
+    found
+}
+
+/// The one access summary entry of `report` for `grantee_id`.
+fn entry<'a>(report: &'a proto::VerificationReport, grantee_id: &str) -> &'a proto::AccessEntry {
+    let found = entries(report, grantee_id);
+    assert_eq!(found.len(), 1, "{report:?}");
+    found[0]
 }
 
 /// The findings of `report` with `code`.
@@ -610,22 +625,37 @@ async fn repository_gate(
 async fn the_access_summary_is_code_reader_data() {
     let sidecar = Sidecar::start();
     let arn = sidecar.key_in_use().await;
-    // The local key's default policy allows the account's root everything.
+    // The local key's default policy allows the account's root everything: its IAM
+    // principals may read the code, and break scanning, each with a witness of its own.
     let check = |report: &proto::VerificationReport| {
-        let account = entry(report, "111122223333");
-        let grantee = account.grantee.as_ref().unwrap();
-        assert_eq!(grantee.kind(), proto::GranteeKind::Account, "{report:?}");
-        assert!(grantee.description.contains("111122223333"), "{report:?}");
-        assert!(account.reads_code && account.breaks_scanning, "{report:?}");
-        for action in ["kms:Decrypt", "kms:ScheduleKeyDeletion"] {
-            assert!(account.actions.iter().any(|a| a == action), "{report:?}");
+        let account = entries(report, "111122223333");
+        for entry in &account {
+            let grantee = entry.grantee.as_ref().unwrap();
+            assert_eq!(grantee.kind(), proto::GranteeKind::Account, "{report:?}");
+            assert!(grantee.description.contains("111122223333"), "{report:?}");
+            assert!(!entry.external && !entry.public, "{report:?}");
+            assert_eq!(
+                entry.sid.as_deref(),
+                Some("Enable IAM User Permissions"),
+                "{report:?}"
+            );
+            assert!(entry.location.is_some(), "{report:?}");
+            let witness = entry.witness.as_ref().expect("a witness");
+            assert!(entry.actions.contains(&witness.action), "{report:?}");
+            assert_eq!(witness.resource, arn, "{report:?}");
+            assert_eq!(witness.account.as_deref(), Some("111122223333"));
+            assert!(!witness.description.is_empty(), "{report:?}");
         }
-        assert!(!account.external && !account.public, "{report:?}");
-        assert!(account.location.is_some(), "{report:?}");
-        let witness = account.witness.as_ref().expect("a witness");
-        assert!(account.actions.contains(&witness.action), "{report:?}");
-        assert_eq!(witness.resource, arn, "{report:?}");
-        assert!(!witness.description.is_empty(), "{report:?}");
+        let allows = |flag: fn(&proto::AccessEntry) -> bool, action: &str| {
+            account
+                .iter()
+                .any(|e| flag(e) && e.actions.iter().any(|a| a == action))
+        };
+        assert!(allows(|e| e.reads_code, "kms:Decrypt"), "{report:?}");
+        assert!(
+            allows(|e| e.breaks_scanning, "kms:ScheduleKeyDeletion"),
+            "{report:?}"
+        );
         assert!(findings(report, "EXTERNAL_ACCESS").is_empty(), "{report:?}");
         assert!(findings(report, "PUBLIC_ACCESS").is_empty(), "{report:?}");
     };
