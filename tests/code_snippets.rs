@@ -383,6 +383,42 @@ async fn the_key_policy_decides_what_the_scanning_service_may_do() {
     let arn = record(&sidecar, &marker).await.unwrap();
     assert_readable(&sidecar, &[(arn.clone(), marker.clone())]).await;
 
+    // The grant the scanning service uses is part of the key's access summary: its grantee
+    // may read the code and retire the grant, whatever the key policy says.
+    let grant = grants(&sidecar, &key).await.remove(0);
+    let report = admin
+        .verify_key_policy(proto::VerifyKeyPolicyRequest {
+            profile: "codeguru-grants".into(),
+            key: Some(proto::verify_key_policy_request::Key::KmsKeyId(key.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    let from_grant: Vec<&proto::AccessEntry> = report
+        .access
+        .as_ref()
+        .unwrap()
+        .entries
+        .iter()
+        .filter(|e| e.grant_id.as_deref() == Some(grant.grant_id.as_str()))
+        .collect();
+    assert_eq!(from_grant.len(), 2, "{report:?}");
+    let reads = from_grant.iter().find(|e| e.reads_code).unwrap();
+    assert!(
+        reads.actions.iter().any(|a| a == "kms:Decrypt"),
+        "{reads:?}"
+    );
+    assert_eq!(
+        reads.witness.as_ref().unwrap().caller,
+        grant.grantee_principal
+    );
+    assert!(!reads.external && !reads.public, "{reads:?}");
+    let breaks = from_grant.iter().find(|e| e.breaks_scanning).unwrap();
+    assert_eq!(breaks.actions, ["kms:RetireGrant"]);
+
     // A deny added later: reads are ACCESS_DENIED, a scan cannot store, naming the statement.
     let deny = serde_json::json!({
         "Sid": "NoCodeScanningDecrypt",

@@ -219,6 +219,14 @@ impl Backend for FaultyBackend {
     ) -> Result<Option<Arc<PrincipalPolicies>>, BackendError> {
         self.inner.principal_policies(principal_arn).await
     }
+
+    /// Not faulted: the grants come from the same store the key does, after its reads.
+    async fn list_grants(
+        &self,
+        key: &KeyArn,
+    ) -> Result<Option<Vec<crate::verify::access::Grant>>, BackendError> {
+        self.inner.list_grants(key).await
+    }
 }
 
 #[cfg(test)]

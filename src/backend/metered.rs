@@ -151,4 +151,12 @@ impl Backend for MeteredBackend {
     ) -> Result<Option<Arc<PrincipalPolicies>>, BackendError> {
         self.inner.principal_policies(principal_arn).await
     }
+
+    /// Not counted: only the local backend lists grants, from its own store (no AWS call).
+    async fn list_grants(
+        &self,
+        key: &KeyArn,
+    ) -> Result<Option<Vec<crate::verify::access::Grant>>, BackendError> {
+        self.inner.list_grants(key).await
+    }
 }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::{
     domain::{CodeSnippets, FindingArn, KeyArn, Target},
-    verify::KeyMetadata,
+    verify::{KeyMetadata, access::Grant},
 };
 
 /// Inspector's key configuration plus the KMS reads verification needs.
@@ -50,6 +50,13 @@ pub trait Backend: Send + Sync + 'static {
         principal_arn: &str,
     ) -> Result<Option<Arc<PrincipalPolicies>>, BackendError> {
         let _ = principal_arn;
+        Ok(None)
+    }
+
+    /// The key's grants that are not retired, for its access summary; `None` when the
+    /// backend does not read them (the aws backend: its IAM policy has no kms:ListGrants).
+    async fn list_grants(&self, key: &KeyArn) -> Result<Option<Vec<Grant>>, BackendError> {
+        let _ = key;
         Ok(None)
     }
 }

@@ -544,6 +544,7 @@ impl From<AccessEntry> for proto::AccessEntry {
             external: entry.external,
             public: entry.public,
             witness: Some(entry.witness.into()),
+            grant_id: entry.grant_id,
         }
     }
 }

@@ -112,10 +112,11 @@ impl KeyVerifier {
         key: &KeyArn,
         subject: &Subject<'_>,
     ) -> Result<Report, BackendError> {
-        let (metadata, policy, from_iam) = tokio::join!(
+        let (metadata, policy, from_iam, grants) = tokio::join!(
             self.backend.describe_key(key),
             self.backend.get_key_policy(key),
-            self.policies_from_iam(subject)
+            self.policies_from_iam(subject),
+            self.backend.list_grants(key)
         );
         let sources = match from_iam {
             Some(read) => Sources::Iam(read),
@@ -133,7 +134,22 @@ impl KeyVerifier {
             }
             Err(e) => return Err(e),
         };
-        Ok(self.verify_with(subject, &sources, Some(&metadata), &policy?))
+        let mut report = self.verify_with(subject, &sources, Some(&metadata), &policy?);
+        if let Some(grants) = grants? {
+            verify::access::add_grants(
+                &mut report,
+                &grants,
+                &verify::access::Subject {
+                    account_id: &self.settings.account_id,
+                    key_arn: &metadata.arn,
+                    principal_arn: Some(subject.principal_arn),
+                    identity_policies: None,
+                    boundary: None,
+                    trust: self.settings.trust(),
+                },
+            );
+        }
+        Ok(report)
     }
 
     fn verify_with(

@@ -179,6 +179,10 @@ pub struct AccessEntry {
     pub public: bool,
     /// An allowed request; external (public) when the entry is.
     pub witness: Witness,
+    /// The grant that allows it, for an entry that comes from one of the key's grants
+    /// rather than a policy statement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
     /// Which statement of the policy allows (its index among the usable statements), for
     /// [`AccessEntry::covers`].
     #[serde(skip)]
@@ -947,6 +951,7 @@ impl Entries {
                     external: gathered.external,
                     public: gathered.public,
                     witness: witness(&request),
+                    grant_id: None,
                     statement: index,
                 })
             })
@@ -1028,6 +1033,135 @@ fn alone_with_denies(policy: &Policy, index: usize) -> Policy {
             .map(|(_, s)| s.clone())
             .collect(),
     }
+}
+
+/// A grant on the key, as KMS lists it: its grantee may make the grant's operations, and
+/// its retiring principal may retire it, whatever the key policy says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub grant_id: String,
+    pub grantee_principal: String,
+    /// Empty: none.
+    pub retiring_principal: String,
+    /// Operation names as KMS writes them (`Decrypt`, `RetireGrant`).
+    pub operations: Vec<String>,
+}
+
+fn grantee_is(grantee: &Grantee, caller: &Caller) -> bool {
+    match (grantee, caller) {
+        (Grantee::Principal { arn }, Caller::Aws { arn: caller, .. }) => arn == caller,
+        (Grantee::Service { service }, Caller::Service(caller)) => service == caller,
+        _ => false,
+    }
+}
+
+/// The entries the key's grants make: one per grantee and kind of action (the grantee's
+/// operations; the retiring principal's `kms:RetireGrant`). A grant names its principals, so
+/// its access is never public; it is external when a principal is outside.
+pub fn grant_entries(grants: &[Grant], subject: &Subject<'_>) -> Vec<AccessEntry> {
+    let mut entries = Vec::new();
+    for grant in grants {
+        let mut holders: Vec<(&str, Vec<String>)> = vec![(
+            grant.grantee_principal.as_str(),
+            grant
+                .operations
+                .iter()
+                .map(|o| format!("kms:{o}"))
+                .collect(),
+        )];
+        if !grant.retiring_principal.is_empty() {
+            let retire = "kms:RetireGrant".to_owned();
+            match holders
+                .iter_mut()
+                .find(|(p, _)| *p == grant.retiring_principal)
+            {
+                Some((_, operations)) if !operations.contains(&retire) => {
+                    operations.push(retire);
+                }
+                Some(_) => {}
+                None => holders.push((grant.retiring_principal.as_str(), vec![retire])),
+            }
+        }
+        for (principal, operations) in holders {
+            let caller = match principal.split(':').nth(4) {
+                Some(account) if principal.starts_with("arn:") => Caller::Aws {
+                    arn: principal.to_owned(),
+                    account: account.to_owned(),
+                },
+                _ => Caller::Service(principal.to_owned()),
+            };
+            let (grantee, external) = match &caller {
+                Caller::Aws { arn, account } => (
+                    Grantee::Principal { arn: arn.clone() },
+                    account != subject.account_id
+                        && !subject.trust.trusted_accounts.iter().any(|a| a == account),
+                ),
+                Caller::Service(service) => (
+                    Grantee::Service {
+                        service: service.clone(),
+                    },
+                    false,
+                ),
+            };
+            for kind in [&READS_CODE[..], &BREAKS_SCANNING[..]] {
+                let actions: Vec<String> = kind
+                    .iter()
+                    .filter(|a| operations.iter().any(|o| o.eq_ignore_ascii_case(a)))
+                    .map(|a| (*a).to_owned())
+                    .collect();
+                let Some(first) = actions.first() else {
+                    continue;
+                };
+                let request = Request {
+                    caller: caller.clone(),
+                    action: first.clone(),
+                    resource: subject.key_arn.to_owned(),
+                    context: Vec::new(),
+                };
+                entries.push(AccessEntry {
+                    grantee: grantee.clone(),
+                    reads_code: kind == &READS_CODE[..],
+                    breaks_scanning: kind == &BREAKS_SCANNING[..],
+                    actions,
+                    conditions: Vec::new(),
+                    except_denied_by: Vec::new(),
+                    sid: None,
+                    location: Location {
+                        path: format!("grants[\"{}\"]", grant.grant_id),
+                        line: 0,
+                        column: 0,
+                    },
+                    external,
+                    public: false,
+                    witness: witness(&request),
+                    grant_id: Some(grant.grant_id.clone()),
+                    statement: 0,
+                });
+            }
+        }
+    }
+    entries
+}
+
+/// Adds the key's grants to a report's summary, and their findings (an external grantee
+/// is `EXTERNAL_ACCESS`) to its findings.
+pub fn add_grants(report: &mut super::Report, grants: &[Grant], subject: &Subject<'_>) {
+    let entries = grant_entries(grants, subject);
+    let findings = findings(
+        &AccessSummary {
+            entries: entries.clone(),
+            incomplete: Vec::new(),
+        },
+        subject.trust,
+    );
+    if let Some(summary) = &mut report.access {
+        summary.entries.extend(entries);
+    }
+    report.findings.extend(findings);
+    report.passed = !report
+        .findings
+        .iter()
+        .any(|f| f.severity == Severity::Error);
 }
 
 /// The access summary of a key policy for `subject`.
@@ -1278,21 +1412,24 @@ impl AccessEntry {
     /// its action is listed, and the allowing statement of `policy` (the policy the entry
     /// was made from) covers it, conditions included.
     pub fn covers(&self, policy: &Policy, request: &Request) -> bool {
+        let action_listed = self
+            .actions
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&request.action));
+        if self.grant_id.is_some() {
+            // A grant allows its grantee its operations, whatever the policy says.
+            return action_listed && grantee_is(&self.grantee, &request.caller);
+        }
         let Some(statement) = policy.statements.get(self.statement) else {
             return false;
         };
         let grantee_makes_it = match (&self.grantee, &request.caller) {
-            (Grantee::Principal { arn }, Caller::Aws { arn: caller, .. }) => arn == caller,
             (Grantee::Account { account_id }, Caller::Aws { account, .. }) => account_id == account,
-            (Grantee::Service { service }, Caller::Service(caller)) => service == caller,
             (Grantee::Anyone, caller) => eval::applies_to(statement, caller),
-            _ => false,
+            (grantee, caller) => grantee_is(grantee, caller),
         };
         grantee_makes_it
-            && self
-                .actions
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(&request.action))
+            && action_listed
             && eval::covers_action_and_resource(statement, request)
             && statement
                 .conditions
@@ -1347,7 +1484,11 @@ mod tests {
         assert_eq!(summary.incomplete[0].sid.as_deref(), Some("Wide"));
         assert!(summary.incomplete[0].reason.contains("combinations"));
         let findings = findings(&summary, Trust::default());
-        assert!(findings.iter().any(|f| f.code == FindingCode::AnalysisIncomplete));
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.code == FindingCode::AnalysisIncomplete)
+        );
     }
 
     #[test]

@@ -141,6 +141,24 @@ impl LocalScanning {
 
 #[async_trait]
 impl Backend for LocalBackend {
+    async fn list_grants(
+        &self,
+        key: &KeyArn,
+    ) -> Result<Option<Vec<crate::verify::access::Grant>>, BackendError> {
+        let grants = self.kms.list_grants(key.to_string()).await?;
+        Ok(Some(
+            grants
+                .into_iter()
+                .map(|g| crate::verify::access::Grant {
+                    grant_id: g.grant_id,
+                    grantee_principal: g.grantee_principal,
+                    retiring_principal: g.retiring_principal,
+                    operations: g.operations,
+                })
+                .collect(),
+        ))
+    }
+
     async fn get_encryption_key(&self, target: Target) -> Result<Option<String>, BackendError> {
         self.kms
             .blocking(move |kms| kms.store.read(|tx| tx.config(&config_key(target))))
