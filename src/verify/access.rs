@@ -783,26 +783,6 @@ fn service_account(request: &Request) -> Option<&str> {
         })
 }
 
-/// A service's request for an account that its source ARN contradicts is not one a
-/// service makes.
-fn consistent(request: &Request) -> bool {
-    if !matches!(request.caller, Caller::Service(_)) {
-        return true;
-    }
-    let account = request
-        .context_value("aws:SourceAccount")
-        .and_then(|v| v.first());
-    let arn_account = request
-        .context_value("aws:SourceArn")
-        .and_then(|v| v.first())
-        .and_then(|arn| arn.split(':').nth(4))
-        .filter(|a| crate::domain::is_account_id(a));
-    match (account, arn_account) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-    }
-}
-
 /// The context keys a statement reads.
 fn condition_keys(statement: &Statement, into: &mut Vec<String>) {
     for condition in &statement.conditions {
@@ -1228,9 +1208,6 @@ pub fn summarize(key_policy: &Policy, subject: &Subject<'_>) -> AccessSummary {
                 };
                 for context in contexts {
                     request.context = context;
-                    if !consistent(&request) {
-                        continue;
-                    }
                     let Some(left) = budget.checked_sub(1) else {
                         break;
                     };
@@ -1364,9 +1341,6 @@ pub fn diff(old: &Policy, new: &Policy, subject: &Subject<'_>) -> AccessDiff {
             };
             for context in contexts {
                 request.context = context;
-                if !consistent(&request) {
-                    continue;
-                }
                 let Some(left) = budget.checked_sub(1) else {
                     break;
                 };
