@@ -1279,32 +1279,46 @@ fn rank(decision: &Decision) -> u8 {
     }
 }
 
-/// The first Allow statement of `policy` that lets `request` through as far as `wanted`
-/// on its own (with the denies), for naming where access comes from.
-fn allowing_statement(
-    policy: &Policy,
-    own: (Option<&[Policy]>, Option<&Policy>),
-    request: &Request,
-    wanted: u8,
-) -> Option<usize> {
-    policy
-        .statements
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| {
-            s.effect == Effect::Allow
-                && eval::applies_to(s, &request.caller)
-                && (s.resource_variables || eval::covers_action_and_resource(s, request))
-        })
-        .map(|(i, _)| i)
-        .find(|&i| {
-            rank(&eval::decide_bounded(
-                &alone_with_denies(policy, i),
-                own.0,
-                own.1,
-                request,
-            )) >= wanted
-        })
+/// A policy with, for each of its Allow statements, the policy of that statement and every
+/// Deny ([`alone_with_denies`]), made once.
+struct Split<'p> {
+    policy: &'p Policy,
+    alone: Vec<Option<Policy>>,
+}
+
+impl<'p> Split<'p> {
+    fn new(policy: &'p Policy) -> Split<'p> {
+        let alone = policy
+            .statements
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.effect == Effect::Allow).then(|| alone_with_denies(policy, i)))
+            .collect();
+        Split { policy, alone }
+    }
+
+    /// The first Allow statement that lets `request` through as far as `wanted` on its own
+    /// (with the denies), for naming where access comes from.
+    fn allowing_statement(
+        &self,
+        own: (Option<&[Policy]>, Option<&Policy>),
+        request: &Request,
+        wanted: u8,
+    ) -> Option<(usize, &'p Statement)> {
+        self.policy
+            .statements
+            .iter()
+            .zip(&self.alone)
+            .enumerate()
+            .find(|(_, (s, alone))| {
+                alone.as_ref().is_some_and(|alone| {
+                    eval::applies_to(s, &request.caller)
+                        && (s.resource_variables || eval::covers_action_and_resource(s, request))
+                        && rank(&eval::decide_bounded(alone, own.0, own.1, request)) >= wanted
+                })
+            })
+            .map(|(i, (s, _))| (i, s))
+    }
 }
 
 /// The access `new` allows that `old` did not, and the access it removes.
@@ -1318,6 +1332,7 @@ pub fn diff(old: &Policy, new: &Policy, subject: &Subject<'_>) -> AccessDiff {
             ));
         }
     }
+    let (old_split, new_split) = (Split::new(old), Split::new(new));
     let mut added = Entries::default();
     let mut removed = Entries::default();
     let mut too_many = None;
@@ -1347,14 +1362,12 @@ pub fn diff(old: &Policy, new: &Policy, subject: &Subject<'_>) -> AccessDiff {
                 budget = left;
                 let before = rank(&eval::decide_bounded(old, own.0, own.1, &request));
                 let after = rank(&eval::decide_bounded(new, own.0, own.1, &request));
-                let (policy, entries, wanted) = match before.cmp(&after) {
-                    Ordering::Less => (new, &mut added, after),
-                    Ordering::Greater => (old, &mut removed, before),
+                let (split, entries, wanted) = match before.cmp(&after) {
+                    Ordering::Less => (&new_split, &mut added, after),
+                    Ordering::Greater => (&old_split, &mut removed, before),
                     Ordering::Equal => continue,
                 };
-                if let Some((index, statement)) = allowing_statement(policy, own, &request, wanted)
-                    .and_then(|i| Some((i, policy.statements.get(i)?)))
-                {
+                if let Some((index, statement)) = split.allowing_statement(own, &request, wanted) {
                     let key = (index, grantee(statement, caller));
                     entries.add(key, action_index, &request, space.reach(&request));
                 }
