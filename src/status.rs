@@ -104,6 +104,12 @@ impl From<BackendError> for Status {
                 "NOT_FOUND",
                 &[],
             ),
+            BackendError::AlreadyExists { what } => status(
+                Code::AlreadyExists,
+                format!("{what} already exists"),
+                "ALREADY_EXISTS",
+                &[],
+            ),
             BackendError::InvalidRequest { field, message } => {
                 invalid_argument(vec![(field.to_owned(), message)])
             }

@@ -422,3 +422,315 @@ async fn multi_region_keys_replicate() {
         .unwrap();
     assert!(updated.into_inner().applied);
 }
+
+/// The field of a refusal's first BadRequest violation.
+fn violated_field(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest in {status:?}"))
+        .field_violations[0]
+        .field
+        .clone()
+}
+
+async fn list_aliases(sidecar: &Sidecar, key_id: &str) -> Vec<proto::AliasListEntry> {
+    sidecar
+        .kms()
+        .await
+        .list_aliases(proto::ListAliasesRequest {
+            key_id: key_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .aliases
+}
+
+async fn create_alias(sidecar: &Sidecar, alias_name: &str, target_key_id: &str) {
+    sidecar
+        .kms()
+        .await
+        .create_alias(proto::CreateAliasRequest {
+            alias_name: alias_name.into(),
+            target_key_id: target_key_id.into(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("CreateAlias {alias_name}: {status:?}"));
+}
+
+#[tokio::test]
+async fn aliases_name_keys_as_in_kms() {
+    let sidecar = Sidecar::start();
+    let mut kms = sidecar.kms().await;
+    let first = describe(
+        &sidecar,
+        &sidecar.create_key(proto::CreateKeyRequest::default()).await,
+    )
+    .await;
+    let second = describe(
+        &sidecar,
+        &sidecar.create_key(proto::CreateKeyRequest::default()).await,
+    )
+    .await;
+    // By key id, by key ARN; a key may have several aliases.
+    create_alias(&sidecar, "alias/scans", &first.key_id).await;
+    create_alias(&sidecar, "alias/team/scans_2-B", &first.arn).await;
+    create_alias(&sidecar, "alias/other", &second.key_id).await;
+
+    let listed = list_aliases(&sidecar, "").await;
+    let names: Vec<&str> = listed.iter().map(|a| a.alias_name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["alias/other", "alias/scans", "alias/team/scans_2-B"],
+        "{listed:?}"
+    );
+    let scans = &listed[1];
+    assert_eq!(
+        scans.alias_arn,
+        "arn:aws:kms:us-east-1:111122223333:alias/scans"
+    );
+    // TargetKeyId is the key id, not its ARN.
+    assert_eq!(scans.target_key_id, first.key_id);
+    assert!(scans.creation_date.is_some());
+    assert_eq!(scans.last_updated_date, scans.creation_date);
+    // One key's aliases, by key id or key ARN.
+    for key in [&second.key_id, &second.arn] {
+        let of_second = list_aliases(&sidecar, key).await;
+        assert_eq!(of_second.len(), 1, "{of_second:?}");
+        assert_eq!(of_second[0].alias_name, "alias/other");
+        assert_eq!(of_second[0].target_key_id, second.key_id);
+    }
+
+    // DescribeKey by alias name and by alias ARN.
+    assert_eq!(describe(&sidecar, "alias/scans").await, first);
+    assert_eq!(describe(&sidecar, &scans.alias_arn).await, first);
+    assert_eq!(describe(&sidecar, "alias/other").await, second);
+    // The other RPCs take a key ARN or key id only, as in KMS.
+    let status = kms
+        .get_key_policy(proto::GetKeyPolicyRequest {
+            key_id: "alias/scans".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_field(&status), "key_id");
+    // An alias in another account is not this one.
+    let status = kms
+        .describe_key(proto::DescribeKeyRequest {
+            key_id: "arn:aws:kms:us-east-1:444455556666:alias/scans".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // A key pending deletion keeps its aliases, and DescribeKey through them.
+    kms.schedule_key_deletion(proto::ScheduleKeyDeletionRequest {
+        key_id: second.arn.clone(),
+        pending_window_in_days: 7,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        describe(&sidecar, "alias/other").await.key_state,
+        "PendingDeletion"
+    );
+    assert_eq!(list_aliases(&sidecar, "").await.len(), 3);
+
+    kms.delete_alias(proto::DeleteAliasRequest {
+        alias_name: "alias/scans".into(),
+    })
+    .await
+    .unwrap();
+    let status = kms
+        .describe_key(proto::DescribeKeyRequest {
+            key_id: "alias/scans".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::NotFound, "NOT_FOUND")
+    );
+    let left: Vec<String> = list_aliases(&sidecar, &first.arn)
+        .await
+        .into_iter()
+        .map(|a| a.alias_name)
+        .collect();
+    assert_eq!(left, ["alias/team/scans_2-B"]);
+    // The key itself is unchanged, and the name is free again.
+    assert_eq!(describe(&sidecar, &first.arn).await, first);
+    create_alias(&sidecar, "alias/scans", &first.key_id).await;
+}
+
+#[tokio::test]
+async fn alias_refusals_name_the_field_and_change_nothing() {
+    let sidecar = Sidecar::start();
+    let mut kms = sidecar.kms().await;
+    let key = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    create_alias(&sidecar, "alias/taken", &key).await;
+    let doomed = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    kms.schedule_key_deletion(proto::ScheduleKeyDeletionRequest {
+        key_id: doomed.clone(),
+        pending_window_in_days: 7,
+    })
+    .await
+    .unwrap();
+    let elsewhere = sidecar
+        .create_key(proto::CreateKeyRequest {
+            region: "eu-west-1".into(),
+            ..Default::default()
+        })
+        .await;
+    let missing = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000";
+
+    let long = format!("alias/{}", "a".repeat(251));
+    let cases: [(&str, &str, Code, &str); 13] = [
+        ("alias/aws/mine", &key, Code::InvalidArgument, "alias_name"),
+        (
+            "alias/with space",
+            &key,
+            Code::InvalidArgument,
+            "alias_name",
+        ),
+        ("alias/caf\u{e9}", &key, Code::InvalidArgument, "alias_name"),
+        ("alias/a:b", &key, Code::InvalidArgument, "alias_name"),
+        ("scans", &key, Code::InvalidArgument, "alias_name"),
+        ("alias/", &key, Code::InvalidArgument, "alias_name"),
+        (&long, &key, Code::InvalidArgument, "alias_name"),
+        ("", &key, Code::InvalidArgument, "alias_name"),
+        ("alias/new", "", Code::InvalidArgument, "target_key_id"),
+        (
+            "alias/new",
+            "alias/taken",
+            Code::InvalidArgument,
+            "target_key_id",
+        ),
+        (
+            "alias/new",
+            &elsewhere,
+            Code::InvalidArgument,
+            "target_key_id",
+        ),
+        ("alias/new", missing, Code::NotFound, "target_key_id"),
+        ("alias/taken", &key, Code::AlreadyExists, "alias_name"),
+    ];
+    for (alias_name, target_key_id, code, field) in cases {
+        let request = proto::CreateAliasRequest {
+            alias_name: alias_name.into(),
+            target_key_id: target_key_id.into(),
+        };
+        let status = kms.create_alias(request.clone()).await.unwrap_err();
+        assert_eq!(status.code(), code, "{request:?}: {status:?}");
+        assert!(
+            status.message().contains(field),
+            "{request:?}: {}",
+            status.message()
+        );
+        if code == Code::InvalidArgument {
+            assert_eq!(violated_field(&status), field, "{request:?}");
+            assert_eq!(reason(&status), "INVALID_REQUEST");
+        }
+    }
+    // The reserved prefix and the characters are named in the message.
+    let reserved = kms
+        .create_alias(proto::CreateAliasRequest {
+            alias_name: "alias/aws/mine".into(),
+            target_key_id: key.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        reserved.message().contains("alias/aws/"),
+        "{}",
+        reserved.message()
+    );
+    let bad_character = kms
+        .create_alias(proto::CreateAliasRequest {
+            alias_name: "alias/a*b".into(),
+            target_key_id: key.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        bad_character.message().contains("'*'"),
+        "{}",
+        bad_character.message()
+    );
+    // The longest name is accepted.
+    create_alias(&sidecar, &format!("alias/{}", "a".repeat(250)), &key).await;
+    // A key pending deletion takes no new alias.
+    let status = kms
+        .create_alias(proto::CreateAliasRequest {
+            alias_name: "alias/new".into(),
+            target_key_id: doomed.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::FailedPrecondition, "INVALID_STATE")
+    );
+    assert_eq!(
+        reason(
+            &kms.create_alias(proto::CreateAliasRequest {
+                alias_name: "alias/taken".into(),
+                target_key_id: key.clone(),
+            })
+            .await
+            .unwrap_err()
+        ),
+        "ALREADY_EXISTS"
+    );
+
+    // Deleting: a missing alias is NOT_FOUND, a bad name INVALID_ARGUMENT.
+    let status = kms
+        .delete_alias(proto::DeleteAliasRequest {
+            alias_name: "alias/missing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::NotFound, "NOT_FOUND")
+    );
+    assert!(
+        status.message().contains("alias_name"),
+        "{}",
+        status.message()
+    );
+    for alias_name in ["", "missing", "alias/bad name"] {
+        let status = kms
+            .delete_alias(proto::DeleteAliasRequest {
+                alias_name: alias_name.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{alias_name:?}");
+        assert_eq!(violated_field(&status), "alias_name");
+    }
+    // ListAliases of a key that does not exist.
+    let status = kms
+        .list_aliases(proto::ListAliasesRequest {
+            key_id: missing.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+
+    // Nothing refused was stored: the two aliases made, of the one key.
+    let listed = list_aliases(&sidecar, "").await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|a| key.ends_with(&a.target_key_id)));
+}
+
+#[tokio::test]
+async fn aliases_survive_a_restart() {
+    let sidecar = Sidecar::start();
+    let key = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    create_alias(&sidecar, "alias/durable", &key).await;
+    let before = list_aliases(&sidecar, "").await;
+    let sidecar = sidecar.restart();
+    assert_eq!(list_aliases(&sidecar, "").await, before);
+    assert_eq!(describe(&sidecar, "alias/durable").await.arn, key);
+}

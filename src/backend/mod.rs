@@ -88,6 +88,9 @@ pub enum BackendError {
     /// The named thing does not exist (`what` names it for the caller).
     #[error("{what} not found")]
     NotFound { what: String },
+    /// The named thing exists already (`what` names it for the caller).
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
     /// The request is wrong; `field` names the request field at fault.
     #[error("invalid `{field}`: {message}")]
     InvalidRequest {
@@ -143,7 +146,9 @@ impl BackendError {
     /// `not_found`, `throttled`, `transient` (unavailable or timed out), or `internal`.
     pub fn class(&self) -> &'static str {
         match self {
-            BackendError::InvalidRequest { .. } | BackendError::InvalidState { .. } => "user",
+            BackendError::InvalidRequest { .. }
+            | BackendError::InvalidState { .. }
+            | BackendError::AlreadyExists { .. } => "user",
             BackendError::NotFound { .. } => "not_found",
             BackendError::AccessDenied { .. } | BackendError::KeyAccessDenied { .. } => {
                 "access_denied"

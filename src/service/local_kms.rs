@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::ServiceError;
 use crate::{
-    backend::local::{CreateKeyInput, LocalKms},
+    backend::local::{AliasEntry, CreateKeyInput, LocalKms},
     proto::{self, local_kms_service_server::LocalKmsService},
     verify::{KeyMetadata, MultiRegionKey},
 };
@@ -40,6 +40,22 @@ fn timestamp(value: Option<serde_json::Value>) -> Option<prost_types::Timestamp>
         seconds: parsed.unix_timestamp(),
         nanos: 0,
     })
+}
+
+fn unix_timestamp(seconds: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos: 0 })
+}
+
+impl From<AliasEntry> for proto::AliasListEntry {
+    fn from(a: AliasEntry) -> proto::AliasListEntry {
+        proto::AliasListEntry {
+            alias_name: a.alias_name,
+            alias_arn: a.alias_arn,
+            target_key_id: a.target_key_id,
+            creation_date: unix_timestamp(a.creation_date),
+            last_updated_date: unix_timestamp(a.last_updated_date),
+        }
+    }
 }
 
 fn region_key(key: MultiRegionKey) -> proto::MultiRegionKey {
@@ -248,10 +264,7 @@ impl LocalKmsService for LocalKmsApi {
                         key_id: g.key_arn,
                         grant_id: g.grant_id,
                         name: g.name,
-                        creation_date: Some(prost_types::Timestamp {
-                            seconds: g.creation_date,
-                            nanos: 0,
-                        }),
+                        creation_date: unix_timestamp(g.creation_date),
                         grantee_principal: g.grantee_principal,
                         retiring_principal: g.retiring_principal,
                         issuing_account: g.issuing_account,
@@ -260,5 +273,48 @@ impl LocalKmsService for LocalKmsApi {
                     .collect(),
             }
         }))
+    }
+
+    async fn create_alias(
+        &self,
+        request: Request<proto::CreateAliasRequest>,
+    ) -> Reply<proto::CreateAliasResponse> {
+        super::audit_subject(&request, &request.get_ref().target_key_id, None, None);
+        let r = request.into_inner();
+        reply(
+            self.kms
+                .create_alias(r.alias_name, r.target_key_id)
+                .await
+                .map(|()| proto::CreateAliasResponse {}),
+        )
+    }
+
+    async fn delete_alias(
+        &self,
+        request: Request<proto::DeleteAliasRequest>,
+    ) -> Reply<proto::DeleteAliasResponse> {
+        super::audit_subject(&request, &request.get_ref().alias_name, None, None);
+        let r = request.into_inner();
+        reply(
+            self.kms
+                .delete_alias(r.alias_name)
+                .await
+                .map(|()| proto::DeleteAliasResponse {}),
+        )
+    }
+
+    async fn list_aliases(
+        &self,
+        request: Request<proto::ListAliasesRequest>,
+    ) -> Reply<proto::ListAliasesResponse> {
+        let r = request.into_inner();
+        reply(
+            self.kms
+                .list_aliases(r.key_id)
+                .await
+                .map(|aliases| proto::ListAliasesResponse {
+                    aliases: aliases.into_iter().map(Into::into).collect(),
+                }),
+        )
     }
 }

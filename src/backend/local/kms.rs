@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use super::store::{KeyReads, Store, StoredKey};
+use super::store::{KeyReads, Store, StoredAlias, StoredKey};
 use crate::{
     backend::BackendError,
     domain::{is_region_name, partition_of},
@@ -79,6 +79,90 @@ fn check_policy_document(policy: &str) -> Result<(), BackendError> {
     }
 }
 
+/// The prefix of every alias name.
+const ALIAS_PREFIX: &str = "alias/";
+/// The prefix KMS reserves for the aliases of AWS managed keys.
+const RESERVED_ALIAS_PREFIX: &str = "alias/aws/";
+/// The most characters an alias name has after `alias/` (256 in all, as in KMS).
+const MAX_ALIAS_NAME_CHARS: usize = 250;
+
+/// KMS's rules for an alias name, which `field` of the request holds: `alias/` and 1 to 250
+/// of a-z, A-Z, 0-9, `/`, `_` and `-`, not beginning `alias/aws/`.
+fn check_alias_name(field: &'static str, alias_name: &str) -> Result<(), BackendError> {
+    let invalid = |message: String| BackendError::InvalidRequest { field, message };
+    if alias_name.is_empty() {
+        return Err(invalid("is required".into()));
+    }
+    let Some(name) = alias_name.strip_prefix(ALIAS_PREFIX) else {
+        return Err(invalid(format!(
+            "`{alias_name}` does not begin with `{ALIAS_PREFIX}`; alias names are `alias/<name>`"
+        )));
+    };
+    if name.is_empty() || name.chars().count() > MAX_ALIAS_NAME_CHARS {
+        return Err(invalid(format!(
+            "the name after `{ALIAS_PREFIX}` has {} characters; it has 1 to {MAX_ALIAS_NAME_CHARS}",
+            name.chars().count()
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-')))
+    {
+        return Err(invalid(format!(
+            "contains the character {c:?}; alias names allow only a-z, A-Z, 0-9, `/`, `_` and `-`"
+        )));
+    }
+    if alias_name.starts_with(RESERVED_ALIAS_PREFIX) {
+        return Err(invalid(format!(
+            "`{alias_name}` begins with `{RESERVED_ALIAS_PREFIX}`, which is reserved for AWS managed keys"
+        )));
+    }
+    Ok(())
+}
+
+/// What a request's key identifier names: a key or an alias, each by its ARN.
+enum KeyRef {
+    Key(String),
+    Alias(String),
+}
+
+/// An alias as ListAliases shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasEntry {
+    pub alias_name: String,
+    pub alias_arn: String,
+    /// The key id, not its ARN, as in KMS.
+    pub target_key_id: String,
+    /// Unix seconds.
+    pub creation_date: i64,
+    /// Unix seconds.
+    pub last_updated_date: i64,
+}
+
+impl From<StoredAlias> for AliasEntry {
+    fn from(a: StoredAlias) -> AliasEntry {
+        AliasEntry {
+            alias_name: a.alias_name,
+            alias_arn: a.alias_arn,
+            target_key_id: a.target_key_id,
+            creation_date: a.creation_date,
+            last_updated_date: a.last_updated_date,
+        }
+    }
+}
+
+/// The alias stored under `alias_arn`, unless its key is gone (deleted, not yet purged): a
+/// deleted key's aliases are gone with it.
+fn live_alias(reads: &impl KeyReads, alias_arn: &str) -> Result<Option<StoredAlias>, BackendError> {
+    let Some(alias) = reads.alias(alias_arn)? else {
+        return Ok(None);
+    };
+    let key_live = reads
+        .key(&alias.target_key_arn)?
+        .is_some_and(|k| !k.is_deleted(now()));
+    Ok(key_live.then_some(alias))
+}
+
 /// What CreateKey needs; empty strings take the AWS defaults.
 #[derive(Debug, Clone, Default)]
 pub struct CreateKeyInput {
@@ -112,9 +196,10 @@ fn rfc3339(unix: i64) -> Option<serde_json::Value> {
         .map(serde_json::Value::String)
 }
 
-fn not_found(key_id: &str) -> BackendError {
+/// The key (or alias: `what`) `id`, which the request field `field` names, does not exist.
+fn not_found(field: &str, what: &str, id: &str) -> BackendError {
     BackendError::NotFound {
-        what: format!("key `{key_id}`"),
+        what: format!("{field}: {what} `{id}`"),
     }
 }
 
@@ -217,28 +302,86 @@ impl LocalKms {
         )
     }
 
-    /// The ARN a request's `key_id` (an ARN, or a key id in the sidecar's Region) names.
-    fn resolve(&self, key_id: &str) -> Result<String, BackendError> {
+    /// The ARN of the alias `alias_name` in the sidecar's Region.
+    fn alias_arn(&self, alias_name: &str) -> String {
+        format!(
+            "arn:{}:kms:{}:{}:{alias_name}",
+            partition_of(&self.region),
+            self.region,
+            self.account_id
+        )
+    }
+
+    /// What the request field `field` names: a key ARN or alias ARN as given, a key id or
+    /// alias name (`alias/<name>`) in the sidecar's Region.
+    fn resolve(&self, field: &'static str, key_id: &str) -> Result<KeyRef, BackendError> {
         if key_id.is_empty() {
             return Err(BackendError::InvalidRequest {
-                field: "key_id",
+                field,
                 message: "is required".into(),
             });
         }
-        Ok(if key_id.starts_with("arn:") {
-            key_id.to_owned()
+        Ok(if key_id.starts_with(ALIAS_PREFIX) {
+            KeyRef::Alias(self.alias_arn(key_id))
+        } else if key_id.starts_with("arn:") {
+            // arn:partition:kms:region:account:resource
+            let resource = key_id.splitn(6, ':').nth(5).unwrap_or_default();
+            if resource.starts_with(ALIAS_PREFIX) {
+                KeyRef::Alias(key_id.to_owned())
+            } else {
+                KeyRef::Key(key_id.to_owned())
+            }
         } else {
-            self.key_arn(&self.region, key_id)
+            KeyRef::Key(self.key_arn(&self.region, key_id))
         })
     }
 
-    /// The live (not deleted) key `key_id` names.
+    /// The live (not deleted) key `key_id`, a key ARN or key id in the request field
+    /// `field`, names. An alias is refused: as in KMS, only DescribeKey (of these
+    /// operations) takes one.
+    fn live_key_in(
+        &self,
+        reads: &impl KeyReads,
+        field: &'static str,
+        key_id: &str,
+    ) -> Result<StoredKey, BackendError> {
+        match self.resolve(field, key_id)? {
+            KeyRef::Key(arn) => reads
+                .key(&arn)?
+                .filter(|k| !k.is_deleted(now()))
+                .ok_or_else(|| not_found(field, "key", key_id)),
+            KeyRef::Alias(_) => Err(BackendError::InvalidRequest {
+                field,
+                message: format!(
+                    "`{key_id}` is an alias; this operation takes a key ARN or key id, as in AWS KMS (DescribeKey takes aliases)"
+                ),
+            }),
+        }
+    }
+
+    /// [`Self::live_key_in`] for the request field `key_id`.
     fn live_key(&self, reads: &impl KeyReads, key_id: &str) -> Result<StoredKey, BackendError> {
-        let arn = self.resolve(key_id)?;
+        self.live_key_in(reads, "key_id", key_id)
+    }
+
+    /// The live key `key_id` names: a key ARN or key id, or an alias name or alias ARN.
+    fn live_key_or_alias(
+        &self,
+        reads: &impl KeyReads,
+        key_id: &str,
+    ) -> Result<StoredKey, BackendError> {
+        let arn = match self.resolve("key_id", key_id)? {
+            KeyRef::Key(arn) => arn,
+            KeyRef::Alias(alias_arn) => {
+                live_alias(reads, &alias_arn)?
+                    .ok_or_else(|| not_found("key_id", "alias", key_id))?
+                    .target_key_arn
+            }
+        };
         reads
             .key(&arn)?
             .filter(|k| !k.is_deleted(now()))
-            .ok_or_else(|| not_found(key_id))
+            .ok_or_else(|| not_found("key_id", "key", key_id))
     }
 
     /// Runs a blocking store operation off the async runtime.
@@ -369,7 +512,7 @@ impl LocalKms {
         })
     }
 
-    /// Forgets the keys whose deletion date is past `now`: their rows, their grants and,
+    /// Forgets the keys whose deletion date is past `now`: their rows, grants, aliases and,
     /// once no Region's copy of a key is left (multi-Region replicas share their material),
     /// its material, so nothing can decrypt under it again. Returns how many key rows went;
     /// writes only when one does.
@@ -392,6 +535,11 @@ impl LocalKms {
             for grant in tx.grants()? {
                 if gone.iter().any(|k| k.arn == grant.key_arn) {
                     tx.delete_grant(&grant.grant_id)?;
+                }
+            }
+            for alias in tx.aliases()? {
+                if gone.iter().any(|k| k.arn == alias.target_key_arn) {
+                    tx.delete_alias(&alias.alias_arn)?;
                 }
             }
             let left = tx.keys()?;
@@ -435,10 +583,11 @@ impl LocalKms {
         .await
     }
 
+    /// DescribeKey, of a key named by key ARN, key id, alias name or alias ARN.
     pub async fn describe_key(&self, key_id: String) -> Result<KeyMetadata, BackendError> {
         self.blocking(move |kms| {
             kms.store.read(|tx| {
-                let key = kms.live_key(tx, &key_id)?;
+                let key = kms.live_key_or_alias(tx, &key_id)?;
                 metadata(tx, &key)
             })
         })
@@ -593,6 +742,92 @@ impl LocalKms {
                 };
                 tx.put_key(&replica)?;
                 metadata(tx, &replica)
+            })
+        })
+        .await
+    }
+
+    /// CreateAlias: `alias_name` names the key `target_key_id` (a key ARN or key id) of the
+    /// sidecar's Region, which is not pending deletion. An existing name is refused.
+    pub async fn create_alias(
+        &self,
+        alias_name: String,
+        target_key_id: String,
+    ) -> Result<(), BackendError> {
+        check_alias_name("alias_name", &alias_name)?;
+        self.blocking(move |kms| {
+            kms.store.write(|tx| {
+                let key = kms.live_key_in(tx, "target_key_id", &target_key_id)?;
+                if key.region != kms.region {
+                    return Err(BackendError::InvalidRequest {
+                        field: "target_key_id",
+                        message: format!(
+                            "`{}` is in {}; an alias and its key are in the same Region, the sidecar's ({})",
+                            key.arn, key.region, kms.region
+                        ),
+                    });
+                }
+                if key.key_state == "PendingDeletion" {
+                    return Err(invalid_state(&key, "pending deletion"));
+                }
+                let alias_arn = kms.alias_arn(&alias_name);
+                if live_alias(tx, &alias_arn)?.is_some() {
+                    return Err(BackendError::AlreadyExists {
+                        what: format!("alias_name: alias `{alias_name}`"),
+                    });
+                }
+                let created = now();
+                tx.put_alias(&StoredAlias {
+                    alias_name,
+                    alias_arn,
+                    target_key_arn: key.arn,
+                    target_key_id: key.key_id,
+                    creation_date: created,
+                    last_updated_date: created,
+                })
+            })
+        })
+        .await
+    }
+
+    /// DeleteAlias: the alias `alias_name` of the sidecar's Region; its key is unchanged.
+    pub async fn delete_alias(&self, alias_name: String) -> Result<(), BackendError> {
+        check_alias_name("alias_name", &alias_name)?;
+        self.blocking(move |kms| {
+            kms.store.write(|tx| {
+                let alias_arn = kms.alias_arn(&alias_name);
+                if live_alias(tx, &alias_arn)?.is_none() {
+                    return Err(not_found("alias_name", "alias", &alias_name));
+                }
+                tx.delete_alias(&alias_arn)
+            })
+        })
+        .await
+    }
+
+    /// ListAliases: every alias whose key is not deleted, or (`key_id` not empty: a key ARN
+    /// or key id) those of one key, in the order of their ARNs.
+    pub async fn list_aliases(&self, key_id: String) -> Result<Vec<AliasEntry>, BackendError> {
+        self.blocking(move |kms| {
+            kms.store.read(|tx| {
+                let key_arn = if key_id.is_empty() {
+                    None
+                } else {
+                    Some(kms.live_key(tx, &key_id)?.arn)
+                };
+                let mut aliases = Vec::new();
+                for alias in tx.aliases()? {
+                    if key_arn
+                        .as_ref()
+                        .is_some_and(|arn| *arn != alias.target_key_arn)
+                    {
+                        continue;
+                    }
+                    if live_alias(tx, &alias.alias_arn)?.is_some() {
+                        aliases.push(AliasEntry::from(alias));
+                    }
+                }
+                Ok(aliases)
             })
         })
         .await

@@ -12,7 +12,7 @@ use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 
-pub use kms::{CreateKeyInput, LocalKms};
+pub use kms::{AliasEntry, CreateKeyInput, LocalKms};
 pub use scanning::ScanningState;
 use store::{KeyReads, Store};
 
@@ -357,6 +357,56 @@ mod tests {
             .collect();
         assert_eq!(listed.len(), 2, "{listed:?}");
         assert!(listed.contains(&kept.arn));
+    }
+
+    #[tokio::test]
+    async fn aliases_go_with_their_key_when_it_is_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = open(dir.path()).unwrap();
+        let kms = &backend.kms;
+        let doomed = kms.create_key(CreateKeyInput::default()).await.unwrap();
+        let kept = kms.create_key(CreateKeyInput::default()).await.unwrap();
+        for (alias, key) in [
+            ("alias/doomed", &doomed),
+            ("alias/doomed-too", &doomed),
+            ("alias/kept", &kept),
+        ] {
+            kms.create_alias(alias.into(), key.key_id.clone())
+                .await
+                .unwrap();
+        }
+        kms.schedule_key_deletion(doomed.key_id.clone(), 7)
+            .await
+            .unwrap();
+        let names = |kms: &LocalKms| {
+            kms.store
+                .read(|tx| tx.aliases())
+                .unwrap()
+                .into_iter()
+                .map(|a| a.alias_name)
+                .collect::<Vec<_>>()
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert_eq!(kms.purge_deleted_keys(now).unwrap(), 0);
+        assert_eq!(
+            names(kms),
+            ["alias/doomed", "alias/doomed-too", "alias/kept"]
+        );
+
+        assert_eq!(kms.purge_deleted_keys(now + 8 * 86_400).unwrap(), 1);
+        assert_eq!(names(kms), ["alias/kept"]);
+        assert!(matches!(
+            kms.describe_key("alias/doomed".into()).await,
+            Err(BackendError::NotFound { .. })
+        ));
+        assert_eq!(
+            kms.describe_key("alias/kept".into()).await.unwrap().arn,
+            kept.arn
+        );
+        // The name is free for another key.
+        kms.create_alias("alias/doomed".into(), kept.arn.clone())
+            .await
+            .unwrap();
     }
 
     /// No file under `dir` holds any of `secrets`: raw, as hex, or as a JSON byte array.

@@ -67,6 +67,24 @@ const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("kms_grants");
 const DATA_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("data_keys");
 /// Finding ARN → JSON of [`StoredSnippet`]: a snippet, encrypted under a data key.
 const SNIPPETS: TableDefinition<&str, &[u8]> = TableDefinition::new("code_snippets");
+/// Alias ARN → JSON of [`StoredAlias`]. Deleting an alias, or purging its key, deletes its row.
+const ALIASES: TableDefinition<&str, &[u8]> = TableDefinition::new("kms_aliases");
+
+/// A KMS alias as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAlias {
+    /// `alias/<name>`.
+    pub alias_name: String,
+    pub alias_arn: String,
+    /// The ARN of the key it names, in the alias's Region.
+    pub target_key_arn: String,
+    /// The key id of that key.
+    pub target_key_id: String,
+    /// Unix seconds.
+    pub creation_date: i64,
+    /// Unix seconds.
+    pub last_updated_date: i64,
+}
 
 /// A KMS grant as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +159,7 @@ pub struct Tables<B, C> {
     grants: B,
     data_keys: B,
     snippets: B,
+    aliases: B,
     kek: Arc<Kek>,
 }
 
@@ -155,6 +174,7 @@ macro_rules! open_tables {
             grants: $txn.open_table(GRANTS).map_err(storage)?,
             data_keys: $txn.open_table(DATA_KEYS).map_err(storage)?,
             snippets: $txn.open_table(SNIPPETS).map_err(storage)?,
+            aliases: $txn.open_table(ALIASES).map_err(storage)?,
             kek: $kek.clone(),
         }
     };
@@ -185,6 +205,9 @@ pub trait KeyReads {
     fn snippet(&self, finding_arn: &str) -> Result<Option<StoredSnippet>, BackendError>;
     /// Every stored snippet with its finding ARN.
     fn snippets(&self) -> Result<Vec<(String, StoredSnippet)>, BackendError>;
+    fn alias(&self, alias_arn: &str) -> Result<Option<StoredAlias>, BackendError>;
+    /// Every stored alias, in the order of their ARNs.
+    fn aliases(&self) -> Result<Vec<StoredAlias>, BackendError>;
 }
 
 impl<B, C> KeyReads for Tables<B, C>
@@ -231,6 +254,12 @@ where
             values.push((k.value().to_owned(), from_json(v.value())?));
         }
         Ok(values)
+    }
+    fn alias(&self, alias_arn: &str) -> Result<Option<StoredAlias>, BackendError> {
+        get_json(&self.aliases, alias_arn)
+    }
+    fn aliases(&self) -> Result<Vec<StoredAlias>, BackendError> {
+        all_json(&self.aliases)
     }
 }
 
@@ -303,6 +332,15 @@ impl WriteTx<'_> {
 
     pub fn delete_snippet(&mut self, finding_arn: &str) -> Result<(), BackendError> {
         self.snippets.remove(finding_arn).map_err(storage)?;
+        Ok(())
+    }
+
+    pub fn put_alias(&mut self, alias: &StoredAlias) -> Result<(), BackendError> {
+        put_json(&mut self.aliases, &alias.alias_arn, alias)
+    }
+
+    pub fn delete_alias(&mut self, alias_arn: &str) -> Result<(), BackendError> {
+        self.aliases.remove(alias_arn).map_err(storage)?;
         Ok(())
     }
 }
