@@ -95,6 +95,21 @@ impl Matcher {
         }
     }
 
+    /// The value, when the predicate is plain equality to it.
+    fn literal(&self) -> Option<impl Iterator<Item = char> + '_> {
+        (!self.never
+            && self
+                .elements
+                .iter()
+                .all(|e| matches!(e, Element::Literal(_))))
+        .then(|| {
+            self.elements.iter().filter_map(|e| match e {
+                Element::Literal(c) => Some(*c),
+                _ => None,
+            })
+        })
+    }
+
     fn start(&self) -> Vec<u64> {
         let mut set = vec![0; self.elements.len() / 64 + 1];
         if !self.never {
@@ -168,6 +183,43 @@ fn has(set: &[u64], position: usize) -> bool {
 fn put(set: &mut [u64], position: usize) {
     if let Some(word) = set.get_mut(position / 64) {
         *word |= 1 << (position % 64);
+    }
+}
+
+/// The plain values of one scope's predicates, as a trie.
+struct Trie {
+    scope: Scope,
+    children: HashMap<(usize, char), usize>,
+    /// For each node, the predicates whose value ends there.
+    ending: Vec<Vec<usize>>,
+}
+
+impl Trie {
+    fn new(predicates: &[(Scope, Matcher)], scope: Scope) -> Trie {
+        let mut trie = Trie {
+            scope,
+            children: HashMap::new(),
+            ending: vec![Vec::new()],
+        };
+        for (i, (reader, matcher)) in predicates.iter().enumerate() {
+            let Some(value) = matcher.literal().filter(|_| *reader == scope) else {
+                continue;
+            };
+            let mut node = 0;
+            for c in value {
+                let next = trie.ending.len();
+                node = *trie.children.entry((node, c)).or_insert(next);
+                if node == next {
+                    trie.ending.push(Vec::new());
+                }
+            }
+            trie.ending[node].push(i);
+        }
+        trie
+    }
+
+    fn step(&self, node: usize, c: char) -> Option<usize> {
+        self.children.get(&(node, c)).copied()
     }
 }
 
@@ -294,17 +346,30 @@ pub fn representatives(
     }
     let parts = shape.parts(&characters);
 
+    // Plain values (a principal's ARN, StringEquals) are most predicates, often hundreds:
+    // each scope's are one trie, stepped once per character, rather than an automaton each.
+    let tries = [
+        Trie::new(predicates, Scope::Whole),
+        Trie::new(predicates, Scope::Account),
+    ];
+    let general: Vec<usize> = (0..predicates.len())
+        .filter(|&i| predicates[i].1.literal().is_none())
+        .collect();
+
     #[derive(Clone, PartialEq, Eq, Hash)]
     struct State {
         part: usize,
         /// Characters read in the current part, capped where the count no longer matters.
         count: usize,
+        /// Where each scope's trie is (`None`: no plain value starts so).
+        nodes: [Option<usize>; 2],
         sets: Vec<Vec<u64>>,
     }
     let start = State {
         part: 0,
         count: 0,
-        sets: predicates.iter().map(|(_, m)| m.start()).collect(),
+        nodes: [Some(0), Some(0)],
+        sets: general.iter().map(|&i| predicates[i].1.start()).collect(),
     };
     let mut seen: HashSet<State> = HashSet::new();
     let mut queue: VecDeque<(State, String)> = VecDeque::new();
@@ -315,29 +380,47 @@ pub fn representatives(
 
     let read = |state: &State, text: &str, scope: Scope| -> State {
         let mut sets = state.sets.clone();
-        for ((reader, matcher), set) in predicates.iter().zip(sets.iter_mut()) {
+        for (&i, set) in general.iter().zip(sets.iter_mut()) {
+            let (reader, matcher) = &predicates[i];
             if *reader == Scope::Whole || *reader == scope {
                 for c in text.chars() {
                     *set = matcher.step(set, c);
                 }
             }
         }
+        let mut nodes = state.nodes;
+        for (trie, node) in tries.iter().zip(nodes.iter_mut()) {
+            if trie.scope == Scope::Whole || trie.scope == scope {
+                for c in text.chars() {
+                    *node = node.and_then(|n| trie.step(n, c));
+                }
+            }
+        }
         State {
             part: state.part,
             count: state.count,
+            nodes,
             sets,
         }
+    };
+    let outcome_of = |state: &State| -> Vec<bool> {
+        let mut outcome = vec![false; predicates.len()];
+        for (&i, set) in general.iter().zip(&state.sets) {
+            outcome[i] = predicates[i].1.accepts(set);
+        }
+        for (trie, node) in tries.iter().zip(state.nodes) {
+            for &i in node.map_or(&[][..], |n| trie.ending[n].as_slice()) {
+                outcome[i] = true;
+            }
+        }
+        outcome
     };
 
     while let Some((state, text)) = queue.pop_front() {
         let mut next: Vec<(State, String)> = Vec::new();
         match parts.get(state.part) {
             None => {
-                let outcome: Vec<bool> = predicates
-                    .iter()
-                    .zip(&state.sets)
-                    .map(|((_, m), set)| m.accepts(set))
-                    .collect();
+                let outcome = outcome_of(&state);
                 if outcomes.insert(outcome.clone(), ()).is_none() {
                     let text = readable(shape, predicates, &text, &outcome).unwrap_or(text);
                     found.push((text, outcome));
@@ -412,10 +495,15 @@ fn outcome(shape: &Shape, predicates: &[(Scope, Matcher)], text: &str) -> Vec<bo
                 (Scope::Account, Some(range)) => text.get(range.clone()).unwrap_or_default(),
                 _ => text,
             };
-            let end = read
-                .chars()
-                .fold(matcher.start(), |set, c| matcher.step(&set, c));
-            matcher.accepts(&end)
+            match matcher.literal() {
+                Some(value) => value.eq(read.chars()),
+                None => {
+                    let end = read
+                        .chars()
+                        .fold(matcher.start(), |set, c| matcher.step(&set, c));
+                    matcher.accepts(&end)
+                }
+            }
         })
         .collect()
 }
