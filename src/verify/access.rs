@@ -649,7 +649,12 @@ impl<'a> Space<'a> {
             } else {
                 let predicates: Vec<(Scope, Matcher)> =
                     seen.text.into_iter().map(|m| (Scope::Whole, m)).collect();
-                classes::representatives(&Shape::Any, &predicates)
+                let shape = if key == "aws:sourceaccount" {
+                    Shape::AccountId
+                } else {
+                    Shape::Any
+                };
+                classes::representatives(&shape, &predicates)
                     .map(|found| found.into_iter().map(|(v, _)| v).collect())
                     .map_err(|TooLarge| {
                         format!(

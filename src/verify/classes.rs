@@ -237,6 +237,8 @@ pub enum Scope {
 pub enum Shape {
     /// Any string.
     Any,
+    /// A 12-digit account id (`aws:SourceAccount`: a request carries no other).
+    AccountId,
     /// `arn:<partition>:iam::<12 digits>:role/<name>` or `…:user/<name>`.
     PrincipalArn { partition: String },
 }
@@ -285,6 +287,19 @@ impl Shape {
                     alphabet: with_stand_in(known, stand_ins),
                     min: 0,
                     max: None,
+                    scope: Scope::Whole,
+                }]
+            }
+            Shape::AccountId => {
+                let digits: Vec<char> = characters
+                    .iter()
+                    .copied()
+                    .filter(char::is_ascii_digit)
+                    .collect();
+                vec![Part::Free {
+                    alphabet: with_stand_in(digits, '0'..='9'),
+                    min: 12,
+                    max: Some(12),
                     scope: Scope::Whole,
                 }]
             }
@@ -482,7 +497,7 @@ pub fn representatives(
 /// Which predicates `text` (a value of `shape`) satisfies.
 fn outcome(shape: &Shape, predicates: &[(Scope, Matcher)], text: &str) -> Vec<bool> {
     let account = match shape {
-        Shape::Any => None,
+        Shape::Any | Shape::AccountId => None,
         Shape::PrincipalArn { partition } => {
             let start = format!("arn:{partition}:iam::").len();
             Some(start..start + 12)
@@ -518,7 +533,7 @@ fn readable(
 ) -> Option<String> {
     let candidate = match shape {
         Shape::Any if text.is_empty() => "other".to_owned(),
-        Shape::Any => return None,
+        Shape::Any | Shape::AccountId => return None,
         Shape::PrincipalArn { .. } => {
             let kind = [":role/", ":user/"]
                 .iter()
