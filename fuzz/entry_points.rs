@@ -8,7 +8,12 @@ use inspector_keyd::{
     config::Settings,
     proto,
     service::validation,
-    verify::{self, Profile, Severity},
+    verify::{
+        self, Profile, Severity,
+        access::{self, AccessSummary, BREAKS_SCANNING, READS_CODE, Subject},
+        eval::{self, Caller, Decision},
+        policy::{self, Document, DocumentKind, Policy},
+    },
 };
 use prost::Message;
 
@@ -18,10 +23,17 @@ const PROFILES: [Profile; 3] = [
     Profile::AmazonQCodeRepository,
 ];
 
-/// The policy parser, evaluator and renderer. Input: a profile selector byte, then the key
-/// policy, an identity policy, a DescribeKey document and a permissions boundary separated by
-/// NUL bytes.
+/// The policy parser, evaluator, access summary and renderer. Input: a profile selector
+/// byte, then the key policy, an identity policy, a DescribeKey document and a permissions
+/// boundary separated by NUL bytes.
 pub fn policy(data: &[u8]) {
+    policy_checks(data, true);
+}
+
+/// As [`policy`]; `profile_free: false` leaves out the access analyses the profile selector
+/// does not change (a second summary and the diff), so a replay running one policy under
+/// every profile makes them once.
+pub fn policy_checks(data: &[u8], profile_free: bool) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
@@ -54,6 +66,25 @@ pub fn policy(data: &[u8]) {
                 .iter()
                 .any(|f| f.severity == Severity::Error)
     );
+    // The access summary verify made of the key policy (`access::summarize`, for the
+    // principal with the identity policies and boundary as given) holds up, so does one for
+    // nobody's known policies and other trust, and the access diff (`access::diff`) of the
+    // policy against itself finds nothing. All are bounded: none may panic or hang.
+    if let Some(summary) = &report.access {
+        let key_arn = metadata.as_ref().map_or(
+            "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000",
+            |m| m.arn.as_str(),
+        );
+        access_checks(
+            summary,
+            &key_policy,
+            &identity_policies,
+            permissions_boundary.as_deref(),
+            principal,
+            key_arn,
+            profile_free,
+        );
+    }
     // Merging into whatever the input was either refuses it or yields a policy that parses.
     if let Ok(merged) = verify::render(
         profile,
@@ -75,6 +106,120 @@ pub fn policy(data: &[u8]) {
             "merging is not idempotent"
         );
     }
+}
+
+fn parse(kind: DocumentKind, name: &str, text: &str) -> Option<Policy> {
+    policy::analyze(Document { kind, name, text }).0
+}
+
+/// What holds of every entry of an access summary of `key_policy`: its actions say whether
+/// it reads the code or breaks scanning, public access is external access, and its witness
+/// is a request the entry stands for that the whole policy allows (`own`: the identity
+/// policies and boundary of the witness's caller, as the summary had them).
+fn entry_checks<'p>(
+    summary: &AccessSummary,
+    key_policy: &Policy,
+    own: impl Fn(&Caller) -> (Option<&'p [Policy]>, Option<&'p Policy>),
+) {
+    for entry in &summary.entries {
+        assert!(!entry.actions.is_empty(), "{entry:#?}");
+        let listed = |actions: &[&str]| entry.actions.iter().any(|a| actions.contains(&a.as_str()));
+        assert_eq!(entry.reads_code, listed(&READS_CODE), "{entry:#?}");
+        assert_eq!(
+            entry.breaks_scanning,
+            listed(&BREAKS_SCANNING),
+            "{entry:#?}"
+        );
+        assert!(
+            entry.external || !entry.public,
+            "public but not external: {entry:#?}"
+        );
+        let request = &entry.witness.request;
+        let (identity, boundary) = own(&request.caller);
+        let decision = eval::decide_bounded(key_policy, identity, boundary, request);
+        assert!(
+            matches!(
+                decision,
+                Decision::Allow | Decision::IdentityPolicyNotChecked
+            ),
+            "the witness is not allowed ({decision:?}): {entry:#?}"
+        );
+        // A statement with policy variables is reported incomplete; `covers` reads its
+        // values as written.
+        let statement = &key_policy.statements[entry.statement];
+        if !statement.resource_variables && !statement.conditions.iter().any(|c| c.variables) {
+            assert!(
+                entry.covers(key_policy, request),
+                "the entry does not cover its own witness: {entry:#?}"
+            );
+        }
+    }
+}
+
+/// The checks of [`entry_checks`] on verify's summary and, with `profile_free`, on a summary
+/// for nobody's known policies with another account and an organization trusted; and a
+/// policy grants no more and no less access than itself with its statements reversed.
+fn access_checks(
+    summary: &AccessSummary,
+    key_policy: &str,
+    identity_policies: &[String],
+    permissions_boundary: Option<&str>,
+    principal: &str,
+    key_arn: &str,
+    profile_free: bool,
+) {
+    let key_policy = parse(DocumentKind::KeyPolicy, "key_policy", key_policy)
+        .expect("a summary was made, so the key policy parsed");
+    // As verify gives them to the summary: supplied (even if none parsed) or not known.
+    let identity: Vec<Policy> = identity_policies
+        .iter()
+        .filter_map(|text| parse(DocumentKind::IdentityPolicy, "identity_policies[0]", text))
+        .collect();
+    let supplied = (!identity_policies.is_empty()).then_some(identity.as_slice());
+    let boundary = permissions_boundary
+        .and_then(|text| parse(DocumentKind::IdentityPolicy, "permissions_boundary", text));
+    entry_checks(summary, &key_policy, |caller| match caller {
+        Caller::Aws { arn, .. } if arn == principal => (supplied, boundary.as_ref()),
+        _ => (None, None),
+    });
+    if !profile_free {
+        return;
+    }
+    let trusted = ["444455556666".to_owned()];
+    let trust = access::Trust {
+        trusted_accounts: &trusted,
+        organization_id: Some("o-a1b2c3d4e5"),
+        deny_external_access: true,
+    };
+    let unknown = access::summarize(
+        &key_policy,
+        &Subject {
+            account_id: "111122223333",
+            key_arn,
+            principal_arn: None,
+            identity_policies: None,
+            boundary: None,
+            trust,
+        },
+    );
+    entry_checks(&unknown, &key_policy, |_| (None, None));
+    let reversed = Policy {
+        kind: key_policy.kind,
+        statements: key_policy.statements.iter().rev().cloned().collect(),
+    };
+    let subject = Subject {
+        account_id: "111122223333",
+        key_arn,
+        principal_arn: Some(principal),
+        identity_policies: supplied,
+        boundary: boundary.as_ref(),
+        trust: access::Trust::default(),
+    };
+    let diff = access::diff(&key_policy, &reversed, &subject);
+    assert!(
+        diff.new_access.is_empty() && diff.removed_access.is_empty(),
+        "reordering the statements changed the access: {diff:#?}"
+    );
 }
 
 /// The configuration parser: the input is the text of a config file.
