@@ -9,7 +9,8 @@
 // One process decides a whole batch. The package is installed (pinned) by
 // scripts/install-test-tools.sh; ORACLE_PACKAGE may point at it elsewhere. A request with
 // "identity": false is a service principal's, which the principal's identity policies do not
-// govern.
+// govern; one with "identity": "other" is another IAM principal's, decided with the case's
+// "other_identity_policies" instead of "identity_policies".
 import { readFileSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import path from 'node:path'
@@ -42,6 +43,9 @@ for (const c of batch.cases) {
   const identityPolicies = c.identity_policies.map((policy, i) =>
     loadPolicy(policy, { name: `identity_policies[${i}]` })
   )
+  const otherIdentityPolicies = (c.other_identity_policies ?? []).map((policy, i) =>
+    loadPolicy(policy, { name: `other_identity_policies[${i}]` })
+  )
   const answers = []
   for (const r of c.requests) {
     try {
@@ -54,7 +58,12 @@ for (const c of batch.cases) {
       const analysis = authorize({
         request,
         sessionPolicy: undefined,
-        identityPolicies: r.identity === false ? [] : identityPolicies,
+        identityPolicies:
+          r.identity === false
+            ? []
+            : r.identity === 'other'
+              ? otherIdentityPolicies
+              : identityPolicies,
         serviceControlPolicies: [],
         resourceControlPolicies: [],
         resourcePolicy: keyPolicy,
