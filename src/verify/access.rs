@@ -307,13 +307,13 @@ enum KeyValues {
 type Context = Vec<(String, Vec<String>)>;
 
 /// Every combination of one class per key, as an odometer turns.
-struct Contexts<'s> {
-    axes: Vec<(String, &'s [Option<Vec<String>>])>,
+struct Contexts {
+    axes: Vec<(String, Vec<Option<Vec<String>>>)>,
     digits: Vec<usize>,
     left: usize,
 }
 
-impl Iterator for Contexts<'_> {
+impl Iterator for Contexts {
     type Item = Context;
 
     fn next(&mut self) -> Option<Context> {
@@ -518,6 +518,16 @@ impl<'a> Space<'a> {
         for statement in statements(all) {
             for condition in &statement.conditions {
                 let key = condition.key.to_ascii_lowercase();
+                // A service a condition names is a caller of its own.
+                if key == "aws:principalservicename" {
+                    services.extend(
+                        condition
+                            .values
+                            .iter()
+                            .filter(|v| !v.contains(['*', '?']))
+                            .cloned(),
+                    );
+                }
                 if !CALLER_KEYS.contains(&key.as_str())
                     || condition.operator.family() != Family::Text
                 {
@@ -705,19 +715,22 @@ impl<'a> Space<'a> {
     /// The context combinations to try for `caller`: every class of every key in `keys`,
     /// made one at a time. `Err` with their number when there are more than
     /// [`MAX_COMBINATIONS`].
-    fn contexts(&self, caller: &Caller, keys: &[String]) -> Result<Contexts<'_>, usize> {
-        const ABSENT: &[Option<Vec<String>>] = &[None];
-        let mut axes: Vec<(String, &[Option<Vec<String>>])> = Vec::new();
+    fn contexts(&self, caller: &Caller, keys: &[String]) -> Result<Contexts, usize> {
+        let mut axes: Vec<(String, Vec<Option<Vec<String>>>)> = Vec::new();
         for key in keys {
-            // A service is nobody's principal: it carries no aws:Principal… keys.
-            let values = if matches!(caller, Caller::Service(_)) && key.starts_with("aws:principal")
-            {
-                ABSENT
-            } else {
-                match self.keys.get(key) {
-                    Some(KeyValues::Classes(values)) if !values.is_empty() => values.as_slice(),
-                    _ => ABSENT,
-                }
+            let one = |value: &str| vec![Some(vec![value.to_owned()])];
+            // The caller's own keys: a service carries its name and no other aws:Principal…
+            // key; an IAM principal never carries a service name.
+            let values = match (caller, key.as_str()) {
+                (Caller::Service(service), "aws:principalservicename") => one(service),
+                (Caller::Service(_), "aws:principalisawsservice") => one("true"),
+                (Caller::Service(_), k) if k.starts_with("aws:principal") => vec![None],
+                (Caller::Aws { .. }, "aws:principalservicename") => vec![None],
+                (Caller::Aws { .. }, "aws:principalisawsservice") => one("false"),
+                _ => match self.keys.get(key) {
+                    Some(KeyValues::Classes(values)) if !values.is_empty() => values.clone(),
+                    _ => vec![None],
+                },
             };
             let spelled = self.spelling.get(key).unwrap_or(key).clone();
             axes.push((spelled, values));
