@@ -110,44 +110,13 @@ impl Matcher {
         })
     }
 
-    fn start(&self) -> Vec<u64> {
-        let mut set = vec![0; self.elements.len() / 64 + 1];
-        if !self.never {
-            set[0] = 1;
-            self.close(&mut set);
-        }
-        set
-    }
-
-    /// Adds the positions after each run the set holds (a run may match nothing).
-    fn close(&self, set: &mut [u64]) {
-        for (position, element) in self.elements.iter().enumerate() {
-            if has(set, position) && matches!(element, Element::Run { .. }) {
-                put(set, position + 1);
-            }
-        }
-    }
-
-    fn step(&self, set: &[u64], c: char) -> Vec<u64> {
-        let mut next = vec![0; set.len()];
-        for (position, element) in self.elements.iter().enumerate() {
-            if !has(set, position) {
-                continue;
-            }
-            match *element {
-                Element::Literal(l) if l == c => put(&mut next, position + 1),
-                Element::Folded(l) if l == c.to_ascii_lowercase() => put(&mut next, position + 1),
-                Element::One { colon } if colon || c != ':' => put(&mut next, position + 1),
-                Element::Run { colon } if colon || c != ':' => put(&mut next, position),
-                _ => {}
-            }
-        }
-        self.close(&mut next);
-        next
-    }
-
-    fn accepts(&self, set: &[u64]) -> bool {
-        !self.never && has(set, self.elements.len())
+    /// Whether `text` satisfies the predicate.
+    fn matches(&self, text: &str) -> bool {
+        let automaton = Automaton::new([self]);
+        let end = text
+            .chars()
+            .fold(automaton.start(), |set, c| automaton.step(&set, c));
+        automaton.accepts(&end, 0)
     }
 
     /// The characters the pattern names (both cases where it ignores case).
@@ -186,9 +155,89 @@ fn put(set: &mut [u64], position: usize) {
     }
 }
 
+/// Several patterns run as one automaton: their positions side by side in one bitset, so a
+/// step touches only the positions a string has reached, not every element of every pattern.
+struct Automaton {
+    /// Each pattern's elements followed by `None`, its accepting position.
+    slots: Vec<Option<Element>>,
+    /// Each pattern's first position, or `None` when it matches nothing.
+    starts: Vec<Option<usize>>,
+    /// Each pattern's accepting position.
+    ends: Vec<usize>,
+}
+
+impl Automaton {
+    fn new<'a>(matchers: impl IntoIterator<Item = &'a Matcher>) -> Automaton {
+        let mut automaton = Automaton {
+            slots: Vec::new(),
+            starts: Vec::new(),
+            ends: Vec::new(),
+        };
+        for matcher in matchers {
+            let first = automaton.slots.len();
+            automaton
+                .slots
+                .extend(matcher.elements.iter().map(|e| Some(*e)));
+            automaton.ends.push(automaton.slots.len());
+            automaton.slots.push(None);
+            automaton.starts.push((!matcher.never).then_some(first));
+        }
+        automaton
+    }
+
+    fn start(&self) -> Vec<u64> {
+        let mut set = vec![0; self.slots.len() / 64 + 1];
+        for first in self.starts.iter().flatten() {
+            self.reach(&mut set, *first);
+        }
+        set
+    }
+
+    /// Adds `position`, and those after it that runs (which may match nothing) lead to.
+    fn reach(&self, set: &mut [u64], mut position: usize) {
+        loop {
+            put(set, position);
+            match self.slots.get(position) {
+                Some(Some(Element::Run { .. })) => position += 1,
+                _ => return,
+            }
+        }
+    }
+
+    fn step(&self, set: &[u64], c: char) -> Vec<u64> {
+        let mut next = vec![0; set.len()];
+        for (word_index, word) in set.iter().enumerate() {
+            let mut bits = *word;
+            while bits != 0 {
+                let position = word_index * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                match self.slots.get(position).copied().flatten() {
+                    Some(Element::Literal(l)) if l == c => self.reach(&mut next, position + 1),
+                    Some(Element::Folded(l)) if l == c.to_ascii_lowercase() => {
+                        self.reach(&mut next, position + 1)
+                    }
+                    Some(Element::One { colon }) if colon || c != ':' => {
+                        self.reach(&mut next, position + 1)
+                    }
+                    Some(Element::Run { colon }) if colon || c != ':' => {
+                        self.reach(&mut next, position)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        next
+    }
+
+    /// Whether the `index`th pattern accepts in `set`.
+    fn accepts(&self, set: &[u64], index: usize) -> bool {
+        self.starts.get(index).is_some_and(Option::is_some)
+            && self.ends.get(index).is_some_and(|end| has(set, *end))
+    }
+}
+
 /// The plain values of one scope's predicates, as a trie.
 struct Trie {
-    scope: Scope,
     children: HashMap<(usize, char), usize>,
     /// For each node, the predicates whose value ends there.
     ending: Vec<Vec<usize>>,
@@ -197,7 +246,6 @@ struct Trie {
 impl Trie {
     fn new(predicates: &[(Scope, Matcher)], scope: Scope) -> Trie {
         let mut trie = Trie {
-            scope,
             children: HashMap::new(),
             ending: vec![Vec::new()],
         };
@@ -367,9 +415,15 @@ pub fn representatives(
         Trie::new(predicates, Scope::Whole),
         Trie::new(predicates, Scope::Account),
     ];
-    let general: Vec<usize> = (0..predicates.len())
-        .filter(|&i| predicates[i].1.literal().is_none())
-        .collect();
+    // The other predicates (patterns) are one automaton per scope, all patterns side by side.
+    let general: [Vec<usize>; 2] = [Scope::Whole, Scope::Account].map(|scope| {
+        (0..predicates.len())
+            .filter(|&i| predicates[i].0 == scope && predicates[i].1.literal().is_none())
+            .collect()
+    });
+    let automata = general
+        .each_ref()
+        .map(|indices| Automaton::new(indices.iter().map(|&i| &predicates[i].1)));
 
     #[derive(Clone, PartialEq, Eq, Hash)]
     struct State {
@@ -378,66 +432,87 @@ pub fn representatives(
         count: usize,
         /// Where each scope's trie is (`None`: no plain value starts so).
         nodes: [Option<usize>; 2],
-        sets: Vec<Vec<u64>>,
+        /// Where each scope's automaton is.
+        sets: [Vec<u64>; 2],
+    }
+    /// What a visited state's shortest string adds to its parent's.
+    enum Added<'a> {
+        Nothing,
+        Text(&'a str),
+        Character(char),
     }
     let start = State {
         part: 0,
         count: 0,
         nodes: [Some(0), Some(0)],
-        sets: general.iter().map(|&i| predicates[i].1.start()).collect(),
+        sets: automata.each_ref().map(Automaton::start),
     };
     let mut seen: HashSet<State> = HashSet::new();
-    let mut queue: VecDeque<(State, String)> = VecDeque::new();
+    // Each visited state's parent and what it added: the strings, without a copy each.
+    let mut paths: Vec<(usize, Added)> = vec![(0, Added::Nothing)];
+    let mut queue: VecDeque<(State, usize)> = VecDeque::new();
     let mut found: Vec<(String, Vec<bool>)> = Vec::new();
-    let mut outcomes: HashMap<Vec<bool>, ()> = HashMap::new();
+    let mut outcomes: HashSet<Vec<bool>> = HashSet::new();
     seen.insert(start.clone());
-    queue.push_back((start, String::new()));
+    queue.push_back((start, 0));
 
+    // A scope's trie and automaton read the characters of their scope and of the whole.
+    let reads = |reader: Scope, scope: Scope| reader == Scope::Whole || reader == scope;
     let read = |state: &State, text: &str, scope: Scope| -> State {
-        let mut sets = state.sets.clone();
-        for (&i, set) in general.iter().zip(sets.iter_mut()) {
-            let (reader, matcher) = &predicates[i];
-            if *reader == Scope::Whole || *reader == scope {
-                for c in text.chars() {
-                    *set = matcher.step(set, c);
+        let mut next = state.clone();
+        for (index, reader) in [Scope::Whole, Scope::Account].into_iter().enumerate() {
+            if !reads(reader, scope) {
+                continue;
+            }
+            for c in text.chars() {
+                next.nodes[index] = next.nodes[index].and_then(|n| tries[index].step(n, c));
+                if !general[index].is_empty() {
+                    next.sets[index] = automata[index].step(&next.sets[index], c);
                 }
             }
         }
-        let mut nodes = state.nodes;
-        for (trie, node) in tries.iter().zip(nodes.iter_mut()) {
-            if trie.scope == Scope::Whole || trie.scope == scope {
-                for c in text.chars() {
-                    *node = node.and_then(|n| trie.step(n, c));
-                }
-            }
-        }
-        State {
-            part: state.part,
-            count: state.count,
-            nodes,
-            sets,
-        }
+        next
     };
     let outcome_of = |state: &State| -> Vec<bool> {
         let mut outcome = vec![false; predicates.len()];
-        for (&i, set) in general.iter().zip(&state.sets) {
-            outcome[i] = predicates[i].1.accepts(set);
-        }
-        for (trie, node) in tries.iter().zip(state.nodes) {
-            for &i in node.map_or(&[][..], |n| trie.ending[n].as_slice()) {
+        for index in 0..2 {
+            for (k, &i) in general[index].iter().enumerate() {
+                outcome[i] = automata[index].accepts(&state.sets[index], k);
+            }
+            let ending = state.nodes[index].map_or(&[][..], |n| tries[index].ending[n].as_slice());
+            for &i in ending {
                 outcome[i] = true;
             }
         }
         outcome
     };
+    let text_of = |paths: &[(usize, Added)], mut at: usize| -> String {
+        let mut pieces = Vec::new();
+        while at != 0 {
+            let (parent, added) = &paths[at];
+            pieces.push(added);
+            at = *parent;
+        }
+        let mut text = String::new();
+        for added in pieces.into_iter().rev() {
+            match added {
+                Added::Nothing => {}
+                Added::Text(t) => text.push_str(t),
+                Added::Character(c) => text.push(*c),
+            }
+        }
+        text
+    };
 
-    while let Some((state, text)) = queue.pop_front() {
-        let mut next: Vec<(State, String)> = Vec::new();
+    while let Some((state, at)) = queue.pop_front() {
+        let mut next: Vec<(State, Added)> = Vec::new();
         match parts.get(state.part) {
             None => {
                 let outcome = outcome_of(&state);
-                if outcomes.insert(outcome.clone(), ()).is_none() {
+                if !outcomes.contains(&outcome) {
+                    let text = text_of(&paths, at);
                     let text = readable(shape, predicates, &text, &outcome).unwrap_or(text);
+                    outcomes.insert(outcome.clone());
                     found.push((text, outcome));
                 }
                 continue;
@@ -446,14 +521,14 @@ pub fn representatives(
                 let mut moved = read(&state, fixed, Scope::Whole);
                 moved.part += 1;
                 moved.count = 0;
-                next.push((moved, format!("{text}{fixed}")));
+                next.push((moved, Added::Text(fixed)));
             }
             Some(Part::Choice(options)) => {
                 for option in options {
                     let mut moved = read(&state, option, Scope::Whole);
                     moved.part += 1;
                     moved.count = 0;
-                    next.push((moved, format!("{text}{option}")));
+                    next.push((moved, Added::Text(option)));
                 }
             }
             Some(Part::Free {
@@ -466,7 +541,7 @@ pub fn representatives(
                     let mut moved = state.clone();
                     moved.part += 1;
                     moved.count = 0;
-                    next.push((moved, text.clone()));
+                    next.push((moved, Added::Nothing));
                 }
                 if max.is_none_or(|max| state.count < max) {
                     for &c in alphabet {
@@ -477,17 +552,19 @@ pub fn representatives(
                         } else {
                             state.count + 1
                         };
-                        next.push((moved, format!("{text}{c}")));
+                        next.push((moved, Added::Character(c)));
                     }
                 }
             }
         }
-        for (state, text) in next {
+        for (state, added) in next {
             if seen.len() >= MAX_STATES {
                 return Err(TooLarge);
             }
-            if seen.insert(state.clone()) {
-                queue.push_back((state, text));
+            if !seen.contains(&state) {
+                seen.insert(state.clone());
+                paths.push((at, added));
+                queue.push_back((state, paths.len() - 1));
             }
         }
     }
@@ -512,12 +589,7 @@ fn outcome(shape: &Shape, predicates: &[(Scope, Matcher)], text: &str) -> Vec<bo
             };
             match matcher.literal() {
                 Some(value) => value.eq(read.chars()),
-                None => {
-                    let end = read
-                        .chars()
-                        .fold(matcher.start(), |set, c| matcher.step(&set, c));
-                    matcher.accepts(&end)
-                }
+                None => matcher.matches(read),
             }
         })
         .collect()
