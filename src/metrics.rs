@@ -13,9 +13,10 @@ use prometheus_client::{
 
 use crate::{
     domain::{SUPPORTED_TARGETS, Target},
+    proto::ENCRYPTION_KEY_SERVICE,
     rpc::{self, Role},
     striped::{DurationHistogram, StripedCounter},
-    verify::Report,
+    verify::{FindingCode, Profile, Report, Severity},
 };
 
 // Label values are static strings: counting a call allocates nothing.
@@ -44,6 +45,15 @@ struct VerificationLabels {
     result: String,
 }
 
+impl VerificationLabels {
+    fn new(profile: &str, passed: bool) -> VerificationLabels {
+        VerificationLabels {
+            profile: profile.to_owned(),
+            result: if passed { "passed" } else { "failed" }.to_owned(),
+        }
+    }
+}
+
 /// A target's labels, on every metric about one (the cache's too).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct TargetLabels {
@@ -56,6 +66,15 @@ impl TargetLabels {
         TargetLabels {
             scan_type: target.scan_type().as_aws_str(),
             resource_type: target.resource_type().as_aws_str(),
+        }
+    }
+
+    /// The series of one of its failing checks.
+    fn failing(&self, check: &'static str) -> FailingCheckLabels {
+        FailingCheckLabels {
+            scan_type: self.scan_type,
+            resource_type: self.resource_type,
+            check,
         }
     }
 }
@@ -98,6 +117,12 @@ pub enum ReloadedFile {
 }
 
 impl ReloadedFile {
+    const ALL: [ReloadedFile; 3] = [
+        ReloadedFile::Rules,
+        ReloadedFile::Tls,
+        ReloadedFile::AwsCredentials,
+    ];
+
     fn label(self) -> ReloadLabels {
         ReloadLabels {
             file: match self {
@@ -165,6 +190,25 @@ fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, 
 /// `count` series slots, each filled at its first use.
 fn unset_series<T>(count: usize) -> Vec<OnceLock<T>> {
     (0..count).map(|_| OnceLock::new()).collect()
+}
+
+/// A method of the API every sidecar serves (the local backend's services, health and
+/// reflection are not).
+fn is_api_method(method: &rpc::Method) -> bool {
+    method
+        .path
+        .strip_prefix('/')
+        .and_then(|path| path.strip_prefix(ENCRYPTION_KEY_SERVICE))
+        .is_some_and(|name| name.starts_with('/'))
+}
+
+/// The checks a verdict may report failing: the codes of ERROR findings (a code with a
+/// severity note is an ERROR in some cases).
+fn checks_that_can_fail() -> impl Iterator<Item = FindingCode> {
+    FindingCode::ALL
+        .iter()
+        .copied()
+        .filter(|code| code.severity() == Severity::Error || code.severity_note().is_some())
 }
 
 impl Metrics {
@@ -254,7 +298,56 @@ impl Metrics {
             authz_series: unset_series((rpc::METHODS.len() + 1) * ROLES * 2),
             registry,
         };
-        Metrics(Arc::new(families))
+        let metrics = Metrics(Arc::new(families));
+        metrics.start_known_series();
+        metrics
+    }
+
+    /// Creates at 0 every series whose labels are known in advance, so that a rule or panel
+    /// has it from the first scrape on (Prometheus' instrumentation practice: a series that
+    /// appears only at its first event reads as "No data", and `absent()` cannot tell a
+    /// broken exporter from a quiet one). Only closed sets: no per-request value.
+    fn start_known_series(&self) {
+        // Successful calls of the API; other codes, and the services not every sidecar
+        // serves, start at their first call (17 codes of histograms each would be most of
+        // the scrape).
+        for method in rpc::METHODS.iter().filter(|m| is_api_method(m)) {
+            let _ = self.rpc_series(method_index(Some(method)), tonic::Code::Ok);
+        }
+        // Each decision authorization can make: a method's role or above is allowed, a
+        // lesser role or none denied (a path not served needs admin).
+        for method in rpc::METHODS.iter().map(Some).chain([None]) {
+            let Some(needed) = rpc::role_needed(method) else {
+                continue;
+            };
+            for role in Role::ALL {
+                let _ = self.authz_series(method, Some(role), role >= needed);
+            }
+            let _ = self.authz_series(method, None, false);
+        }
+        for profile in Profile::ALL {
+            for passed in [true, false] {
+                drop(
+                    self.0
+                        .verifications
+                        .get_or_create(&VerificationLabels::new(profile.name(), passed)),
+                );
+            }
+        }
+        // Each target's key fails no check until a verdict says otherwise.
+        for target in Target::all() {
+            let labels = TargetLabels::of(target);
+            for check in checks_that_can_fail() {
+                self.0
+                    .key_verification_failing_check
+                    .get_or_create(&labels.failing(check.as_str()))
+                    .set(0);
+            }
+        }
+        // A file not watched is never refused: 0 is true of it too.
+        for file in ReloadedFile::ALL {
+            self.watch_reloads(file);
+        }
     }
 
     /// The text exposition format.
@@ -273,12 +366,21 @@ impl Metrics {
         code: tonic::Code,
         duration: std::time::Duration,
     ) {
-        let method = method_index(method);
+        if let Some((counter, histogram)) = self.rpc_series(method_index(method), code) {
+            counter.inc();
+            histogram.observe(duration);
+        }
+    }
+
+    /// The series of a (method row, code), created at its first use.
+    fn rpc_series(
+        &self,
+        method: usize,
+        code: tonic::Code,
+    ) -> Option<&(StripedCounter, DurationHistogram)> {
         let code_index = usize::try_from(code as i32).unwrap_or(0).min(CODES - 1);
-        let Some(slot) = self.0.rpc_series.get(method * CODES + code_index) else {
-            return;
-        };
-        let (counter, histogram) = slot.get_or_init(|| {
+        let slot = self.0.rpc_series.get(method * CODES + code_index)?;
+        Some(slot.get_or_init(|| {
             let labels = RpcLabels {
                 method: method_name(method),
                 code: rpc::code_name(code),
@@ -287,23 +389,31 @@ impl Metrics {
                 self.0.rpc_requests.get_or_create(&labels).clone(),
                 self.0.rpc_duration.get_or_create(&labels).clone(),
             )
-        });
-        counter.inc();
-        histogram.observe(duration);
+        }))
     }
 
     /// An authorization decision; `role` is the caller's (none when it has no role).
     pub fn count_authz(&self, method: Option<&rpc::Method>, role: Option<Role>, allowed: bool) {
+        if let Some(counter) = self.authz_series(method, role, allowed) {
+            counter.inc();
+        }
+    }
+
+    /// The series of a (method, role, decision), created at its first use.
+    fn authz_series(
+        &self,
+        method: Option<&rpc::Method>,
+        role: Option<Role>,
+        allowed: bool,
+    ) -> Option<&StripedCounter> {
         let (role_index, role) = match role {
             Some(role) => (role as usize, role.as_str()),
             None => (Role::ALL.len(), "none"),
         };
         let method = method_index(method);
         let index = (method * ROLES + role_index) * 2 + usize::from(allowed);
-        let Some(slot) = self.0.authz_series.get(index) else {
-            return;
-        };
-        slot.get_or_init(|| {
+        let slot = self.0.authz_series.get(index)?;
+        Some(slot.get_or_init(|| {
             self.0
                 .authz_decisions
                 .get_or_create(&AuthzLabels {
@@ -312,8 +422,7 @@ impl Metrics {
                     decision: if allowed { "allow" } else { "deny" },
                 })
                 .clone()
-        })
-        .inc();
+        }))
     }
 
     pub fn count_backend(&self, operation: &'static str, class: &'static str) {
@@ -326,15 +435,13 @@ impl Metrics {
     pub fn count_verification(&self, profile: &str, passed: bool) {
         self.0
             .verifications
-            .get_or_create(&VerificationLabels {
-                profile: profile.to_owned(),
-                result: if passed { "passed" } else { "failed" }.to_owned(),
-            })
+            .get_or_create(&VerificationLabels::new(profile, passed))
             .inc();
     }
 
     /// The verdict on a target's key: `None` (the AWS owned key in use, or no verdict yet)
-    /// removes its series. A failed verdict sets one series per failing check.
+    /// removes its pass/fail series. Each check the verdict fails is set to 1, and each
+    /// that no longer fails back to 0 (kept, not removed: panels and `absent()` need it).
     pub fn set_key_verification(&self, target: Target, report: Option<&Report>) {
         let labels = TargetLabels::of(target);
         match report {
@@ -353,11 +460,6 @@ impl Metrics {
             .unwrap_or_default();
         failing.sort_unstable();
         failing.dedup();
-        let series = |check| FailingCheckLabels {
-            scan_type: labels.scan_type,
-            resource_type: labels.resource_type,
-            check,
-        };
         let mut current = self
             .0
             .failing_checks
@@ -367,12 +469,15 @@ impl Metrics {
             return;
         };
         for gone in current.iter().filter(|check| !failing.contains(check)) {
-            self.0.key_verification_failing_check.remove(&series(*gone));
+            self.0
+                .key_verification_failing_check
+                .get_or_create(&labels.failing(gone))
+                .set(0);
         }
         for check in &failing {
             self.0
                 .key_verification_failing_check
-                .get_or_create(&series(*check))
+                .get_or_create(&labels.failing(check))
                 .set(1);
         }
         *current = failing;
@@ -455,13 +560,54 @@ mod tests {
         }
     }
 
+    /// The failing check series set to 1 (the others are at 0).
     fn failing_checks(metrics: &Metrics) -> Vec<String> {
         metrics
             .encode()
             .lines()
-            .filter(|l| l.starts_with("inspector_keyd_key_verification_failing_check{"))
+            .filter(|l| {
+                l.starts_with("inspector_keyd_key_verification_failing_check{") && l.ends_with(" 1")
+            })
             .map(str::to_owned)
             .collect()
+    }
+
+    #[test]
+    fn a_new_registry_exports_its_known_series_at_zero() {
+        let text = Metrics::new(NoCache).encode();
+        for series in [
+            "inspector_keyd_authz_decisions_total{rpc=\"UpdateEncryptionKey\",role=\"read-only\",decision=\"deny\"} 0",
+            "inspector_keyd_authz_decisions_total{rpc=\"UpdateEncryptionKey\",role=\"admin\",decision=\"allow\"} 0",
+            "inspector_keyd_authz_decisions_total{rpc=\"other\",role=\"none\",decision=\"deny\"} 0",
+            "inspector_keyd_key_verification_failing_check{scan_type=\"CODE\",resource_type=\"CODE_REPOSITORY\",check=\"KEY_NOT_ENABLED\"} 0",
+            "inspector_keyd_rpc_requests_total{method=\"GetEncryptionKey\",code=\"OK\"} 0",
+            "inspector_keyd_rpc_duration_seconds_count{method=\"GetEncryptionKey\",code=\"OK\"} 0",
+            "inspector_keyd_verifications_total{profile=\"amazon-q-lambda\",result=\"failed\"} 0",
+            "inspector_keyd_reload_failing{file=\"tls\"} 0",
+        ] {
+            assert!(text.contains(series), "no {series} in\n{text}");
+        }
+        // Decisions authorization never makes, and calls of services not every sidecar
+        // serves, are left out.
+        assert!(!text.contains("role=\"none\",decision=\"allow\""), "{text}");
+        assert!(!text.contains("rpc=\"GetEncryptionKey\",role=\"read-only\",decision=\"deny\""));
+        assert!(!text.contains("method=\"CreateKey\""), "{text}");
+        // Pre-created series are the ones counting uses.
+        let metrics = Metrics::new(NoCache);
+        let update = rpc::METHODS
+            .iter()
+            .find(|m| m.name == "UpdateEncryptionKey")
+            .unwrap();
+        metrics.count_authz(Some(update), Some(Role::Admin), true);
+        let text = metrics.encode();
+        assert!(text.contains(
+            "inspector_keyd_authz_decisions_total{rpc=\"UpdateEncryptionKey\",role=\"admin\",decision=\"allow\"} 1"
+        ), "{text}");
+        assert_eq!(
+            text.matches("rpc=\"UpdateEncryptionKey\",role=\"admin\",decision=\"allow\"")
+                .count(),
+            1
+        );
     }
 
     #[test]
@@ -504,6 +650,10 @@ mod tests {
         metrics.set_key_verification(lambda, Some(&failing(&[])));
         metrics.set_key_verification(repository, None);
         assert_eq!(failing_checks(&metrics), Vec::<String>::new());
+        // A check that no longer fails reads 0; it does not vanish.
+        assert!(metrics.encode().contains(
+            "inspector_keyd_key_verification_failing_check{scan_type=\"CODE\",resource_type=\"AWS_LAMBDA_FUNCTION\",check=\"REQUIRED_ACCESS_EXPLICITLY_DENIED\"} 0"
+        ));
         assert!(metrics
             .encode()
             .contains("inspector_keyd_key_verification_passed{scan_type=\"CODE\",resource_type=\"AWS_LAMBDA_FUNCTION\"} 1"));

@@ -564,7 +564,11 @@ async fn every_metric_and_label_the_alerts_and_the_dashboard_use_is_in_a_live_sc
             &metrics,
             "inspector_keyd_key_verification_failing_check",
             "",
-            &[("check", "KEY_NOT_ENABLED")],
+            // The key in use is Lambda's; the repository target's series is there at 0.
+            &[
+                ("resource_type", "AWS_LAMBDA_FUNCTION"),
+                ("check", "KEY_NOT_ENABLED"),
+            ],
         );
         let refused = sample(
             &metrics,
