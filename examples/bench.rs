@@ -434,6 +434,7 @@ fn request() -> proto::GetEncryptionKeyRequest {
     proto::GetEncryptionKeyRequest {
         scan_type: proto::ScanType::Code as i32,
         resource_type: proto::ResourceType::AwsLambdaFunction as i32,
+        ..Default::default()
     }
 }
 
@@ -1009,6 +1010,7 @@ async fn fleet(duration: Duration, parent: &Path) {
                         .get_encryption_key(proto::GetEncryptionKeyRequest {
                             scan_type: proto::ScanType::Code as i32,
                             resource_type: resource_type as i32,
+                            ..Default::default()
                         })
                         .await;
                     // The repository target has the AWS owned key: NOT_FOUND, cached too.
@@ -1140,6 +1142,7 @@ async fn put_key_in_use(admin: &Channel) {
         scan_type: proto::ScanType::Code as i32,
         resource_type: proto::ResourceType::AwsLambdaFunction as i32,
         validate_only: false,
+        ..Default::default()
     })
     .await
     .unwrap();

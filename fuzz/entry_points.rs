@@ -245,7 +245,16 @@ pub fn requests(data: &[u8]) {
         let _ = validation::verify_request(&request, |_| Profile::CodeguruGrants);
     }
     if let Ok(request) = proto::GetEncryptionKeyRequest::decode(data) {
-        let _ = validation::target_request(request.scan_type, request.resource_type);
+        // An accepted scope is empty (the sidecar's own) or an account id and a Region name.
+        if let Ok((_, (account_id, region))) = validation::target_request(
+            request.scan_type,
+            request.resource_type,
+            &request.account_id,
+            &request.region,
+        ) {
+            assert!(account_id.is_empty() || inspector_keyd::domain::is_account_id(account_id));
+            assert!(region.is_empty() || inspector_keyd::domain::is_region_name(region));
+        }
     }
     if let Ok(request) = proto::BatchGetCodeSnippetRequest::decode(data)
         && let Ok(findings) = validation::finding_arns(&request.finding_arns)

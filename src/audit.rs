@@ -37,6 +37,10 @@ pub struct AuditRecord {
     pub key_arn: Option<String>,
     pub scan_type: Option<String>,
     pub resource_type: Option<String>,
+    /// The account and Region the call was about (the sidecar's own when it named none),
+    /// when it was about a key setting.
+    pub account_id: Option<String>,
+    pub region: Option<String>,
     /// `allowed`, `denied` (authorization refused it, or the service found the caller's role
     /// short for what the call is about), or `cancelled` (the client went away).
     pub decision: &'static str,
@@ -64,6 +68,8 @@ impl AuditRecord {
             key_arn: None,
             scan_type: None,
             resource_type: None,
+            account_id: None,
+            region: None,
             decision: "allowed",
             code: String::new(),
             latency_ms: 0.0,
@@ -81,6 +87,7 @@ struct Subject {
     key_arn: Option<String>,
     scan_type: Option<String>,
     resource_type: Option<String>,
+    scope: Option<(String, String)>,
 }
 
 impl AuditSubject {
@@ -103,12 +110,23 @@ impl AuditSubject {
         }
     }
 
+    /// The account and Region the call is about.
+    pub fn record_scope(&self, account_id: &str, region: &str) {
+        if let Ok(mut subject) = self.0.lock() {
+            subject.scope = Some((account_id.to_owned(), region.to_owned()));
+        }
+    }
+
     /// Copies what was recorded into `record`.
     pub fn fill(&self, record: &mut AuditRecord) {
         if let Ok(subject) = self.0.lock() {
             record.key_arn.clone_from(&subject.key_arn);
             record.scan_type.clone_from(&subject.scan_type);
             record.resource_type.clone_from(&subject.resource_type);
+            if let Some((account_id, region)) = &subject.scope {
+                record.account_id = Some(account_id.clone());
+                record.region = Some(region.clone());
+            }
         }
     }
 }

@@ -1,13 +1,13 @@
 //! The read-path cache between the service and the backend, and the one holder of the key
-//! in use: per (scan type, resource type) it holds the customer managed key ARN, or "the
-//! AWS owned key is in use", each kind with its own TTL, and the last verification verdict
+//! in use: per managed target (a scope's scan type and resource type) it holds the customer
+//! managed key ARN, or "the AWS owned key is in use", each kind with its own TTL, and the last verification verdict
 //! on that key. Concurrent misses for a target coalesce into one backend call; Update and
 //! Reset write through before they return; the drift watch refreshes it from the backend;
 //! and when a refresh fails for a backend reason, the last value is served for a bounded
 //! time (stale-if-error). A target that is being read is refreshed ahead of expiry in the
 //! background, so steady reads never wait for the backend and cost it about one call per
-//! TTL. The targets are a fixed few, so each has a slot of its own: a cached read is one
-//! uncontended read lock.
+//! TTL. The managed targets are known at start, so each has a slot of its own in a map made
+//! once: a cached read is a lookup and one uncontended atomic load.
 
 use std::{
     sync::{
@@ -20,7 +20,7 @@ use std::{
 use arc_swap::ArcSwapOption;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 use tokio::time::Instant;
@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::{
     backend::{Backend, BackendError},
     config::CacheConfig,
-    domain::{CodeSnippets, FindingArn, KeyArn, SUPPORTED_TARGETS, Target},
+    domain::{CodeSnippets, FindingArn, KeyArn, ScopedTarget},
     jitter,
     metrics::TargetLabels,
     striped::StripedCounter,
@@ -211,7 +211,19 @@ struct LoadRecord {
 pub struct CacheState {
     config: CacheConfig,
     stats: CacheStats,
-    slots: [Slot; SUPPORTED_TARGETS.len()],
+    /// A slot per managed target, made once the scopes are known ([`CacheState::manage`]):
+    /// a read finds its slot without a lock.
+    slots: std::sync::OnceLock<std::collections::HashMap<ScopedTarget, Slot>>,
+}
+
+/// A stale window's series: only scopes whose backend fails have one, so its count follows
+/// the failing scopes, not the managed ones.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StaleLabels {
+    account_id: &'static str,
+    region: &'static str,
+    #[prometheus(flatten)]
+    target: TargetLabels,
 }
 
 /// The cache's counters and stale windows, read at each scrape.
@@ -262,7 +274,11 @@ impl Collector for CacheState {
             MetricType::Gauge,
         )?;
         for (target, left) in self.stale_windows() {
-            let labels = TargetLabels::of(target);
+            let labels = StaleLabels {
+                account_id: target.scope.account_id(),
+                region: target.scope.region(),
+                target: TargetLabels::of(target.target),
+            };
             ConstGauge::new(left.as_secs_f64()).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
@@ -274,30 +290,50 @@ impl CacheState {
         CacheState {
             config,
             stats: CacheStats::default(),
-            slots: Default::default(),
+            slots: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes a slot for each of `targets`, the managed ones; only the first call counts.
+    pub fn manage(&self, targets: impl IntoIterator<Item = ScopedTarget>) {
+        let _ = self.slots.set(
+            targets
+                .into_iter()
+                .map(|target| (target, Slot::default()))
+                .collect(),
+        );
+    }
+
+    /// The managed targets.
+    fn targets(&self) -> impl Iterator<Item = ScopedTarget> + '_ {
+        self.slots
+            .get()
+            .into_iter()
+            .flat_map(|slots| slots.keys().copied())
     }
 
     pub fn stats(&self) -> &CacheStats {
         &self.stats
     }
 
-    fn slot(&self, target: Target) -> &Slot {
-        // Target::index is a position in SUPPORTED_TARGETS, the slots' length.
-        &self.slots[target.index() % SUPPORTED_TARGETS.len()]
+    /// `target`'s slot; `None` when it is not managed (requests are checked before).
+    fn slot(&self, target: ScopedTarget) -> Option<&Slot> {
+        self.slots.get()?.get(&target)
     }
 
-    fn entry(&self, target: Target) -> Option<Entry> {
-        self.slot(target).entry.load().as_deref().cloned()
+    fn entry(&self, target: ScopedTarget) -> Option<Entry> {
+        self.slot(target)?.entry.load().as_deref().cloned()
     }
 
-    fn set(&self, target: Target, entry: Option<Entry>) {
-        self.slot(target).entry.store(entry.map(Arc::new));
+    fn set(&self, target: ScopedTarget, entry: Option<Entry>) {
+        if let Some(slot) = self.slot(target) {
+            slot.entry.store(entry.map(Arc::new));
+        }
     }
 
     /// When a read of `target` starts its refresh ahead of expiry (`None`: nothing is held
     /// for reads). The cache tests read it to see the spread.
-    pub fn refresh_due(&self, target: Target) -> Option<Instant> {
+    pub fn refresh_due(&self, target: ScopedTarget) -> Option<Instant> {
         self.entry(target)
             .filter(|e| e.serves_reads)
             .map(|e| e.refresh_at)
@@ -306,9 +342,10 @@ impl CacheState {
     /// For each target whose entry is past its TTL, how long it may still be served while
     /// the backend fails (zero once that window is over). A fresh entry, or none, is not
     /// listed: only an expired entry is what a failing backend leaves readers with.
-    pub fn stale_windows(&self) -> Vec<(Target, Duration)> {
+    pub fn stale_windows(&self) -> Vec<(ScopedTarget, Duration)> {
         let now = Instant::now();
-        Target::all()
+        let mut windows: Vec<(ScopedTarget, Duration)> = self
+            .targets()
             .filter_map(|target| {
                 let entry = self.entry(target).filter(|e| e.serves_reads)?;
                 let expires = entry.loaded_at + entry.ttl(&self.config);
@@ -317,7 +354,9 @@ impl CacheState {
                     (target, servable_until.saturating_duration_since(now))
                 })
             })
-            .collect()
+            .collect();
+        windows.sort_unstable_by_key(|(target, _)| *target);
+        windows
     }
 }
 
@@ -336,6 +375,12 @@ impl From<&Entry> for KeyInUse {
             verdict: entry.verdict.clone(),
         }
     }
+}
+
+/// A target the cache has no slot for: requests name managed scopes only, so this is a
+/// fault of the sidecar's own.
+fn not_managed(target: ScopedTarget) -> BackendError {
+    BackendError::internal(format!("{target} is not a managed target"))
 }
 
 /// Failures that a stale value may stand in for: the backend's trouble, not the request's.
@@ -365,8 +410,15 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
-    pub fn new(backend: Arc<dyn Backend>, config: CacheConfig) -> KeyCache {
-        KeyCache::with_state(backend, Arc::new(CacheState::new(config)))
+    /// A cache of `targets` (the managed ones) over `backend`.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        config: CacheConfig,
+        targets: impl IntoIterator<Item = ScopedTarget>,
+    ) -> KeyCache {
+        let state = CacheState::new(config);
+        state.manage(targets);
+        KeyCache::with_state(backend, Arc::new(state))
     }
 
     /// A cache holding `state` (shared with the metrics).
@@ -387,7 +439,7 @@ impl KeyCache {
     }
 
     /// The key in use for `target`, from the cache when fresh.
-    pub async fn get(&self, target: Target) -> Result<Cached, BackendError> {
+    pub async fn get(&self, target: ScopedTarget) -> Result<Cached, BackendError> {
         match self.get_fresh(target) {
             Some(hit) => Ok(hit),
             None => self.load(target).await,
@@ -396,11 +448,11 @@ impl KeyCache {
 
     /// The cache's answer for `target` when it is fresh (a hit), else `None`. A hit past
     /// the entry's refresh point starts its refresh in the background.
-    pub fn get_fresh(&self, target: Target) -> Option<Cached> {
+    pub fn get_fresh(&self, target: ScopedTarget) -> Option<Cached> {
         let now = Instant::now();
         // Read in place: no copy of the entry.
         let (answer, refresh_due) = {
-            let held = self.state.slot(target).entry.load();
+            let held = self.state.slot(target)?.entry.load();
             let entry = held.as_deref()?;
             if !entry.is_fresh(now, &self.state.config) {
                 return None;
@@ -415,32 +467,31 @@ impl KeyCache {
     }
 
     /// Spawns the refresh of `target`'s entry unless one is under way.
-    fn start_refresh_ahead(&self, target: Target) {
-        if self
-            .state
-            .slot(target)
-            .refreshing
-            .swap(true, Ordering::AcqRel)
-        {
+    fn start_refresh_ahead(&self, target: ScopedTarget) {
+        let Some(slot) = self.state.slot(target) else {
+            return;
+        };
+        if slot.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
         let cache = self.clone();
         tokio::spawn(async move {
             cache.refresh_ahead(target).await;
-            cache
-                .state
-                .slot(target)
-                .refreshing
-                .store(false, Ordering::Release);
+            if let Some(slot) = cache.state.slot(target) {
+                slot.refreshing.store(false, Ordering::Release);
+            }
         });
     }
 
     /// Reloads a fresh entry that reads found past its refresh point, while reads keep
     /// being answered from it. A failure keeps the entry until it expires, without another
     /// refresh: the reads after that load (or serve it stale) as any miss does.
-    async fn refresh_ahead(&self, target: Target) {
+    async fn refresh_ahead(&self, target: ScopedTarget) {
         let (stats, config) = (&self.state.stats, &self.state.config);
-        let _loading = self.state.slot(target).load.lock().await;
+        let Some(slot) = self.state.slot(target) else {
+            return;
+        };
+        let _loading = slot.load.lock().await;
         let Some(current) = self.state.entry(target) else {
             return;
         };
@@ -473,11 +524,11 @@ impl KeyCache {
 
     /// A read [`KeyCache::get_fresh`] could not answer (a miss): loads from the backend, or
     /// serves the stale entry while the backend is in trouble.
-    pub async fn load(&self, target: Target) -> Result<Cached, BackendError> {
+    pub async fn load(&self, target: ScopedTarget) -> Result<Cached, BackendError> {
         let stats = &self.state.stats;
         let config = &self.state.config;
         CacheStats::count(&stats.misses);
-        let slot = self.state.slot(target);
+        let slot = self.state.slot(target).ok_or_else(|| not_managed(target))?;
         let record = || slot.loads.lock().unwrap_or_else(PoisonError::into_inner);
         let seen = record().finished;
         // Calls for one target load one at a time: the first loads; the ones that waited
@@ -534,7 +585,7 @@ impl KeyCache {
     }
 
     /// What the cache holds for `target`, loading it when it holds nothing yet.
-    pub async fn key_in_use(&self, target: Target) -> Result<KeyInUse, BackendError> {
+    pub async fn key_in_use(&self, target: ScopedTarget) -> Result<KeyInUse, BackendError> {
         if let Some(entry) = self.state.entry(target) {
             return Ok(KeyInUse::from(&entry));
         }
@@ -555,9 +606,10 @@ impl KeyCache {
     /// backend that cannot answer changes nothing.
     pub async fn refresh(
         &self,
-        target: Target,
+        target: ScopedTarget,
     ) -> Result<(Option<KeyInUse>, KeyInUse), BackendError> {
-        let _loading = self.state.slot(target).load.lock().await;
+        let slot = self.state.slot(target).ok_or_else(|| not_managed(target))?;
+        let _loading = slot.load.lock().await;
         let previous = self.state.entry(target);
         let key_arn = self.backend.get_encryption_key(target).await?;
         let mut refreshed = Entry::reloaded(previous.as_ref(), key_arn, &self.state.config);
@@ -568,8 +620,11 @@ impl KeyCache {
     }
 
     /// Records `verdict` on `key_arn`, when that key is still the one held for `target`.
-    pub async fn set_verdict(&self, target: Target, key_arn: &str, verdict: Report) {
-        let _loading = self.state.slot(target).load.lock().await;
+    pub async fn set_verdict(&self, target: ScopedTarget, key_arn: &str, verdict: Report) {
+        let Some(slot) = self.state.slot(target) else {
+            return;
+        };
+        let _loading = slot.load.lock().await;
         if let Some(mut entry) = self.state.entry(target)
             && entry.key_arn.as_deref() == Some(key_arn)
         {
@@ -582,10 +637,11 @@ impl KeyCache {
     /// returns.
     pub async fn update(
         &self,
-        target: Target,
+        target: ScopedTarget,
         key: &KeyArn,
         verdict: Report,
     ) -> Result<(), BackendError> {
+        self.state.slot(target).ok_or_else(|| not_managed(target))?;
         let _write = self.writes.lock().await;
         let result = self.backend.update_encryption_key(target, key).await;
         self.write_through(
@@ -607,7 +663,8 @@ impl KeyCache {
     }
 
     /// Goes back to the AWS owned key; the cache says so before this returns.
-    pub async fn reset(&self, target: Target) -> Result<(), BackendError> {
+    pub async fn reset(&self, target: ScopedTarget) -> Result<(), BackendError> {
+        self.state.slot(target).ok_or_else(|| not_managed(target))?;
         let _write = self.writes.lock().await;
         let result = self.backend.reset_encryption_key(target).await;
         self.write_through(target, &result, None, None).await;
@@ -620,7 +677,7 @@ impl KeyCache {
     /// overwrite this.
     async fn write_through(
         &self,
-        target: Target,
+        target: ScopedTarget,
         result: &Result<(), BackendError>,
         key_arn: Option<Arc<str>>,
         verdict: Option<Arc<Report>>,
@@ -630,7 +687,10 @@ impl KeyCache {
             Err(error) if write_outcome_unknown(error) => false,
             Err(_) => return,
         };
-        let _loading = self.state.slot(target).load.lock().await;
+        let Some(slot) = self.state.slot(target) else {
+            return;
+        };
+        let _loading = slot.load.lock().await;
         let value = written.then(|| Entry::new(key_arn, verdict, &self.state.config));
         self.state.set(target, value);
     }

@@ -153,6 +153,29 @@ pub struct Config {
     pub connections: ConnectionsConfig,
     pub aws: AwsConfig,
     pub aws_api: AwsApiConfig,
+    /// The accounts managed besides the sidecar's own Region of its own account
+    /// (`[[accounts]]`, one table each). Default none: that one scope alone.
+    pub accounts: Vec<AccountConfig>,
+}
+
+/// An account the sidecar manages, and its Regions (`[[accounts]]`). Inspector's key is set
+/// per account and Region; each pair is a scope of its own. Listing the sidecar's own
+/// account adds Regions to it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The 12-digit account id. Required.
+    pub id: String,
+    /// The Regions managed in it (Region names, at least one). Required.
+    pub regions: Vec<String>,
+    /// The aws backend: the IAM role assumed in the account. Required there for every
+    /// account but the sidecar's own; the local backend ignores it.
+    pub role_arn: Option<String>,
+    /// The external id `AssumeRole` passes, when the role's trust policy asks for one.
+    pub external_id: Option<String>,
+    /// The principal that calls Inspector in the account, whose access verification checks.
+    /// Default: the configured principal's role or user name in this account.
+    pub principal_arn: Option<String>,
 }
 
 /// The AWS-protocol door (the `[aws_api]` table): Amazon Inspector's REST-JSON API for the
@@ -450,6 +473,7 @@ impl Default for Config {
             ops: OpsConfig::default(),
             connections: ConnectionsConfig::default(),
             aws: AwsConfig::default(),
+            accounts: Vec::new(),
             aws_api: AwsApiConfig::default(),
         }
     }
@@ -712,7 +736,83 @@ impl Config {
         self.check_aws()?;
         self.check_more_than_zero()?;
         self.check_principal()?;
-        self.check_trust()
+        self.check_trust()?;
+        self.check_accounts()
+    }
+
+    /// Each `[[accounts]]` entry names a well-formed account once, with Regions, and ARNs
+    /// where it sets them.
+    fn check_accounts(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, account) in self.accounts.iter().enumerate() {
+            let refuse = |message: String| ConfigError::Value {
+                key: "accounts",
+                message: format!("entry {} (id `{}`): {message}", i + 1, account.id),
+            };
+            if !crate::domain::is_account_id(&account.id) {
+                return Err(refuse("`id` is not a 12-digit AWS account id".into()));
+            }
+            if !seen.insert(account.id.as_str()) {
+                return Err(refuse(
+                    "the account is listed twice; give it one entry with all its Regions".into(),
+                ));
+            }
+            if account.regions.is_empty() {
+                return Err(refuse(
+                    "`regions` is empty; name at least one Region (for example [\"us-east-1\"])"
+                        .into(),
+                ));
+            }
+            let mut regions = std::collections::HashSet::new();
+            for region in &account.regions {
+                if !crate::domain::is_region_name(region) {
+                    return Err(refuse(format!(
+                        "`regions` holds `{region}`, which is not an AWS Region name"
+                    )));
+                }
+                if !regions.insert(region) {
+                    return Err(refuse(format!("`regions` holds `{region}` twice")));
+                }
+            }
+            if let Some(role) = &account.role_arn {
+                let in_account = role.split(':').nth(4) == Some(account.id.as_str());
+                if !matches!(
+                    crate::domain::IamPrincipal::parse(role),
+                    Some(crate::domain::IamPrincipal::Role(_))
+                ) {
+                    return Err(refuse(format!(
+                        "`role_arn` `{role}` is not an IAM role ARN"
+                    )));
+                }
+                if !in_account {
+                    return Err(refuse(format!(
+                        "`role_arn` `{role}` is not a role of the account"
+                    )));
+                }
+            }
+            if let Some(external_id) = &account.external_id
+                && !(2..=1224).contains(&external_id.len())
+            {
+                return Err(refuse(
+                    "`external_id` must be 2 to 1,224 characters (STS AssumeRole's limit)".into(),
+                ));
+            }
+            if let Some(principal) = &account.principal_arn {
+                crate::verify::render::check_params(
+                    account.regions.first().map_or("us-east-1", String::as_str),
+                    &account.id,
+                    principal,
+                )
+                .map_err(|e| refuse(format!("`principal_arn`: {e}")))?;
+            }
+        }
+        if self.backend == BackendKind::Aws && !self.accounts.is_empty() {
+            return Err(ConfigError::Value {
+                key: "accounts",
+                message: "is served by the local backend only so far: the aws backend manages the sidecar's own account and Region (assuming roles into other accounts is not built yet)".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The Region and account id, when set, are well formed.

@@ -146,6 +146,115 @@ impl fmt::Display for Target {
     }
 }
 
+/// An account and Region: Inspector's encryption key is set per account, per Region, so
+/// everything the sidecar manages is in one. Made only from the configuration (never from a
+/// request, which looks its scope up among the managed ones), each distinct pair once for
+/// the life of the process: it is `Copy`, and compares and hashes by address, so the hot
+/// read carries it without a count or a copy.
+#[derive(Clone, Copy)]
+pub struct Scope(&'static ScopeName);
+
+#[derive(Debug)]
+struct ScopeName {
+    account_id: String,
+    region: String,
+}
+
+/// Every scope made so far, by account and Region: bounded by the configuration's accounts
+/// and Regions.
+type Made = std::collections::HashMap<(String, String), &'static ScopeName>;
+static SCOPES: LazyLock<std::sync::Mutex<Made>> = LazyLock::new(Default::default);
+
+impl Scope {
+    /// The scope of `account_id` in `region`, which the caller has validated (12 digits, a
+    /// Region name). For the configuration and tests: requests look theirs up.
+    pub fn of(account_id: &str, region: &str) -> Scope {
+        let mut scopes = SCOPES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let name = scopes
+            .entry((account_id.to_owned(), region.to_owned()))
+            .or_insert_with(|| {
+                Box::leak(Box::new(ScopeName {
+                    account_id: account_id.to_owned(),
+                    region: region.to_owned(),
+                }))
+            });
+        Scope(name)
+    }
+
+    pub fn account_id(self) -> &'static str {
+        &self.0.account_id
+    }
+
+    pub fn region(self) -> &'static str {
+        &self.0.region
+    }
+
+    pub fn partition(self) -> &'static str {
+        partition_of(self.region())
+    }
+}
+
+impl PartialEq for Scope {
+    fn eq(&self, other: &Scope) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for Scope {}
+
+impl std::hash::Hash for Scope {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(self.0, state);
+    }
+}
+
+impl PartialOrd for Scope {
+    fn partial_cmp(&self, other: &Scope) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scope {
+    fn cmp(&self, other: &Scope) -> std::cmp::Ordering {
+        (self.account_id(), self.region()).cmp(&(other.account_id(), other.region()))
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scope({self})")
+    }
+}
+
+/// `111122223333/us-east-1`.
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.account_id(), self.region())
+    }
+}
+
+/// A target in a scope: what one key setting of Inspector is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScopedTarget {
+    pub scope: Scope,
+    pub target: Target,
+}
+
+impl ScopedTarget {
+    pub fn new(scope: Scope, target: Target) -> ScopedTarget {
+        ScopedTarget { scope, target }
+    }
+}
+
+/// `CODE + AWS_LAMBDA_FUNCTION in 111122223333/us-east-1`.
+impl fmt::Display for ScopedTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} in {}", self.target, self.scope)
+    }
+}
+
 /// Inspector's `KmsKeyArn` pattern, anchored: the sidecar treats it as a full match.
 static KMS_KEY_ARN: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
@@ -215,6 +324,16 @@ impl FindingArn {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The Region of the finding (its ARN's fourth field).
+    pub fn region(&self) -> &str {
+        self.0.split(':').nth(3).unwrap_or_default()
+    }
+
+    /// The account of the finding (its ARN's fifth field).
+    pub fn account_id(&self) -> &str {
+        self.0.split(':').nth(4).unwrap_or_default()
     }
 }
 
@@ -471,6 +590,19 @@ impl<'a> IamPrincipal<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scope_is_made_once_per_account_and_region() {
+        let scope = Scope::of("222233334444", "eu-west-1");
+        assert_eq!(scope, Scope::of("222233334444", "eu-west-1"));
+        assert_ne!(scope, Scope::of("222233334444", "us-east-1"));
+        assert_ne!(scope, Scope::of("333344445555", "eu-west-1"));
+        assert_eq!(scope.to_string(), "222233334444/eu-west-1");
+        assert_eq!(
+            Scope::of("222233334444", "cn-north-1").partition(),
+            "aws-cn"
+        );
+    }
 
     #[test]
     fn principals_are_named_without_their_path() {

@@ -31,6 +31,7 @@ pub mod proto;
 pub mod refusals;
 pub mod reload;
 pub mod rpc;
+pub mod scopes;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -18,7 +18,7 @@ use crate::{
         Backend,
         metered::{BackendAnswer, BackendAnswers},
     },
-    domain::Target,
+    domain::{Scope, ScopedTarget, Target},
     jitter,
     metrics::Metrics,
 };
@@ -35,14 +35,18 @@ pub struct Readiness {
     answers: Arc<BackendAnswers>,
     health: HealthReporter,
     metrics: Metrics,
+    /// The scope its own probes ask about: the sidecar's own.
+    own: Scope,
 }
 
 impl Readiness {
-    /// Readiness that follows `answers`, the answers of every call to the backend.
+    /// Readiness that follows `answers`, the answers of every call to the backend, and
+    /// probes the backend in the `own` scope.
     pub fn new(
         health: HealthReporter,
         metrics: Metrics,
         answers: Arc<BackendAnswers>,
+        own: Scope,
     ) -> Readiness {
         metrics.set_ready(false);
         Readiness {
@@ -51,6 +55,7 @@ impl Readiness {
             answers,
             health,
             metrics,
+            own,
         }
     }
 
@@ -90,6 +95,7 @@ impl Readiness {
         let Some(probe) = Target::all().next() else {
             return;
         };
+        let probe = ScopedTarget::new(self.own, probe);
         if tokio::time::timeout(PROBE_TIMEOUT, backend.get_encryption_key(probe))
             .await
             .is_err()

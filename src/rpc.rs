@@ -50,13 +50,44 @@ impl fmt::Display for Role {
     }
 }
 
+/// The accounts and Regions a rule gives its role in (`accounts`, `regions` of a rule);
+/// an empty list: any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeLimit {
+    pub accounts: Vec<String>,
+    pub regions: Vec<String>,
+}
+
+impl ScopeLimit {
+    /// Whether it limits nothing.
+    pub fn is_any(&self) -> bool {
+        self.accounts.is_empty() && self.regions.is_empty()
+    }
+
+    /// Whether it admits `account_id` in `region`.
+    pub fn admits(&self, account_id: &str, region: &str) -> bool {
+        (self.accounts.is_empty() || self.accounts.iter().any(|a| a == account_id))
+            && (self.regions.is_empty() || self.regions.iter().any(|r| r == region))
+    }
+}
+
+/// A caller's roles when a rule that matches it is limited to some scopes: each matching
+/// rule's role and limit.
+pub type ScopedRoles = std::sync::Arc<[(Role, ScopeLimit)]>;
+
 /// Who the caller is and its role, left by authorization in the requests of secret-bearing
-/// methods, for the service to check what it can only check once it knows what the call is
-/// about: the role a call about a stored key needs ([`Access::stored_key_role`]), and the
-/// caller's quota of uncached backend calls.
+/// methods, and of every method for a caller whose rules are limited to some scopes, for the
+/// service to check what it can only check once it knows what the call is about: the role a
+/// call about a stored key needs ([`Access::stored_key_role`]), the caller's role in the
+/// scope it names, and the caller's quota of uncached backend calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerContext {
+    /// The highest role its rules give it, in any scope.
     pub role: Option<Role>,
+    /// Its roles per scope, when a rule limits one; `None`: `role` in every scope.
+    pub scoped: Option<ScopedRoles>,
+    /// The role the method needs.
+    pub required: Role,
     /// Who the caller is, as errors name it.
     pub caller: String,
     /// Whose quota the call counts against: the identity, and for anonymous loopback
@@ -67,6 +98,45 @@ pub struct CallerContext {
 }
 
 impl CallerContext {
+    /// The caller's role in `account_id`'s `region`.
+    pub fn role_in(&self, account_id: &str, region: &str) -> Option<Role> {
+        match &self.scoped {
+            None => self.role,
+            Some(roles) => roles
+                .iter()
+                .filter(|(_, limit)| limit.admits(account_id, region))
+                .map(|(role, _)| *role)
+                .max(),
+        }
+    }
+
+    /// Whether the caller may make this call in `account_id`'s `region`: its role there is
+    /// what the method needs, and what a call about a stored key needs when `stored_key`.
+    pub fn may_act_in(
+        &self,
+        account_id: &str,
+        region: &str,
+        stored_key: bool,
+    ) -> Result<(), RoleRequired> {
+        let needed = if stored_key {
+            self.required
+                .max(self.stored_key_role.unwrap_or(Role::Admin))
+        } else {
+            self.required
+        };
+        if self
+            .role_in(account_id, region)
+            .is_some_and(|role| role >= needed)
+        {
+            return Ok(());
+        }
+        Err(RoleRequired {
+            required: needed,
+            caller: self.caller.clone(),
+            about: "a call in this account and Region",
+        })
+    }
+
     /// Whether the caller may make a call about a stored key; no caller known may not.
     pub fn may_use_stored_key(caller: Option<&CallerContext>) -> Result<(), RoleRequired> {
         let (required, caller) = match caller {

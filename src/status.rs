@@ -179,11 +179,16 @@ impl From<ServiceError> for Status {
                 ServiceError::AwsOwnedKey(target).to_string(),
                 "AWS_OWNED_KEY",
                 &[
-                    ("scan_type", target.scan_type().as_aws_str().to_owned()),
+                    (
+                        "scan_type",
+                        target.target.scan_type().as_aws_str().to_owned(),
+                    ),
                     (
                         "resource_type",
-                        target.resource_type().as_aws_str().to_owned(),
+                        target.target.resource_type().as_aws_str().to_owned(),
                     ),
+                    ("account_id", target.scope.account_id().to_owned()),
+                    ("region", target.scope.region().to_owned()),
                 ],
             ),
             ServiceError::VerificationFailed { key, report } => {
@@ -211,6 +216,24 @@ impl From<ServiceError> for Status {
                 "WATCH_EXPIRED",
                 Some(Duration::ZERO),
             ),
+            ServiceError::ScopeNotManaged {
+                field,
+                ref account_id,
+                ref region,
+            } => {
+                let message = error.to_string();
+                let mut details = ErrorDetails::new();
+                info(
+                    &mut details,
+                    "SCOPE_NOT_MANAGED",
+                    &[
+                        ("account_id", account_id.clone()),
+                        ("region", region.clone()),
+                    ],
+                );
+                details.set_bad_request(vec![FieldViolation::new(field, message.clone())]);
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
             ServiceError::Backend(error) => error.into(),
         }
     }

@@ -80,8 +80,9 @@ async fn get_update_get_reset_get() {
     let reset = proto::ResetEncryptionKeyRequest {
         scan_type: CODE,
         resource_type: LAMBDA,
+        ..Default::default()
     };
-    admin.reset_encryption_key(reset).await.unwrap();
+    admin.reset_encryption_key(reset.clone()).await.unwrap();
     assert_aws_owned(&sidecar, LAMBDA).await;
     // Idempotent.
     admin.reset_encryption_key(reset).await.unwrap();
@@ -202,6 +203,7 @@ async fn invalid_requests_name_each_bad_field_and_change_nothing() {
         .get_encryption_key(proto::GetEncryptionKeyRequest {
             scan_type: CODE,
             resource_type: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -212,6 +214,7 @@ async fn invalid_requests_name_each_bad_field_and_change_nothing() {
         .reset_encryption_key(proto::ResetEncryptionKeyRequest {
             scan_type: 0,
             resource_type: LAMBDA,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -345,6 +348,7 @@ async fn loopback_tcp_callers_are_read_only() {
     let reset = proto::ResetEncryptionKeyRequest {
         scan_type: CODE,
         resource_type: LAMBDA,
+        ..Default::default()
     };
     assert_eq!(
         read_only
@@ -385,6 +389,7 @@ async fn acknowledged_writes_survive_kill_9() {
         .reset_encryption_key(proto::ResetEncryptionKeyRequest {
             scan_type: CODE,
             resource_type: REPOSITORY,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -554,6 +559,7 @@ async fn reads_say_where_the_answer_came_from() {
     let reset = proto::ResetEncryptionKeyRequest {
         scan_type: CODE,
         resource_type: LAMBDA,
+        ..Default::default()
     };
     sidecar
         .admin_keys()

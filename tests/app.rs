@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use inspector_keyd::{
     app::Hooks,
     backend::{Backend, BackendError},
-    domain::{CodeSnippets, FindingArn, KeyArn, Target},
+    domain::{CodeSnippets, FindingArn, KeyArn, ScopedTarget},
     proto::encryption_key_service_client::EncryptionKeyServiceClient,
     verify::KeyMetadata,
 };
@@ -33,7 +33,10 @@ struct PanicsAfter {
 
 #[async_trait]
 impl Backend for PanicsAfter {
-    async fn get_encryption_key(&self, target: Target) -> Result<Option<String>, BackendError> {
+    async fn get_encryption_key(
+        &self,
+        target: ScopedTarget,
+    ) -> Result<Option<String>, BackendError> {
         if self.reads.fetch_add(1, Ordering::SeqCst) >= self.healthy_reads {
             panic!("injected panic in a key read");
         }
@@ -41,12 +44,12 @@ impl Backend for PanicsAfter {
     }
     async fn update_encryption_key(
         &self,
-        target: Target,
+        target: ScopedTarget,
         key: &KeyArn,
     ) -> Result<(), BackendError> {
         self.inner.update_encryption_key(target, key).await
     }
-    async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError> {
+    async fn reset_encryption_key(&self, target: ScopedTarget) -> Result<(), BackendError> {
         self.inner.reset_encryption_key(target).await
     }
     async fn describe_key(&self, key: &KeyArn) -> Result<KeyMetadata, BackendError> {

@@ -187,6 +187,7 @@ async fn the_sdk_sends_exactly_the_inspector_requests() {
         .reset_encryption_key(proto::ResetEncryptionKeyRequest {
             scan_type: CODE,
             resource_type: REPOSITORY,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -759,6 +759,7 @@ async fn boto3_drives_every_operation_and_parses_every_error() {
                 code: "return int(event[\"q\"])".into(),
             }],
         }),
+        ..Default::default()
     })
     .await
     .unwrap();

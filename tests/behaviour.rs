@@ -153,6 +153,7 @@ impl Backend {
             .record_code_finding(proto::RecordCodeFindingRequest {
                 resource_type: LAMBDA,
                 finding: Some(snippet.clone()),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -230,8 +231,9 @@ async fn get_update_get_reset(backend: Backend) {
     let reset = proto::ResetEncryptionKeyRequest {
         scan_type: CODE,
         resource_type: LAMBDA,
+        ..Default::default()
     };
-    admin.reset_encryption_key(reset).await.unwrap();
+    admin.reset_encryption_key(reset.clone()).await.unwrap();
     let status = reader
         .get_encryption_key(get_request(LAMBDA))
         .await

@@ -18,7 +18,9 @@ use inspector_keyd::{
     backend::{Backend, BackendError},
     cache::{CacheStatus, KeyCache},
     config::CacheConfig,
-    domain::{CodeSnippets, FindingArn, KeyArn, ResourceType, ScanType, Target},
+    domain::{
+        CodeSnippets, FindingArn, KeyArn, ResourceType, ScanType, Scope, ScopedTarget, Target,
+    },
     verify::{KeyMetadata, Report},
 };
 use tokio::sync::Semaphore;
@@ -31,8 +33,11 @@ fn passed() -> Report {
     Report::new("test", Vec::new())
 }
 
-fn lambda() -> Target {
-    Target::new(ScanType::Code, ResourceType::AwsLambdaFunction).unwrap()
+fn lambda() -> ScopedTarget {
+    ScopedTarget::new(
+        Scope::of("111122223333", "us-east-1"),
+        Target::new(ScanType::Code, ResourceType::AwsLambdaFunction).unwrap(),
+    )
 }
 
 /// A backend whose key configuration is a value in memory; Gets are counted, and can be
@@ -68,7 +73,10 @@ impl FakeBackend {
 
 #[async_trait]
 impl Backend for FakeBackend {
-    async fn get_encryption_key(&self, _target: Target) -> Result<Option<String>, BackendError> {
+    async fn get_encryption_key(
+        &self,
+        _target: ScopedTarget,
+    ) -> Result<Option<String>, BackendError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         let value = self.key.lock().unwrap().clone();
         let failure = self.failure.lock().unwrap().clone();
@@ -88,7 +96,7 @@ impl Backend for FakeBackend {
 
     async fn update_encryption_key(
         &self,
-        _target: Target,
+        _target: ScopedTarget,
         key: &KeyArn,
     ) -> Result<(), BackendError> {
         if let Some(error) = self.write_failure.lock().unwrap().clone() {
@@ -98,7 +106,7 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
-    async fn reset_encryption_key(&self, _target: Target) -> Result<(), BackendError> {
+    async fn reset_encryption_key(&self, _target: ScopedTarget) -> Result<(), BackendError> {
         if let Some(error) = self.write_failure.lock().unwrap().clone() {
             return Err(error);
         }
@@ -136,7 +144,7 @@ async fn a_thousand_cold_reads_make_one_backend_call() {
     let fake = FakeBackend::with_key(Some(OLD));
     let gate = Arc::new(Semaphore::new(0));
     *fake.gate.lock().unwrap() = Some(gate.clone());
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
     let mut reads = tokio::task::JoinSet::new();
     for _ in 0..1000 {
         let cache = cache.clone();
@@ -173,7 +181,7 @@ async fn an_update_wins_over_a_load_of_the_old_value_in_flight() {
     let fake = FakeBackend::with_key(Some(OLD));
     let gate = Arc::new(Semaphore::new(0));
     *fake.gate.lock().unwrap() = Some(gate.clone());
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
 
     // A read starts loading the old value and is held there.
     let started = fake.started.notified();
@@ -226,7 +234,7 @@ async fn an_update_wins_over_a_load_of_the_old_value_in_flight() {
 #[tokio::test(start_paused = true)]
 async fn entries_expire_on_their_own_ttl() {
     let fake = FakeBackend::with_key(Some(OLD));
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
     assert_eq!(cache.get(lambda()).await.unwrap().status, CacheStatus::Miss);
     let hit = cache.get(lambda()).await.unwrap();
     assert_eq!(hit.status, CacheStatus::Hit);
@@ -265,7 +273,7 @@ async fn entries_expire_on_their_own_ttl() {
 #[tokio::test(start_paused = true)]
 async fn a_failing_backend_gets_stale_reads_for_max_stale_then_errors() {
     let fake = FakeBackend::with_key(Some(OLD));
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
     cache.get(lambda()).await.unwrap();
 
     fake.fail_with(Some(BackendError::Unavailable {
@@ -322,7 +330,7 @@ async fn a_failing_backend_gets_stale_reads_for_max_stale_then_errors() {
 #[tokio::test(start_paused = true)]
 async fn errors_the_request_caused_are_never_hidden_by_a_stale_value() {
     let fake = FakeBackend::with_key(Some(OLD));
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
     cache.get(lambda()).await.unwrap();
     tokio::time::advance(Duration::from_secs(61)).await;
     for error in [
@@ -352,6 +360,7 @@ async fn stale_reads_can_be_turned_off() {
             max_stale: Duration::ZERO,
             ..config()
         },
+        [lambda()],
     );
     cache.get(lambda()).await.unwrap();
     tokio::time::advance(Duration::from_secs(61)).await;
@@ -365,7 +374,7 @@ async fn stale_reads_can_be_turned_off() {
 #[tokio::test]
 async fn a_refused_write_keeps_the_entry_and_one_of_unknown_outcome_drops_it() {
     let fake = FakeBackend::with_key(Some(OLD));
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
     cache.get(lambda()).await.unwrap();
     let new = KeyArn::parse(NEW).unwrap();
 
@@ -394,7 +403,7 @@ async fn a_refused_write_keeps_the_entry_and_one_of_unknown_outcome_drops_it() {
 #[tokio::test(start_paused = true)]
 async fn an_expired_entry_reports_how_long_it_may_still_be_served_stale() {
     let fake = FakeBackend::with_key(Some(OLD));
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
     let windows = |cache: &KeyCache| cache.state().stale_windows();
     assert_eq!(windows(&cache), vec![], "no entry yet");
     cache.get(lambda()).await.unwrap();
@@ -427,7 +436,7 @@ async fn an_expired_entry_reports_how_long_it_may_still_be_served_stale() {
 #[tokio::test(start_paused = true)]
 async fn a_refresh_holds_what_the_backend_says_now_and_keeps_the_verdict_of_an_unchanged_key() {
     let fake = FakeBackend::with_key(Some(OLD));
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
     cache
         .update(lambda(), &KeyArn::parse(OLD).unwrap(), passed())
         .await
@@ -479,7 +488,7 @@ async fn a_refresh_holds_what_the_backend_says_now_and_keeps_the_verdict_of_an_u
 #[tokio::test(start_paused = true)]
 async fn a_refresh_of_a_target_nobody_read_keeps_its_verdict_but_serves_no_read() {
     let fake = FakeBackend::with_key(Some(OLD));
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
     let (before, now) = cache.refresh(lambda()).await.unwrap();
     assert!(before.is_none());
     assert_eq!(now.key_arn.as_deref(), Some(OLD));
@@ -521,7 +530,7 @@ async fn read_now(cache: &KeyCache) -> (Option<String>, CacheStatus) {
 #[tokio::test(start_paused = true)]
 async fn a_target_being_read_is_refreshed_ahead_of_expiry_and_reads_meanwhile_are_hits() {
     let fake = FakeBackend::with_key(Some(OLD));
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
     cache.get(lambda()).await.unwrap();
     let loaded = tokio::time::Instant::now();
     let due = cache.state().refresh_due(lambda()).unwrap();
@@ -568,7 +577,7 @@ async fn a_target_being_read_is_refreshed_ahead_of_expiry_and_reads_meanwhile_ar
 #[tokio::test(start_paused = true)]
 async fn a_failed_refresh_leaves_the_entry_to_expire_without_asking_again() {
     let fake = FakeBackend::with_key(Some(OLD));
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
     cache.get(lambda()).await.unwrap();
     let due = cache.state().refresh_due(lambda()).unwrap();
     fake.fail_with(Some(BackendError::Timeout));
@@ -594,7 +603,7 @@ async fn caches_loaded_at_the_same_instant_refresh_at_different_instants() {
     let fakes: Vec<_> = (0..2).map(|_| FakeBackend::with_key(Some(OLD))).collect();
     let caches: Vec<_> = fakes
         .iter()
-        .map(|f| KeyCache::new(f.clone(), config()))
+        .map(|f| KeyCache::new(f.clone(), config(), [lambda()]))
         .collect();
     let (a, b) = tokio::join!(caches[0].get(lambda()), caches[1].get(lambda()));
     a.unwrap();
@@ -624,7 +633,7 @@ async fn caches_loaded_at_the_same_instant_refresh_at_different_instants() {
 #[tokio::test(start_paused = true)]
 async fn readers_queued_behind_a_failing_load_answer_as_it_did_without_calling_again() {
     let fake = FakeBackend::with_key(Some(OLD));
-    let cache = KeyCache::new(fake.clone(), config());
+    let cache = KeyCache::new(fake.clone(), config(), [lambda()]);
     cache.get(lambda()).await.unwrap();
     tokio::time::advance(Duration::from_secs(61)).await;
     // An outage whose calls hang until released: fifty reads queue behind the first.

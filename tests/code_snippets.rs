@@ -50,6 +50,7 @@ async fn record(sidecar: &Sidecar, marker: &str) -> Result<String, tonic::Status
         .record_code_finding(proto::RecordCodeFindingRequest {
             resource_type: LAMBDA,
             finding: Some(finding(marker)),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().finding_arn)
@@ -130,6 +131,7 @@ async fn describe(sidecar: &Sidecar) -> proto::DescribeCodeScanningResponse {
         .await
         .describe_code_scanning(proto::DescribeCodeScanningRequest {
             resource_type: LAMBDA,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -266,6 +268,7 @@ async fn snippets_follow_the_key_through_update_key_states_reset_and_disable() {
         .reset_encryption_key(proto::ResetEncryptionKeyRequest {
             scan_type: common::CODE,
             resource_type: LAMBDA,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -290,6 +293,7 @@ async fn snippets_follow_the_key_through_update_key_states_reset_and_disable() {
         .await
         .disable_code_scanning(proto::DisableCodeScanningRequest {
             resource_type: LAMBDA,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -497,10 +501,8 @@ async fn requests_are_validated_and_roles_enforced() {
             "{status:?}"
         );
     }
-    // Unknown findings, and one of another account, answered per finding.
-    let other_account =
-        "arn:aws:inspector2:us-east-1:999999999999:finding/".to_owned() + &"b".repeat(32);
-    let answer = batch_get(&sidecar, &[good.clone(), other_account.clone()]).await;
+    // An unknown finding is answered per finding.
+    let answer = batch_get(&sidecar, std::slice::from_ref(&good)).await;
     let codes: Vec<_> = answer
         .errors
         .iter()
@@ -508,10 +510,26 @@ async fn requests_are_validated_and_roles_enforced() {
         .collect();
     assert_eq!(
         codes,
-        [
-            (good, proto::CodeSnippetErrorCode::CodeSnippetNotFound),
-            (other_account, proto::CodeSnippetErrorCode::InvalidInput)
-        ]
+        [(
+            good.clone(),
+            proto::CodeSnippetErrorCode::CodeSnippetNotFound
+        )]
+    );
+    // One of an account the sidecar does not manage makes the request invalid: the caller
+    // named a scope it cannot be answered for.
+    let other_account =
+        "arn:aws:inspector2:us-east-1:999999999999:finding/".to_owned() + &"b".repeat(32);
+    let status = sidecar
+        .code_reader_keys()
+        .await
+        .batch_get_code_snippet(proto::BatchGetCodeSnippetRequest {
+            finding_arns: vec![good, other_account],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (tonic::Code::InvalidArgument, "SCOPE_NOT_MANAGED")
     );
 
     // Bad findings are refused and store nothing.
@@ -529,6 +547,7 @@ async fn requests_are_validated_and_roles_enforced() {
             .record_code_finding(proto::RecordCodeFindingRequest {
                 resource_type,
                 finding: Some(bad),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -541,6 +560,7 @@ async fn requests_are_validated_and_roles_enforced() {
     let status = read_only
         .disable_code_scanning(proto::DisableCodeScanningRequest {
             resource_type: LAMBDA,
+            ..Default::default()
         })
         .await
         .unwrap_err();

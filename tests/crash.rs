@@ -232,6 +232,7 @@ async fn send(
             .reset_encryption_key(proto::ResetEncryptionKeyRequest {
                 scan_type: CODE,
                 resource_type: LAMBDA,
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -286,6 +287,7 @@ async fn send(
                 .record_code_finding(proto::RecordCodeFindingRequest {
                     resource_type: proto::ResourceType::CodeRepository as i32,
                     finding: Some(finding),
+                    ..Default::default()
                 })
                 .await
                 .map(drop)
@@ -293,6 +295,7 @@ async fn send(
         Write::DisableCodeScanning => scanning
             .disable_code_scanning(proto::DisableCodeScanningRequest {
                 resource_type: proto::ResourceType::CodeRepository as i32,
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -427,6 +430,7 @@ async fn acknowledged_writes_survive_kill_9_at_random_points() {
         .record_code_finding(proto::RecordCodeFindingRequest {
             resource_type: LAMBDA,
             finding: Some(snippet()),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -92,6 +92,7 @@ async fn a_backend_that_is_down_serves_stale_reads_refuses_writes_and_recovers()
         .reset_encryption_key(proto::ResetEncryptionKeyRequest {
             scan_type: CODE,
             resource_type: LAMBDA,
+            ..Default::default()
         })
         .await
         .unwrap_err();

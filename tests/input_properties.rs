@@ -190,6 +190,7 @@ proptest! {
             key: kms_key_id.map(proto::verify_key_policy_request::Key::KmsKeyId),
             identity_policies: Vec::new(),
             principal_arn,
+            ..Default::default()
         };
         if let Err(violations) = validation::verify_request(&request, |_| Profile::CodeguruGrants) {
             prop_assert!(violations_name_fields(

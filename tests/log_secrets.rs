@@ -87,6 +87,7 @@ async fn trace_logs_of_the_local_backend_hold_no_snippet_or_token() {
                     }],
                     ..Default::default()
                 }),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -416,18 +416,19 @@ async fn drift_is_detected_and_resolved_on_the_watch_stream() {
     let watch = proto::WatchEncryptionKeyRequest {
         scan_type: CODE,
         resource_type: LAMBDA,
+        ..Default::default()
     };
     // The same events to an admin and to an anonymous loopback (read-only) watcher.
     let mut events = sidecar
         .admin_keys()
         .await
-        .watch_encryption_key(watch)
+        .watch_encryption_key(watch.clone())
         .await
         .unwrap()
         .into_inner();
     let mut reader = sidecar.read_only_keys().await;
     let mut read_only = reader
-        .watch_encryption_key(watch)
+        .watch_encryption_key(watch.clone())
         .await
         .unwrap()
         .into_inner();
@@ -476,7 +477,7 @@ async fn drift_is_detected_and_resolved_on_the_watch_stream() {
     let mut late_admin = sidecar
         .admin_keys()
         .await
-        .watch_encryption_key(watch)
+        .watch_encryption_key(watch.clone())
         .await
         .unwrap()
         .into_inner();
@@ -535,6 +536,7 @@ async fn drift_is_detected_and_resolved_on_the_watch_stream() {
         .reset_encryption_key(proto::ResetEncryptionKeyRequest {
             scan_type: CODE,
             resource_type: LAMBDA,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -894,6 +896,7 @@ async fn open_watch(
         .watch_encryption_key(proto::WatchEncryptionKeyRequest {
             scan_type: CODE,
             resource_type: LAMBDA,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -955,6 +958,7 @@ async fn connections_past_their_maximum_age_are_ended_and_clients_reconnect() {
         .watch_encryption_key(proto::WatchEncryptionKeyRequest {
             scan_type: CODE,
             resource_type: LAMBDA,
+            ..Default::default()
         })
         .await
         .unwrap()

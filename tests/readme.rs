@@ -27,6 +27,10 @@ const DOCUMENTS: [&str; 9] = [
     "docs/development.md",
 ];
 
+/// The document whose examples run against a sidecar of an organization: `serve --config`
+/// with the first `toml` block it shows.
+const ORGANIZATION_DOCUMENT: &str = "docs/organizations.md";
+
 /// A `$ command` line of a `console` block, with the output the document shows for it.
 struct Example {
     document: &'static str,
@@ -84,7 +88,7 @@ fn every_document_in_docs_is_listed() {
         if name.ends_with(".md") {
             let path = format!("docs/{name}");
             assert!(
-                DOCUMENTS.contains(&path.as_str()),
+                DOCUMENTS.contains(&path.as_str()) || path == ORGANIZATION_DOCUMENT,
                 "{path} is not in DOCUMENTS"
             );
             listed += 1;
@@ -92,7 +96,7 @@ fn every_document_in_docs_is_listed() {
     }
     assert_eq!(
         listed + 1,
-        DOCUMENTS.len(),
+        DOCUMENTS.len() + 1,
         "DOCUMENTS names a file docs/ lacks"
     );
 }
@@ -113,7 +117,29 @@ fn readme_and_docs_examples_print_what_they_show() {
         "only {} examples found",
         examples.len()
     );
-    let sidecar = Sidecar::start_default();
+    run_examples(&Sidecar::start_default(), &examples);
+}
+
+#[test]
+fn the_organization_examples_print_what_they_show() {
+    let text = read(ORGANIZATION_DOCUMENT);
+    let config = text
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/organizations.md shows its configuration");
+    let examples = examples_in(ORGANIZATION_DOCUMENT, &text);
+    assert!(
+        examples.len() >= 6,
+        "only {} examples found",
+        examples.len()
+    );
+    run_examples(&Sidecar::start_with(config), &examples);
+}
+
+/// Runs `examples` in one shell, in `sidecar`'s directory, each checked against what its
+/// document shows.
+fn run_examples(sidecar: &Sidecar, examples: &[Example]) {
     let grpcurl = common::tool("KEYD_TEST_GRPCURL", ".tools/venv/bin/grpcurl");
     const END: &str = "@@README-EXAMPLE-END@@";
     // grpcurl from the test tools, and this build's inspector-keyd for the CLI examples.
@@ -126,11 +152,13 @@ fn readme_and_docs_examples_print_what_they_show() {
     // The examples name the default ports; this sidecar listens on ephemeral ones.
     let tcp = sidecar.tcp.to_string();
     let aws_api = sidecar.aws_api.unwrap().to_string();
-    for example in &examples {
+    let socket = sidecar.socket.display().to_string();
+    for example in examples {
         let command = example
             .command
             .replace("127.0.0.1:50051", &tcp)
-            .replace("127.0.0.1:50052", &aws_api);
+            .replace("127.0.0.1:50052", &aws_api)
+            .replace("./state/keyd.sock", &socket);
         script.push_str(&format!("{command} 2>&1\necho {END}\n"));
     }
     let mut command = Command::new("bash");

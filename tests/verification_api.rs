@@ -692,20 +692,24 @@ async fn the_access_summary_is_code_reader_data() {
     let watch = proto::WatchEncryptionKeyRequest {
         scan_type: CODE,
         resource_type: LAMBDA,
+        ..Default::default()
     };
     let first = |mut client: proto::encryption_key_service_client::EncryptionKeyServiceClient<
         tonic::transport::Channel,
-    >| async move {
-        let mut stream = client
-            .watch_encryption_key(watch)
-            .await
-            .unwrap()
-            .into_inner();
-        tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
-            .await
-            .expect("an event within 20 s")
-            .unwrap()
-            .expect("the stream is open")
+    >| {
+        let watch = watch.clone();
+        async move {
+            let mut stream = client
+                .watch_encryption_key(watch)
+                .await
+                .unwrap()
+                .into_inner();
+            tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
+                .await
+                .expect("an event within 20 s")
+                .unwrap()
+                .expect("the stream is open")
+        }
     };
     let whole = first(sidecar.admin_keys().await).await;
     assert_eq!(whole.r#type(), proto::KeyEventType::Current);

@@ -13,6 +13,7 @@ use crate::{
     },
     config::{BackendKind, Placement, Settings},
     metrics::Metrics,
+    scopes::ManagedScopes,
     server::ServeError,
     service::{LocalCodeScanningApi, LocalKmsApi},
     verify::VerificationSettings,
@@ -70,7 +71,8 @@ pub(super) struct BackendPart {
     pub backend: Arc<dyn Backend>,
     /// The answers of every call, which readiness follows.
     pub answers: Arc<BackendAnswers>,
-    pub verification: VerificationSettings,
+    /// The managed scopes, each with what verification checks there.
+    pub scopes: Arc<ManagedScopes>,
     pub placement: Placement,
     /// Only on the local backend.
     pub local_apis: Option<LocalApis>,
@@ -81,7 +83,7 @@ pub(super) struct BackendPart {
 /// A backend as it is opened, before the hooks and the metering.
 struct Opened {
     backend: Arc<dyn Backend>,
-    verification: VerificationSettings,
+    scopes: Arc<ManagedScopes>,
     placement: Placement,
     local: Option<(LocalApis, LocalKms)>,
 }
@@ -112,7 +114,7 @@ impl BackendPart {
         Ok(BackendPart {
             answers: metered.answers(),
             backend: Arc::new(metered),
-            verification: opened.verification,
+            scopes: opened.scopes,
             placement: opened.placement,
             local_apis,
             local_kms,
@@ -123,8 +125,11 @@ impl BackendPart {
 fn open_local(settings: &Settings) -> Result<Opened, ServeError> {
     let config = &settings.config;
     let placement = config.local_placement();
-    let verification = verification_settings(settings, &placement)?;
-    let local = LocalBackend::open(&config.state_dir, &config.kek_file(), verification.clone())?;
+    let scopes = Arc::new(ManagedScopes::new(
+        config,
+        &verification_settings(settings, &placement)?,
+    ));
+    let local = LocalBackend::open(&config.state_dir, &config.kek_file(), scopes.clone())?;
     let apis = LocalApis {
         kms: LocalKmsApi::new(local.kms().clone()),
         scanning: LocalCodeScanningApi::new(local.scanning()),
@@ -132,7 +137,7 @@ fn open_local(settings: &Settings) -> Result<Opened, ServeError> {
     let kms = local.kms().clone();
     Ok(Opened {
         backend: Arc::new(local),
-        verification,
+        scopes,
         placement,
         local: Some((apis, kms)),
     })
@@ -148,10 +153,13 @@ async fn connect_aws(settings: &Settings, metrics: &Metrics) -> Result<Opened, S
         metrics.clone(),
     )
     .await?;
-    let verification = verification_settings(settings, &placement)?;
+    // The configuration refuses `[[accounts]]` on this backend: its own scope alone.
+    let scopes = Arc::new(ManagedScopes::only(&verification_settings(
+        settings, &placement,
+    )?));
     Ok(Opened {
         backend: Arc::new(aws),
-        verification,
+        scopes,
         placement,
         local: None,
     })

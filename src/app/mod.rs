@@ -75,6 +75,7 @@ impl App {
             shared.health.clone(),
             shared.metrics.clone(),
             backend.answers,
+            backend.scopes.own(),
         ));
         let (addresses, listeners) =
             listeners::bind(&settings, &shared, served, access.tls.as_ref(), &readiness).await?;

@@ -74,8 +74,9 @@ impl KeyService {
         cache_state: Arc<CacheState>,
         shared: &Shared,
     ) -> KeyService {
+        cache_state.manage(backend.scopes.targets());
         let cache = KeyCache::with_state(backend.backend.clone(), cache_state);
-        let verifier = KeyVerifier::new(backend.backend.clone(), backend.verification.clone());
+        let verifier = KeyVerifier::new(backend.backend.clone(), backend.scopes.clone());
         let watch = Arc::new(KeyWatch::new(
             cache.clone(),
             verifier.clone(),

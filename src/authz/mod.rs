@@ -52,6 +52,8 @@ pub struct AwsPeer {
 pub struct Caller {
     pub identity: Identity,
     pub role: Option<Role>,
+    /// Its roles per scope, when a rule that matches it is limited to some.
+    pub scoped: Option<rpc::ScopedRoles>,
 }
 
 /// Why a call was refused.
@@ -193,7 +195,12 @@ impl Authorizer {
         }
         let role = rules.role_of(&identity);
         if role.is_some_and(|role| role >= required) {
-            Ok(Some(Caller { identity, role }))
+            let scoped = rules.scoped_roles(&identity);
+            Ok(Some(Caller {
+                identity,
+                role,
+                scoped,
+            }))
         } else {
             Err(AuthzError::RoleRequired(rpc::RoleRequired {
                 required,
@@ -462,15 +469,20 @@ fn presented_identity(bearer: Bearer, connection: Option<&Identity>) -> String {
 /// role, the caller's quota), for the methods that need it.
 fn caller_context(caller: Caller, method: Option<&rpc::Method>) -> Option<rpc::CallerContext> {
     let access = method?.access;
-    (access.secret_bearing || access.stored_key_role.is_some()).then(|| rpc::CallerContext {
-        role: caller.role,
-        quota_key: match &caller.identity {
-            Identity::LoopbackPeer { addr } => format!("tcp:{}", addr.ip()),
-            identity => identity.to_string(),
+    let required = access.role?;
+    (access.secret_bearing || access.stored_key_role.is_some() || caller.scoped.is_some()).then(
+        || rpc::CallerContext {
+            role: caller.role,
+            scoped: caller.scoped,
+            required,
+            quota_key: match &caller.identity {
+                Identity::LoopbackPeer { addr } => format!("tcp:{}", addr.ip()),
+                identity => identity.to_string(),
+            },
+            caller: caller.identity.to_string(),
+            stored_key_role: access.stored_key_role,
         },
-        caller: caller.identity.to_string(),
-        stored_key_role: access.stored_key_role,
-    })
+    )
 }
 
 pin_project_lite::pin_project! {

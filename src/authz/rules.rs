@@ -12,6 +12,7 @@ use std::{
 use serde::Deserialize;
 
 pub use crate::rpc::Role;
+use crate::rpc::{ScopeLimit, ScopedRoles};
 
 /// The name a client certificate gives its holder: its SPIFFE ID (URI SAN), else its first
 /// DNS SAN, else its subject common name. Shared, not copied: every call on a connection
@@ -167,6 +168,12 @@ struct RuleSpec {
     common_name: Option<String>,
     token_sha256: Option<String>,
     aws_access_key_id: Option<String>,
+    /// The accounts the rule gives its role in (12-digit ids); default any.
+    #[serde(default)]
+    accounts: Vec<String>,
+    /// The Regions the rule gives its role in; default any.
+    #[serde(default)]
+    regions: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,12 +203,12 @@ pub enum RulesError {
 /// The rules in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rules {
-    rules: Vec<(Matcher, Role)>,
+    rules: Vec<(Matcher, Role, ScopeLimit)>,
     /// The role of plaintext loopback callers with no other credentials.
     loopback_anonymous: Option<Role>,
 }
 
-fn rule(index: usize, spec: RuleSpec) -> Result<(Matcher, Role), String> {
+fn rule(index: usize, spec: RuleSpec) -> Result<(Matcher, Role, ScopeLimit), String> {
     let at = |message: String| format!("rule {} ({}): {message}", index + 1, spec.role);
     let mut matchers = Vec::new();
     if let Some(uid) = spec.unix_uid {
@@ -260,8 +267,32 @@ fn rule(index: usize, spec: RuleSpec) -> Result<(Matcher, Role), String> {
         }
         matchers.push(Matcher::AwsAccessKeyId(id.clone()));
     }
+    if let Some(account) = spec
+        .accounts
+        .iter()
+        .find(|a| !crate::domain::is_account_id(a))
+    {
+        return Err(at(format!(
+            "accounts holds `{}`, which is not a 12-digit account id",
+            account.escape_default()
+        )));
+    }
+    if let Some(region) = spec
+        .regions
+        .iter()
+        .find(|r| !crate::domain::is_region_name(r))
+    {
+        return Err(at(format!(
+            "regions holds `{}`, which is not an AWS Region name",
+            region.escape_default()
+        )));
+    }
+    let limit = ScopeLimit {
+        accounts: spec.accounts,
+        regions: spec.regions,
+    };
     match matchers.len() {
-        1 => Ok((matchers.remove(0), spec.role)),
+        1 => Ok((matchers.remove(0), spec.role, limit)),
         0 => Err(at(format!("give one of {MATCHERS}"))),
         _ => Err(at(format!("give only one of {MATCHERS}"))),
     }
@@ -308,8 +339,16 @@ impl Rules {
     ) -> Rules {
         Rules {
             rules: vec![
-                (Matcher::UnixUid(server_uid), Role::Admin),
-                (Matcher::TokenSha256(admin_token_sha256), Role::Admin),
+                (
+                    Matcher::UnixUid(server_uid),
+                    Role::Admin,
+                    ScopeLimit::default(),
+                ),
+                (
+                    Matcher::TokenSha256(admin_token_sha256),
+                    Role::Admin,
+                    ScopeLimit::default(),
+                ),
             ],
             loopback_anonymous,
         }
@@ -320,6 +359,7 @@ impl Rules {
         self.rules.push((
             Matcher::AwsAccessKeyId(access_key_id.to_owned()),
             Role::Admin,
+            ScopeLimit::default(),
         ));
         self
     }
@@ -329,13 +369,36 @@ impl Rules {
         let by_rule = self
             .rules
             .iter()
-            .filter(|(matcher, _)| matcher.matches(identity))
-            .map(|(_, role)| *role)
+            .filter(|(matcher, _, _)| matcher.matches(identity))
+            .map(|(_, role, _)| *role)
             .max();
         match identity {
             Identity::LoopbackPeer { .. } => by_rule.max(self.loopback_anonymous),
             _ => by_rule,
         }
+    }
+
+    /// The roles `identity` has per scope, when a rule that matches it is limited to some
+    /// accounts or Regions; `None` when its role is the same everywhere.
+    pub fn scoped_roles(&self, identity: &Identity) -> Option<ScopedRoles> {
+        let matching = || {
+            self.rules
+                .iter()
+                .filter(|(matcher, _, _)| matcher.matches(identity))
+        };
+        if matching().all(|(_, _, limit)| limit.is_any()) {
+            return None;
+        }
+        let anonymous = match identity {
+            Identity::LoopbackPeer { .. } => self.loopback_anonymous,
+            _ => None,
+        };
+        Some(
+            matching()
+                .map(|(_, role, limit)| (*role, limit.clone()))
+                .chain(anonymous.map(|role| (role, ScopeLimit::default())))
+                .collect(),
+        )
     }
 
     /// Whether plaintext loopback callers without credentials count as anyone.
@@ -349,8 +412,8 @@ impl Rules {
         let identity = Identity::Token { sha256: *sha256 };
         self.rules
             .iter()
-            .filter(|(m, _)| matches!(m, Matcher::TokenSha256(_)))
-            .fold(false, |known, (m, _)| m.matches(&identity) | known)
+            .filter(|(m, _, _)| matches!(m, Matcher::TokenSha256(_)))
+            .fold(false, |known, (m, _, _)| m.matches(&identity) | known)
     }
 }
 

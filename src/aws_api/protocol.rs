@@ -570,6 +570,9 @@ pub fn decode_request(
                     "resourceType",
                     query_member(&parameters, "resourceType")?,
                 )?,
+                // The door serves the sidecar's own scope: its SigV4 Region is checked to be
+                // that one, and its keys act in that account.
+                ..Default::default()
             }
             .encode_to_vec()
         }
@@ -583,6 +586,7 @@ pub fn decode_request(
                     string_member(&members, "resourceType")?,
                 )?,
                 validate_only: false,
+                ..Default::default()
             }
             .encode_to_vec()
         }
@@ -594,6 +598,7 @@ pub fn decode_request(
                     "resourceType",
                     string_member(&members, "resourceType")?,
                 )?,
+                ..Default::default()
             }
             .encode_to_vec()
         }
@@ -766,6 +771,7 @@ mod tests {
             proto::GetEncryptionKeyRequest {
                 scan_type: proto::ScanType::Code as i32,
                 resource_type: proto::ResourceType::CodeRepository as i32,
+                ..Default::default()
             }
         );
         let update = decode_request(

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use super::{Backend, BackendError, PrincipalPolicies};
 use crate::{
     config::LocalConfig,
-    domain::{CodeSnippets, FindingArn, KeyArn, Target},
+    domain::{CodeSnippets, FindingArn, KeyArn, ScopedTarget},
     verify::KeyMetadata,
 };
 
@@ -175,21 +175,24 @@ impl FaultyBackend {
 
 #[async_trait]
 impl Backend for FaultyBackend {
-    async fn get_encryption_key(&self, target: Target) -> Result<Option<String>, BackendError> {
+    async fn get_encryption_key(
+        &self,
+        target: ScopedTarget,
+    ) -> Result<Option<String>, BackendError> {
         self.inject(Kind::Read).await?;
         self.inner.get_encryption_key(target).await
     }
 
     async fn update_encryption_key(
         &self,
-        target: Target,
+        target: ScopedTarget,
         key: &KeyArn,
     ) -> Result<(), BackendError> {
         self.inject(Kind::Write).await?;
         self.inner.update_encryption_key(target, key).await
     }
 
-    async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError> {
+    async fn reset_encryption_key(&self, target: ScopedTarget) -> Result<(), BackendError> {
         self.inject(Kind::Write).await?;
         self.inner.reset_encryption_key(target).await
     }

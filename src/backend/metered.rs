@@ -9,7 +9,7 @@ use tokio::{sync::watch, time::Instant};
 
 use super::{Backend, BackendError, PrincipalPolicies};
 use crate::{
-    domain::{CodeSnippets, FindingArn, KeyArn, Target},
+    domain::{CodeSnippets, FindingArn, KeyArn, ScopedTarget},
     metrics::Metrics,
     verify::KeyMetadata,
 };
@@ -105,21 +105,24 @@ impl MeteredBackend {
 
 #[async_trait]
 impl Backend for MeteredBackend {
-    async fn get_encryption_key(&self, target: Target) -> Result<Option<String>, BackendError> {
+    async fn get_encryption_key(
+        &self,
+        target: ScopedTarget,
+    ) -> Result<Option<String>, BackendError> {
         let result = self.inner.get_encryption_key(target).await;
         self.count("get_encryption_key", result)
     }
 
     async fn update_encryption_key(
         &self,
-        target: Target,
+        target: ScopedTarget,
         key: &KeyArn,
     ) -> Result<(), BackendError> {
         let result = self.inner.update_encryption_key(target, key).await;
         self.count("update_encryption_key", result)
     }
 
-    async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError> {
+    async fn reset_encryption_key(&self, target: ScopedTarget) -> Result<(), BackendError> {
         let result = self.inner.reset_encryption_key(target).await;
         self.count("reset_encryption_key", result)
     }

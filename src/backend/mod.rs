@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use crate::{
-    domain::{CodeSnippets, FindingArn, KeyArn, Target},
+    domain::{CodeSnippets, FindingArn, KeyArn, ScopedTarget},
     verify::{KeyMetadata, access::Grant},
 };
 
@@ -20,14 +20,20 @@ use crate::{
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// The customer managed key ARN for `target`, or `None` when the AWS owned key is in use.
-    async fn get_encryption_key(&self, target: Target) -> Result<Option<String>, BackendError>;
+    async fn get_encryption_key(
+        &self,
+        target: ScopedTarget,
+    ) -> Result<Option<String>, BackendError>;
 
     /// Puts `key` in use for `target`. Durable when it returns.
-    async fn update_encryption_key(&self, target: Target, key: &KeyArn)
-    -> Result<(), BackendError>;
+    async fn update_encryption_key(
+        &self,
+        target: ScopedTarget,
+        key: &KeyArn,
+    ) -> Result<(), BackendError>;
 
     /// Goes back to the AWS owned key for `target`. Idempotent; durable when it returns.
-    async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError>;
+    async fn reset_encryption_key(&self, target: ScopedTarget) -> Result<(), BackendError>;
 
     /// The key's metadata, as KMS DescribeKey returns it.
     async fn describe_key(&self, key: &KeyArn) -> Result<KeyMetadata, BackendError>;

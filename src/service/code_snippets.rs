@@ -8,7 +8,7 @@ use super::{ServiceError, audit_subject, validation};
 use crate::{
     backend::local::{LocalScanning, ScanningState},
     cache::KeyCache,
-    domain::{CodeSnippet, CodeSnippets, FindingArn, SnippetErrorCode},
+    domain::{CodeSnippet, CodeSnippets, FindingArn, Scope, ScopedTarget, SnippetErrorCode},
     proto::{self, local_code_scanning_service_server::LocalCodeScanningService},
 };
 
@@ -64,13 +64,13 @@ impl From<CodeSnippets> for proto::BatchGetCodeSnippetResponse {
     }
 }
 
-/// BatchGetCodeSnippet: validated, then through the cache layer, which never keeps them.
+/// BatchGetCodeSnippet of validated findings, through the cache layer, which never keeps
+/// them.
 pub async fn batch_get(
     cache: &KeyCache,
-    request: proto::BatchGetCodeSnippetRequest,
+    findings: &[FindingArn],
 ) -> Result<proto::BatchGetCodeSnippetResponse, ServiceError> {
-    let findings = validation::finding_arns(&request.finding_arns)?;
-    Ok(cache.batch_get_code_snippet(&findings).await?.into())
+    Ok(cache.batch_get_code_snippet(findings).await?.into())
 }
 
 /// The local code-scanning API over the local backend's scanning service.
@@ -82,6 +82,21 @@ pub struct LocalCodeScanningApi {
 impl LocalCodeScanningApi {
     pub fn new(scanning: LocalScanning) -> LocalCodeScanningApi {
         LocalCodeScanningApi { scanning }
+    }
+
+    /// The managed scope a request names, when the caller may act there.
+    fn scope(
+        &self,
+        caller: Option<&crate::rpc::CallerContext>,
+        account_id: &str,
+        region: &str,
+    ) -> Result<Scope, ServiceError> {
+        let mut violations = Vec::new();
+        let requested = validation::requested_scope(account_id, region, &mut violations);
+        if !violations.is_empty() {
+            return Err(ServiceError::InvalidArgument(violations));
+        }
+        super::managed_scope(self.scanning.scopes(), caller, requested, false)
     }
 }
 
@@ -102,12 +117,27 @@ impl LocalCodeScanningService for LocalCodeScanningApi {
         request: Request<proto::RecordCodeFindingRequest>,
     ) -> Result<Response<proto::RecordCodeFindingResponse>, Status> {
         audit_code_scanning(&request, request.get_ref().resource_type);
-        let (region, account_id) = self.scanning.placement();
-        let (target, snippet) = validation::record_request(request.get_ref(), || {
-            FindingArn::generate(region, account_id)
+        let r = request.get_ref();
+        let scope = self.scope(request.extensions().get(), &r.account_id, &r.region)?;
+        let (target, snippet) = validation::record_request(r, || {
+            FindingArn::generate(scope.region(), scope.account_id())
         })
         .map_err(ServiceError::from)?;
         let finding_arn = snippet.finding_arn.clone();
+        if let Ok(given) = FindingArn::parse(&finding_arn)
+            && (given.account_id(), given.region()) != (scope.account_id(), scope.region())
+        {
+            return Err(
+                ServiceError::InvalidArgument(vec![validation::FieldViolation::new(
+                    "finding.finding_arn",
+                    format!(
+                        "`{finding_arn}` is not a finding of {scope}, the scope the request names"
+                    ),
+                )])
+                .into(),
+            );
+        }
+        let target = ScopedTarget::new(scope, target);
         self.scanning
             .record(target, snippet)
             .await
@@ -121,9 +151,12 @@ impl LocalCodeScanningService for LocalCodeScanningApi {
         &self,
         request: Request<proto::DisableCodeScanningRequest>,
     ) -> Result<Response<proto::DisableCodeScanningResponse>, Status> {
-        let resource_type = request.get_ref().resource_type;
-        audit_code_scanning(&request, resource_type);
-        let target = validation::code_scanning_target(resource_type).map_err(ServiceError::from)?;
+        let r = request.get_ref();
+        audit_code_scanning(&request, r.resource_type);
+        let scope = self.scope(request.extensions().get(), &r.account_id, &r.region)?;
+        let target =
+            validation::code_scanning_target(r.resource_type).map_err(ServiceError::from)?;
+        let target = ScopedTarget::new(scope, target);
         let deleted = self
             .scanning
             .disable(target)
@@ -138,8 +171,11 @@ impl LocalCodeScanningService for LocalCodeScanningApi {
         &self,
         request: Request<proto::DescribeCodeScanningRequest>,
     ) -> Result<Response<proto::DescribeCodeScanningResponse>, Status> {
-        let target = validation::code_scanning_target(request.get_ref().resource_type)
-            .map_err(ServiceError::from)?;
+        let r = request.get_ref();
+        let scope = self.scope(request.extensions().get(), &r.account_id, &r.region)?;
+        let target =
+            validation::code_scanning_target(r.resource_type).map_err(ServiceError::from)?;
+        let target = ScopedTarget::new(scope, target);
         let state: ScanningState = self
             .scanning
             .describe(target)

@@ -13,7 +13,7 @@ use super::keycheck::KeyVerifier;
 use crate::{
     backend::BackendError,
     cache::{KeyCache, KeyInUse},
-    domain::{KeyArn, Target},
+    domain::{KeyArn, ScopedTarget},
     metrics::Metrics,
     verify::Report,
 };
@@ -32,7 +32,7 @@ pub enum KeyEventKind {
 #[derive(Debug, Clone)]
 pub struct KeyEvent {
     pub kind: KeyEventKind,
-    pub target: Target,
+    pub target: ScopedTarget,
     /// The customer managed key in use; `None`: the AWS owned key.
     pub key_arn: Option<String>,
     pub report: Option<Report>,
@@ -64,7 +64,7 @@ impl KeyWatch {
 
     /// The state of a target, as a `Current` event: what the cache holds (loaded when it
     /// holds nothing yet).
-    pub async fn current(&self, target: Target) -> Result<KeyEvent, BackendError> {
+    pub async fn current(&self, target: ScopedTarget) -> Result<KeyEvent, BackendError> {
         let held = self.cache.key_in_use(target).await?;
         Ok(KeyEvent {
             kind: KeyEventKind::Current,
@@ -78,12 +78,11 @@ impl KeyWatch {
     fn publish(
         &self,
         kind: KeyEventKind,
-        target: Target,
+        target: ScopedTarget,
         key_arn: Option<&str>,
         report: Option<&Report>,
     ) {
-        self.metrics
-            .set_key_verification(target, key_arn.and(report));
+        self.set_metric(target, key_arn.and(report));
         // Nobody listening is fine.
         let _ = self.events.send(KeyEvent {
             kind,
@@ -94,8 +93,16 @@ impl KeyWatch {
         });
     }
 
+    /// The verification gauges: per (scan type, resource type), so their series do not grow
+    /// with the accounts; they follow the sidecar's own scope.
+    fn set_metric(&self, target: ScopedTarget, report: Option<&Report>) {
+        if target.scope == self.verifier.scopes().own() {
+            self.metrics.set_key_verification(target.target, report);
+        }
+    }
+
     /// A key was put in use through this sidecar, after passing `report`.
-    pub fn updated(&self, target: Target, key: &KeyArn, report: &Report) {
+    pub fn updated(&self, target: ScopedTarget, key: &KeyArn, report: &Report) {
         self.publish(
             KeyEventKind::Updated,
             target,
@@ -105,89 +112,96 @@ impl KeyWatch {
     }
 
     /// The AWS owned key was put back in use through this sidecar.
-    pub fn reset(&self, target: Target) {
+    pub fn reset(&self, target: ScopedTarget) {
         self.publish(KeyEventKind::Reset, target, None, None);
     }
 
-    /// Re-verifies the key in use for every target; publishes DRIFT_DETECTED or
-    /// DRIFT_RESOLVED when a verdict flips. A backend that cannot answer changes nothing.
-    pub async fn check(&self) {
-        for target in Target::all() {
-            let (previous, now) = match self.cache.refresh(target).await {
-                Ok(states) => states,
-                Err(error) => {
-                    tracing::warn!(%target, %error, "drift check: cannot read the key in use");
-                    continue;
-                }
-            };
-            let Some(key_arn) = now.key_arn else {
-                if previous.is_some_and(|p| p.key_arn.is_some()) {
-                    self.publish(KeyEventKind::Reset, target, None, None);
-                } else {
-                    self.metrics.set_key_verification(target, None);
-                }
-                continue;
-            };
-            let report = match KeyArn::parse(&key_arn) {
-                Ok(key) => match self
-                    .verifier
-                    .verify_key(&key, &self.verifier.subject_for(target))
-                    .await
-                {
-                    Ok(report) => report,
-                    Err(error) => {
-                        tracing::warn!(%target, %error, "drift check: cannot verify the key in use");
-                        continue;
-                    }
-                },
-                Err(error) => {
-                    tracing::warn!(%target, %error, "drift check: the key in use is not a key ARN");
-                    continue;
-                }
-            };
-            self.metrics
-                .count_verification(report.profile.as_str(), report.passed);
-            self.cache
-                .set_verdict(target, &key_arn, report.clone())
-                .await;
-            let was = previous
-                .and_then(|KeyInUse { key_arn, verdict }| verdict.map(|v| (key_arn, v.passed)));
-            let kind = match (was, report.passed) {
-                // First look, or another key: report only a failure.
-                (None, false) => Some(KeyEventKind::DriftDetected),
-                (Some((old, _)), false) if old.as_deref() != Some(&*key_arn) => {
-                    Some(KeyEventKind::DriftDetected)
-                }
-                (Some((_, true)), false) => Some(KeyEventKind::DriftDetected),
-                (Some((old, false)), true) if old.as_deref() == Some(&*key_arn) => {
-                    Some(KeyEventKind::DriftResolved)
-                }
-                _ => None,
-            };
-            match kind {
-                Some(kind) => {
-                    if kind == KeyEventKind::DriftDetected {
-                        let problems: Vec<String> = report
-                            .errors()
-                            .map(|f| format!("{}: {}", f.code, f.message))
-                            .collect();
-                        tracing::warn!(%target, key = %key_arn, findings = %problems.join("; "), "key drift: the key in use no longer passes verification");
-                    } else {
-                        tracing::info!(%target, key = %key_arn, "key drift resolved: the key in use passes verification again");
-                    }
-                    self.publish(kind, target, Some(&key_arn), Some(&report));
-                }
-                None => self.metrics.set_key_verification(target, Some(&report)),
+    /// Re-verifies the key in use for `target`; publishes DRIFT_DETECTED or DRIFT_RESOLVED
+    /// when its verdict flips. A backend that cannot answer changes nothing.
+    async fn check_target(&self, target: ScopedTarget) {
+        let (previous, now) = match self.cache.refresh(target).await {
+            Ok(states) => states,
+            Err(error) => {
+                tracing::warn!(%target, %error, "drift check: cannot read the key in use");
+                return;
             }
+        };
+        let Some(key_arn) = now.key_arn else {
+            if previous.is_some_and(|p| p.key_arn.is_some()) {
+                self.publish(KeyEventKind::Reset, target, None, None);
+            } else {
+                self.set_metric(target, None);
+            }
+            return;
+        };
+        let report = match KeyArn::parse(&key_arn) {
+            Ok(key) => match self
+                .verifier
+                .verify_key(&key, &self.verifier.subject_for(target))
+                .await
+            {
+                Ok(report) => report,
+                Err(error) => {
+                    tracing::warn!(%target, %error, "drift check: cannot verify the key in use");
+                    return;
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%target, %error, "drift check: the key in use is not a key ARN");
+                return;
+            }
+        };
+        self.metrics
+            .count_verification(report.profile.as_str(), report.passed);
+        self.cache
+            .set_verdict(target, &key_arn, report.clone())
+            .await;
+        let was =
+            previous.and_then(|KeyInUse { key_arn, verdict }| verdict.map(|v| (key_arn, v.passed)));
+        let kind = match (was, report.passed) {
+            // First look, or another key: report only a failure.
+            (None, false) => Some(KeyEventKind::DriftDetected),
+            (Some((old, _)), false) if old.as_deref() != Some(&*key_arn) => {
+                Some(KeyEventKind::DriftDetected)
+            }
+            (Some((_, true)), false) => Some(KeyEventKind::DriftDetected),
+            (Some((old, false)), true) if old.as_deref() == Some(&*key_arn) => {
+                Some(KeyEventKind::DriftResolved)
+            }
+            _ => None,
+        };
+        match kind {
+            Some(kind) => {
+                if kind == KeyEventKind::DriftDetected {
+                    let problems: Vec<String> = report
+                        .errors()
+                        .map(|f| format!("{}: {}", f.code, f.message))
+                        .collect();
+                    tracing::warn!(%target, key = %key_arn, findings = %problems.join("; "), "key drift: the key in use no longer passes verification");
+                } else {
+                    tracing::info!(%target, key = %key_arn, "key drift resolved: the key in use passes verification again");
+                }
+                self.publish(kind, target, Some(&key_arn), Some(&report));
+            }
+            None => self.set_metric(target, Some(&report)),
         }
     }
 
-    /// Checks now and then every `interval` (± 15 %, drawn each time) until the task is
-    /// dropped.
+    /// Checks every managed target at start, one after another, then once per `interval`
+    /// until the task is dropped, one at a time and spread over the interval (the gaps
+    /// ± 15 %, drawn each time): many scopes cost the backend a steady trickle of calls,
+    /// never a burst of all of them at once.
     pub async fn run(self: Arc<Self>, interval: Duration) {
+        let targets: Vec<ScopedTarget> = self.verifier.scopes().targets().collect();
+        for target in &targets {
+            self.check_target(*target).await;
+        }
+        let gap = interval / u32::try_from(targets.len().max(1)).unwrap_or(u32::MAX);
         loop {
-            self.check().await;
-            tokio::time::sleep(crate::jitter::around(interval)).await;
+            for target in &targets {
+                tokio::time::sleep(crate::jitter::around(gap)).await;
+                self.check_target(*target).await;
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     cache::{Cached, KeyCache},
-    domain::Target,
+    domain::{Scope, ScopedTarget},
     metrics::Metrics,
     proto::{self, encryption_key_service_server::EncryptionKeyService},
     rpc,
@@ -120,6 +120,37 @@ impl EncryptionKeys {
         }
     }
 
+    /// The managed scope a request names, when the caller may act there.
+    fn scope(
+        &self,
+        caller: Option<&rpc::CallerContext>,
+        requested: (&str, &str),
+        stored_key: bool,
+    ) -> Result<Scope, ServiceError> {
+        super::managed_scope(self.verifier.scopes(), caller, requested, stored_key)
+    }
+
+    /// Tells the audit line of `request` the account and Region it names (the sidecar's
+    /// own for an empty one), when well formed: a malformed one is refused, and not logged.
+    fn audit_scope<T>(&self, request: &Request<T>, account_id: &str, region: &str) {
+        let Some(subject) = request.extensions().get::<crate::audit::AuditSubject>() else {
+            return;
+        };
+        let (account_id, region) = self.verifier.scopes().requested(account_id, region);
+        if crate::domain::is_account_id(account_id) && crate::domain::is_region_name(region) {
+            subject.record_scope(account_id, region);
+        }
+    }
+
+    /// The managed target a request names, when the caller may act in its scope.
+    fn scoped(
+        &self,
+        caller: Option<&rpc::CallerContext>,
+        (target, scope): validation::Requested<'_>,
+    ) -> Result<ScopedTarget, ServiceError> {
+        Ok(ScopedTarget::new(self.scope(caller, scope, false)?, target))
+    }
+
     /// Counts an uncached backend call against the caller's quota.
     fn charge(&self, caller: Option<&rpc::CallerContext>) -> Result<(), ServiceError> {
         let key = caller.map_or("unknown", |c| c.quota_key.as_str());
@@ -134,10 +165,12 @@ impl EncryptionKeys {
     async fn get(
         &self,
         request: Request<proto::GetEncryptionKeyRequest>,
-    ) -> Result<(Target, Cached, Option<HeaderValue>), Status> {
+    ) -> Result<(ScopedTarget, Cached, Option<HeaderValue>), Status> {
         let r = request.get_ref();
-        let target =
-            validation::target_request(r.scan_type, r.resource_type).map_err(ServiceError::from)?;
+        let requested =
+            validation::target_request(r.scan_type, r.resource_type, &r.account_id, &r.region)
+                .map_err(ServiceError::from)?;
+        let target = self.scoped(request.extensions().get(), requested)?;
         if let Some(hit) = self.cache.get_fresh(target) {
             return Ok((target, hit, None));
         }
@@ -162,9 +195,11 @@ impl EncryptionKeys {
 
     async fn update(
         &self,
+        caller: Option<&rpc::CallerContext>,
         request: proto::UpdateEncryptionKeyRequest,
     ) -> Result<proto::UpdateEncryptionKeyResponse, ServiceError> {
-        let (key, target) = validation::update_request(&request)?;
+        let (key, requested) = validation::update_request(&request)?;
+        let target = self.scoped(caller, requested)?;
         let report = self
             .verifier
             .verify_key(&key, &self.verifier.subject_for(target))
@@ -192,9 +227,18 @@ impl EncryptionKeys {
 
     async fn reset(
         &self,
+        caller: Option<&rpc::CallerContext>,
         request: proto::ResetEncryptionKeyRequest,
     ) -> Result<proto::ResetEncryptionKeyResponse, ServiceError> {
-        let target = validation::target_request(request.scan_type, request.resource_type)?;
+        let target = self.scoped(
+            caller,
+            validation::target_request(
+                request.scan_type,
+                request.resource_type,
+                &request.account_id,
+                &request.region,
+            )?,
+        )?;
         self.cache.reset(target).await?;
         tracing::info!(%target, "reset to the AWS owned key");
         self.watch.reset(target);
@@ -203,10 +247,16 @@ impl EncryptionKeys {
 
     async fn verify_policy(
         &self,
+        caller: Option<&rpc::CallerContext>,
         request: proto::VerifyKeyPolicyRequest,
     ) -> Result<proto::VerifyKeyPolicyResponse, ServiceError> {
-        let settings = self.verifier.settings();
-        let checked = validation::verify_request(&request, |target| settings.profile_for(target))?;
+        let checked = validation::verify_request(&request, |target| {
+            self.verifier.settings().profile_for(target)
+        })?;
+        let stored = matches!(checked.key, validation::KeyToVerify::Stored(_));
+        let settings = self
+            .verifier
+            .settings_in(self.scope(caller, checked.scope, stored)?);
         let principal_arn = checked.principal_arn.unwrap_or(&settings.principal_arn);
         let report = match checked.key {
             validation::KeyToVerify::Stored(key) => {
@@ -219,6 +269,7 @@ impl EncryptionKeys {
                     profile: checked.profile,
                     principal_arn,
                     identity_policies,
+                    settings,
                 };
                 self.verifier.verify_key(&key, &subject).await?
             }
@@ -230,6 +281,7 @@ impl EncryptionKeys {
                     profile: checked.profile,
                     principal_arn,
                     identity_policies: &request.identity_policies,
+                    settings,
                 };
                 self.verifier
                     .verify_inline(&subject, metadata.as_deref(), key_policy)
@@ -297,10 +349,18 @@ enum ReportAudience {
 }
 
 impl ReportAudience {
-    fn of(caller: Option<&rpc::CallerContext>) -> ReportAudience {
-        match rpc::CallerContext::may_use_stored_key(caller) {
-            Ok(()) => ReportAudience::Whole,
-            Err(_) => ReportAudience::VerdictOnly,
+    /// What `caller` may see of a key in `scope`.
+    fn of(caller: Option<&rpc::CallerContext>, scope: Scope) -> ReportAudience {
+        let may = match caller {
+            Some(c) if c.scoped.is_some() => c
+                .may_act_in(scope.account_id(), scope.region(), true)
+                .is_ok(),
+            _ => rpc::CallerContext::may_use_stored_key(caller).is_ok(),
+        };
+        if may {
+            ReportAudience::Whole
+        } else {
+            ReportAudience::VerdictOnly
         }
     }
 
@@ -332,8 +392,10 @@ fn event_message(event: KeyEvent, audience: ReportAudience) -> proto::WatchEncry
     };
     proto::WatchEncryptionKeyResponse {
         r#type: kind.into(),
-        scan_type: event.target.scan_type().to_proto().into(),
-        resource_type: event.target.resource_type().to_proto().into(),
+        scan_type: event.target.target.scan_type().to_proto().into(),
+        resource_type: event.target.target.resource_type().to_proto().into(),
+        account_id: event.target.scope.account_id().to_owned(),
+        region: event.target.scope.region().to_owned(),
         kms_key_id: event.key_arn.unwrap_or_default(),
         report: event.report.map(|report| audience.report(report)),
         time: Some(prost_types::Timestamp {
@@ -354,10 +416,13 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::WatchEncryptionKeyRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let audience = ReportAudience::of(request.extensions().get());
+        let caller = request.extensions().get::<rpc::CallerContext>().cloned();
         let r = request.into_inner();
-        let target =
-            validation::target_request(r.scan_type, r.resource_type).map_err(ServiceError::from)?;
+        let requested =
+            validation::target_request(r.scan_type, r.resource_type, &r.account_id, &r.region)
+                .map_err(ServiceError::from)?;
+        let target = self.scoped(caller.as_ref(), requested)?;
+        let audience = ReportAudience::of(caller.as_ref(), target.scope);
         let limits = &self.watch_limits;
         let slot = limits
             .slots
@@ -426,7 +491,11 @@ impl EncryptionKeyService for EncryptionKeys {
             Some(r.scan_type),
             Some(r.resource_type),
         );
-        Ok(Response::new(self.update(request.into_inner()).await?))
+        self.audit_scope(&request, &r.account_id, &r.region);
+        let caller = request.extensions().get::<rpc::CallerContext>().cloned();
+        Ok(Response::new(
+            self.update(caller.as_ref(), request.into_inner()).await?,
+        ))
     }
 
     async fn reset_encryption_key(
@@ -435,23 +504,31 @@ impl EncryptionKeyService for EncryptionKeys {
     ) -> Result<Response<proto::ResetEncryptionKeyResponse>, Status> {
         let r = request.get_ref();
         super::audit_subject(&request, "", Some(r.scan_type), Some(r.resource_type));
-        Ok(Response::new(self.reset(request.into_inner()).await?))
+        self.audit_scope(&request, &r.account_id, &r.region);
+        let caller = request.extensions().get::<rpc::CallerContext>().cloned();
+        Ok(Response::new(
+            self.reset(caller.as_ref(), request.into_inner()).await?,
+        ))
     }
 
     async fn verify_key_policy(
         &self,
         request: Request<proto::VerifyKeyPolicyRequest>,
     ) -> Result<Response<proto::VerifyKeyPolicyResponse>, Status> {
+        let caller = request.extensions().get::<rpc::CallerContext>().cloned();
         // A stored key's report reveals its state and who may decrypt with it, and is read
         // from the backend uncached.
         if let Some(proto::verify_key_policy_request::Key::KmsKeyId(key)) = &request.get_ref().key {
             super::audit_subject(&request, key, None, None);
-            let caller = request.extensions().get();
-            rpc::CallerContext::may_use_stored_key(caller).map_err(ServiceError::RoleRequired)?;
-            self.charge(caller)?;
+            let r = request.get_ref();
+            self.audit_scope(&request, &r.account_id, &r.region);
+            rpc::CallerContext::may_use_stored_key(caller.as_ref())
+                .map_err(ServiceError::RoleRequired)?;
+            self.charge(caller.as_ref())?;
         }
         Ok(Response::new(
-            self.verify_policy(request.into_inner()).await?,
+            self.verify_policy(caller.as_ref(), request.into_inner())
+                .await?,
         ))
     }
 
@@ -466,10 +543,27 @@ impl EncryptionKeyService for EncryptionKeys {
         &self,
         request: Request<proto::BatchGetCodeSnippetRequest>,
     ) -> Result<Response<proto::BatchGetCodeSnippetResponse>, Status> {
+        let caller = request.extensions().get::<rpc::CallerContext>();
+        let findings = validation::finding_arns(&request.get_ref().finding_arns)
+            .map_err(ServiceError::from)?;
+        // Each finding is read in its ARN's account and Region.
+        for finding in &findings {
+            self.scope(caller, (finding.account_id(), finding.region()), false)
+                .map_err(|error| match error {
+                    ServiceError::ScopeNotManaged {
+                        account_id, region, ..
+                    } => ServiceError::ScopeNotManaged {
+                        field: "finding_arns",
+                        account_id,
+                        region,
+                    },
+                    other => other,
+                })?;
+        }
         // Snippets are never cached: every call reaches the backend.
-        self.charge(request.extensions().get())?;
+        self.charge(caller)?;
         Ok(Response::new(
-            super::code_snippets::batch_get(&self.cache, request.into_inner()).await?,
+            super::code_snippets::batch_get(&self.cache, &findings).await?,
         ))
     }
 }

@@ -7,15 +7,18 @@ use std::sync::Arc;
 
 use crate::{
     backend::{Backend, BackendError, PrincipalPolicies},
-    domain::{KeyArn, Target},
+    domain::{KeyArn, Scope, ScopedTarget},
+    scopes::ManagedScopes,
     verify::{self, Finding, FindingCode, KeyMetadata, Profile, Report, VerificationSettings},
 };
 
-/// Whose access a verification checks.
+/// Whose access a verification checks, and where.
 pub struct Subject<'a> {
     pub profile: Profile,
     pub principal_arn: &'a str,
     pub identity_policies: &'a [String],
+    /// The scope's settings: its Region, account, configured principal and trust.
+    pub settings: &'a VerificationSettings,
 }
 
 /// The finding verification leaves where the identity policies could not be used.
@@ -39,27 +42,40 @@ enum Sources {
 #[derive(Clone)]
 pub struct KeyVerifier {
     backend: Arc<dyn Backend>,
-    settings: Arc<VerificationSettings>,
+    scopes: Arc<ManagedScopes>,
 }
 
 impl KeyVerifier {
-    pub fn new(backend: Arc<dyn Backend>, settings: VerificationSettings) -> KeyVerifier {
-        KeyVerifier {
-            backend,
-            settings: Arc::new(settings),
-        }
+    pub fn new(backend: Arc<dyn Backend>, scopes: Arc<ManagedScopes>) -> KeyVerifier {
+        KeyVerifier { backend, scopes }
     }
 
+    /// The managed scopes.
+    pub fn scopes(&self) -> &ManagedScopes {
+        &self.scopes
+    }
+
+    /// The settings of the sidecar's own scope.
     pub fn settings(&self) -> &VerificationSettings {
-        &self.settings
+        self.settings_in(self.scopes.own())
+    }
+
+    /// The settings of `scope` (the own scope's when it is not managed, which requests are
+    /// checked for before).
+    pub fn settings_in(&self, scope: Scope) -> &VerificationSettings {
+        self.scopes
+            .settings(scope)
+            .map_or(self.scopes.own_settings(), |s| s.verification.as_ref())
     }
 
     /// The configured subject for a target.
-    pub fn subject_for(&self, target: Target) -> Subject<'_> {
+    pub fn subject_for(&self, target: ScopedTarget) -> Subject<'_> {
+        let settings = self.settings_in(target.scope);
         Subject {
-            profile: self.settings.profile_for(target),
-            principal_arn: &self.settings.principal_arn,
-            identity_policies: &self.settings.identity_policies,
+            profile: settings.profile_for(target.target),
+            principal_arn: &settings.principal_arn,
+            identity_policies: &settings.identity_policies,
+            settings,
         }
     }
 
@@ -68,8 +84,8 @@ impl KeyVerifier {
     /// reads no other principal's policies).
     async fn policies_from_iam(&self, subject: &Subject<'_>) -> FromIam {
         if !subject.identity_policies.is_empty()
-            || self.settings.policies_configured()
-            || subject.principal_arn != self.settings.principal_arn
+            || subject.settings.policies_configured()
+            || subject.principal_arn != subject.settings.principal_arn
         {
             return None;
         }
@@ -140,12 +156,12 @@ impl KeyVerifier {
                 &mut report,
                 &grants,
                 &verify::access::Subject {
-                    account_id: &self.settings.account_id,
+                    account_id: &subject.settings.account_id,
                     key_arn: &metadata.arn,
                     principal_arn: Some(subject.principal_arn),
                     identity_policies: None,
                     boundary: None,
-                    trust: self.settings.trust(),
+                    trust: subject.settings.trust(),
                 },
             );
         }
@@ -174,20 +190,20 @@ impl KeyVerifier {
             Sources::GivenOrConfigured | Sources::Iam(Err(_)) => (
                 subject.identity_policies,
                 false,
-                self.settings.permissions_boundary.as_deref(),
+                subject.settings.permissions_boundary.as_deref(),
             ),
         };
         let mut report = verify::verify(&verify::Input {
             profile: subject.profile,
-            region: &self.settings.region,
-            account_id: &self.settings.account_id,
+            region: &subject.settings.region,
+            account_id: &subject.settings.account_id,
             principal_arn: subject.principal_arn,
             key_metadata: metadata,
             key_policy,
             identity_policies,
             identity_policies_complete,
             permissions_boundary,
-            trust: self.settings.trust(),
+            trust: subject.settings.trust(),
         });
         match sources {
             Sources::Iam(Ok(policies)) => name_sources(&mut report, policies),

@@ -108,6 +108,7 @@ impl LocalKmsService for LocalKmsApi {
             policy: r.policy,
             description: r.description,
             region: r.region,
+            account_id: r.account_id,
         };
         reply(
             self.kms

@@ -18,7 +18,8 @@ pub use local_kms::LocalKmsApi;
 
 use crate::{
     backend::BackendError,
-    domain::{KeyArn, ResourceType, ScanType, Target},
+    domain::{KeyArn, ResourceType, ScanType, Scope, ScopedTarget},
+    scopes::ManagedScopes,
     verify::Report,
 };
 use validation::FieldViolation;
@@ -30,7 +31,7 @@ pub enum ServiceError {
     InvalidArgument(Vec<FieldViolation>),
     /// No customer managed key is set: the AWS owned key is in use.
     #[error("no customer managed key is set for {0}; the AWS owned key is in use")]
-    AwsOwnedKey(Target),
+    AwsOwnedKey(ScopedTarget),
     /// Verification found at least one ERROR; nothing was changed. The report is boxed: it
     /// is the largest thing an error carries, and every `Result` of the service would be as
     /// large as it.
@@ -53,6 +54,17 @@ pub enum ServiceError {
     /// A Watch stream lasted `ops.max_watch_duration`.
     #[error("the watch lasted ops.max_watch_duration ({0:?}); watch again")]
     WatchExpired(std::time::Duration),
+    /// The request names an account and Region the sidecar does not manage. Not NOT_FOUND,
+    /// which clients read as "the AWS owned key is in use".
+    #[error(
+        "the sidecar does not manage account {account_id} in {region}; the scopes it manages are its own and those of its [[accounts]] configuration"
+    )]
+    ScopeNotManaged {
+        /// The request field that names the scope (`account_id`, or `finding_arns`).
+        field: &'static str,
+        account_id: String,
+        region: String,
+    },
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -85,6 +97,46 @@ fn audit_subject<T>(
         scan.as_deref(),
         resource.as_deref(),
     );
+}
+
+/// The managed scope a request names (empty account and Region: the sidecar's own), when
+/// `caller` may act there: its role there first (a caller limited to some scopes learns
+/// nothing of the others), then whether the sidecar manages it. `stored_key`: the call is
+/// about a stored key, which needs the method's stored-key role there.
+pub fn managed_scope(
+    scopes: &ManagedScopes,
+    caller: Option<&crate::rpc::CallerContext>,
+    (account_id, region): (&str, &str),
+    stored_key: bool,
+) -> Result<Scope, ServiceError> {
+    let own = scopes.own();
+    let account_id = if account_id.is_empty() {
+        own.account_id()
+    } else {
+        account_id
+    };
+    let region = if region.is_empty() {
+        own.region()
+    } else {
+        region
+    };
+    if let Some(caller) = caller.filter(|c| c.scoped.is_some()) {
+        caller.may_act_in(account_id, region, stored_key)?;
+    }
+    if (account_id, region) == (own.account_id(), own.region()) {
+        return Ok(own);
+    }
+    scopes
+        .find(account_id, region)
+        .ok_or_else(|| ServiceError::ScopeNotManaged {
+            field: if scopes.manages_account(account_id) {
+                "region"
+            } else {
+                "account_id"
+            },
+            account_id: account_id.to_owned(),
+            region: region.to_owned(),
+        })
 }
 
 impl From<Vec<FieldViolation>> for ServiceError {

@@ -74,26 +74,70 @@ fn target(scan: i32, resource: i32, violations: &mut Vec<FieldViolation>) -> Opt
     target
 }
 
-/// The target of a Get or Reset request.
-pub fn target_request(scan: i32, resource: i32) -> Result<Target, Vec<FieldViolation>> {
+/// The account and Region a request names, when well formed: each empty (the sidecar's
+/// own) or a 12-digit account id and a Region name. Pushes a violation per bad field.
+pub fn requested_scope<'r>(
+    account_id: &'r str,
+    region: &'r str,
+    violations: &mut Vec<FieldViolation>,
+) -> (&'r str, &'r str) {
+    if !account_id.is_empty() && !crate::domain::is_account_id(account_id) {
+        violations.push(FieldViolation::new(
+            "account_id",
+            format!(
+                "`{}` is not a 12-digit AWS account id (or empty, for the sidecar's own)",
+                shown(account_id)
+            ),
+        ));
+    }
+    if !region.is_empty() && !crate::domain::is_region_name(region) {
+        violations.push(FieldViolation::new(
+            "region",
+            format!(
+                "`{}` is not an AWS Region name such as us-east-1 (or empty, for the sidecar's own)",
+                shown(region)
+            ),
+        ));
+    }
+    (account_id, region)
+}
+
+/// A value echoed in a message: short and printable.
+fn shown(value: &str) -> String {
+    value.chars().take(64).filter(|c| !c.is_control()).collect()
+}
+
+/// The target of a request, and the account and Region it names (empty: the sidecar's own).
+pub type Requested<'r> = (Target, (&'r str, &'r str));
+
+/// The target and scope of a Get, Reset or Watch request.
+pub fn target_request<'r>(
+    scan: i32,
+    resource: i32,
+    account_id: &'r str,
+    region: &'r str,
+) -> Result<Requested<'r>, Vec<FieldViolation>> {
     let mut violations = Vec::new();
-    match target(scan, resource, &mut violations) {
-        Some(target) if violations.is_empty() => Ok(target),
+    let target = target(scan, resource, &mut violations);
+    let scope = requested_scope(account_id, region, &mut violations);
+    match target {
+        Some(target) if violations.is_empty() => Ok((target, scope)),
         _ => Err(violations),
     }
 }
 
-/// The key ARN and target of an Update request.
+/// The key ARN, target and scope of an Update request.
 pub fn update_request(
     request: &proto::UpdateEncryptionKeyRequest,
-) -> Result<(KeyArn, Target), Vec<FieldViolation>> {
+) -> Result<(KeyArn, Requested<'_>), Vec<FieldViolation>> {
     let mut violations = Vec::new();
     let key = KeyArn::parse(&request.kms_key_id)
         .map_err(|e| violations.push(FieldViolation::new("kms_key_id", e.to_string())))
         .ok();
     let target = target(request.scan_type, request.resource_type, &mut violations);
+    let scope = requested_scope(&request.account_id, &request.region, &mut violations);
     match (key, target) {
-        (Some(key), Some(target)) if violations.is_empty() => Ok((key, target)),
+        (Some(key), Some(target)) if violations.is_empty() => Ok((key, (target, scope))),
         _ => Err(violations),
     }
 }
@@ -131,6 +175,8 @@ pub enum KeyToVerify<'r> {
 /// A checked VerifyKeyPolicy request.
 pub struct VerifyRequest<'r> {
     pub profile: Profile,
+    /// The account and Region verified in (empty: the sidecar's own).
+    pub scope: (&'r str, &'r str),
     pub principal_arn: Option<&'r str>,
     pub key: KeyToVerify<'r>,
 }
@@ -160,6 +206,7 @@ pub fn verify_request<'r>(
             .map_err(|v| violations.extend(v))
             .ok()
     };
+    let scope = requested_scope(&request.account_id, &request.region, &mut violations);
     let principal_arn =
         (!request.principal_arn.is_empty()).then_some(request.principal_arn.as_str());
     if principal_arn.is_some()
@@ -205,6 +252,7 @@ pub fn verify_request<'r>(
     match (profile, key) {
         (Some(profile), Some(key)) if violations.is_empty() => Ok(VerifyRequest {
             profile,
+            scope,
             principal_arn,
             key,
         }),
@@ -336,7 +384,7 @@ pub fn record_request(
 
 /// The target of a local code-scanning request (scan type CODE).
 pub fn code_scanning_target(resource_type: i32) -> Result<Target, Vec<FieldViolation>> {
-    target_request(proto::ScanType::Code as i32, resource_type)
+    target_request(proto::ScanType::Code as i32, resource_type, "", "").map(|(target, _)| target)
 }
 
 #[cfg(test)]
@@ -357,6 +405,7 @@ mod tests {
             scan_type: 0,
             resource_type: 99,
             validate_only: false,
+            ..Default::default()
         };
         let violations = update_request(&request).unwrap_err();
         assert_eq!(
@@ -377,14 +426,15 @@ mod tests {
 
     #[test]
     fn unsupported_pairs_blame_the_right_field() {
-        let v = target_request(proto::ScanType::Package as i32, LAMBDA).unwrap_err();
+        let v = target_request(proto::ScanType::Package as i32, LAMBDA, "", "").unwrap_err();
         assert_eq!(fields(v.clone()), ["scan_type"]);
         assert!(
             v[0].description
                 .contains("CODE + AWS_LAMBDA_FUNCTION, CODE + CODE_REPOSITORY")
         );
-        let v = target_request(CODE, proto::ResourceType::AwsEc2Instance as i32).unwrap_err();
+        let v =
+            target_request(CODE, proto::ResourceType::AwsEc2Instance as i32, "", "").unwrap_err();
         assert_eq!(fields(v), ["resource_type"]);
-        assert!(target_request(CODE, LAMBDA).is_ok());
+        assert!(target_request(CODE, LAMBDA, "", "").is_ok());
     }
 }

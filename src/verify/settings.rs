@@ -102,6 +102,36 @@ impl VerificationSettings {
         }
     }
 
+    /// The settings in another account or Region, for `principal_arn` there. The configured
+    /// identity policies and boundary are the sidecar's own principal's: in another account
+    /// none are known (IDENTITY_POLICY_NOT_CHECKED says so); in another Region of its own
+    /// account, with the same principal, they stay.
+    pub fn in_scope(
+        &self,
+        region: &str,
+        account_id: &str,
+        principal_arn: &str,
+    ) -> VerificationSettings {
+        let same_principal = account_id == self.account_id && principal_arn == self.principal_arn;
+        let mut settings = VerificationSettings::new(
+            region.to_owned(),
+            account_id.to_owned(),
+            principal_arn.to_owned(),
+            if same_principal {
+                self.identity_policies.clone()
+            } else {
+                Vec::new()
+            },
+            self.permissions_boundary.clone().filter(|_| same_principal),
+            self.lambda_profile,
+            self.code_repository_profile,
+        );
+        settings.trusted_accounts = self.trusted_accounts.clone();
+        settings.organization_id = self.organization_id.clone();
+        settings.deny_external_access = self.deny_external_access;
+        settings
+    }
+
     /// Who is inside, for the access summary's `EXTERNAL_ACCESS`.
     pub fn trust(&self) -> access::Trust<'_> {
         access::Trust {

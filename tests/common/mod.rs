@@ -654,6 +654,7 @@ pub fn get_request(resource_type: i32) -> proto::GetEncryptionKeyRequest {
     proto::GetEncryptionKeyRequest {
         scan_type: CODE,
         resource_type,
+        ..Default::default()
     }
 }
 
@@ -663,6 +664,7 @@ pub fn update_request(kms_key_id: &str) -> proto::UpdateEncryptionKeyRequest {
         scan_type: CODE,
         resource_type: LAMBDA,
         validate_only: false,
+        ..Default::default()
     }
 }
 

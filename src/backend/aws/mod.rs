@@ -21,8 +21,8 @@ use super::{Backend, BackendError, PrincipalPolicies};
 use crate::{
     config::{AwsConfig, Placement},
     domain::{
-        CodeLine, CodeSnippet, CodeSnippets, FindingArn, KeyArn, SnippetError, SnippetErrorCode,
-        SuggestedFix, Target, is_account_id, is_region_name,
+        CodeLine, CodeSnippet, CodeSnippets, FindingArn, KeyArn, Scope, ScopedTarget, SnippetError,
+        SnippetErrorCode, SuggestedFix, Target, is_account_id, is_region_name,
     },
     verify::{KeyMetadata, MultiRegionConfiguration, MultiRegionKey},
 };
@@ -47,6 +47,8 @@ pub enum AwsSetupError {
 }
 
 pub struct AwsBackend {
+    /// The account and Region its clients act in, the only scope it serves so far.
+    own: Scope,
     inspector: aws_sdk_inspector2::Client,
     kms: aws_sdk_kms::Client,
     iam: IamPolicies,
@@ -123,6 +125,7 @@ impl AwsBackend {
         }
         Ok((
             AwsBackend {
+                own: Scope::of(&account_id, &region),
                 inspector: aws_sdk_inspector2::Client::from_conf(inspector.build()),
                 kms: aws_sdk_kms::Client::from_conf(kms.build()),
                 iam: IamPolicies::new(
@@ -133,6 +136,21 @@ impl AwsBackend {
             },
             Placement { region, account_id },
         ))
+    }
+}
+
+impl AwsBackend {
+    /// `target`'s (scan type, resource type) when it is in the scope the clients act in
+    /// (the configuration refuses other accounts on this backend, so another is a fault).
+    fn own_target(&self, target: ScopedTarget) -> Result<Target, BackendError> {
+        if target.scope == self.own {
+            Ok(target.target)
+        } else {
+            Err(BackendError::internal(format!(
+                "the aws backend serves {} only, not {target}",
+                self.own
+            )))
+        }
     }
 }
 
@@ -196,7 +214,11 @@ fn key_metadata(m: &aws_sdk_kms::types::KeyMetadata) -> KeyMetadata {
 
 #[async_trait]
 impl Backend for AwsBackend {
-    async fn get_encryption_key(&self, target: Target) -> Result<Option<String>, BackendError> {
+    async fn get_encryption_key(
+        &self,
+        target: ScopedTarget,
+    ) -> Result<Option<String>, BackendError> {
+        let target = self.own_target(target)?;
         let result = self
             .inspector
             .get_encryption_key()
@@ -218,9 +240,10 @@ impl Backend for AwsBackend {
 
     async fn update_encryption_key(
         &self,
-        target: Target,
+        target: ScopedTarget,
         key: &KeyArn,
     ) -> Result<(), BackendError> {
+        let target = self.own_target(target)?;
         self.inspector
             .update_encryption_key()
             .kms_key_id(key.as_str())
@@ -232,7 +255,8 @@ impl Backend for AwsBackend {
             .map_err(|e| classify("UpdateEncryptionKey", e))
     }
 
-    async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError> {
+    async fn reset_encryption_key(&self, target: ScopedTarget) -> Result<(), BackendError> {
+        let target = self.own_target(target)?;
         self.inspector
             .reset_encryption_key()
             .scan_type(scan_type(target))

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use super::store::{KeyReads, Store, StoredAlias, StoredKey};
 use crate::{
     backend::BackendError,
-    domain::{is_region_name, partition_of},
+    domain::{is_account_id, is_region_name, partition_of},
     verify::{
         KeyMetadata, MultiRegionConfiguration, MultiRegionKey, json, policy::MAX_POLICY_BYTES,
         profile::account_delegation_statement,
@@ -172,6 +172,16 @@ pub struct CreateKeyInput {
     pub policy: String,
     pub description: String,
     pub region: String,
+    /// Empty: the sidecar's account.
+    pub account_id: String,
+}
+
+/// The ARN of the key `key_id` of `account_id` in `region`.
+fn key_arn_in(account_id: &str, region: &str, key_id: &str) -> String {
+    format!(
+        "arn:{}:kms:{region}:{account_id}:key/{key_id}",
+        partition_of(region)
+    )
 }
 
 /// The local KMS. Cheap to clone; every operation is one store transaction.
@@ -295,11 +305,7 @@ impl LocalKms {
     }
 
     fn key_arn(&self, region: &str, key_id: &str) -> String {
-        format!(
-            "arn:{}:kms:{region}:{}:key/{key_id}",
-            partition_of(region),
-            self.account_id
-        )
+        key_arn_in(&self.account_id, region, key_id)
     }
 
     /// The ARN of the alias `alias_name` in the sidecar's Region.
@@ -453,8 +459,19 @@ impl LocalKms {
                 message: format!("`{region}` is not an AWS Region name (for example us-east-1)"),
             });
         }
+        let account_id = if input.account_id.is_empty() {
+            self.account_id.clone()
+        } else {
+            input.account_id
+        };
+        if !is_account_id(&account_id) {
+            return Err(BackendError::InvalidRequest {
+                field: "account_id",
+                message: format!("`{account_id}` is not a 12-digit AWS account id"),
+            });
+        }
         let policy = if input.policy.is_empty() {
-            default_key_policy(&region, &self.account_id)
+            default_key_policy(&region, &account_id)
         } else {
             check_policy_document(&input.policy)?;
             input.policy
@@ -466,9 +483,9 @@ impl LocalKms {
             uuid.hyphenated().to_string()
         };
         let key = StoredKey {
-            arn: self.key_arn(&region, &key_id),
+            arn: key_arn_in(&account_id, &region, &key_id),
             key_id,
-            account_id: self.account_id.clone(),
+            account_id,
             region,
             description: input.description,
             key_spec,
@@ -723,7 +740,8 @@ impl LocalKms {
                         ),
                     });
                 }
-                let arn = kms.key_arn(&replica_region, &primary.key_id);
+                // Replicas stay in the primary's account.
+                let arn = key_arn_in(&primary.account_id, &replica_region, &primary.key_id);
                 if tx.key(&arn)?.is_some_and(|k| !k.is_deleted(now())) {
                     return Err(BackendError::InvalidRequest {
                         field: "replica_region",

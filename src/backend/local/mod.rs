@@ -18,7 +18,8 @@ use store::{KeyReads, Store};
 
 use super::{Backend, BackendError};
 use crate::{
-    domain::{CodeSnippet, CodeSnippets, FindingArn, KeyArn, Target},
+    domain::{CodeSnippet, CodeSnippets, FindingArn, KeyArn, ScopedTarget, Target},
+    scopes::ManagedScopes,
     verify::{KeyMetadata, VerificationSettings},
 };
 
@@ -27,29 +28,69 @@ pub const STORE_FILE: &str = "keyd.redb";
 
 pub struct LocalBackend {
     kms: LocalKms,
-    /// The verification settings the scanning service acts under: the profiles and principal
-    /// `Update` verifies keys for.
-    verification: Arc<VerificationSettings>,
+    /// The emulated organization: each managed scope with the verification settings its
+    /// scanning service acts under (the profiles and principal `Update` verifies keys for).
+    scopes: Arc<ManagedScopes>,
 }
 
-/// The store's name of a target (`CODE/AWS_LAMBDA_FUNCTION`).
-fn config_key(target: Target) -> String {
-    format!(
-        "{}/{}",
-        target.scan_type().as_aws_str(),
-        target.resource_type().as_aws_str()
-    )
+/// One target of one scope as the local backend keeps it: what its scanning service
+/// verifies there (the scope's Region, account and principal), and the store's name of
+/// its rows.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub settings: Arc<VerificationSettings>,
+    pub target: Target,
+    /// `CODE/AWS_LAMBDA_FUNCTION` in the sidecar's own scope (as stores written before
+    /// there were scopes name it), `<account>/<region>/CODE/AWS_LAMBDA_FUNCTION` in others.
+    pub name: String,
+}
+
+impl Place {
+    /// `target` as `scopes` manage it.
+    fn of(scopes: &ManagedScopes, target: ScopedTarget) -> Result<Place, BackendError> {
+        let settings = scopes
+            .settings(target.scope)
+            .ok_or_else(|| BackendError::internal(format!("{target} is not a managed target")))?;
+        let pair = format!(
+            "{}/{}",
+            target.target.scan_type().as_aws_str(),
+            target.target.resource_type().as_aws_str()
+        );
+        let name = if target.scope == scopes.own() {
+            pair
+        } else {
+            format!(
+                "{}/{}/{pair}",
+                target.scope.account_id(),
+                target.scope.region()
+            )
+        };
+        Ok(Place {
+            settings: settings.verification.clone(),
+            target: target.target,
+            name,
+        })
+    }
+
+    /// Every managed target.
+    fn all(scopes: &ManagedScopes) -> Vec<Place> {
+        scopes
+            .targets()
+            .filter_map(|target| Place::of(scopes, target).ok())
+            .collect()
+    }
 }
 
 impl LocalBackend {
     /// Opens the store in `state_dir` (created if missing), its key material sealed under
-    /// the key-encryption key in `kek_file` (made at first start), for the Region, account,
-    /// profiles, principal and identity policies of `verification` (those `Update` verifies keys
-    /// against, so the scanning service uses keys for what was verified).
+    /// the key-encryption key in `kek_file` (made at first start), for the scopes of
+    /// `scopes`, each with the Region, account, profiles, principal and identity policies
+    /// `Update` verifies keys against there (so the scanning service uses keys for what was
+    /// verified). The sidecar's own scope's Region and account are the local KMS's defaults.
     pub fn open(
         state_dir: &Path,
         kek_file: &Path,
-        verification: VerificationSettings,
+        scopes: Arc<ManagedScopes>,
     ) -> Result<LocalBackend, BackendError> {
         crate::files::private_dir(state_dir).map_err(|e| {
             BackendError::internal(format!(
@@ -74,16 +115,10 @@ impl LocalBackend {
             .name("crypto-warm-up".into())
             .spawn(|| crypto::random_key().map(drop));
         let store = Arc::new(Store::open(&store_path, kek_file)?);
-        let kms = LocalKms::new(
-            store,
-            verification.region.clone(),
-            verification.account_id.clone(),
-        );
+        let own = scopes.own();
+        let kms = LocalKms::new(store, own.region().to_owned(), own.account_id().to_owned());
         kms.add_missing_key_material()?;
-        Ok(LocalBackend {
-            kms,
-            verification: Arc::new(verification),
-        })
+        Ok(LocalBackend { kms, scopes })
     }
 
     /// The local KMS, for the local-only KMS service.
@@ -95,7 +130,7 @@ impl LocalBackend {
     pub fn scanning(&self) -> LocalScanning {
         LocalScanning {
             kms: self.kms.clone(),
-            settings: self.verification.clone(),
+            scopes: self.scopes.clone(),
         }
     }
 }
@@ -104,38 +139,41 @@ impl LocalBackend {
 #[derive(Clone)]
 pub struct LocalScanning {
     kms: LocalKms,
-    settings: Arc<VerificationSettings>,
+    scopes: Arc<ManagedScopes>,
 }
 
 impl LocalScanning {
     /// Records a finding's snippet for `target`, stored encrypted.
-    pub async fn record(&self, target: Target, snippet: CodeSnippet) -> Result<(), BackendError> {
-        let settings = self.settings.clone();
+    pub async fn record(
+        &self,
+        target: ScopedTarget,
+        snippet: CodeSnippet,
+    ) -> Result<(), BackendError> {
+        let place = Place::of(&self.scopes, target)?;
         self.kms
-            .blocking(move |kms| {
-                kms.store
-                    .write(|tx| scanning::record(tx, &settings, target, &snippet))
-            })
+            .blocking(move |kms| kms.store.write(|tx| scanning::record(tx, &place, &snippet)))
             .await
     }
 
+    /// The scopes whose scanning services it emulates.
+    pub fn scopes(&self) -> &ManagedScopes {
+        &self.scopes
+    }
+
     /// Disables code scanning for `target`; returns how many snippets were deleted.
-    pub async fn disable(&self, target: Target) -> Result<usize, BackendError> {
+    pub async fn disable(&self, target: ScopedTarget) -> Result<usize, BackendError> {
+        let place = Place::of(&self.scopes, target)?;
         self.kms
-            .blocking(move |kms| kms.store.write(|tx| scanning::disable(tx, target)))
+            .blocking(move |kms| kms.store.write(|tx| scanning::disable(tx, &place)))
             .await
     }
 
     /// What is held for `target`.
-    pub async fn describe(&self, target: Target) -> Result<ScanningState, BackendError> {
+    pub async fn describe(&self, target: ScopedTarget) -> Result<ScanningState, BackendError> {
+        let place = Place::of(&self.scopes, target)?;
         self.kms
-            .blocking(move |kms| kms.store.read(|tx| scanning::describe(tx, target)))
+            .blocking(move |kms| kms.store.read(|tx| scanning::describe(tx, &place)))
             .await
-    }
-
-    /// The Region and account findings are recorded in.
-    pub fn placement(&self) -> (&str, &str) {
-        (&self.settings.region, &self.settings.account_id)
     }
 }
 
@@ -159,34 +197,35 @@ impl Backend for LocalBackend {
         ))
     }
 
-    async fn get_encryption_key(&self, target: Target) -> Result<Option<String>, BackendError> {
+    async fn get_encryption_key(
+        &self,
+        target: ScopedTarget,
+    ) -> Result<Option<String>, BackendError> {
+        let place = Place::of(&self.scopes, target)?;
         self.kms
-            .blocking(move |kms| kms.store.read(|tx| tx.config(&config_key(target))))
+            .blocking(move |kms| kms.store.read(|tx| tx.config(&place.name)))
             .await
     }
 
     async fn update_encryption_key(
         &self,
-        target: Target,
+        target: ScopedTarget,
         key: &KeyArn,
     ) -> Result<(), BackendError> {
         let arn = key.as_str().to_owned();
-        let settings = self.verification.clone();
+        let place = Place::of(&self.scopes, target)?;
         self.kms
             .blocking(move |kms| {
                 kms.store
-                    .write(|tx| scanning::switch_key(tx, &settings, target, Some(&arn)))
+                    .write(|tx| scanning::switch_key(tx, &place, Some(&arn)))
             })
             .await
     }
 
-    async fn reset_encryption_key(&self, target: Target) -> Result<(), BackendError> {
-        let settings = self.verification.clone();
+    async fn reset_encryption_key(&self, target: ScopedTarget) -> Result<(), BackendError> {
+        let place = Place::of(&self.scopes, target)?;
         self.kms
-            .blocking(move |kms| {
-                kms.store
-                    .write(|tx| scanning::switch_key(tx, &settings, target, None))
-            })
+            .blocking(move |kms| kms.store.write(|tx| scanning::switch_key(tx, &place, None)))
             .await
     }
 
@@ -205,11 +244,11 @@ impl Backend for LocalBackend {
         findings: &[FindingArn],
     ) -> Result<CodeSnippets, BackendError> {
         let findings = findings.to_vec();
-        let settings = self.verification.clone();
+        let places = Place::all(&self.scopes);
         self.kms
             .blocking(move |kms| {
                 kms.store
-                    .read(|tx| scanning::batch_get(tx, &settings, &findings))
+                    .read(|tx| scanning::batch_get(tx, &places, &findings))
             })
             .await
     }
@@ -226,12 +265,13 @@ mod tests {
 
     /// The data key in use for Lambda code scanning, decrypted as the scanning service does.
     fn data_key_plaintext(backend: &LocalBackend) -> Vec<u8> {
-        let user = key_use::user(&backend.verification, lambda());
+        let place = Place::of(&backend.scopes, own_lambda(backend)).unwrap();
+        let user = key_use::user(&place.settings, lambda());
         backend
             .kms
             .store
             .read(|tx| {
-                let data_key = tx.data_key(&config_key(lambda()))?.unwrap();
+                let data_key = tx.data_key(&place.name)?.unwrap();
                 key_use::decrypt_data_key(tx, &user, &data_key).map(|k| k.to_vec())
             })
             .unwrap()
@@ -250,7 +290,15 @@ mod tests {
     }
 
     fn open(dir: &Path) -> Result<LocalBackend, BackendError> {
-        LocalBackend::open(dir, &dir.join("kek"), settings())
+        LocalBackend::open(
+            dir,
+            &dir.join("kek"),
+            Arc::new(ManagedScopes::only(&settings())),
+        )
+    }
+
+    fn own_lambda(backend: &LocalBackend) -> ScopedTarget {
+        ScopedTarget::new(backend.scopes.own(), lambda())
     }
 
     /// The unsealed material of `key_id`, if the store has any.
@@ -325,7 +373,7 @@ mod tests {
         let kept = kms.create_key(CreateKeyInput::default()).await.unwrap();
         let key_in_use = KeyArn::parse(&single.arn).unwrap();
         backend
-            .update_encryption_key(lambda(), &key_in_use)
+            .update_encryption_key(own_lambda(&backend), &key_in_use)
             .await
             .unwrap();
         for key in [&single.key_id, &multi.key_id] {
@@ -453,7 +501,11 @@ mod tests {
             suggested_fixes: Vec::new(),
         };
         let mut seen = Vec::new();
-        backend.scanning().record(lambda(), snippet).await.unwrap();
+        backend
+            .scanning()
+            .record(own_lambda(&backend), snippet)
+            .await
+            .unwrap();
         seen.push(data_key_plaintext(&backend));
         for _ in 0..2 {
             let key = backend
@@ -462,11 +514,17 @@ mod tests {
                 .await
                 .unwrap();
             let key = KeyArn::parse(&key.arn).unwrap();
-            backend.update_encryption_key(lambda(), &key).await.unwrap();
+            backend
+                .update_encryption_key(own_lambda(&backend), &key)
+                .await
+                .unwrap();
             seen.push(data_key_plaintext(&backend));
             assert_not_on_disk(dir.path(), &seen);
         }
-        backend.reset_encryption_key(lambda()).await.unwrap();
+        backend
+            .reset_encryption_key(own_lambda(&backend))
+            .await
+            .unwrap();
         seen.push(data_key_plaintext(&backend));
         assert_not_on_disk(dir.path(), &seen);
         // Four different data keys, and the scan would see one if it were written.

@@ -14,15 +14,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    config_key,
+    Place,
     crypto::{self, Secret},
     key_use,
     store::{KeyReads, StoredDataKey, StoredKey, StoredSnippet, WriteTx},
 };
 use crate::{
     backend::BackendError,
-    domain::{CodeSnippet, CodeSnippets, FindingArn, SnippetError, SnippetErrorCode, Target},
-    verify::VerificationSettings,
+    domain::{CodeSnippet, CodeSnippets, FindingArn, SnippetError, SnippetErrorCode},
 };
 
 /// What the scanning service holds for a target (ids and counts only).
@@ -52,13 +51,12 @@ fn live_key(reads: &impl KeyReads, arn: &str) -> Result<StoredKey, BackendError>
 /// The snippets stored for `target`, with their finding ARNs.
 fn snippets_of(
     reads: &impl KeyReads,
-    target: Target,
+    place: &Place,
 ) -> Result<Vec<(String, StoredSnippet)>, BackendError> {
-    let target = config_key(target);
     Ok(reads
         .snippets()?
         .into_iter()
-        .filter(|(_, snippet)| snippet.target == target)
+        .filter(|(_, snippet)| snippet.target == place.name)
         .collect())
 }
 
@@ -66,11 +64,10 @@ fn snippets_of(
 /// first when the target's profile uses grants. Returns what to store and the plaintext.
 fn new_data_key(
     tx: &mut WriteTx<'_>,
-    settings: &VerificationSettings,
-    target: Target,
+    place: &Place,
     key: Option<&str>,
 ) -> Result<(StoredDataKey, Secret), BackendError> {
-    let user = key_use::user(settings, target);
+    let user = key_use::user(&place.settings, place.target);
     match key {
         Some(arn) => {
             let key = live_key(tx, arn)?;
@@ -79,7 +76,7 @@ fn new_data_key(
                     tx,
                     &user,
                     &key,
-                    &format!("inspector-keyd/{}", config_key(target)),
+                    &format!("inspector-keyd/{}", place.name),
                 )?)
             } else {
                 None
@@ -108,13 +105,13 @@ fn open_snippet(
 fn seal_snippet(
     finding_arn: &str,
     snippet: &CodeSnippet,
-    target: Target,
+    place: &Place,
     data_key: &StoredDataKey,
     plaintext_key: &[u8],
 ) -> Result<StoredSnippet, BackendError> {
     let plaintext = serde_json::to_vec(snippet).map_err(BackendError::internal)?;
     Ok(StoredSnippet {
-        target: config_key(target),
+        target: place.name.clone(),
         data_key_id: data_key.data_key_id.clone(),
         sealed: crypto::seal(
             plaintext_key,
@@ -130,16 +127,15 @@ fn seal_snippet(
 /// old key is disabled or denies the scanning service) or the new key cannot be used.
 pub fn switch_key(
     tx: &mut WriteTx<'_>,
-    settings: &VerificationSettings,
-    target: Target,
+    place: &Place,
     key: Option<&str>,
 ) -> Result<(), BackendError> {
-    let target_key = config_key(target);
-    let old = tx.data_key(&target_key)?;
-    let snippets = snippets_of(tx, target)?;
+    let target_key = &place.name;
+    let old = tx.data_key(target_key)?;
+    let snippets = snippets_of(tx, place)?;
     let mut opened = Vec::with_capacity(snippets.len());
     if let (Some(old), false) = (&old, snippets.is_empty()) {
-        let plaintext = key_use::decrypt_data_key(tx, &key_use::user(settings, target), old).map_err(
+        let plaintext = key_use::decrypt_data_key(tx, &key_use::user(&place.settings, place.target), old).map_err(
             |error| match error {
                 BackendError::InvalidState { message } | BackendError::KeyAccessDenied { message } => {
                     BackendError::InvalidState {
@@ -158,32 +154,34 @@ pub fn switch_key(
             ));
         }
     }
-    let (new, plaintext) = new_data_key(tx, settings, target, key)?;
+    let (new, plaintext) = new_data_key(tx, place, key)?;
     for (finding_arn, snippet) in &opened {
-        let sealed = seal_snippet(finding_arn, snippet, target, &new, &plaintext)?;
+        let sealed = seal_snippet(finding_arn, snippet, place, &new, &plaintext)?;
         tx.put_snippet(finding_arn, &sealed)?;
     }
     if let Some(grant_id) = old.as_ref().and_then(|old| old.grant_id.as_deref()) {
         key_use::retire_grant(tx, grant_id)?;
     }
-    tx.put_data_key(&target_key, &new)?;
-    tx.set_config(&target_key, key)
+    tx.put_data_key(target_key, &new)?;
+    tx.set_config(target_key, key)
 }
 
 /// Records a finding's snippet for `target`, encrypted under the data key of the key in
 /// use (made now if there is none). Fails, storing nothing, when that key cannot be used.
 pub fn record(
     tx: &mut WriteTx<'_>,
-    settings: &VerificationSettings,
-    target: Target,
+    place: &Place,
     snippet: &CodeSnippet,
 ) -> Result<(), BackendError> {
-    let target_key = config_key(target);
-    let in_use = tx.config(&target_key)?;
-    let (data_key, plaintext) = match tx.data_key(&target_key)? {
+    let target_key = &place.name;
+    let in_use = tx.config(target_key)?;
+    let (data_key, plaintext) = match tx.data_key(target_key)? {
         Some(data_key) if data_key.kms_key_arn == in_use => {
-            let plaintext =
-                key_use::decrypt_data_key(tx, &key_use::user(settings, target), &data_key)?;
+            let plaintext = key_use::decrypt_data_key(
+                tx,
+                &key_use::user(&place.settings, place.target),
+                &data_key,
+            )?;
             (data_key, plaintext)
         }
         stale => {
@@ -191,24 +189,24 @@ pub fn record(
             if let Some(grant_id) = stale.and_then(|old| old.grant_id) {
                 key_use::retire_grant(tx, &grant_id)?;
             }
-            let (data_key, plaintext) = new_data_key(tx, settings, target, in_use.as_deref())?;
-            tx.put_data_key(&target_key, &data_key)?;
+            let (data_key, plaintext) = new_data_key(tx, place, in_use.as_deref())?;
+            tx.put_data_key(target_key, &data_key)?;
             (data_key, plaintext)
         }
     };
-    let sealed = seal_snippet(&snippet.finding_arn, snippet, target, &data_key, &plaintext)?;
+    let sealed = seal_snippet(&snippet.finding_arn, snippet, place, &data_key, &plaintext)?;
     tx.put_snippet(&snippet.finding_arn, &sealed)
 }
 
 /// Disables code scanning for `target`: retires the grant, deletes the data key and every
 /// snippet. Returns how many snippets were deleted.
-pub fn disable(tx: &mut WriteTx<'_>, target: Target) -> Result<usize, BackendError> {
-    let target_key = config_key(target);
-    if let Some(grant_id) = tx.data_key(&target_key)?.and_then(|old| old.grant_id) {
+pub fn disable(tx: &mut WriteTx<'_>, place: &Place) -> Result<usize, BackendError> {
+    let target_key = &place.name;
+    if let Some(grant_id) = tx.data_key(target_key)?.and_then(|old| old.grant_id) {
         key_use::retire_grant(tx, &grant_id)?;
     }
-    tx.delete_data_key(&target_key)?;
-    let snippets = snippets_of(tx, target)?;
+    tx.delete_data_key(target_key)?;
+    let snippets = snippets_of(tx, place)?;
     for (finding_arn, _) in &snippets {
         tx.delete_snippet(finding_arn)?;
     }
@@ -216,31 +214,25 @@ pub fn disable(tx: &mut WriteTx<'_>, target: Target) -> Result<usize, BackendErr
 }
 
 /// What is held for `target`.
-pub fn describe(reads: &impl KeyReads, target: Target) -> Result<ScanningState, BackendError> {
-    let data_key = reads.data_key(&config_key(target))?;
+pub fn describe(reads: &impl KeyReads, place: &Place) -> Result<ScanningState, BackendError> {
+    let data_key = reads.data_key(&place.name)?;
     Ok(ScanningState {
         kms_key_arn: data_key.as_ref().and_then(|d| d.kms_key_arn.clone()),
         grant_id: data_key.as_ref().and_then(|d| d.grant_id.clone()),
         data_key_id: data_key.map(|d| d.data_key_id),
-        snippet_count: snippets_of(reads, target)?.len(),
+        snippet_count: snippets_of(reads, place)?.len(),
     })
 }
 
-/// BatchGetCodeSnippet: each finding's snippet, decrypted, or why not. A finding of
-/// another account or Region is INVALID_INPUT; a key that cannot be used, ACCESS_DENIED
-/// for every finding it protects.
+/// BatchGetCodeSnippet: each finding's snippet, decrypted, or why not. A finding of an
+/// account or Region none of `places` is in is INVALID_INPUT; a key that cannot be used,
+/// ACCESS_DENIED for every finding it protects.
 pub fn batch_get(
     reads: &impl KeyReads,
-    settings: &VerificationSettings,
+    places: &[Place],
     findings: &[FindingArn],
 ) -> Result<CodeSnippets, BackendError> {
     let mut answer = CodeSnippets::default();
-    let own_prefix = format!(
-        "arn:{}:inspector2:{}:{}:finding/",
-        crate::domain::partition_of(&settings.region),
-        settings.region,
-        settings.account_id
-    );
     // Data keys decrypted once per target: `Err` holds the per-finding error code.
     let mut data_keys: BTreeMap<String, Result<(String, Secret), SnippetErrorCode>> =
         BTreeMap::new();
@@ -255,7 +247,16 @@ pub fn batch_get(
             code,
             message: code.describe().to_owned(),
         };
-        if !arn.starts_with(&own_prefix) {
+        let in_scope = |place: &Place| {
+            let prefix = format!(
+                "arn:{}:inspector2:{}:{}:finding/",
+                crate::domain::partition_of(&place.settings.region),
+                place.settings.region,
+                place.settings.account_id
+            );
+            arn.starts_with(&prefix)
+        };
+        if !places.iter().any(in_scope) {
             answer.errors.push(error(SnippetErrorCode::InvalidInput));
             continue;
         }
@@ -266,7 +267,7 @@ pub fn batch_get(
             continue;
         };
         if !data_keys.contains_key(&stored.target) {
-            let unwrapped = unwrap_target_key(reads, settings, &stored.target);
+            let unwrapped = unwrap_target_key(reads, places, &stored.target);
             data_keys.insert(stored.target.clone(), unwrapped);
         }
         match data_keys.get(&stored.target) {
@@ -293,11 +294,12 @@ pub fn batch_get(
 /// the error code of every finding it protects.
 fn unwrap_target_key(
     reads: &impl KeyReads,
-    settings: &VerificationSettings,
+    places: &[Place],
     target_key: &str,
 ) -> Result<(String, Secret), SnippetErrorCode> {
-    let target = Target::all()
-        .find(|t| config_key(*t) == target_key)
+    let place = places
+        .iter()
+        .find(|place| place.name == target_key)
         .ok_or(SnippetErrorCode::InternalError)?;
     let data_key = match reads.data_key(target_key) {
         Ok(Some(data_key)) => data_key,
@@ -307,7 +309,11 @@ fn unwrap_target_key(
             return Err(SnippetErrorCode::InternalError);
         }
     };
-    match key_use::decrypt_data_key(reads, &key_use::user(settings, target), &data_key) {
+    match key_use::decrypt_data_key(
+        reads,
+        &key_use::user(&place.settings, place.target),
+        &data_key,
+    ) {
         Ok(plaintext) => Ok((data_key.data_key_id, plaintext)),
         Err(
             e @ (BackendError::InvalidState { .. }
