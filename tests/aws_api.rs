@@ -391,10 +391,10 @@ async fn requests_without_a_good_signature_are_refused_with_aws_codes_and_audite
             "Signature expired",
         ),
         (
-            "another Region",
-            signed(addr, "PUT", reset, body, ADMIN, "eu-west-1", now),
+            "not a Region",
+            signed(addr, "PUT", reset, body, ADMIN, "moon", now),
             "InvalidSignatureException",
-            "this sidecar serves `us-east-1`",
+            "`moon` is not an AWS Region name",
         ),
     ];
     let arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
@@ -1043,4 +1043,448 @@ async fn a_request_is_refused_from_its_head_before_its_body_is_read() {
     );
     let (status, _, answer) = raw(addr, "PUT", reset, &headers, body);
     assert_eq!((status, answer), (200, serde_json::json!({})));
+}
+
+/// The account the organization tests manage besides the sidecar's own (111122223333 in
+/// us-east-1), and its profile in the generated credentials file.
+const OTHER_ACCOUNT: &str = "222233334444";
+const OTHER_PROFILE: &str = "inspector-keyd-admin-222233334444";
+const ORGANIZATION: &str =
+    "[[accounts]]\nid = \"222233334444\"\nregions = [\"us-east-1\", \"eu-west-1\"]\n";
+
+/// An AWS SDK for Rust Inspector client of the door with the key of `profile` read by the
+/// SDK itself from the sidecar's credentials file (only that file: nothing of the machine's
+/// AWS configuration), signing for `region`, without retries.
+// aws-config's names of the profile-file types; the new ones are aws-runtime's, which is no
+// dependency of this crate.
+#[allow(deprecated)]
+async fn inspector_as(
+    sidecar: &Sidecar,
+    profile: &str,
+    region: &str,
+) -> aws_sdk_inspector2::Client {
+    use aws_config::profile::{
+        ProfileFileCredentialsProvider,
+        profile_file::{ProfileFileKind, ProfileFiles},
+    };
+    use aws_sdk_inspector2::config::{BehaviorVersion, Region, retry::RetryConfig};
+    let files = ProfileFiles::builder()
+        .with_file(ProfileFileKind::Credentials, sidecar.aws_credentials_file())
+        .build();
+    let credentials = ProfileFileCredentialsProvider::builder()
+        .profile_files(files)
+        .profile_name(profile)
+        .build();
+    // The profile is read (and its aws_account_id taken) as the SDK reads it.
+    let identity =
+        aws_credential_types::provider::ProvideCredentials::provide_credentials(&credentials)
+            .await
+            .unwrap();
+    assert_eq!(identity.access_key_id(), sidecar.aws_key(profile).0);
+    let config = aws_sdk_inspector2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .credentials_provider(credentials)
+        .endpoint_url(sidecar.aws_url())
+        .retry_config(RetryConfig::disabled())
+        .build();
+    aws_sdk_inspector2::Client::from_conf(config)
+}
+
+async fn get_lambda_key(
+    client: &aws_sdk_inspector2::Client,
+) -> Result<String, GetEncryptionKeyError> {
+    client
+        .get_encryption_key()
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .map(|answer| answer.kms_key_id().to_owned())
+        .map_err(|e| e.into_service_error())
+}
+
+/// The gRPC API's answer for the Lambda key in `account_id` / `region`.
+async fn grpc_lambda_key(
+    sidecar: &Sidecar,
+    account_id: &str,
+    region: &str,
+) -> Result<String, tonic::Status> {
+    sidecar
+        .admin_keys()
+        .await
+        .get_encryption_key(proto::GetEncryptionKeyRequest {
+            account_id: account_id.to_owned(),
+            region: region.to_owned(),
+            ..get_request(LAMBDA)
+        })
+        .await
+        .map(|answer| answer.into_inner().kms_key_id)
+}
+
+/// A snippet recorded by the local scanning service in `account_id` / `region`: its finding.
+async fn record_finding(sidecar: &Sidecar, account_id: &str, region: &str) -> String {
+    proto::local_code_scanning_service_client::LocalCodeScanningServiceClient::new(
+        sidecar.unix_channel().await,
+    )
+    .record_code_finding(proto::RecordCodeFindingRequest {
+        resource_type: LAMBDA,
+        finding: Some(proto::CodeSnippetResult {
+            start_line: 3,
+            end_line: 3,
+            code_snippet: vec![proto::CodeLine {
+                content: format!("account = \"{account_id}\""),
+                line_number: 3,
+            }],
+            ..Default::default()
+        }),
+        account_id: account_id.to_owned(),
+        region: region.to_owned(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .finding_arn
+}
+
+/// One credentials file, one admin profile per managed account: the sidecar's own as
+/// before (no `aws_account_id`: it acts in the sidecar's own account), and one with
+/// `aws_account_id` for each other account; each key acts in its account only, in the Region
+/// it signs for, with the AWS SDK for Rust reading the profiles.
+#[tokio::test]
+async fn each_account_has_its_admin_profile_and_a_key_acts_in_its_account_and_signed_region() {
+    let sidecar = Sidecar::start_with(ORGANIZATION);
+    let file = sidecar.aws_credentials_file();
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the generated credentials are private");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let section = |profile: &str| -> String {
+        let start = text
+            .find(&format!("[{profile}]\n"))
+            .unwrap_or_else(|| panic!("no {profile} in {text}"));
+        let rest = &text[start + profile.len() + 3..];
+        rest[..rest.find('[').unwrap_or(rest.len())].to_owned()
+    };
+    assert!(
+        !section("inspector-keyd-admin").contains("aws_account_id"),
+        "{text}"
+    );
+    assert!(
+        section(OTHER_PROFILE).contains("aws_account_id = 222233334444"),
+        "{text}"
+    );
+    assert_eq!(text.matches("aws_access_key_id").count(), 2, "{text}");
+    let (own_key, other_key) = (
+        sidecar.aws_key("inspector-keyd-admin"),
+        sidecar.aws_key(OTHER_PROFILE),
+    );
+    assert_ne!(own_key.0, other_key.0);
+    assert_ne!(own_key.1, other_key.1);
+
+    let other_in_eu = inspector_as(&sidecar, OTHER_PROFILE, "eu-west-1").await;
+    let other_in_us = inspector_as(&sidecar, OTHER_PROFILE, "us-east-1").await;
+    let own_in_us = inspector_as(&sidecar, "inspector-keyd-admin", "us-east-1").await;
+    let own_in_eu = inspector_as(&sidecar, "inspector-keyd-admin", "eu-west-1").await;
+
+    // A key of 222233334444 in eu-west-1 (the local KMS, admin over the Unix socket), put in
+    // use there through the door and read back.
+    let other_key_arn = sidecar
+        .create_key(proto::CreateKeyRequest {
+            account_id: OTHER_ACCOUNT.into(),
+            region: "eu-west-1".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        other_key_arn.starts_with("arn:aws:kms:eu-west-1:222233334444:key/"),
+        "{other_key_arn}"
+    );
+    other_in_eu
+        .update_encryption_key()
+        .kms_key_id(&other_key_arn)
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_lambda_key(&other_in_eu).await.unwrap(), other_key_arn);
+    // Where the door put it: that scope, as the gRPC API sees it, and nowhere else.
+    assert_eq!(
+        grpc_lambda_key(&sidecar, OTHER_ACCOUNT, "eu-west-1")
+            .await
+            .unwrap(),
+        other_key_arn
+    );
+    for (account, region) in [(OTHER_ACCOUNT, "us-east-1"), ("", "")] {
+        let status = grpc_lambda_key(&sidecar, account, region)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::NotFound,
+            "{account}/{region}: {status:?}"
+        );
+    }
+
+    // The same profile in us-east-1: the AWS owned key of that scope.
+    let error = get_lambda_key(&other_in_us).await.unwrap_err();
+    assert!(
+        matches!(error, GetEncryptionKeyError::ResourceNotFoundException(_)),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("in 222233334444/us-east-1; the AWS owned key is in use"),
+        "{error}"
+    );
+    // The sidecar's own profile: its own account, whatever Region it signs for. In
+    // us-east-1 as before; eu-west-1 of its account is not managed, so it never sees the
+    // other account's key there.
+    let error = get_lambda_key(&own_in_us).await.unwrap_err();
+    assert!(error.is_resource_not_found_exception(), "{error:?}");
+    assert!(
+        error.to_string().contains("111122223333/us-east-1"),
+        "{error}"
+    );
+    let error = get_lambda_key(&own_in_eu).await.unwrap_err();
+    let GetEncryptionKeyError::ValidationException(validation) = &error else {
+        panic!("{error:?}");
+    };
+    assert!(
+        validation
+            .message()
+            .starts_with("the sidecar does not manage account 111122223333 in eu-west-1"),
+        "{error}"
+    );
+    assert!(!error.to_string().contains(&other_key_arn), "{error}");
+    // A Region not managed: ValidationException (HTTP 400) naming the account and Region,
+    // never ResourceNotFoundException (the AWS owned key).
+    let other_in_mumbai = inspector_as(&sidecar, OTHER_PROFILE, "ap-south-1").await;
+    let error = other_in_mumbai
+        .get_encryption_key()
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error.raw_response().unwrap().status().as_u16(), 400);
+    let error = error.into_service_error();
+    let GetEncryptionKeyError::ValidationException(validation) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(validation.reason(), &ValidationExceptionReason::Other);
+    assert!(validation.fields().is_empty(), "{validation:?}");
+    assert!(
+        validation
+            .message()
+            .starts_with("the sidecar does not manage account 222233334444 in ap-south-1"),
+        "{validation:?}"
+    );
+    // Nor can the other account's key change anything there.
+    let error = other_in_mumbai
+        .reset_encryption_key()
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(error.is_validation_exception(), "{error:?}");
+
+    // The own profile keeps working as before: its key in use in its own scope.
+    let own_key_arn = sidecar.create_key(proto::CreateKeyRequest::default()).await;
+    own_in_us
+        .update_encryption_key()
+        .kms_key_id(&own_key_arn)
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_lambda_key(&own_in_us).await.unwrap(), own_key_arn);
+    assert_eq!(sidecar.read_lambda_key().await.unwrap(), own_key_arn);
+    assert_eq!(get_lambda_key(&other_in_eu).await.unwrap(), other_key_arn);
+    // The other account's key cannot reset the sidecar's own scope: it acts in its account.
+    other_in_us
+        .reset_encryption_key()
+        .scan_type(ScanType::Code)
+        .resource_type(ResourceType::AwsLambdaFunction)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sidecar.read_lambda_key().await.unwrap(), own_key_arn);
+
+    // Code snippets: a key reads its account's findings; another account's are
+    // ACCESS_DENIED, each, and never read.
+    let other_finding = record_finding(&sidecar, OTHER_ACCOUNT, "eu-west-1").await;
+    let own_finding = record_finding(&sidecar, "111122223333", "us-east-1").await;
+    let answer = other_in_eu
+        .batch_get_code_snippet()
+        .finding_arns(&other_finding)
+        .finding_arns(&own_finding)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.code_snippet_results().len(), 1, "{answer:?}");
+    let snippet = &answer.code_snippet_results()[0];
+    assert_eq!(snippet.finding_arn(), Some(other_finding.as_str()));
+    assert_eq!(
+        snippet.code_snippet()[0].content(),
+        "account = \"222233334444\""
+    );
+    assert_eq!(answer.errors().len(), 1, "{answer:?}");
+    assert_eq!(answer.errors()[0].finding_arn(), own_finding);
+    assert_eq!(answer.errors()[0].error_code().as_str(), "ACCESS_DENIED");
+    assert!(
+        answer.errors()[0]
+            .error_message()
+            .contains("the access key acts in account 222233334444 only"),
+        "{answer:?}"
+    );
+    // Only other accounts' findings: each denied, none read.
+    let answer = own_in_us
+        .batch_get_code_snippet()
+        .finding_arns(&other_finding)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.code_snippet_results().is_empty(), "{answer:?}");
+    assert_eq!(answer.errors().len(), 1, "{answer:?}");
+    assert_eq!(answer.errors()[0].error_code().as_str(), "ACCESS_DENIED");
+    let answer = own_in_us
+        .batch_get_code_snippet()
+        .finding_arns(&own_finding)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.code_snippet_results()[0].code_snippet()[0].content(),
+        "account = \"111122223333\""
+    );
+}
+
+/// The AWS CLI with the generated profile of another account and `--region`: the scope it
+/// acts in is that account's in that Region.
+#[tokio::test]
+async fn the_aws_cli_acts_in_the_profiles_account_and_the_region_it_signs_for() {
+    let sidecar = Sidecar::start_with(ORGANIZATION);
+    let home = tempfile::tempdir().unwrap();
+    let aws = tool("KEYD_TEST_AWS_CLI", ".tools/venv/bin/aws");
+    let run = |profile: &str, region: &str, args: &[&str]| {
+        let output = aws_process(&aws, &sidecar.aws_credentials_file(), home.path())
+            .args(["--endpoint-url", &sidecar.aws_url()])
+            .args(["--profile", profile, "--region", region, "inspector2"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let get = [
+        "get-encryption-key",
+        "--scan-type",
+        "CODE",
+        "--resource-type",
+        "AWS_LAMBDA_FUNCTION",
+    ];
+    let arn = sidecar
+        .create_key(proto::CreateKeyRequest {
+            account_id: OTHER_ACCOUNT.into(),
+            region: "eu-west-1".into(),
+            ..Default::default()
+        })
+        .await;
+    let (code, _, stderr) = run(
+        OTHER_PROFILE,
+        "eu-west-1",
+        &[
+            "update-encryption-key",
+            "--kms-key-id",
+            &arn,
+            "--scan-type",
+            "CODE",
+            "--resource-type",
+            "AWS_LAMBDA_FUNCTION",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, stderr) = run(OTHER_PROFILE, "eu-west-1", &get);
+    assert_eq!(code, Some(0), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(printed, serde_json::json!({"kmsKeyId": arn}));
+    assert_eq!(
+        grpc_lambda_key(&sidecar, OTHER_ACCOUNT, "eu-west-1")
+            .await
+            .unwrap(),
+        arn
+    );
+
+    let (code, _, stderr) = run(OTHER_PROFILE, "us-east-1", &get);
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(
+        stderr.contains("An error occurred (ResourceNotFoundException) when calling the GetEncryptionKey operation: no customer managed key is set for CODE + AWS_LAMBDA_FUNCTION in 222233334444/us-east-1; the AWS owned key is in use"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run("inspector-keyd-admin", "eu-west-1", &get);
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(
+        stderr.contains("(ValidationException)")
+            && stderr.contains("account 111122223333 in eu-west-1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&arn), "{stderr}");
+    let (code, _, stderr) = run(OTHER_PROFILE, "ap-south-1", &get);
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(
+        stderr.contains("An error occurred (ValidationException) when calling the GetEncryptionKey operation: the sidecar does not manage account 222233334444 in ap-south-1"),
+        "{stderr}"
+    );
+    // The own profile as before.
+    let (code, _, stderr) = run("inspector-keyd-admin", "us-east-1", &get);
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(
+        stderr.contains("(ResourceNotFoundException)") && stderr.contains("111122223333/us-east-1"),
+        "{stderr}"
+    );
+}
+
+/// A profile's `aws_account_id` must be an account id; the file is refused naming the
+/// profile, never a secret.
+#[test]
+fn a_malformed_aws_account_id_is_refused_naming_the_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    write_private(
+        &credentials,
+        &format!(
+            "[team-b]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_account_id = 2222333344\n",
+            ADMIN.0, ADMIN.1
+        ),
+    );
+    let mut command = std::process::Command::new(BIN);
+    command.arg("serve").current_dir(dir.path());
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("INSPECTOR_KEYD_")) {
+        command.env_remove(name);
+    }
+    let output = command
+        .env("INSPECTOR_KEYD_LISTEN__TCP", "127.0.0.1:0")
+        .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "")
+        .env("INSPECTOR_KEYD_AWS_API__LISTEN", "127.0.0.1:0")
+        .env(
+            "INSPECTOR_KEYD_AWS_API__CREDENTIALS_FILE",
+            credentials.to_str().unwrap(),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("profile `team-b`: aws_account_id must be a 12-digit AWS account id"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(ADMIN.1), "{stderr}");
 }

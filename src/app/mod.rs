@@ -62,14 +62,14 @@ impl App {
         let backend = backend::BackendPart::build(&settings, &shared.metrics, hooks).await?;
         let keys = routes::KeyService::build(config, &backend, cache_state, &shared);
         let mut reloader = Reloader::new(config.authz.reload_interval, shared.metrics.clone());
-        let access = routes::Access::load(&settings, &mut reloader)?;
+        let access = routes::Access::load(&settings, &backend.scopes, &mut reloader)?;
         let served = routes::Served::build(
             config,
             &shared,
             keys.service,
             backend.local_apis,
             &access,
-            &backend.placement.region,
+            &backend.scopes,
         )?;
         let readiness = Arc::new(Readiness::new(
             shared.health.clone(),

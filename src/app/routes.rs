@@ -30,6 +30,7 @@ use crate::{
         local_kms_service_server::LocalKmsServiceServer,
     },
     reload::Reloader,
+    scopes::ManagedScopes,
     server::{ServeError, hardened},
     service::{EncryptionKeys, KeyVerifier, WatchLimits, drift::KeyWatch, quota::CallerQuota},
     tls::ReloadableTls,
@@ -110,11 +111,17 @@ pub(super) struct Access {
 
 impl Access {
     /// Loads each, and registers those built from files with `reloader` (the rules, the TLS
-    /// files, the door's credentials: the order they are read again in).
-    pub(super) fn load(settings: &Settings, reloader: &mut Reloader) -> Result<Access, ServeError> {
+    /// files, the door's credentials: the order they are read again in). `scopes`: the
+    /// accounts the door's generated keys are for.
+    pub(super) fn load(
+        settings: &Settings,
+        scopes: &ManagedScopes,
+        reloader: &mut Reloader,
+    ) -> Result<Access, ServeError> {
         let config = &settings.config;
-        let credentials = aws_credentials(settings)?;
-        let authorizer = Arc::new(authorizer(settings, credentials.as_deref())?);
+        let accounts = other_accounts(scopes);
+        let credentials = aws_credentials(settings, &accounts)?;
+        let authorizer = Arc::new(authorizer(settings, credentials.as_deref(), &accounts)?);
         let audit = AuditLog::open(config.authz.audit_file.as_deref()).map_err(|source| {
             ServeError::Audit {
                 path: config.authz.audit_file.clone().unwrap_or_default(),
@@ -143,25 +150,46 @@ impl Access {
     }
 }
 
+/// The managed accounts other than the sidecar's own, each once, in the configuration's
+/// order.
+fn other_accounts(scopes: &ManagedScopes) -> Vec<&'static str> {
+    let own = scopes.own().account_id();
+    let mut accounts: Vec<&'static str> = Vec::new();
+    for settings in scopes.iter() {
+        let account = settings.scope.account_id();
+        if account != own && !accounts.contains(&account) {
+            accounts.push(account);
+        }
+    }
+    accounts
+}
+
 /// The AWS-protocol door's credentials, when the door is on: the configured file, or the
-/// default one (written with a random admin key pair at first start).
-fn aws_credentials(settings: &Settings) -> Result<Option<Arc<AwsCredentials>>, ServeError> {
+/// default one (written at first start with a random admin key pair for the sidecar's own
+/// account and one for each of `accounts`, the other managed accounts).
+fn aws_credentials(
+    settings: &Settings,
+    accounts: &[&str],
+) -> Result<Option<Arc<AwsCredentials>>, ServeError> {
     if settings.listeners.aws_api.is_none() {
         return Ok(None);
     }
     let path = settings.config.aws_credentials_file();
     if settings.config.aws_api.credentials_file.is_none() {
-        crate::aws_api::credentials::ensure_file(&path)?;
+        crate::aws_api::credentials::ensure_file(&path, accounts)?;
     }
     Ok(Some(Arc::new(AwsCredentials::load(&path)?)))
 }
 
 /// The authorization rules: the rules file when configured, else the defaults (the server's
-/// own uid, the holder of the generated admin token and the access key of the credentials
-/// file's `inspector-keyd-admin` profile are admin).
+/// own uid, the holder of the generated admin token and the access keys of the credentials
+/// file's `inspector-keyd-admin` profile and `inspector-keyd-admin-<id>` profiles, one for
+/// each of `accounts`, are admin; each key acts in its own account only, which the door
+/// enforces).
 fn authorizer(
     settings: &Settings,
     aws_credentials: Option<&AwsCredentials>,
+    accounts: &[&str],
 ) -> Result<Authorizer, ServeError> {
     let loopback_anonymous = settings.loopback_anonymous_role;
     let source = match &settings.config.authz.rules_file {
@@ -176,12 +204,20 @@ fn authorizer(
                 crate::authz::rules::token_hash(&token),
                 loopback_anonymous,
             );
-            let admin_key = aws_credentials
-                .and_then(|c| c.access_key_id_of(crate::aws_api::credentials::ADMIN_PROFILE));
-            RulesSource::Fixed(match admin_key {
-                Some(id) => rules.with_admin_access_key(&id),
-                None => rules,
-            })
+            use crate::aws_api::credentials::{ADMIN_PROFILE, admin_profile_of};
+            let profiles = std::iter::once(ADMIN_PROFILE.to_owned())
+                .chain(accounts.iter().map(|account| admin_profile_of(account)));
+            let admin_keys: Vec<String> = match aws_credentials {
+                Some(credentials) => profiles
+                    .filter_map(|profile| credentials.access_key_id_of(&profile))
+                    .collect(),
+                None => Vec::new(),
+            };
+            RulesSource::Fixed(
+                admin_keys
+                    .iter()
+                    .fold(rules, |rules, id| rules.with_admin_access_key(id)),
+            )
         }
     };
     Ok(Authorizer::new(source)?)
@@ -198,15 +234,15 @@ pub(super) struct Served {
 }
 
 impl Served {
-    /// `keys` and, on the local backend, `local_apis` behind the layers; the door in the
-    /// Region the backend is placed in.
+    /// `keys` and, on the local backend, `local_apis` behind the layers; the door serving
+    /// every one of `scopes` (a key with no account of its own acts in the sidecar's).
     pub(super) fn build(
         config: &Config,
         shared: &Shared,
         keys: EncryptionKeys,
         local_apis: Option<LocalApis>,
         access: &Access,
-        region: &str,
+        scopes: &ManagedScopes,
     ) -> Result<Served, ServeError> {
         let ops = OpsLayer::new(
             shared.metrics.clone(),
@@ -235,7 +271,7 @@ impl Served {
             let door = Door::new(
                 calls,
                 credentials.clone(),
-                region.to_owned(),
+                scopes.own().account_id().to_owned(),
                 door_limits(config),
                 access.audit.clone(),
                 shared.metrics.clone(),

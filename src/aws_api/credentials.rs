@@ -1,9 +1,10 @@
 //! The access keys the AWS-protocol door accepts: a file in the AWS shared-credentials
 //! format (an INI file, one `[profile]` per key pair with `aws_access_key_id` and
-//! `aws_secret_access_key`), the same file a caller points the AWS CLI or an SDK at. It is
-//! a file the sidecar trusts and that holds secrets (see `files::read_secret_trusted`),
-//! read again when it changes; a broken new file is refused and the keys in force stay.
-//! At first start the sidecar writes one random key pair to the default path.
+//! `aws_secret_access_key`, and optionally `aws_account_id`, the account the key acts in),
+//! the same file a caller points the AWS CLI or an SDK at. It is a file the sidecar trusts
+//! and that holds secrets (see `files::read_secret_trusted`), read again when it changes; a
+//! broken new file is refused and the keys in force stay. At first start the sidecar writes
+//! one random key pair per managed account to the default path.
 
 use std::{
     collections::HashMap,
@@ -13,8 +14,14 @@ use std::{
 
 use zeroize::Zeroizing;
 
-/// The profile of the key pair the sidecar writes at first start.
+/// The profile of the key pair the sidecar writes at first start for its own account.
 pub const ADMIN_PROFILE: &str = "inspector-keyd-admin";
+
+/// The profile of the key pair the sidecar writes at first start for `account_id`, another
+/// account it manages.
+pub fn admin_profile_of(account_id: &str) -> String {
+    format!("{ADMIN_PROFILE}-{account_id}")
+}
 
 /// Why the credentials file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +43,36 @@ pub enum CredentialsError {
 /// Shortest secret access key accepted.
 const MIN_SECRET_LEN: usize = 16;
 
-/// The key pairs of one version of the file: access key id → (profile, secret).
-#[derive(Default)]
-struct KeyTable {
-    keys: HashMap<String, (String, Zeroizing<String>)>,
+/// One key pair of the file.
+struct Key {
+    profile: String,
+    secret: Zeroizing<String>,
+    /// `aws_account_id`: the account the key acts in (`None`: the sidecar's own).
+    account_id: Option<String>,
 }
 
-/// Parses the shared-credentials format. Keys other than the two a key pair needs (and
+/// The key pairs of one version of the file, by access key id.
+#[derive(Default)]
+pub struct KeyTable {
+    keys: HashMap<String, Key>,
+}
+
+impl KeyTable {
+    /// The secret of an access key id, when the file holds it.
+    pub fn secret_of(&self, access_key_id: &str) -> Option<Zeroizing<String>> {
+        self.keys.get(access_key_id).map(|key| key.secret.clone())
+    }
+
+    /// The account an access key acts in, when the file holds the key: `Some(None)` when its
+    /// profile sets no `aws_account_id` (the sidecar's own account).
+    pub fn account_of(&self, access_key_id: &str) -> Option<Option<&str>> {
+        self.keys
+            .get(access_key_id)
+            .map(|key| key.account_id.as_deref())
+    }
+}
+
+/// Parses the shared-credentials format. Keys other than those a key pair needs (and
 /// the CLI's `region` and `output`) are refused, naming the profile, so that a session
 /// token or a typo is never silently ignored. Errors never repeat a secret.
 fn parse(text: &str) -> Result<KeyTable, String> {
@@ -51,6 +81,7 @@ fn parse(text: &str) -> Result<KeyTable, String> {
         line: usize,
         id: Option<String>,
         secret: Option<Zeroizing<String>>,
+        account_id: Option<String>,
     }
     let mut profiles: Vec<Profile> = Vec::new();
     for (index, raw) in text.lines().enumerate() {
@@ -74,6 +105,7 @@ fn parse(text: &str) -> Result<KeyTable, String> {
                 line: number,
                 id: None,
                 secret: None,
+                account_id: None,
             });
             continue;
         }
@@ -110,6 +142,17 @@ fn parse(text: &str) -> Result<KeyTable, String> {
                 }
                 profile.secret = Some(Zeroizing::new(value.to_owned()));
             }
+            // What the AWS SDKs read as the profile's account; here the account the key acts
+            // in, so a key of one account never acts in another.
+            "aws_account_id" => {
+                if !crate::domain::is_account_id(value) {
+                    return Err(format!(
+                        "line {number}: profile `{}`: aws_account_id must be a 12-digit AWS account id",
+                        profile.name
+                    ));
+                }
+                profile.account_id = Some(value.to_owned());
+            }
             "region" | "output" => {}
             "aws_session_token" | "aws_security_token" => {
                 return Err(format!(
@@ -119,7 +162,7 @@ fn parse(text: &str) -> Result<KeyTable, String> {
             }
             other => {
                 return Err(format!(
-                    "line {number}: profile `{}`: unknown key `{}` (a profile holds aws_access_key_id and aws_secret_access_key)",
+                    "line {number}: profile `{}`: unknown key `{}` (a profile holds aws_access_key_id, aws_secret_access_key and optionally aws_account_id)",
                     profile.name,
                     other.escape_default()
                 ));
@@ -134,13 +177,20 @@ fn parse(text: &str) -> Result<KeyTable, String> {
                 profile.name, profile.line
             ));
         };
-        if let Some((other, _)) = table.keys.get(&id) {
+        if let Some(other) = table.keys.get(&id) {
             return Err(format!(
-                "profiles `{other}` and `{}` have the same access key id",
-                profile.name
+                "profiles `{}` and `{}` have the same access key id",
+                other.profile, profile.name
             ));
         }
-        table.keys.insert(id, (profile.name, secret));
+        table.keys.insert(
+            id,
+            Key {
+                profile: profile.name,
+                secret,
+                account_id: profile.account_id,
+            },
+        );
     }
     Ok(table)
 }
@@ -191,7 +241,9 @@ impl AwsCredentials {
         Ok(())
     }
 
-    fn table(&self) -> Arc<KeyTable> {
+    /// The keys in force: one version of the file, so that a request's secret and account
+    /// come from the same one even when the file changes meanwhile.
+    pub fn table(&self) -> Arc<KeyTable> {
         match self.current.read() {
             Ok(current) => current.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -200,10 +252,7 @@ impl AwsCredentials {
 
     /// The secret of an access key id, when the file holds it.
     pub fn secret_of(&self, access_key_id: &str) -> Option<Zeroizing<String>> {
-        self.table()
-            .keys
-            .get(access_key_id)
-            .map(|(_, secret)| secret.clone())
+        self.table().secret_of(access_key_id)
     }
 
     /// The access key id of a profile, when the file holds it.
@@ -211,7 +260,7 @@ impl AwsCredentials {
         self.table()
             .keys
             .iter()
-            .find(|(_, (name, _))| name == profile)
+            .find(|(_, key)| key.profile == profile)
             .map(|(id, _)| id.clone())
     }
 }
@@ -242,10 +291,12 @@ fn new_key_pair() -> Result<(String, Zeroizing<String>), std::io::Error> {
     Ok((id, secret))
 }
 
-/// Makes sure the credentials file at `path` exists: when there is none, writes one with a
-/// random key pair as profile [`ADMIN_PROFILE`] (0600, in a private directory). An
-/// existing file is left as it is.
-pub fn ensure_file(path: &Path) -> Result<(), CredentialsError> {
+/// Makes sure the credentials file at `path` exists: when there is none, writes one (0600,
+/// in a private directory) with a random key pair as profile [`ADMIN_PROFILE`] for the
+/// sidecar's own account (without `aws_account_id`, as before accounts: it follows the
+/// sidecar's own), and one as profile `inspector-keyd-admin-<id>` with `aws_account_id` for
+/// each of `other_accounts`. An existing file is left as it is.
+pub fn ensure_file(path: &Path, other_accounts: &[&str]) -> Result<(), CredentialsError> {
     let create_error = |source| CredentialsError::Create {
         path: path.to_owned(),
         source,
@@ -258,14 +309,38 @@ pub fn ensure_file(path: &Path) -> Result<(), CredentialsError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::files::private_dir(dir).map_err(create_error)?;
     }
-    let (id, secret) = new_key_pair().map_err(create_error)?;
-    let text = Zeroizing::new(format!(
-        "# Written by inspector-keyd at first start: the key pair of its AWS-protocol door.\n\
-         # Use it with the AWS CLI or an SDK: AWS_SHARED_CREDENTIALS_FILE=<this file>,\n\
-         # AWS_PROFILE={ADMIN_PROFILE}. Under the default rules this key is admin.\n\
-         [{ADMIN_PROFILE}]\naws_access_key_id = {id}\naws_secret_access_key = {}\n",
-        secret.as_str()
+    let format_error = || create_error(std::io::Error::other("cannot format the file"));
+    // Room for every profile from the start, and each written in place: no copy of a secret
+    // is left behind unzeroized by a reallocation or a temporary string.
+    let mut text = Zeroizing::new(String::with_capacity(
+        512 + 256 * (other_accounts.len() + 1),
     ));
+    let (id, secret) = new_key_pair().map_err(create_error)?;
+    std::fmt::Write::write_fmt(
+        &mut *text,
+        format_args!(
+            "# Written by inspector-keyd at first start: the key pairs of its AWS-protocol door.\n\
+             # Use one with the AWS CLI or an SDK: AWS_SHARED_CREDENTIALS_FILE=<this file>,\n\
+             # AWS_PROFILE={ADMIN_PROFILE}. Under the default rules these keys are admin; a key\n\
+             # acts in its profile's aws_account_id (the sidecar's own account when it has none)\n\
+             # and in the Region the request is signed for.\n\
+             [{ADMIN_PROFILE}]\naws_access_key_id = {id}\naws_secret_access_key = {}\n",
+            secret.as_str()
+        ),
+    )
+    .map_err(|_| format_error())?;
+    for account in other_accounts {
+        let (id, secret) = new_key_pair().map_err(create_error)?;
+        std::fmt::Write::write_fmt(
+            &mut *text,
+            format_args!(
+                "\n[{}]\naws_access_key_id = {id}\naws_secret_access_key = {}\naws_account_id = {account}\n",
+                admin_profile_of(account),
+                secret.as_str()
+            ),
+        )
+        .map_err(|_| format_error())?;
+    }
     crate::files::create_private_text(path, &text).map_err(create_error)
 }
 
@@ -312,9 +387,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(table.keys.len(), 2);
-        let (profile, secret) = &table.keys["KEYDREADER00000000"];
-        assert_eq!(profile, "reader");
-        assert_eq!(secret.as_str(), "0123456789abcdef0123");
+        let key = &table.keys["KEYDREADER00000000"];
+        assert_eq!(key.profile, "reader");
+        assert_eq!(key.secret.as_str(), "0123456789abcdef0123");
+        assert_eq!(table.account_of("KEYDREADER00000000"), Some(None));
+        assert_eq!(table.account_of("KEYDNOBODY00000000"), None);
+        let table = parse(
+            "[other]\naws_access_key_id = KEYDOTHER000000000\naws_secret_access_key = 0123456789abcdef0123\naws_account_id = 222233334444\n",
+        )
+        .unwrap();
+        assert_eq!(
+            table.account_of("KEYDOTHER000000000"),
+            Some(Some("222233334444"))
+        );
     }
 
     #[test]
@@ -344,6 +429,10 @@ mod tests {
                 "[a]\naws_acces_key_id = AKIDEXAMPLE0000001\n",
                 "unknown key `aws_acces_key_id`",
             ),
+            (
+                "[a]\naws_access_key_id = AKIDEXAMPLE0000001\naws_secret_access_key = s3cretvalue-0123456789\naws_account_id = 2222-3333-4444\n",
+                "profile `a`: aws_account_id must be a 12-digit AWS account id",
+            ),
             ("[a\n", "`[name]`"),
             ("[a]\njust words\n", "expected `name = value`"),
             (
@@ -366,15 +455,29 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/aws-credentials");
-        ensure_file(&path).unwrap();
+        ensure_file(&path, &["222233334444", "444455556666"]).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let credentials = AwsCredentials::load(&path).unwrap();
         let id = credentials.access_key_id_of(ADMIN_PROFILE).unwrap();
         assert!(id.starts_with("KEYD") && id.len() == 20, "{id}");
         assert_eq!(credentials.secret_of(&id).unwrap().len(), 48);
+        let table = credentials.table();
+        assert_eq!(table.account_of(&id), Some(None), "the sidecar's own");
+        let mut ids = vec![id.clone()];
+        for account in ["222233334444", "444455556666"] {
+            let other = credentials
+                .access_key_id_of(&admin_profile_of(account))
+                .unwrap();
+            assert_eq!(table.account_of(&other), Some(Some(account)));
+            assert_eq!(credentials.secret_of(&other).unwrap().len(), 48);
+            ids.push(other);
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "a pair of its own for each account");
         let text = std::fs::read_to_string(&path).unwrap();
-        ensure_file(&path).unwrap();
+        ensure_file(&path, &["333344445555"]).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             text,

@@ -11,7 +11,10 @@
 //! hold is bounded whatever their number. The request is then
 //! turned into the gRPC request message ([`protocol`]) and handed, framed, to the same
 //! layered service the gRPC listeners serve (ops → authorization → the tonic routes), with
-//! the verified access key id as the caller's identity ([`crate::authz::AwsPeer`]). So
+//! the verified access key id as the caller's identity ([`crate::authz::AwsPeer`]), in the
+//! scope AWS would act in: the Region the request is signed for and the access key's account
+//! (its profile's `aws_account_id`, else the sidecar's own), which the service looks up among
+//! the managed scopes as it does a gRPC request's. So
 //! authorization, audit, request ids, metrics, shedding, the verification gate and the
 //! cache are the gRPC API's own. The answer, a message or a `tonic::Status`, becomes the
 //! service model's JSON or error in [`protocol`]. Connections are under the same limits as
@@ -28,6 +31,7 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::server::Connected;
 use tower::ServiceExt;
@@ -36,7 +40,7 @@ use crate::{
     audit::{AuditLog, AuditRecord},
     authz::AwsPeer,
     metrics::Metrics,
-    rpc,
+    proto, rpc,
 };
 pub use credentials::AwsCredentials;
 use protocol::{AwsError, Operation};
@@ -66,7 +70,8 @@ const MAX_CONNECTION_BUFFER: usize = 16 << 10;
 pub struct Door {
     grpc: GrpcService,
     credentials: Arc<AwsCredentials>,
-    region: String,
+    /// The sidecar's own account: the one a key whose profile names none acts in.
+    own_account_id: String,
     max_request_bytes: usize,
     /// Permits of [`BODY_BUDGET`] bytes, held by the bodies being read or answered.
     body_budget: tokio::sync::Semaphore,
@@ -91,7 +96,7 @@ impl Door {
     pub fn new(
         grpc: GrpcService,
         credentials: Arc<AwsCredentials>,
-        region: String,
+        own_account_id: String,
         limits: DoorLimits,
         audit: AuditLog,
         metrics: Metrics,
@@ -99,7 +104,7 @@ impl Door {
         Door {
             grpc,
             credentials,
-            region,
+            own_account_id,
             max_request_bytes: limits.max_request_bytes,
             body_budget: tokio::sync::Semaphore::new(
                 BODY_BUDGET
@@ -143,13 +148,16 @@ impl Door {
             .map_or("/", |p| p.as_str())
             .to_owned();
         let now = std::time::SystemTime::now();
-        let secret_of = |id: &str| self.credentials.secret_of(id);
+        // One version of the credentials file for the whole request: the secret that verifies
+        // it and the account its key acts in come from the same one.
+        let keys = self.credentials.table();
+        let secret_of = |id: &str| keys.secret_of(id);
         let head = sigv4::Head {
             method: parts.method.as_str(),
             path_and_query: &path_and_query,
             headers: &parts.headers,
         };
-        let verdict = match sigv4::verify_head(&head, secret_of, &self.region, now) {
+        let verdict = match sigv4::verify_head(&head, secret_of, now) {
             Ok(verdict) => verdict,
             Err(error) => {
                 let answer = self.refuse_signature(&parts, &error, peer, &request_id);
@@ -164,10 +172,10 @@ impl Door {
         };
         let verified = match verdict {
             sigv4::HeadVerdict::Signed {
-                access_key_id,
+                verified,
                 payload_sha256,
-            } => sigv4::check_payload(&payload_sha256, &body.bytes).map(|()| access_key_id),
-            sigv4::HeadVerdict::NeedsBody => sigv4::verify(
+            } => sigv4::check_payload(&payload_sha256, &body.bytes).map(|()| verified),
+            sigv4::HeadVerdict::NeedsBody => sigv4::verify_request(
                 &sigv4::Request {
                     method: parts.method.as_str(),
                     path_and_query: &path_and_query,
@@ -175,24 +183,52 @@ impl Door {
                     body: &body.bytes,
                 },
                 secret_of,
-                &self.region,
                 now,
             ),
         };
-        let access_key_id = match verified {
-            Ok(id) => id,
+        let sigv4::Verified {
+            access_key_id,
+            region,
+        } = match verified {
+            Ok(verified) => verified,
             Err(error) => return self.refuse_signature(&parts, &error, peer, &request_id),
         };
+        // The key verified, so this version of the file holds it.
+        let key_account = keys.account_of(&access_key_id).flatten().map(str::to_owned);
+        drop(keys);
         let operation = match protocol::route(parts.method.as_str(), parts.uri.path()) {
             Ok(operation) => operation,
             Err(error) => return error_response(&error, &request_id),
         };
-        let message = match protocol::decode_request(operation, parts.uri.query(), &body.bytes) {
+        let scope = protocol::CallScope {
+            account_id: key_account.as_deref().unwrap_or_default(),
+            region: &region,
+        };
+        let decoded = protocol::decode_request_in(operation, parts.uri.query(), &body.bytes, scope);
+        let mut message = match decoded {
             Ok(message) => message,
             Err(error) => return error_response(&error, &request_id),
         };
         // The budget is given back once the message is made from the body.
         drop(body);
+        // The account the key acts in, as the findings' ARNs name accounts.
+        let acting_account = key_account.as_deref().unwrap_or(&self.own_account_id);
+        let mut denied = Vec::new();
+        if operation == Operation::BatchGetCodeSnippet {
+            denied = match protocol::split_findings(&mut message, acting_account) {
+                Ok(denied) => denied,
+                Err(error) => return error_response(&error, &request_id),
+            };
+            // Every finding is another account's: none is read, so there is nothing to ask
+            // the service (which would refuse an empty batch).
+            if !denied.is_empty()
+                && proto::BatchGetCodeSnippetRequest::decode(message.as_slice())
+                    .is_ok_and(|r| r.finding_arns.is_empty())
+            {
+                let answer = protocol::denied_findings_answer(&denied, acting_account);
+                return json_response(StatusCode::OK, &answer, &request_id);
+            }
+        }
         let call = http::Request::builder()
             .method(http::Method::POST)
             .uri(operation.grpc_path())
@@ -213,7 +249,11 @@ impl Door {
             }
         };
         let Ok(answer) = self.grpc.clone().oneshot(call).await;
-        answer_of(operation, answer, &request_id).await
+        let denied = Denied {
+            findings: &denied,
+            account_id: acting_account,
+        };
+        answer_of(operation, answer, &request_id, &denied).await
     }
 
     fn too_large(&self) -> AwsError {
@@ -407,11 +447,19 @@ fn grpc_frame(message: &[u8]) -> Bytes {
 /// Headers of the gRPC answer carried over to the HTTP one: the cache's.
 const CARRIED_HEADERS: [&str; 2] = [crate::rpc::CACHE_HEADER, crate::rpc::CACHE_AGE_HEADER];
 
-/// The HTTP answer of a gRPC answer.
+/// Findings of a BatchGetCodeSnippet the door answers ACCESS_DENIED itself: of other
+/// accounts than `account_id`, the caller's.
+struct Denied<'a> {
+    findings: &'a [String],
+    account_id: &'a str,
+}
+
+/// The HTTP answer of a gRPC answer, with the findings `denied` added to a snippets answer.
 async fn answer_of(
     operation: Operation,
     answer: http::Response<tonic::body::Body>,
     request_id: &str,
+    denied: &Denied<'_>,
 ) -> http::Response<Full<Bytes>> {
     let (parts, body) = answer.into_parts();
     let carried: Vec<(&str, HeaderValue)> = CARRIED_HEADERS
@@ -452,7 +500,12 @@ async fn answer_of(
         return error_response(&internal(), request_id);
     };
     match protocol::encode_response(operation, message) {
-        Ok(json) => with_carried(json_response(StatusCode::OK, &json, request_id)),
+        Ok(mut json) => {
+            if !denied.findings.is_empty() {
+                protocol::add_denied_findings(&mut json, denied.findings, denied.account_id);
+            }
+            with_carried(json_response(StatusCode::OK, &json, request_id))
+        }
         Err(error) => error_response(&error, request_id),
     }
 }

@@ -276,6 +276,9 @@ pub fn route(method: &str, path: &str) -> Result<Operation, AwsError> {
     ))
 }
 
+/// Where a door request's scope comes from, for the message of a scope not managed.
+pub const SCOPE_OF_A_DOOR_REQUEST: &str = "A request acts in the Region it is signed for (the AWS CLI's --region) and in its access key's account (the aws_account_id of its profile in the sidecar's credentials file; the sidecar's own account when it has none)";
+
 /// `ValidationException.reason` values.
 const CANNOT_PARSE: &str = "CANNOT_PARSE";
 const FIELD_VALIDATION_FAILED: &str = "FIELD_VALIDATION_FAILED";
@@ -370,6 +373,31 @@ impl AwsError {
             .map(seconds);
         let message = status.message().to_owned();
         match status.code() {
+            // The scope a door request acts in is no member of it: its Region is the one it is
+            // signed for and its account the access key's. So the message says where those
+            // come from, and only a member (a finding's ARN) is a field.
+            Code::InvalidArgument if reason == "SCOPE_NOT_MANAGED" => {
+                let fields: Vec<(String, String)> = details
+                    .bad_request()
+                    .map(|b| {
+                        b.field_violations
+                            .iter()
+                            .filter(|v| v.field == "finding_arns")
+                            .map(|v| (aws_member_name(&v.field), v.description.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let reason = if fields.is_empty() {
+                    OTHER
+                } else {
+                    FIELD_VALIDATION_FAILED
+                };
+                AwsError::validation(
+                    reason,
+                    format!("{message}. {SCOPE_OF_A_DOOR_REQUEST}"),
+                    fields,
+                )
+            }
             Code::InvalidArgument => {
                 let fields = details
                     .bad_request()
@@ -555,12 +583,35 @@ fn query_member<'a>(parameters: &'a [(String, String)], name: &str) -> Result<&'
         })
 }
 
-/// The gRPC request message (encoded) of an operation's REST-JSON request.
+/// The gRPC request message (encoded) of an operation's REST-JSON request, in the
+/// sidecar's own scope (the account and Region left empty).
 pub fn decode_request(
     operation: Operation,
     query: Option<&str>,
     body: &[u8],
 ) -> Result<Vec<u8>, AwsError> {
+    decode_request_in(operation, query, body, CallScope::default())
+}
+
+/// The account and Region a door request acts in, as the gRPC request carries them (empty:
+/// the sidecar's own). The Region is the one the request is signed for, the account that of
+/// the access key (its profile's `aws_account_id`), as AWS knows both from the signature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallScope<'a> {
+    pub account_id: &'a str,
+    pub region: &'a str,
+}
+
+/// The gRPC request message (encoded) of an operation's REST-JSON request, acting in
+/// `scope`. A BatchGetCodeSnippet names its findings' scopes in their ARNs: see
+/// [`split_findings`] for those of other accounts than the caller's.
+pub fn decode_request_in(
+    operation: Operation,
+    query: Option<&str>,
+    body: &[u8],
+    scope: CallScope<'_>,
+) -> Result<Vec<u8>, AwsError> {
+    let (account_id, region) = (scope.account_id.to_owned(), scope.region.to_owned());
     Ok(match operation {
         Operation::GetEncryptionKey => {
             let parameters = query_parameters(query)?;
@@ -570,9 +621,8 @@ pub fn decode_request(
                     "resourceType",
                     query_member(&parameters, "resourceType")?,
                 )?,
-                // The door serves the sidecar's own scope: its SigV4 Region is checked to be
-                // that one, and its keys act in that account.
-                ..Default::default()
+                account_id,
+                region,
             }
             .encode_to_vec()
         }
@@ -586,7 +636,8 @@ pub fn decode_request(
                     string_member(&members, "resourceType")?,
                 )?,
                 validate_only: false,
-                ..Default::default()
+                account_id,
+                region,
             }
             .encode_to_vec()
         }
@@ -598,7 +649,8 @@ pub fn decode_request(
                     "resourceType",
                     string_member(&members, "resourceType")?,
                 )?,
-                ..Default::default()
+                account_id,
+                region,
             }
             .encode_to_vec()
         }
@@ -634,6 +686,79 @@ pub fn decode_request(
             proto::BatchGetCodeSnippetRequest { finding_arns }.encode_to_vec()
         }
     })
+}
+
+/// The findings of a BatchGetCodeSnippet request (`message`, encoded) in other accounts
+/// than `account_id`, the caller's: taken out of the request, which goes on with the others
+/// (it may be left with none), to be answered ACCESS_DENIED each ([`add_denied_findings`]).
+/// That is what Inspector does for a finding its caller's account may not read: a batch
+/// answers each finding it was asked for (`errors`, `errorCode` ACCESS_DENIED among the
+/// model's codes), so one foreign ARN does not cost the caller the others, and nothing of
+/// the other account is read. Only a valid batch is split; one that is not (a malformed ARN,
+/// not 1 to 10 of them) while naming another account's finding is refused whole here, with
+/// the service's own validation, so that ARN never reaches the service.
+pub fn split_findings(message: &mut Vec<u8>, account_id: &str) -> Result<Vec<String>, AwsError> {
+    let mut request =
+        proto::BatchGetCodeSnippetRequest::decode(message.as_slice()).map_err(|e| {
+            tracing::error!(error = %e, "the door's own request message cannot be decoded");
+            AwsError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerException",
+                "internal error; see the sidecar's log",
+            )
+        })?;
+    let foreign = |arn: &String| {
+        crate::domain::FindingArn::parse(arn)
+            .is_ok_and(|finding| finding.account_id() != account_id)
+    };
+    if !request.finding_arns.iter().any(foreign) {
+        return Ok(Vec::new());
+    }
+    if let Err(violations) = crate::service::validation::finding_arns(&request.finding_arns) {
+        let status = tonic::Status::from(crate::service::ServiceError::InvalidArgument(violations));
+        return Err(AwsError::from_status(
+            &status,
+            Operation::BatchGetCodeSnippet,
+        ));
+    }
+    let (mut denied, kept): (Vec<String>, Vec<String>) =
+        request.finding_arns.into_iter().partition(foreign);
+    // The service answers a finding asked twice once; so does the door.
+    denied.sort();
+    denied.dedup();
+    request.finding_arns = kept;
+    *message = request.encode_to_vec();
+    Ok(denied)
+}
+
+/// Adds to a BatchGetCodeSnippet answer (`answer`, its JSON) an ACCESS_DENIED error for each
+/// of `denied`, findings of other accounts than `account_id`, the caller's.
+pub fn add_denied_findings(answer: &mut Value, denied: &[String], account_id: &str) {
+    let Some(object) = answer.as_object_mut() else {
+        return;
+    };
+    let errors = object
+        .entry("errors")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(errors) = errors {
+        errors.extend(denied.iter().map(|arn| {
+            json!({
+                "findingArn": arn,
+                "errorCode": "ACCESS_DENIED",
+                "errorMessage": format!(
+                    "the finding is in account {}; the access key acts in account {account_id} only",
+                    crate::domain::FindingArn::parse(arn).map(|f| f.account_id().to_owned()).unwrap_or_default()
+                ),
+            })
+        }));
+    }
+}
+
+/// A BatchGetCodeSnippet answer with no finding read: each of `denied` ACCESS_DENIED.
+pub fn denied_findings_answer(denied: &[String], account_id: &str) -> Value {
+    let mut answer = json!({"codeSnippetResults": [], "errors": []});
+    add_denied_findings(&mut answer, denied, account_id);
+    answer
 }
 
 /// The REST-JSON answer (a JSON body) of an operation's gRPC answer message.
@@ -945,6 +1070,131 @@ mod tests {
             let error = AwsError::from_status(&tonic::Status::new(code, "m"), operation);
             assert_eq!((error.status, error.code), (status, aws), "{code:?}");
         }
+    }
+
+    #[test]
+    fn door_requests_carry_their_scope_and_other_accounts_findings_are_denied() {
+        let scope = CallScope {
+            account_id: "222233334444",
+            region: "eu-west-1",
+        };
+        let get = decode_request_in(
+            Operation::GetEncryptionKey,
+            Some("scanType=CODE&resourceType=AWS_LAMBDA_FUNCTION"),
+            b"",
+            scope,
+        )
+        .unwrap();
+        let get = proto::GetEncryptionKeyRequest::decode(get.as_slice()).unwrap();
+        assert_eq!(
+            (get.account_id.as_str(), get.region.as_str()),
+            ("222233334444", "eu-west-1")
+        );
+        let update = decode_request_in(
+            Operation::UpdateEncryptionKey,
+            None,
+            br#"{"kmsKeyId": "k", "scanType": "CODE", "resourceType": "AWS_LAMBDA_FUNCTION"}"#,
+            scope,
+        )
+        .unwrap();
+        let update = proto::UpdateEncryptionKeyRequest::decode(update.as_slice()).unwrap();
+        assert_eq!(
+            (update.account_id.as_str(), update.region.as_str()),
+            ("222233334444", "eu-west-1")
+        );
+        let reset = decode_request_in(
+            Operation::ResetEncryptionKey,
+            None,
+            br#"{"scanType": "CODE", "resourceType": "AWS_LAMBDA_FUNCTION"}"#,
+            CallScope::default(),
+        )
+        .unwrap();
+        let reset = proto::ResetEncryptionKeyRequest::decode(reset.as_slice()).unwrap();
+        assert_eq!((reset.account_id.as_str(), reset.region.as_str()), ("", ""));
+
+        let own =
+            "arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef";
+        let other =
+            "arn:aws:inspector2:eu-west-1:222233334444:finding/0123456789abcdef0123456789abcdef";
+        let batch = |arns: &[&str]| {
+            proto::BatchGetCodeSnippetRequest {
+                finding_arns: arns.iter().map(|a| (*a).to_owned()).collect(),
+            }
+            .encode_to_vec()
+        };
+        let arns = |message: &[u8]| {
+            proto::BatchGetCodeSnippetRequest::decode(message)
+                .unwrap()
+                .finding_arns
+        };
+        let mut message = batch(&[own, other, other]);
+        assert_eq!(
+            split_findings(&mut message, "111122223333").unwrap(),
+            [other]
+        );
+        assert_eq!(arns(&message), [own]);
+        let mut message = batch(&[own, other]);
+        assert_eq!(split_findings(&mut message, "222233334444").unwrap(), [own]);
+        assert_eq!(arns(&message), [other]);
+        // None foreign: the request as it was, malformed ARNs left to the service.
+        let mut message = batch(&[own, "arn:bad"]);
+        assert!(
+            split_findings(&mut message, "111122223333")
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(arns(&message), [own, "arn:bad"]);
+        // A foreign ARN in a batch that is not valid: refused whole, never sent on.
+        let mut message = batch(&[other, "arn:bad"]);
+        let error = split_findings(&mut message, "111122223333").unwrap_err();
+        assert_eq!(error.code, "ValidationException");
+        assert!(error.message.contains("finding_arns[1]"), "{error:?}");
+        let eleven = vec![other; 11];
+        let error = split_findings(&mut batch(&eleven), "111122223333").unwrap_err();
+        assert!(error.message.contains("11 finding ARNs given"), "{error:?}");
+
+        let answer = denied_findings_answer(&[other.to_owned()], "111122223333");
+        assert_eq!(
+            answer,
+            json!({"codeSnippetResults": [], "errors": [{
+                "findingArn": other,
+                "errorCode": "ACCESS_DENIED",
+                "errorMessage": "the finding is in account 222233334444; the access key acts in account 111122223333 only",
+            }]})
+        );
+    }
+
+    #[test]
+    fn a_scope_not_managed_is_a_validation_exception_naming_it() {
+        use tonic_types::{ErrorDetails, FieldViolation};
+        let message = "the sidecar does not manage account 222233334444 in ap-south-1; the scopes it manages are its own and those of its [[accounts]] configuration";
+        let status = |field: &str| {
+            let mut details = ErrorDetails::new();
+            details.set_error_info(
+                "SCOPE_NOT_MANAGED",
+                "inspector-keyd",
+                [
+                    ("account_id".to_owned(), "222233334444".to_owned()),
+                    ("region".to_owned(), "ap-south-1".to_owned()),
+                ],
+            );
+            details.set_bad_request(vec![FieldViolation::new(field, message)]);
+            tonic::Status::with_error_details(Code::InvalidArgument, message, details)
+        };
+        let error = AwsError::from_status(&status("region"), Operation::GetEncryptionKey);
+        assert_eq!(
+            (error.status, error.code, error.reason),
+            (StatusCode::BAD_REQUEST, "ValidationException", Some(OTHER))
+        );
+        assert!(error.fields.is_empty(), "{error:?}");
+        assert!(
+            error.message.starts_with(message) && error.message.contains("--region"),
+            "{}",
+            error.message
+        );
+        let error = AwsError::from_status(&status("finding_arns"), Operation::BatchGetCodeSnippet);
+        assert_eq!(error.reason, Some(FIELD_VALIDATION_FAILED));
+        assert_eq!(error.fields[0].0, "findingArns");
     }
 
     #[test]

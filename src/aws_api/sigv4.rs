@@ -1,9 +1,10 @@
 //! SigV4 verification of the AWS-protocol door's requests. The signature is recomputed with
 //! the AWS SDK's own signer (`aws-sigv4`) over exactly the headers the caller says it
-//! signed, and compared in constant time; the credential scope must be the sidecar's Region
-//! and the `inspector2` service, the request time within 15 minutes of the sidecar's clock,
-//! and the payload hash that of the body received. No error carries a secret or the
-//! signature.
+//! signed, and compared in constant time; the credential scope must name a well-formed
+//! Region (the one the request is for: what the AWS CLI's `--region` sets, and the scope the
+//! door serves it in) and the `inspector2` service, the request time within 15 minutes of
+//! the sidecar's clock, and the payload hash that of the body received. No error carries a
+//! secret or the signature.
 //!
 //! The head is checked before the body is read ([`verify_head`]): a request without a
 //! known key, scope or time is refused unread, and so is a bad signature when the caller
@@ -243,13 +244,21 @@ pub struct Head<'a> {
     pub headers: &'a HeaderMap,
 }
 
+/// Who signed a request, and for which Region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub access_key_id: String,
+    /// The credential scope's Region: the Region the request is for.
+    pub region: String,
+}
+
 /// What a request's head says of its signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadVerdict {
     /// The signature is good over the payload hash the caller sent; the body must have
     /// that hash ([`check_payload`]).
     Signed {
-        access_key_id: String,
+        verified: Verified,
         payload_sha256: String,
     },
     /// All but the signature is good; it covers a body whose hash the head does not give,
@@ -277,23 +286,40 @@ fn single_header<'h>(
         .map_err(|_| incomplete(format!("the `{name}` header is not text")))
 }
 
-/// Verifies the SigV4 signature of `request` against the secrets `secret_of` knows, for
-/// `region` at `now`. Returns the access key id it was signed with.
+/// Verifies the SigV4 signature of `request` against the secrets `secret_of` knows, at
+/// `now`, for whichever well-formed Region it was signed for: who signed it, and that Region.
+pub fn verify_request(
+    request: &Request<'_>,
+    secret_of: impl Fn(&str) -> Option<Zeroizing<String>>,
+    now: SystemTime,
+) -> Result<Verified, SignatureError> {
+    let head = Head {
+        method: request.method,
+        path_and_query: request.path_and_query,
+        headers: request.headers,
+    };
+    check(&head, Some(request.body), secret_of, now)?.ok_or_else(|| {
+        // `check` verifies the signature whenever it has the body.
+        SignatureError::Invalid("the signature could not be checked".into())
+    })
+}
+
+/// [`verify_request`] for a caller that serves one Region: the request must be signed for
+/// `region`. Returns the access key id it was signed with.
 pub fn verify(
     request: &Request<'_>,
     secret_of: impl Fn(&str) -> Option<Zeroizing<String>>,
     region: &str,
     now: SystemTime,
 ) -> Result<String, SignatureError> {
-    let head = Head {
-        method: request.method,
-        path_and_query: request.path_and_query,
-        headers: request.headers,
-    };
-    check(&head, Some(request.body), secret_of, region, now)?.ok_or_else(|| {
-        // `check` verifies the signature whenever it has the body.
-        SignatureError::Invalid("the signature could not be checked".into())
-    })
+    let verified = verify_request(request, secret_of, now)?;
+    if verified.region != region {
+        return Err(SignatureError::Invalid(format!(
+            "Credential should be scoped to a valid region: `{region}` is served here, not `{}`",
+            verified.region
+        )));
+    }
+    Ok(verified.access_key_id)
 }
 
 /// Checks what the head of a request can tell, before its body is read: an `Err` refuses
@@ -301,10 +327,9 @@ pub fn verify(
 pub fn verify_head(
     head: &Head<'_>,
     secret_of: impl Fn(&str) -> Option<Zeroizing<String>>,
-    region: &str,
     now: SystemTime,
 ) -> Result<HeadVerdict, SignatureError> {
-    let Some(access_key_id) = check(head, None, secret_of, region, now)? else {
+    let Some(verified) = check(head, None, secret_of, now)? else {
         return Ok(HeadVerdict::NeedsBody);
     };
     // `check` verified over the header's hash, so it is there.
@@ -312,7 +337,7 @@ pub fn verify_head(
         .unwrap_or_default()
         .to_owned();
     Ok(HeadVerdict::Signed {
-        access_key_id,
+        verified,
         payload_sha256,
     })
 }
@@ -331,17 +356,16 @@ pub fn check_payload(payload_sha256: &str, body: &[u8]) -> Result<(), SignatureE
 /// The header that carries the payload's hash.
 const PAYLOAD_HASH: &str = "x-amz-content-sha256";
 
-/// Checks a request's signature. With `body`, wholly: the access key id it was signed with.
-/// Without, what the head tells: the key id when the signature is good over the payload
-/// hash the head gives (the body must then have it), `None` when all but the signature is
-/// good and the signature covers a body whose hash the head does not give.
+/// Checks a request's signature. With `body`, wholly: the access key id it was signed with,
+/// and the Region. Without, what the head tells: those when the signature is good over the
+/// payload hash the head gives (the body must then have it), `None` when all but the
+/// signature is good and the signature covers a body whose hash the head does not give.
 fn check(
     request: &Head<'_>,
     body: Option<&[u8]>,
     secret_of: impl Fn(&str) -> Option<Zeroizing<String>>,
-    region: &str,
     now: SystemTime,
-) -> Result<Option<String>, SignatureError> {
+) -> Result<Option<Verified>, SignatureError> {
     let Some(value) = single_header(request.headers, "authorization")? else {
         if request.path_and_query.contains("X-Amz-Signature=") {
             return Err(incomplete(
@@ -356,7 +380,7 @@ fn check(
             authorization.access_key_id.to_owned(),
         ));
     };
-    let signed_at = check_scope(request, &authorization, region, now)?;
+    let signed_at = check_scope(request, &authorization, now)?;
     let Some(payload) = signed_payload(request, body)? else {
         return Ok(None);
     };
@@ -372,7 +396,8 @@ fn check(
         "inspector-keyd",
     )
     .into();
-    let params = signing_params(&identity, region, signed_at, settings)
+    // Recomputed for the Region the caller signed with, which check_scope found well formed.
+    let params = signing_params(&identity, authorization.region, signed_at, settings)
         .map_err(|e| SignatureError::Invalid(format!("cannot check the signature: {e}")))?;
     let signable = SignableRequest::new(
         request.method,
@@ -394,21 +419,30 @@ fn check(
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.".into(),
         ));
     }
-    Ok(Some(authorization.access_key_id.to_owned()))
+    Ok(Some(Verified {
+        access_key_id: authorization.access_key_id.to_owned(),
+        region: authorization.region.to_owned(),
+    }))
 }
 
-/// The credential scope names this Region and service and the day of `x-amz-date`, which is
-/// within [`MAX_SKEW`] of `now`: when the request was signed.
+/// The credential scope names a well-formed Region, this service and the day of
+/// `x-amz-date`, which is within [`MAX_SKEW`] of `now`: when the request was signed. Any
+/// Region name is taken here (whether the sidecar manages it there is the service's to say,
+/// as for a gRPC request naming it), so the caller's `--region` reaches the service.
 fn check_scope(
     request: &Head<'_>,
     authorization: &Authorization<'_>,
-    region: &str,
     now: SystemTime,
 ) -> Result<SystemTime, SignatureError> {
-    if authorization.region != region {
+    if !crate::domain::is_region_name(authorization.region) {
         return Err(SignatureError::Invalid(format!(
-            "Credential should be scoped to a valid region: this sidecar serves `{region}`, not `{}`",
-            authorization.region.escape_default()
+            "Credential should be scoped to a valid region: `{}` is not an AWS Region name such as us-east-1",
+            authorization
+                .region
+                .chars()
+                .take(64)
+                .collect::<String>()
+                .escape_default()
         )));
     }
     if authorization.service != SERVICE {
@@ -723,7 +757,10 @@ mod tests {
         };
         let error = verify_with("eu-west-1", "20260301T120000Z", &headers).unwrap_err();
         assert_eq!(error.code(), "InvalidSignatureException");
-        assert!(error.to_string().contains("serves `eu-west-1`"), "{error}");
+        assert!(
+            error.to_string().contains("`eu-west-1` is served here"),
+            "{error}"
+        );
         let error = verify_with("us-east-1", "20260301T121501Z", &headers).unwrap_err();
         assert_eq!(
             error.to_string(),
@@ -766,6 +803,65 @@ mod tests {
         let error = verify_with("us-east-1", "20260301T120000Z", &wrong_secret).unwrap_err();
         assert_eq!(error.code(), "InvalidSignatureException");
         assert!(!error.to_string().contains(KEY.1));
+    }
+
+    #[test]
+    fn any_well_formed_region_is_taken_and_the_signature_is_checked_for_it() {
+        let signed_for = |region: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("host", "127.0.0.1:50052".parse().unwrap());
+            sign_for_tests(
+                "GET",
+                "/encryptionkey/get",
+                &mut headers,
+                b"",
+                KEY,
+                region,
+                at("20260301T120000Z"),
+            )
+            .unwrap();
+            headers
+        };
+        let verify_at = |headers: &HeaderMap| {
+            verify_request(
+                &Request {
+                    method: "GET",
+                    path_and_query: "/encryptionkey/get",
+                    headers,
+                    body: b"",
+                },
+                secrets,
+                at("20260301T120000Z"),
+            )
+        };
+        for region in ["eu-west-1", "ap-south-1", "us-gov-west-1", "cn-north-1"] {
+            assert_eq!(
+                verify_at(&signed_for(region)),
+                Ok(Verified {
+                    access_key_id: KEY.0.to_owned(),
+                    region: region.to_owned(),
+                }),
+                "{region}"
+            );
+        }
+        // Signed for eu-west-1, the scope then claiming us-east-1: the signature is
+        // recomputed for the Region claimed, and does not match.
+        let mut moved = signed_for("eu-west-1");
+        let authorization = moved["authorization"]
+            .to_str()
+            .unwrap()
+            .replace("/eu-west-1/", "/us-east-1/");
+        moved.insert("authorization", authorization.parse().unwrap());
+        let error = verify_at(&moved).unwrap_err();
+        assert!(error.to_string().contains("does not match"), "{error}");
+        for bad in ["EU-WEST-1", "us_east_1", "moon", "us-east-1a"] {
+            let error = verify_at(&signed_for(bad)).unwrap_err();
+            assert_eq!(error.code(), "InvalidSignatureException", "{bad}");
+            assert!(
+                error.to_string().contains("is not an AWS Region name"),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]
@@ -855,7 +951,6 @@ mod tests {
                     headers,
                 },
                 secrets,
-                "us-east-1",
                 at("20260301T120000Z"),
             )
         };
@@ -884,7 +979,10 @@ mod tests {
         assert_eq!(
             head_of(&good),
             Ok(HeadVerdict::Signed {
-                access_key_id: KEY.0.to_owned(),
+                verified: Verified {
+                    access_key_id: KEY.0.to_owned(),
+                    region: "us-east-1".to_owned(),
+                },
                 payload_sha256: sha256_hex(body),
             })
         );
