@@ -88,6 +88,9 @@ pub struct CallerContext {
     pub scoped: Option<ScopedRoles>,
     /// The role the method needs.
     pub required: Role,
+    /// For a caller of the AWS-protocol door: the account its access key acts in. The
+    /// service answers what it asks of another account (a finding's snippet) ACCESS_DENIED.
+    pub acting_account: Option<String>,
     /// Who the caller is, as errors name it.
     pub caller: String,
     /// Whose quota the call counts against: the identity, and for anonymous loopback

@@ -296,6 +296,28 @@ async fn roles_come_from_rules_naming_access_keys_and_calls_are_audited_by_key()
         .unwrap_err()
         .into_service_error();
     assert!(error.is_access_denied_exception(), "{error:?}");
+    // Also when every finding is another account's, which no key of this account reads:
+    // the role is decided first, and the call audited.
+    let error = reader
+        .batch_get_code_snippet()
+        .finding_arns(
+            "arn:aws:inspector2:us-east-1:222233334444:finding/0123456789abcdef0123456789abcdef",
+        )
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(error.is_access_denied_exception(), "{error:?}");
+    assert_eq!(
+        audit_lines(&files)
+            .iter()
+            .filter(
+                |l| l["rpc"] == "/inspectorkeyd.v1.EncryptionKeyService/BatchGetCodeSnippet"
+                    && l["code"] == "PERMISSION_DENIED"
+            )
+            .count(),
+        2
+    );
 
     // The audit lines name the access key as the identity presented.
     let lines = audit_lines(&files);

@@ -45,6 +45,8 @@ pub struct AwsPeer {
     pub access_key_id: String,
     /// The TCP peer that sent it.
     pub addr: Option<SocketAddr>,
+    /// The account the key acts in (its profile's `aws_account_id`, else the sidecar's own).
+    pub account_id: String,
 }
 
 /// The authenticated caller of a request and the role the rules give it.
@@ -441,7 +443,13 @@ where
                 }
             }
             Ok(admitted) => {
-                if let Some(context) = admitted.and_then(|caller| caller_context(caller, method)) {
+                let acting_account = request
+                    .extensions()
+                    .get::<AwsPeer>()
+                    .map(|peer| peer.account_id.clone());
+                if let Some(context) =
+                    admitted.and_then(|caller| caller_context(caller, method, acting_account))
+                {
                     request.extensions_mut().insert(context);
                 }
                 // Called now, on the instance poll_ready readied; the answer is awaited by
@@ -467,22 +475,29 @@ fn presented_identity(bearer: Bearer, connection: Option<&Identity>) -> String {
 
 /// What the service checks itself once it knows what the call is about (a stored key's
 /// role, the caller's quota), for the methods that need it.
-fn caller_context(caller: Caller, method: Option<&rpc::Method>) -> Option<rpc::CallerContext> {
+fn caller_context(
+    caller: Caller,
+    method: Option<&rpc::Method>,
+    acting_account: Option<String>,
+) -> Option<rpc::CallerContext> {
     let access = method?.access;
     let required = access.role?;
-    (access.secret_bearing || access.stored_key_role.is_some() || caller.scoped.is_some()).then(
-        || rpc::CallerContext {
-            role: caller.role,
-            scoped: caller.scoped,
-            required,
-            quota_key: match &caller.identity {
-                Identity::LoopbackPeer { addr } => format!("tcp:{}", addr.ip()),
-                identity => identity.to_string(),
-            },
-            caller: caller.identity.to_string(),
-            stored_key_role: access.stored_key_role,
+    (access.secret_bearing
+        || access.stored_key_role.is_some()
+        || caller.scoped.is_some()
+        || acting_account.is_some())
+    .then(|| rpc::CallerContext {
+        role: caller.role,
+        scoped: caller.scoped,
+        acting_account,
+        required,
+        quota_key: match &caller.identity {
+            Identity::LoopbackPeer { addr } => format!("tcp:{}", addr.ip()),
+            identity => identity.to_string(),
         },
-    )
+        caller: caller.identity.to_string(),
+        stored_key_role: access.stored_key_role,
+    })
 }
 
 pin_project_lite::pin_project! {

@@ -31,7 +31,6 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::server::Connected;
 use tower::ServiceExt;
@@ -40,7 +39,7 @@ use crate::{
     audit::{AuditLog, AuditRecord},
     authz::AwsPeer,
     metrics::Metrics,
-    proto, rpc,
+    rpc,
 };
 pub use credentials::AwsCredentials;
 use protocol::{AwsError, Operation};
@@ -205,30 +204,12 @@ impl Door {
             region: &region,
         };
         let decoded = protocol::decode_request_in(operation, parts.uri.query(), &body.bytes, scope);
-        let mut message = match decoded {
+        let message = match decoded {
             Ok(message) => message,
             Err(error) => return error_response(&error, &request_id),
         };
         // The budget is given back once the message is made from the body.
         drop(body);
-        // The account the key acts in, as the findings' ARNs name accounts.
-        let acting_account = key_account.as_deref().unwrap_or(&self.own_account_id);
-        let mut denied = Vec::new();
-        if operation == Operation::BatchGetCodeSnippet {
-            denied = match protocol::split_findings(&mut message, acting_account) {
-                Ok(denied) => denied,
-                Err(error) => return error_response(&error, &request_id),
-            };
-            // Every finding is another account's: none is read, so there is nothing to ask
-            // the service (which would refuse an empty batch).
-            if !denied.is_empty()
-                && proto::BatchGetCodeSnippetRequest::decode(message.as_slice())
-                    .is_ok_and(|r| r.finding_arns.is_empty())
-            {
-                let answer = protocol::denied_findings_answer(&denied, acting_account);
-                return json_response(StatusCode::OK, &answer, &request_id);
-            }
-        }
         let call = http::Request::builder()
             .method(http::Method::POST)
             .uri(operation.grpc_path())
@@ -239,6 +220,8 @@ impl Door {
             .extension(AwsPeer {
                 access_key_id,
                 addr: peer,
+                // The account the key acts in, as the findings' ARNs name accounts.
+                account_id: key_account.unwrap_or_else(|| self.own_account_id.clone()),
             })
             .body(tonic::body::Body::new(Full::new(grpc_frame(&message))));
         let call = match call {
@@ -249,11 +232,7 @@ impl Door {
             }
         };
         let Ok(answer) = self.grpc.clone().oneshot(call).await;
-        let denied = Denied {
-            findings: &denied,
-            account_id: acting_account,
-        };
-        answer_of(operation, answer, &request_id, &denied).await
+        answer_of(operation, answer, &request_id).await
     }
 
     fn too_large(&self) -> AwsError {
@@ -447,19 +426,11 @@ fn grpc_frame(message: &[u8]) -> Bytes {
 /// Headers of the gRPC answer carried over to the HTTP one: the cache's.
 const CARRIED_HEADERS: [&str; 2] = [crate::rpc::CACHE_HEADER, crate::rpc::CACHE_AGE_HEADER];
 
-/// Findings of a BatchGetCodeSnippet the door answers ACCESS_DENIED itself: of other
-/// accounts than `account_id`, the caller's.
-struct Denied<'a> {
-    findings: &'a [String],
-    account_id: &'a str,
-}
-
-/// The HTTP answer of a gRPC answer, with the findings `denied` added to a snippets answer.
+/// The HTTP answer of a gRPC answer.
 async fn answer_of(
     operation: Operation,
     answer: http::Response<tonic::body::Body>,
     request_id: &str,
-    denied: &Denied<'_>,
 ) -> http::Response<Full<Bytes>> {
     let (parts, body) = answer.into_parts();
     let carried: Vec<(&str, HeaderValue)> = CARRIED_HEADERS
@@ -500,12 +471,7 @@ async fn answer_of(
         return error_response(&internal(), request_id);
     };
     match protocol::encode_response(operation, message) {
-        Ok(mut json) => {
-            if !denied.findings.is_empty() {
-                protocol::add_denied_findings(&mut json, denied.findings, denied.account_id);
-            }
-            with_carried(json_response(StatusCode::OK, &json, request_id))
-        }
+        Ok(json) => with_carried(json_response(StatusCode::OK, &json, request_id)),
         Err(error) => error_response(&error, request_id),
     }
 }

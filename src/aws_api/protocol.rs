@@ -603,8 +603,8 @@ pub struct CallScope<'a> {
 }
 
 /// The gRPC request message (encoded) of an operation's REST-JSON request, acting in
-/// `scope`. A BatchGetCodeSnippet names its findings' scopes in their ARNs: see
-/// [`split_findings`] for those of other accounts than the caller's.
+/// `scope`. A BatchGetCodeSnippet names its findings' scopes in their ARNs (the service
+/// answers those of other accounts than the access key's ACCESS_DENIED each).
 pub fn decode_request_in(
     operation: Operation,
     query: Option<&str>,
@@ -686,79 +686,6 @@ pub fn decode_request_in(
             proto::BatchGetCodeSnippetRequest { finding_arns }.encode_to_vec()
         }
     })
-}
-
-/// The findings of a BatchGetCodeSnippet request (`message`, encoded) in other accounts
-/// than `account_id`, the caller's: taken out of the request, which goes on with the others
-/// (it may be left with none), to be answered ACCESS_DENIED each ([`add_denied_findings`]).
-/// That is what Inspector does for a finding its caller's account may not read: a batch
-/// answers each finding it was asked for (`errors`, `errorCode` ACCESS_DENIED among the
-/// model's codes), so one foreign ARN does not cost the caller the others, and nothing of
-/// the other account is read. Only a valid batch is split; one that is not (a malformed ARN,
-/// not 1 to 10 of them) while naming another account's finding is refused whole here, with
-/// the service's own validation, so that ARN never reaches the service.
-pub fn split_findings(message: &mut Vec<u8>, account_id: &str) -> Result<Vec<String>, AwsError> {
-    let mut request =
-        proto::BatchGetCodeSnippetRequest::decode(message.as_slice()).map_err(|e| {
-            tracing::error!(error = %e, "the door's own request message cannot be decoded");
-            AwsError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalServerException",
-                "internal error; see the sidecar's log",
-            )
-        })?;
-    let foreign = |arn: &String| {
-        crate::domain::FindingArn::parse(arn)
-            .is_ok_and(|finding| finding.account_id() != account_id)
-    };
-    if !request.finding_arns.iter().any(foreign) {
-        return Ok(Vec::new());
-    }
-    if let Err(violations) = crate::service::validation::finding_arns(&request.finding_arns) {
-        let status = tonic::Status::from(crate::service::ServiceError::InvalidArgument(violations));
-        return Err(AwsError::from_status(
-            &status,
-            Operation::BatchGetCodeSnippet,
-        ));
-    }
-    let (mut denied, kept): (Vec<String>, Vec<String>) =
-        request.finding_arns.into_iter().partition(foreign);
-    // The service answers a finding asked twice once; so does the door.
-    denied.sort();
-    denied.dedup();
-    request.finding_arns = kept;
-    *message = request.encode_to_vec();
-    Ok(denied)
-}
-
-/// Adds to a BatchGetCodeSnippet answer (`answer`, its JSON) an ACCESS_DENIED error for each
-/// of `denied`, findings of other accounts than `account_id`, the caller's.
-pub fn add_denied_findings(answer: &mut Value, denied: &[String], account_id: &str) {
-    let Some(object) = answer.as_object_mut() else {
-        return;
-    };
-    let errors = object
-        .entry("errors")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if let Value::Array(errors) = errors {
-        errors.extend(denied.iter().map(|arn| {
-            json!({
-                "findingArn": arn,
-                "errorCode": "ACCESS_DENIED",
-                "errorMessage": format!(
-                    "the finding is in account {}; the access key acts in account {account_id} only",
-                    crate::domain::FindingArn::parse(arn).map(|f| f.account_id().to_owned()).unwrap_or_default()
-                ),
-            })
-        }));
-    }
-}
-
-/// A BatchGetCodeSnippet answer with no finding read: each of `denied` ACCESS_DENIED.
-pub fn denied_findings_answer(denied: &[String], account_id: &str) -> Value {
-    let mut answer = json!({"codeSnippetResults": [], "errors": []});
-    add_denied_findings(&mut answer, denied, account_id);
-    answer
 }
 
 /// The REST-JSON answer (a JSON body) of an operation's gRPC answer message.
@@ -1073,7 +1000,7 @@ mod tests {
     }
 
     #[test]
-    fn door_requests_carry_their_scope_and_other_accounts_findings_are_denied() {
+    fn door_requests_carry_their_scope() {
         let scope = CallScope {
             account_id: "222233334444",
             region: "eu-west-1",
@@ -1111,57 +1038,6 @@ mod tests {
         .unwrap();
         let reset = proto::ResetEncryptionKeyRequest::decode(reset.as_slice()).unwrap();
         assert_eq!((reset.account_id.as_str(), reset.region.as_str()), ("", ""));
-
-        let own =
-            "arn:aws:inspector2:us-east-1:111122223333:finding/0123456789abcdef0123456789abcdef";
-        let other =
-            "arn:aws:inspector2:eu-west-1:222233334444:finding/0123456789abcdef0123456789abcdef";
-        let batch = |arns: &[&str]| {
-            proto::BatchGetCodeSnippetRequest {
-                finding_arns: arns.iter().map(|a| (*a).to_owned()).collect(),
-            }
-            .encode_to_vec()
-        };
-        let arns = |message: &[u8]| {
-            proto::BatchGetCodeSnippetRequest::decode(message)
-                .unwrap()
-                .finding_arns
-        };
-        let mut message = batch(&[own, other, other]);
-        assert_eq!(
-            split_findings(&mut message, "111122223333").unwrap(),
-            [other]
-        );
-        assert_eq!(arns(&message), [own]);
-        let mut message = batch(&[own, other]);
-        assert_eq!(split_findings(&mut message, "222233334444").unwrap(), [own]);
-        assert_eq!(arns(&message), [other]);
-        // None foreign: the request as it was, malformed ARNs left to the service.
-        let mut message = batch(&[own, "arn:bad"]);
-        assert!(
-            split_findings(&mut message, "111122223333")
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(arns(&message), [own, "arn:bad"]);
-        // A foreign ARN in a batch that is not valid: refused whole, never sent on.
-        let mut message = batch(&[other, "arn:bad"]);
-        let error = split_findings(&mut message, "111122223333").unwrap_err();
-        assert_eq!(error.code, "ValidationException");
-        assert!(error.message.contains("finding_arns[1]"), "{error:?}");
-        let eleven = vec![other; 11];
-        let error = split_findings(&mut batch(&eleven), "111122223333").unwrap_err();
-        assert!(error.message.contains("11 finding ARNs given"), "{error:?}");
-
-        let answer = denied_findings_answer(&[other.to_owned()], "111122223333");
-        assert_eq!(
-            answer,
-            json!({"codeSnippetResults": [], "errors": [{
-                "findingArn": other,
-                "errorCode": "ACCESS_DENIED",
-                "errorMessage": "the finding is in account 222233334444; the access key acts in account 111122223333 only",
-            }]})
-        );
     }
 
     #[test]

@@ -64,6 +64,36 @@ impl From<CodeSnippets> for proto::BatchGetCodeSnippetResponse {
     }
 }
 
+/// Splits `findings` into those of `account_id` (all of them when `None`) and an
+/// ACCESS_DENIED error for each other one, once: an AWS-protocol access key acts in its
+/// account only, and Inspector answers a finding its caller may not read in the batch's
+/// errors, so one foreign ARN does not cost the caller the others.
+pub fn split_by_account(
+    findings: Vec<FindingArn>,
+    account_id: Option<&str>,
+) -> (Vec<FindingArn>, Vec<proto::CodeSnippetError>) {
+    let Some(account_id) = account_id else {
+        return (findings, Vec::new());
+    };
+    let (kept, mut foreign): (Vec<FindingArn>, Vec<FindingArn>) = findings
+        .into_iter()
+        .partition(|finding| finding.account_id() == account_id);
+    foreign.sort();
+    foreign.dedup();
+    let denied = foreign
+        .into_iter()
+        .map(|finding| proto::CodeSnippetError {
+            error_code: proto::CodeSnippetErrorCode::AccessDenied as i32,
+            error_message: format!(
+                "the finding is in account {}; the access key acts in account {account_id} only",
+                finding.account_id()
+            ),
+            finding_arn: finding.as_str().to_owned(),
+        })
+        .collect();
+    (kept, denied)
+}
+
 /// BatchGetCodeSnippet of validated findings, through the cache layer, which never keeps
 /// them.
 pub async fn batch_get(

@@ -546,6 +546,10 @@ impl EncryptionKeyService for EncryptionKeys {
         let caller = request.extensions().get::<rpc::CallerContext>();
         let findings = validation::finding_arns(&request.get_ref().finding_arns)
             .map_err(ServiceError::from)?;
+        let (findings, denied) = super::code_snippets::split_by_account(
+            findings,
+            caller.and_then(|c| c.acting_account.as_deref()),
+        );
         // Each finding is read in its ARN's account and Region.
         for finding in &findings {
             self.scope(caller, (finding.account_id(), finding.region()), false)
@@ -560,11 +564,14 @@ impl EncryptionKeyService for EncryptionKeys {
                     other => other,
                 })?;
         }
-        // Snippets are never cached: every call reaches the backend.
-        self.charge(caller)?;
-        Ok(Response::new(
-            super::code_snippets::batch_get(&self.cache, &findings).await?,
-        ))
+        let mut answer = proto::BatchGetCodeSnippetResponse::default();
+        if !findings.is_empty() {
+            // Snippets are never cached: every call that reads one reaches the backend.
+            self.charge(caller)?;
+            answer = super::code_snippets::batch_get(&self.cache, &findings).await?;
+        }
+        answer.errors.extend(denied);
+        Ok(Response::new(answer))
     }
 }
 
