@@ -806,12 +806,8 @@ impl Config {
                 .map_err(|e| refuse(format!("`principal_arn`: {e}")))?;
             }
         }
-        if self.backend == BackendKind::Aws && !self.accounts.is_empty() {
-            return Err(ConfigError::Value {
-                key: "accounts",
-                message: "is served by the local backend only so far: the aws backend manages the sidecar's own account and Region (assuming roles into other accounts is not built yet)".into(),
-            });
-        }
+        // Whether an entry needs `role_arn` depends on the sidecar's own account, which may
+        // come from STS: the aws backend checks it once connected.
         Ok(())
     }
 

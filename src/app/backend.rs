@@ -153,16 +153,39 @@ async fn connect_aws(settings: &Settings, metrics: &Metrics) -> Result<Opened, S
         metrics.clone(),
     )
     .await?;
-    // The configuration refuses `[[accounts]]` on this backend: its own scope alone.
-    let scopes = Arc::new(ManagedScopes::only(&verification_settings(
-        settings, &placement,
-    )?));
+    check_roles(config, &placement)?;
+    let scopes = Arc::new(ManagedScopes::new(
+        config,
+        &verification_settings(settings, &placement)?,
+    ));
     Ok(Opened {
-        backend: Arc::new(aws),
+        backend: Arc::new(aws.manage(&scopes).await),
         scopes,
         placement,
         local: None,
     })
+}
+
+/// Every `[[accounts]]` entry but the sidecar's own account names the role the aws backend
+/// assumes there. Checked once the own account is known: it may come from STS.
+fn check_roles(config: &crate::config::Config, placement: &Placement) -> Result<(), ServeError> {
+    let missing = config
+        .accounts
+        .iter()
+        .enumerate()
+        .find(|(_, account)| account.id != placement.account_id && account.role_arn.is_none());
+    match missing {
+        Some((i, account)) => Err(ServeError::Config(crate::config::ConfigError::Value {
+            key: "accounts",
+            message: format!(
+                "entry {} (id `{}`): `role_arn` is required on the aws backend for an account other than the sidecar's own ({}); it names the IAM role the sidecar assumes there",
+                i + 1,
+                account.id,
+                placement.account_id
+            ),
+        })),
+        None => Ok(()),
+    }
 }
 
 /// A policy file the sidecar trusts, as text.

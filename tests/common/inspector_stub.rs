@@ -27,6 +27,26 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// The SigV4 credential scope's parts: access key id, date, Region, service.
+    fn credential(&self) -> Vec<&str> {
+        self.authorization
+            .as_deref()
+            .and_then(|a| a.split("Credential=").nth(1))
+            .and_then(|c| c.split(',').next())
+            .map(|c| c.split('/').collect())
+            .unwrap_or_default()
+    }
+
+    /// The access key id the request is signed with ("" when unsigned).
+    pub fn access_key_id(&self) -> &str {
+        self.credential().first().copied().unwrap_or_default()
+    }
+
+    /// The Region of the signature's credential scope ("" when unsigned).
+    pub fn signed_region(&self) -> &str {
+        self.credential().get(2).copied().unwrap_or_default()
+    }
+
     /// The request carries a SigV4 signature of the test credentials for inspector2 in
     /// us-east-1.
     pub fn assert_signed_for_inspector(&self) {
@@ -118,9 +138,25 @@ impl StubError {
     }
 }
 
+/// What the stub answers an STS AssumeRole for a role ARN (see [`InspectorStub::answer_sts`]).
+#[derive(Debug, Clone)]
+pub enum StsAnswer {
+    /// These credentials: access key id, secret access key, session token.
+    Credentials(String, String, String),
+    /// 403 AccessDenied, as STS refuses a role whose trust policy does not let the caller
+    /// assume it.
+    AccessDenied,
+}
+
+/// The key configuration of each (signing access key id, Region, scan type, resource type):
+/// a scope is the credentials and Region a request is signed with.
+type Keys = HashMap<(String, String, String, String), String>;
+
 #[derive(Default)]
 struct Inner {
-    keys: HashMap<(String, String), String>,
+    keys: Keys,
+    /// Role ARN → what AssumeRole answers; the stub is an STS endpoint when a test sets one.
+    sts: HashMap<String, StsAnswer>,
     /// Finding ARN → CodeSnippetResult, in the SDK's camelCase.
     snippets: HashMap<String, serde_json::Value>,
     /// Finding ARN → the CodeSnippetErrorCode BatchGetCodeSnippet answers for it.
@@ -135,6 +171,49 @@ pub struct InspectorStub {
     inner: Arc<Mutex<Inner>>,
     pub addr: SocketAddr,
     _server: Arc<tokio::task::JoinHandle<()>>,
+}
+
+/// The stub's key slot of a request signed by `recorded` for `target`.
+fn slot(recorded: &Recorded, target: (String, String)) -> (String, String, String, String) {
+    (
+        recorded.access_key_id().to_owned(),
+        recorded.signed_region().to_owned(),
+        target.0,
+        target.1,
+    )
+}
+
+/// STS's query-protocol answer to AssumeRole (form body `body`).
+fn assume_role(inner: &Inner, body: &str) -> Response {
+    let role = body
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("RoleArn="))
+        .map(|arn| arn.replace("%3A", ":").replace("%2F", "/"))
+        .unwrap_or_default();
+    let xml = |status: StatusCode, text: String| {
+        let mut response = (status, text).into_response();
+        response
+            .headers_mut()
+            .insert("content-type", "text/xml".parse().unwrap());
+        response
+    };
+    match inner.sts.get(&role) {
+        Some(StsAnswer::Credentials(key, secret, token)) => {
+            let account = role.split(':').nth(4).unwrap_or_default();
+            xml(
+                StatusCode::OK,
+                format!(
+                    "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleResult><Credentials><AccessKeyId>{key}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey><SessionToken>{token}</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials><AssumedRoleUser><AssumedRoleId>AROASTUB:s</AssumedRoleId><Arn>arn:aws:sts::{account}:assumed-role/stub/s</Arn></AssumedRoleUser></AssumeRoleResult><ResponseMetadata><RequestId>stub</RequestId></ResponseMetadata></AssumeRoleResponse>"
+                ),
+            )
+        }
+        _ => xml(
+            StatusCode::FORBIDDEN,
+            format!(
+                "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>{AWS_ERROR_TEXT}</Message></Error><RequestId>stub</RequestId></ErrorResponse>"
+            ),
+        ),
+    }
 }
 
 fn target_of(value: &serde_json::Value) -> (String, String) {
@@ -157,7 +236,7 @@ async fn handle(
 ) -> Response {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     let mut inner = inner.lock().unwrap();
-    inner.requests.push(Recorded {
+    let recorded = Recorded {
         method: method.to_string(),
         path: uri.path().to_owned(),
         query: query.clone(),
@@ -166,7 +245,12 @@ async fn handle(
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
-    });
+    };
+    inner.requests.push(recorded.clone());
+    let form = String::from_utf8_lossy(&body);
+    if method == Method::POST && uri.path() == "/" && form.contains("Action=AssumeRole") {
+        return assume_role(&inner, &form);
+    }
     if let Some(error) = inner.errors.pop_front() {
         return error.response();
     }
@@ -184,9 +268,12 @@ async fn handle(
                 .split('&')
                 .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
                 .collect();
-            let key = (
-                pairs.get("scanType").cloned().unwrap_or_default(),
-                pairs.get("resourceType").cloned().unwrap_or_default(),
+            let key = slot(
+                &recorded,
+                (
+                    pairs.get("scanType").cloned().unwrap_or_default(),
+                    pairs.get("resourceType").cloned().unwrap_or_default(),
+                ),
             );
             match inner.keys.get(&key) {
                 Some(arn) => ok(serde_json::json!({"kmsKeyId": arn})),
@@ -196,12 +283,12 @@ async fn handle(
         ("PUT", "/encryptionkey/update") => {
             let body = parsed.unwrap_or_default();
             let arn = body["kmsKeyId"].as_str().unwrap_or_default().to_owned();
-            inner.keys.insert(target_of(&body), arn);
+            inner.keys.insert(slot(&recorded, target_of(&body)), arn);
             ok(serde_json::json!({}))
         }
         ("PUT", "/encryptionkey/reset") => {
             let body = parsed.unwrap_or_default();
-            inner.keys.remove(&target_of(&body));
+            inner.keys.remove(&slot(&recorded, target_of(&body)));
             ok(serde_json::json!({}))
         }
         ("POST", "/codesnippet/batchget") => {
@@ -289,13 +376,41 @@ impl InspectorStub {
             .insert(arn.to_owned(), code.to_owned());
     }
 
-    /// The key the stub holds for a target (AWS spellings).
+    /// The key the stub holds for a target (AWS spellings), as the test credentials set it
+    /// in us-east-1.
     pub fn key(&self, scan_type: &str, resource_type: &str) -> Option<String> {
+        self.key_signed_by("testing", "us-east-1", scan_type, resource_type)
+    }
+
+    /// The key the stub holds for a target as requests signed by `access_key_id` for
+    /// `region` set it.
+    pub fn key_signed_by(
+        &self,
+        access_key_id: &str,
+        region: &str,
+        scan_type: &str,
+        resource_type: &str,
+    ) -> Option<String> {
         self.inner
             .lock()
             .unwrap()
             .keys
-            .get(&(scan_type.to_owned(), resource_type.to_owned()))
+            .get(&(
+                access_key_id.to_owned(),
+                region.to_owned(),
+                scan_type.to_owned(),
+                resource_type.to_owned(),
+            ))
             .cloned()
+    }
+
+    /// The stub answers STS AssumeRole of `role_arn` with `answer` (a role it has no answer
+    /// for is refused).
+    pub fn answer_sts(&self, role_arn: &str, answer: StsAnswer) {
+        self.inner
+            .lock()
+            .unwrap()
+            .sts
+            .insert(role_arn.to_owned(), answer);
     }
 }

@@ -103,8 +103,28 @@ impl Moto {
     /// The IAM actions moto has served, in order (IAM speaks the query protocol: the action
     /// is in the form body; the signature's scope names the service).
     pub fn iam_requests(&self) -> Vec<String> {
+        self.form_bodies("iam")
+            .iter()
+            .map(|body| {
+                body.split('&')
+                    .find_map(|pair| pair.strip_prefix("Action="))
+                    .unwrap_or("(no action)")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// The form bodies of the STS requests moto has served, in order, still URL-encoded
+    /// (`Action=AssumeRole&RoleArn=arn%3Aaws...`).
+    pub fn sts_requests(&self) -> Vec<String> {
+        self.form_bodies("sts")
+    }
+
+    /// The bodies of the requests moto has served signed for `service`, in order.
+    fn form_bodies(&self, service: &str) -> Vec<String> {
         let log =
             std::fs::read_to_string(self.recording.path().join("requests")).unwrap_or_default();
+        let scope = format!("/{service}/aws4_request");
         // moto appends records while we read: a last line without its newline is one still
         // being written, counted at the next read. Every whole line must parse.
         log.split_inclusive('\n')
@@ -113,21 +133,72 @@ impl Moto {
             .filter(|entry| {
                 entry["headers"]["Authorization"]
                     .as_str()
-                    .is_some_and(|a| a.contains("/iam/aws4_request"))
+                    .is_some_and(|a| a.contains(&scope))
             })
             .map(|entry| {
                 let body = entry["body"].as_str().unwrap_or_default();
-                let body = if entry["body_encoded"] == true {
+                if entry["body_encoded"] == true {
                     String::from_utf8(aws_smithy_types::base64::decode(body).unwrap()).unwrap()
                 } else {
                     body.to_owned()
-                };
-                body.split('&')
-                    .find_map(|pair| pair.strip_prefix("Action="))
-                    .unwrap_or("(no action)")
-                    .to_owned()
+                }
             })
             .collect()
+    }
+
+    /// Credentials of `role_arn`, assumed with the test credentials through moto's STS
+    /// (moto attributes what they create to the role's account).
+    pub async fn assume_role(&self, role_arn: &str) -> Credentials {
+        let config = aws_sdk_sts::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+            .endpoint_url(self.url())
+            .build();
+        let output = aws_sdk_sts::Client::from_conf(config)
+            .assume_role()
+            .role_arn(role_arn)
+            .role_session_name("tests")
+            .send()
+            .await
+            .unwrap();
+        let credentials = output.credentials().unwrap();
+        Credentials::new(
+            credentials.access_key_id(),
+            credentials.secret_access_key(),
+            Some(credentials.session_token().to_owned()),
+            None,
+            "tests-assumed",
+        )
+    }
+
+    /// Creates a key with `policy` in `region` as `credentials` (their account's key); its
+    /// ARN.
+    pub async fn create_key_as(
+        &self,
+        credentials: &Credentials,
+        region: &str,
+        policy: &str,
+    ) -> String {
+        let config = aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .credentials_provider(credentials.clone())
+            .endpoint_url(self.url())
+            .build();
+        aws_sdk_kms::Client::from_conf(config)
+            .create_key()
+            .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
+            .key_spec(aws_sdk_kms::types::KeySpec::SymmetricDefault)
+            .policy(policy)
+            .send()
+            .await
+            .unwrap()
+            .key_metadata()
+            .unwrap()
+            .arn()
+            .unwrap()
+            .to_owned()
     }
 
     /// Creates a key in moto with `policy` (moto's default when `None`); its ARN.

@@ -12,7 +12,7 @@ use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkErro
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use tokio::{sync::Mutex, time::Instant};
 
-use super::classify;
+use super::{AccountAccess, classify};
 use crate::{
     backend::{BackendError, PrincipalPolicies, SourcedPolicy},
     domain::IamPrincipal,
@@ -115,15 +115,23 @@ pub struct IamPolicies {
     metrics: Metrics,
     /// Held while IAM is read, so verifications at the same time wait for one read.
     last: Mutex<Option<Held>>,
+    /// The account whose IAM this reads, and how: its errors name another account's role.
+    access: Arc<AccountAccess>,
 }
 
 impl IamPolicies {
-    pub fn new(iam: aws_sdk_iam::Client, ttl: Duration, metrics: Metrics) -> IamPolicies {
+    pub(super) fn new(
+        iam: aws_sdk_iam::Client,
+        ttl: Duration,
+        metrics: Metrics,
+        access: Arc<AccountAccess>,
+    ) -> IamPolicies {
         IamPolicies {
             iam,
             ttl,
             metrics,
             last: Mutex::new(None),
+            access,
         }
     }
 
@@ -135,7 +143,11 @@ impl IamPolicies {
         {
             return held.answer.clone();
         }
-        let answer = self.read(principal_arn).await.map(Arc::new);
+        let answer = self
+            .read(principal_arn)
+            .await
+            .map_err(|e| self.access.explain(e))
+            .map(Arc::new);
         self.metrics.count_backend(
             "principal_policies",
             answer.as_ref().map_or_else(BackendError::class, |_| "ok"),

@@ -1,15 +1,33 @@
 //! The aws backend: Amazon Inspector's encryption-key operations and the KMS and IAM reads
 //! verification needs, through the official AWS SDK (default credential chain, bounded
-//! timeouts, the SDK's standard retry). Errors are classified once; AWS's own text is
-//! logged, never returned to callers.
+//! timeouts, the SDK's standard retry), in every managed scope: the sidecar's own account
+//! with its own identity, each other account through the role it assumes there (STS
+//! AssumeRole). Errors are classified once; AWS's own text is logged, never returned to
+//! callers.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use async_trait::async_trait;
-use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
+use aws_config::{
+    BehaviorVersion, Region, SdkConfig, retry::RetryConfig, sts::AssumeRoleProvider,
+    timeout::TimeoutConfig,
+};
+use aws_credential_types::provider::{
+    ProvideCredentials, SharedCredentialsProvider, error::CredentialsError,
+    future::ProvideCredentials as ProvideCredentialsFuture,
+};
 use aws_sdk_inspector2::types::{ResourceType as AwsResourceType, ScanType as AwsScanType};
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::date_time::Format;
+use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkError};
+use aws_smithy_types::{
+    body::SdkBody,
+    date_time::Format,
+    error::{ErrorMetadata, metadata::ProvideErrorMetadata},
+};
 
 mod errors;
 mod iam;
@@ -24,6 +42,8 @@ use crate::{
         CodeLine, CodeSnippet, CodeSnippets, FindingArn, KeyArn, Scope, ScopedTarget, SnippetError,
         SnippetErrorCode, SuggestedFix, Target, is_account_id, is_region_name,
     },
+    metrics::Metrics,
+    scopes::ManagedScopes,
     verify::{KeyMetadata, MultiRegionConfiguration, MultiRegionKey},
 };
 
@@ -46,24 +66,215 @@ pub enum AwsSetupError {
     NoAccount(String),
 }
 
-pub struct AwsBackend {
-    /// The account and Region its clients act in, the only scope it serves so far.
-    own: Scope,
+/// A lock that a panic elsewhere does not make unusable: the maps it guards hold whole
+/// entries only.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How the sidecar acts in one account: its own identity, or a role it assumes there.
+#[derive(Debug)]
+struct AccountAccess {
+    account_id: String,
+    /// `None`: the sidecar's own account, its own credentials.
+    role: Option<AssumedRole>,
+}
+
+#[derive(Debug)]
+struct AssumedRole {
+    role_arn: String,
+    /// What every client of the account signs with; its clones share one partition of the
+    /// SDK's identity cache, so the account's clients share one AssumeRole per credential
+    /// lifetime (the cache refreshes shortly before expiry).
+    credentials: SharedCredentialsProvider,
+    /// Why the last AssumeRole failed, `None` once one succeeds: a call that failed for want
+    /// of credentials reports this instead of the SDK's "dispatch failure".
+    refusal: Arc<Mutex<Option<BackendError>>>,
+}
+
+impl AccountAccess {
+    /// What a failed call of this account's clients means: the role's refusal when the
+    /// credentials could not be had, else the SDK error classified, naming the account and
+    /// role when it is another account's.
+    fn failed<E: ProvideErrorMetadata + std::fmt::Debug>(
+        &self,
+        operation: &'static str,
+        error: SdkError<E, HttpResponse>,
+    ) -> BackendError {
+        let Some(role) = &self.role else {
+            return classify(operation, error);
+        };
+        // Credentials that could not be resolved surface as an "other" dispatch failure.
+        if let SdkError::DispatchFailure(failure) = &error
+            && failure.is_other()
+            && let Some(refusal) = lock(&role.refusal).clone()
+        {
+            return refusal;
+        }
+        self.explain(classify(operation, error))
+    }
+
+    /// A classified error of this account's calls: the role's refusal when the credentials
+    /// could not be had (the SDK reports that as AWS not reached), else the error naming
+    /// another account's role.
+    fn explain(&self, error: BackendError) -> BackendError {
+        let Some(role) = &self.role else {
+            return error;
+        };
+        if matches!(error, BackendError::Unavailable { .. })
+            && let Some(refusal) = lock(&role.refusal).clone()
+        {
+            return refusal;
+        }
+        naming(
+            error,
+            &format!("in account {} as role `{}`", self.account_id, role.role_arn),
+        )
+    }
+}
+
+/// `error` with `context` added to its message, for the variants that carry one.
+fn naming(error: BackendError, context: &str) -> BackendError {
+    match error {
+        BackendError::AccessDenied { message } => BackendError::AccessDenied {
+            message: format!("{message} {context}"),
+        },
+        BackendError::Unavailable {
+            message,
+            retry_after,
+        } => BackendError::Unavailable {
+            message: format!("{message} {context}"),
+            retry_after,
+        },
+        BackendError::InvalidRequest { field, message } => BackendError::InvalidRequest {
+            field,
+            message: format!("{message} {context}"),
+        },
+        BackendError::InvalidState { message } => BackendError::InvalidState {
+            message: format!("{message} {context}"),
+        },
+        BackendError::Internal { message } => BackendError::Internal {
+            message: format!("{message} {context}"),
+        },
+        other => other,
+    }
+}
+
+/// The SDK's assume-role provider, keeping why it last failed (see [`AssumedRole::refusal`]).
+#[derive(Debug)]
+struct RecordingAssumeRole {
+    provider: AssumeRoleProvider,
+    account_id: String,
+    role_arn: String,
+    refusal: Arc<Mutex<Option<BackendError>>>,
+}
+
+impl RecordingAssumeRole {
+    /// STS's refusal classified as any AWS error is, naming the account and role (never the
+    /// external id or credentials).
+    fn refusal_of(&self, error: &CredentialsError) -> BackendError {
+        let context = format!(
+            "assuming role `{}` for account {}",
+            self.role_arn, self.account_id
+        );
+        let sts = std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<SdkError<AssumeRoleError, HttpResponse>>());
+        let classified = match (error, sts) {
+            (CredentialsError::ProviderTimedOut(_), _) | (_, Some(SdkError::TimeoutError(_))) => {
+                BackendError::Unavailable {
+                    message: "AssumeRole timed out".into(),
+                    retry_after: None,
+                }
+            }
+            (_, Some(SdkError::ServiceError(context))) => {
+                // The provider keeps STS's error; classify takes one it owns, so it gets the
+                // parts it reads: the code, the status and the retry hint.
+                let mut raw = HttpResponse::new(context.raw().status(), SdkBody::empty());
+                if let Some(after) = context.raw().headers().get("retry-after") {
+                    raw.headers_mut().insert("retry-after", after.to_owned());
+                }
+                let mut meta = ErrorMetadata::builder();
+                if let Some(code) = context.err().code() {
+                    meta = meta.code(code);
+                }
+                if let Some(message) = context.err().message() {
+                    meta = meta.message(message);
+                }
+                classify("AssumeRole", SdkError::service_error(meta.build(), raw))
+            }
+            (_, Some(other)) => {
+                tracing::warn!(account = %self.account_id, role = %self.role_arn, detail = %describe_sdk_error(other), "AssumeRole failed");
+                BackendError::Unavailable {
+                    message: "AssumeRole: STS could not be reached".into(),
+                    retry_after: None,
+                }
+            }
+            (_, None) => {
+                tracing::warn!(account = %self.account_id, role = %self.role_arn, detail = %error, "AssumeRole failed");
+                BackendError::Unavailable {
+                    message: "AssumeRole failed".into(),
+                    retry_after: None,
+                }
+            }
+        };
+        naming(classified, &context)
+    }
+}
+
+impl ProvideCredentials for RecordingAssumeRole {
+    fn provide_credentials<'a>(&'a self) -> ProvideCredentialsFuture<'a>
+    where
+        Self: 'a,
+    {
+        ProvideCredentialsFuture::new(async move {
+            let answer = self.provider.provide_credentials().await;
+            let refusal = answer.as_ref().err().map(|e| self.refusal_of(e));
+            *lock(&self.refusal) = refusal;
+            answer
+        })
+    }
+}
+
+/// The Inspector and KMS clients of one (account, Region), and the account they act in.
+struct ScopeClients {
+    access: Arc<AccountAccess>,
     inspector: aws_sdk_inspector2::Client,
     kms: aws_sdk_kms::Client,
-    iam: IamPolicies,
+}
+
+pub struct AwsBackend {
+    /// The sidecar's own account and Region.
+    own: Scope,
+    /// The SDK configuration of the sidecar's own identity: its credentials, Region,
+    /// timeouts, retries and identity cache, which every client starts from.
+    shared: SdkConfig,
+    /// The endpoint overrides.
+    settings: AwsConfig,
+    policy_ttl: Duration,
+    metrics: Metrics,
+    /// Each managed account's access (the own account's included).
+    accounts: HashMap<String, Arc<AccountAccess>>,
+    /// The Regions of the managed scopes: a key of a managed account in one of them keeps
+    /// its clients; another Region's are made for the call (the map stays bounded whatever
+    /// key ARNs callers send).
+    regions: HashSet<String>,
+    /// Clients by (account, Region), made when first needed.
+    clients: Mutex<HashMap<(String, String), Arc<ScopeClients>>>,
+    /// IAM is global: one reader (and its kept answer) per account.
+    iam: Mutex<HashMap<String, Arc<IamPolicies>>>,
 }
 
 impl AwsBackend {
     /// Loads the SDK configuration, checks the credentials, and finds the Region and
     /// account (configured, else from the chain and STS). Principals' policies read from
-    /// IAM are kept for `policy_ttl` (the drift interval).
+    /// IAM are kept for `policy_ttl` (the drift interval). It serves its own scope until
+    /// [`AwsBackend::manage`] gives it the others.
     pub async fn connect(
         settings: &AwsConfig,
         region: Option<&str>,
         account_id: Option<&str>,
         policy_ttl: Duration,
-        metrics: crate::metrics::Metrics,
+        metrics: Metrics,
     ) -> Result<(AwsBackend, Placement), AwsSetupError> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(
@@ -87,18 +298,15 @@ impl AwsBackend {
         let provider = shared
             .credentials_provider()
             .ok_or_else(|| AwsSetupError::NoCredentials("no credentials provider".into()))?;
-        aws_credential_types::provider::ProvideCredentials::provide_credentials(&provider)
+        provider
+            .provide_credentials()
             .await
             .map_err(|e| AwsSetupError::NoCredentials(e.to_string()))?;
 
         let account_id = match account_id {
             Some(account) => account.to_owned(),
             None => {
-                let mut sts = aws_sdk_sts::config::Builder::from(&shared);
-                if let Some(url) = &settings.sts_endpoint {
-                    sts = sts.endpoint_url(url);
-                }
-                let identity = aws_sdk_sts::Client::from_conf(sts.build())
+                let identity = aws_sdk_sts::Client::from_conf(sts_config(&shared, settings))
                     .get_caller_identity()
                     .send()
                     .await
@@ -111,47 +319,191 @@ impl AwsBackend {
             }
         };
 
-        let mut inspector = aws_sdk_inspector2::config::Builder::from(&shared);
-        if let Some(url) = &settings.inspector2_endpoint {
-            inspector = inspector.endpoint_url(url);
-        }
-        let mut kms = aws_sdk_kms::config::Builder::from(&shared);
-        if let Some(url) = &settings.kms_endpoint {
-            kms = kms.endpoint_url(url);
-        }
-        let mut iam = aws_sdk_iam::config::Builder::from(&shared);
-        if let Some(url) = &settings.iam_endpoint {
-            iam = iam.endpoint_url(url);
-        }
+        let own = Scope::of(&account_id, &region);
+        let accounts = HashMap::from([(
+            account_id.clone(),
+            Arc::new(AccountAccess {
+                account_id: account_id.clone(),
+                role: None,
+            }),
+        )]);
         Ok((
             AwsBackend {
-                own: Scope::of(&account_id, &region),
-                inspector: aws_sdk_inspector2::Client::from_conf(inspector.build()),
-                kms: aws_sdk_kms::Client::from_conf(kms.build()),
-                iam: IamPolicies::new(
-                    aws_sdk_iam::Client::from_conf(iam.build()),
-                    policy_ttl,
-                    metrics,
-                ),
+                own,
+                shared,
+                settings: settings.clone(),
+                policy_ttl,
+                metrics,
+                accounts,
+                regions: HashSet::from([region.clone()]),
+                clients: Mutex::new(HashMap::new()),
+                iam: Mutex::new(HashMap::new()),
             },
             Placement { region, account_id },
         ))
     }
-}
 
-impl AwsBackend {
-    /// `target`'s (scan type, resource type) when it is in the scope the clients act in
-    /// (the configuration refuses other accounts on this backend, so another is a fault).
-    fn own_target(&self, target: ScopedTarget) -> Result<Target, BackendError> {
-        if target.scope == self.own {
-            Ok(target.target)
-        } else {
-            Err(BackendError::internal(format!(
-                "the aws backend serves {} only, not {target}",
-                self.own
-            )))
+    /// Serves every scope of `scopes`: each account other than the sidecar's own through
+    /// its `role_arn` (which the caller has checked is set). Nothing is called here: a role
+    /// that cannot be assumed fails its own scope's calls, not the start.
+    pub async fn manage(mut self, scopes: &ManagedScopes) -> AwsBackend {
+        let mut sts = self.shared.to_builder();
+        // The AssumeRole calls go where GetCallerIdentity does.
+        sts.set_endpoint_url(self.settings.sts_endpoint.clone());
+        let sts = sts.build();
+        // Says which sidecar assumed the role, in the account's CloudTrail.
+        let session_name = format!("inspector-keyd-{}", self.own.account_id());
+        for settings in scopes.iter() {
+            let scope = settings.scope;
+            self.regions.insert(scope.region().to_owned());
+            let account_id = scope.account_id();
+            if self.accounts.contains_key(account_id) {
+                continue;
+            }
+            let Some(role_arn) = settings.role_arn.clone() else {
+                tracing::warn!(
+                    account = account_id,
+                    "no role to assume; the account's calls use the sidecar's own identity"
+                );
+                continue;
+            };
+            let mut builder = AssumeRoleProvider::builder(role_arn.clone())
+                .configure(&sts)
+                .session_name(session_name.clone());
+            if let Some(external_id) = &settings.external_id {
+                builder = builder.external_id(external_id.clone());
+            }
+            let refusal = Arc::new(Mutex::new(None));
+            let credentials = SharedCredentialsProvider::new(RecordingAssumeRole {
+                provider: builder.build().await,
+                account_id: account_id.to_owned(),
+                role_arn: role_arn.clone(),
+                refusal: refusal.clone(),
+            });
+            self.accounts.insert(
+                account_id.to_owned(),
+                Arc::new(AccountAccess {
+                    account_id: account_id.to_owned(),
+                    role: Some(AssumedRole {
+                        role_arn,
+                        credentials,
+                        refusal,
+                    }),
+                }),
+            );
+        }
+        self
+    }
+
+    /// The SDK configuration of `access`'s account in `region`: the shared one (timeouts,
+    /// retries, identity cache) with that account's credentials.
+    fn sdk_config(&self, access: &AccountAccess, region: &str) -> SdkConfig {
+        let mut builder = self
+            .shared
+            .to_builder()
+            .region(Region::new(region.to_owned()));
+        if let Some(role) = &access.role {
+            builder.set_credentials_provider(Some(role.credentials.clone()));
+        }
+        builder.build()
+    }
+
+    /// Makes the clients of `access`'s account in `region`, with the endpoint overrides.
+    fn make_clients(&self, access: &Arc<AccountAccess>, region: &str) -> ScopeClients {
+        let shared = self.sdk_config(access, region);
+        let mut inspector = aws_sdk_inspector2::config::Builder::from(&shared);
+        if let Some(url) = &self.settings.inspector2_endpoint {
+            inspector = inspector.endpoint_url(url);
+        }
+        let mut kms = aws_sdk_kms::config::Builder::from(&shared);
+        if let Some(url) = &self.settings.kms_endpoint {
+            kms = kms.endpoint_url(url);
+        }
+        ScopeClients {
+            access: access.clone(),
+            inspector: aws_sdk_inspector2::Client::from_conf(inspector.build()),
+            kms: aws_sdk_kms::Client::from_conf(kms.build()),
         }
     }
+
+    /// The access of `account_id` when it is managed, else the sidecar's own.
+    fn access(&self, account_id: &str) -> Arc<AccountAccess> {
+        match self
+            .accounts
+            .get(account_id)
+            .or_else(|| self.accounts.get(self.own.account_id()))
+        {
+            Some(access) => access.clone(),
+            // `connect` puts the own account in; kept total without a panic.
+            None => Arc::new(AccountAccess {
+                account_id: self.own.account_id().to_owned(),
+                role: None,
+            }),
+        }
+    }
+
+    /// The clients of `account_id` (the sidecar's own when not managed) in `region`: kept
+    /// for the Regions of managed scopes, made for the call otherwise.
+    fn clients(&self, account_id: &str, region: &str) -> Arc<ScopeClients> {
+        let access = self.access(account_id);
+        if !self.regions.contains(region) {
+            return Arc::new(self.make_clients(&access, region));
+        }
+        let key = (access.account_id.clone(), region.to_owned());
+        if let Some(clients) = lock(&self.clients).get(&key) {
+            return clients.clone();
+        }
+        let made = Arc::new(self.make_clients(&access, region));
+        lock(&self.clients).entry(key).or_insert(made).clone()
+    }
+
+    /// The clients of `target`'s scope.
+    fn scope_clients(&self, target: ScopedTarget) -> Arc<ScopeClients> {
+        self.clients(target.scope.account_id(), target.scope.region())
+    }
+
+    /// The clients for a key: its account's when managed, else the sidecar's own, in the
+    /// key's Region (the sidecar's own when the ARN has none).
+    fn key_clients(&self, key: &KeyArn) -> Arc<ScopeClients> {
+        let region = if key.region().is_empty() {
+            self.own.region()
+        } else {
+            key.region()
+        };
+        self.clients(key.account_id(), region)
+    }
+
+    /// The IAM reader of `account_id` when it is managed, else the sidecar's own.
+    fn iam(&self, account_id: &str) -> Arc<IamPolicies> {
+        let access = self.access(account_id);
+        if let Some(iam) = lock(&self.iam).get(&access.account_id) {
+            return iam.clone();
+        }
+        let shared = self.sdk_config(&access, self.own.region());
+        let mut iam = aws_sdk_iam::config::Builder::from(&shared);
+        if let Some(url) = &self.settings.iam_endpoint {
+            iam = iam.endpoint_url(url);
+        }
+        let made = Arc::new(IamPolicies::new(
+            aws_sdk_iam::Client::from_conf(iam.build()),
+            self.policy_ttl,
+            self.metrics.clone(),
+            access.clone(),
+        ));
+        lock(&self.iam)
+            .entry(access.account_id.clone())
+            .or_insert(made)
+            .clone()
+    }
+}
+
+/// The STS client configuration: the shared one, at the configured endpoint.
+fn sts_config(shared: &SdkConfig, settings: &AwsConfig) -> aws_sdk_sts::Config {
+    let mut sts = aws_sdk_sts::config::Builder::from(shared);
+    if let Some(url) = &settings.sts_endpoint {
+        sts = sts.endpoint_url(url);
+    }
+    sts.build()
 }
 
 fn scan_type(target: Target) -> AwsScanType {
@@ -218,8 +570,9 @@ impl Backend for AwsBackend {
         &self,
         target: ScopedTarget,
     ) -> Result<Option<String>, BackendError> {
-        let target = self.own_target(target)?;
-        let result = self
+        let clients = self.scope_clients(target);
+        let target = target.target;
+        let result = clients
             .inspector
             .get_encryption_key()
             .scan_type(scan_type(target))
@@ -234,7 +587,7 @@ impl Backend for AwsBackend {
             {
                 Ok(None)
             }
-            Err(error) => Err(classify("GetEncryptionKey", error)),
+            Err(error) => Err(clients.access.failed("GetEncryptionKey", error)),
         }
     }
 
@@ -243,8 +596,10 @@ impl Backend for AwsBackend {
         target: ScopedTarget,
         key: &KeyArn,
     ) -> Result<(), BackendError> {
-        let target = self.own_target(target)?;
-        self.inspector
+        let clients = self.scope_clients(target);
+        let target = target.target;
+        clients
+            .inspector
             .update_encryption_key()
             .kms_key_id(key.as_str())
             .scan_type(scan_type(target))
@@ -252,29 +607,32 @@ impl Backend for AwsBackend {
             .send()
             .await
             .map(drop)
-            .map_err(|e| classify("UpdateEncryptionKey", e))
+            .map_err(|e| clients.access.failed("UpdateEncryptionKey", e))
     }
 
     async fn reset_encryption_key(&self, target: ScopedTarget) -> Result<(), BackendError> {
-        let target = self.own_target(target)?;
-        self.inspector
+        let clients = self.scope_clients(target);
+        let target = target.target;
+        clients
+            .inspector
             .reset_encryption_key()
             .scan_type(scan_type(target))
             .resource_type(resource_type(target))
             .send()
             .await
             .map(drop)
-            .map_err(|e| classify("ResetEncryptionKey", e))
+            .map_err(|e| clients.access.failed("ResetEncryptionKey", e))
     }
 
     async fn describe_key(&self, key: &KeyArn) -> Result<KeyMetadata, BackendError> {
-        let output = self
+        let clients = self.key_clients(key);
+        let output = clients
             .kms
             .describe_key()
             .key_id(key.as_str())
             .send()
             .await
-            .map_err(|e| classify("DescribeKey", e))?;
+            .map_err(|e| clients.access.failed("DescribeKey", e))?;
         output
             .key_metadata()
             .map(key_metadata)
@@ -282,14 +640,15 @@ impl Backend for AwsBackend {
     }
 
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
-        let output = self
+        let clients = self.key_clients(key);
+        let output = clients
             .kms
             .get_key_policy()
             .key_id(key.as_str())
             .policy_name("default")
             .send()
             .await
-            .map_err(|e| classify("GetKeyPolicy", e))?;
+            .map_err(|e| clients.access.failed("GetKeyPolicy", e))?;
         Ok(output.policy().unwrap_or_default().to_owned())
     }
 
@@ -297,7 +656,10 @@ impl Backend for AwsBackend {
         &self,
         findings: &[FindingArn],
     ) -> Result<CodeSnippets, BackendError> {
-        let output = self
+        // The sidecar's own scope, as before scopes (issue 30 leaves findings of other
+        // accounts to a later part).
+        let clients = self.clients(self.own.account_id(), self.own.region());
+        let output = clients
             .inspector
             .batch_get_code_snippet()
             .set_finding_arns(Some(
@@ -305,7 +667,7 @@ impl Backend for AwsBackend {
             ))
             .send()
             .await
-            .map_err(|e| classify("BatchGetCodeSnippet", e))?;
+            .map_err(|e| clients.access.failed("BatchGetCodeSnippet", e))?;
         let mut snippets = CodeSnippets::default();
         for result in output.code_snippet_results() {
             let Some(finding_arn) = result.finding_arn() else {
@@ -356,6 +718,7 @@ impl Backend for AwsBackend {
         &self,
         principal_arn: &str,
     ) -> Result<Option<Arc<PrincipalPolicies>>, BackendError> {
-        self.iam.get(principal_arn).await.map(Some)
+        let account_id = principal_arn.split(':').nth(4).unwrap_or_default();
+        self.iam(account_id).get(principal_arn).await.map(Some)
     }
 }

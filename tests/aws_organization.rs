@@ -1,0 +1,372 @@
+//! The aws backend serving several accounts and Regions against moto (KMS, IAM, STS) and
+//! the Inspector stub on loopback: each scope's calls signed with its account's
+//! credentials (the sidecar's own, or the role it assumes through STS) for its Region, a key
+//! of another Region refused for a scope, a role that cannot be assumed failing its scope
+//! alone, and an entry without `role_arn` refused at start.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{
+    inspector_stub::{AWS_ERROR_TEXT, InspectorStub, StsAnswer},
+    moto::{AWS_TEST_ENV, Moto},
+    *,
+};
+use inspector_keyd::proto;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// moto's account for the test credentials: the sidecar's own.
+const OWN: &str = "123456789012";
+const MEMBER: &str = "222233334444";
+const MEMBER_ROLE: &str = "arn:aws:iam::222233334444:role/keyd-member";
+const EXTERNAL_ID: &str = "keyd-external-7";
+
+/// The aws backend at moto and the stub, without background reads that could race the
+/// calls under test; `extra` adds tables after `[aws]` (such as `[[accounts]]`).
+fn config(stub: &InspectorStub, sts: &str, moto: &Moto, top: &str, extra: &str) -> String {
+    format!(
+        "backend = \"aws\"\nregion = \"us-east-1\"\n{top}[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{sts}\"\niam_endpoint = \"{}\"\nmax_attempts = 2\noperation_timeout = \"20s\"\n[ops]\nready_check_interval = \"1h\"\ndrift_interval = \"1h\"\n{extra}",
+        stub.url(),
+        moto.url(),
+        moto.url()
+    )
+}
+
+/// A key policy the scope's principal passes verification with.
+async fn policy_for(sidecar: &Sidecar, account: &str, region: &str) -> String {
+    sidecar
+        .read_only_keys()
+        .await
+        .render_key_policy(proto::RenderKeyPolicyRequest {
+            profile: "amazon-q-lambda".into(),
+            region: region.into(),
+            account_id: account.into(),
+            principal_arn: format!("arn:aws:iam::{account}:role/inspector-keyd"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_json
+}
+
+fn update(key: &str, account: &str, region: &str) -> proto::UpdateEncryptionKeyRequest {
+    proto::UpdateEncryptionKeyRequest {
+        account_id: account.into(),
+        region: region.into(),
+        ..update_request(key)
+    }
+}
+
+fn get(account: &str, region: &str) -> proto::GetEncryptionKeyRequest {
+    proto::GetEncryptionKeyRequest {
+        account_id: account.into(),
+        region: region.into(),
+        ..get_request(LAMBDA)
+    }
+}
+
+fn precondition_types(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .precondition_failure()
+        .map(|f| f.violations.iter().map(|v| v.r#type.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The `field=` value of a URL-encoded form body.
+fn form_value<'a>(body: &'a str, field: &str) -> Option<&'a str> {
+    body.split('&')
+        .find_map(|pair| pair.strip_prefix(&format!("{field}=")))
+}
+
+#[tokio::test]
+async fn each_scope_is_served_with_its_accounts_credentials_in_its_region() {
+    let moto = Moto::start();
+    let stub = InspectorStub::start().await;
+    // No account configured: the own one comes from STS, and so does the member's role.
+    let accounts = format!(
+        "[[accounts]]\nid = \"{OWN}\"\nregions = [\"eu-west-1\"]\n[[accounts]]\nid = \"{MEMBER}\"\nregions = [\"us-east-1\", \"eu-west-1\"]\nrole_arn = \"{MEMBER_ROLE}\"\nexternal_id = \"{EXTERNAL_ID}\"\n"
+    );
+    let sidecar = Sidecar::start_with_env(
+        &config(&stub, &moto.url(), &moto, "", &accounts),
+        AWS_TEST_ENV,
+    );
+    let member = moto.assume_role(MEMBER_ROLE).await;
+    let testing = aws_sdk_kms::config::Credentials::new("testing", "testing", None, None, "t");
+    let scopes = [
+        (OWN, "us-east-1"),
+        (OWN, "eu-west-1"),
+        (MEMBER, "us-east-1"),
+        (MEMBER, "eu-west-1"),
+    ];
+    let mut keys = Vec::new();
+    for (account, region) in scopes {
+        let policy = policy_for(&sidecar, account, region).await;
+        let credentials = if account == OWN { &testing } else { &member };
+        let key = moto.create_key_as(credentials, region, &policy).await;
+        assert!(
+            key.starts_with(&format!("arn:aws:kms:{region}:{account}:key/")),
+            "moto puts the key in the credentials' account: {key}"
+        );
+        keys.push(key);
+    }
+
+    let mut admin = sidecar.admin_keys().await;
+    for ((account, region), key) in scopes.iter().zip(&keys) {
+        let answer = admin
+            .update_encryption_key(update(key, account, region))
+            .await
+            .unwrap_or_else(|s| panic!("{account}/{region}: {s:?}\n{}", sidecar.log()))
+            .into_inner();
+        assert!(answer.applied, "{account}/{region}");
+    }
+
+    // Each Update went to Inspector signed for its scope's Region, with the sidecar's own
+    // credentials in its account and the assumed role's in the member account.
+    let updates: Vec<_> = stub
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/encryptionkey/update")
+        .collect();
+    assert_eq!(updates.len(), 4, "{updates:?}");
+    let member_key_id = updates[2].access_key_id().to_owned();
+    assert_ne!(
+        member_key_id, "testing",
+        "the member account's own credentials"
+    );
+    assert_ne!(
+        member_key_id,
+        member.access_key_id(),
+        "the sidecar assumed the role itself"
+    );
+    for (request, ((account, region), key)) in updates.iter().zip(scopes.iter().zip(&keys)) {
+        let expected = if *account == OWN {
+            "testing"
+        } else {
+            member_key_id.as_str()
+        };
+        assert_eq!(request.access_key_id(), expected, "{account}/{region}");
+        assert_eq!(request.signed_region(), *region, "{account}/{region}");
+        assert!(
+            request
+                .authorization
+                .as_deref()
+                .unwrap_or_default()
+                .contains(&format!("/{region}/inspector2/aws4_request")),
+            "{request:?}"
+        );
+        assert_eq!(
+            request.body.as_ref().unwrap()["kmsKeyId"],
+            serde_json::json!(key)
+        );
+        assert_eq!(
+            stub.key_signed_by(expected, region, "CODE", "AWS_LAMBDA_FUNCTION")
+                .as_deref(),
+            Some(key.as_str()),
+            "{account}/{region}"
+        );
+    }
+
+    // Each scope's Get answers that scope's key, and Inspector was read in each scope with
+    // its credentials and Region.
+    let mut reader = sidecar.read_only_keys().await;
+    for ((account, region), key) in scopes.iter().zip(&keys) {
+        let answer = reader
+            .get_encryption_key(get(account, region))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&answer.kms_key_id, key, "{account}/{region}");
+        let expected = if *account == OWN {
+            "testing"
+        } else {
+            member_key_id.as_str()
+        };
+        assert!(
+            stub.requests()
+                .iter()
+                .any(|r| r.path == "/encryptionkey/get"
+                    && r.access_key_id() == expected
+                    && r.signed_region() == *region),
+            "no GetEncryptionKey for {account}/{region}: {:?}",
+            stub.requests()
+        );
+    }
+
+    // One AssumeRole for the member account, whose two Regions share its credentials: the
+    // role, the external id, and a session name saying which sidecar.
+    let assume: Vec<String> = moto
+        .sts_requests()
+        .into_iter()
+        .filter(|body| form_value(body, "Action") == Some("AssumeRole"))
+        .filter(|body| form_value(body, "RoleSessionName") != Some("tests"))
+        .collect();
+    assert_eq!(assume.len(), 1, "{assume:?}");
+    assert_eq!(
+        form_value(&assume[0], "RoleArn"),
+        Some("arn%3Aaws%3Aiam%3A%3A222233334444%3Arole%2Fkeyd-member")
+    );
+    assert_eq!(form_value(&assume[0], "ExternalId"), Some(EXTERNAL_ID));
+    assert_eq!(
+        form_value(&assume[0], "RoleSessionName"),
+        Some("inspector-keyd-123456789012")
+    );
+
+    // A key of us-east-1 is refused for the member's eu-west-1, before Inspector is asked.
+    let before = stub.requests().len();
+    let status = admin
+        .update_encryption_key(update(&keys[2], MEMBER, "eu-west-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        precondition_types(&status).contains(&"KEY_REGION_MISMATCH".to_owned()),
+        "{status:?}"
+    );
+    assert!(
+        !stub.requests()[before..]
+            .iter()
+            .any(|r| r.path == "/encryptionkey/update"),
+        "a refused key is not put in use"
+    );
+    assert_eq!(
+        stub.key_signed_by(&member_key_id, "eu-west-1", "CODE", "AWS_LAMBDA_FUNCTION")
+            .as_deref(),
+        Some(keys[3].as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_role_that_cannot_be_assumed_fails_its_scope_alone() {
+    const REFUSED: &str = "333344445555";
+    const REFUSED_ROLE: &str = "arn:aws:iam::333344445555:role/keyd-member";
+    let moto = Moto::start();
+    let stub = InspectorStub::start().await;
+    // The stub is STS: it hands the member role moto's credentials for that account, and
+    // refuses the other role as STS refuses one whose trust policy leaves the sidecar out.
+    let member = moto.assume_role(MEMBER_ROLE).await;
+    stub.answer_sts(
+        MEMBER_ROLE,
+        StsAnswer::Credentials(
+            member.access_key_id().to_owned(),
+            member.secret_access_key().to_owned(),
+            member.session_token().unwrap().to_owned(),
+        ),
+    );
+    let accounts = format!(
+        "[[accounts]]\nid = \"{MEMBER}\"\nregions = [\"us-east-1\"]\nrole_arn = \"{MEMBER_ROLE}\"\n[[accounts]]\nid = \"{REFUSED}\"\nregions = [\"us-east-1\"]\nrole_arn = \"{REFUSED_ROLE}\"\nexternal_id = \"{EXTERNAL_ID}\"\n"
+    );
+    // It starts: the refused role is this scope's error, not the sidecar's.
+    let sidecar = Sidecar::start_with_env(
+        &config(
+            &stub,
+            &stub.url(),
+            &moto,
+            &format!("account_id = \"{OWN}\"\n"),
+            &accounts,
+        ),
+        AWS_TEST_ENV,
+    );
+
+    let mut reader = sidecar.read_only_keys().await;
+    let status = reader
+        .get_encryption_key(get(REFUSED, "us-east-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "BACKEND_ACCESS_DENIED");
+    assert!(!status.message().contains(AWS_ERROR_TEXT), "{status:?}");
+    let log = sidecar
+        .log_once_it_has(&format!(
+            "assuming role `{REFUSED_ROLE}` for account {REFUSED}"
+        ))
+        .await;
+    assert!(
+        !log.contains(EXTERNAL_ID) && !log.contains(member.secret_access_key()),
+        "neither the external id nor credentials are logged"
+    );
+    assert!(
+        !stub
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/encryptionkey")
+                && r.access_key_id() != "testing"
+                && r.access_key_id() != member.access_key_id()),
+        "nothing is sent to Inspector for the refused account"
+    );
+
+    // The other scopes serve: the own one with its own credentials, the member through its
+    // role.
+    let status = reader.get_encryption_key(get("", "")).await.unwrap_err();
+    assert_eq!(reason(&status), "AWS_OWNED_KEY", "{status:?}");
+    let policy = policy_for(&sidecar, MEMBER, "us-east-1").await;
+    let key = moto.create_key_as(&member, "us-east-1", &policy).await;
+    let mut admin = sidecar.admin_keys().await;
+    admin
+        .update_encryption_key(update(&key, MEMBER, "us-east-1"))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}\n{}", sidecar.log()));
+    assert_eq!(
+        stub.key_signed_by(
+            member.access_key_id(),
+            "us-east-1",
+            "CODE",
+            "AWS_LAMBDA_FUNCTION"
+        )
+        .as_deref(),
+        Some(key.as_str())
+    );
+    // And the refused scope still says why, each time it is asked.
+    let status = admin
+        .update_encryption_key(update(&key, REFUSED, "us-east-1"))
+        .await
+        .unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    let status = reader
+        .get_encryption_key(get(REFUSED, "us-east-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+#[test]
+fn an_account_without_a_role_is_refused_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyd.toml");
+    // Its own account is configured, so the check needs no AWS call at all.
+    std::fs::write(
+        &path,
+        format!(
+            "backend = \"aws\"\nregion = \"us-east-1\"\naccount_id = \"{OWN}\"\n[listen]\ntcp = \"127.0.0.1:0\"\n[aws]\nsts_endpoint = \"http://127.0.0.1:9\"\n[[accounts]]\nid = \"{OWN}\"\nregions = [\"eu-west-1\"]\n[[accounts]]\nid = \"{MEMBER}\"\nregions = [\"us-east-1\"]\n"
+        ),
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "")
+        .env("INSPECTOR_KEYD_AWS_API__LISTEN", "")
+        .envs(AWS_TEST_ENV.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`accounts`")
+            && stderr.contains(&format!("entry 2 (id `{MEMBER}`)"))
+            && stderr.contains("`role_arn` is required"),
+        "{stderr}"
+    );
+    // The own account needs none: only the member entry is named.
+    assert!(!stderr.contains("entry 1"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
