@@ -20,7 +20,7 @@ use std::{
 use arc_swap::ArcSwapOption;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 use tokio::time::Instant;
@@ -30,7 +30,7 @@ use crate::{
     config::CacheConfig,
     domain::{CodeSnippets, FindingArn, KeyArn, ScopedTarget},
     jitter,
-    metrics::TargetLabels,
+    metrics::ScopedTargetLabels,
     striped::StripedCounter,
     verify::Report,
 };
@@ -216,16 +216,6 @@ pub struct CacheState {
     slots: std::sync::OnceLock<std::collections::HashMap<ScopedTarget, Slot>>,
 }
 
-/// A stale window's series: only scopes whose backend fails have one, so its count follows
-/// the failing scopes, not the managed ones.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StaleLabels {
-    account_id: &'static str,
-    region: &'static str,
-    #[prometheus(flatten)]
-    target: TargetLabels,
-}
-
 /// The cache's counters and stale windows, read at each scrape.
 impl Collector for CacheState {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -274,11 +264,8 @@ impl Collector for CacheState {
             MetricType::Gauge,
         )?;
         for (target, left) in self.stale_windows() {
-            let labels = StaleLabels {
-                account_id: target.scope.account_id(),
-                region: target.scope.region(),
-                target: TargetLabels::of(target.target),
-            };
+            // Only targets whose backend fails have a window: the series follow them.
+            let labels = ScopedTargetLabels::of(target);
             ConstGauge::new(left.as_secs_f64()).encode(family.encode_family(&labels)?)?;
         }
         Ok(())

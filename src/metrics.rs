@@ -12,7 +12,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    domain::{SUPPORTED_TARGETS, Target},
+    domain::{SUPPORTED_TARGETS, ScopedTarget, Target},
     proto::ENCRYPTION_KEY_SERVICE,
     rpc::{self, Role},
     striped::{DurationHistogram, StripedCounter},
@@ -50,6 +50,26 @@ impl VerificationLabels {
         VerificationLabels {
             profile: profile.to_owned(),
             result: if passed { "passed" } else { "failed" }.to_owned(),
+        }
+    }
+}
+
+/// A scope's target's labels, on the series that exist only while something fails there
+/// (so their count follows what fails, not the accounts managed).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ScopedTargetLabels {
+    account_id: &'static str,
+    region: &'static str,
+    #[prometheus(flatten)]
+    target: TargetLabels,
+}
+
+impl ScopedTargetLabels {
+    pub(crate) fn of(target: ScopedTarget) -> ScopedTargetLabels {
+        ScopedTargetLabels {
+            account_id: target.scope.account_id(),
+            region: target.scope.region(),
+            target: TargetLabels::of(target.target),
         }
     }
 }
@@ -148,6 +168,7 @@ struct Families {
     verifications: Family<VerificationLabels, Counter>,
     key_verification_passed: Family<TargetLabels, Gauge>,
     key_verification_failing_check: Family<FailingCheckLabels, Gauge>,
+    scope_key_failing: Family<ScopedTargetLabels, Gauge>,
     /// The checks each target's key fails now (the series above that are set), so that a
     /// new verdict removes the ones that no longer fail.
     failing_checks: Mutex<[Vec<&'static str>; SUPPORTED_TARGETS.len()]>,
@@ -254,6 +275,11 @@ impl Metrics {
                 &mut registry,
                 "inspector_keyd_key_verification_failing_check",
                 "1 for each check (finding code) the customer managed key in use fails",
+            ),
+            scope_key_failing: registered(
+                &mut registry,
+                "inspector_keyd_scope_key_failing",
+                "1 for each managed account, Region and target whose customer managed key in use fails verification; no series for the others",
             ),
             failing_checks: Mutex::default(),
             ready: registered(
@@ -481,6 +507,17 @@ impl Metrics {
                 .set(1);
         }
         *current = failing;
+    }
+
+    /// Whether the key in use for a scope's target fails verification: a series while it
+    /// does, none otherwise.
+    pub fn set_scope_key_failing(&self, target: ScopedTarget, failing: bool) {
+        let labels = ScopedTargetLabels::of(target);
+        if failing {
+            self.0.scope_key_failing.get_or_create(&labels).set(1);
+        } else {
+            self.0.scope_key_failing.remove(&labels);
+        }
     }
 
     /// Readiness as the probes see it.

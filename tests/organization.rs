@@ -693,3 +693,87 @@ async fn each_scope_has_its_own_scanning_service_and_snippets() {
         )
     );
 }
+
+/// The `inspector_keyd_scope_key_failing` series of a scrape, as text.
+fn failing_scopes(sidecar: &Sidecar) -> Vec<String> {
+    let (code, body) = sidecar.http_get("/metrics");
+    assert_eq!(code, 200);
+    body.lines()
+        .filter(|line| line.starts_with("inspector_keyd_scope_key_failing{"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_key_failing_in_another_scope_is_a_drift_event_and_a_series_of_that_scope_alone() {
+    let sidecar = Sidecar::start_with(&format!(
+        "{ORGANIZATION}\n[ops]\ndrift_interval = \"300ms\"\n"
+    ));
+    put_in_use(&sidecar, (OWN, "us-east-1")).await;
+    let scope = (OTHER, "eu-west-1");
+    let key = put_in_use(&sidecar, scope).await;
+    let mut stream = sidecar
+        .code_reader_keys()
+        .await
+        .watch_encryption_key(proto::WatchEncryptionKeyRequest {
+            scan_type: CODE,
+            resource_type: LAMBDA,
+            account_id: OTHER.into(),
+            region: "eu-west-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_event(&mut stream).await.r#type(),
+        proto::KeyEventType::Current
+    );
+    assert!(failing_scopes(&sidecar).is_empty());
+
+    // Disabled behind the sidecar's back: the drift check finds it in that scope.
+    sidecar
+        .kms()
+        .await
+        .disable_key(proto::DisableKeyRequest {
+            key_id: key.clone(),
+        })
+        .await
+        .unwrap();
+    let drift = next_event(&mut stream).await;
+    assert_eq!(drift.r#type(), proto::KeyEventType::DriftDetected);
+    assert_eq!((drift.account_id.as_str(), drift.region.as_str()), scope);
+    let wanted = format!(
+        "inspector_keyd_scope_key_failing{{account_id=\"{OTHER}\",region=\"eu-west-1\",scan_type=\"CODE\",resource_type=\"AWS_LAMBDA_FUNCTION\"}} 1"
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            failing_scopes(&sidecar) == [wanted.clone()]
+        })
+        .await,
+        "{:?}",
+        failing_scopes(&sidecar)
+    );
+    // The own scope's gauges say nothing of it.
+    let (_, body) = sidecar.http_get("/metrics");
+    assert!(body.contains(
+        "inspector_keyd_key_verification_passed{scan_type=\"CODE\",resource_type=\"AWS_LAMBDA_FUNCTION\"} 1"
+    ));
+
+    // Enabled again: resolved, and the series is gone.
+    sidecar
+        .kms()
+        .await
+        .enable_key(proto::EnableKeyRequest { key_id: key })
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut stream).await.r#type(),
+        proto::KeyEventType::DriftResolved
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            failing_scopes(&sidecar).is_empty()
+        })
+        .await
+    );
+}

@@ -93,9 +93,12 @@ impl KeyWatch {
         });
     }
 
-    /// The verification gauges: per (scan type, resource type), so their series do not grow
-    /// with the accounts; they follow the sidecar's own scope.
+    /// The verification gauges: per (scan type, resource type) for the sidecar's own scope,
+    /// and a series per scope only while its key fails, so they do not grow with the
+    /// accounts.
     fn set_metric(&self, target: ScopedTarget, report: Option<&Report>) {
+        self.metrics
+            .set_scope_key_failing(target, report.is_some_and(|r| !r.passed));
         if target.scope == self.verifier.scopes().own() {
             self.metrics.set_key_verification(target.target, report);
         }
