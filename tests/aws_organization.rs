@@ -198,6 +198,68 @@ async fn each_scope_is_served_with_its_accounts_credentials_in_its_region() {
         );
     }
 
+    // A batch of findings of two scopes is read in each with its credentials and Region.
+    let own_finding = format!(
+        "arn:aws:inspector2:us-east-1:{OWN}:finding/{}",
+        "a".repeat(32)
+    );
+    let member_finding = format!(
+        "arn:aws:inspector2:eu-west-1:{MEMBER}:finding/{}",
+        "b".repeat(32)
+    );
+    for arn in [&own_finding, &member_finding] {
+        stub.put_snippet(
+            arn,
+            serde_json::json!({"findingArn": arn, "startLine": 1, "endLine": 1,
+                "codeSnippet": [{"content": "x = 1", "lineNumber": 1}], "suggestedFixes": []}),
+        );
+    }
+    let before = stub.requests().len();
+    let answer = sidecar
+        .code_reader_keys()
+        .await
+        .batch_get_code_snippet(proto::BatchGetCodeSnippetRequest {
+            finding_arns: vec![own_finding.clone(), member_finding.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut read: Vec<String> = answer
+        .code_snippet_results
+        .iter()
+        .map(|r| r.finding_arn.clone())
+        .collect();
+    read.sort();
+    let mut wanted = vec![own_finding.clone(), member_finding.clone()];
+    wanted.sort();
+    assert_eq!(read, wanted);
+    let batches: Vec<(String, String, serde_json::Value)> = stub.requests()[before..]
+        .iter()
+        .filter(|r| r.path == "/codesnippet/batchget")
+        .map(|r| {
+            (
+                r.access_key_id().to_owned(),
+                r.signed_region().to_owned(),
+                r.body.as_ref().unwrap()["findingArns"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        batches,
+        [
+            (
+                "testing".to_owned(),
+                "us-east-1".to_owned(),
+                serde_json::json!([own_finding])
+            ),
+            (
+                member_key_id.clone(),
+                "eu-west-1".to_owned(),
+                serde_json::json!([member_finding])
+            ),
+        ]
+    );
+
     // One AssumeRole for the member account, whose two Regions share its credentials: the
     // role, the external id, and a session name saying which sidecar.
     let assume: Vec<String> = moto

@@ -656,9 +656,67 @@ impl Backend for AwsBackend {
         &self,
         findings: &[FindingArn],
     ) -> Result<CodeSnippets, BackendError> {
-        // The sidecar's own scope, as before scopes (issue 30 leaves findings of other
-        // accounts to a later part).
-        let clients = self.clients(self.own.account_id(), self.own.region());
+        // Each finding is read in its ARN's account and Region: one call per scope named.
+        let mut scopes: Vec<((&str, &str), Vec<FindingArn>)> = Vec::new();
+        for finding in findings {
+            let scope = (finding.account_id(), finding.region());
+            match scopes.iter_mut().find(|(s, _)| *s == scope) {
+                Some((_, group)) => group.push(finding.clone()),
+                None => scopes.push((scope, vec![finding.clone()])),
+            }
+        }
+        if let [((account_id, region), group)] = scopes.as_slice() {
+            return self
+                .snippets_in(&self.clients(account_id, region), group)
+                .await;
+        }
+        // Across scopes, one scope's failure (its role not assumable, say) is its findings'
+        // errors, and the others are still answered.
+        let mut snippets = CodeSnippets::default();
+        for ((account_id, region), group) in &scopes {
+            match self
+                .snippets_in(&self.clients(account_id, region), group)
+                .await
+            {
+                Ok(answer) => {
+                    snippets.results.extend(answer.results);
+                    snippets.errors.extend(answer.errors);
+                }
+                Err(error) => {
+                    tracing::warn!(account = account_id, region, %error, "BatchGetCodeSnippet failed in one scope");
+                    let code = match error {
+                        BackendError::AccessDenied { .. } => SnippetErrorCode::AccessDenied,
+                        _ => SnippetErrorCode::InternalError,
+                    };
+                    snippets
+                        .errors
+                        .extend(group.iter().map(|finding| SnippetError {
+                            finding_arn: finding.as_str().to_owned(),
+                            code,
+                            message: code.describe().to_owned(),
+                        }));
+                }
+            }
+        }
+        Ok(snippets)
+    }
+
+    async fn principal_policies(
+        &self,
+        principal_arn: &str,
+    ) -> Result<Option<Arc<PrincipalPolicies>>, BackendError> {
+        let account_id = principal_arn.split(':').nth(4).unwrap_or_default();
+        self.iam(account_id).get(principal_arn).await.map(Some)
+    }
+}
+
+impl AwsBackend {
+    /// Inspector's BatchGetCodeSnippet of `findings` through `clients` (one scope's).
+    async fn snippets_in(
+        &self,
+        clients: &ScopeClients,
+        findings: &[FindingArn],
+    ) -> Result<CodeSnippets, BackendError> {
         let output = clients
             .inspector
             .batch_get_code_snippet()
@@ -712,13 +770,5 @@ impl Backend for AwsBackend {
             });
         }
         Ok(snippets)
-    }
-
-    async fn principal_policies(
-        &self,
-        principal_arn: &str,
-    ) -> Result<Option<Arc<PrincipalPolicies>>, BackendError> {
-        let account_id = principal_arn.split(':').nth(4).unwrap_or_default();
-        self.iam(account_id).get(principal_arn).await.map(Some)
     }
 }
