@@ -1386,10 +1386,10 @@ async fn each_account_has_its_admin_profile_and_a_key_acts_in_its_account_and_si
     );
 }
 
-/// The AWS CLI with the generated profile of another account and `--region`: the scope it
-/// acts in is that account's in that Region.
+/// The AWS CLI and boto3 with the generated profile of another account and `--region`: the
+/// scope they act in is that account's in that Region.
 #[tokio::test]
-async fn the_aws_cli_acts_in_the_profiles_account_and_the_region_it_signs_for() {
+async fn the_aws_cli_and_boto3_act_in_the_profiles_account_and_the_region_they_sign_for() {
     let sidecar = Sidecar::start_with(ORGANIZATION);
     let home = tempfile::tempdir().unwrap();
     let aws = tool("KEYD_TEST_AWS_CLI", ".tools/venv/bin/aws");
@@ -1471,6 +1471,29 @@ async fn the_aws_cli_acts_in_the_profiles_account_and_the_region_it_signs_for() 
     assert!(
         stderr.contains("(ResourceNotFoundException)") && stderr.contains("111122223333/us-east-1"),
         "{stderr}"
+    );
+
+    // boto3, with the same profiles: each session acts in its profile's account and Region.
+    let python = tool("KEYD_TEST_PYTHON", ".tools/venv/bin/python");
+    let script = "import boto3, sys\n\
+        for profile, region in [(sys.argv[2], 'eu-west-1'), (sys.argv[2], 'us-east-1')]:\n\
+        \x20   c = boto3.Session(profile_name=profile, region_name=region).client('inspector2', endpoint_url=sys.argv[1])\n\
+        \x20   try:\n\
+        \x20       print(region, c.get_encryption_key(scanType='CODE', resourceType='AWS_LAMBDA_FUNCTION')['kmsKeyId'])\n\
+        \x20   except c.exceptions.ResourceNotFoundException:\n\
+        \x20       print(region, 'aws owned')\n";
+    let output = aws_process(&python, &sidecar.aws_credentials_file(), home.path())
+        .args(["-c", script, &sidecar.aws_url(), OTHER_PROFILE])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("eu-west-1 {arn}\nus-east-1 aws owned\n")
     );
 }
 
