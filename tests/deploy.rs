@@ -522,15 +522,17 @@ fn grants(policy: &str) -> Vec<(String, Vec<String>)> {
 }
 
 /// The IAM actions of the Inspector, KMS and IAM operations src/backend/aws/mod.rs and
-/// src/backend/aws/iam.rs call (`self.inspector.batch_get_code_snippet()` is
-/// `inspector2:BatchGetCodeSnippet`; an IAM read made through a macro is named by the
-/// operation it passes, `"iam:ListRolePolicies"`). STS GetCallerIdentity needs no permission.
+/// src/backend/aws/iam.rs call (`clients.inspector.batch_get_code_snippet()`, through a
+/// scope's clients, or `self.iam.get_role()`, is the action of that operation; an IAM read
+/// made through a macro is named by the operation it passes, `"iam:ListRolePolicies"`). STS
+/// GetCallerIdentity needs no permission.
 fn aws_backend_actions() -> BTreeSet<String> {
     let source = ["src/backend/aws/mod.rs", "src/backend/aws/iam.rs"]
         .map(|file| std::fs::read_to_string(repo().join(file)).unwrap())
         .join("\n");
     let named = regex::Regex::new(r#""(iam:[A-Z][A-Za-z]+)""#).unwrap();
-    let call = regex::Regex::new(r"self\s*\.(inspector|kms|iam)\s*\.([a-z_]+)\(\)").unwrap();
+    let call =
+        regex::Regex::new(r"(?:self|clients)\s*\.(inspector|kms|iam)\s*\.([a-z_]+)\(\)").unwrap();
     let actions: BTreeSet<String> = call
         .captures_iter(&source)
         .map(|c| {
