@@ -441,6 +441,23 @@ fn the_checked_in_iam_policy_is_what_policy_render_prints() {
 
     let sidecar_grants = grants(&checked_in);
     let actions: BTreeSet<&str> = sidecar_grants.iter().map(|(a, _)| a.as_str()).collect();
+    // The aws backend reaches other accounts through the SDK's assume-role provider: the
+    // role docs/aws-backend.md names for member accounts, in any account, and nothing more.
+    let source = std::fs::read_to_string(repo().join("src/backend/aws/mod.rs")).unwrap();
+    assert!(source.contains("AssumeRoleProvider"));
+    let assume: Vec<_> = sidecar_grants
+        .iter()
+        .filter(|(action, _)| action.starts_with("sts:"))
+        .collect();
+    assert_eq!(
+        assume,
+        [&(
+            "sts:AssumeRole".to_owned(),
+            vec!["arn:aws:iam::*:role/inspector-keyd-member".to_owned()]
+        )]
+    );
+    let guide = std::fs::read_to_string(repo().join("docs/aws-backend.md")).unwrap();
+    assert!(guide.contains("`inspector-keyd-member`"));
     // Every Inspector and KMS operation the aws backend calls, and the seed's CreateGrant.
     let called = aws_backend_actions();
     for action in called
