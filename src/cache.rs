@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -211,9 +211,9 @@ struct LoadRecord {
 pub struct CacheState {
     config: CacheConfig,
     stats: CacheStats,
-    /// A slot per managed target, made once the scopes are known ([`CacheState::manage`]):
+    /// A slot per managed target, made as the scopes are known ([`CacheState::manage`]):
     /// a read finds its slot without a lock.
-    slots: std::sync::OnceLock<std::collections::HashMap<ScopedTarget, Slot>>,
+    slots: ArcSwap<std::collections::HashMap<ScopedTarget, Arc<Slot>>>,
 }
 
 /// The cache's counters and stale windows, read at each scrape.
@@ -277,26 +277,25 @@ impl CacheState {
         CacheState {
             config,
             stats: CacheStats::default(),
-            slots: std::sync::OnceLock::new(),
+            slots: ArcSwap::from_pointee(std::collections::HashMap::new()),
         }
     }
 
-    /// Makes a slot for each of `targets`, the managed ones; only the first call counts.
+    /// Holds a slot for each of `targets`, the targets managed now: one managed before
+    /// keeps its slot and what it holds, one no longer managed loses it. Called at start
+    /// and at each listing of the organization, by one task at a time.
     pub fn manage(&self, targets: impl IntoIterator<Item = ScopedTarget>) {
-        let _ = self.slots.set(
-            targets
-                .into_iter()
-                .map(|target| (target, Slot::default()))
-                .collect(),
-        );
+        let before = self.slots.load_full();
+        let slots = targets
+            .into_iter()
+            .map(|target| (target, before.get(&target).cloned().unwrap_or_default()))
+            .collect();
+        self.slots.store(Arc::new(slots));
     }
 
     /// The managed targets.
-    fn targets(&self) -> impl Iterator<Item = ScopedTarget> + '_ {
-        self.slots
-            .get()
-            .into_iter()
-            .flat_map(|slots| slots.keys().copied())
+    fn targets(&self) -> Vec<ScopedTarget> {
+        self.slots.load().keys().copied().collect()
     }
 
     pub fn stats(&self) -> &CacheStats {
@@ -304,8 +303,8 @@ impl CacheState {
     }
 
     /// `target`'s slot; `None` when it is not managed (requests are checked before).
-    fn slot(&self, target: ScopedTarget) -> Option<&Slot> {
-        self.slots.get()?.get(&target)
+    fn slot(&self, target: ScopedTarget) -> Option<Arc<Slot>> {
+        self.slots.load().get(&target).cloned()
     }
 
     fn entry(&self, target: ScopedTarget) -> Option<Entry> {
@@ -333,6 +332,7 @@ impl CacheState {
         let now = Instant::now();
         let mut windows: Vec<(ScopedTarget, Duration)> = self
             .targets()
+            .into_iter()
             .filter_map(|target| {
                 let entry = self.entry(target).filter(|e| e.serves_reads)?;
                 let expires = entry.loaded_at + entry.ttl(&self.config);
@@ -439,7 +439,8 @@ impl KeyCache {
         let now = Instant::now();
         // Read in place: no copy of the entry.
         let (answer, refresh_due) = {
-            let held = self.state.slot(target)?.entry.load();
+            let slots = self.state.slots.load();
+            let held = slots.get(&target)?.entry.load();
             let entry = held.as_deref()?;
             if !entry.is_fresh(now, &self.state.config) {
                 return None;

@@ -98,6 +98,9 @@ pub struct AwsConfig {
     /// Endpoint URL override for AWS IAM (read for the principal's policies). Default none.
     /// https, as `inspector2_endpoint`.
     pub iam_endpoint: Option<String>,
+    /// Endpoint URL override for AWS Organizations (`[organization]`). Default none.
+    /// https, as `inspector2_endpoint`.
+    pub organizations_endpoint: Option<String>,
     /// Time to connect to an AWS endpoint. Default `3s`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -115,6 +118,7 @@ impl Default for AwsConfig {
             kms_endpoint: None,
             sts_endpoint: None,
             iam_endpoint: None,
+            organizations_endpoint: None,
             connect_timeout: Duration::from_secs(3),
             operation_timeout: Duration::from_secs(10),
             max_attempts: 3,
@@ -156,6 +160,41 @@ pub struct Config {
     /// The accounts managed besides the sidecar's own Region of its own account
     /// (`[[accounts]]`, one table each). Default none: that one scope alone.
     pub accounts: Vec<AccountConfig>,
+    /// Accounts read from AWS Organizations (the `[organization]` table, aws backend).
+    /// Default none: only the sidecar's own account and `[[accounts]]`.
+    pub organization: Option<OrganizationConfig>,
+}
+
+/// The accounts of an AWS organization, managed through one role name (`[organization]`,
+/// aws backend only): every ACTIVE account `ListAccounts` returns to the sidecar's own
+/// identity (the management account's, or a delegated administrator's), each in `regions`.
+/// An account also listed in `[[accounts]]` is managed as that entry says.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationConfig {
+    /// The IAM role assumed in each account, by name (with its path, if any:
+    /// `ops/inspector-keyd-member`): `arn:aws:iam::<account id>:role/<role_name>`. Required.
+    pub role_name: String,
+    /// The Regions managed in each account (Region names, at least one). Required.
+    pub regions: Vec<String>,
+    /// The external id `AssumeRole` passes, when the role's trust policy asks for one.
+    pub external_id: Option<String>,
+    /// How often the accounts are listed again: an account that joins is managed from the
+    /// next listing, one that leaves or is suspended no longer. Default `1h`; at least `1s`.
+    #[serde(default = "OrganizationConfig::default_refresh_interval")]
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl OrganizationConfig {
+    fn default_refresh_interval() -> Duration {
+        Duration::from_secs(3600)
+    }
+
+    /// The role assumed in `account_id`.
+    pub fn role_arn(&self, account_id: &str) -> String {
+        format!("arn:aws:iam::{account_id}:role/{}", self.role_name)
+    }
 }
 
 /// An account the sidecar manages, and its Regions (`[[accounts]]`). Inspector's key is set
@@ -474,6 +513,7 @@ impl Default for Config {
             connections: ConnectionsConfig::default(),
             aws: AwsConfig::default(),
             accounts: Vec::new(),
+            organization: None,
             aws_api: AwsApiConfig::default(),
         }
     }
@@ -737,7 +777,74 @@ impl Config {
         self.check_more_than_zero()?;
         self.check_principal()?;
         self.check_trust()?;
-        self.check_accounts()
+        self.check_accounts()?;
+        self.check_organization()
+    }
+
+    /// `[organization]` is for the aws backend, with a role name, Regions and an interval
+    /// that make sense.
+    fn check_organization(&self) -> Result<(), ConfigError> {
+        let Some(organization) = &self.organization else {
+            return Ok(());
+        };
+        let refuse = |key: &'static str, message: String| ConfigError::Value { key, message };
+        if self.backend != BackendKind::Aws {
+            return Err(refuse(
+                "organization",
+                "AWS Organizations is read by the aws backend only; on the local backend, list the accounts in [[accounts]]".into(),
+            ));
+        }
+        let name_ok = |part: &str| {
+            (1..=64).contains(&part.len())
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+        };
+        if !organization.role_name.split('/').all(name_ok) {
+            return Err(refuse(
+                "organization.role_name",
+                format!(
+                    "`{}` is not an IAM role name (letters, digits and +=,.@_-, with an optional path such as `ops/name`)",
+                    organization.role_name
+                ),
+            ));
+        }
+        if organization.regions.is_empty() {
+            return Err(refuse(
+                "organization.regions",
+                "is empty; name at least one Region (for example [\"us-east-1\"])".into(),
+            ));
+        }
+        let mut regions = std::collections::HashSet::new();
+        for region in &organization.regions {
+            if !crate::domain::is_region_name(region) {
+                return Err(refuse(
+                    "organization.regions",
+                    format!("`{region}` is not an AWS Region name"),
+                ));
+            }
+            if !regions.insert(region) {
+                return Err(refuse(
+                    "organization.regions",
+                    format!("`{region}` is listed twice"),
+                ));
+            }
+        }
+        if let Some(external_id) = &organization.external_id
+            && !(2..=1224).contains(&external_id.len())
+        {
+            return Err(refuse(
+                "organization.external_id",
+                "must be 2 to 1,224 characters (STS AssumeRole's limit)".into(),
+            ));
+        }
+        if organization.refresh_interval < Duration::from_secs(1) {
+            return Err(refuse(
+                "organization.refresh_interval",
+                "must be at least 1s".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Each `[[accounts]]` entry names a well-formed account once, with Regions, and ARNs
@@ -839,6 +946,10 @@ impl Config {
             ("aws.kms_endpoint", &self.aws.kms_endpoint),
             ("aws.sts_endpoint", &self.aws.sts_endpoint),
             ("aws.iam_endpoint", &self.aws.iam_endpoint),
+            (
+                "aws.organizations_endpoint",
+                &self.aws.organizations_endpoint,
+            ),
         ] {
             if let Some(endpoint) = endpoint {
                 check_endpoint(key, endpoint)?;
@@ -1345,6 +1456,60 @@ mod tests {
             err(&[("INSPECTOR_KEYD_VERIFICATION__DENY_EXTERNAL_ACCESS", "yes")])
                 .contains("verification.deny_external_access")
         );
+    }
+
+    #[test]
+    fn the_organization_table_is_for_the_aws_backend_and_names_a_role_and_regions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Settings::load(Some(&path), Vec::new()).map(|s| s.config.organization)
+        };
+        let aws = "backend = \"aws\"\nregion = \"us-east-1\"\n";
+        let organization = load(&format!(
+            "{aws}[organization]\nrole_name = \"ops/keyd-member\"\nregions = [\"us-east-1\", \"eu-west-1\"]\n"
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(organization.refresh_interval, Duration::from_secs(3600));
+        assert_eq!(
+            organization.role_arn("222233334444"),
+            "arn:aws:iam::222233334444:role/ops/keyd-member"
+        );
+        for (text, names) in [
+            (
+                "[organization]\nrole_name = \"m\"\nregions = [\"us-east-1\"]\n".to_owned(),
+                "aws backend only",
+            ),
+            (
+                format!(
+                    "{aws}[organization]\nrole_name = \"bad name\"\nregions = [\"us-east-1\"]\n"
+                ),
+                "`organization.role_name`",
+            ),
+            (
+                format!("{aws}[organization]\nrole_name = \"m\"\nregions = []\n"),
+                "`organization.regions`",
+            ),
+            (
+                format!("{aws}[organization]\nrole_name = \"m\"\nregions = [\"mars-1\"]\n"),
+                "`mars-1` is not an AWS Region name",
+            ),
+            (
+                format!(
+                    "{aws}[organization]\nrole_name = \"m\"\nregions = [\"us-east-1\"]\nrefresh_interval = \"0s\"\n"
+                ),
+                "`organization.refresh_interval`",
+            ),
+            (
+                format!("{aws}[organization]\nregions = [\"us-east-1\"]\n"),
+                "role_name",
+            ),
+        ] {
+            let error = load(&text).unwrap_err().to_string();
+            assert!(error.contains(names), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -29,8 +29,9 @@ const EXTERNAL_ID: &str = "keyd-external-7";
 /// calls under test; `extra` adds tables after `[aws]` (such as `[[accounts]]`).
 fn config(stub: &InspectorStub, sts: &str, moto: &Moto, top: &str, extra: &str) -> String {
     format!(
-        "backend = \"aws\"\nregion = \"us-east-1\"\n{top}[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{sts}\"\niam_endpoint = \"{}\"\nmax_attempts = 2\noperation_timeout = \"20s\"\n[ops]\nready_check_interval = \"1h\"\ndrift_interval = \"1h\"\n{extra}",
+        "backend = \"aws\"\nregion = \"us-east-1\"\n{top}[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{sts}\"\niam_endpoint = \"{}\"\norganizations_endpoint = \"{}\"\nmax_attempts = 2\noperation_timeout = \"20s\"\n[ops]\nready_check_interval = \"1h\"\ndrift_interval = \"1h\"\n{extra}",
         stub.url(),
+        moto.url(),
         moto.url(),
         moto.url()
     )
@@ -430,5 +431,178 @@ fn an_account_without_a_role_is_refused_at_start_naming_it() {
     );
     // The own account needs none: only the member entry is named.
     assert!(!stderr.contains("entry 1"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// moto's Organizations, as the test credentials (the sidecar's own account).
+fn organizations(moto: &Moto) -> aws_sdk_organizations::Client {
+    let config = aws_sdk_organizations::Config::builder()
+        .behavior_version(aws_sdk_organizations::config::BehaviorVersion::latest())
+        .region(aws_sdk_organizations::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_organizations::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .endpoint_url(moto.url())
+        .build();
+    aws_sdk_organizations::Client::from_conf(config)
+}
+
+/// A new account in moto's organization: its id.
+async fn new_account(organizations: &aws_sdk_organizations::Client, name: &str) -> String {
+    organizations
+        .create_account()
+        .account_name(name)
+        .email(format!("{name}@example.com"))
+        .send()
+        .await
+        .unwrap()
+        .create_account_status()
+        .and_then(|s| s.account_id())
+        .unwrap()
+        .to_owned()
+}
+
+/// Whether the sidecar manages `account` in `region`: its Get is answered, or fails for
+/// anything but SCOPE_NOT_MANAGED.
+async fn manages(sidecar: &Sidecar, account: &str, region: &str) -> bool {
+    let mut reader = sidecar.read_only_keys().await;
+    match reader.get_encryption_key(get(account, region)).await {
+        Ok(_) => true,
+        Err(status) => {
+            status.get_details_error_info().map(|i| i.reason) != Some("SCOPE_NOT_MANAGED".into())
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_organizations_accounts_are_managed_through_one_role_name_and_listed_again() {
+    let moto = Moto::start();
+    let stub = InspectorStub::start().await;
+    let organizations = organizations(&moto);
+    organizations
+        .create_organization()
+        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
+        .send()
+        .await
+        .unwrap();
+    let first = new_account(&organizations, "first").await;
+    let organization = "[organization]\nrole_name = \"ops/keyd-member\"\nregions = [\"us-east-1\", \"eu-west-1\"]\nrefresh_interval = \"1s\"\n";
+    let sidecar = Sidecar::start_with_env(
+        &config(&stub, &moto.url(), &moto, "", organization),
+        AWS_TEST_ENV,
+    );
+    assert!(
+        sidecar
+            .log()
+            .contains("managing the organization's accounts"),
+        "{}",
+        sidecar.log()
+    );
+
+    // The listed account is managed in the organization's Regions, through the role of
+    // that name there; the own account (the management account, listed too) gains them.
+    for (account, region) in [(first.as_str(), "eu-west-1"), (OWN, "eu-west-1")] {
+        assert!(
+            manages(&sidecar, account, region).await,
+            "{account}/{region}"
+        );
+    }
+    assert!(!manages(&sidecar, &first, "ap-south-1").await);
+    assert!(
+        !manages(&sidecar, MEMBER, "us-east-1").await,
+        "not in the organization"
+    );
+    let role = format!("arn%3Aaws%3Aiam%3A%3A{first}%3Arole%2Fops%2Fkeyd-member");
+    let assumed: Vec<String> = moto
+        .sts_requests()
+        .into_iter()
+        .filter(|body| body.contains("Action=AssumeRole"))
+        .collect();
+    assert!(
+        assumed.iter().any(|body| body.contains(&role)),
+        "{assumed:?}"
+    );
+    assert!(
+        !assumed
+            .iter()
+            .any(|body| body.contains(&format!("iam%3A%3A{OWN}%3Arole"))),
+        "the own account is acted in with the sidecar's own identity: {assumed:?}"
+    );
+    let first_reads: Vec<_> = stub
+        .requests()
+        .into_iter()
+        .filter(|r| r.signed_region() == "eu-west-1" && r.access_key_id() != "testing")
+        .collect();
+    assert!(
+        !first_reads.is_empty(),
+        "the member scope's Get went to Inspector in its Region with the role's credentials"
+    );
+
+    // An account that joins is managed from the next listing.
+    let joined = new_account(&organizations, "joined").await;
+    let mut managed = false;
+    for _ in 0..100 {
+        if manages(&sidecar, &joined, "us-east-1").await {
+            managed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(managed, "{}", sidecar.log());
+    assert!(
+        sidecar
+            .log_once_it_has("the organization's accounts changed")
+            .await
+            .contains(&format!("{joined}/us-east-1")),
+        "{}",
+        sidecar.log()
+    );
+}
+
+#[test]
+fn an_organization_that_cannot_be_listed_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyd.toml");
+    // Nothing answers at the Organizations endpoint: ListAccounts cannot be made.
+    std::fs::write(
+        &path,
+        format!(
+            "backend = \"aws\"\nregion = \"us-east-1\"\naccount_id = \"{OWN}\"\n[listen]\ntcp = \"127.0.0.1:0\"\n[aws]\norganizations_endpoint = \"http://127.0.0.1:9\"\nmax_attempts = 1\n[organization]\nrole_name = \"keyd-member\"\nregions = [\"us-east-1\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("INSPECTOR_KEYD_OPS__METRICS_LISTEN", "")
+        .env("INSPECTOR_KEYD_AWS_API__LISTEN", "")
+        .envs(AWS_TEST_ENV.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..300 {
+        status = serve.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if status.is_none() {
+        serve.kill().unwrap();
+    }
+    let output = serve.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot list the organization's accounts")
+            && stderr.contains("management account or a delegated administrator"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

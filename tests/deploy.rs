@@ -458,6 +458,21 @@ fn the_checked_in_iam_policy_is_what_policy_render_prints() {
     );
     let guide = std::fs::read_to_string(repo().join("docs/aws-backend.md")).unwrap();
     assert!(guide.contains("`inspector-keyd-member`"));
+    // `[organization]` lists the accounts with ListAccounts (which takes no resource): the
+    // policy added for it grants that alone, and the sidecar's own policy nothing of
+    // Organizations.
+    let lister = std::fs::read_to_string(repo().join("src/backend/aws/organizations.rs")).unwrap();
+    assert!(lister.contains(".list_accounts()"));
+    let organization = repo().join("deploy/iam/organization-read-policy.json");
+    assert_eq!(
+        grants(&std::fs::read_to_string(&organization).unwrap()),
+        [(
+            "organizations:ListAccounts".to_owned(),
+            vec!["*".to_owned()]
+        )]
+    );
+    assert!(guide.contains("organization-read-policy.json"));
+    assert!(!actions.iter().any(|a| a.starts_with("organizations:")));
     // Every Inspector and KMS operation the aws backend calls, and the seed's CreateGrant.
     let called = aws_backend_actions();
     for action in called

@@ -7,7 +7,7 @@ use std::{path::Path, sync::Arc};
 use crate::{
     backend::{
         Backend,
-        aws::AwsBackend,
+        aws::{AwsBackend, AwsSetupError, OrganizationAccounts},
         local::{LocalBackend, LocalKms},
         metered::{BackendAnswers, MeteredBackend},
     },
@@ -78,6 +78,8 @@ pub(super) struct BackendPart {
     pub local_apis: Option<LocalApis>,
     /// Only on the local backend, whose deleted keys are purged.
     pub local_kms: Option<LocalKms>,
+    /// With `[organization]` (aws backend only): the lister of its accounts.
+    pub organization: Option<OrganizationAccounts>,
 }
 
 /// A backend as it is opened, before the hooks and the metering.
@@ -86,6 +88,7 @@ struct Opened {
     scopes: Arc<ManagedScopes>,
     placement: Placement,
     local: Option<(LocalApis, LocalKms)>,
+    organization: Option<OrganizationAccounts>,
 }
 
 impl BackendPart {
@@ -118,6 +121,7 @@ impl BackendPart {
             placement: opened.placement,
             local_apis,
             local_kms,
+            organization: opened.organization,
         })
     }
 }
@@ -140,6 +144,7 @@ fn open_local(settings: &Settings) -> Result<Opened, ServeError> {
         scopes,
         placement,
         local: Some((apis, kms)),
+        organization: None,
     })
 }
 
@@ -158,11 +163,31 @@ async fn connect_aws(settings: &Settings, metrics: &Metrics) -> Result<Opened, S
         config,
         &verification_settings(settings, &placement)?,
     ));
+    // The organization's accounts are managed from the start: a listing that fails stops
+    // it, naming what the identity lacks.
+    let organization = match scopes.organization() {
+        Some(_) => {
+            let lister = aws.organization_accounts();
+            let accounts = lister
+                .list()
+                .await
+                .map_err(AwsSetupError::OrganizationAccounts)?;
+            scopes.publish(scopes.prepare(&accounts));
+            tracing::info!(
+                accounts = accounts.len(),
+                scopes = scopes.len(),
+                "managing the organization's accounts"
+            );
+            Some(lister)
+        }
+        None => None,
+    };
     Ok(Opened {
-        backend: Arc::new(aws.manage(&scopes).await),
+        backend: Arc::new(aws.manage(scopes.clone())),
         scopes,
         placement,
         local: None,
+        organization,
     })
 }
 

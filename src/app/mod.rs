@@ -60,7 +60,7 @@ impl App {
             stop: stop_rx,
         };
         let backend = backend::BackendPart::build(&settings, &shared.metrics, hooks).await?;
-        let keys = routes::KeyService::build(config, &backend, cache_state, &shared);
+        let keys = routes::KeyService::build(config, &backend, cache_state.clone(), &shared);
         let mut reloader = Reloader::new(config.authz.reload_interval, shared.metrics.clone());
         let access = routes::Access::load(&settings, &backend.scopes, &mut reloader)?;
         let served = routes::Served::build(
@@ -86,6 +86,15 @@ impl App {
             &readiness,
             backend.backend.clone(),
             backend.local_kms,
+            backend
+                .organization
+                .zip(config.organization.as_ref())
+                .map(|(lister, organization)| tasks::OrganizationRefresh {
+                    lister,
+                    scopes: backend.scopes.clone(),
+                    cache: cache_state,
+                    interval: organization.refresh_interval,
+                }),
         );
         Ok(App {
             addresses,

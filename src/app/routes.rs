@@ -155,7 +155,7 @@ impl Access {
 fn other_accounts(scopes: &ManagedScopes) -> Vec<&'static str> {
     let own = scopes.own().account_id();
     let mut accounts: Vec<&'static str> = Vec::new();
-    for settings in scopes.iter() {
+    for settings in scopes.all() {
         let account = settings.scope.account_id();
         if account != own && !accounts.contains(&account) {
             accounts.push(account);

@@ -8,11 +8,12 @@ use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Durat
 use tokio::task::{Id, JoinError, JoinSet};
 
 use crate::{
-    backend::{Backend, local::LocalKms},
-    cache::REFRESH_AHEAD,
+    backend::{Backend, aws::OrganizationAccounts, local::LocalKms},
+    cache::{CacheState, REFRESH_AHEAD},
     config::{CacheConfig, Config},
     probes::Readiness,
     reload::Reloader,
+    scopes::ManagedScopes,
     server::ServeError,
     service::drift::KeyWatch,
 };
@@ -58,7 +59,60 @@ fn readiness_quiet(cache: &CacheConfig) -> std::ops::Range<Duration> {
 /// How often the local KMS forgets keys whose deletion date has passed (and at start).
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// The loops beside the listeners; `local_kms` only on the local backend.
+/// The organization's accounts (`[organization]`), listed again every interval: an account
+/// that joins is managed from the next listing, one that leaves no longer.
+pub(super) struct OrganizationRefresh {
+    pub lister: OrganizationAccounts,
+    pub scopes: Arc<ManagedScopes>,
+    pub cache: Arc<CacheState>,
+    pub interval: Duration,
+}
+
+impl OrganizationRefresh {
+    async fn run(self) {
+        loop {
+            tokio::time::sleep(crate::jitter::around(self.interval)).await;
+            self.refresh().await;
+        }
+    }
+
+    /// Lists the accounts and manages what the listing says; a listing that fails changes
+    /// nothing (the last one's accounts stay managed) and is tried again at the next.
+    async fn refresh(&self) {
+        let accounts = match self.lister.list().await {
+            Ok(accounts) => accounts,
+            Err(error) => {
+                tracing::warn!(%error, "listing the organization's accounts failed; the last listing's stay managed");
+                return;
+            }
+        };
+        let next = self.scopes.prepare(&accounts);
+        // Slots first: a request that finds a new scope finds its cache slot.
+        self.cache
+            .manage(self.scopes.targets().into_iter().chain(next.targets()));
+        let change = self.scopes.publish(next);
+        self.cache.manage(self.scopes.targets());
+        if change.added.is_empty() && change.removed.is_empty() {
+            return;
+        }
+        let named = |scopes: &[crate::domain::Scope]| {
+            let mut names: Vec<String> = scopes.iter().take(20).map(|s| s.to_string()).collect();
+            if scopes.len() > names.len() {
+                names.push(format!("and {} more", scopes.len() - names.len()));
+            }
+            names.join(", ")
+        };
+        tracing::info!(
+            added = %named(&change.added),
+            removed = %named(&change.removed),
+            scopes = self.scopes.len(),
+            "the organization's accounts changed"
+        );
+    }
+}
+
+/// The loops beside the listeners; `local_kms` only on the local backend, `organization`
+/// only with `[organization]`.
 pub(super) fn background(
     config: &Config,
     reloader: Reloader,
@@ -66,6 +120,7 @@ pub(super) fn background(
     readiness: &Arc<Readiness>,
     backend: Arc<dyn Backend>,
     local_kms: Option<LocalKms>,
+    organization: Option<OrganizationRefresh>,
 ) -> Vec<Named> {
     let mut tasks = vec![
         background_task("the rules and TLS reload", reloader.run()),
@@ -79,6 +134,12 @@ pub(super) fn background(
             ),
         ),
     ];
+    if let Some(organization) = organization {
+        tasks.push(background_task(
+            "the listing of the organization's accounts",
+            organization.run(),
+        ));
+    }
     if let Some(kms) = local_kms {
         tasks.push(background_task(
             "the purge of deleted keys",

@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
-use super::keycheck::KeyVerifier;
+use super::keycheck::{KeyVerifier, Subject};
 use crate::{
     backend::BackendError,
     cache::{KeyCache, KeyInUse},
@@ -137,10 +137,11 @@ impl KeyWatch {
             }
             return;
         };
+        let settings = self.verifier.settings_in(target.scope);
         let report = match KeyArn::parse(&key_arn) {
             Ok(key) => match self
                 .verifier
-                .verify_key(&key, &self.verifier.subject_for(target))
+                .verify_key(&key, &Subject::configured(&settings, target.target))
                 .await
             {
                 Ok(report) => report,
@@ -195,15 +196,19 @@ impl KeyWatch {
     /// ± 15 %, drawn each time): many scopes cost the backend a steady trickle of calls,
     /// never a burst of all of them at once.
     pub async fn run(self: Arc<Self>, interval: Duration) {
-        let targets: Vec<ScopedTarget> = self.verifier.scopes().targets().collect();
-        for target in &targets {
-            self.check_target(*target).await;
+        for target in self.verifier.scopes().targets() {
+            self.check_target(target).await;
         }
-        let gap = interval / u32::try_from(targets.len().max(1)).unwrap_or(u32::MAX);
         loop {
-            for target in &targets {
+            // Each round checks the scopes managed as it begins: a listing of the
+            // organization may have added or removed some.
+            let targets = self.verifier.scopes().targets();
+            let gap = interval / u32::try_from(targets.len().max(1)).unwrap_or(u32::MAX);
+            for target in targets {
                 tokio::time::sleep(crate::jitter::around(gap)).await;
-                self.check_target(*target).await;
+                if self.verifier.scopes().settings(target.scope).is_some() {
+                    self.check_target(target).await;
+                }
             }
         }
     }

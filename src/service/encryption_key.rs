@@ -200,9 +200,10 @@ impl EncryptionKeys {
     ) -> Result<proto::UpdateEncryptionKeyResponse, ServiceError> {
         let (key, requested) = validation::update_request(&request)?;
         let target = self.scoped(caller, requested)?;
+        let settings = self.verifier.settings_in(target.scope);
         let report = self
             .verifier
-            .verify_key(&key, &self.verifier.subject_for(target))
+            .verify_key(&key, &Subject::configured(&settings, target.target))
             .await?;
         self.metrics
             .count_verification(&report.profile, report.passed);
@@ -269,7 +270,7 @@ impl EncryptionKeys {
                     profile: checked.profile,
                     principal_arn,
                     identity_policies,
-                    settings,
+                    settings: &settings,
                 };
                 self.verifier.verify_key(&key, &subject).await?
             }
@@ -281,7 +282,7 @@ impl EncryptionKeys {
                     profile: checked.profile,
                     principal_arn,
                     identity_policies: &request.identity_policies,
-                    settings,
+                    settings: &settings,
                 };
                 self.verifier
                     .verify_inline(&subject, metadata.as_deref(), key_policy)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::{
     backend::{Backend, BackendError, PrincipalPolicies},
-    domain::{KeyArn, Scope, ScopedTarget},
+    domain::{KeyArn, Scope, Target},
     scopes::ManagedScopes,
     verify::{self, Finding, FindingCode, KeyMetadata, Profile, Report, VerificationSettings},
 };
@@ -57,28 +57,32 @@ impl KeyVerifier {
 
     /// The settings of the sidecar's own scope.
     pub fn settings(&self) -> &VerificationSettings {
-        self.settings_in(self.scopes.own())
+        self.scopes.own_settings()
     }
 
     /// The settings of `scope` (the own scope's when it is not managed, which requests are
     /// checked for before).
-    pub fn settings_in(&self, scope: Scope) -> &VerificationSettings {
-        self.scopes
-            .settings(scope)
-            .map_or(self.scopes.own_settings(), |s| s.verification.as_ref())
+    pub fn settings_in(&self, scope: Scope) -> Arc<VerificationSettings> {
+        self.scopes.settings(scope).map_or_else(
+            || self.scopes.own_settings().clone(),
+            |s| s.verification.clone(),
+        )
     }
+}
 
-    /// The configured subject for a target.
-    pub fn subject_for(&self, target: ScopedTarget) -> Subject<'_> {
-        let settings = self.settings_in(target.scope);
+impl<'a> Subject<'a> {
+    /// The configured subject for `target` in the scope of `settings`.
+    pub fn configured(settings: &'a VerificationSettings, target: Target) -> Subject<'a> {
         Subject {
-            profile: settings.profile_for(target.target),
+            profile: settings.profile_for(target),
             principal_arn: &settings.principal_arn,
             identity_policies: &settings.identity_policies,
             settings,
         }
     }
+}
 
+impl KeyVerifier {
     /// The principal's policies from IAM, when nothing gives them: no identity policies in
     /// the request, none configured, and the principal is the configured one (the sidecar
     /// reads no other principal's policies).

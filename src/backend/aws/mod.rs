@@ -6,7 +6,7 @@
 //! callers.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -31,6 +31,9 @@ use aws_smithy_types::{
 
 mod errors;
 mod iam;
+mod organizations;
+
+pub use organizations::OrganizationAccounts;
 
 use errors::{classify, describe_sdk_error};
 use iam::IamPolicies;
@@ -43,7 +46,7 @@ use crate::{
         SnippetErrorCode, SuggestedFix, Target, is_account_id, is_region_name,
     },
     metrics::Metrics,
-    scopes::ManagedScopes,
+    scopes::{ManagedScopes, ScopeSettings},
     verify::{KeyMetadata, MultiRegionConfiguration, MultiRegionKey},
 };
 
@@ -60,6 +63,10 @@ pub enum AwsSetupError {
         "no usable AWS credentials ({0}); the default chain reads AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, web identity (IRSA), EKS Pod Identity or instance metadata"
     )]
     NoCredentials(String),
+    #[error(
+        "cannot list the organization's accounts with AWS Organizations ListAccounts ({0}); `[organization]` needs the sidecar's identity to be the organization's management account or a delegated administrator, allowed organizations:ListAccounts"
+    )]
+    OrganizationAccounts(BackendError),
     #[error(
         "cannot determine the AWS account with STS GetCallerIdentity ({0}); set `account_id` in the configuration"
     )]
@@ -252,12 +259,14 @@ pub struct AwsBackend {
     settings: AwsConfig,
     policy_ttl: Duration,
     metrics: Metrics,
-    /// Each managed account's access (the own account's included).
-    accounts: HashMap<String, Arc<AccountAccess>>,
-    /// The Regions of the managed scopes: a key of a managed account in one of them keeps
-    /// its clients; another Region's are made for the call (the map stays bounded whatever
-    /// key ARNs callers send).
-    regions: HashSet<String>,
+    /// The managed scopes (`None` until [`AwsBackend::manage`]: the own scope alone).
+    scopes: Option<Arc<ManagedScopes>>,
+    /// The STS configuration AssumeRole uses, and the session name it gives.
+    sts: SdkConfig,
+    session_name: String,
+    /// Each account's access, made when the account is first acted in (the own
+    /// account's from the start).
+    accounts: Mutex<HashMap<String, Arc<AccountAccess>>>,
     /// Clients by (account, Region), made when first needed.
     clients: Mutex<HashMap<(String, String), Arc<ScopeClients>>>,
     /// IAM is global: one reader (and its kept answer) per account.
@@ -320,6 +329,12 @@ impl AwsBackend {
         };
 
         let own = Scope::of(&account_id, &region);
+        let mut sts = shared.to_builder();
+        // The AssumeRole calls go where GetCallerIdentity does.
+        sts.set_endpoint_url(settings.sts_endpoint.clone());
+        let sts = sts.build();
+        // Says which sidecar assumed the role, in the account's CloudTrail.
+        let session_name = format!("inspector-keyd-{account_id}");
         let accounts = HashMap::from([(
             account_id.clone(),
             Arc::new(AccountAccess {
@@ -334,8 +349,10 @@ impl AwsBackend {
                 settings: settings.clone(),
                 policy_ttl,
                 metrics,
-                accounts,
-                regions: HashSet::from([region.clone()]),
+                scopes: None,
+                sts,
+                session_name,
+                accounts: Mutex::new(accounts),
                 clients: Mutex::new(HashMap::new()),
                 iam: Mutex::new(HashMap::new()),
             },
@@ -343,56 +360,62 @@ impl AwsBackend {
         ))
     }
 
-    /// Serves every scope of `scopes`: each account other than the sidecar's own through
-    /// its `role_arn` (which the caller has checked is set). Nothing is called here: a role
-    /// that cannot be assumed fails its own scope's calls, not the start.
-    pub async fn manage(mut self, scopes: &ManagedScopes) -> AwsBackend {
-        let mut sts = self.shared.to_builder();
-        // The AssumeRole calls go where GetCallerIdentity does.
-        sts.set_endpoint_url(self.settings.sts_endpoint.clone());
-        let sts = sts.build();
-        // Says which sidecar assumed the role, in the account's CloudTrail.
-        let session_name = format!("inspector-keyd-{}", self.own.account_id());
-        for settings in scopes.iter() {
-            let scope = settings.scope;
-            self.regions.insert(scope.region().to_owned());
-            let account_id = scope.account_id();
-            if self.accounts.contains_key(account_id) {
-                continue;
-            }
-            let Some(role_arn) = settings.role_arn.clone() else {
-                tracing::warn!(
-                    account = account_id,
-                    "no role to assume; the account's calls use the sidecar's own identity"
-                );
-                continue;
-            };
-            let mut builder = AssumeRoleProvider::builder(role_arn.clone())
-                .configure(&sts)
-                .session_name(session_name.clone());
-            if let Some(external_id) = &settings.external_id {
-                builder = builder.external_id(external_id.clone());
-            }
-            let refusal = Arc::new(Mutex::new(None));
-            let credentials = SharedCredentialsProvider::new(RecordingAssumeRole {
-                provider: builder.build().await,
-                account_id: account_id.to_owned(),
-                role_arn: role_arn.clone(),
-                refusal: refusal.clone(),
-            });
-            self.accounts.insert(
-                account_id.to_owned(),
-                Arc::new(AccountAccess {
-                    account_id: account_id.to_owned(),
-                    role: Some(AssumedRole {
-                        role_arn,
-                        credentials,
-                        refusal,
-                    }),
-                }),
-            );
-        }
+    /// Serves every scope of `scopes`, as managed now and later: each account other than
+    /// the sidecar's own through its `role_arn` (which the caller has checked is set).
+    /// Nothing is called here: a role that cannot be assumed fails its own scope's calls,
+    /// not the start.
+    pub fn manage(mut self, scopes: Arc<ManagedScopes>) -> AwsBackend {
+        self.scopes = Some(scopes);
         self
+    }
+
+    /// The access of an account other than the sidecar's own, through the role its
+    /// settings name.
+    async fn assume_role_in(&self, settings: &ScopeSettings) -> Arc<AccountAccess> {
+        let account_id = settings.scope.account_id();
+        let Some(role_arn) = settings.role_arn.clone() else {
+            tracing::warn!(
+                account = account_id,
+                "no role to assume; the account's calls use the sidecar's own identity"
+            );
+            return Arc::new(AccountAccess {
+                account_id: account_id.to_owned(),
+                role: None,
+            });
+        };
+        let mut builder = AssumeRoleProvider::builder(role_arn.clone())
+            .configure(&self.sts)
+            .session_name(self.session_name.clone());
+        if let Some(external_id) = &settings.external_id {
+            builder = builder.external_id(external_id.clone());
+        }
+        let refusal = Arc::new(Mutex::new(None));
+        let credentials = SharedCredentialsProvider::new(RecordingAssumeRole {
+            provider: builder.build().await,
+            account_id: account_id.to_owned(),
+            role_arn: role_arn.clone(),
+            refusal: refusal.clone(),
+        });
+        Arc::new(AccountAccess {
+            account_id: account_id.to_owned(),
+            role: Some(AssumedRole {
+                role_arn,
+                credentials,
+                refusal,
+            }),
+        })
+    }
+
+    /// The lister of the organization's accounts, with the sidecar's own identity.
+    pub fn organization_accounts(&self) -> OrganizationAccounts {
+        let mut config = aws_sdk_organizations::config::Builder::from(&self.shared);
+        if let Some(url) = &self.settings.organizations_endpoint {
+            config = config.endpoint_url(url);
+        }
+        OrganizationAccounts::new(
+            aws_sdk_organizations::Client::from_conf(config.build()),
+            self.metrics.clone(),
+        )
     }
 
     /// The SDK configuration of `access`'s account in `region`: the shared one (timeouts,
@@ -427,12 +450,28 @@ impl AwsBackend {
     }
 
     /// The access of `account_id` when it is managed, else the sidecar's own.
-    fn access(&self, account_id: &str) -> Arc<AccountAccess> {
-        match self
-            .accounts
-            .get(account_id)
-            .or_else(|| self.accounts.get(self.own.account_id()))
-        {
+    async fn access(&self, account_id: &str) -> Arc<AccountAccess> {
+        // Managed now: an account the organization no longer lists is not acted in.
+        let managed = self
+            .scopes
+            .as_ref()
+            .and_then(|scopes| scopes.in_account(account_id));
+        let Some(settings) = managed else {
+            return self.own_access();
+        };
+        if let Some(access) = lock(&self.accounts).get(account_id) {
+            return access.clone();
+        }
+        let made = self.assume_role_in(&settings).await;
+        lock(&self.accounts)
+            .entry(account_id.to_owned())
+            .or_insert(made)
+            .clone()
+    }
+
+    /// The sidecar's own access.
+    fn own_access(&self) -> Arc<AccountAccess> {
+        match lock(&self.accounts).get(self.own.account_id()) {
             Some(access) => access.clone(),
             // `connect` puts the own account in; kept total without a panic.
             None => Arc::new(AccountAccess {
@@ -442,11 +481,21 @@ impl AwsBackend {
         }
     }
 
+    /// Whether the clients of `account_id` in `region` are kept: the scope is managed, or
+    /// nothing but the own scope is known yet. Another Region's are made for the call, so
+    /// the map stays bounded whatever key ARNs callers send.
+    fn keeps_clients(&self, account_id: &str, region: &str) -> bool {
+        match &self.scopes {
+            Some(scopes) => scopes.find(account_id, region).is_some(),
+            None => account_id == self.own.account_id() && region == self.own.region(),
+        }
+    }
+
     /// The clients of `account_id` (the sidecar's own when not managed) in `region`: kept
-    /// for the Regions of managed scopes, made for the call otherwise.
-    fn clients(&self, account_id: &str, region: &str) -> Arc<ScopeClients> {
-        let access = self.access(account_id);
-        if !self.regions.contains(region) {
+    /// for managed scopes, made for the call otherwise.
+    async fn clients(&self, account_id: &str, region: &str) -> Arc<ScopeClients> {
+        let access = self.access(account_id).await;
+        if !self.keeps_clients(&access.account_id, region) {
             return Arc::new(self.make_clients(&access, region));
         }
         let key = (access.account_id.clone(), region.to_owned());
@@ -458,24 +507,25 @@ impl AwsBackend {
     }
 
     /// The clients of `target`'s scope.
-    fn scope_clients(&self, target: ScopedTarget) -> Arc<ScopeClients> {
+    async fn scope_clients(&self, target: ScopedTarget) -> Arc<ScopeClients> {
         self.clients(target.scope.account_id(), target.scope.region())
+            .await
     }
 
     /// The clients for a key: its account's when managed, else the sidecar's own, in the
     /// key's Region (the sidecar's own when the ARN has none).
-    fn key_clients(&self, key: &KeyArn) -> Arc<ScopeClients> {
+    async fn key_clients(&self, key: &KeyArn) -> Arc<ScopeClients> {
         let region = if key.region().is_empty() {
             self.own.region()
         } else {
             key.region()
         };
-        self.clients(key.account_id(), region)
+        self.clients(key.account_id(), region).await
     }
 
     /// The IAM reader of `account_id` when it is managed, else the sidecar's own.
-    fn iam(&self, account_id: &str) -> Arc<IamPolicies> {
-        let access = self.access(account_id);
+    async fn iam(&self, account_id: &str) -> Arc<IamPolicies> {
+        let access = self.access(account_id).await;
         if let Some(iam) = lock(&self.iam).get(&access.account_id) {
             return iam.clone();
         }
@@ -570,7 +620,7 @@ impl Backend for AwsBackend {
         &self,
         target: ScopedTarget,
     ) -> Result<Option<String>, BackendError> {
-        let clients = self.scope_clients(target);
+        let clients = self.scope_clients(target).await;
         let target = target.target;
         let result = clients
             .inspector
@@ -596,7 +646,7 @@ impl Backend for AwsBackend {
         target: ScopedTarget,
         key: &KeyArn,
     ) -> Result<(), BackendError> {
-        let clients = self.scope_clients(target);
+        let clients = self.scope_clients(target).await;
         let target = target.target;
         clients
             .inspector
@@ -611,7 +661,7 @@ impl Backend for AwsBackend {
     }
 
     async fn reset_encryption_key(&self, target: ScopedTarget) -> Result<(), BackendError> {
-        let clients = self.scope_clients(target);
+        let clients = self.scope_clients(target).await;
         let target = target.target;
         clients
             .inspector
@@ -625,7 +675,7 @@ impl Backend for AwsBackend {
     }
 
     async fn describe_key(&self, key: &KeyArn) -> Result<KeyMetadata, BackendError> {
-        let clients = self.key_clients(key);
+        let clients = self.key_clients(key).await;
         let output = clients
             .kms
             .describe_key()
@@ -640,7 +690,7 @@ impl Backend for AwsBackend {
     }
 
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
-        let clients = self.key_clients(key);
+        let clients = self.key_clients(key).await;
         let output = clients
             .kms
             .get_key_policy()
@@ -667,7 +717,7 @@ impl Backend for AwsBackend {
         }
         if let [((account_id, region), group)] = scopes.as_slice() {
             return self
-                .snippets_in(&self.clients(account_id, region), group)
+                .snippets_in(&*self.clients(account_id, region).await, group)
                 .await;
         }
         // Across scopes, one scope's failure (its role not assumable, say) is its findings'
@@ -675,7 +725,7 @@ impl Backend for AwsBackend {
         let mut snippets = CodeSnippets::default();
         for ((account_id, region), group) in &scopes {
             match self
-                .snippets_in(&self.clients(account_id, region), group)
+                .snippets_in(&*self.clients(account_id, region).await, group)
                 .await
             {
                 Ok(answer) => {
@@ -706,7 +756,11 @@ impl Backend for AwsBackend {
         principal_arn: &str,
     ) -> Result<Option<Arc<PrincipalPolicies>>, BackendError> {
         let account_id = principal_arn.split(':').nth(4).unwrap_or_default();
-        self.iam(account_id).get(principal_arn).await.map(Some)
+        self.iam(account_id)
+            .await
+            .get(principal_arn)
+            .await
+            .map(Some)
     }
 }
 

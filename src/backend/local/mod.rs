@@ -76,6 +76,7 @@ impl Place {
     fn all(scopes: &ManagedScopes) -> Vec<Place> {
         scopes
             .targets()
+            .into_iter()
             .filter_map(|target| Place::of(scopes, target).ok())
             .collect()
     }
