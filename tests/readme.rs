@@ -1,6 +1,8 @@
-//! Runs the grpcurl, AWS CLI and CLI examples of README.md and docs/ verbatim against one
-//! `inspector-keyd serve` started with no configuration, and checks each prints what the
-//! document shows (key ids, dates and client ports aside).
+//! Runs the grpcurl, AWS CLI and CLI examples of README.md and docs/ verbatim, and checks
+//! each prints what the document shows (key ids, dates and client ports aside): those of the
+//! README's organization section and of docs/organizations.md against `inspector-keyd serve
+//! --config` with the configuration that section shows, all the others against one
+//! `inspector-keyd serve` started with no configuration.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,8 +15,9 @@ use inspector_keyd::verify::FindingCode;
 use regex::Regex;
 
 /// The documents whose examples run, in this order, all against one sidecar: the README's
-/// walk-through first (later examples use the keys it creates), then the docs. Every file in
-/// docs/ is listed (checked below), so no document's examples are left unrun.
+/// walk-through first, all but its organization section (later examples use the keys it
+/// creates), then the docs. Every file in docs/ is listed (checked below) or is
+/// [`ORGANIZATION_DOCUMENT`], so no document's examples are left unrun.
 const DOCUMENTS: [&str; 9] = [
     "README.md",
     "docs/api.md",
@@ -27,9 +30,43 @@ const DOCUMENTS: [&str; 9] = [
     "docs/development.md",
 ];
 
-/// The document whose examples run against a sidecar of an organization: `serve --config`
-/// with the first `toml` block it shows.
+/// The document whose examples run against a sidecar of an organization, after those of the
+/// README's organization section, on the same sidecar.
 const ORGANIZATION_DOCUMENT: &str = "docs/organizations.md";
+
+/// The heading that starts the README's organization section (the next `## ` heading ends
+/// it): its examples run against `serve --config` with the `toml` block it shows, started as
+/// its `sh` block says.
+const ORGANIZATION_HEADING: &str = "## Every account and Region of an organization";
+
+/// The command the organization section shows to start the sidecar, before the file name.
+const SERVE_WITH_CONFIG: &str = "cargo run --release -- serve --config ";
+
+/// README.md split in two: the text outside the organization section, and the section.
+fn readme_parts() -> (String, String) {
+    let mut rest = String::new();
+    let mut section = String::new();
+    let (mut in_section, mut in_block, mut found) = (false, false, false);
+    for line in read("README.md").lines() {
+        if line.starts_with("```") {
+            in_block = !in_block;
+        } else if !in_block && line.starts_with("## ") {
+            in_section = line == ORGANIZATION_HEADING;
+            found |= in_section;
+        }
+        let part = if in_section { &mut section } else { &mut rest };
+        part.push_str(line);
+        part.push('\n');
+    }
+    assert!(found, "README.md has no section `{ORGANIZATION_HEADING}`");
+    (rest, section)
+}
+
+/// The text of the first code block of `language` in `text`.
+fn first_block<'a>(text: &'a str, language: &str) -> Option<&'a str> {
+    let rest = text.split(&format!("```{language}\n")).nth(1)?;
+    rest.split("```").next()
+}
 
 /// A `$ command` line of a `console` block, with the output the document shows for it.
 struct Example {
@@ -103,14 +140,17 @@ fn every_document_in_docs_is_listed() {
 
 #[test]
 fn readme_and_docs_examples_print_what_they_show() {
-    let readme = examples_in("README.md", &read("README.md"));
+    let (readme, _) = readme_parts();
     assert!(
-        readme.len() >= 12,
+        examples_in("README.md", &readme).len() >= 12,
         "the README's walk-through examples not found"
     );
     let examples: Vec<Example> = DOCUMENTS
         .iter()
-        .flat_map(|document| examples_in(document, &read(document)))
+        .flat_map(|&document| match document {
+            "README.md" => examples_in(document, &readme),
+            _ => examples_in(document, &read(document)),
+        })
         .collect();
     assert!(
         examples.len() >= 20,
@@ -122,19 +162,30 @@ fn readme_and_docs_examples_print_what_they_show() {
 
 #[test]
 fn the_organization_examples_print_what_they_show() {
-    let text = read(ORGANIZATION_DOCUMENT);
-    let config = text
-        .split("```toml\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("docs/organizations.md shows its configuration");
-    let examples = examples_in(ORGANIZATION_DOCUMENT, &text);
+    let (_, section) = readme_parts();
+    let config = first_block(&section, "toml")
+        .expect("the README's organization section shows its configuration (a toml block)");
+    let file = first_block(&section, "sh")
+        .and_then(|block| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(SERVE_WITH_CONFIG))
+        })
+        .expect("the README's organization section shows how to serve its configuration");
+    let mut examples = examples_in("README.md", &section);
     assert!(
         examples.len() >= 6,
-        "only {} examples found",
+        "only {} examples in the README's organization section",
         examples.len()
     );
-    run_examples(&Sidecar::start_with(config), &examples);
+    let documented = examples_in(ORGANIZATION_DOCUMENT, &read(ORGANIZATION_DOCUMENT));
+    assert!(
+        documented.len() >= 3,
+        "only {} examples in {ORGANIZATION_DOCUMENT}",
+        documented.len()
+    );
+    examples.extend(documented);
+    run_examples(&Sidecar::start_default_with_config(file, config), &examples);
 }
 
 /// Runs `examples` in one shell, in `sidecar`'s directory, each checked against what its

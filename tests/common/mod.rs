@@ -78,9 +78,24 @@ impl Sidecar {
     /// ephemeral (the defaults, 127.0.0.1:50051, 127.0.0.1:50052 and 127.0.0.1:9464, may be
     /// taken on the machine).
     pub fn start_default() -> Sidecar {
+        Sidecar::start_as_documented(None)
+    }
+
+    /// As [`Sidecar::start_default`], with `serve --config <file>`: `config` written as `file`
+    /// in the working directory, as it is, with nothing added. The Unix socket is where the
+    /// server says it bound it (the configuration may move the state directory).
+    pub fn start_default_with_config(file: &str, config: &str) -> Sidecar {
+        Sidecar::start_as_documented(Some((file, config)))
+    }
+
+    fn start_as_documented(config: Option<(&str, &str)>) -> Sidecar {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut command = Command::new(BIN);
         command.arg("serve").current_dir(dir.path());
+        if let Some((file, config)) = config {
+            std::fs::write(dir.path().join(file), config).unwrap();
+            command.args(["--config", file]);
+        }
         let socket = dir.path().join("state/keyd.sock");
         let env = [
             ("INSPECTOR_KEYD_LISTEN__TCP", "127.0.0.1:0"),
@@ -89,7 +104,15 @@ impl Sidecar {
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .to_vec();
-        Sidecar::spawn(command, dir, socket, String::new(), env)
+        let mut sidecar = Sidecar::spawn(command, dir, socket, String::new(), env);
+        let ready: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(sidecar.dir().join("ready.json")).unwrap(),
+        )
+        .unwrap();
+        if let Some(socket) = ready["unix_socket"].as_str() {
+            sidecar.socket = sidecar.dir().join(socket);
+        }
+        sidecar
     }
 
     fn start_in(
