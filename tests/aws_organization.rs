@@ -1,8 +1,14 @@
-//! The aws backend serving several accounts and Regions against moto (KMS, IAM, STS) and
-//! the Inspector stub on loopback: each scope's calls signed with its account's
-//! credentials (the sidecar's own, or the role it assumes through STS) for its Region, a key
-//! of another Region refused for a scope, a role that cannot be assumed failing its scope
-//! alone, and an entry without `role_arn` refused at start.
+//! The aws backend serving several accounts and Regions, against real protocol servers on
+//! loopback: moto for KMS, IAM and STS (`AssumeRole` into the member account), and for
+//! Inspector either a second sidecar's AWS-protocol door running the emulated organization
+//! (local backend, both accounts in both Regions) or the Inspector stub, which records the
+//! exact requests. Through the door: a different key in each of two accounts × two Regions,
+//! each read back by its scope there, a key of another Region refused for a scope
+//! (`KEY_REGION_MISMATCH`), and another account's key refused unless its policy lets that
+//! account use it. Through the stub: each scope's calls signed with its account's
+//! credentials (the sidecar's own, or the role's it assumes) for its Region, and a role that
+//! cannot be assumed failing its scope alone. And an entry without `role_arn` refused at
+//! start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -25,12 +31,12 @@ const MEMBER: &str = "222233334444";
 const MEMBER_ROLE: &str = "arn:aws:iam::222233334444:role/keyd-member";
 const EXTERNAL_ID: &str = "keyd-external-7";
 
-/// The aws backend at moto and the stub, without background reads that could race the
-/// calls under test; `extra` adds tables after `[aws]` (such as `[[accounts]]`).
-fn config(stub: &InspectorStub, sts: &str, moto: &Moto, top: &str, extra: &str) -> String {
+/// The aws backend with Inspector at `inspector` and KMS and IAM at moto, without
+/// background reads that could race the calls under test; `extra` adds tables after
+/// `[aws]` (such as `[[accounts]]`).
+fn config(inspector: &str, sts: &str, moto: &Moto, top: &str, extra: &str) -> String {
     format!(
-        "backend = \"aws\"\nregion = \"us-east-1\"\n{top}[aws]\ninspector2_endpoint = \"{}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{sts}\"\niam_endpoint = \"{}\"\norganizations_endpoint = \"{}\"\nmax_attempts = 2\noperation_timeout = \"20s\"\n[ops]\nready_check_interval = \"1h\"\ndrift_interval = \"1h\"\n{extra}",
-        stub.url(),
+        "backend = \"aws\"\nregion = \"us-east-1\"\n{top}[aws]\ninspector2_endpoint = \"{inspector}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{sts}\"\niam_endpoint = \"{}\"\norganizations_endpoint = \"{}\"\nmax_attempts = 2\noperation_timeout = \"20s\"\n[ops]\nready_check_interval = \"1h\"\ndrift_interval = \"1h\"\n{extra}",
         moto.url(),
         moto.url(),
         moto.url()
@@ -94,7 +100,7 @@ async fn each_scope_is_served_with_its_accounts_credentials_in_its_region() {
         "[[accounts]]\nid = \"{OWN}\"\nregions = [\"eu-west-1\"]\n[[accounts]]\nid = \"{MEMBER}\"\nregions = [\"us-east-1\", \"eu-west-1\"]\nrole_arn = \"{MEMBER_ROLE}\"\nexternal_id = \"{EXTERNAL_ID}\"\n"
     );
     let sidecar = Sidecar::start_with_env(
-        &config(&stub, &moto.url(), &moto, "", &accounts),
+        &config(&stub.url(), &moto.url(), &moto, "", &accounts),
         AWS_TEST_ENV,
     );
     let member = moto.assume_role(MEMBER_ROLE).await;
@@ -327,7 +333,7 @@ async fn a_role_that_cannot_be_assumed_fails_its_scope_alone() {
     // It starts: the refused role is this scope's error, not the sidecar's.
     let sidecar = Sidecar::start_with_env(
         &config(
-            &stub,
+            &stub.url(),
             &stub.url(),
             &moto,
             &format!("account_id = \"{OWN}\"\n"),
@@ -395,6 +401,273 @@ async fn a_role_that_cannot_be_assumed_fails_its_scope_alone() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+/// The access key the Inspector sidecar's door gives the managing sidecar for its own
+/// account (moto takes any key pair as its default account's, which is `OWN`).
+const OWN_KEY_ID: &str = "KEYDORGOWNADMIN00001";
+const OWN_SECRET: &str = "own-account-secret-0123456789abcdef";
+/// What seeds moto's random generator, twice, in the test below.
+const SEED: u64 = 7_202_612;
+
+#[tokio::test]
+async fn an_organization_is_managed_through_a_second_sidecars_door() {
+    let moto = Moto::start();
+    let own = aws_sdk_kms::config::Credentials::new(OWN_KEY_ID, OWN_SECRET, None, None, "tests");
+
+    // The door, like Inspector, must know a caller's key pair before the call. The member
+    // account's pair is the one STS hands the managing sidecar when it assumes the role,
+    // which moto draws from its seedable random generator (all but the session token, which
+    // the door does not need: it checks the signature, which covers the token). So: seed,
+    // assume the role as the sidecar will (its session name and external id), give that
+    // pair to the door, make the keys, and seed again with the same value right before the
+    // sidecar's AssumeRole, its first call to moto, which then draws the same pair.
+    moto.seed(SEED);
+    let foreseen = moto
+        .assume_role_as(
+            &own,
+            MEMBER_ROLE,
+            &format!("inspector-keyd-{OWN}"),
+            Some(EXTERNAL_ID),
+        )
+        .await;
+    let door_keys = tempfile::tempdir().unwrap();
+    let door_credentials = door_keys.path().join("aws-credentials");
+    // The default rules make the `inspector-keyd-admin` profiles admin, each in its account.
+    write_whole(
+        &door_credentials,
+        &format!(
+            "[inspector-keyd-admin]\naws_access_key_id = {OWN_KEY_ID}\naws_secret_access_key = {OWN_SECRET}\naws_account_id = {OWN}\n\n[inspector-keyd-admin-{MEMBER}]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_account_id = {MEMBER}\n",
+            foreseen.access_key_id(),
+            foreseen.secret_access_key()
+        ),
+        0o600,
+    );
+    // Inspector: a local-backend sidecar emulating the same organization (both accounts in
+    // both Regions), verifying Lambda keys as the aws backend does.
+    let organization = format!(
+        "[[accounts]]\nid = \"{OWN}\"\nregions = [\"eu-west-1\"]\n[[accounts]]\nid = \"{MEMBER}\"\nregions = [\"us-east-1\", \"eu-west-1\"]\n"
+    );
+    let inspector = Sidecar::start_with(&format!(
+        "account_id = \"{OWN}\"\nregion = \"us-east-1\"\n[verification]\nlambda_profile = \"amazon-q-lambda\"\n[aws_api]\ncredentials_file = {door_credentials:?}\n{organization}"
+    ));
+
+    // Each key is made in both KMSes with the same ARN: the Inspector sidecar's local KMS,
+    // which its gate reads, and moto, which the managing sidecar's gate reads (as the key's
+    // account: the member's keys with a role of the member account).
+    let member = moto.assume_role(MEMBER_ROLE).await;
+    let both_kmses = |account: &'static str, region: &'static str, policy: String| {
+        let (inspector, moto, own, member) = (&inspector, &moto, &own, &member);
+        async move {
+            let arn = inspector
+                .create_key(proto::CreateKeyRequest {
+                    account_id: account.into(),
+                    region: region.into(),
+                    policy: policy.clone(),
+                    ..Default::default()
+                })
+                .await;
+            let id = arn.rsplit('/').next().unwrap();
+            let caller = if account == OWN { own } else { member };
+            let in_moto = moto
+                .create_key_with_id_as(caller, region, &policy, Some(id))
+                .await;
+            assert_eq!(in_moto, arn, "one key in both");
+            arn
+        }
+    };
+    let scopes = [
+        (OWN, "us-east-1"),
+        (OWN, "eu-west-1"),
+        (MEMBER, "us-east-1"),
+        (MEMBER, "eu-west-1"),
+    ];
+    let mut keys = Vec::new();
+    for (account, region) in scopes {
+        let policy = policy_for(&inspector, account, region).await;
+        keys.push(both_kmses(account, region, policy).await);
+    }
+    // A key of the sidecar's own account whose policy also lets the member's principal use
+    // it: the member's statements (under Sids of their own) with the own account's.
+    let mut member_policy: serde_json::Value =
+        serde_json::from_str(&policy_for(&inspector, MEMBER, "us-east-1").await).unwrap();
+    for statement in member_policy["Statement"].as_array_mut().unwrap() {
+        let sid = statement["Sid"].as_str().unwrap_or_default().to_owned();
+        statement["Sid"] = serde_json::json!(format!("{sid}Member"));
+    }
+    let shared_policy = inspector
+        .read_only_keys()
+        .await
+        .render_key_policy(proto::RenderKeyPolicyRequest {
+            profile: "amazon-q-lambda".into(),
+            region: "us-east-1".into(),
+            account_id: OWN.into(),
+            principal_arn: format!("arn:aws:iam::{OWN}:role/inspector-keyd"),
+            existing_policy_json: member_policy.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_json;
+    let shared = both_kmses(OWN, "us-east-1", shared_policy).await;
+
+    // Nothing reaches moto between this seeding and the managing sidecar's AssumeRole: its
+    // account is configured (no GetCallerIdentity), it reads Inspector (the door) alone until
+    // a key is put in use, and the first call below needs the role before any key is.
+    moto.seed(SEED);
+    let accounts = format!(
+        "[[accounts]]\nid = \"{OWN}\"\nregions = [\"eu-west-1\"]\n[[accounts]]\nid = \"{MEMBER}\"\nregions = [\"us-east-1\", \"eu-west-1\"]\nrole_arn = \"{MEMBER_ROLE}\"\nexternal_id = \"{EXTERNAL_ID}\"\n"
+    );
+    let mut env: Vec<(&str, &str)> = AWS_TEST_ENV
+        .iter()
+        .filter(|(k, _)| *k != "AWS_ACCESS_KEY_ID" && *k != "AWS_SECRET_ACCESS_KEY")
+        .copied()
+        .collect();
+    env.push(("AWS_ACCESS_KEY_ID", OWN_KEY_ID));
+    env.push(("AWS_SECRET_ACCESS_KEY", OWN_SECRET));
+    let sidecar = Sidecar::start_with_env(
+        &config(
+            &inspector.aws_url(),
+            &moto.url(),
+            &moto,
+            &format!("account_id = \"{OWN}\"\n"),
+            &accounts,
+        ),
+        &env,
+    );
+
+    // The member's scopes answer through the door, with the pair the role's session got:
+    // the AWS owned key is in use there, as in every scope so far.
+    let mut reader = sidecar.read_only_keys().await;
+    for (account, region) in scopes {
+        let status = reader
+            .get_encryption_key(get(account, region))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            reason(&status),
+            "AWS_OWNED_KEY",
+            "{account}/{region}: {status:?}"
+        );
+    }
+
+    // A different key in each scope, put in use through the managing sidecar.
+    let mut admin = sidecar.admin_keys().await;
+    for ((account, region), key) in scopes.iter().zip(&keys) {
+        let answer = admin
+            .update_encryption_key(update(key, account, region))
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "{account}/{region}: {s:?}\n{}\n{}",
+                    sidecar.log(),
+                    inspector.log()
+                )
+            })
+            .into_inner();
+        assert!(answer.applied, "{account}/{region}");
+    }
+    // The member's scopes were reached with the pair its role's session was given: the
+    // Inspector sidecar's audit names that key as the caller of the member's Updates.
+    let caller = format!("\"caller\":\"aws:{}\"", foreseen.access_key_id());
+    let log = inspector.log_once_it_has(&caller).await;
+    assert!(
+        log.lines().any(|line| line.contains(&caller)
+            && line.contains("UpdateEncryptionKey")
+            && line.contains(&format!("\"account_id\":\"{MEMBER}\""))
+            && line.contains("\"decision\":\"allowed\"")),
+        "{log}"
+    );
+    let assumed: Vec<String> = moto
+        .sts_requests()
+        .into_iter()
+        .filter(|body| form_value(body, "Action") == Some("AssumeRole"))
+        .filter(|body| form_value(body, "RoleSessionName") == Some("inspector-keyd-123456789012"))
+        .collect();
+    assert_eq!(
+        assumed.len(),
+        2,
+        "the test's and the sidecar's: {assumed:?}"
+    );
+
+    // Each scope reads back its own key, through the managing sidecar and in the Inspector
+    // sidecar itself: each write went into its account and Region there.
+    let mut inspector_reader = inspector.read_only_keys().await;
+    let mut distinct = keys.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{keys:?}");
+    for ((account, region), key) in scopes.iter().zip(&keys) {
+        let answer = reader
+            .get_encryption_key(get(account, region))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&answer.kms_key_id, key, "{account}/{region}");
+        let held = inspector_reader
+            .get_encryption_key(get(account, region))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&held.kms_key_id, key, "{account}/{region} in Inspector");
+    }
+
+    // A key of eu-west-1 is refused for the member's us-east-1, and the key in use stays.
+    let status = admin
+        .update_encryption_key(update(&keys[3], MEMBER, "us-east-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        precondition_types(&status).contains(&"KEY_REGION_MISMATCH".to_owned()),
+        "{status:?}"
+    );
+    // So is the own account's key whose policy leaves the member out.
+    let status = admin
+        .update_encryption_key(update(&keys[0], MEMBER, "us-east-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(reason(&status), "KEY_VERIFICATION_FAILED", "{status:?}");
+    let held = inspector_reader
+        .get_encryption_key(get(MEMBER, "us-east-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.kms_key_id, keys[2], "a refused key is not put in use");
+
+    // The own account's key whose policy lets the member use it is accepted there, as
+    // access from outside the scope, and is the member's key in us-east-1 alone.
+    let answer = admin
+        .update_encryption_key(update(&shared, MEMBER, "us-east-1"))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}\n{}", inspector.log()))
+        .into_inner();
+    assert!(answer.applied);
+    let access = answer.report.unwrap().access.unwrap();
+    assert!(access.entries.iter().any(|e| e.external), "{access:?}");
+    for ((account, region), key) in scopes.iter().zip(&keys) {
+        let expected = if (*account, *region) == (MEMBER, "us-east-1") {
+            &shared
+        } else {
+            key
+        };
+        let held = inspector_reader
+            .get_encryption_key(get(account, region))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            &held.kms_key_id, expected,
+            "{account}/{region} in Inspector"
+        );
+        let answer = reader
+            .get_encryption_key(get(account, region))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&answer.kms_key_id, expected, "{account}/{region}");
+    }
 }
 
 #[test]
@@ -488,7 +761,7 @@ async fn the_organizations_accounts_are_managed_through_one_role_name_and_listed
     let first = new_account(&organizations, "first").await;
     let organization = "[organization]\nrole_name = \"ops/keyd-member\"\nregions = [\"us-east-1\", \"eu-west-1\"]\nrefresh_interval = \"1s\"\n";
     let sidecar = Sidecar::start_with_env(
-        &config(&stub, &moto.url(), &moto, "", organization),
+        &config(&stub.url(), &moto.url(), &moto, "", organization),
         AWS_TEST_ENV,
     );
     assert!(

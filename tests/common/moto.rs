@@ -149,16 +149,30 @@ impl Moto {
     /// Credentials of `role_arn`, assumed with the test credentials through moto's STS
     /// (moto attributes what they create to the role's account).
     pub async fn assume_role(&self, role_arn: &str) -> Credentials {
+        let testing = Credentials::new("testing", "testing", None, None, "tests");
+        self.assume_role_as(&testing, role_arn, "tests", None).await
+    }
+
+    /// Credentials of `role_arn`, assumed as `caller` with `session_name` (and `external_id`
+    /// when given) through moto's STS.
+    pub async fn assume_role_as(
+        &self,
+        caller: &Credentials,
+        role_arn: &str,
+        session_name: &str,
+        external_id: Option<&str>,
+    ) -> Credentials {
         let config = aws_sdk_sts::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+            .credentials_provider(caller.clone())
             .endpoint_url(self.url())
             .build();
         let output = aws_sdk_sts::Client::from_conf(config)
             .assume_role()
             .role_arn(role_arn)
-            .role_session_name("tests")
+            .role_session_name(session_name)
+            .set_external_id(external_id.map(str::to_owned))
             .send()
             .await
             .unwrap();
@@ -180,17 +194,39 @@ impl Moto {
         region: &str,
         policy: &str,
     ) -> String {
+        self.create_key_with_id_as(credentials, region, policy, None)
+            .await
+    }
+
+    /// As [`Moto::create_key_as`], with the key id `id` when given.
+    pub async fn create_key_with_id_as(
+        &self,
+        credentials: &Credentials,
+        region: &str,
+        policy: &str,
+        id: Option<&str>,
+    ) -> String {
         let config = aws_sdk_kms::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_owned()))
             .credentials_provider(credentials.clone())
             .endpoint_url(self.url())
             .build();
+        let tags = id.map(|id| {
+            vec![
+                aws_sdk_kms::types::Tag::builder()
+                    .tag_key("_custom_id_")
+                    .tag_value(id)
+                    .build()
+                    .unwrap(),
+            ]
+        });
         aws_sdk_kms::Client::from_conf(config)
             .create_key()
             .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
             .key_spec(aws_sdk_kms::types::KeySpec::SymmetricDefault)
             .policy(policy)
+            .set_tags(tags)
             .send()
             .await
             .unwrap()
@@ -236,6 +272,32 @@ impl Moto {
             .arn()
             .unwrap()
             .to_owned()
+    }
+}
+
+impl Moto {
+    /// Seeds moto's random generator with `seed` (`POST /moto-api/seed`): what moto makes
+    /// next from it (such as the key pair of an AssumeRole) is the same after each seeding
+    /// with the same value, given the same calls.
+    pub fn seed(&self, seed: u64) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /moto-api/seed?a={seed} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert_eq!(
+            response.split_whitespace().nth(1),
+            Some("200"),
+            "{response}"
+        );
     }
 }
 

@@ -1,7 +1,8 @@
 """moto_server, with one addition for the tests: a KMS key created with the tag
 `_custom_id_` gets that value as its key id (moto honors the tag for other services, not
-yet for KMS). The behaviour suite uses it to hold one key, by the same ARN, in moto and in
-a local-backend sidecar whose AWS-protocol door serves Inspector to an aws-backend one.
+yet for KMS). The behaviour suite and the organization tests use it to hold one key, by the
+same ARN, in moto and in a local-backend sidecar whose AWS-protocol door serves Inspector to
+an aws-backend one.
 
 Usage: moto_server.py [moto_server arguments]
 """
