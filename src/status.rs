@@ -121,9 +121,14 @@ impl From<BackendError> for Status {
             }
             BackendError::AccessDenied { message } => {
                 tracing::warn!(%message, "the backend denied the sidecar's access");
+                // The message is the sidecar's own words (the operation, AWS's error code,
+                // and for another account its id and the role assumed there), never AWS's
+                // text: it says where the permission is missing.
                 status(
                     Code::PermissionDenied,
-                    "the backend denied the sidecar's access; check the sidecar's own permissions",
+                    format!(
+                        "the backend denied the sidecar's access: {message}; check the permissions of the sidecar's identity, or of the role it assumes in that account"
+                    ),
                     "BACKEND_ACCESS_DENIED",
                     &[],
                 )

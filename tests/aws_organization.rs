@@ -350,6 +350,11 @@ async fn a_role_that_cannot_be_assumed_fails_its_scope_alone() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert_eq!(reason(&status), "BACKEND_ACCESS_DENIED");
     assert!(!status.message().contains(AWS_ERROR_TEXT), "{status:?}");
+    // The caller learns where the permission is missing, never the external id.
+    assert!(
+        status.message().contains(REFUSED) && !status.message().contains(EXTERNAL_ID),
+        "{status:?}"
+    );
     let log = sidecar
         .log_once_it_has(&format!(
             "assuming role `{REFUSED_ROLE}` for account {REFUSED}"

@@ -1043,7 +1043,7 @@ mod tests {
     #[test]
     fn a_scope_not_managed_is_a_validation_exception_naming_it() {
         use tonic_types::{ErrorDetails, FieldViolation};
-        let message = "the sidecar does not manage account 222233334444 in ap-south-1; the scopes it manages are its own and those of its [[accounts]] configuration";
+        let message = "the sidecar does not manage account 222233334444 in ap-south-1; the scopes it manages are its own, those of its [[accounts]] configuration and those of its [organization] listing";
         let status = |field: &str| {
             let mut details = ErrorDetails::new();
             details.set_error_info(

@@ -57,7 +57,7 @@ pub enum ServiceError {
     /// The request names an account and Region the sidecar does not manage. Not NOT_FOUND,
     /// which clients read as "the AWS owned key is in use".
     #[error(
-        "the sidecar does not manage account {account_id} in {region}; the scopes it manages are its own and those of its [[accounts]] configuration"
+        "the sidecar does not manage account {account_id} in {region}; the scopes it manages are its own, those of its [[accounts]] configuration and those of its [organization] listing"
     )]
     ScopeNotManaged {
         /// The request field that names the scope (`account_id`, or `finding_arns`).
