@@ -167,6 +167,14 @@ impl EncryptionKeyService for Bare {
     ) -> Result<tonic::Response<proto::BatchGetCodeSnippetResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("baseline"))
     }
+    type ListEncryptionKeysStream =
+        tokio_stream::Empty<Result<proto::ListEncryptionKeysResponse, tonic::Status>>;
+    async fn list_encryption_keys(
+        &self,
+        _: tonic::Request<proto::ListEncryptionKeysRequest>,
+    ) -> Result<tonic::Response<Self::ListEncryptionKeysStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("baseline"))
+    }
     type WatchEncryptionKeyStream =
         tokio_stream::Empty<Result<proto::WatchEncryptionKeyResponse, tonic::Status>>;
     async fn watch_encryption_key(

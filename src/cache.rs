@@ -14,7 +14,7 @@ use std::{
         Arc, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -123,6 +123,10 @@ struct Entry {
     refresh_at: Instant,
     /// The last verification of `key_arn` (by Update or the drift watch); `None` until one.
     verdict: Option<Arc<Report>>,
+    /// When the backend said `key_arn` is in use, and when `verdict` was made: what the
+    /// inventory reports (wall-clock time, unlike `loaded_at`).
+    read_at: SystemTime,
+    verified_at: Option<SystemTime>,
     /// Whether reads are answered from it. The drift watch's refresh of a target nobody
     /// has read keeps what it found (and its verdict) without serving it: the first read
     /// still asks the backend.
@@ -143,11 +147,14 @@ impl Entry {
     fn new(key_arn: Option<Arc<str>>, verdict: Option<Arc<Report>>, config: &CacheConfig) -> Entry {
         let loaded_at = Instant::now();
         let ttl = ttl_of(key_arn.as_deref(), config);
+        let read_at = SystemTime::now();
         Entry {
             key_arn,
             loaded_at,
             refresh_at: loaded_at + jitter::between(ttl, REFRESH_AHEAD.0, REFRESH_AHEAD.1),
+            verified_at: verdict.as_ref().map(|_| read_at),
             verdict,
+            read_at,
             serves_reads: true,
         }
     }
@@ -177,10 +184,14 @@ impl Entry {
     /// The entry after the backend said `key_arn` is in use: the verdict stays when the key
     /// did not change.
     fn reloaded(previous: Option<&Entry>, key_arn: Option<String>, config: &CacheConfig) -> Entry {
-        let verdict = previous
-            .filter(|p| p.key_arn.as_deref() == key_arn.as_deref())
-            .and_then(|p| p.verdict.clone());
-        Entry::new(key_arn.map(Arc::from), verdict, config)
+        let kept = previous.filter(|p| p.key_arn.as_deref() == key_arn.as_deref());
+        let mut entry = Entry::new(
+            key_arn.map(Arc::from),
+            kept.and_then(|p| p.verdict.clone()),
+            config,
+        );
+        entry.verified_at = kept.and_then(|p| p.verified_at);
+        entry
     }
 }
 
@@ -353,6 +364,10 @@ pub struct KeyInUse {
     /// `None`: the AWS owned key.
     pub key_arn: Option<Arc<str>>,
     pub verdict: Option<Arc<Report>>,
+    /// When the backend was last read for it (`None` when nothing was read), and when
+    /// `verdict` was made.
+    pub read_at: Option<SystemTime>,
+    pub verified_at: Option<SystemTime>,
 }
 
 impl From<&Entry> for KeyInUse {
@@ -360,6 +375,8 @@ impl From<&Entry> for KeyInUse {
         KeyInUse {
             key_arn: entry.key_arn.clone(),
             verdict: entry.verdict.clone(),
+            read_at: Some(entry.read_at),
+            verified_at: entry.verified_at,
         }
     }
 }
@@ -585,6 +602,8 @@ impl KeyCache {
             .unwrap_or(KeyInUse {
                 key_arn: None,
                 verdict: None,
+                read_at: None,
+                verified_at: None,
             }))
     }
 
@@ -617,6 +636,7 @@ impl KeyCache {
             && entry.key_arn.as_deref() == Some(key_arn)
         {
             entry.verdict = Some(Arc::new(verdict));
+            entry.verified_at = Some(SystemTime::now());
             self.state.set(target, Some(entry));
         }
     }

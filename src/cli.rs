@@ -3,6 +3,9 @@
 //! and people.
 
 mod access;
+mod fleet;
+
+pub use fleet::{FleetCommand, fleet};
 
 use std::{fmt::Write as _, io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
@@ -51,6 +54,9 @@ pub enum Command {
     /// Check configuration without starting the server.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The organization's keys through a running sidecar: the inventory.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
 }
 
 #[derive(Subcommand)]

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         } => serve(config, log_format, ready_file),
         Command::Policy(command) => cli::policy(command),
         Command::Config(cli::ConfigCommand::Check(args)) => cli::config_check(args),
+        Command::Fleet(command) => cli::fleet(command),
     }
 }
 

@@ -33,14 +33,6 @@ fn toml_path(path: &Path) -> String {
     format!("{:?}", path.to_str().unwrap())
 }
 
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 struct TlsSetup {
     dir: tempfile::TempDir,
     ca: Ca,
@@ -337,10 +329,7 @@ async fn bearer_tokens_are_hashed_in_config_and_never_logged() {
     let dir = tempfile::tempdir().unwrap();
     let admin_token = "admin-token-4f1c2a9e7d3b";
     let reader_token = "reader-token-81be0c55aa12";
-    let sha = |t: &str| -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
-        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-    };
+    let sha = sha256_hex;
     let rules = dir.path().join("rules.toml");
     write_rules(
         &rules,
@@ -699,8 +688,7 @@ async fn token_only_tls_callers_need_a_token() {
     let setup = TlsSetup::new();
     let rules = setup.dir.path().join("rules.toml");
     let token = "tls-reader-token-77";
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hash = sha256_hex(token);
     write_rules(
         &rules,
         &format!("[[rule]]\nrole = \"read-only\"\ntoken_sha256 = \"{hash}\"\n"),
@@ -1051,10 +1039,7 @@ async fn a_rules_file_reached_through_a_group_writable_directory_or_a_link_swapp
 async fn source_code_and_stored_key_verification_need_the_code_reader_role() {
     use proto::verify_key_policy_request::Key;
     let dir = tempfile::tempdir().unwrap();
-    let sha = |t: &str| -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
-        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-    };
+    let sha = sha256_hex;
     let (reader, code_reader) = (
         "reader-token-3b7f19e2c0d4",
         "code-reader-token-9a2e4d61f7b8",

@@ -428,19 +428,6 @@ fn bad_account_entries_are_refused_at_start_naming_the_key() {
     }
 }
 
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
-fn sha256_hex(token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test]
 async fn a_rule_limited_to_some_scopes_gives_its_role_there_alone() {
     let dir = tempfile::tempdir().unwrap();

@@ -160,8 +160,11 @@ impl KeyWatch {
         self.cache
             .set_verdict(target, &key_arn, report.clone())
             .await;
-        let was =
-            previous.and_then(|KeyInUse { key_arn, verdict }| verdict.map(|v| (key_arn, v.passed)));
+        let was = previous.and_then(
+            |KeyInUse {
+                 key_arn, verdict, ..
+             }| verdict.map(|v| (key_arn, v.passed)),
+        );
         let kind = match (was, report.passed) {
             // First look, or another key: report only a failure.
             (None, false) => Some(KeyEventKind::DriftDetected),

@@ -344,14 +344,14 @@ impl EncryptionKeys {
 /// decrypt) are a stored key's verification, which only the method's `stored_key_role` may
 /// learn; below it, the verdict alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReportAudience {
+pub(super) enum ReportAudience {
     Whole,
     VerdictOnly,
 }
 
 impl ReportAudience {
     /// What `caller` may see of a key in `scope`.
-    fn of(caller: Option<&rpc::CallerContext>, scope: Scope) -> ReportAudience {
+    pub(super) fn of(caller: Option<&rpc::CallerContext>, scope: Scope) -> ReportAudience {
         let may = match caller {
             Some(c) if c.scoped.is_some() => c
                 .may_act_in(scope.account_id(), scope.region(), true)
@@ -365,7 +365,7 @@ impl ReportAudience {
         }
     }
 
-    fn report(self, report: Report) -> proto::VerificationReport {
+    pub(super) fn report(self, report: Report) -> proto::VerificationReport {
         match self {
             ReportAudience::Whole => report.into(),
             // The access summary says who may decrypt with the key: code-reader data, as
@@ -409,9 +409,30 @@ fn event_message(event: KeyEvent, audience: ReportAudience) -> proto::WatchEncry
 type WatchStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<proto::WatchEncryptionKeyResponse, Status>> + Send>>;
 
+impl EncryptionKeys {
+    pub(super) fn cache(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    pub(super) fn verifier(&self) -> &KeyVerifier {
+        &self.verifier
+    }
+}
+
 #[tonic::async_trait]
 impl EncryptionKeyService for EncryptionKeys {
     type WatchEncryptionKeyStream = WatchStream;
+    type ListEncryptionKeysStream = super::inventory::InventoryStream;
+
+    async fn list_encryption_keys(
+        &self,
+        request: Request<proto::ListEncryptionKeysRequest>,
+    ) -> Result<Response<Self::ListEncryptionKeysStream>, Status> {
+        let caller = request.extensions().get::<rpc::CallerContext>().cloned();
+        Ok(Response::new(
+            self.inventory(caller.as_ref(), request.get_ref())?,
+        ))
+    }
 
     async fn watch_encryption_key(
         &self,

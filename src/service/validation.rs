@@ -102,6 +102,43 @@ pub fn requested_scope<'r>(
     (account_id, region)
 }
 
+/// The account and Region filters of a ListEncryptionKeys request: each a 12-digit account
+/// id, each a Region name, at most 1,000 of each.
+pub fn inventory_filters(
+    account_ids: &[String],
+    regions: &[String],
+) -> Result<(), Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    for (field, values, valid, what) in [
+        (
+            "account_ids",
+            account_ids,
+            crate::domain::is_account_id as fn(&str) -> bool,
+            "a 12-digit AWS account id",
+        ),
+        (
+            "regions",
+            regions,
+            crate::domain::is_region_name,
+            "an AWS Region name such as us-east-1",
+        ),
+    ] {
+        if values.len() > 1000 {
+            violations.push(FieldViolation::new(field, "holds more than 1,000 values"));
+        } else if let Some(bad) = values.iter().find(|v| !valid(v)) {
+            violations.push(FieldViolation::new(
+                field,
+                format!("`{}` is not {what}", shown(bad)),
+            ));
+        }
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(violations)
+    }
+}
+
 /// A value echoed in a message: short and printable.
 fn shown(value: &str) -> String {
     value.chars().take(64).filter(|c| !c.is_control()).collect()

@@ -1,0 +1,315 @@
+//! `inspector-keyd fleet`: the organization's keys as a whole, through a running sidecar
+//! (over its Unix socket, where the sidecar's own user is admin under the default rules).
+//! `fleet status` prints the inventory.
+
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Args, Subcommand, ValueEnum};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::{emit, emit_json};
+use crate::proto::{self, encryption_key_service_client::EncryptionKeyServiceClient};
+
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// The key in use in every managed account and Region, with its verification (the
+    /// inventory). Exit 0: every scope read; 1: a scope could not be read, or the call
+    /// failed.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+    /// `table` (for people) or `json`.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Only this account (repeatable; default every managed account you may read).
+    #[arg(long = "account", value_name = "ACCOUNT_ID")]
+    accounts: Vec<String>,
+    /// Only this Region (repeatable).
+    #[arg(long = "region", value_name = "REGION")]
+    regions: Vec<String>,
+}
+
+/// Which sidecar to ask.
+#[derive(Args)]
+pub struct SidecarArgs {
+    /// The sidecar's Unix socket. Default: the one `serve` makes without a configuration.
+    #[arg(long, value_name = "PATH", default_value = "state/keyd.sock")]
+    socket: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+pub fn fleet(command: FleetCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return failed(format!("cannot start the client: {error}")),
+    };
+    match command {
+        FleetCommand::Status(args) => runtime.block_on(status(args)),
+    }
+}
+
+/// A failure of the command: exit code 1.
+fn failed(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("inspector-keyd: {message}");
+    ExitCode::FAILURE
+}
+
+/// A gRPC error as a person reads it.
+fn call_failed(status: &tonic::Status) -> ExitCode {
+    failed(format!("{:?}: {}", status.code(), status.message()))
+}
+
+/// A channel to the sidecar's Unix socket (connected on first use).
+async fn connect(socket: &Path) -> Result<Channel, String> {
+    let path = socket.to_owned();
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .map_err(|error| {
+            format!(
+                "cannot reach the sidecar at `{}` ({error}); is `inspector-keyd serve` running? --socket names its socket",
+                socket.display()
+            )
+        })
+}
+
+/// A progress line on standard error, on a terminal only.
+struct Progress {
+    shown: bool,
+}
+
+impl Progress {
+    fn new(wanted: bool) -> Progress {
+        Progress {
+            shown: wanted && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&self, what: &str, done: u32, total: u32) {
+        if self.shown {
+            let width = 30usize;
+            let filled = if total == 0 {
+                width
+            } else {
+                (done as usize * width) / total as usize
+            };
+            eprint!(
+                "\r{what} [{}{}] {done}/{total} scopes",
+                "#".repeat(filled.min(width)),
+                " ".repeat(width - filled.min(width))
+            );
+        }
+    }
+
+    fn clear(&self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+async fn status(args: StatusArgs) -> ExitCode {
+    let channel = match connect(&args.sidecar.socket).await {
+        Ok(channel) => channel,
+        Err(message) => return failed(message),
+    };
+    let mut client = EncryptionKeyServiceClient::new(channel);
+    let request = proto::ListEncryptionKeysRequest {
+        account_ids: args.accounts,
+        regions: args.regions,
+    };
+    let mut stream = match client.list_encryption_keys(request).await {
+        Ok(answer) => answer.into_inner(),
+        Err(status) => return call_failed(&status),
+    };
+    let progress = Progress::new(args.format == Format::Table);
+    let mut entries = Vec::new();
+    let mut scopes = 0;
+    loop {
+        match stream.message().await {
+            Ok(Some(message)) => {
+                progress.show("gathering", message.scopes_done, message.scopes_total);
+                scopes = message.scopes_total;
+                entries.extend(message.entries);
+            }
+            Ok(None) => break,
+            Err(status) => {
+                progress.clear();
+                return call_failed(&status);
+            }
+        }
+    }
+    progress.clear();
+    let errors = entries.iter().filter(|e| !e.error.is_empty()).count();
+    match args.format {
+        Format::Table => emit(&inventory_table(&entries)),
+        Format::Json => emit_json(&json!({
+            "keys": entries.iter().map(entry_json).collect::<Vec<_>>(),
+            "summary": summary(scopes, &entries),
+        })),
+    }
+    if errors > 0 {
+        return failed(format!(
+            "{errors} target(s) could not be read; their error is in the inventory"
+        ));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The resource type's AWS name (`AWS_LAMBDA_FUNCTION`).
+fn resource_type_name(value: i32) -> String {
+    proto::ResourceType::try_from(value)
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("RESOURCE_TYPE_")
+                .to_owned()
+        })
+        .unwrap_or_else(|_| value.to_string())
+}
+
+/// What verification says of an entry's key, in a word or two.
+fn verification_word(entry: &proto::KeyInventoryEntry) -> String {
+    if !entry.error.is_empty() {
+        return "error".into();
+    }
+    match &entry.report {
+        None if entry.kms_key_id.is_empty() => "-".into(),
+        None => "not verified yet".into(),
+        Some(report) if report.passed => "passed".into(),
+        Some(report) => {
+            let codes: Vec<&str> = report
+                .findings
+                .iter()
+                .filter(|f| f.severity == proto::Severity::Error as i32)
+                .map(|f| f.code.as_str())
+                .collect();
+            if codes.is_empty() {
+                "FAILED".into()
+            } else {
+                format!("FAILED ({})", codes.join(", "))
+            }
+        }
+    }
+}
+
+fn timestamp(value: Option<&prost_types::Timestamp>) -> Option<String> {
+    let value = value?;
+    let time = time::OffsetDateTime::from_unix_timestamp(value.seconds).ok()?;
+    time.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// The inventory as an aligned table, one line per target.
+fn inventory_table(entries: &[proto::KeyInventoryEntry]) -> String {
+    let header = [
+        "ACCOUNT",
+        "REGION",
+        "RESOURCE TYPE",
+        "KEY",
+        "VERIFICATION",
+        "READ AT",
+    ];
+    let rows: Vec<[String; 6]> = entries
+        .iter()
+        .map(|e| {
+            [
+                e.account_id.clone(),
+                e.region.clone(),
+                resource_type_name(e.resource_type),
+                if !e.error.is_empty() {
+                    e.error.clone()
+                } else if e.kms_key_id.is_empty() {
+                    "aws-owned".into()
+                } else {
+                    e.kms_key_id.clone()
+                },
+                verification_word(e),
+                timestamp(e.read_at.as_ref()).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut table = line(&header);
+    for row in &rows {
+        table.push_str(&line(&row.each_ref().map(String::as_str)));
+    }
+    table
+}
+
+fn entry_json(entry: &proto::KeyInventoryEntry) -> serde_json::Value {
+    let mut value = json!({
+        "account_id": entry.account_id,
+        "region": entry.region,
+        "resource_type": resource_type_name(entry.resource_type),
+        "kms_key_id": (!entry.kms_key_id.is_empty()).then_some(&entry.kms_key_id),
+        "verification": entry.report.as_ref().map(report_json),
+        "read_at": timestamp(entry.read_at.as_ref()),
+        "verified_at": timestamp(entry.verified_at.as_ref()),
+    });
+    if !entry.error.is_empty() {
+        value["error"] = json!(entry.error);
+    }
+    value
+}
+
+fn report_json(report: &proto::VerificationReport) -> serde_json::Value {
+    json!({
+        "passed": report.passed,
+        "profile": report.profile,
+        "findings": report.findings.iter().map(|f| json!({
+            "code": f.code,
+            "severity": proto::Severity::try_from(f.severity)
+                .map(|s| s.as_str_name().trim_start_matches("SEVERITY_").to_owned())
+                .unwrap_or_default(),
+            "message": f.message,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn summary(scopes: u32, entries: &[proto::KeyInventoryEntry]) -> serde_json::Value {
+    let read = entries.iter().filter(|e| e.error.is_empty());
+    json!({
+        "scopes": scopes,
+        "targets": entries.len(),
+        "customer_managed": read.clone().filter(|e| !e.kms_key_id.is_empty()).count(),
+        "aws_owned": read.clone().filter(|e| e.kms_key_id.is_empty()).count(),
+        "failing_verification": read.filter(|e| e.report.as_ref().is_some_and(|r| !r.passed)).count(),
+        "errors": entries.iter().filter(|e| !e.error.is_empty()).count(),
+    })
+}
