@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use inspector_keyd::{
     app::Hooks,
     backend::{Backend, BackendError},
-    domain::{CodeSnippets, FindingArn, KeyArn, ScopedTarget},
+    domain::{CodeSnippets, FindingArn, KeyArn, Scope, ScopedTarget},
     proto::encryption_key_service_client::EncryptionKeyServiceClient,
     verify::KeyMetadata,
 };
@@ -57,6 +57,13 @@ impl Backend for PanicsAfter {
     }
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
         self.inner.get_key_policy(key).await
+    }
+    async fn resolve_alias(
+        &self,
+        scope: Scope,
+        alias_name: &str,
+    ) -> Result<Option<KeyArn>, BackendError> {
+        self.inner.resolve_alias(scope, alias_name).await
     }
     async fn batch_get_code_snippet(
         &self,

@@ -126,6 +126,10 @@ impl Backend for FakeBackend {
         })
     }
 
+    async fn resolve_alias(&self, _: Scope, _: &str) -> Result<Option<KeyArn>, BackendError> {
+        Ok(None)
+    }
+
     async fn batch_get_code_snippet(&self, _: &[FindingArn]) -> Result<CodeSnippets, BackendError> {
         Err(BackendError::internal("the cache never reads snippets"))
     }

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use super::{Backend, BackendError, PrincipalPolicies};
 use crate::{
     config::LocalConfig,
-    domain::{CodeSnippets, FindingArn, KeyArn, ScopedTarget},
+    domain::{CodeSnippets, FindingArn, KeyArn, Scope, ScopedTarget},
     verify::KeyMetadata,
 };
 
@@ -205,6 +205,15 @@ impl Backend for FaultyBackend {
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
         self.inject(Kind::Read).await?;
         self.inner.get_key_policy(key).await
+    }
+
+    async fn resolve_alias(
+        &self,
+        scope: Scope,
+        alias_name: &str,
+    ) -> Result<Option<KeyArn>, BackendError> {
+        self.inject(Kind::Read).await?;
+        self.inner.resolve_alias(scope, alias_name).await
     }
 
     async fn batch_get_code_snippet(

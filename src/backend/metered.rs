@@ -9,7 +9,7 @@ use tokio::{sync::watch, time::Instant};
 
 use super::{Backend, BackendError, PrincipalPolicies};
 use crate::{
-    domain::{CodeSnippets, FindingArn, KeyArn, ScopedTarget},
+    domain::{CodeSnippets, FindingArn, KeyArn, Scope, ScopedTarget},
     metrics::Metrics,
     verify::KeyMetadata,
 };
@@ -135,6 +135,15 @@ impl Backend for MeteredBackend {
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
         let result = self.inner.get_key_policy(key).await;
         self.count("get_key_policy", result)
+    }
+
+    async fn resolve_alias(
+        &self,
+        scope: Scope,
+        alias_name: &str,
+    ) -> Result<Option<KeyArn>, BackendError> {
+        let result = self.inner.resolve_alias(scope, alias_name).await;
+        self.count("resolve_alias", result)
     }
 
     async fn batch_get_code_snippet(

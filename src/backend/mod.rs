@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use crate::{
-    domain::{CodeSnippets, FindingArn, KeyArn, ScopedTarget},
+    domain::{CodeSnippets, FindingArn, KeyArn, Scope, ScopedTarget},
     verify::{KeyMetadata, access::Grant},
 };
 
@@ -40,6 +40,14 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The key's policy document (the `default` policy), as KMS GetKeyPolicy returns it.
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError>;
+
+    /// The key the alias `alias_name` (`alias/<name>`) names in `scope`'s account and Region,
+    /// as KMS DescribeKey of the alias there answers; `None` when there is no such alias.
+    async fn resolve_alias(
+        &self,
+        scope: Scope,
+        alias_name: &str,
+    ) -> Result<Option<KeyArn>, BackendError>;
 
     /// Inspector's BatchGetCodeSnippet: a result or an error per finding; `Err` only when
     /// the whole call failed. Never cached: snippets are customer code.

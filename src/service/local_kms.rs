@@ -298,7 +298,7 @@ impl LocalKmsService for LocalKmsApi {
         let r = request.into_inner();
         reply(
             self.kms
-                .delete_alias(r.alias_name)
+                .delete_alias(r.alias_name, r.account_id, r.region)
                 .await
                 .map(|()| proto::DeleteAliasResponse {}),
         )
@@ -311,7 +311,7 @@ impl LocalKmsService for LocalKmsApi {
         let r = request.into_inner();
         reply(
             self.kms
-                .list_aliases(r.key_id)
+                .list_aliases(r.key_id, r.account_id, r.region)
                 .await
                 .map(|aliases| proto::ListAliasesResponse {
                     aliases: aliases.into_iter().map(Into::into).collect(),

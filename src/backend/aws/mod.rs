@@ -689,6 +689,33 @@ impl Backend for AwsBackend {
             .ok_or_else(|| BackendError::internal("DescribeKey answered without key metadata"))
     }
 
+    async fn resolve_alias(
+        &self,
+        scope: Scope,
+        alias_name: &str,
+    ) -> Result<Option<KeyArn>, BackendError> {
+        let clients = self.clients(scope.account_id(), scope.region()).await;
+        let answer = clients
+            .kms
+            .describe_key()
+            .key_id(alias_name)
+            .send()
+            .await
+            .map_err(|e| clients.access.failed("DescribeKey", e));
+        let output = match answer {
+            Ok(output) => output,
+            Err(BackendError::NotFound { .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let arn = output
+            .key_metadata()
+            .map(|metadata| metadata.arn().unwrap_or_default())
+            .unwrap_or_default();
+        KeyArn::parse(arn)
+            .map(Some)
+            .map_err(|e| BackendError::internal(format!("DescribeKey of `{alias_name}`: {e}")))
+    }
+
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
         let clients = self.key_clients(key).await;
         let output = clients

@@ -177,6 +177,14 @@ pub struct CreateKeyInput {
 }
 
 /// The ARN of the key `key_id` of `account_id` in `region`.
+/// The ARN of the alias `alias_name` in `account_id`'s `region`.
+fn alias_arn_in(account_id: &str, region: &str, alias_name: &str) -> String {
+    format!(
+        "arn:{}:kms:{region}:{account_id}:{alias_name}",
+        partition_of(region)
+    )
+}
+
 fn key_arn_in(account_id: &str, region: &str, key_id: &str) -> String {
     format!(
         "arn:{}:kms:{region}:{account_id}:key/{key_id}",
@@ -310,11 +318,22 @@ impl LocalKms {
 
     /// The ARN of the alias `alias_name` in the sidecar's Region.
     fn alias_arn(&self, alias_name: &str) -> String {
-        format!(
-            "arn:{}:kms:{}:{}:{alias_name}",
-            partition_of(&self.region),
-            self.region,
-            self.account_id
+        alias_arn_in(&self.account_id, &self.region, alias_name)
+    }
+
+    /// `account_id` and `region`, each the sidecar's own when empty.
+    fn scope_or_own(&self, account_id: String, region: String) -> (String, String) {
+        (
+            if account_id.is_empty() {
+                self.account_id.clone()
+            } else {
+                account_id
+            },
+            if region.is_empty() {
+                self.region.clone()
+            } else {
+                region
+            },
         )
     }
 
@@ -765,8 +784,9 @@ impl LocalKms {
         .await
     }
 
-    /// CreateAlias: `alias_name` names the key `target_key_id` (a key ARN or key id) of the
-    /// sidecar's Region, which is not pending deletion. An existing name is refused.
+    /// CreateAlias: `alias_name` names the key `target_key_id` (a key ARN or key id), which
+    /// is not pending deletion, in the key's account and Region. An existing name there is
+    /// refused.
     pub async fn create_alias(
         &self,
         alias_name: String,
@@ -776,19 +796,10 @@ impl LocalKms {
         self.blocking(move |kms| {
             kms.store.write(|tx| {
                 let key = kms.live_key_in(tx, "target_key_id", &target_key_id)?;
-                if key.region != kms.region {
-                    return Err(BackendError::InvalidRequest {
-                        field: "target_key_id",
-                        message: format!(
-                            "`{}` is in {}; an alias and its key are in the same Region, the sidecar's ({})",
-                            key.arn, key.region, kms.region
-                        ),
-                    });
-                }
                 if key.key_state == "PendingDeletion" {
                     return Err(invalid_state(&key, "pending deletion"));
                 }
-                let alias_arn = kms.alias_arn(&alias_name);
+                let alias_arn = alias_arn_in(&key.account_id, &key.region, &alias_name);
                 if live_alias(tx, &alias_arn)?.is_some() {
                     return Err(BackendError::AlreadyExists {
                         what: format!("alias_name: alias `{alias_name}`"),
@@ -808,12 +819,19 @@ impl LocalKms {
         .await
     }
 
-    /// DeleteAlias: the alias `alias_name` of the sidecar's Region; its key is unchanged.
-    pub async fn delete_alias(&self, alias_name: String) -> Result<(), BackendError> {
+    /// DeleteAlias: the alias `alias_name` of `account_id`'s `region` (each empty: the
+    /// sidecar's own); its key is unchanged.
+    pub async fn delete_alias(
+        &self,
+        alias_name: String,
+        account_id: String,
+        region: String,
+    ) -> Result<(), BackendError> {
         check_alias_name("alias_name", &alias_name)?;
         self.blocking(move |kms| {
             kms.store.write(|tx| {
-                let alias_arn = kms.alias_arn(&alias_name);
+                let (account_id, region) = kms.scope_or_own(account_id, region);
+                let alias_arn = alias_arn_in(&account_id, &region, &alias_name);
                 if live_alias(tx, &alias_arn)?.is_none() {
                     return Err(not_found("alias_name", "alias", &alias_name));
                 }
@@ -823,21 +841,35 @@ impl LocalKms {
         .await
     }
 
-    /// ListAliases: every alias whose key is not deleted, or (`key_id` not empty: a key ARN
-    /// or key id) those of one key, in the order of their ARNs.
-    pub async fn list_aliases(&self, key_id: String) -> Result<Vec<AliasEntry>, BackendError> {
+    /// ListAliases: the aliases of `account_id`'s `region` whose key is not deleted, or
+    /// (`key_id` not empty: a key ARN or key id) those of one key, in the order of their
+    /// ARNs. An empty account or Region is the sidecar's own, or with `key_id`, the key's.
+    pub async fn list_aliases(
+        &self,
+        key_id: String,
+        account_id: String,
+        region: String,
+    ) -> Result<Vec<AliasEntry>, BackendError> {
         self.blocking(move |kms| {
             kms.store.read(|tx| {
-                let key_arn = if key_id.is_empty() {
+                let key = if key_id.is_empty() {
                     None
                 } else {
-                    Some(kms.live_key(tx, &key_id)?.arn)
+                    Some(kms.live_key(tx, &key_id)?)
                 };
+                let (account_id, region) = match &key {
+                    Some(key) if account_id.is_empty() && region.is_empty() => {
+                        (key.account_id.clone(), key.region.clone())
+                    }
+                    _ => kms.scope_or_own(account_id, region),
+                };
+                let in_scope = alias_arn_in(&account_id, &region, ALIAS_PREFIX);
                 let mut aliases = Vec::new();
                 for alias in tx.aliases()? {
-                    if key_arn
-                        .as_ref()
-                        .is_some_and(|arn| *arn != alias.target_key_arn)
+                    if !alias.alias_arn.starts_with(&in_scope)
+                        || key
+                            .as_ref()
+                            .is_some_and(|key| key.arn != alias.target_key_arn)
                     {
                         continue;
                     }
@@ -849,6 +881,20 @@ impl LocalKms {
             })
         })
         .await
+    }
+
+    /// The key ARN the alias `alias_name` names in `account_id`'s `region`, when the alias
+    /// exists and its key is not deleted.
+    pub fn alias_target(
+        &self,
+        account_id: &str,
+        region: &str,
+        alias_name: &str,
+    ) -> Result<Option<String>, BackendError> {
+        check_alias_name("alias_name", alias_name)?;
+        let alias_arn = alias_arn_in(account_id, region, alias_name);
+        self.store
+            .read(|tx| Ok(live_alias(tx, &alias_arn)?.map(|alias| alias.target_key_arn)))
     }
 
     /// Read-modify-write of one live key in a single transaction.

@@ -18,7 +18,7 @@ use store::{KeyReads, Store};
 
 use super::{Backend, BackendError};
 use crate::{
-    domain::{CodeSnippet, CodeSnippets, FindingArn, KeyArn, ScopedTarget, Target},
+    domain::{CodeSnippet, CodeSnippets, FindingArn, KeyArn, Scope, ScopedTarget, Target},
     scopes::ManagedScopes,
     verify::{KeyMetadata, VerificationSettings},
 };
@@ -238,6 +238,25 @@ impl Backend for LocalBackend {
     async fn get_key_policy(&self, key: &KeyArn) -> Result<String, BackendError> {
         let arn = key.as_str().to_owned();
         self.kms.blocking(move |kms| kms.policy_of_arn(&arn)).await
+    }
+
+    async fn resolve_alias(
+        &self,
+        scope: Scope,
+        alias_name: &str,
+    ) -> Result<Option<KeyArn>, BackendError> {
+        let (account_id, region, alias_name) = (
+            scope.account_id().to_owned(),
+            scope.region().to_owned(),
+            alias_name.to_owned(),
+        );
+        let target = self
+            .kms
+            .blocking(move |kms| kms.alias_target(&account_id, &region, &alias_name))
+            .await?;
+        target
+            .map(|arn| KeyArn::parse(&arn).map_err(|e| BackendError::internal(e.to_string())))
+            .transpose()
     }
 
     async fn batch_get_code_snippet(
