@@ -23,6 +23,7 @@ pub mod connection;
 pub mod domain;
 pub mod drain;
 pub mod files;
+pub mod fleet;
 pub mod jitter;
 pub mod metrics;
 pub mod ops;

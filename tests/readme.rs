@@ -2,7 +2,9 @@
 //! each prints what the document shows (key ids, dates and client ports aside): those of the
 //! README's organization section and of docs/organizations.md against `inspector-keyd serve
 //! --config` with the configuration that section shows, all the others against one
-//! `inspector-keyd serve` started with no configuration.
+//! `inspector-keyd serve` started with no configuration. Also checks the tables and lists the
+//! documents keep (finding codes, roles, the layout) and the desired-state page's examples
+//! against the parser and the JSON Schema.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,12 +20,13 @@ use regex::Regex;
 /// walk-through first, all but its organization section (later examples use the keys it
 /// creates), then the docs. Every file in docs/ is listed (checked below) or is
 /// [`ORGANIZATION_DOCUMENT`], so no document's examples are left unrun.
-const DOCUMENTS: [&str; 9] = [
+const DOCUMENTS: [&str; 10] = [
     "README.md",
     "docs/api.md",
     "docs/verification.md",
     "docs/code-snippets.md",
     "docs/configuration.md",
+    "docs/fleet.md",
     "docs/aws-backend.md",
     "docs/operations.md",
     "docs/deployment.md",
@@ -347,4 +350,133 @@ fn the_layout_names_every_module_and_nothing_else() {
         missing.is_empty() && stale.is_empty(),
         "not in the layout: {missing:?}; in the layout but not in src/: {stale:?}"
     );
+}
+
+/// The page of the desired-state file (its `toml` blocks are files the parser reads).
+const FLEET_DOCUMENT: &str = "docs/fleet.md";
+
+/// Every `toml` block of `text`.
+fn blocks<'a>(text: &'a str, language: &str) -> Vec<&'a str> {
+    text.split(&format!("```{language}\n"))
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect()
+}
+
+#[test]
+fn the_fleet_pages_examples_are_desired_states_the_parser_accepts() {
+    let page = read(FLEET_DOCUMENT);
+    let examples = blocks(&page, "toml");
+    assert!(!examples.is_empty(), "{FLEET_DOCUMENT} shows no toml block");
+    for example in examples {
+        if let Err(e) = inspector_keyd::fleet::desired::DesiredState::parse(example) {
+            panic!("{FLEET_DOCUMENT}: {e}\n{example}");
+        }
+    }
+}
+
+/// docs/fleet.schema.json, checked with the `jsonschema` package of the test tools: a valid
+/// draft 2020-12 schema that accepts the page's example and refuses what the parser refuses
+/// and a schema can say.
+#[test]
+fn the_fleet_schema_accepts_the_pages_example_and_refuses_mistakes() {
+    let page = read(FLEET_DOCUMENT);
+    let example = blocks(&page, "toml")[0].to_owned();
+    let arn = "arn:aws:kms:eu-west-1:222233334444:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    // (file, whether the schema accepts it)
+    let files = [
+        (example.clone(), true),
+        (
+            example.replace(
+                "regions = [\"eu-west-1\"]",
+                "regions = [\"us-east-1\", \"eu-west-1\"]",
+            ),
+            true,
+        ),
+        (example.replace(arn, "aws-owned"), true),
+        (
+            example.replace(
+                arn,
+                "arn:aws:kms:eu-west-1:222233334444:alias/inspector-code",
+            ),
+            true,
+        ),
+        (example.replace("kms_key =", "kms_keys ="), false),
+        (example.replace("[[key]]", "[[keys]]"), false),
+        (
+            example.replace("[\"222233334444\"]", "[\"222233334444\", \"*\"]"),
+            false,
+        ),
+        (
+            example.replace("[\"222233334444\"]", "[\"22223333444\"]"),
+            false,
+        ),
+        (example.replace("[\"222233334444\"]", "[]"), false),
+        (
+            example.replace(
+                "regions = [\"eu-west-1\"]",
+                "regions = [\"eu-west-1\", \"eu-west-1\"]",
+            ),
+            false,
+        ),
+        (example.replace("\"eu-west-1\"]", "\"EU-WEST-1\"]"), false),
+        (
+            example.replace("CODE_REPOSITORY", "AWS_EC2_INSTANCE"),
+            false,
+        ),
+        (
+            example.replace("alias/inspector-code", "alias/aws/inspector2"),
+            false,
+        ),
+        (
+            example.replace(arn, "1234abcd-12ab-34cd-56ef-1234567890ab"),
+            false,
+        ),
+        ("# nothing\n".to_owned(), false),
+    ];
+    let instances: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(file, _)| {
+            serde_json::to_value(toml::from_str::<toml::Value>(file).unwrap()).unwrap()
+        })
+        .collect();
+    let python = common::tool("KEYD_TEST_PYTHON", ".tools/venv/bin/python");
+    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/fleet.schema.json");
+    // One line per instance: the messages of its errors, as a JSON list.
+    let script = r#"
+import json, sys
+import jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+validator = jsonschema.Draft202012Validator(schema)
+for instance in json.load(sys.stdin):
+    print(json.dumps([e.message for e in validator.iter_errors(instance)]))
+"#;
+    let mut child = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&schema)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    serde_json::to_writer(child.stdin.take().unwrap(), &instances).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "jsonschema failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let verdicts: Vec<&str> = stdout.lines().collect();
+    assert_eq!(verdicts.len(), files.len(), "{stdout}");
+    for ((file, accepted), verdict) in files.iter().zip(verdicts) {
+        assert_eq!(verdict == "[]", *accepted, "{verdict}\n{file}");
+        // The parser agrees with the schema on each.
+        let parsed = inspector_keyd::fleet::desired::DesiredState::parse(file);
+        assert_eq!(parsed.is_ok(), *accepted, "{parsed:?}\n{file}");
+    }
+    let typo = stdout.lines().nth(4).unwrap();
+    assert!(typo.contains("kms_keys"), "{typo}");
 }
