@@ -3,7 +3,7 @@
 //! accounts and regions name (or `*`) and one target; a later entry overrides earlier ones
 //! for the scopes it matches. A pure library: the caller reads the file, plans and applies.
 
-use std::{fmt, ops::Range};
+use std::{collections::HashMap, fmt, ops::Range};
 
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use serde::Deserialize;
@@ -130,9 +130,10 @@ impl DesiredState {
         if raw_entries.is_empty() {
             return Err(DesiredStateError::at(text, span, nothing_desired()));
         }
+        let lines = LineStarts::of(text);
         let entries = raw_entries
             .into_iter()
-            .map(|raw| Entry::validate(text, raw))
+            .map(|raw| Entry::validate(text, &lines, raw))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(DesiredState { entries })
     }
@@ -268,13 +269,31 @@ fn floor_char_boundary(text: &str, offset: usize) -> usize {
     offset
 }
 
-/// The 1-based line and column (in characters) of a byte offset on a char boundary.
+/// The 1-based line and column (in characters) of a byte offset.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
+    let before = text
+        .get(..floor_char_boundary(text, offset))
+        .unwrap_or(text);
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = before.matches('\n').count() + 1;
     let column = before.get(line_start..).unwrap_or_default().chars().count() + 1;
     (line, column)
+}
+
+/// Where each line starts: the line of every name listed, found without reading the text
+/// again for each.
+struct LineStarts(Vec<usize>);
+
+impl LineStarts {
+    fn of(text: &str) -> LineStarts {
+        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineStarts(starts.collect())
+    }
+
+    /// The 1-based line of a byte offset.
+    fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&start| start <= offset)
+    }
 }
 
 /// The file as written, before validation; every value keeps its span for messages.
@@ -416,6 +435,7 @@ impl ListField {
     fn names(
         &self,
         text: &str,
+        lines: &LineStarts,
         list: Spanned<Vec<Spanned<String>>>,
     ) -> Result<Names, DesiredStateError> {
         let name = self.name;
@@ -429,7 +449,8 @@ impl ListField {
             ));
         }
         let mut listed: Vec<(String, usize)> = Vec::with_capacity(values.len());
-        for (index, value) in values.iter().enumerate() {
+        let mut first_of: HashMap<&str, &Spanned<String>> = HashMap::with_capacity(values.len());
+        for value in &values {
             let at = |message: String| DesiredStateError::at(text, value.span(), message);
             let name_here = value.get_ref();
             if name_here == EVERY {
@@ -449,26 +470,28 @@ impl ListField {
                     self.every
                 )));
             }
-            let earlier = values.get(..index).unwrap_or_default();
-            if let Some(first) = earlier.iter().find(|v| v.get_ref() == name_here) {
+            if let Some(first) = first_of.insert(name_here, value) {
                 let (line, column) = line_and_column(text, first.span().start);
                 return Err(at(format!(
                     "`{name}` lists \"{name_here}\" twice (first at line {line}, column {column})"
                 )));
             }
-            let (line, _) = line_and_column(text, floor_char_boundary(text, value.span().start));
-            listed.push((name_here.clone(), line));
+            listed.push((name_here.clone(), lines.line(value.span().start)));
         }
         Ok(Names::Listed(listed))
     }
 }
 
 impl Entry {
-    fn validate(text: &str, raw: Spanned<RawEntry>) -> Result<Entry, DesiredStateError> {
-        let (line, _) = line_and_column(text, floor_char_boundary(text, raw.span().start));
+    fn validate(
+        text: &str,
+        lines: &LineStarts,
+        raw: Spanned<RawEntry>,
+    ) -> Result<Entry, DesiredStateError> {
+        let line = lines.line(raw.span().start);
         let raw = raw.into_inner();
-        let accounts = ACCOUNTS.names(text, raw.accounts)?;
-        let regions = REGIONS.names(text, raw.regions)?;
+        let accounts = ACCOUNTS.names(text, lines, raw.accounts)?;
+        let regions = REGIONS.names(text, lines, raw.regions)?;
         let resource_type = resource_type(text, &raw.resource_type)?;
         let key = desired_key(text, &raw.kms_key, &accounts, &regions)?;
         Ok(Entry {
@@ -767,6 +790,49 @@ kms_key = "alias/inspector-code"        # an alias resolved in each account and 
                 "{kms_key}"
             );
         }
+    }
+
+    #[test]
+    fn inline_tables_are_entries_too() {
+        let text = "key = [\n  { accounts = [\"*\"], regions = [\"*\"], resource_type = \"CODE_REPOSITORY\", kms_key = \"alias/a\" },\n  { accounts = [\"222233334444\"], regions = [\"*\"], resource_type = \"CODE_REPOSITORY\", kms_key = \"aws-owned\" },\n]\n";
+        let state = DesiredState::parse(text).unwrap();
+        assert_eq!(
+            wanted(&state, "111122223333", "us-east-1", REPOSITORY),
+            Some(("alias/a".into(), 2))
+        );
+        assert_eq!(
+            wanted(&state, "222233334444", "us-east-1", REPOSITORY),
+            Some(("aws-owned".into(), 3))
+        );
+        assert_eq!(
+            state.named_accounts().collect::<Vec<_>>(),
+            [("222233334444", 3)]
+        );
+    }
+
+    /// Thousands of accounts in one entry: each one's line is found once.
+    #[test]
+    fn a_long_list_of_accounts_is_read_and_matched() {
+        let accounts: Vec<String> = (0..5000)
+            .map(|i| format!("\"{:012}\"", 100_000_000_000_u64 + i))
+            .collect();
+        let text = entry(
+            &format!("[\n{}\n]", accounts.join(",\n")),
+            r#"["*"]"#,
+            "AWS_LAMBDA_FUNCTION",
+            "aws-owned",
+        );
+        let state = DesiredState::parse(&text).unwrap();
+        assert_eq!(state.named_accounts().count(), 5000);
+        assert_eq!(state.named_accounts().last(), Some(("100000004999", 5002)));
+        assert_eq!(
+            wanted(&state, "100000004999", "us-east-1", LAMBDA),
+            Some(("aws-owned".into(), 1))
+        );
+        let duplicated = text.replace("\"100000004999\"", "\"100000000000\"");
+        let e = refused(&duplicated);
+        assert_eq!((e.line(), e.column()), (5002, 1), "{e}");
+        assert!(e.message().contains("(first at line 3, column 1)"), "{e}");
     }
 
     #[test]
