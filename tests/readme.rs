@@ -13,7 +13,11 @@ mod common;
 use std::process::Command;
 
 use common::Sidecar;
-use inspector_keyd::verify::FindingCode;
+use inspector_keyd::{
+    domain::{ResourceType, ScanType, Scope, Target},
+    fleet::desired::DesiredState,
+    verify::FindingCode,
+};
 use regex::Regex;
 
 /// The documents whose examples run, in this order, all against one sidecar: the README's
@@ -368,11 +372,35 @@ fn the_fleet_pages_examples_are_desired_states_the_parser_accepts() {
     let page = read(FLEET_DOCUMENT);
     let examples = blocks(&page, "toml");
     assert!(!examples.is_empty(), "{FLEET_DOCUMENT} shows no toml block");
-    for example in examples {
-        if let Err(e) = inspector_keyd::fleet::desired::DesiredState::parse(example) {
+    for example in &examples {
+        if let Err(e) = DesiredState::parse(example) {
             panic!("{FLEET_DOCUMENT}: {e}\n{example}");
         }
     }
+    // The first example does what the page says it does.
+    let state = DesiredState::parse(examples[0]).unwrap();
+    let wanted = |account, region, resource_type| {
+        let target = Target::new(ScanType::Code, resource_type).unwrap();
+        state
+            .wanted(Scope::of(account, region), target)
+            .map(|(key, line)| (key.to_string(), line))
+    };
+    let (lambda, repository) = (
+        ResourceType::AwsLambdaFunction,
+        ResourceType::CodeRepository,
+    );
+    let arn = "arn:aws:kms:eu-west-1:222233334444:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let alias = || Some(("alias/inspector-code".to_owned(), 2));
+    assert_eq!(
+        wanted("222233334444", "eu-west-1", lambda),
+        Some((arn.to_owned(), 9))
+    );
+    assert_eq!(wanted("222233334444", "us-east-1", lambda), alias());
+    assert_eq!(wanted("333344445555", "eu-west-1", lambda), alias());
+    let aws_owned = || Some(("aws-owned".to_owned(), 16));
+    assert_eq!(wanted("111122223333", "us-east-1", repository), aws_owned());
+    assert_eq!(wanted("222233334444", "eu-west-1", repository), aws_owned());
+    assert_eq!(wanted("333344445555", "eu-west-1", repository), None);
 }
 
 /// docs/fleet.schema.json, checked with the `jsonschema` package of the test tools: a valid
@@ -474,7 +502,7 @@ for instance in json.load(sys.stdin):
     for ((file, accepted), verdict) in files.iter().zip(verdicts) {
         assert_eq!(verdict == "[]", *accepted, "{verdict}\n{file}");
         // The parser agrees with the schema on each.
-        let parsed = inspector_keyd::fleet::desired::DesiredState::parse(file);
+        let parsed = DesiredState::parse(file);
         assert_eq!(parsed.is_ok(), *accepted, "{parsed:?}\n{file}");
     }
     let typo = stdout.lines().nth(4).unwrap();

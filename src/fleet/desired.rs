@@ -675,6 +675,17 @@ kms_key = "alias/inspector-code"        # an alias resolved in each account and 
         );
         assert_eq!(state.named_accounts().count(), 0);
         assert_eq!(state.named_regions().count(), 0);
+        // The editors' schema directive is a comment.
+        let directed = format!("#:schema ./fleet.schema.json\n{EXAMPLE}");
+        assert_eq!(
+            wanted(
+                &DesiredState::parse(&directed).unwrap(),
+                "111122223333",
+                "us-east-1",
+                LAMBDA
+            ),
+            Some(("alias/inspector-code".to_owned(), 2))
+        );
     }
 
     #[test]
@@ -888,6 +899,11 @@ kms_key = "alias/inspector-code"        # an alias resolved in each account and 
                 (1, 3),
                 "unknown field `keys`",
             ),
+            (
+                format!("\"$schema\" = \"fleet.schema.json\"\n{}", entry(star, star, "AWS_LAMBDA_FUNCTION", "alias/x")),
+                (1, 1),
+                "unknown field `$schema`, expected `key`: the file holds [[key]] entries only",
+            ),
             // missing fields
             (
                 "\n[[key]]\naccounts = [\"*\"]\nregions = [\"*\"]\nresource_type = \"CODE_REPOSITORY\"\n".into(),
@@ -1040,6 +1056,14 @@ kms_key = "alias/inspector-code"        # an alias resolved in each account and 
             }
             variants.push(text);
         }
+        // Deep nesting, which the TOML parser bounds.
+        variants.push(format!("key = {}", "[".repeat(100_000)));
+        variants.push(format!("key = {}{}", "[".repeat(1_000), "]".repeat(1_000)));
+        variants.push(valid.replace(
+            r#"["*"]"#,
+            &format!("{}\"*\"{}", "[".repeat(500), "]".repeat(500)),
+        ));
+        variants.push(format!("{}=1", "a.".repeat(10_000)));
         assert!(variants.len() > 300, "{}", variants.len());
         let (mut accepted, mut refused) = (0, 0);
         for text in &variants {
