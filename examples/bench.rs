@@ -175,6 +175,20 @@ impl EncryptionKeyService for Bare {
     ) -> Result<tonic::Response<Self::ListEncryptionKeysStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("baseline"))
     }
+    type PlanFleetStream = tokio_stream::Empty<Result<proto::FleetPlanResponse, tonic::Status>>;
+    async fn plan_fleet(
+        &self,
+        _: tonic::Request<proto::PlanFleetRequest>,
+    ) -> Result<tonic::Response<Self::PlanFleetStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("baseline"))
+    }
+    type ApplyFleetStream = tokio_stream::Empty<Result<proto::FleetPlanResponse, tonic::Status>>;
+    async fn apply_fleet(
+        &self,
+        _: tonic::Request<proto::ApplyFleetRequest>,
+    ) -> Result<tonic::Response<Self::ApplyFleetStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("baseline"))
+    }
     type WatchEncryptionKeyStream =
         tokio_stream::Empty<Result<proto::WatchEncryptionKeyResponse, tonic::Status>>;
     async fn watch_encryption_key(

@@ -78,9 +78,29 @@ impl AuditRecord {
 }
 
 /// What a handler learned about the request that the audit line should say (the key and
-/// target), left in the request's extensions by the authorization layer.
+/// target), left in the request's extensions by the authorization layer; and for a call that
+/// makes several changes (ApplyFleet), a line per change as it is made.
 #[derive(Debug, Clone, Default)]
-pub struct AuditSubject(Arc<Mutex<Subject>>);
+pub struct AuditSubject(Arc<Mutex<Subject>>, Option<Arc<CallLine>>);
+
+/// The call's own line as it began, and where lines go: a change's line starts from it.
+#[derive(Debug)]
+struct CallLine {
+    log: AuditLog,
+    record: AuditRecord,
+}
+
+/// One change a call made, as its own audit line says it.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditedChange<'a> {
+    pub key_arn: Option<&'a str>,
+    pub scan_type: &'a str,
+    pub resource_type: &'a str,
+    pub account_id: &'a str,
+    pub region: &'a str,
+    /// The gRPC status code name the change would have answered alone (`OK`, …).
+    pub code: &'static str,
+}
 
 #[derive(Debug, Clone, Default)]
 struct Subject {
@@ -91,6 +111,34 @@ struct Subject {
 }
 
 impl AuditSubject {
+    /// The subject of the call whose line is `record`, written to `log`.
+    pub fn of_call(log: AuditLog, record: &AuditRecord) -> AuditSubject {
+        AuditSubject(
+            Arc::default(),
+            Some(Arc::new(CallLine {
+                log,
+                record: record.clone(),
+            })),
+        )
+    }
+
+    /// Writes the line of one change the call made, now: the call's caller, role, method
+    /// and request id, with the change's key, target, scope and outcome.
+    pub fn write_change(&self, change: AuditedChange<'_>) {
+        let Some(call) = &self.1 else {
+            return;
+        };
+        let mut record = call.record.clone();
+        record.time = now_rfc3339();
+        record.key_arn = change.key_arn.map(str::to_owned);
+        record.scan_type = Some(change.scan_type.to_owned());
+        record.resource_type = Some(change.resource_type.to_owned());
+        record.account_id = Some(change.account_id.to_owned());
+        record.region = Some(change.region.to_owned());
+        record.code = change.code.to_owned();
+        call.log.write(&record);
+    }
+
     pub fn record(
         &self,
         key_arn: Option<&str>,

@@ -1,6 +1,10 @@
 //! The organization's keys as a whole, on the local backend's emulated organization: the
 //! inventory (`ListEncryptionKeys`, and `inspector-keyd fleet status` as its client over the
-//! socket), each caller seeing the scopes its rules allow and the findings its role allows.
+//! socket), each caller seeing the scopes its rules allow and the findings its role allows;
+//! and a desired state planned and applied (`PlanFleet`, `ApplyFleet`, `fleet plan`,
+//! `fleet apply`): aliases resolved per scope, a missing alias and a disabled key each an
+//! error of its scope alone, exit codes, idempotence, a caller limited to one account, and
+//! a file with a typo refused with its line.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -287,5 +291,365 @@ async fn fleet_status_prints_the_inventory_as_a_table_or_json() {
     assert!(
         stderr.contains("cannot reach the sidecar at `/nonexistent/keyd.sock`"),
         "{stderr}"
+    );
+}
+
+/// Lambda's key is the alias `alias/inspector-code` wherever it is managed.
+const DESIRED: &str = r#"# The key Lambda scanning uses, organization-wide.
+[[key]]
+accounts = ["*"]
+regions = ["*"]
+resource_type = "AWS_LAMBDA_FUNCTION"
+kms_key = "alias/inspector-code"
+"#;
+
+/// A new key of `account_id` in `region` named `alias/inspector-code` there.
+async fn aliased_key(sidecar: &Sidecar, account_id: &str, region: &str) -> String {
+    let key = sidecar
+        .create_key(proto::CreateKeyRequest {
+            account_id: account_id.into(),
+            region: region.into(),
+            ..Default::default()
+        })
+        .await;
+    sidecar
+        .kms()
+        .await
+        .create_alias(proto::CreateAliasRequest {
+            alias_name: "alias/inspector-code".into(),
+            target_key_id: key.clone(),
+        })
+        .await
+        .unwrap();
+    key
+}
+
+/// `fleet plan|apply FILE --format json` (with `--yes` for apply): its exit code and JSON.
+fn fleet_json(
+    sidecar: &Sidecar,
+    command: &str,
+    file: &std::path::Path,
+) -> (i32, serde_json::Value) {
+    let mut args = vec![command, file.to_str().unwrap(), "--format", "json"];
+    if command == "apply" {
+        args.push("--yes");
+    }
+    let output = fleet(sidecar, &args);
+    let json = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {output:?}"));
+    (output.status.code().unwrap(), json)
+}
+
+/// Each change as (account, Region, action), with its error when it has one.
+fn actions(json: &serde_json::Value) -> Vec<(String, String, String, Option<String>)> {
+    json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["account_id"].as_str().unwrap_or_default().to_owned(),
+                c["region"].as_str().unwrap_or_default().to_owned(),
+                c["action"].as_str().unwrap().to_owned(),
+                c["error"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+async fn lambda_key(sidecar: &Sidecar, account_id: &str, region: &str) -> Option<String> {
+    sidecar
+        .read_only_keys()
+        .await
+        .get_encryption_key(proto::GetEncryptionKeyRequest {
+            account_id: account_id.into(),
+            region: region.into(),
+            ..get_request(LAMBDA)
+        })
+        .await
+        .ok()
+        .map(|answer| answer.into_inner().kms_key_id)
+}
+
+#[tokio::test]
+async fn plan_and_apply_bring_every_scope_to_the_desired_state_scope_by_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit_file = dir.path().join("audit.jsonl");
+    let sidecar = Sidecar::start_with(&format!(
+        "{ORGANIZATION}\n[authz]\naudit_file = {audit_file:?}\n"
+    ));
+    let file = dir.path().join("desired.toml");
+    std::fs::write(&file, DESIRED).unwrap();
+    // The alias in three scopes; in one its key is disabled. The fourth has no such alias.
+    let own_us = aliased_key(&sidecar, OWN, "us-east-1").await;
+    let other_us = aliased_key(&sidecar, OTHER, "us-east-1").await;
+    let disabled = aliased_key(&sidecar, OWN, "eu-west-1").await;
+    let mut kms = sidecar.kms().await;
+    kms.disable_key(proto::DisableKeyRequest {
+        key_id: disabled.clone(),
+    })
+    .await
+    .unwrap();
+
+    let (code, plan) = fleet_json(&sidecar, "plan", &file);
+    assert_eq!(code, 1, "errors: exit 1 {plan}");
+    let planned = actions(&plan);
+    assert_eq!(planned.len(), 4, "Lambda in each scope: {plan}");
+    let find =
+        |changes: &[(String, String, String, Option<String>)], account: &str, region: &str| {
+            changes
+                .iter()
+                .find(|(a, r, _, _)| a == account && r == region)
+                .cloned()
+                .unwrap()
+        };
+    assert_eq!(find(&planned, OWN, "us-east-1").2, "update");
+    assert_eq!(find(&planned, OTHER, "us-east-1").2, "update");
+    let missing = find(&planned, OTHER, "eu-west-1").3.unwrap();
+    assert!(
+        missing.contains("alias `alias/inspector-code` does not exist in 222233334444/eu-west-1"),
+        "{missing}"
+    );
+    let failing = find(&planned, OWN, "eu-west-1").3.unwrap();
+    assert!(
+        failing.contains("fails verification") && failing.contains("KEY_NOT_ENABLED"),
+        "{failing}"
+    );
+    let update = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["to"] == own_us.as_str())
+        .unwrap();
+    assert_eq!(
+        update["from"],
+        serde_json::Value::Null,
+        "from the AWS owned key"
+    );
+    assert_eq!(update["report"]["passed"], true);
+    assert_eq!(update["line"], 2);
+    assert_eq!(
+        plan["summary"],
+        serde_json::json!({"unchanged": 0, "updates": 2, "resets": 0, "errors": 2, "applied": null, "retries": null})
+    );
+    assert_eq!(
+        lambda_key(&sidecar, OWN, "us-east-1").await,
+        None,
+        "a plan changes nothing"
+    );
+
+    // Apply writes what it can and names what it could not.
+    let output = fleet(&sidecar, &["apply", file.to_str().unwrap(), "--yes"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("2 target(s) are not in the desired state")
+            && stderr.contains("222233334444/eu-west-1/AWS_LAMBDA_FUNCTION: the alias")
+            && stderr.contains("111122223333/eu-west-1/AWS_LAMBDA_FUNCTION: "),
+        "{stderr}"
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("Applied: 2 to update, 0 to reset, 0 unchanged, 2 error(s); 2 written"),
+        "{table}"
+    );
+    assert_eq!(
+        lambda_key(&sidecar, OWN, "us-east-1").await,
+        Some(own_us.clone())
+    );
+    assert_eq!(
+        lambda_key(&sidecar, OTHER, "us-east-1").await,
+        Some(other_us.clone())
+    );
+    assert_eq!(
+        lambda_key(&sidecar, OWN, "eu-west-1").await,
+        None,
+        "never a failing key"
+    );
+    assert_eq!(lambda_key(&sidecar, OTHER, "eu-west-1").await, None);
+
+    // Each write is a line of its own in the audit log.
+    let audited = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&audit_file)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|r: &serde_json::Value| {
+                r["rpc"] == "/inspectorkeyd.v1.EncryptionKeyService/ApplyFleet"
+                    && !r["key_arn"].is_null()
+            })
+            .collect()
+    };
+    let writes = audited();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert!(writes.iter().any(|w| w["key_arn"] == own_us.as_str()
+        && w["account_id"] == OWN
+        && w["region"] == "us-east-1"
+        && w["resource_type"] == "AWS_LAMBDA_FUNCTION"
+        && w["code"] == "OK"));
+
+    // Fixed: the alias made, the key enabled. Then everything is in the desired state.
+    let other_eu = aliased_key(&sidecar, OTHER, "eu-west-1").await;
+    kms.enable_key(proto::EnableKeyRequest {
+        key_id: disabled.clone(),
+    })
+    .await
+    .unwrap();
+    let (code, plan) = fleet_json(&sidecar, "plan", &file);
+    assert_eq!(code, 2, "changes pending: {plan}");
+    assert_eq!(plan["summary"]["updates"], 2);
+    assert_eq!(plan["summary"]["unchanged"], 2);
+    let (code, applied) = fleet_json(&sidecar, "apply", &file);
+    assert_eq!(code, 0, "{applied}");
+    assert_eq!(applied["summary"]["applied"], 2);
+    assert_eq!(
+        lambda_key(&sidecar, OTHER, "eu-west-1").await,
+        Some(other_eu)
+    );
+    assert_eq!(lambda_key(&sidecar, OWN, "eu-west-1").await, Some(disabled));
+    let (code, plan) = fleet_json(&sidecar, "plan", &file);
+    assert_eq!(code, 0, "nothing to change: {plan}");
+    assert_eq!(plan["summary"]["unchanged"], 4);
+    // A second apply writes nothing.
+    let (code, again) = fleet_json(&sidecar, "apply", &file);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(again["summary"]["applied"], 0);
+    assert_eq!(audited().len(), 4);
+
+    // A later entry overrides: back to the AWS owned key in one scope.
+    std::fs::write(
+        &file,
+        format!("{DESIRED}\n[[key]]\naccounts = [\"{OTHER}\"]\nregions = [\"us-east-1\"]\nresource_type = \"AWS_LAMBDA_FUNCTION\"\nkms_key = \"aws-owned\"\n"),
+    )
+    .unwrap();
+    let (code, applied) = fleet_json(&sidecar, "apply", &file);
+    assert_eq!(code, 0, "{applied}");
+    let reset = find(&actions(&applied), OTHER, "us-east-1");
+    assert_eq!(reset.2, "reset");
+    assert_eq!(applied["summary"]["resets"], 1);
+    assert_eq!(lambda_key(&sidecar, OTHER, "us-east-1").await, None);
+    assert_eq!(lambda_key(&sidecar, OWN, "us-east-1").await, Some(own_us));
+}
+
+#[tokio::test]
+async fn a_desired_state_with_a_typo_is_refused_with_its_line_and_changes_nothing() {
+    let sidecar = Sidecar::start_with(ORGANIZATION);
+    aliased_key(&sidecar, OWN, "us-east-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("desired.toml");
+    let typo = DESIRED.replace("kms_key =", "kms_keys =");
+    std::fs::write(&file, &typo).unwrap();
+    for command in [&["plan"][..], &["apply", "--yes"]] {
+        let output = fleet(&sidecar, &[command, &[file.to_str().unwrap()]].concat());
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("kms_keys") && stderr.contains("line 6"),
+            "{stderr}"
+        );
+    }
+    // The sidecar refuses it too, naming the field and the line.
+    let status = sidecar
+        .admin_keys()
+        .await
+        .plan_fleet(proto::PlanFleetRequest {
+            desired_state: typo,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("desired_state") && status.message().contains("line 6"),
+        "{status:?}"
+    );
+    assert_eq!(lambda_key(&sidecar, OWN, "us-east-1").await, None);
+
+    // Apply asks first; with no terminal to ask on, it needs --yes.
+    std::fs::write(&file, DESIRED).unwrap();
+    let output = Command::new(BIN)
+        .args(["fleet", "apply", file.to_str().unwrap(), "--socket"])
+        .arg(&sidecar.socket)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("pass --yes"));
+    assert_eq!(lambda_key(&sidecar, OWN, "us-east-1").await, None);
+}
+
+#[tokio::test]
+async fn a_caller_limited_to_one_account_plans_and_applies_that_account_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "other-admin-7d2c9e41b0a8";
+    let rules = dir.path().join("rules.toml");
+    write_whole(
+        &rules,
+        &format!(
+            "[[rule]]\nrole = \"admin\"\nunix_uid = {uid}\n\
+             [[rule]]\nrole = \"admin\"\ntoken_sha256 = \"{}\"\naccounts = [\"{OTHER}\"]\n",
+            sha256_hex(token),
+            uid = rustix::process::getuid().as_raw(),
+        ),
+        0o644,
+    );
+    let sidecar = Sidecar::start_with(&format!(
+        "{ORGANIZATION}\n[authz]\nrules_file = {:?}\n",
+        rules.to_str().unwrap()
+    ));
+    for (account, region) in [
+        (OWN, "us-east-1"),
+        (OTHER, "us-east-1"),
+        (OTHER, "eu-west-1"),
+    ] {
+        aliased_key(&sidecar, account, region).await;
+    }
+    let mut tcp = EncryptionKeyServiceClient::new(sidecar.tcp_channel().await);
+    let mut stream = tcp
+        .apply_fleet(with_token(
+            proto::ApplyFleetRequest {
+                desired_state: DESIRED.into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut changes = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        changes.extend(message.changes);
+    }
+    let places: Vec<_> = changes
+        .iter()
+        .map(|c| (c.account_id.as_str(), c.region.as_str(), c.applied))
+        .collect();
+    assert_eq!(
+        places,
+        [(OTHER, "us-east-1", true), (OTHER, "eu-west-1", true)],
+        "{changes:?}"
+    );
+    assert_eq!(lambda_key(&sidecar, OWN, "us-east-1").await, None);
+    assert!(lambda_key(&sidecar, OTHER, "eu-west-1").await.is_some());
+
+    // Naming an account beyond its rules is an error of that entry, not a silent nothing.
+    let named = DESIRED.replace("accounts = [\"*\"]", &format!("accounts = [\"{OWN}\"]"));
+    let mut stream = tcp
+        .plan_fleet(with_token(
+            proto::PlanFleetRequest {
+                desired_state: named,
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut changes = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        changes.extend(message.changes);
+    }
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(
+        changes[0]
+            .error
+            .contains("account 111122223333 is not managed by this sidecar (or not by your rules)"),
+        "{changes:?}"
     );
 }

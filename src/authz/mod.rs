@@ -276,9 +276,9 @@ impl AuditGuard {
     /// The guard of `record`, written when the call ends or the guard is dropped.
     fn new(log: AuditLog, record: AuditRecord) -> AuditGuard {
         AuditGuard {
+            subject: AuditSubject::of_call(log.clone(), &record),
             log,
             record: Some(record),
-            subject: AuditSubject::default(),
             started: Instant::now(),
         }
     }

@@ -1,6 +1,8 @@
 //! `inspector-keyd fleet`: the organization's keys as a whole, through a running sidecar
 //! (over its Unix socket, where the sidecar's own user is admin under the default rules).
-//! `fleet status` prints the inventory.
+//! `fleet status` prints the inventory; `fleet plan FILE` and `fleet apply FILE` bring the
+//! managed scopes to a desired state (docs/fleet.md), planned and applied in the sidecar
+//! (one verification gate, cache and audit trail), this command their client.
 
 use std::{
     io::IsTerminal as _,
@@ -14,7 +16,10 @@ use serde_json::json;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::{emit, emit_json};
-use crate::proto::{self, encryption_key_service_client::EncryptionKeyServiceClient};
+use crate::{
+    fleet::desired::DesiredState,
+    proto::{self, encryption_key_service_client::EncryptionKeyServiceClient},
+};
 
 #[derive(Subcommand)]
 pub enum FleetCommand {
@@ -22,6 +27,34 @@ pub enum FleetCommand {
     /// inventory). Exit 0: every scope read; 1: a scope could not be read, or the call
     /// failed.
     Status(StatusArgs),
+    /// What bringing the managed scopes to the desired state in FILE would change. Exit 0:
+    /// nothing would change; 2: changes are pending; 1: an error (a scope that cannot be
+    /// brought to it, or the call failed), as `terraform plan -detailed-exitcode`.
+    Plan(PlanArgs),
+    /// Apply the desired state in FILE: shows the plan, asks on a terminal (`--yes` for
+    /// CI), applies it, and ends with a summary. Exit 0: every scope is in the desired
+    /// state; 1: something failed, named on standard error.
+    Apply(ApplyArgs),
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// The desired-state file (TOML; docs/fleet.md).
+    file: PathBuf,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+    /// `table` (for people) or `json`.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Apply without asking (needed when standard input is not a terminal).
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Args)]
@@ -63,6 +96,8 @@ pub fn fleet(command: FleetCommand) -> ExitCode {
     };
     match command {
         FleetCommand::Status(args) => runtime.block_on(status(args)),
+        FleetCommand::Plan(args) => runtime.block_on(plan(args)),
+        FleetCommand::Apply(args) => runtime.block_on(apply(args)),
     }
 }
 
@@ -251,13 +286,18 @@ fn inventory_table(entries: &[proto::KeyInventoryEntry]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    aligned(&header, &rows)
+}
+
+/// `rows` under `header`, each column as wide as its widest cell.
+fn aligned<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |cells: &[&str]| {
+    let line = |cells: [&str; N]| {
         let padded: Vec<String> = cells
             .iter()
             .zip(widths)
@@ -265,9 +305,9 @@ fn inventory_table(entries: &[proto::KeyInventoryEntry]) -> String {
             .collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
-    let mut table = line(&header);
-    for row in &rows {
-        table.push_str(&line(&row.each_ref().map(String::as_str)));
+    let mut table = line(*header);
+    for row in rows {
+        table.push_str(&line(row.each_ref().map(String::as_str)));
     }
     table
 }
@@ -312,4 +352,288 @@ fn summary(scopes: u32, entries: &[proto::KeyInventoryEntry]) -> serde_json::Val
         "failing_verification": read.filter(|e| e.report.as_ref().is_some_and(|r| !r.passed)).count(),
         "errors": entries.iter().filter(|e| !e.error.is_empty()).count(),
     })
+}
+
+/// The desired-state file's text, checked here first so a mistake is shown against the
+/// file (the sidecar checks it again with the same parser).
+fn desired_state(path: &Path) -> Result<String, ExitCode> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| failed(format!("cannot read `{}`: {e}", path.display())))?;
+    if let Err(error) = DesiredState::parse(&text) {
+        let shown = error.render(
+            &text,
+            &path.display().to_string(),
+            std::io::stderr().is_terminal(),
+        );
+        eprintln!("{}", shown.trim_end());
+        return Err(failed(format!(
+            "`{}` is not a valid desired state (line {}, column {})",
+            path.display(),
+            error.line(),
+            error.column()
+        )));
+    }
+    Ok(text)
+}
+
+/// Every change of a PlanFleet or ApplyFleet stream, and its summary.
+async fn gather(
+    mut stream: tonic::Streaming<proto::FleetPlanResponse>,
+    progress: &Progress,
+    what: &str,
+) -> Result<(Vec<proto::FleetChange>, proto::FleetSummary), tonic::Status> {
+    let mut changes = Vec::new();
+    let mut summary = proto::FleetSummary::default();
+    while let Some(message) = stream.message().await? {
+        progress.show(what, message.scopes_done, message.scopes_total);
+        changes.extend(message.changes);
+        if let Some(last) = message.summary {
+            summary = last;
+        }
+    }
+    progress.clear();
+    Ok((changes, summary))
+}
+
+async fn plan(args: PlanArgs) -> ExitCode {
+    let text = match desired_state(&args.file) {
+        Ok(text) => text,
+        Err(code) => return code,
+    };
+    let mut client = match connect(&args.sidecar.socket).await {
+        Ok(channel) => EncryptionKeyServiceClient::new(channel),
+        Err(message) => return failed(message),
+    };
+    let progress = Progress::new(args.format == Format::Table);
+    let planned = match client
+        .plan_fleet(proto::PlanFleetRequest {
+            desired_state: text,
+        })
+        .await
+    {
+        Ok(answer) => gather(answer.into_inner(), &progress, "planning").await,
+        Err(status) => Err(status),
+    };
+    let (changes, summary) = match planned {
+        Ok(planned) => planned,
+        Err(status) => return call_failed(&status),
+    };
+    show(&changes, &summary, args.format, false);
+    if summary.errors > 0 {
+        return failed(format!(
+            "{} target(s) cannot be brought to the desired state; see their error",
+            summary.errors
+        ));
+    }
+    if summary.updates + summary.resets > 0 {
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn apply(args: ApplyArgs) -> ExitCode {
+    let ApplyArgs { plan: args, yes } = args;
+    let text = match desired_state(&args.file) {
+        Ok(text) => text,
+        Err(code) => return code,
+    };
+    let mut client = match connect(&args.sidecar.socket).await {
+        Ok(channel) => EncryptionKeyServiceClient::new(channel),
+        Err(message) => return failed(message),
+    };
+    let progress = Progress::new(args.format == Format::Table);
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return failed(
+                "fleet apply changes keys: pass --yes to apply without being asked (standard input is not a terminal to ask on)",
+            );
+        }
+        let planned = match client
+            .plan_fleet(proto::PlanFleetRequest {
+                desired_state: text.clone(),
+            })
+            .await
+        {
+            Ok(answer) => gather(answer.into_inner(), &progress, "planning").await,
+            Err(status) => Err(status),
+        };
+        let (changes, summary) = match planned {
+            Ok(planned) => planned,
+            Err(status) => return call_failed(&status),
+        };
+        show(&changes, &summary, Format::Table, false);
+        let writes = summary.updates + summary.resets;
+        if writes == 0 {
+            eprintln!("Nothing to apply.");
+            return if summary.errors > 0 {
+                failed(format!("{} target(s) have errors", summary.errors))
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        eprint!("Apply {writes} change(s)? Only 'yes' applies: ");
+        let mut answer = String::new();
+        if std::io::stdin().read_line(&mut answer).is_err() || answer.trim() != "yes" {
+            return failed("not applied");
+        }
+    }
+    let applied = match client
+        .apply_fleet(proto::ApplyFleetRequest {
+            desired_state: text,
+        })
+        .await
+    {
+        Ok(answer) => gather(answer.into_inner(), &progress, "applying").await,
+        Err(status) => Err(status),
+    };
+    let (changes, summary) = match applied {
+        Ok(applied) => applied,
+        Err(status) => return call_failed(&status),
+    };
+    show(&changes, &summary, args.format, true);
+    let failures: Vec<String> = changes
+        .iter()
+        .filter(|c| !c.error.is_empty())
+        .map(|c| format!("  {}: {}", place(c), c.error))
+        .collect();
+    if failures.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    failed(format!(
+        "{} target(s) are not in the desired state:\n{}",
+        failures.len(),
+        failures.join("\n")
+    ))
+}
+
+/// Where a change is, as messages name it.
+fn place(change: &proto::FleetChange) -> String {
+    let resource_type =
+        (change.resource_type != 0).then(|| resource_type_name(change.resource_type));
+    [
+        Some(change.account_id.as_str()),
+        Some(change.region.as_str()),
+        resource_type.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|part| !part.is_empty())
+    .collect::<Vec<_>>()
+    .join("/")
+}
+
+/// A change's action, as the plan names it.
+fn action_word(change: &proto::FleetChange) -> &'static str {
+    if !change.error.is_empty() {
+        return "error";
+    }
+    match change.action() {
+        proto::FleetAction::None => "none",
+        proto::FleetAction::Update => "update",
+        proto::FleetAction::Reset => "reset",
+        proto::FleetAction::Unspecified => "error",
+    }
+}
+
+/// Prints the changes and summary as `format` says; `applied`: the answer of an apply.
+fn show(
+    changes: &[proto::FleetChange],
+    summary: &proto::FleetSummary,
+    format: Format,
+    applied: bool,
+) {
+    let key = |arn: &str| {
+        if arn.is_empty() {
+            "aws-owned".to_owned()
+        } else {
+            arn.to_owned()
+        }
+    };
+    match format {
+        Format::Json => emit_json(&json!({
+            "changes": changes.iter().map(|c| {
+                let mut value = json!({
+                    "account_id": (!c.account_id.is_empty()).then_some(&c.account_id),
+                    "region": (!c.region.is_empty()).then_some(&c.region),
+                    "resource_type": (c.resource_type != 0).then(|| resource_type_name(c.resource_type)),
+                    "action": action_word(c),
+                    "from": (!c.from_kms_key_id.is_empty()).then_some(&c.from_kms_key_id),
+                    "to": (!c.to_kms_key_id.is_empty()).then_some(&c.to_kms_key_id),
+                    "line": c.line,
+                });
+                if !c.error.is_empty() {
+                    value["error"] = json!(c.error);
+                }
+                if let Some(report) = &c.report {
+                    value["report"] = report_json(report);
+                }
+                if applied {
+                    value["applied"] = json!(c.applied);
+                    value["retries"] = json!(c.retries);
+                }
+                value
+            }).collect::<Vec<_>>(),
+            "summary": {
+                "unchanged": summary.unchanged,
+                "updates": summary.updates,
+                "resets": summary.resets,
+                "errors": summary.errors,
+                "applied": applied.then_some(summary.applied),
+                "retries": applied.then_some(summary.retries),
+            },
+        })),
+        Format::Table => {
+            let header = ["ACCOUNT", "REGION", "RESOURCE TYPE", "ACTION", "CHANGE"];
+            let rows: Vec<[String; 5]> = changes
+                .iter()
+                .map(|c| {
+                    let detail = if !c.error.is_empty() {
+                        c.error.clone()
+                    } else if c.action() == proto::FleetAction::None {
+                        key(&c.from_kms_key_id)
+                    } else {
+                        let done = if applied && c.applied {
+                            " (applied)"
+                        } else {
+                            ""
+                        };
+                        format!(
+                            "{} -> {}{done}",
+                            key(&c.from_kms_key_id),
+                            key(&c.to_kms_key_id)
+                        )
+                    };
+                    [
+                        c.account_id.clone(),
+                        c.region.clone(),
+                        if c.resource_type == 0 {
+                            String::new()
+                        } else {
+                            resource_type_name(c.resource_type)
+                        },
+                        action_word(c).to_owned(),
+                        detail,
+                    ]
+                })
+                .collect();
+            let mut text = aligned(&header, &rows);
+            let verb = if applied { "Applied" } else { "Plan" };
+            text.push_str(&format!(
+                "{verb}: {} to update, {} to reset, {} unchanged, {} error(s){}.\n",
+                summary.updates,
+                summary.resets,
+                summary.unchanged,
+                summary.errors,
+                if applied {
+                    format!(
+                        "; {} written, {} throttled write(s) tried again",
+                        summary.applied, summary.retries
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            emit(&text);
+        }
+    }
 }

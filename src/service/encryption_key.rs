@@ -417,12 +417,48 @@ impl EncryptionKeys {
     pub(super) fn verifier(&self) -> &KeyVerifier {
         &self.verifier
     }
+
+    pub(super) fn watch(&self) -> &KeyWatch {
+        &self.watch
+    }
 }
 
 #[tonic::async_trait]
 impl EncryptionKeyService for EncryptionKeys {
     type WatchEncryptionKeyStream = WatchStream;
     type ListEncryptionKeysStream = super::inventory::InventoryStream;
+    type PlanFleetStream = super::fleet::FleetStream;
+    type ApplyFleetStream = super::fleet::FleetStream;
+
+    async fn plan_fleet(
+        &self,
+        request: Request<proto::PlanFleetRequest>,
+    ) -> Result<Response<Self::PlanFleetStream>, Status> {
+        let caller = request.extensions().get::<rpc::CallerContext>().cloned();
+        Ok(Response::new(self.fleet(
+            caller.as_ref(),
+            &request.get_ref().desired_state,
+            false,
+            None,
+        )?))
+    }
+
+    async fn apply_fleet(
+        &self,
+        request: Request<proto::ApplyFleetRequest>,
+    ) -> Result<Response<Self::ApplyFleetStream>, Status> {
+        let caller = request.extensions().get::<rpc::CallerContext>().cloned();
+        let audit = request
+            .extensions()
+            .get::<crate::audit::AuditSubject>()
+            .cloned();
+        Ok(Response::new(self.fleet(
+            caller.as_ref(),
+            &request.get_ref().desired_state,
+            true,
+            audit,
+        )?))
+    }
 
     async fn list_encryption_keys(
         &self,

@@ -55,6 +55,15 @@ impl KeyVerifier {
         &self.scopes
     }
 
+    /// The key the alias `alias_name` names in `scope`, as the backend's KMS resolves it.
+    pub async fn resolve_alias(
+        &self,
+        scope: Scope,
+        alias_name: &str,
+    ) -> Result<Option<KeyArn>, BackendError> {
+        self.backend.resolve_alias(scope, alias_name).await
+    }
+
     /// The settings of the sidecar's own scope.
     pub fn settings(&self) -> &VerificationSettings {
         self.scopes.own_settings()

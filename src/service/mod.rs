@@ -6,6 +6,7 @@
 mod code_snippets;
 pub mod drift;
 mod encryption_key;
+mod fleet;
 mod inventory;
 pub mod keycheck;
 mod local_kms;

@@ -1,0 +1,404 @@
+//! Plan and apply of a desired state for the organization's keys (`PlanFleet`,
+//! `ApplyFleet`): for each managed scope and target the desired state names and the caller
+//! may act in, what the key in use is and what it should be, verified in that scope; and,
+//! applying, the writes, through the same cache, watch and audit as Update and Reset.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::Status;
+
+use super::{
+    ServiceError, encryption_key::EncryptionKeys, keycheck::Subject, validation::FieldViolation,
+};
+use crate::{
+    audit::{AuditSubject, AuditedChange},
+    backend::BackendError,
+    domain::{KeyArn, Scope, ScopedTarget, Target},
+    fleet::desired::{DesiredKey, DesiredState},
+    proto::{self, FleetAction},
+    rpc,
+    verify::Report,
+};
+
+/// Scopes per streamed message, as the inventory's.
+const SCOPES_PER_MESSAGE: usize = 50;
+
+/// Scopes planned (or applied) at once: a fleet is a bounded trickle of backend calls.
+const SCOPES_AT_ONCE: usize = 8;
+
+/// Tries of one write the backend throttles, and the first pause between them (doubled
+/// each time, unless the backend says how long to wait).
+const WRITE_ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Between two writes in one account and Region: the rate a scope is written at.
+const WRITE_SPACING: Duration = Duration::from_millis(200);
+
+pub(super) type FleetStream =
+    Pin<Box<dyn Stream<Item = Result<proto::FleetPlanResponse, Status>> + Send>>;
+
+/// What a planned change writes.
+enum Write {
+    Update(KeyArn, Box<Report>),
+    Reset,
+}
+
+/// One target's plan: what the plan says, and what applying it writes.
+struct Planned {
+    target: ScopedTarget,
+    change: proto::FleetChange,
+    write: Option<Write>,
+}
+
+impl EncryptionKeys {
+    /// The plan of `desired_state` for `caller`, applied when `apply` (writes audited on
+    /// `audit`, the call's audit subject).
+    pub(super) fn fleet(
+        &self,
+        caller: Option<&rpc::CallerContext>,
+        desired_state: &str,
+        apply: bool,
+        audit: Option<AuditSubject>,
+    ) -> Result<FleetStream, ServiceError> {
+        let desired = DesiredState::parse(desired_state).map_err(|error| {
+            ServiceError::InvalidArgument(vec![FieldViolation::new(
+                "desired_state",
+                error.to_string(),
+            )])
+        })?;
+        let scoped_caller = caller.filter(|c| c.scoped.is_some());
+        let may_act = |scope: Scope| {
+            scoped_caller.is_none_or(|c| {
+                c.may_act_in(scope.account_id(), scope.region(), false)
+                    .is_ok()
+            })
+        };
+        let managed = self.verifier().scopes().all();
+        let scopes: Vec<Scope> = managed
+            .iter()
+            .map(|settings| settings.scope)
+            .filter(|&scope| may_act(scope))
+            .collect();
+        // An account or Region the state names that no scope the caller may act in has is
+        // an error of its own: a typo there would otherwise plan nothing, silently.
+        let mut unknown: Vec<proto::FleetChange> = Vec::new();
+        for (account_id, line) in desired.named_accounts() {
+            if !scopes.iter().any(|s| s.account_id() == account_id) {
+                unknown.push(proto::FleetChange {
+                    account_id: account_id.to_owned(),
+                    line: u32::try_from(line).unwrap_or(u32::MAX),
+                    error: format!(
+                        "line {line}: account {account_id} is not managed by this sidecar (or not by your rules)"
+                    ),
+                    ..Default::default()
+                });
+            }
+        }
+        for (region, line) in desired.named_regions() {
+            if !scopes.iter().any(|s| s.region() == region) {
+                unknown.push(proto::FleetChange {
+                    region: region.to_owned(),
+                    line: u32::try_from(line).unwrap_or(u32::MAX),
+                    error: format!(
+                        "line {line}: no account is managed in {region} by this sidecar (or by your rules)"
+                    ),
+                    ..Default::default()
+                });
+            }
+        }
+        let (sender, receiver) = mpsc::channel(2);
+        let run = FleetRun {
+            keys: self.clone(),
+            desired: Arc::new(desired),
+            apply,
+            audit,
+        };
+        tokio::spawn(run.send(scopes, unknown, sender));
+        Ok(Box::pin(ReceiverStream::new(receiver)))
+    }
+}
+
+/// One plan or apply, as it runs.
+#[derive(Clone)]
+struct FleetRun {
+    keys: EncryptionKeys,
+    desired: Arc<DesiredState>,
+    apply: bool,
+    audit: Option<AuditSubject>,
+}
+
+impl FleetRun {
+    /// Plans (and applies) `scopes` batch by batch, each batch's changes one message, then
+    /// the summary; until done or the caller goes away.
+    async fn send(
+        self,
+        scopes: Vec<Scope>,
+        unknown: Vec<proto::FleetChange>,
+        sender: mpsc::Sender<Result<proto::FleetPlanResponse, Status>>,
+    ) {
+        let total = u32::try_from(scopes.len()).unwrap_or(u32::MAX);
+        let at_once = Arc::new(Semaphore::new(SCOPES_AT_ONCE));
+        let mut summary = proto::FleetSummary::default();
+        let mut done: u32 = 0;
+        for batch in scopes.chunks(SCOPES_PER_MESSAGE) {
+            let mut running = JoinSet::new();
+            for (at, &scope) in batch.iter().enumerate() {
+                let (run, at_once) = (self.clone(), at_once.clone());
+                running.spawn(async move {
+                    let _turn = at_once.acquire_owned().await;
+                    (at, run.scope(scope).await)
+                });
+            }
+            let mut planned: Vec<(usize, Vec<proto::FleetChange>)> = Vec::new();
+            while let Some(finished) = running.join_next().await {
+                if let Ok(finished) = finished {
+                    planned.push(finished);
+                }
+            }
+            planned.sort_unstable_by_key(|(at, _)| *at);
+            let changes: Vec<proto::FleetChange> = planned
+                .into_iter()
+                .flat_map(|(_, changes)| changes)
+                .collect();
+            changes
+                .iter()
+                .for_each(|change| count(&mut summary, change));
+            done = done.saturating_add(u32::try_from(batch.len()).unwrap_or(u32::MAX));
+            let message = proto::FleetPlanResponse {
+                changes,
+                scopes_done: done,
+                scopes_total: total,
+                summary: None,
+            };
+            if sender.send(Ok(message)).await.is_err() {
+                return;
+            }
+        }
+        unknown
+            .iter()
+            .for_each(|change| count(&mut summary, change));
+        let last = proto::FleetPlanResponse {
+            changes: unknown,
+            scopes_done: done,
+            scopes_total: total,
+            summary: Some(summary),
+        };
+        let _ = sender.send(Ok(last)).await;
+    }
+
+    /// The plan of one scope's targets (those the desired state names), applied one write
+    /// at a time when applying.
+    async fn scope(&self, scope: Scope) -> Vec<proto::FleetChange> {
+        let mut changes = Vec::new();
+        let mut wrote = false;
+        for target in Target::all() {
+            let Some((wanted, line)) = self.desired.wanted(scope, target) else {
+                continue;
+            };
+            let target = ScopedTarget::new(scope, target);
+            let mut planned = self.plan(target, wanted, line).await;
+            if self.apply
+                && let Some(write) = planned.write.take()
+            {
+                if wrote {
+                    tokio::time::sleep(WRITE_SPACING).await;
+                }
+                self.write(planned.target, write, &mut planned.change).await;
+                wrote = true;
+            }
+            changes.push(planned.change);
+        }
+        changes
+    }
+
+    /// What `target` has, what `wanted` makes it, and that key's verification there.
+    async fn plan(&self, target: ScopedTarget, wanted: &DesiredKey, line: usize) -> Planned {
+        let scope = target.scope;
+        let mut planned = Planned {
+            target,
+            change: proto::FleetChange {
+                account_id: scope.account_id().to_owned(),
+                region: scope.region().to_owned(),
+                scan_type: target.target.scan_type().to_proto().into(),
+                resource_type: target.target.resource_type().to_proto().into(),
+                line: u32::try_from(line).unwrap_or(u32::MAX),
+                ..Default::default()
+            },
+            write: None,
+        };
+        let change = &mut planned.change;
+        let held = match self.keys.cache().key_in_use(target).await {
+            Ok(held) => held,
+            Err(error) => {
+                change.error = said(error);
+                return planned;
+            }
+        };
+        change.from_kms_key_id = held.key_arn.as_deref().unwrap_or_default().to_owned();
+        let desired_key = match wanted {
+            DesiredKey::AwsOwned => None,
+            DesiredKey::Key(key) => Some(key.clone()),
+            DesiredKey::Alias(alias) => {
+                match self.keys.verifier().resolve_alias(scope, alias).await {
+                    Ok(Some(key)) => Some(key),
+                    Ok(None) => {
+                        change.error =
+                            format!("the alias `{alias}` does not exist in {scope} (line {line})");
+                        return planned;
+                    }
+                    Err(error) => {
+                        change.error = said(error);
+                        return planned;
+                    }
+                }
+            }
+        };
+        let Some(key) = desired_key else {
+            change.action = if held.key_arn.is_some() {
+                planned.write = Some(Write::Reset);
+                FleetAction::Reset
+            } else {
+                FleetAction::None
+            }
+            .into();
+            return planned;
+        };
+        change.to_kms_key_id = key.as_str().to_owned();
+        let in_use = held.key_arn.as_deref() == Some(key.as_str());
+        // The key in use keeps the verdict the drift watch keeps fresh; another is verified
+        // now, in this scope.
+        let report = match held.verdict.filter(|_| in_use) {
+            Some(verdict) => (*verdict).clone(),
+            None => {
+                let settings = self.keys.verifier().settings_in(scope);
+                match self
+                    .keys
+                    .verifier()
+                    .verify_key(&key, &Subject::configured(&settings, target.target))
+                    .await
+                {
+                    Ok(report) => report,
+                    Err(error) => {
+                        change.error = said(error);
+                        return planned;
+                    }
+                }
+            }
+        };
+        change.action = if in_use {
+            FleetAction::None
+        } else {
+            FleetAction::Update
+        }
+        .into();
+        if !report.passed {
+            change.error = format!(
+                "`{key}` fails verification in {scope}: {}",
+                failing_codes(&report)
+            );
+        } else if !in_use {
+            planned.write = Some(Write::Update(key, Box::new(report.clone())));
+        }
+        change.report = Some(report.into());
+        planned
+    }
+
+    /// Makes one planned write, trying a throttled one again with backoff.
+    async fn write(&self, target: ScopedTarget, write: Write, change: &mut proto::FleetChange) {
+        let cache = self.keys.cache();
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let result = match &write {
+                Write::Update(key, report) => cache.update(target, key, (**report).clone()).await,
+                Write::Reset => cache.reset(target).await,
+            };
+            let pause = match result {
+                Ok(()) => {
+                    change.applied = true;
+                    match &write {
+                        Write::Update(key, report) => {
+                            tracing::info!(%target, key = %key, "fleet: customer managed key put in use");
+                            self.keys.watch().updated(target, key, report);
+                        }
+                        Write::Reset => {
+                            tracing::info!(%target, "fleet: reset to the AWS owned key");
+                            self.keys.watch().reset(target);
+                        }
+                    }
+                    self.audit(target, &write, "OK");
+                    return;
+                }
+                Err(BackendError::Throttled { retry_after }) if attempt < WRITE_ATTEMPTS => {
+                    retry_after.unwrap_or(backoff)
+                }
+                Err(error) => {
+                    let status = Status::from(ServiceError::from(error));
+                    change.error = status.message().to_owned();
+                    self.audit(target, &write, rpc::code_name(status.code()));
+                    return;
+                }
+            };
+            change.retries += 1;
+            tracing::info!(%target, attempt, ?pause, "fleet: the backend throttled a write; trying again");
+            tokio::time::sleep(crate::jitter::around(pause)).await;
+            backoff = backoff.saturating_mul(2);
+        }
+    }
+
+    /// The audit line of one write.
+    fn audit(&self, target: ScopedTarget, write: &Write, code: &'static str) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        audit.write_change(AuditedChange {
+            key_arn: match write {
+                Write::Update(key, _) => Some(key.as_str()),
+                Write::Reset => None,
+            },
+            scan_type: target.target.scan_type().as_aws_str(),
+            resource_type: target.target.resource_type().as_aws_str(),
+            account_id: target.scope.account_id(),
+            region: target.scope.region(),
+            code,
+        });
+    }
+}
+
+/// What a call answering `error` would say: never AWS's own text.
+fn said(error: impl Into<ServiceError>) -> String {
+    Status::from(error.into()).message().to_owned()
+}
+
+/// The codes of a failing report's errors.
+fn failing_codes(report: &Report) -> String {
+    let codes: Vec<String> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == crate::verify::Severity::Error)
+        .map(|f| f.code.to_string())
+        .collect();
+    codes.join(", ")
+}
+
+/// Adds `change` to the summary.
+fn count(summary: &mut proto::FleetSummary, change: &proto::FleetChange) {
+    if !change.error.is_empty() {
+        summary.errors += 1;
+    } else {
+        match change.action() {
+            FleetAction::None => summary.unchanged += 1,
+            FleetAction::Update => summary.updates += 1,
+            FleetAction::Reset => summary.resets += 1,
+            FleetAction::Unspecified => {}
+        }
+    }
+    if change.applied {
+        summary.applied += 1;
+    }
+    summary.retries += change.retries;
+}
