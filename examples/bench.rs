@@ -175,14 +175,14 @@ impl EncryptionKeyService for Bare {
     ) -> Result<tonic::Response<Self::ListEncryptionKeysStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("baseline"))
     }
-    type PlanFleetStream = tokio_stream::Empty<Result<proto::FleetPlanResponse, tonic::Status>>;
+    type PlanFleetStream = tokio_stream::Empty<Result<proto::PlanFleetResponse, tonic::Status>>;
     async fn plan_fleet(
         &self,
         _: tonic::Request<proto::PlanFleetRequest>,
     ) -> Result<tonic::Response<Self::PlanFleetStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("baseline"))
     }
-    type ApplyFleetStream = tokio_stream::Empty<Result<proto::FleetPlanResponse, tonic::Status>>;
+    type ApplyFleetStream = tokio_stream::Empty<Result<proto::ApplyFleetResponse, tonic::Status>>;
     async fn apply_fleet(
         &self,
         _: tonic::Request<proto::ApplyFleetRequest>,

@@ -376,18 +376,67 @@ fn desired_state(path: &Path) -> Result<String, ExitCode> {
     Ok(text)
 }
 
+/// A PlanFleet or ApplyFleet message, which hold the same.
+trait FleetMessage {
+    fn parts(
+        self,
+    ) -> (
+        Vec<proto::FleetChange>,
+        u32,
+        u32,
+        Option<proto::FleetSummary>,
+    );
+}
+
+impl FleetMessage for proto::PlanFleetResponse {
+    fn parts(
+        self,
+    ) -> (
+        Vec<proto::FleetChange>,
+        u32,
+        u32,
+        Option<proto::FleetSummary>,
+    ) {
+        (
+            self.changes,
+            self.scopes_done,
+            self.scopes_total,
+            self.summary,
+        )
+    }
+}
+
+impl FleetMessage for proto::ApplyFleetResponse {
+    fn parts(
+        self,
+    ) -> (
+        Vec<proto::FleetChange>,
+        u32,
+        u32,
+        Option<proto::FleetSummary>,
+    ) {
+        (
+            self.changes,
+            self.scopes_done,
+            self.scopes_total,
+            self.summary,
+        )
+    }
+}
+
 /// Every change of a PlanFleet or ApplyFleet stream, and its summary.
-async fn gather(
-    mut stream: tonic::Streaming<proto::FleetPlanResponse>,
+async fn gather<M: FleetMessage>(
+    mut stream: tonic::Streaming<M>,
     progress: &Progress,
     what: &str,
 ) -> Result<(Vec<proto::FleetChange>, proto::FleetSummary), tonic::Status> {
     let mut changes = Vec::new();
     let mut summary = proto::FleetSummary::default();
     while let Some(message) = stream.message().await? {
-        progress.show(what, message.scopes_done, message.scopes_total);
-        changes.extend(message.changes);
-        if let Some(last) = message.summary {
+        let (batch, done, total, last) = message.parts();
+        progress.show(what, done, total);
+        changes.extend(batch);
+        if let Some(last) = last {
             summary = last;
         }
     }

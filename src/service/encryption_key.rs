@@ -427,8 +427,8 @@ impl EncryptionKeys {
 impl EncryptionKeyService for EncryptionKeys {
     type WatchEncryptionKeyStream = WatchStream;
     type ListEncryptionKeysStream = super::inventory::InventoryStream;
-    type PlanFleetStream = super::fleet::FleetStream;
-    type ApplyFleetStream = super::fleet::FleetStream;
+    type PlanFleetStream = super::fleet::FleetStream<proto::PlanFleetResponse>;
+    type ApplyFleetStream = super::fleet::FleetStream<proto::ApplyFleetResponse>;
 
     async fn plan_fleet(
         &self,

@@ -39,8 +39,38 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Between two writes in one account and Region: the rate a scope is written at.
 const WRITE_SPACING: Duration = Duration::from_millis(200);
 
-pub(super) type FleetStream =
-    Pin<Box<dyn Stream<Item = Result<proto::FleetPlanResponse, Status>> + Send>>;
+/// One streamed message of a plan or an apply, before it is either's.
+pub(super) struct FleetBatch {
+    changes: Vec<proto::FleetChange>,
+    scopes_done: u32,
+    scopes_total: u32,
+    summary: Option<proto::FleetSummary>,
+}
+
+impl From<FleetBatch> for proto::PlanFleetResponse {
+    fn from(batch: FleetBatch) -> Self {
+        proto::PlanFleetResponse {
+            changes: batch.changes,
+            scopes_done: batch.scopes_done,
+            scopes_total: batch.scopes_total,
+            summary: batch.summary,
+        }
+    }
+}
+
+impl From<FleetBatch> for proto::ApplyFleetResponse {
+    fn from(batch: FleetBatch) -> Self {
+        proto::ApplyFleetResponse {
+            changes: batch.changes,
+            scopes_done: batch.scopes_done,
+            scopes_total: batch.scopes_total,
+            summary: batch.summary,
+        }
+    }
+}
+
+/// A plan's or an apply's messages.
+pub(super) type FleetStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
 
 /// What a planned change writes.
 enum Write {
@@ -58,13 +88,13 @@ struct Planned {
 impl EncryptionKeys {
     /// The plan of `desired_state` for `caller`, applied when `apply` (writes audited on
     /// `audit`, the call's audit subject).
-    pub(super) fn fleet(
+    pub(super) fn fleet<M: From<FleetBatch> + Send + 'static>(
         &self,
         caller: Option<&rpc::CallerContext>,
         desired_state: &str,
         apply: bool,
         audit: Option<AuditSubject>,
-    ) -> Result<FleetStream, ServiceError> {
+    ) -> Result<FleetStream<M>, ServiceError> {
         let desired = DesiredState::parse(desired_state).map_err(|error| {
             ServiceError::InvalidArgument(vec![FieldViolation::new(
                 "desired_state",
@@ -135,11 +165,11 @@ struct FleetRun {
 impl FleetRun {
     /// Plans (and applies) `scopes` batch by batch, each batch's changes one message, then
     /// the summary; until done or the caller goes away.
-    async fn send(
+    async fn send<M: From<FleetBatch>>(
         self,
         scopes: Vec<Scope>,
         unknown: Vec<proto::FleetChange>,
-        sender: mpsc::Sender<Result<proto::FleetPlanResponse, Status>>,
+        sender: mpsc::Sender<Result<M, Status>>,
     ) {
         let total = u32::try_from(scopes.len()).unwrap_or(u32::MAX);
         let at_once = Arc::new(Semaphore::new(SCOPES_AT_ONCE));
@@ -169,26 +199,26 @@ impl FleetRun {
                 .iter()
                 .for_each(|change| count(&mut summary, change));
             done = done.saturating_add(u32::try_from(batch.len()).unwrap_or(u32::MAX));
-            let message = proto::FleetPlanResponse {
+            let message = FleetBatch {
                 changes,
                 scopes_done: done,
                 scopes_total: total,
                 summary: None,
             };
-            if sender.send(Ok(message)).await.is_err() {
+            if sender.send(Ok(message.into())).await.is_err() {
                 return;
             }
         }
         unknown
             .iter()
             .for_each(|change| count(&mut summary, change));
-        let last = proto::FleetPlanResponse {
+        let last = FleetBatch {
             changes: unknown,
             scopes_done: done,
             scopes_total: total,
             summary: Some(summary),
         };
-        let _ = sender.send(Ok(last)).await;
+        let _ = sender.send(Ok(last.into())).await;
     }
 
     /// The plan of one scope's targets (those the desired state names), applied one write
