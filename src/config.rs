@@ -163,6 +163,44 @@ pub struct Config {
     /// Accounts read from AWS Organizations (the `[organization]` table, aws backend).
     /// Default none: only the sidecar's own account and `[[accounts]]`.
     pub organization: Option<OrganizationConfig>,
+    pub fleet: FleetConfig,
+}
+
+/// Keeping the managed scopes in a desired state (the `[fleet]` table).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// The desired-state file (docs/fleet.md) the sidecar compares every managed scope to.
+    /// Default none: no reconciling. A [trusted file](docs/configuration.md); read again at
+    /// each round, a change that does not parse keeping the last one in force.
+    pub desired_state_file: Option<PathBuf>,
+    /// One round over every scope, spread over it. Default `5m`; at least `1s`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// `report` (the default): drift from the desired state is a metric, a Watch event and a
+    /// log line; `enforce`: it is also applied, as `fleet apply` would.
+    pub mode: FleetMode,
+}
+
+impl Default for FleetConfig {
+    fn default() -> FleetConfig {
+        FleetConfig {
+            desired_state_file: None,
+            interval: Duration::from_secs(300),
+            mode: FleetMode::Report,
+        }
+    }
+}
+
+/// What reconciling does with drift from the desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetMode {
+    /// Reports it.
+    #[default]
+    Report,
+    /// Reports and applies it.
+    Enforce,
 }
 
 /// The accounts of an AWS organization, managed through one role name (`[organization]`,
@@ -514,6 +552,7 @@ impl Default for Config {
             aws: AwsConfig::default(),
             accounts: Vec::new(),
             organization: None,
+            fleet: FleetConfig::default(),
             aws_api: AwsApiConfig::default(),
         }
     }
@@ -778,7 +817,14 @@ impl Config {
         self.check_principal()?;
         self.check_trust()?;
         self.check_accounts()?;
-        self.check_organization()
+        self.check_organization()?;
+        if self.fleet.interval < Duration::from_secs(1) {
+            return Err(ConfigError::Value {
+                key: "fleet.interval",
+                message: "must be at least 1s".into(),
+            });
+        }
+        Ok(())
     }
 
     /// `[organization]` is for the aws backend, with a role name, Regions and an interval

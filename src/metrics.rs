@@ -56,6 +56,15 @@ impl VerificationLabels {
 
 /// A scope's target's labels, on the series that exist only while something fails there
 /// (so their count follows what fails, not the accounts managed).
+/// Where a managed target stands against the desired state (`[fleet]`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetStateLabels {
+    state: &'static str,
+}
+
+/// The states `inspector_keyd_fleet_targets` counts, each exported from the first scrape.
+pub const FLEET_STATES: [&str; 3] = ["in_desired_state", "out_of_desired_state", "error"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ScopedTargetLabels {
     account_id: &'static str,
@@ -169,6 +178,7 @@ struct Families {
     key_verification_passed: Family<TargetLabels, Gauge>,
     key_verification_failing_check: Family<FailingCheckLabels, Gauge>,
     scope_key_failing: Family<ScopedTargetLabels, Gauge>,
+    fleet_targets: Family<FleetStateLabels, Gauge>,
     /// The checks each target's key fails now (the series above that are set), so that a
     /// new verdict removes the ones that no longer fail.
     failing_checks: Mutex<[Vec<&'static str>; SUPPORTED_TARGETS.len()]>,
@@ -281,6 +291,11 @@ impl Metrics {
                 "inspector_keyd_scope_key_failing",
                 "1 for each managed account, Region and target whose customer managed key in use fails verification; no series for the others",
             ),
+            fleet_targets: registered(
+                &mut registry,
+                "inspector_keyd_fleet_targets",
+                "managed targets the desired state names, by where the last reconcile round found                  them (in_desired_state, out_of_desired_state, error); all 0 without [fleet]",
+            ),
             failing_checks: Mutex::default(),
             ready: registered(
                 &mut registry,
@@ -369,6 +384,12 @@ impl Metrics {
                     .get_or_create(&labels.failing(check.as_str()))
                     .set(0);
             }
+        }
+        for state in FLEET_STATES {
+            self.0
+                .fleet_targets
+                .get_or_create(&FleetStateLabels { state })
+                .set(0);
         }
         // A file not watched is never refused: 0 is true of it too.
         for file in ReloadedFile::ALL {
@@ -511,6 +532,16 @@ impl Metrics {
 
     /// Whether the key in use for a scope's target fails verification: a series while it
     /// does, none otherwise.
+    /// How many managed targets stand in each of [`FLEET_STATES`], in that order.
+    pub fn set_fleet_targets(&self, counts: [usize; 3]) {
+        for (state, count) in FLEET_STATES.into_iter().zip(counts) {
+            self.0
+                .fleet_targets
+                .get_or_create(&FleetStateLabels { state })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
     pub fn set_scope_key_failing(&self, target: ScopedTarget, failing: bool) {
         let labels = ScopedTargetLabels::of(target);
         if failing {

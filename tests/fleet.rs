@@ -653,3 +653,180 @@ async fn a_caller_limited_to_one_account_plans_and_applies_that_account_alone() 
         "{changes:?}"
     );
 }
+
+/// `inspector_keyd_fleet_targets` by state, from the metrics listener.
+fn fleet_targets(sidecar: &Sidecar) -> [u64; 3] {
+    let (code, body) = sidecar.http_get("/metrics");
+    assert_eq!(code, 200);
+    let value = |state: &str| {
+        body.lines()
+            .find_map(|line| {
+                line.strip_prefix(&format!(
+                    "inspector_keyd_fleet_targets{{state=\"{state}\"}} "
+                ))
+            })
+            .unwrap_or_else(|| panic!("no {state} series: {body}"))
+            .parse()
+            .unwrap()
+    };
+    [
+        value("in_desired_state"),
+        value("out_of_desired_state"),
+        value("error"),
+    ]
+}
+
+/// Waits (bounded) until `check` holds of the sidecar's fleet gauges.
+async fn until_fleet(sidecar: &Sidecar, want: [u64; 3]) {
+    let mut last = [0; 3];
+    for _ in 0..200 {
+        last = fleet_targets(sidecar);
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("fleet targets {last:?}, wanted {want:?}\n{}", sidecar.log());
+}
+
+/// A sidecar reconciling `desired` in `mode` every second; the file's path.
+fn reconciling(desired: &str, mode: &str, dir: &std::path::Path) -> Sidecar {
+    let file = dir.join("desired.toml");
+    write_whole(&file, desired, 0o600);
+    let audit_file = dir.join("audit.jsonl");
+    Sidecar::start_with(&format!(
+        "{ORGANIZATION}\n[authz]\naudit_file = {audit_file:?}\n[fleet]\ndesired_state_file = {file:?}\ninterval = \"1s\"\nmode = \"{mode}\"\n"
+    ))
+}
+
+#[tokio::test]
+async fn reconcile_reports_drift_from_the_desired_state_and_enforce_applies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Before any key exists, the alias is missing everywhere: an error in each scope.
+    let sidecar = reconciling(DESIRED, "report", dir.path());
+    until_fleet(&sidecar, [0, 0, 4]).await;
+    let mut watch = sidecar
+        .read_only_keys()
+        .await
+        .watch_encryption_key(proto::WatchEncryptionKeyRequest {
+            scan_type: proto::ScanType::Code as i32,
+            resource_type: LAMBDA,
+            account_id: OTHER.into(),
+            region: "eu-west-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.r#type(), proto::KeyEventType::Current);
+    let mut keys = Vec::new();
+    for (account, region) in [
+        (OWN, "us-east-1"),
+        (OTHER, "us-east-1"),
+        (OTHER, "eu-west-1"),
+        (OWN, "eu-west-1"),
+    ] {
+        keys.push(aliased_key(&sidecar, account, region).await);
+    }
+    // Out of the desired state everywhere, and said so; nothing written in report mode.
+    until_fleet(&sidecar, [0, 4, 0]).await;
+    let drift = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(drift.r#type(), proto::KeyEventType::DesiredStateDrift);
+    assert_eq!(drift.kms_key_id, "", "the AWS owned key is in use");
+    assert_eq!(lambda_key(&sidecar, OTHER, "eu-west-1").await, None);
+    assert!(sidecar.log().contains("fleet: out of the desired state"));
+
+    // Put in use by hand in one scope: back in the desired state there.
+    sidecar
+        .admin_keys()
+        .await
+        .update_encryption_key(proto::UpdateEncryptionKeyRequest {
+            account_id: OTHER.into(),
+            region: "eu-west-1".into(),
+            ..update_request(&keys[2])
+        })
+        .await
+        .unwrap();
+    until_fleet(&sidecar, [1, 3, 0]).await;
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        kinds.push(event.r#type());
+    }
+    assert_eq!(
+        kinds,
+        [
+            proto::KeyEventType::Updated,
+            proto::KeyEventType::DesiredStateRestored
+        ]
+    );
+    drop(sidecar);
+
+    // Enforcing, a sidecar on the same desired state brings every scope to it, each write
+    // audited as the reconcile's.
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = reconciling(DESIRED, "enforce", dir.path());
+    for (account, region) in [
+        (OWN, "us-east-1"),
+        (OTHER, "us-east-1"),
+        (OTHER, "eu-west-1"),
+        (OWN, "eu-west-1"),
+    ] {
+        aliased_key(&sidecar, account, region).await;
+    }
+    until_fleet(&sidecar, [4, 0, 0]).await;
+    for (account, region) in [(OWN, "us-east-1"), (OTHER, "eu-west-1")] {
+        assert!(lambda_key(&sidecar, account, region).await.is_some());
+    }
+    let audited = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let writes: Vec<serde_json::Value> = audited
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["caller"] == "inspector-keyd:reconcile")
+        .collect();
+    assert_eq!(writes.len(), 4, "{audited}");
+    assert!(
+        writes
+            .iter()
+            .all(|w| w["code"] == "OK" && w["rpc"] == "reconcile")
+    );
+}
+
+#[test]
+fn a_desired_state_that_does_not_parse_stops_the_start_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("desired.toml");
+    write_whole(
+        &file,
+        &DESIRED.replace("\"*\"]\nregions", "\"2222\"]\nregions"),
+        0o600,
+    );
+    let config = dir.path().join("keyd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[listen]\ntcp = \"127.0.0.1:0\"\nunix_socket = \"\"\n[ops]\nmetrics_listen = \"\"\n[aws_api]\nlisten = \"\"\n[fleet]\ndesired_state_file = {file:?}\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("fleet.desired_state_file") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+}

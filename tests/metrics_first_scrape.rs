@@ -19,7 +19,7 @@ use serde_json::Value;
 
 /// Metrics whose absence is the reading itself, so a fresh sidecar rightly has none, and why
 /// no value would be true.
-const ABSENT_UNTIL_THEY_APPLY: [(&str, &str); 2] = [
+const ABSENT_UNTIL_THEY_APPLY: [(&str, &str); 3] = [
     (
         "inspector_keyd_key_verification_passed",
         "no verdict while the AWS owned key is in use (the panel says: no value); \
@@ -28,6 +28,11 @@ const ABSENT_UNTIL_THEY_APPLY: [(&str, &str); 2] = [
     (
         "inspector_keyd_cache_stale_seconds_left",
         "only for a cached key past its TTL; 0 would read as reads failing now",
+    ),
+    (
+        "inspector_keyd_scope_key_failing",
+        "a series only for a scope whose key fails; one at 0 for every scope would grow \
+         with the accounts managed",
     ),
 ];
 

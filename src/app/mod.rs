@@ -52,6 +52,16 @@ impl App {
     /// Builds every part from `settings` and binds every listener; `hooks` is for tests.
     pub async fn build(settings: Settings, hooks: Hooks) -> Result<App, ServeError> {
         let config = &settings.config;
+        // A desired state that cannot be used is refused at start, where it is seen; later
+        // changes that cannot keep the last one in force.
+        if let Some(file) = &config.fleet.desired_state_file {
+            crate::service::read_desired_state(file).map_err(|message| {
+                crate::config::ConfigError::Value {
+                    key: "fleet.desired_state_file",
+                    message,
+                }
+            })?;
+        }
         let (stop, stop_rx) = watch::channel(false);
         let cache_state = Arc::new(CacheState::new(config.cache.clone()));
         let shared = routes::Shared {
@@ -63,6 +73,9 @@ impl App {
         let keys = routes::KeyService::build(config, &backend, cache_state.clone(), &shared);
         let mut reloader = Reloader::new(config.authz.reload_interval, shared.metrics.clone());
         let access = routes::Access::load(&settings, &backend.scopes, &mut reloader)?;
+        let reconciler =
+            keys.service
+                .reconciler(&config.fleet, access.audit.clone(), shared.metrics.clone());
         let served = routes::Served::build(
             config,
             &shared,
@@ -85,16 +98,18 @@ impl App {
             keys.watch,
             &readiness,
             backend.backend.clone(),
-            backend.local_kms,
-            backend
-                .organization
-                .zip(config.organization.as_ref())
-                .map(|(lister, organization)| tasks::OrganizationRefresh {
-                    lister,
-                    scopes: backend.scopes.clone(),
-                    cache: cache_state,
-                    interval: organization.refresh_interval,
-                }),
+            tasks::OptionalLoops {
+                local_kms: backend.local_kms,
+                organization: backend.organization.zip(config.organization.as_ref()).map(
+                    |(lister, organization)| tasks::OrganizationRefresh {
+                        lister,
+                        scopes: backend.scopes.clone(),
+                        cache: cache_state,
+                        interval: organization.refresh_interval,
+                    },
+                ),
+                reconciler,
+            },
         );
         Ok(App {
             addresses,

@@ -15,7 +15,7 @@ use crate::{
     reload::Reloader,
     scopes::ManagedScopes,
     server::ServeError,
-    service::drift::KeyWatch,
+    service::{Reconciler, drift::KeyWatch},
 };
 
 /// A task's work: a listener's accept loop or a loop that runs until the end.
@@ -111,17 +111,31 @@ impl OrganizationRefresh {
     }
 }
 
-/// The loops beside the listeners; `local_kms` only on the local backend, `organization`
-/// only with `[organization]`.
+/// The loops only some configurations run.
+#[derive(Default)]
+pub(super) struct OptionalLoops {
+    /// The local backend's: the purge of deleted keys.
+    pub local_kms: Option<LocalKms>,
+    /// With `[organization]`.
+    pub organization: Option<OrganizationRefresh>,
+    /// With `[fleet] desired_state_file`.
+    pub reconciler: Option<Reconciler>,
+}
+
+/// The loops beside the listeners.
 pub(super) fn background(
     config: &Config,
     reloader: Reloader,
     key_watch: Arc<KeyWatch>,
     readiness: &Arc<Readiness>,
     backend: Arc<dyn Backend>,
-    local_kms: Option<LocalKms>,
-    organization: Option<OrganizationRefresh>,
+    optional: OptionalLoops,
 ) -> Vec<Named> {
+    let OptionalLoops {
+        local_kms,
+        organization,
+        reconciler,
+    } = optional;
     let mut tasks = vec![
         background_task("the rules and TLS reload", reloader.run()),
         background_task("the drift watch", key_watch.run(config.ops.drift_interval)),
@@ -134,6 +148,12 @@ pub(super) fn background(
             ),
         ),
     ];
+    if let Some(reconciler) = reconciler {
+        tasks.push(background_task(
+            "the reconcile of the desired state",
+            reconciler.run(),
+        ));
+    }
     if let Some(organization) = organization {
         tasks.push(background_task(
             "the listing of the organization's accounts",

@@ -26,6 +26,8 @@ pub enum KeyEventKind {
     Reset,
     DriftDetected,
     DriftResolved,
+    DesiredStateDrift,
+    DesiredStateRestored,
 }
 
 /// One event of a target's key.
@@ -102,6 +104,25 @@ impl KeyWatch {
         if target.scope == self.verifier.scopes().own() {
             self.metrics.set_key_verification(target.target, report);
         }
+    }
+
+    /// A reconcile round found `target` out of the desired state (`in_state` false), or in
+    /// it again, with `key_arn` in use. The verification gauges are not the desired state's
+    /// to set.
+    pub fn desired_state(&self, target: ScopedTarget, key_arn: Option<&str>, in_state: bool) {
+        let kind = if in_state {
+            KeyEventKind::DesiredStateRestored
+        } else {
+            KeyEventKind::DesiredStateDrift
+        };
+        // Nobody listening is fine.
+        let _ = self.events.send(KeyEvent {
+            kind,
+            target,
+            key_arn: key_arn.map(str::to_owned),
+            report: None,
+            time: OffsetDateTime::now_utc(),
+        });
     }
 
     /// A key was put in use through this sidecar, after passing `report`.

@@ -390,6 +390,8 @@ fn event_message(event: KeyEvent, audience: ReportAudience) -> proto::WatchEncry
         KeyEventKind::Reset => T::Reset,
         KeyEventKind::DriftDetected => T::DriftDetected,
         KeyEventKind::DriftResolved => T::DriftResolved,
+        KeyEventKind::DesiredStateDrift => T::DesiredStateDrift,
+        KeyEventKind::DesiredStateRestored => T::DesiredStateRestored,
     };
     proto::WatchEncryptionKeyResponse {
         r#type: kind.into(),

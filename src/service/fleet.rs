@@ -224,6 +224,15 @@ impl FleetRun {
     /// The plan of one scope's targets (those the desired state names), applied one write
     /// at a time when applying.
     async fn scope(&self, scope: Scope) -> Vec<proto::FleetChange> {
+        self.scope_targets(scope)
+            .await
+            .into_iter()
+            .map(|(_, change)| change)
+            .collect()
+    }
+
+    /// [`FleetRun::scope`], each change with its target.
+    async fn scope_targets(&self, scope: Scope) -> Vec<(ScopedTarget, proto::FleetChange)> {
         let mut changes = Vec::new();
         let mut wrote = false;
         for target in Target::all() {
@@ -241,7 +250,7 @@ impl FleetRun {
                 self.write(planned.target, write, &mut planned.change).await;
                 wrote = true;
             }
-            changes.push(planned.change);
+            changes.push((planned.target, planned.change));
         }
         changes
     }
@@ -431,4 +440,153 @@ fn count(summary: &mut proto::FleetSummary, change: &proto::FleetChange) {
         summary.applied += 1;
     }
     summary.retries += change.retries;
+}
+
+/// Where a target stands against the desired state, as the last round found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    In,
+    Out,
+    Error,
+}
+
+/// Keeps the managed scopes in the desired state of a file (`[fleet]`): a round over every
+/// scope each interval, one scope at a time spread over it, reporting drift (a metric, a
+/// Watch event, a log line) and, enforcing, applying it as `ApplyFleet` does.
+pub struct Reconciler {
+    keys: EncryptionKeys,
+    file: std::path::PathBuf,
+    interval: Duration,
+    enforce: bool,
+    audit: crate::audit::AuditLog,
+    metrics: crate::metrics::Metrics,
+}
+
+/// Why the desired-state file cannot be used.
+pub fn read_desired_state(file: &std::path::Path) -> Result<DesiredState, String> {
+    let bytes = crate::files::read_trusted(file)
+        .map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("`{}` is not UTF-8 text", file.display()))?;
+    DesiredState::parse(&text).map_err(|e| format!("`{}`: {e}", file.display()))
+}
+
+impl EncryptionKeys {
+    /// The reconciler of `config`'s desired state, when it names one.
+    pub fn reconciler(
+        &self,
+        config: &crate::config::FleetConfig,
+        audit: crate::audit::AuditLog,
+        metrics: crate::metrics::Metrics,
+    ) -> Option<Reconciler> {
+        Some(Reconciler {
+            keys: self.clone(),
+            file: config.desired_state_file.clone()?,
+            interval: config.interval,
+            enforce: config.mode == crate::config::FleetMode::Enforce,
+            audit,
+            metrics,
+        })
+    }
+}
+
+impl Reconciler {
+    /// Rounds until the task is dropped. A file that no longer parses (or cannot be read)
+    /// keeps the last good one in force, and says so.
+    pub async fn run(self) {
+        let mut desired: Option<Arc<DesiredState>> = None;
+        let mut standing: std::collections::HashMap<ScopedTarget, Standing> =
+            std::collections::HashMap::new();
+        for round in 1u64.. {
+            match read_desired_state(&self.file) {
+                Ok(read) => desired = Some(Arc::new(read)),
+                Err(error) => {
+                    tracing::warn!(%error, "fleet: the desired state cannot be read; the last one read stays in force");
+                }
+            }
+            let Some(desired) = desired.clone() else {
+                tokio::time::sleep(crate::jitter::around(self.interval)).await;
+                continue;
+            };
+            let record = crate::audit::AuditRecord {
+                role: Some("admin".into()),
+                ..crate::audit::AuditRecord::new(
+                    &format!("reconcile-{round}"),
+                    "inspector-keyd:reconcile".into(),
+                    None,
+                    "reconcile",
+                )
+            };
+            let run = FleetRun {
+                keys: self.keys.clone(),
+                desired,
+                apply: self.enforce,
+                audit: Some(AuditSubject::of_call(self.audit.clone(), &record)),
+            };
+            let scopes = self.keys.verifier().scopes().all();
+            let gap = self.interval / u32::try_from(scopes.len().max(1)).unwrap_or(u32::MAX);
+            let mut seen = std::collections::HashSet::new();
+            for settings in scopes {
+                let scope = settings.scope;
+                // A listing of the organization may have removed it meanwhile.
+                if self.keys.verifier().scopes().settings(scope).is_some() {
+                    for (target, change) in run.scope_targets(scope).await {
+                        seen.insert(target);
+                        self.record(&mut standing, target, &change);
+                    }
+                    self.publish(&standing);
+                }
+                tokio::time::sleep(crate::jitter::around(gap)).await;
+            }
+            // Targets no longer named, or no longer managed, stand nowhere.
+            standing.retain(|target, _| seen.contains(target));
+            self.publish(&standing);
+        }
+    }
+
+    /// Where `change` leaves `target`, with an event and a log line when it drifts or comes
+    /// back.
+    fn record(
+        &self,
+        standing: &mut std::collections::HashMap<ScopedTarget, Standing>,
+        target: ScopedTarget,
+        change: &proto::FleetChange,
+    ) {
+        let now = if !change.error.is_empty() {
+            Standing::Error
+        } else if change.action() == FleetAction::None || change.applied {
+            Standing::In
+        } else {
+            Standing::Out
+        };
+        let before = standing.insert(target, now);
+        let in_use =
+            (!change.from_kms_key_id.is_empty()).then_some(change.from_kms_key_id.as_str());
+        match (before, now) {
+            (before, Standing::Out) if before != Some(Standing::Out) => {
+                tracing::warn!(%target, in_use = in_use.unwrap_or("the AWS owned key"), wanted = %change.to_kms_key_id, "fleet: out of the desired state");
+                self.keys.watch().desired_state(target, in_use, false);
+            }
+            (Some(Standing::Out), Standing::In) if !change.applied => {
+                tracing::info!(%target, "fleet: back in the desired state");
+                self.keys.watch().desired_state(target, in_use, true);
+            }
+            (before, Standing::Error) if before != Some(Standing::Error) => {
+                tracing::warn!(%target, error = %change.error, "fleet: cannot be brought to the desired state");
+            }
+            _ => {}
+        }
+    }
+
+    fn publish(&self, standing: &std::collections::HashMap<ScopedTarget, Standing>) {
+        let mut counts = [0usize; 3];
+        for state in standing.values() {
+            counts[match state {
+                Standing::In => 0,
+                Standing::Out => 1,
+                Standing::Error => 2,
+            }] += 1;
+        }
+        self.metrics.set_fleet_targets(counts);
+    }
 }

@@ -15,6 +15,7 @@ pub mod validation;
 
 pub use code_snippets::LocalCodeScanningApi;
 pub use encryption_key::{EncryptionKeys, WatchLimits};
+pub use fleet::{Reconciler, read_desired_state};
 pub use keycheck::KeyVerifier;
 pub use local_kms::LocalKmsApi;
 
