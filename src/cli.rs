@@ -288,6 +288,12 @@ fn check_config(args: &ConfigCheckArgs) -> Result<Vec<String>, String> {
                 .map_err(|e| format!("{what} `{}`: {e}", path.display()))?;
         }
     }
+    if let Some(path) = &config.fleet.desired_state_file
+        && present_here(path, "fleet.desired_state_file")
+    {
+        crate::service::read_desired_state(path)
+            .map_err(|e| format!("fleet.desired_state_file: {e}"))?;
+    }
     if let Some((_, files)) = &settings.listeners.tls {
         let paths = [
             (&files.cert_file, "tls.cert_file"),

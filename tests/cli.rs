@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{BIN, Sidecar};
+use common::{BIN, Sidecar, write_whole};
 
 fn serve_with(config: &str, env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
@@ -1357,5 +1357,25 @@ fn policy_verify_reports_external_access_as_an_error_when_told_to() {
             "444455556666"
         ]),
         (Some(0), vec![])
+    );
+}
+
+#[test]
+fn config_check_refuses_a_desired_state_that_does_not_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let desired = dir.path().join("desired.toml");
+    write_whole(
+        &desired,
+        "[[key]]\naccounts = [\"*\"]\nregions = [\"*\"]\nresource_type = \"AWS_LAMBDA_FUNCTION\"\nkms_key = \"inspector-code\"\n",
+        0o600,
+    );
+    let (code, text) = config_check(
+        &format!("[fleet]\ndesired_state_file = {desired:?}\n"),
+        None,
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("fleet.desired_state_file") && text.contains("line 5"),
+        "{text}"
     );
 }
