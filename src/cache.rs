@@ -204,6 +204,9 @@ struct Slot {
     /// shared `Arc`, is a write to a line both cores would take turns owning.
     entry: ArcSwapOption<Entry>,
     load: tokio::sync::Mutex<()>,
+    /// Serializes the target's writes, so the cache ends with the value the backend ended
+    /// with; other targets' writes (another scope's, in a fleet apply) go on meanwhile.
+    write: tokio::sync::Mutex<()>,
     /// A refresh ahead of expiry is under way (one at a time).
     refreshing: AtomicBool,
     /// Loads finished so far, and the error of the last one if it failed: a call that
@@ -409,8 +412,6 @@ fn write_outcome_unknown(error: &BackendError) -> bool {
 pub struct KeyCache {
     backend: Arc<dyn Backend>,
     state: Arc<CacheState>,
-    /// Serializes writes, so the cache ends with the value the backend ended with.
-    writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl KeyCache {
@@ -427,11 +428,7 @@ impl KeyCache {
 
     /// A cache holding `state` (shared with the metrics).
     pub fn with_state(backend: Arc<dyn Backend>, state: Arc<CacheState>) -> KeyCache {
-        KeyCache {
-            backend,
-            state,
-            writes: Arc::new(tokio::sync::Mutex::new(())),
-        }
+        KeyCache { backend, state }
     }
 
     pub fn stats(&self) -> &CacheStats {
@@ -649,8 +646,8 @@ impl KeyCache {
         key: &KeyArn,
         verdict: Report,
     ) -> Result<(), BackendError> {
-        self.state.slot(target).ok_or_else(|| not_managed(target))?;
-        let _write = self.writes.lock().await;
+        let slot = self.state.slot(target).ok_or_else(|| not_managed(target))?;
+        let _write = slot.write.lock().await;
         let result = self.backend.update_encryption_key(target, key).await;
         self.write_through(
             target,
@@ -672,8 +669,8 @@ impl KeyCache {
 
     /// Goes back to the AWS owned key; the cache says so before this returns.
     pub async fn reset(&self, target: ScopedTarget) -> Result<(), BackendError> {
-        self.state.slot(target).ok_or_else(|| not_managed(target))?;
-        let _write = self.writes.lock().await;
+        let slot = self.state.slot(target).ok_or_else(|| not_managed(target))?;
+        let _write = slot.write.lock().await;
         let result = self.backend.reset_encryption_key(target).await;
         self.write_through(target, &result, None, None).await;
         result
