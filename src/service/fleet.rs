@@ -116,9 +116,12 @@ impl EncryptionKeys {
             .collect();
         // An account or Region the state names that no scope the caller may act in has is
         // an error of its own: a typo there would otherwise plan nothing, silently.
+        let accounts: std::collections::HashSet<&str> =
+            scopes.iter().map(|s| s.account_id()).collect();
+        let regions: std::collections::HashSet<&str> = scopes.iter().map(|s| s.region()).collect();
         let mut unknown: Vec<proto::FleetChange> = Vec::new();
         for (account_id, line) in desired.named_accounts() {
-            if !scopes.iter().any(|s| s.account_id() == account_id) {
+            if !accounts.contains(account_id) {
                 unknown.push(proto::FleetChange {
                     account_id: account_id.to_owned(),
                     line: u32::try_from(line).unwrap_or(u32::MAX),
@@ -130,7 +133,7 @@ impl EncryptionKeys {
             }
         }
         for (region, line) in desired.named_regions() {
-            if !scopes.iter().any(|s| s.region() == region) {
+            if !regions.contains(region) {
                 unknown.push(proto::FleetChange {
                     region: region.to_owned(),
                     line: u32::try_from(line).unwrap_or(u32::MAX),
