@@ -449,7 +449,9 @@ async fn plan_and_apply_bring_every_scope_to_the_desired_state_scope_by_scope() 
     );
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(
-        table.contains("Applied: 2 to update, 0 to reset, 0 unchanged, 2 error(s); 2 written"),
+        table.contains(
+            "Applied: 2 written (2 updated, 0 reset), 0 unchanged, 2 error(s), 0 throttled write(s) tried again."
+        ),
         "{table}"
     );
     assert_eq!(
@@ -739,6 +741,17 @@ async fn reconcile_reports_drift_from_the_desired_state_and_enforce_applies_it()
     assert_eq!(drift.kms_key_id, "", "the AWS owned key is in use");
     assert_eq!(lambda_key(&sidecar, OTHER, "eu-west-1").await, None);
     assert!(sidecar.log().contains("fleet: out of the desired state"));
+    // The inventory says where each target stands; code repositories are not named.
+    let output = fleet(&sidecar, &["status", "--format", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for key in status["keys"].as_array().unwrap() {
+        let wanted = if key["resource_type"] == "AWS_LAMBDA_FUNCTION" {
+            serde_json::json!("out")
+        } else {
+            serde_json::Value::Null
+        };
+        assert_eq!(key["desired_state"], wanted, "{key}");
+    }
 
     // Put in use by hand in one scope: back in the desired state there.
     sidecar

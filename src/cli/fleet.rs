@@ -321,11 +321,22 @@ fn entry_json(entry: &proto::KeyInventoryEntry) -> serde_json::Value {
         "verification": entry.report.as_ref().map(report_json),
         "read_at": timestamp(entry.read_at.as_ref()),
         "verified_at": timestamp(entry.verified_at.as_ref()),
+        "desired_state": desired_state_word(entry.desired_state()),
     });
     if !entry.error.is_empty() {
         value["error"] = json!(entry.error);
     }
     value
+}
+
+/// Where the reconcile found an entry: `in`, `out`, `error`, or `null` when not reconciled.
+fn desired_state_word(standing: proto::DesiredStateStanding) -> Option<&'static str> {
+    match standing {
+        proto::DesiredStateStanding::Unspecified => None,
+        proto::DesiredStateStanding::In => Some("in"),
+        proto::DesiredStateStanding::Out => Some("out"),
+        proto::DesiredStateStanding::Error => Some("error"),
+    }
 }
 
 fn report_json(report: &proto::VerificationReport) -> serde_json::Value {
@@ -666,22 +677,22 @@ fn show(
                 })
                 .collect();
             let mut text = aligned(&header, &rows);
-            let verb = if applied { "Applied" } else { "Plan" };
-            text.push_str(&format!(
-                "{verb}: {} to update, {} to reset, {} unchanged, {} error(s){}.\n",
-                summary.updates,
-                summary.resets,
-                summary.unchanged,
-                summary.errors,
-                if applied {
-                    format!(
-                        "; {} written, {} throttled write(s) tried again",
-                        summary.applied, summary.retries
-                    )
-                } else {
-                    String::new()
-                }
-            ));
+            text.push_str(&if applied {
+                format!(
+                    "Applied: {} written ({} updated, {} reset), {} unchanged, {} error(s), {} throttled write(s) tried again.\n",
+                    summary.applied,
+                    summary.updates,
+                    summary.resets,
+                    summary.unchanged,
+                    summary.errors,
+                    summary.retries
+                )
+            } else {
+                format!(
+                    "Plan: {} to update, {} to reset, {} unchanged, {} error(s).\n",
+                    summary.updates, summary.resets, summary.unchanged, summary.errors
+                )
+            });
             emit(&text);
         }
     }

@@ -38,6 +38,8 @@ pub struct EncryptionKeys {
     stop: tokio::sync::watch::Receiver<bool>,
     watch_limits: WatchLimits,
     quota: Arc<super::quota::CallerQuota>,
+    /// Where each target stood at the last reconcile round (`[fleet]`).
+    standings: Arc<super::fleet::Standings>,
 }
 
 /// Bounds on WatchEncryptionKey streams: how many at once, and for how long each.
@@ -117,6 +119,7 @@ impl EncryptionKeys {
             stop,
             watch_limits,
             quota,
+            standings: Arc::default(),
         }
     }
 
@@ -422,6 +425,14 @@ impl EncryptionKeys {
 
     pub(super) fn watch(&self) -> &KeyWatch {
         &self.watch
+    }
+
+    pub(super) fn standings(&self) -> &super::fleet::Standings {
+        &self.standings
+    }
+
+    pub(super) fn standings_handle(&self) -> Arc<super::fleet::Standings> {
+        self.standings.clone()
     }
 }
 

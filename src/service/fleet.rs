@@ -447,10 +447,65 @@ fn count(summary: &mut proto::FleetSummary, change: &proto::FleetChange) {
 
 /// Where a target stands against the desired state, as the last round found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Standing {
+pub(super) enum Standing {
     In,
     Out,
     Error,
+}
+
+impl Standing {
+    pub(super) fn to_proto(self) -> proto::DesiredStateStanding {
+        match self {
+            Standing::In => proto::DesiredStateStanding::In,
+            Standing::Out => proto::DesiredStateStanding::Out,
+            Standing::Error => proto::DesiredStateStanding::Error,
+        }
+    }
+}
+
+/// Where each target stood at the last reconcile round; empty without `[fleet]`. The
+/// reconciler writes it, the inventory reads it.
+#[derive(Debug, Default)]
+pub(super) struct Standings(std::sync::Mutex<std::collections::HashMap<ScopedTarget, Standing>>);
+
+impl Standings {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ScopedTarget, Standing>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn of(&self, target: ScopedTarget) -> Option<Standing> {
+        self.map().get(&target).copied()
+    }
+
+    /// Records `now`; returns what was recorded before.
+    fn set(&self, target: ScopedTarget, now: Standing) -> Option<Standing> {
+        self.map().insert(target, now)
+    }
+
+    /// Keeps `targets` only; the counts of in, out and error.
+    fn keep_only(&self, targets: &std::collections::HashSet<ScopedTarget>) -> [usize; 3] {
+        let mut map = self.map();
+        map.retain(|target, _| targets.contains(target));
+        counts(map.values().copied())
+    }
+
+    fn counts(&self) -> [usize; 3] {
+        counts(self.map().values().copied())
+    }
+}
+
+fn counts(standings: impl Iterator<Item = Standing>) -> [usize; 3] {
+    let mut counts = [0usize; 3];
+    for standing in standings {
+        counts[match standing {
+            Standing::In => 0,
+            Standing::Out => 1,
+            Standing::Error => 2,
+        }] += 1;
+    }
+    counts
 }
 
 /// Keeps the managed scopes in the desired state of a file (`[fleet]`): a round over every
@@ -498,8 +553,6 @@ impl Reconciler {
     /// keeps the last good one in force, and says so.
     pub async fn run(self) {
         let mut desired: Option<Arc<DesiredState>> = None;
-        let mut standing: std::collections::HashMap<ScopedTarget, Standing> =
-            std::collections::HashMap::new();
         for round in 1u64.. {
             match read_desired_state(&self.file) {
                 Ok(read) => desired = Some(Arc::new(read)),
@@ -535,26 +588,22 @@ impl Reconciler {
                 if self.keys.verifier().scopes().settings(scope).is_some() {
                     for (target, change) in run.scope_targets(scope).await {
                         seen.insert(target);
-                        self.record(&mut standing, target, &change);
+                        self.record(target, &change);
                     }
-                    self.publish(&standing);
+                    self.metrics
+                        .set_fleet_targets(self.keys.standings().counts());
                 }
                 tokio::time::sleep(crate::jitter::around(gap)).await;
             }
             // Targets no longer named, or no longer managed, stand nowhere.
-            standing.retain(|target, _| seen.contains(target));
-            self.publish(&standing);
+            self.metrics
+                .set_fleet_targets(self.keys.standings().keep_only(&seen));
         }
     }
 
     /// Where `change` leaves `target`, with an event and a log line when it drifts or comes
     /// back.
-    fn record(
-        &self,
-        standing: &mut std::collections::HashMap<ScopedTarget, Standing>,
-        target: ScopedTarget,
-        change: &proto::FleetChange,
-    ) {
+    fn record(&self, target: ScopedTarget, change: &proto::FleetChange) {
         let now = if !change.error.is_empty() {
             Standing::Error
         } else if change.action() == FleetAction::None || change.applied {
@@ -562,7 +611,7 @@ impl Reconciler {
         } else {
             Standing::Out
         };
-        let before = standing.insert(target, now);
+        let before = self.keys.standings().set(target, now);
         let in_use =
             (!change.from_kms_key_id.is_empty()).then_some(change.from_kms_key_id.as_str());
         match (before, now) {
@@ -579,17 +628,5 @@ impl Reconciler {
             }
             _ => {}
         }
-    }
-
-    fn publish(&self, standing: &std::collections::HashMap<ScopedTarget, Standing>) {
-        let mut counts = [0usize; 3];
-        for state in standing.values() {
-            counts[match state {
-                Standing::In => 0,
-                Standing::Out => 1,
-                Standing::Error => 2,
-            }] += 1;
-        }
-        self.metrics.set_fleet_targets(counts);
     }
 }

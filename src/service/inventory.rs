@@ -60,7 +60,12 @@ impl EncryptionKeys {
             .map(|scope| (scope, ReportAudience::of(caller, scope)))
             .collect();
         let (sender, receiver) = mpsc::channel(2);
-        tokio::spawn(send_inventory(self.cache().clone(), scopes, sender));
+        tokio::spawn(send_inventory(
+            self.cache().clone(),
+            self.standings_handle(),
+            scopes,
+            sender,
+        ));
         Ok(Box::pin(ReceiverStream::new(receiver)))
     }
 }
@@ -68,6 +73,7 @@ impl EncryptionKeys {
 /// Sends the inventory of `scopes`, batch by batch, until done or the caller goes away.
 async fn send_inventory(
     cache: KeyCache,
+    standings: Arc<super::fleet::Standings>,
     scopes: Vec<(Scope, ReportAudience)>,
     sender: mpsc::Sender<Result<proto::ListEncryptionKeysResponse, Status>>,
 ) {
@@ -87,9 +93,14 @@ async fn send_inventory(
         });
         for (at, (target, audience)) in targets.enumerate() {
             let (cache, reads) = (cache.clone(), reads.clone());
+            let standing = standings.of(target);
             reading.spawn(async move {
                 let _turn = reads.acquire_owned().await;
-                (at, entry(target, cache.key_in_use(target).await, audience))
+                let mut entry = entry(target, cache.key_in_use(target).await, audience);
+                if let Some(standing) = standing {
+                    entry.set_desired_state(standing.to_proto());
+                }
+                (at, entry)
             });
         }
         let mut entries: Vec<(usize, proto::KeyInventoryEntry)> = Vec::new();
