@@ -1,7 +1,8 @@
 //! Runs the grpcurl, AWS CLI and CLI examples of README.md and docs/ verbatim, and checks
 //! each prints what the document shows (key ids, dates and client ports aside): those of the
 //! README's organization section and of docs/organizations.md against `inspector-keyd serve
-//! --config` with the configuration that section shows, all the others against one
+//! --config` with the configuration that section shows, those of its desired-state section
+//! against another, of the configuration it shows, all the others against one
 //! `inspector-keyd serve` started with no configuration. Also checks the tables and lists the
 //! documents keep (finding codes, roles, the layout) and the desired-state page's examples
 //! against the parser and the JSON Schema.
@@ -21,7 +22,7 @@ use inspector_keyd::{
 use regex::Regex;
 
 /// The documents whose examples run, in this order, all against one sidecar: the README's
-/// walk-through first, all but its organization section (later examples use the keys it
+/// walk-through first, all but its [`SERVED_SECTIONS`] (later examples use the keys it
 /// creates), then the docs. Every file in docs/ is listed (checked below) or is
 /// [`ORGANIZATION_DOCUMENT`], so no document's examples are left unrun.
 const DOCUMENTS: [&str; 10] = [
@@ -41,32 +42,122 @@ const DOCUMENTS: [&str; 10] = [
 /// README's organization section, on the same sidecar.
 const ORGANIZATION_DOCUMENT: &str = "docs/organizations.md";
 
-/// The heading that starts the README's organization section (the next `## ` heading ends
-/// it): its examples run against `serve --config` with the `toml` block it shows, started as
-/// its `sh` block says.
+/// The heading that starts the README's organization section.
 const ORGANIZATION_HEADING: &str = "## Every account and Region of an organization";
 
-/// The command the organization section shows to start the sidecar, before the file name.
+/// The heading that starts the README's desired-state section.
+const FLEET_HEADING: &str = "## The desired state of the organization's keys";
+
+/// The README's sections that run against a sidecar of their own (the next `## ` heading ends
+/// each): `serve --config` with the configuration the section shows, started as its `sh`
+/// block says. Each `toml` block of such a section is a file, named by the last `*.toml` in
+/// backticks of the text before it.
+const SERVED_SECTIONS: [&str; 2] = [ORGANIZATION_HEADING, FLEET_HEADING];
+
+/// The command such a section shows to start the sidecar, before the file name.
 const SERVE_WITH_CONFIG: &str = "cargo run --release -- serve --config ";
 
-/// README.md split in two: the text outside the organization section, and the section.
-fn readme_parts() -> (String, String) {
+/// README.md split: the text outside the [`SERVED_SECTIONS`], and the section under
+/// `heading`.
+fn readme_parts(heading: &str) -> (String, String) {
     let mut rest = String::new();
     let mut section = String::new();
-    let (mut in_section, mut in_block, mut found) = (false, false, false);
+    let (mut current, mut in_block) = (None, false);
+    let mut found = false;
     for line in read("README.md").lines() {
         if line.starts_with("```") {
             in_block = !in_block;
         } else if !in_block && line.starts_with("## ") {
-            in_section = line == ORGANIZATION_HEADING;
-            found |= in_section;
+            current = SERVED_SECTIONS.iter().find(|&&h| h == line);
+            found |= line == heading;
         }
-        let part = if in_section { &mut section } else { &mut rest };
+        let part = match current {
+            None => &mut rest,
+            Some(&h) if h == heading => &mut section,
+            Some(_) => continue,
+        };
         part.push_str(line);
         part.push('\n');
     }
-    assert!(found, "README.md has no section `{ORGANIZATION_HEADING}`");
+    assert!(
+        found || !SERVED_SECTIONS.contains(&heading),
+        "README.md has no section `{heading}`"
+    );
     (rest, section)
+}
+
+/// The files a section's `toml` blocks are: (name, text), each named by the last `*.toml`
+/// in backticks of the text between the block and the one before it.
+fn toml_files(heading: &str, section: &str) -> Vec<(String, String)> {
+    let name = Regex::new(r"`([A-Za-z0-9_.-]+\.toml)`").unwrap();
+    let mut files = Vec::new();
+    let mut prose = String::new();
+    let mut block: Option<(String, String)> = None;
+    let mut in_other_block = false;
+    for line in section.lines() {
+        if let Some((file, mut text)) = block.take() {
+            if line.starts_with("```") {
+                files.push((file, text));
+            } else {
+                text.push_str(line);
+                text.push('\n');
+                block = Some((file, text));
+            }
+        } else if in_other_block {
+            in_other_block = !line.starts_with("```");
+        } else if line == "```toml" {
+            let file = name
+                .captures_iter(&prose)
+                .last()
+                .map(|c| c[1].to_owned())
+                .unwrap_or_else(|| {
+                    panic!("README.md `{heading}`: the text before a toml block names no file")
+                });
+            block = Some((file, String::new()));
+            prose.clear();
+        } else if line.starts_with("```") {
+            in_other_block = true;
+            prose.clear();
+        } else {
+            prose.push_str(line);
+            prose.push('\n');
+        }
+    }
+    files
+}
+
+/// Runs the README's section under `heading` against `serve --config` with the configuration
+/// it shows, its other files written beside it, then `more` on the same sidecar: every
+/// example must print what its document shows.
+fn run_served_section(heading: &str, min_examples: usize, more: Vec<Example>) {
+    let (_, section) = readme_parts(heading);
+    let files = toml_files(heading, &section);
+    let file = first_block(&section, "sh")
+        .and_then(|block| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(SERVE_WITH_CONFIG))
+        })
+        .unwrap_or_else(|| panic!("README.md `{heading}` shows no `{SERVE_WITH_CONFIG}…`"));
+    let config = files
+        .iter()
+        .find(|(name, _)| name == file)
+        .map(|(_, text)| text)
+        .unwrap_or_else(|| {
+            panic!("README.md `{heading}` serves `{file}` but shows no toml block of it")
+        });
+    let mut examples = examples_in("README.md", &section);
+    assert!(
+        examples.len() >= min_examples,
+        "only {} examples in the README's section `{heading}`",
+        examples.len()
+    );
+    examples.extend(more);
+    let sidecar = Sidecar::start_default_with_config(file, config);
+    for (name, text) in files.iter().filter(|(name, _)| name != file) {
+        std::fs::write(sidecar.dir().join(name), text).unwrap();
+    }
+    run_examples(&sidecar, &examples);
 }
 
 /// The text of the first code block of `language` in `text`.
@@ -147,7 +238,7 @@ fn every_document_in_docs_is_listed() {
 
 #[test]
 fn readme_and_docs_examples_print_what_they_show() {
-    let (readme, _) = readme_parts();
+    let (readme, _) = readme_parts("");
     assert!(
         examples_in("README.md", &readme).len() >= 12,
         "the README's walk-through examples not found"
@@ -169,30 +260,33 @@ fn readme_and_docs_examples_print_what_they_show() {
 
 #[test]
 fn the_organization_examples_print_what_they_show() {
-    let (_, section) = readme_parts();
-    let config = first_block(&section, "toml")
-        .expect("the README's organization section shows its configuration (a toml block)");
-    let file = first_block(&section, "sh")
-        .and_then(|block| {
-            block
-                .lines()
-                .find_map(|l| l.strip_prefix(SERVE_WITH_CONFIG))
-        })
-        .expect("the README's organization section shows how to serve its configuration");
-    let mut examples = examples_in("README.md", &section);
-    assert!(
-        examples.len() >= 6,
-        "only {} examples in the README's organization section",
-        examples.len()
-    );
     let documented = examples_in(ORGANIZATION_DOCUMENT, &read(ORGANIZATION_DOCUMENT));
     assert!(
         documented.len() >= 3,
         "only {} examples in {ORGANIZATION_DOCUMENT}",
         documented.len()
     );
-    examples.extend(documented);
-    run_examples(&Sidecar::start_default_with_config(file, config), &examples);
+    run_served_section(ORGANIZATION_HEADING, 6, documented);
+}
+
+/// The issue's "done when": from a fresh `serve --config` of three accounts in two Regions,
+/// the README's `fleet plan`, `fleet apply` and `fleet status` work as printed.
+#[test]
+fn the_desired_state_examples_print_what_they_show() {
+    let (_, section) = readme_parts(FLEET_HEADING);
+    for command in [
+        "inspector-keyd fleet plan desired.toml",
+        "inspector-keyd fleet apply desired.toml --yes",
+        "inspector-keyd fleet status",
+    ] {
+        assert!(
+            examples_in("README.md", &section)
+                .iter()
+                .any(|e| e.command.starts_with(command)),
+            "the README's section `{FLEET_HEADING}` does not run `{command}`"
+        );
+    }
+    run_served_section(FLEET_HEADING, 5, Vec::new());
 }
 
 /// Runs `examples` in one shell, in `sidecar`'s directory, each checked against what its
@@ -217,7 +311,9 @@ fn run_examples(sidecar: &Sidecar, examples: &[Example]) {
             .replace("127.0.0.1:50051", &tcp)
             .replace("127.0.0.1:50052", &aws_api)
             .replace("./state/keyd.sock", &socket);
-        script.push_str(&format!("{command} 2>&1\necho {END}\n"));
+        // Braces, so that what the whole line prints is shown, the standard error of a
+        // command followed by `; echo "exit $?"` too.
+        script.push_str(&format!("{{ {command}\n}} 2>&1\necho {END}\n"));
     }
     let mut command = Command::new("bash");
     // The AWS CLI examples use the credentials file the sidecar wrote, and nothing of the
