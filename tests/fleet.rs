@@ -177,16 +177,16 @@ async fn the_inventory_lists_every_scope_and_target_with_its_key_and_verificatio
     assert!(status.message().contains("account_ids"), "{status:?}");
 }
 
-#[tokio::test]
-async fn a_caller_limited_to_one_account_sees_that_account_alone() {
+/// The organization, with the holder of `token` given `role` in OTHER's scopes alone (the
+/// sidecar's own user stays admin everywhere); the directory holds the rules.
+fn with_a_caller_limited_to_other(token: &str, role: &str) -> (Sidecar, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let token = "other-reader-3b8e1f0c7a92";
     let rules = dir.path().join("rules.toml");
     write_whole(
         &rules,
         &format!(
             "[[rule]]\nrole = \"admin\"\nunix_uid = {uid}\n\
-             [[rule]]\nrole = \"code-reader\"\ntoken_sha256 = \"{}\"\naccounts = [\"{OTHER}\"]\n",
+             [[rule]]\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\naccounts = [\"{OTHER}\"]\n",
             sha256_hex(token),
             uid = rustix::process::getuid().as_raw(),
         ),
@@ -196,6 +196,13 @@ async fn a_caller_limited_to_one_account_sees_that_account_alone() {
         "{ORGANIZATION}\n[authz]\nrules_file = {:?}\n",
         rules.to_str().unwrap()
     ));
+    (sidecar, dir)
+}
+
+#[tokio::test]
+async fn a_caller_limited_to_one_account_sees_that_account_alone() {
+    let token = "other-reader-3b8e1f0c7a92";
+    let (sidecar, _dir) = with_a_caller_limited_to_other(token, "code-reader");
     put_in_use(&sidecar, OTHER, "eu-west-1").await;
     put_in_use(&sidecar, OWN, "us-east-1").await;
     let mut tcp = EncryptionKeyServiceClient::new(sidecar.tcp_channel().await);
@@ -580,23 +587,8 @@ async fn a_desired_state_with_a_typo_is_refused_with_its_line_and_changes_nothin
 
 #[tokio::test]
 async fn a_caller_limited_to_one_account_plans_and_applies_that_account_alone() {
-    let dir = tempfile::tempdir().unwrap();
     let token = "other-admin-7d2c9e41b0a8";
-    let rules = dir.path().join("rules.toml");
-    write_whole(
-        &rules,
-        &format!(
-            "[[rule]]\nrole = \"admin\"\nunix_uid = {uid}\n\
-             [[rule]]\nrole = \"admin\"\ntoken_sha256 = \"{}\"\naccounts = [\"{OTHER}\"]\n",
-            sha256_hex(token),
-            uid = rustix::process::getuid().as_raw(),
-        ),
-        0o644,
-    );
-    let sidecar = Sidecar::start_with(&format!(
-        "{ORGANIZATION}\n[authz]\nrules_file = {:?}\n",
-        rules.to_str().unwrap()
-    ));
+    let (sidecar, _dir) = with_a_caller_limited_to_other(token, "admin");
     for (account, region) in [
         (OWN, "us-east-1"),
         (OTHER, "us-east-1"),

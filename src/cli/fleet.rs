@@ -455,6 +455,18 @@ async fn gather<M: FleetMessage>(
     Ok((changes, summary))
 }
 
+/// The plan of `desired_state`, gathered.
+async fn planned(
+    client: &mut EncryptionKeyServiceClient<Channel>,
+    desired_state: String,
+    progress: &Progress,
+) -> Result<(Vec<proto::FleetChange>, proto::FleetSummary), tonic::Status> {
+    let answer = client
+        .plan_fleet(proto::PlanFleetRequest { desired_state })
+        .await?;
+    gather(answer.into_inner(), progress, "planning").await
+}
+
 async fn plan(args: PlanArgs) -> ExitCode {
     let text = match desired_state(&args.file) {
         Ok(text) => text,
@@ -465,16 +477,7 @@ async fn plan(args: PlanArgs) -> ExitCode {
         Err(message) => return failed(message),
     };
     let progress = Progress::new(args.format == Format::Table);
-    let planned = match client
-        .plan_fleet(proto::PlanFleetRequest {
-            desired_state: text,
-        })
-        .await
-    {
-        Ok(answer) => gather(answer.into_inner(), &progress, "planning").await,
-        Err(status) => Err(status),
-    };
-    let (changes, summary) = match planned {
+    let (changes, summary) = match planned(&mut client, text, &progress).await {
         Ok(planned) => planned,
         Err(status) => return call_failed(&status),
     };
@@ -508,16 +511,7 @@ async fn apply(args: ApplyArgs) -> ExitCode {
                 "fleet apply changes keys: pass --yes to apply without being asked (standard input is not a terminal to ask on)",
             );
         }
-        let planned = match client
-            .plan_fleet(proto::PlanFleetRequest {
-                desired_state: text.clone(),
-            })
-            .await
-        {
-            Ok(answer) => gather(answer.into_inner(), &progress, "planning").await,
-            Err(status) => Err(status),
-        };
-        let (changes, summary) = match planned {
+        let (changes, summary) = match planned(&mut client, text.clone(), &progress).await {
             Ok(planned) => planned,
             Err(status) => return call_failed(&status),
         };
@@ -537,16 +531,15 @@ async fn apply(args: ApplyArgs) -> ExitCode {
             return failed("not applied");
         }
     }
-    let applied = match client
-        .apply_fleet(proto::ApplyFleetRequest {
-            desired_state: text,
-        })
-        .await
-    {
-        Ok(answer) => gather(answer.into_inner(), &progress, "applying").await,
-        Err(status) => Err(status),
+    let applied = async {
+        let answer = client
+            .apply_fleet(proto::ApplyFleetRequest {
+                desired_state: text,
+            })
+            .await?;
+        gather(answer.into_inner(), &progress, "applying").await
     };
-    let (changes, summary) = match applied {
+    let (changes, summary) = match applied.await {
         Ok(applied) => applied,
         Err(status) => return call_failed(&status),
     };
