@@ -31,15 +31,20 @@ id = "111122223333"
 regions = ["eu-west-1"]
 "#;
 
-/// A new key of `account_id` in `region`, put in use there for Lambda; its ARN.
-async fn put_in_use(sidecar: &Sidecar, account_id: &str, region: &str) -> String {
-    let key = sidecar
+/// A new key of `account_id` in `region`; its ARN.
+async fn key_in(sidecar: &Sidecar, account_id: &str, region: &str) -> String {
+    sidecar
         .create_key(proto::CreateKeyRequest {
             account_id: account_id.into(),
             region: region.into(),
             ..Default::default()
         })
-        .await;
+        .await
+}
+
+/// A new key of `account_id` in `region`, put in use there for Lambda; its ARN.
+async fn put_in_use(sidecar: &Sidecar, account_id: &str, region: &str) -> String {
+    let key = key_in(sidecar, account_id, region).await;
     sidecar
         .admin_keys()
         .await
@@ -312,13 +317,7 @@ kms_key = "alias/inspector-code"
 
 /// A new key of `account_id` in `region` named `alias/inspector-code` there.
 async fn aliased_key(sidecar: &Sidecar, account_id: &str, region: &str) -> String {
-    let key = sidecar
-        .create_key(proto::CreateKeyRequest {
-            account_id: account_id.into(),
-            region: region.into(),
-            ..Default::default()
-        })
-        .await;
+    let key = key_in(sidecar, account_id, region).await;
     sidecar
         .kms()
         .await

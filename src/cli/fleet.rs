@@ -387,53 +387,31 @@ fn desired_state(path: &Path) -> Result<String, ExitCode> {
     Ok(text)
 }
 
-/// A PlanFleet or ApplyFleet message, which hold the same.
+/// A PlanFleet or ApplyFleet message: the changes, the scopes done and in all, and (on the
+/// last) the summary.
+type FleetParts = (
+    Vec<proto::FleetChange>,
+    u32,
+    u32,
+    Option<proto::FleetSummary>,
+);
+
+/// The messages of PlanFleet and ApplyFleet, which hold the same.
 trait FleetMessage {
-    fn parts(
-        self,
-    ) -> (
-        Vec<proto::FleetChange>,
-        u32,
-        u32,
-        Option<proto::FleetSummary>,
-    );
+    fn parts(self) -> FleetParts;
 }
 
-impl FleetMessage for proto::PlanFleetResponse {
-    fn parts(
-        self,
-    ) -> (
-        Vec<proto::FleetChange>,
-        u32,
-        u32,
-        Option<proto::FleetSummary>,
-    ) {
-        (
-            self.changes,
-            self.scopes_done,
-            self.scopes_total,
-            self.summary,
-        )
-    }
+macro_rules! fleet_message {
+    ($($message:ty),+) => {$(
+        impl FleetMessage for $message {
+            fn parts(self) -> FleetParts {
+                (self.changes, self.scopes_done, self.scopes_total, self.summary)
+            }
+        }
+    )+};
 }
 
-impl FleetMessage for proto::ApplyFleetResponse {
-    fn parts(
-        self,
-    ) -> (
-        Vec<proto::FleetChange>,
-        u32,
-        u32,
-        Option<proto::FleetSummary>,
-    ) {
-        (
-            self.changes,
-            self.scopes_done,
-            self.scopes_total,
-            self.summary,
-        )
-    }
-}
+fleet_message!(proto::PlanFleetResponse, proto::ApplyFleetResponse);
 
 /// Every change of a PlanFleet or ApplyFleet stream, and its summary.
 async fn gather<M: FleetMessage>(
