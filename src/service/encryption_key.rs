@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use super::{
     ServiceError,
+    audience::ReportAudience,
     drift::{KeyEvent, KeyEventKind, KeyWatch},
     keycheck::{KeyVerifier, Subject},
     validation,
@@ -38,8 +39,8 @@ pub struct EncryptionKeys {
     stop: tokio::sync::watch::Receiver<bool>,
     watch_limits: WatchLimits,
     quota: Arc<super::quota::CallerQuota>,
-    /// Where each target stood at the last reconcile round (`[fleet]`).
-    standings: Arc<super::fleet::Standings>,
+    /// Plans, applies, reconciles and lists the organization's keys.
+    fleet: super::fleet::Fleet,
 }
 
 /// Bounds on WatchEncryptionKey streams: how many at once, and for how long each.
@@ -111,6 +112,7 @@ impl EncryptionKeys {
         watch_limits: WatchLimits,
         quota: Arc<super::quota::CallerQuota>,
     ) -> EncryptionKeys {
+        let fleet = super::fleet::Fleet::new(cache.clone(), verifier.clone(), watch.clone());
         EncryptionKeys {
             cache,
             verifier,
@@ -119,7 +121,7 @@ impl EncryptionKeys {
             stop,
             watch_limits,
             quota,
-            standings: Arc::default(),
+            fleet,
         }
     }
 
@@ -342,47 +344,6 @@ impl EncryptionKeys {
     }
 }
 
-/// How much of the key in use's verification a Watch stream tells its caller. The findings
-/// (Sids, public principals, the requests that may decrypt) and the access summary (who may
-/// decrypt) are a stored key's verification, which only the method's `stored_key_role` may
-/// learn; below it, the verdict alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ReportAudience {
-    Whole,
-    VerdictOnly,
-}
-
-impl ReportAudience {
-    /// What `caller` may see of a key in `scope`.
-    pub(super) fn of(caller: Option<&rpc::CallerContext>, scope: Scope) -> ReportAudience {
-        let may = match caller {
-            Some(c) if c.scoped.is_some() => c
-                .may_act_in(scope.account_id(), scope.region(), true)
-                .is_ok(),
-            _ => rpc::CallerContext::may_use_stored_key(caller).is_ok(),
-        };
-        if may {
-            ReportAudience::Whole
-        } else {
-            ReportAudience::VerdictOnly
-        }
-    }
-
-    pub(super) fn report(self, report: Report) -> proto::VerificationReport {
-        match self {
-            ReportAudience::Whole => report.into(),
-            // The access summary says who may decrypt with the key: code-reader data, as
-            // the findings are.
-            ReportAudience::VerdictOnly => proto::VerificationReport {
-                passed: report.passed,
-                profile: report.profile,
-                findings: Vec::new(),
-                access: None,
-            },
-        }
-    }
-}
-
 /// A key event as the Watch stream sends it to `audience`: the one place events become
 /// messages, so no event reaches a caller with more than it may see.
 fn event_message(event: KeyEvent, audience: ReportAudience) -> proto::WatchEncryptionKeyResponse {
@@ -415,24 +376,14 @@ type WatchStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<proto::WatchEncryptionKeyResponse, Status>> + Send>>;
 
 impl EncryptionKeys {
-    pub(super) fn cache(&self) -> &KeyCache {
-        &self.cache
-    }
-
-    pub(super) fn verifier(&self) -> &KeyVerifier {
-        &self.verifier
-    }
-
-    pub(super) fn watch(&self) -> &KeyWatch {
-        &self.watch
-    }
-
-    pub(super) fn standings(&self) -> &super::fleet::Standings {
-        &self.standings
-    }
-
-    pub(super) fn standings_handle(&self) -> Arc<super::fleet::Standings> {
-        self.standings.clone()
+    /// The reconciler of `config`'s desired state, when it names one.
+    pub fn reconciler(
+        &self,
+        config: &crate::config::FleetConfig,
+        audit: crate::audit::AuditLog,
+        metrics: Metrics,
+    ) -> Option<super::Reconciler> {
+        self.fleet.reconciler(config, audit, metrics)
     }
 }
 
@@ -448,7 +399,7 @@ impl EncryptionKeyService for EncryptionKeys {
         request: Request<proto::PlanFleetRequest>,
     ) -> Result<Response<Self::PlanFleetStream>, Status> {
         let caller = request.extensions().get::<rpc::CallerContext>().cloned();
-        Ok(Response::new(self.fleet(
+        Ok(Response::new(self.fleet.plan(
             caller.as_ref(),
             &request.get_ref().desired_state,
             false,
@@ -465,7 +416,7 @@ impl EncryptionKeyService for EncryptionKeys {
             .extensions()
             .get::<crate::audit::AuditSubject>()
             .cloned();
-        Ok(Response::new(self.fleet(
+        Ok(Response::new(self.fleet.plan(
             caller.as_ref(),
             &request.get_ref().desired_state,
             true,
@@ -479,7 +430,7 @@ impl EncryptionKeyService for EncryptionKeys {
     ) -> Result<Response<Self::ListEncryptionKeysStream>, Status> {
         let caller = request.extensions().get::<rpc::CallerContext>().cloned();
         Ok(Response::new(
-            self.inventory(caller.as_ref(), request.get_ref())?,
+            self.fleet.inventory(caller.as_ref(), request.get_ref())?,
         ))
     }
 

@@ -13,11 +13,12 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::Status;
 
 use super::{
-    ServiceError, encryption_key::EncryptionKeys, keycheck::Subject, validation::FieldViolation,
+    KeyVerifier, ServiceError, drift::KeyWatch, keycheck::Subject, validation::FieldViolation,
 };
 use crate::{
     audit::{AuditSubject, AuditedChange},
     backend::BackendError,
+    cache::KeyCache,
     domain::{KeyArn, Scope, ScopedTarget, Target},
     fleet::desired::{DesiredKey, DesiredState},
     proto::{self, FleetAction},
@@ -85,10 +86,46 @@ struct Planned {
     write: Option<Write>,
 }
 
-impl EncryptionKeys {
+/// What plans, applies, reconciles and the inventory reach the keys through: the cache, the
+/// verifier and the watch the encryption-key service uses, and where the last reconcile round
+/// found each target.
+#[derive(Clone)]
+pub struct Fleet {
+    cache: KeyCache,
+    verifier: KeyVerifier,
+    watch: Arc<KeyWatch>,
+    standings: Arc<Standings>,
+}
+
+impl Fleet {
+    pub(super) fn new(cache: KeyCache, verifier: KeyVerifier, watch: Arc<KeyWatch>) -> Fleet {
+        Fleet {
+            cache,
+            verifier,
+            watch,
+            standings: Arc::default(),
+        }
+    }
+
+    pub(super) fn cache(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    pub(super) fn verifier(&self) -> &KeyVerifier {
+        &self.verifier
+    }
+
+    fn watch(&self) -> &KeyWatch {
+        &self.watch
+    }
+
+    pub(super) fn standings(&self) -> &Arc<Standings> {
+        &self.standings
+    }
+
     /// The plan of `desired_state` for `caller`, applied when `apply` (writes audited on
     /// `audit`, the call's audit subject).
-    pub(super) fn fleet<M: From<FleetBatch> + Send + 'static>(
+    pub(super) fn plan<M: From<FleetBatch> + Send + 'static>(
         &self,
         caller: Option<&rpc::CallerContext>,
         desired_state: &str,
@@ -159,7 +196,7 @@ impl EncryptionKeys {
 /// One plan or apply, as it runs.
 #[derive(Clone)]
 struct FleetRun {
-    keys: EncryptionKeys,
+    keys: Fleet,
     desired: Arc<DesiredState>,
     apply: bool,
     audit: Option<AuditSubject>,
@@ -512,7 +549,7 @@ fn counts(standings: impl Iterator<Item = Standing>) -> [usize; 3] {
 /// scope each interval, one scope at a time spread over it, reporting drift (a metric, a
 /// Watch event, a log line) and, enforcing, applying it as `ApplyFleet` does.
 pub struct Reconciler {
-    keys: EncryptionKeys,
+    keys: Fleet,
     file: std::path::PathBuf,
     interval: Duration,
     enforce: bool,
@@ -529,9 +566,9 @@ pub fn read_desired_state(file: &std::path::Path) -> Result<DesiredState, String
     DesiredState::parse(&text).map_err(|e| format!("`{}`: {e}", file.display()))
 }
 
-impl EncryptionKeys {
+impl Fleet {
     /// The reconciler of `config`'s desired state, when it names one.
-    pub fn reconciler(
+    pub(super) fn reconciler(
         &self,
         config: &crate::config::FleetConfig,
         audit: crate::audit::AuditLog,

@@ -8,11 +8,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::Status;
 
-use super::{
-    ServiceError,
-    encryption_key::{EncryptionKeys, ReportAudience},
-    validation,
-};
+use super::{ServiceError, audience::ReportAudience, fleet::Fleet, validation};
 use crate::{
     backend::BackendError,
     cache::{KeyCache, KeyInUse},
@@ -31,7 +27,7 @@ const READS_AT_ONCE: usize = 16;
 pub(super) type InventoryStream =
     Pin<Box<dyn Stream<Item = Result<proto::ListEncryptionKeysResponse, Status>> + Send>>;
 
-impl EncryptionKeys {
+impl Fleet {
     /// The inventory for `caller`: the managed scopes its rules let it read, as filtered by
     /// the request, each with what the caller may see of its reports.
     pub(super) fn inventory(
@@ -62,7 +58,7 @@ impl EncryptionKeys {
         let (sender, receiver) = mpsc::channel(2);
         tokio::spawn(send_inventory(
             self.cache().clone(),
-            self.standings_handle(),
+            self.standings().clone(),
             scopes,
             sender,
         ));

@@ -3,6 +3,7 @@
 //! results to responses. Errors leave as [`ServiceError`]; `crate::status` alone turns them
 //! into `tonic::Status`.
 
+mod audience;
 mod code_snippets;
 pub mod drift;
 mod encryption_key;
