@@ -77,3 +77,60 @@ fn the_benchmark_tool_runs_and_reports_every_figure() {
         assert!(stdout.contains(&format!("verify {profile}")), "{stdout}");
     }
 }
+
+/// The fleet benchmark (`examples/fleet_bench.rs`) runs its tiny organization, 3 accounts ×
+/// 2 Regions: plan, apply and a second apply through the real CLI, each with its backend
+/// calls counted from the metric. It fails by itself when a command does (a plan error, an
+/// apply that misses a scope, a second apply that writes); nothing about time is asserted.
+#[test]
+fn the_fleet_benchmark_tool_runs_and_reports_every_figure() {
+    let exe = std::env::current_exe().unwrap();
+    let bench = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/fleet_bench");
+    assert!(bench.exists(), "{} is not built", bench.display());
+    let output = Command::new(&bench)
+        .args(["--quick", "--keyd", env!("CARGO_BIN_EXE_inspector-keyd")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("3 accounts × 2 Regions = 6 scopes"),
+        "{stdout}"
+    );
+    for command in ["plan ", "apply ", "apply again "] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(command) && l.contains(" s "))
+            .unwrap_or_else(|| panic!("no {command}row: {stdout}"));
+        assert!(row.ends_with(": pass") || row.ends_with(": over"), "{row}");
+    }
+    // The second apply wrote nothing, and the plan's calls were counted from the metric.
+    let again = stdout
+        .lines()
+        .find(|l| l.starts_with("apply again "))
+        .unwrap();
+    assert!(again.contains("0 writes: pass"), "{again}");
+    let plan_calls = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("plan printed ")?
+                .split_once("backend calls by operation: ")
+                .map(|(_, calls)| calls)
+        })
+        .unwrap_or_else(|| panic!("no plan calls: {stdout}"));
+    assert!(plan_calls.contains("/scope"), "{plan_calls}");
+    assert!(
+        stdout.contains("plan backend calls per scope: "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sidecar resident memory: "), "{stdout}");
+}
