@@ -17,8 +17,27 @@
 //! [writes]
 //! hang = true
 //! ```
+//!
+//! A share of the calls, deterministically: `first = 3` gives the error (or hang) of its
+//! table to the first three calls of that kind alone, `every = 2` to every second one (the
+//! 2nd, the 4th, ...); with both, a call must be among the first and a multiple of `every`.
+//! Calls are counted by kind from the server's start, whatever the file said when they were
+//! made; the latency applies to every call regardless.
+//!
+//! ```toml
+//! [writes]
+//! error = "throttled"
+//! every = 2
+//! ```
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -41,6 +60,20 @@ pub struct Fault {
     pub latency: Duration,
     /// The call never answers (until the caller gives up).
     pub hang: bool,
+    /// The error and the hang are for the first this many calls of the kind alone.
+    pub first: Option<u64>,
+    /// The error and the hang are for every this-many-th call of the kind alone.
+    pub every: Option<u64>,
+}
+
+impl Fault {
+    /// Whether the `n`th call of its kind (counted from 1) gets the error or the hang.
+    fn strikes(&self, n: u64) -> bool {
+        self.first.is_none_or(|first| n <= first)
+            && self
+                .every
+                .is_none_or(|every| every <= 1 || n.is_multiple_of(every))
+    }
 }
 
 /// An injected error, one per backend error class.
@@ -99,6 +132,9 @@ pub struct FaultyBackend {
     inner: Arc<dyn Backend>,
     file: Option<PathBuf>,
     write_latency: Duration,
+    /// The calls made so far, reads and writes.
+    reads: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl FaultyBackend {
@@ -112,6 +148,8 @@ impl FaultyBackend {
             inner,
             file,
             write_latency,
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -150,17 +188,21 @@ impl FaultyBackend {
 
     async fn inject(&self, kind: Kind) -> Result<(), BackendError> {
         let faults = self.faults().await;
-        let fault = match kind {
-            Kind::Read => faults.reads,
+        let (fault, n) = match kind {
+            Kind::Read => (faults.reads, self.reads.fetch_add(1, Ordering::Relaxed) + 1),
             Kind::Write => {
+                let n = self.writes.fetch_add(1, Ordering::Relaxed) + 1;
                 if !self.write_latency.is_zero() {
                     tokio::time::sleep(self.write_latency).await;
                 }
-                faults.writes
+                (faults.writes, n)
             }
         };
         if !fault.latency.is_zero() {
             tokio::time::sleep(fault.latency).await;
+        }
+        if !fault.strikes(n) {
+            return Ok(());
         }
         if fault.hang {
             // Until the caller's deadline drops this future; a day bounds it regardless.
@@ -260,5 +302,50 @@ mod tests {
             BackendError::from(FaultError::Throttled).class(),
             "throttled"
         );
+    }
+
+    #[test]
+    fn first_and_every_fault_a_share_of_the_calls() {
+        let faults: Faults =
+            toml::from_str("[reads]\nerror = \"throttled\"\nfirst = 3\n[writes]\nerror = \"throttled\"\nevery = 2\n")
+                .unwrap();
+        let struck = |fault: Fault| (1..=8).filter(|n| fault.strikes(*n)).collect::<Vec<_>>();
+        assert_eq!(struck(faults.reads), [1, 2, 3]);
+        assert_eq!(struck(faults.writes), [2, 4, 6, 8]);
+        let both: Fault = toml::from_str("first = 5\nevery = 2\n").unwrap();
+        assert_eq!(struck(both), [2, 4]);
+        assert_eq!(struck(Fault::default()), (1..=8).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn every_second_write_is_throttled_and_reads_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("faults.toml");
+        std::fs::write(&file, "[writes]\nerror = \"throttled\"\nevery = 2\n").unwrap();
+        let settings = crate::verify::VerificationSettings::new(
+            "us-east-1".into(),
+            "111122223333".into(),
+            "arn:aws:iam::111122223333:role/inspector-keyd".into(),
+            Vec::new(),
+            None,
+            crate::verify::Profile::CodeguruGrants,
+            crate::verify::Profile::AmazonQCodeRepository,
+        );
+        let local = super::super::local::LocalBackend::open(
+            dir.path(),
+            &dir.path().join("kek"),
+            Arc::new(crate::scopes::ManagedScopes::only(&settings)),
+        )
+        .unwrap();
+        let faulty = FaultyBackend::new(Arc::new(local), Some(file), Duration::ZERO);
+        let mut throttled = Vec::new();
+        for _ in 0..4 {
+            faulty.inject(Kind::Read).await.unwrap();
+            throttled.push(matches!(
+                faulty.inject(Kind::Write).await,
+                Err(BackendError::Throttled { .. })
+            ));
+        }
+        assert_eq!(throttled, [false, true, false, true]);
     }
 }
