@@ -19,6 +19,7 @@ use std::process::Command;
 use common::{
     inspector_stub::{AWS_ERROR_TEXT, InspectorStub, StsAnswer},
     moto::{AWS_TEST_ENV, Moto},
+    organization::*,
     *,
 };
 use inspector_keyd::proto;
@@ -30,52 +31,6 @@ const OWN: &str = "123456789012";
 const MEMBER: &str = "222233334444";
 const MEMBER_ROLE: &str = "arn:aws:iam::222233334444:role/keyd-member";
 const EXTERNAL_ID: &str = "keyd-external-7";
-
-/// The aws backend with Inspector at `inspector` and KMS and IAM at moto, without
-/// background reads that could race the calls under test; `extra` adds tables after
-/// `[aws]` (such as `[[accounts]]`).
-fn config(inspector: &str, sts: &str, moto: &Moto, top: &str, extra: &str) -> String {
-    format!(
-        "backend = \"aws\"\nregion = \"us-east-1\"\n{top}[aws]\ninspector2_endpoint = \"{inspector}\"\nkms_endpoint = \"{}\"\nsts_endpoint = \"{sts}\"\niam_endpoint = \"{}\"\norganizations_endpoint = \"{}\"\nmax_attempts = 2\noperation_timeout = \"20s\"\n[ops]\nready_check_interval = \"1h\"\ndrift_interval = \"1h\"\n{extra}",
-        moto.url(),
-        moto.url(),
-        moto.url()
-    )
-}
-
-/// A key policy the scope's principal passes verification with.
-async fn policy_for(sidecar: &Sidecar, account: &str, region: &str) -> String {
-    sidecar
-        .read_only_keys()
-        .await
-        .render_key_policy(proto::RenderKeyPolicyRequest {
-            profile: "amazon-q-lambda".into(),
-            region: region.into(),
-            account_id: account.into(),
-            principal_arn: format!("arn:aws:iam::{account}:role/inspector-keyd"),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .policy_json
-}
-
-fn update(key: &str, account: &str, region: &str) -> proto::UpdateEncryptionKeyRequest {
-    proto::UpdateEncryptionKeyRequest {
-        account_id: account.into(),
-        region: region.into(),
-        ..update_request(key)
-    }
-}
-
-fn get(account: &str, region: &str) -> proto::GetEncryptionKeyRequest {
-    proto::GetEncryptionKeyRequest {
-        account_id: account.into(),
-        region: region.into(),
-        ..get_request(LAMBDA)
-    }
-}
 
 fn precondition_types(status: &tonic::Status) -> Vec<String> {
     status
@@ -408,17 +363,13 @@ async fn a_role_that_cannot_be_assumed_fails_its_scope_alone() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 }
 
-/// The access key the Inspector sidecar's door gives the managing sidecar for its own
-/// account (moto takes any key pair as its default account's, which is `OWN`).
-const OWN_KEY_ID: &str = "KEYDORGOWNADMIN00001";
-const OWN_SECRET: &str = "own-account-secret-0123456789abcdef";
 /// What seeds moto's random generator, twice, in the test below.
 const SEED: u64 = 7_202_612;
 
 #[tokio::test]
 async fn an_organization_is_managed_through_a_second_sidecars_door() {
     let moto = Moto::start();
-    let own = aws_sdk_kms::config::Credentials::new(OWN_KEY_ID, OWN_SECRET, None, None, "tests");
+    let own = own_credentials();
 
     // The door, like Inspector, must know a caller's key pair before the call. The member
     // account's pair is the one STS hands the managing sidecar when it assumes the role,
@@ -437,48 +388,29 @@ async fn an_organization_is_managed_through_a_second_sidecars_door() {
         )
         .await;
     let door_keys = tempfile::tempdir().unwrap();
-    let door_credentials = door_keys.path().join("aws-credentials");
-    // The default rules make the `inspector-keyd-admin` profiles admin, each in its account.
-    write_whole(
-        &door_credentials,
+    let door_credentials = door_credentials(
+        door_keys.path(),
         &format!(
-            "[inspector-keyd-admin]\naws_access_key_id = {OWN_KEY_ID}\naws_secret_access_key = {OWN_SECRET}\naws_account_id = {OWN}\n\n[inspector-keyd-admin-{MEMBER}]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_account_id = {MEMBER}\n",
+            "[inspector-keyd-admin-{MEMBER}]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_account_id = {MEMBER}\n",
             foreseen.access_key_id(),
             foreseen.secret_access_key()
         ),
-        0o600,
     );
     // Inspector: a local-backend sidecar emulating the same organization (both accounts in
-    // both Regions), verifying Lambda keys as the aws backend does.
+    // both Regions).
     let organization = format!(
         "[[accounts]]\nid = \"{OWN}\"\nregions = [\"eu-west-1\"]\n[[accounts]]\nid = \"{MEMBER}\"\nregions = [\"us-east-1\", \"eu-west-1\"]\n"
     );
-    let inspector = Sidecar::start_with(&format!(
-        "account_id = \"{OWN}\"\nregion = \"us-east-1\"\n[verification]\nlambda_profile = \"amazon-q-lambda\"\n[aws_api]\ncredentials_file = {door_credentials:?}\n{organization}"
-    ));
+    let inspector = inspector_sidecar(&door_credentials, &organization, "");
 
-    // Each key is made in both KMSes with the same ARN: the Inspector sidecar's local KMS,
-    // which its gate reads, and moto, which the managing sidecar's gate reads (as the key's
-    // account: the member's keys with a role of the member account).
+    // Each key is made in both KMSes with the same ARN (the member's keys as a role of the
+    // member account).
     let member = moto.assume_role(MEMBER_ROLE).await;
     let both_kmses = |account: &'static str, region: &'static str, policy: String| {
         let (inspector, moto, own, member) = (&inspector, &moto, &own, &member);
         async move {
-            let arn = inspector
-                .create_key(proto::CreateKeyRequest {
-                    account_id: account.into(),
-                    region: region.into(),
-                    policy: policy.clone(),
-                    ..Default::default()
-                })
-                .await;
-            let id = arn.rsplit('/').next().unwrap();
             let caller = if account == OWN { own } else { member };
-            let in_moto = moto
-                .create_key_with_id_as(caller, region, &policy, Some(id))
-                .await;
-            assert_eq!(in_moto, arn, "one key in both");
-            arn
+            key_in_both(inspector, moto, caller, account, region, &policy).await
         }
     };
     let scopes = [
@@ -523,13 +455,7 @@ async fn an_organization_is_managed_through_a_second_sidecars_door() {
     let accounts = format!(
         "[[accounts]]\nid = \"{OWN}\"\nregions = [\"eu-west-1\"]\n[[accounts]]\nid = \"{MEMBER}\"\nregions = [\"us-east-1\", \"eu-west-1\"]\nrole_arn = \"{MEMBER_ROLE}\"\nexternal_id = \"{EXTERNAL_ID}\"\n"
     );
-    let mut env: Vec<(&str, &str)> = AWS_TEST_ENV
-        .iter()
-        .filter(|(k, _)| *k != "AWS_ACCESS_KEY_ID" && *k != "AWS_SECRET_ACCESS_KEY")
-        .copied()
-        .collect();
-    env.push(("AWS_ACCESS_KEY_ID", OWN_KEY_ID));
-    env.push(("AWS_SECRET_ACCESS_KEY", OWN_SECRET));
+    let env = own_env();
     let sidecar = Sidecar::start_with_env(
         &config(
             &inspector.aws_url(),

@@ -12,7 +12,7 @@ mod common;
 
 use std::process::Command;
 
-use common::*;
+use common::{fleet::*, *};
 use inspector_keyd::proto::{self, encryption_key_service_client::EncryptionKeyServiceClient};
 use tonic::Code;
 
@@ -243,16 +243,6 @@ async fn a_caller_limited_to_one_account_sees_that_account_alone() {
     assert!(entries.is_empty(), "{entries:?}");
 }
 
-fn fleet(sidecar: &Sidecar, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("fleet")
-        .args(args)
-        .arg("--socket")
-        .arg(&sidecar.socket)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn fleet_status_prints_the_inventory_as_a_table_or_json() {
     let sidecar = Sidecar::start_with(ORGANIZATION);
@@ -328,38 +318,6 @@ async fn aliased_key(sidecar: &Sidecar, account_id: &str, region: &str) -> Strin
         .await
         .unwrap();
     key
-}
-
-/// `fleet plan|apply FILE --format json` (with `--yes` for apply): its exit code and JSON.
-fn fleet_json(
-    sidecar: &Sidecar,
-    command: &str,
-    file: &std::path::Path,
-) -> (i32, serde_json::Value) {
-    let mut args = vec![command, file.to_str().unwrap(), "--format", "json"];
-    if command == "apply" {
-        args.push("--yes");
-    }
-    let output = fleet(sidecar, &args);
-    let json = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {output:?}"));
-    (output.status.code().unwrap(), json)
-}
-
-/// Each change as (account, Region, action), with its error when it has one.
-fn actions(json: &serde_json::Value) -> Vec<(String, String, String, Option<String>)> {
-    json["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["account_id"].as_str().unwrap_or_default().to_owned(),
-                c["region"].as_str().unwrap_or_default().to_owned(),
-                c["action"].as_str().unwrap().to_owned(),
-                c["error"].as_str().map(str::to_owned),
-            )
-        })
-        .collect()
 }
 
 async fn lambda_key(sidecar: &Sidecar, account_id: &str, region: &str) -> Option<String> {
@@ -645,41 +603,6 @@ async fn a_caller_limited_to_one_account_plans_and_applies_that_account_alone() 
             .contains("account 111122223333 is not managed by this sidecar (or not by your rules)"),
         "{changes:?}"
     );
-}
-
-/// `inspector_keyd_fleet_targets` by state, from the metrics listener.
-fn fleet_targets(sidecar: &Sidecar) -> [u64; 3] {
-    let (code, body) = sidecar.http_get("/metrics");
-    assert_eq!(code, 200);
-    let value = |state: &str| {
-        body.lines()
-            .find_map(|line| {
-                line.strip_prefix(&format!(
-                    "inspector_keyd_fleet_targets{{state=\"{state}\"}} "
-                ))
-            })
-            .unwrap_or_else(|| panic!("no {state} series: {body}"))
-            .parse()
-            .unwrap()
-    };
-    [
-        value("in_desired_state"),
-        value("out_of_desired_state"),
-        value("error"),
-    ]
-}
-
-/// Waits (bounded) until `check` holds of the sidecar's fleet gauges.
-async fn until_fleet(sidecar: &Sidecar, want: [u64; 3]) {
-    let mut last = [0; 3];
-    for _ in 0..200 {
-        last = fleet_targets(sidecar);
-        if last == want {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("fleet targets {last:?}, wanted {want:?}\n{}", sidecar.log());
 }
 
 /// A sidecar reconciling `desired` in `mode` every second; the file's path.

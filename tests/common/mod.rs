@@ -16,8 +16,10 @@ use std::{
     time::Duration,
 };
 
+pub mod fleet;
 pub mod inspector_stub;
 pub mod moto;
+pub mod organization;
 pub mod pki;
 
 use hyper_util::rt::TokioIo;

@@ -206,12 +206,6 @@ impl Moto {
         policy: &str,
         id: Option<&str>,
     ) -> String {
-        let config = aws_sdk_kms::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(region.to_owned()))
-            .credentials_provider(credentials.clone())
-            .endpoint_url(self.url())
-            .build();
         let tags = id.map(|id| {
             vec![
                 aws_sdk_kms::types::Tag::builder()
@@ -221,7 +215,7 @@ impl Moto {
                     .unwrap(),
             ]
         });
-        aws_sdk_kms::Client::from_conf(config)
+        self.kms_as(credentials, region)
             .create_key()
             .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
             .key_spec(aws_sdk_kms::types::KeySpec::SymmetricDefault)
@@ -235,6 +229,34 @@ impl Moto {
             .arn()
             .unwrap()
             .to_owned()
+    }
+
+    /// An SDK KMS client of `credentials` (their account) in `region`.
+    pub fn kms_as(&self, credentials: &Credentials, region: &str) -> aws_sdk_kms::Client {
+        let config = aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .credentials_provider(credentials.clone())
+            .endpoint_url(self.url())
+            .build();
+        aws_sdk_kms::Client::from_conf(config)
+    }
+
+    /// Names `key` `alias` in `region` of `credentials`' account.
+    pub async fn create_alias_as(
+        &self,
+        credentials: &Credentials,
+        region: &str,
+        alias: &str,
+        key: &str,
+    ) {
+        self.kms_as(credentials, region)
+            .create_alias()
+            .alias_name(alias)
+            .target_key_id(key)
+            .send()
+            .await
+            .unwrap();
     }
 
     /// Creates a key in moto with `policy` (moto's default when `None`); its ARN.

@@ -1,0 +1,312 @@
+//! A desired state for the organization's keys planned, applied and reconciled by the aws
+//! backend against real protocol servers on loopback: moto for KMS, IAM and STS (where the
+//! aliases are resolved and the keys verified) and, for Inspector, a second sidecar's
+//! AWS-protocol door (local backend emulating the scopes, each key made in both KMSes with
+//! the same ARN). `fleet plan` and `fleet apply` bring each scope to its alias's key, a
+//! missing alias failing its scope alone; writes the door throttles are retried until the
+//! apply converges, and the JSON says how often; and two sidecars enforcing the same file at
+//! once reach the desired state and then write nothing more.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fleet::*, moto::Moto, organization::*, *};
+
+/// The managing sidecar's scopes: its own account in its Region and in eu-west-1.
+const REGIONS: [&str; 2] = ["us-east-1", "eu-west-1"];
+const SCOPES: &str = "[[accounts]]\nid = \"123456789012\"\nregions = [\"eu-west-1\"]\n";
+const ALIAS: &str = "alias/inspector-code";
+
+/// Lambda's key is the alias `alias/inspector-code` wherever it is managed.
+const DESIRED: &str = r#"[[key]]
+accounts = ["*"]
+regions = ["*"]
+resource_type = "AWS_LAMBDA_FUNCTION"
+kms_key = "alias/inspector-code"
+"#;
+
+/// moto, and the Inspector sidecar emulating the own account in both Regions with a key of
+/// each Region made in both KMSes (no alias yet).
+struct Organization {
+    moto: Moto,
+    inspector: Sidecar,
+    /// The key of each Region, in `REGIONS` order.
+    keys: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Organization {
+    /// `inspector_extra` adds tables to the Inspector sidecar's configuration.
+    async fn start(inspector_extra: &str) -> Organization {
+        let moto = Moto::start();
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = door_credentials(dir.path(), "");
+        let inspector = inspector_sidecar(&credentials, SCOPES, inspector_extra);
+        let mut keys = Vec::new();
+        for region in REGIONS {
+            let policy = policy_for(&inspector, OWN, region).await;
+            keys.push(
+                key_in_both(&inspector, &moto, &own_credentials(), OWN, region, &policy).await,
+            );
+        }
+        Organization {
+            moto,
+            inspector,
+            keys,
+            dir,
+        }
+    }
+
+    /// Names the Region's key `alias/inspector-code` in moto (the Inspector sidecar keeps
+    /// key ARNs alone).
+    async fn alias(&self, region: &str) {
+        let index = REGIONS.iter().position(|r| *r == region).unwrap();
+        let id = self.keys[index].rsplit('/').next().unwrap();
+        self.moto
+            .create_alias_as(&own_credentials(), region, ALIAS, id)
+            .await;
+    }
+
+    /// A managing sidecar (aws backend) of both scopes, Inspector at the door, the SDK
+    /// making each call once (the fleet's own retries are what is tested); `extra` adds
+    /// tables.
+    fn managing(&self, extra: &str) -> Sidecar {
+        let config = config(
+            &self.inspector.aws_url(),
+            &self.moto.url(),
+            &self.moto,
+            &format!("account_id = \"{OWN}\"\n"),
+            &format!("{SCOPES}{extra}"),
+        )
+        .replace("max_attempts = 2", "max_attempts = 1");
+        Sidecar::start_with_env(&config, &own_env())
+    }
+
+    /// The key the Inspector sidecar holds for Lambda in the Region, if any.
+    async fn held(&self, region: &str) -> Option<String> {
+        self.inspector
+            .read_only_keys()
+            .await
+            .get_encryption_key(get(OWN, region))
+            .await
+            .ok()
+            .map(|answer| answer.into_inner().kms_key_id)
+    }
+
+    /// The UpdateEncryptionKey calls that reached the Inspector sidecar through its door,
+    /// from its audit log: the status code of each.
+    fn door_updates(&self) -> Vec<String> {
+        let caller = format!("\"caller\":\"aws:{OWN_KEY_ID}\"");
+        self.inspector
+            .log()
+            .lines()
+            .filter(|line| line.contains(&caller) && line.contains("/UpdateEncryptionKey"))
+            .map(|line| {
+                let record: serde_json::Value =
+                    serde_json::from_str(&line[line.find("{\"time\"").unwrap()..])
+                        .unwrap_or_else(|e| panic!("{e}: {line}"));
+                record["code"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect()
+    }
+
+    /// As [`Organization::door_updates`], once there are `n` (the audit line of a call is
+    /// written as it ends, maybe just after its answer): waits a bounded time.
+    async fn door_updates_once(&self, n: usize) -> Vec<String> {
+        for _ in 0..100 {
+            let updates = self.door_updates();
+            if updates.len() >= n {
+                return updates;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.door_updates()
+    }
+
+    fn desired_file(&self) -> std::path::PathBuf {
+        let file = self.dir.path().join("desired.toml");
+        write_whole(&file, DESIRED, 0o600);
+        file
+    }
+}
+
+/// The change of `region` in a plan's or apply's JSON.
+fn change<'a>(json: &'a serde_json::Value, region: &str) -> &'a serde_json::Value {
+    json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["region"] == region)
+        .unwrap_or_else(|| panic!("no change in {region}: {json}"))
+}
+
+#[tokio::test]
+async fn plan_and_apply_resolve_each_scopes_alias_in_its_kms_and_write_through_the_door() {
+    let organization = Organization::start("").await;
+    let file = organization.desired_file();
+    // The alias in us-east-1 alone.
+    organization.alias("us-east-1").await;
+    let sidecar = organization.managing("");
+
+    let (code, plan) = fleet_json(&sidecar, "plan", &file);
+    assert_eq!(code, 1, "an error: exit 1 {plan}\n{}", sidecar.log());
+    let us = change(&plan, "us-east-1");
+    assert_eq!(us["action"], "update", "{plan}");
+    assert_eq!(us["to"], organization.keys[0].as_str());
+    assert_eq!(us["report"]["passed"], true, "{plan}");
+    let missing = change(&plan, "eu-west-1")["error"].as_str().unwrap();
+    assert!(
+        missing.contains(&format!(
+            "alias `{ALIAS}` does not exist in {OWN}/eu-west-1"
+        )),
+        "{missing}"
+    );
+    assert_eq!(plan["summary"]["updates"], 1, "{plan}");
+    assert_eq!(plan["summary"]["errors"], 1, "{plan}");
+    assert_eq!(
+        organization.held("us-east-1").await,
+        None,
+        "a plan writes nothing"
+    );
+
+    // Apply writes the scope it can; the other stays as it is.
+    let (code, applied) = fleet_json(&sidecar, "apply", &file);
+    assert_eq!(code, 1, "{applied}");
+    assert_eq!(applied["summary"]["applied"], 1, "{applied}");
+    assert_eq!(
+        organization.held("us-east-1").await.as_ref(),
+        Some(&organization.keys[0])
+    );
+    assert_eq!(organization.held("eu-west-1").await, None);
+
+    // The alias made: the other scope is pending, then applied.
+    organization.alias("eu-west-1").await;
+    let (code, plan) = fleet_json(&sidecar, "plan", &file);
+    assert_eq!(code, 2, "changes pending: {plan}");
+    assert_eq!(plan["summary"]["updates"], 1, "{plan}");
+    assert_eq!(plan["summary"]["unchanged"], 1, "{plan}");
+    let output = fleet(&sidecar, &["apply", file.to_str().unwrap(), "--yes"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    for (region, key) in REGIONS.iter().zip(&organization.keys) {
+        assert_eq!(
+            organization.held(region).await.as_ref(),
+            Some(key),
+            "{region}"
+        );
+    }
+    let writes = organization.door_updates_once(2).await;
+    assert_eq!(writes, ["OK", "OK"], "one write per scope");
+
+    // In the desired state: an apply writes nothing, a plan has nothing to change.
+    let (code, again) = fleet_json(&sidecar, "apply", &file);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(again["summary"]["applied"], 0, "{again}");
+    assert_eq!(organization.door_updates().len(), 2);
+    let (code, plan) = fleet_json(&sidecar, "plan", &file);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(plan["summary"]["unchanged"], 2, "{plan}");
+}
+
+#[tokio::test]
+async fn an_apply_whose_writes_are_throttled_converges_and_says_what_it_retried() {
+    // Every second write the Inspector sidecar gets is throttled.
+    let faults = tempfile::tempdir().unwrap();
+    let fault_file = faults.path().join("faults.toml");
+    write_whole(
+        &fault_file,
+        "[writes]\nerror = \"throttled\"\nevery = 2\n",
+        0o600,
+    );
+    let organization =
+        Organization::start(&format!("[local]\nfault_file = {fault_file:?}\n")).await;
+    for region in REGIONS {
+        organization.alias(region).await;
+    }
+    let file = organization.desired_file();
+    let sidecar = organization.managing("");
+
+    let (code, applied) = fleet_json(&sidecar, "apply", &file);
+    assert_eq!(code, 0, "converged: {applied}\n{}", sidecar.log());
+    assert_eq!(applied["summary"]["applied"], 2, "{applied}");
+    for region in REGIONS {
+        let change = change(&applied, region);
+        assert_eq!(change["applied"], true, "{applied}");
+        assert!(change.get("error").is_none(), "{applied}");
+    }
+    // Of the first two writes the second was throttled (ThrottlingException through the
+    // door), and its retry, the third, went through.
+    let retried: Vec<u64> = REGIONS
+        .iter()
+        .map(|region| change(&applied, region)["retries"].as_u64().unwrap())
+        .collect();
+    assert_eq!(retried.iter().sum::<u64>(), 1, "{applied}");
+    assert_eq!(applied["summary"]["retries"], 1, "{applied}");
+    let mut writes = organization.door_updates_once(3).await;
+    writes.sort();
+    assert_eq!(
+        writes,
+        ["OK", "OK", "RESOURCE_EXHAUSTED"],
+        "{}",
+        organization.inspector.log()
+    );
+    for (region, key) in REGIONS.iter().zip(&organization.keys) {
+        assert_eq!(
+            organization.held(region).await.as_ref(),
+            Some(key),
+            "{region}"
+        );
+    }
+    assert!(
+        sidecar
+            .log()
+            .contains("fleet: the backend throttled a write; trying again"),
+        "{}",
+        sidecar.log()
+    );
+}
+
+#[tokio::test]
+async fn two_sidecars_enforcing_the_same_desired_state_converge_without_flapping() {
+    let organization = Organization::start("").await;
+    for region in REGIONS {
+        organization.alias(region).await;
+    }
+    let file = organization.desired_file();
+    let reconcile =
+        format!("[fleet]\ndesired_state_file = {file:?}\ninterval = \"1s\"\nmode = \"enforce\"\n");
+    let first = organization.managing(&reconcile);
+    let second = organization.managing(&reconcile);
+
+    let targets = REGIONS.len() as u64;
+    for sidecar in [&first, &second] {
+        until_fleet(sidecar, [targets, 0, 0]).await;
+    }
+    for (region, key) in REGIONS.iter().zip(&organization.keys) {
+        assert_eq!(
+            organization.held(region).await.as_ref(),
+            Some(key),
+            "{region}"
+        );
+    }
+    // Each scope was written at least once, by one or both, and never back and forth.
+    let settled = organization.door_updates_once(2).await;
+    assert!(
+        (2..=4).contains(&settled.len()),
+        "{settled:?}\n{}",
+        organization.inspector.log()
+    );
+    // Three more rounds of each: no write reaches Inspector.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        organization.door_updates(),
+        settled,
+        "{}",
+        organization.inspector.log()
+    );
+    for sidecar in [&first, &second] {
+        assert_eq!(fleet_targets(sidecar), [targets, 0, 0]);
+    }
+}
