@@ -3,7 +3,8 @@
 //! aliases are resolved and the keys verified) and, for Inspector, a second sidecar's
 //! AWS-protocol door (local backend emulating the scopes, each key made in both KMSes with
 //! the same ARN). `fleet plan` and `fleet apply` bring each scope to its alias's key, a
-//! missing alias failing its scope alone; writes the door throttles are retried until the
+//! missing alias failing its scope alone, in the own account and in a member account
+//! through its role (moto seeded so the door knows the role session's pair); writes the door throttles are retried until the
 //! apply converges, and the JSON says how often; and two sidecars enforcing the same file at
 //! once reach the desired state and then write nothing more.
 
@@ -309,4 +310,101 @@ async fn two_sidecars_enforcing_the_same_desired_state_converge_without_flapping
     for sidecar in [&first, &second] {
         assert_eq!(fleet_targets(sidecar), [targets, 0, 0]);
     }
+}
+
+const MEMBER: &str = "222233334444";
+const MEMBER_ROLE: &str = "arn:aws:iam::222233334444:role/keyd-member";
+/// What seeds moto's random generator, twice, in the test below.
+const SEED: u64 = 7_202_613;
+
+#[tokio::test]
+async fn a_member_accounts_scopes_are_planned_and_applied_through_its_role() {
+    // As in tests/aws_organization.rs: the pair moto hands the managing sidecar's
+    // AssumeRole is foreseen by seeding moto, so the door can know it in advance.
+    let moto = Moto::start();
+    moto.seed(SEED);
+    let foreseen = moto
+        .assume_role_as(
+            &own_credentials(),
+            MEMBER_ROLE,
+            &format!("inspector-keyd-{OWN}"),
+            None,
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = door_credentials(
+        dir.path(),
+        &format!(
+            "[inspector-keyd-admin-{MEMBER}]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_account_id = {MEMBER}\n",
+            foreseen.access_key_id(),
+            foreseen.secret_access_key()
+        ),
+    );
+    let scopes = format!(
+        "[[accounts]]\nid = \"{MEMBER}\"\nregions = [\"us-east-1\", \"eu-west-1\"]\nrole_arn = \"{MEMBER_ROLE}\"\n"
+    );
+    let inspector = inspector_sidecar(&credentials, &scopes, "");
+    // A key of the member account in each Region, named by the alias there (made with a
+    // role of the member account).
+    let member = moto.assume_role(MEMBER_ROLE).await;
+    let mut keys = Vec::new();
+    for region in REGIONS {
+        let policy = policy_for(&inspector, MEMBER, region).await;
+        let key = key_in_both(&inspector, &moto, &member, MEMBER, region, &policy).await;
+        let id = key.rsplit('/').next().unwrap();
+        moto.create_alias_as(&member, region, ALIAS, id).await;
+        keys.push(key);
+    }
+    let file = dir.path().join("desired.toml");
+    write_whole(
+        &file,
+        &DESIRED.replace("accounts = [\"*\"]", &format!("accounts = [\"{MEMBER}\"]")),
+        0o600,
+    );
+
+    // The managing sidecar's first call to moto is its AssumeRole, made at the plan.
+    moto.seed(SEED);
+    let config = config(
+        &inspector.aws_url(),
+        &moto.url(),
+        &moto,
+        &format!("account_id = \"{OWN}\"\n"),
+        &scopes,
+    )
+    .replace("max_attempts = 2", "max_attempts = 1");
+    let sidecar = Sidecar::start_with_env(&config, &own_env());
+
+    let (code, plan) = fleet_json(&sidecar, "plan", &file);
+    assert_eq!(code, 2, "{plan}\n{}\n{}", sidecar.log(), inspector.log());
+    for (region, key) in REGIONS.iter().zip(&keys) {
+        let change = change(&plan, region);
+        assert_eq!(change["account_id"], MEMBER, "{plan}");
+        assert_eq!(change["action"], "update", "{plan}");
+        assert_eq!(change["to"], key.as_str(), "{plan}");
+    }
+    let (code, applied) = fleet_json(&sidecar, "apply", &file);
+    assert_eq!(code, 0, "{applied}\n{}", inspector.log());
+    assert_eq!(applied["summary"]["applied"], 2, "{applied}");
+    let mut reader = inspector.read_only_keys().await;
+    for (region, key) in REGIONS.iter().zip(&keys) {
+        let held = reader
+            .get_encryption_key(get(MEMBER, region))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&held.kms_key_id, key, "{region}");
+    }
+    // Written with the role's pair: the door's audit names it as the caller.
+    let caller = format!("\"caller\":\"aws:{}\"", foreseen.access_key_id());
+    let log = inspector.log_once_it_has(&caller).await;
+    assert_eq!(
+        log.lines()
+            .filter(|line| line.contains(&caller) && line.contains("/UpdateEncryptionKey"))
+            .count(),
+        2,
+        "{log}"
+    );
+    let (code, plan) = fleet_json(&sidecar, "plan", &file);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(plan["summary"]["unchanged"], 2, "{plan}");
 }
