@@ -1,12 +1,15 @@
 //! A desired state for the organization's keys planned, applied and reconciled by the aws
 //! backend against real protocol servers on loopback: moto for KMS, IAM and STS (where the
 //! aliases are resolved and the keys verified) and, for Inspector, a second sidecar's
-//! AWS-protocol door (local backend emulating the scopes, each key made in both KMSes with
-//! the same ARN). `fleet plan` and `fleet apply` bring each scope to its alias's key, a
-//! missing alias failing its scope alone, in the own account and in a member account
-//! through its role (moto seeded so the door knows the role session's pair); writes the door throttles are retried until the
-//! apply converges, and the JSON says how often; and two sidecars enforcing the same file at
-//! once reach the desired state and then write nothing more.
+//! AWS-protocol door (local backend emulating the scopes, each key made in both KMSes with the
+//! same ARN). `fleet plan` and `fleet apply` bring each scope to its alias's key, a missing
+//! alias failing its scope alone, in the own account and in a member account through its role
+//! (moto seeded so the door knows the role session's pair); writes the door throttles are
+//! retried until the apply converges, and the JSON says how often; and two sidecars enforcing
+//! the same file at once reach the desired state and then write nothing more. The measured run:
+//! 20 accounts × 3 Regions (`KEYD_MOTO_FLEET_ACCOUNTS` sets the accounts) planned and applied
+//! with a third of the first 30 writes throttled, through a door that takes fewer connections
+//! than there are scopes; it prints its times (`-- --nocapture`; figures in BENCHMARKS.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -407,4 +410,222 @@ async fn a_member_accounts_scopes_are_planned_and_applied_through_its_role() {
     let (code, plan) = fleet_json(&sidecar, "plan", &file);
     assert_eq!(code, 0, "{plan}");
     assert_eq!(plan["summary"]["unchanged"], 2, "{plan}");
+}
+
+/// The organization of the measured run: the own account and this many accounts in all
+/// (`KEYD_MOTO_FLEET_ACCOUNTS`, 20 unless set), each managed in these Regions.
+const ORGANIZATION_ACCOUNTS: usize = 20;
+const ORGANIZATION_REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-northeast-1"];
+/// The door throttles every third of the first this-many writes it gets.
+const THROTTLED_AMONG_FIRST: usize = 30;
+const ORGANIZATION_SEED: u64 = 7_202_614;
+/// The connections the door takes from one address: fewer than the managing sidecar's
+/// scopes, so it must share its connections across accounts and Regions.
+const DOOR_CONNECTIONS: usize = 24;
+
+/// The `n`th member account (from 1).
+fn member_account(n: usize) -> String {
+    format!("2{n:011}")
+}
+
+#[tokio::test]
+async fn an_organization_of_twenty_accounts_in_three_regions_converges_through_throttling() {
+    let accounts: usize = std::env::var("KEYD_MOTO_FLEET_ACCOUNTS")
+        .ok()
+        .map(|n| {
+            n.parse()
+                .expect("KEYD_MOTO_FLEET_ACCOUNTS: a number of accounts")
+        })
+        .unwrap_or(ORGANIZATION_ACCOUNTS)
+        .max(2);
+    let members: Vec<String> = (1..accounts).map(member_account).collect();
+    let role = |account: &str| format!("arn:aws:iam::{account}:role/keyd-member");
+    let session = format!("inspector-keyd-{OWN}");
+
+    // The managing sidecar's start-time drift check reads every target one at a time, in
+    // the configuration's order, so its AssumeRoles come in the members' order: after the
+    // same seeding, moto hands it the pairs foreseen here, which the door is told of.
+    let moto = Moto::start();
+    moto.seed(ORGANIZATION_SEED);
+    let mut foreseen = Vec::new();
+    for member in &members {
+        foreseen.push(
+            moto.assume_role_as(&own_credentials(), &role(member), &session, None)
+                .await,
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let profiles: String = members
+        .iter()
+        .zip(&foreseen)
+        .map(|(member, pair)| {
+            format!(
+                "[inspector-keyd-admin-{member}]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_account_id = {member}\n\n",
+                pair.access_key_id(),
+                pair.secret_access_key()
+            )
+        })
+        .collect();
+    let credentials = door_credentials(dir.path(), &profiles);
+    let regions = |list: &[&str]| format!("{list:?}");
+    let mut scopes = format!(
+        "[[accounts]]\nid = \"{OWN}\"\nregions = {}\n",
+        regions(&ORGANIZATION_REGIONS[1..])
+    );
+    for member in &members {
+        scopes.push_str(&format!(
+            "[[accounts]]\nid = \"{member}\"\nregions = {}\nrole_arn = \"{}\"\n",
+            regions(&ORGANIZATION_REGIONS),
+            role(member)
+        ));
+    }
+    let fault_file = dir.path().join("faults.toml");
+    write_whole(
+        &fault_file,
+        &format!("[writes]\nerror = \"throttled\"\nevery = 3\nfirst = {THROTTLED_AMONG_FIRST}\n"),
+        0o600,
+    );
+    let inspector = inspector_sidecar(
+        &credentials,
+        &scopes,
+        &format!(
+            "[local]\nfault_file = {fault_file:?}\n[connections]\nmax_per_peer_ip = {DOOR_CONNECTIONS}\n"
+        ),
+    );
+
+    // In every account and Region a key, named by the alias there.
+    let started = std::time::Instant::now();
+    let mut keys = Vec::new();
+    let callers = std::iter::once((OWN.to_owned(), own_credentials()))
+        .chain(members.iter().cloned().zip(foreseen.iter().cloned()));
+    for (account, caller) in callers {
+        for region in ORGANIZATION_REGIONS {
+            let policy = policy_for(&inspector, &account, region).await;
+            let key = key_in_both(&inspector, &moto, &caller, &account, region, &policy).await;
+            let id = key.rsplit('/').next().unwrap();
+            moto.create_alias_as(&caller, region, ALIAS, id).await;
+            keys.push((account.clone(), region, key));
+        }
+    }
+    let scope_count = keys.len();
+    eprintln!(
+        "{accounts} accounts × {} Regions: {scope_count} keys and aliases made in {:.1} s",
+        ORGANIZATION_REGIONS.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let file = dir.path().join("desired.toml");
+    write_whole(&file, DESIRED, 0o600);
+
+    moto.seed(ORGANIZATION_SEED);
+    let config = config(
+        &inspector.aws_url(),
+        &moto.url(),
+        &moto,
+        &format!("account_id = \"{OWN}\"\n"),
+        &scopes,
+    )
+    .replace("max_attempts = 2", "max_attempts = 1");
+    let sidecar = Sidecar::start_with_env(&config, &own_env());
+    let assume_roles = || {
+        moto.sts_requests()
+            .iter()
+            .filter(|body| body.contains("Action=AssumeRole"))
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            assume_roles() == 2 * members.len()
+        })
+        .await,
+        "the start-time check assumed {} roles\n{}",
+        assume_roles() - members.len(),
+        sidecar.log()
+    );
+
+    let timed = |command: &str| {
+        let started = std::time::Instant::now();
+        let (code, json) = fleet_json(&sidecar, command, &file);
+        (code, json, started.elapsed().as_secs_f64())
+    };
+    let calls_before = backend_calls(&sidecar);
+    let (code, plan, plan_secs) = timed("plan");
+    let plan_calls = backend_calls(&sidecar) - calls_before;
+    assert_eq!(code, 2, "{plan}\n{}", sidecar.log());
+    assert_eq!(plan["summary"]["updates"], scope_count, "{plan}");
+    let (code, applied, apply_secs) = timed("apply");
+    assert_eq!(code, 0, "converged: {applied}\n{}", sidecar.log());
+    assert_eq!(applied["summary"]["applied"], scope_count, "{applied}");
+    // Every throttled write was tried again, and the JSON counts each retry.
+    let throttled = THROTTLED_AMONG_FIRST / 3;
+    assert_eq!(applied["summary"]["retries"], throttled, "{applied}");
+    let retried: u64 = applied["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|change| change["retries"].as_u64().unwrap_or_default())
+        .sum();
+    assert_eq!(retried, throttled as u64, "{applied}");
+
+    // The door holds each scope's key; of its writes, the throttled ones are answered
+    // RESOURCE_EXHAUSTED and all others OK.
+    let mut reader = inspector.read_only_keys().await;
+    for (account, region, key) in &keys {
+        let held = reader
+            .get_encryption_key(get(account, region))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&held.kms_key_id, key, "{account}/{region}");
+    }
+    let writes_at_door = || {
+        inspector
+            .log()
+            .lines()
+            .filter(|line| {
+                line.contains("/UpdateEncryptionKey") && line.contains("\"caller\":\"aws:")
+            })
+            .map(|line| line.contains("RESOURCE_EXHAUSTED"))
+            .collect::<Vec<bool>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            writes_at_door().len() == scope_count + throttled
+        })
+        .await,
+        "{:?}",
+        writes_at_door()
+    );
+    assert_eq!(
+        writes_at_door().iter().filter(|t| **t).count(),
+        throttled,
+        "{}",
+        inspector.log()
+    );
+
+    let (code, again, again_secs) = timed("apply");
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(again["summary"]["applied"], 0, "{again}");
+    assert_eq!(writes_at_door().len(), scope_count + throttled);
+    // Every account's and Region's calls shared connections: the door refused none.
+    let (_, door_metrics) = inspector.http_get("/metrics");
+    let refused: Vec<&str> = door_metrics
+        .lines()
+        .filter(|line| line.starts_with("inspector_keyd_connections_refused_total{"))
+        .filter(|line| !line.ends_with(" 0"))
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    eprintln!(
+        "plan {plan_secs:.2} s ({:.2} backend calls per scope); apply {apply_secs:.2} s ({scope_count} writes, {throttled} throttled and retried); second apply {again_secs:.2} s, 0 writes",
+        plan_calls as f64 / scope_count as f64
+    );
+}
+
+/// The backend calls the sidecar has made, all operations together.
+fn backend_calls(sidecar: &Sidecar) -> u64 {
+    let (code, body) = sidecar.http_get("/metrics");
+    assert_eq!(code, 200);
+    body.lines()
+        .filter(|line| line.starts_with("inspector_keyd_backend_calls_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }

@@ -292,7 +292,8 @@ impl AwsBackend {
                     .operation_timeout(settings.operation_timeout)
                     .build(),
             )
-            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts));
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+            .http_client(shared_https_client());
         if let Some(region) = region {
             loader = loader.region(Region::new(region.to_owned()));
         }
@@ -548,6 +549,26 @@ impl AwsBackend {
 }
 
 /// The STS client configuration: the shared one, at the configured endpoint.
+/// The HTTPS client every SDK client of the sidecar shares, as the SDK's default one is made
+/// (rustls with aws-lc-rs, a proxy from the environment) but made once: each client built from
+/// the SDK's defaults gets a connection pool of its own, so an organization of hundreds of
+/// accounts and Regions would hold a pool per account and Region, where one pool per
+/// endpoint serves them all.
+fn shared_https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig, tls};
+    Builder::new().build_with_connector_fn(|settings, runtime_components| {
+        let mut connector = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = runtime_components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
+}
+
 fn sts_config(shared: &SdkConfig, settings: &AwsConfig) -> aws_sdk_sts::Config {
     let mut sts = aws_sdk_sts::config::Builder::from(shared);
     if let Some(url) = &settings.sts_endpoint {
