@@ -274,6 +274,10 @@ async fn fleet_status_prints_the_inventory_as_a_table_or_json() {
         lines[0].starts_with("ACCOUNT       REGION     RESOURCE TYPE"),
         "{table}"
     );
+    assert!(
+        lines[0].ends_with("READ AT"),
+        "no desired-state column without a reconcile: {table}"
+    );
     let row = lines.iter().find(|l| l.contains(&key)).unwrap();
     assert!(
         row.starts_with(&format!("{OTHER}  eu-west-1  AWS_LAMBDA_FUNCTION")),
@@ -665,6 +669,21 @@ async fn reconcile_reports_drift_from_the_desired_state_and_enforce_applies_it()
             serde_json::Value::Null
         };
         assert_eq!(key["desired_state"], wanted, "{key}");
+    }
+    let output = fleet(&sidecar, &["status"]);
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.lines().next().unwrap().ends_with("  DESIRED STATE"),
+        "{table}"
+    );
+    for line in table.lines().skip(1) {
+        let standing = line.rsplit("  ").next().unwrap();
+        let wanted = if line.contains("AWS_LAMBDA_FUNCTION") {
+            "out"
+        } else {
+            "-"
+        };
+        assert_eq!(standing, wanted, "{table}");
     }
 
     // Put in use by hand in one scope: back in the desired state there.

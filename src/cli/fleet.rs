@@ -167,11 +167,10 @@ impl Progress {
 }
 
 async fn status(args: StatusArgs) -> ExitCode {
-    let channel = match connect(&args.sidecar.socket).await {
-        Ok(channel) => channel,
+    let mut client = match connect(&args.sidecar.socket).await {
+        Ok(channel) => EncryptionKeyServiceClient::new(channel),
         Err(message) => return failed(message),
     };
-    let mut client = EncryptionKeyServiceClient::new(channel);
     let request = proto::ListEncryptionKeysRequest {
         account_ids: args.accounts,
         regions: args.regions,
@@ -257,7 +256,8 @@ fn timestamp(value: Option<&prost_types::Timestamp>) -> Option<String> {
         .ok()
 }
 
-/// The inventory as an aligned table, one line per target.
+/// The inventory as an aligned table, one line per target; with where each target stands
+/// against the desired state when the sidecar reconciles one.
 fn inventory_table(entries: &[proto::KeyInventoryEntry]) -> String {
     let header = [
         "ACCOUNT",
@@ -266,8 +266,12 @@ fn inventory_table(entries: &[proto::KeyInventoryEntry]) -> String {
         "KEY",
         "VERIFICATION",
         "READ AT",
+        "DESIRED STATE",
     ];
-    let rows: Vec<[String; 6]> = entries
+    let reconciled = entries
+        .iter()
+        .any(|e| desired_state_word(e.desired_state()).is_some());
+    let rows: Vec<[String; 7]> = entries
         .iter()
         .map(|e| {
             [
@@ -283,9 +287,16 @@ fn inventory_table(entries: &[proto::KeyInventoryEntry]) -> String {
                 },
                 verification_word(e),
                 timestamp(e.read_at.as_ref()).unwrap_or_else(|| "-".into()),
+                desired_state_word(e.desired_state()).unwrap_or("-").into(),
             ]
         })
         .collect();
+    if reconciled {
+        return aligned(&header, &rows);
+    }
+    // Without a reconcile the last column would say nothing: left out.
+    let [header @ .., _] = header;
+    let rows: Vec<[String; 6]> = rows.into_iter().map(|[row @ .., _]| row).collect();
     aligned(&header, &rows)
 }
 
@@ -445,14 +456,22 @@ async fn planned(
     gather(answer.into_inner(), progress, "planning").await
 }
 
+/// What `plan` and `apply` start with: the desired-state file's text, checked, and a client
+/// of the sidecar.
+async fn desired_state_and_client(
+    args: &PlanArgs,
+) -> Result<(String, EncryptionKeyServiceClient<Channel>), ExitCode> {
+    let text = desired_state(&args.file)?;
+    match connect(&args.sidecar.socket).await {
+        Ok(channel) => Ok((text, EncryptionKeyServiceClient::new(channel))),
+        Err(message) => Err(failed(message)),
+    }
+}
+
 async fn plan(args: PlanArgs) -> ExitCode {
-    let text = match desired_state(&args.file) {
-        Ok(text) => text,
+    let (text, mut client) = match desired_state_and_client(&args).await {
+        Ok(started) => started,
         Err(code) => return code,
-    };
-    let mut client = match connect(&args.sidecar.socket).await {
-        Ok(channel) => EncryptionKeyServiceClient::new(channel),
-        Err(message) => return failed(message),
     };
     let progress = Progress::new(args.format == Format::Table);
     let (changes, summary) = match planned(&mut client, text, &progress).await {
@@ -474,13 +493,9 @@ async fn plan(args: PlanArgs) -> ExitCode {
 
 async fn apply(args: ApplyArgs) -> ExitCode {
     let ApplyArgs { plan: args, yes } = args;
-    let text = match desired_state(&args.file) {
-        Ok(text) => text,
+    let (text, mut client) = match desired_state_and_client(&args).await {
+        Ok(started) => started,
         Err(code) => return code,
-    };
-    let mut client = match connect(&args.sidecar.socket).await {
-        Ok(channel) => EncryptionKeyServiceClient::new(channel),
-        Err(message) => return failed(message),
     };
     let progress = Progress::new(args.format == Format::Table);
     if !yes {
