@@ -74,19 +74,9 @@ impl Organization {
             .await;
     }
 
-    /// A managing sidecar (aws backend) of both scopes, Inspector at the door, the SDK
-    /// making each call once (the fleet's own retries are what is tested); `extra` adds
-    /// tables.
+    /// A [`managing`] sidecar of both scopes; `extra` adds tables.
     fn managing(&self, extra: &str) -> Sidecar {
-        let config = config(
-            &self.inspector.aws_url(),
-            &self.moto.url(),
-            &self.moto,
-            &format!("account_id = \"{OWN}\"\n"),
-            &format!("{SCOPES}{extra}"),
-        )
-        .replace("max_attempts = 2", "max_attempts = 1");
-        Sidecar::start_with_env(&config, &own_env())
+        managing(&self.inspector, &self.moto, &format!("{SCOPES}{extra}"))
     }
 
     /// The key the Inspector sidecar holds for Lambda in the Region, if any.
@@ -135,6 +125,21 @@ impl Organization {
         write_whole(&file, DESIRED, 0o600);
         file
     }
+}
+
+/// A managing sidecar (aws backend) of the own account and `tables` (`[[accounts]]` and
+/// more), Inspector at `inspector`'s door, the SDK making each call once (the fleet's own
+/// retries are what is tested).
+fn managing(inspector: &Sidecar, moto: &Moto, tables: &str) -> Sidecar {
+    let config = config(
+        &inspector.aws_url(),
+        &moto.url(),
+        moto,
+        &format!("account_id = \"{OWN}\"\n"),
+        tables,
+    )
+    .replace("max_attempts = 2", "max_attempts = 1");
+    Sidecar::start_with_env(&config, &own_env())
 }
 
 /// The change of `region` in a plan's or apply's JSON.
@@ -335,14 +340,7 @@ async fn a_member_accounts_scopes_are_planned_and_applied_through_its_role() {
         )
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let credentials = door_credentials(
-        dir.path(),
-        &format!(
-            "[inspector-keyd-admin-{MEMBER}]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_account_id = {MEMBER}\n",
-            foreseen.access_key_id(),
-            foreseen.secret_access_key()
-        ),
-    );
+    let credentials = door_credentials(dir.path(), &admin_profile(MEMBER, &foreseen));
     let scopes = format!(
         "[[accounts]]\nid = \"{MEMBER}\"\nregions = [\"us-east-1\", \"eu-west-1\"]\nrole_arn = \"{MEMBER_ROLE}\"\n"
     );
@@ -367,15 +365,7 @@ async fn a_member_accounts_scopes_are_planned_and_applied_through_its_role() {
 
     // The managing sidecar's first call to moto is its AssumeRole, made at the plan.
     moto.seed(SEED);
-    let config = config(
-        &inspector.aws_url(),
-        &moto.url(),
-        &moto,
-        &format!("account_id = \"{OWN}\"\n"),
-        &scopes,
-    )
-    .replace("max_attempts = 2", "max_attempts = 1");
-    let sidecar = Sidecar::start_with_env(&config, &own_env());
+    let sidecar = managing(&inspector, &moto, &scopes);
 
     let (code, plan) = fleet_json(&sidecar, "plan", &file);
     assert_eq!(code, 2, "{plan}\n{}\n{}", sidecar.log(), inspector.log());
@@ -458,13 +448,7 @@ async fn an_organization_of_twenty_accounts_in_three_regions_converges_through_t
     let profiles: String = members
         .iter()
         .zip(&foreseen)
-        .map(|(member, pair)| {
-            format!(
-                "[inspector-keyd-admin-{member}]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_account_id = {member}\n\n",
-                pair.access_key_id(),
-                pair.secret_access_key()
-            )
-        })
+        .map(|(member, pair)| admin_profile(member, pair))
         .collect();
     let credentials = door_credentials(dir.path(), &profiles);
     let regions = |list: &[&str]| format!("{list:?}");
@@ -517,15 +501,7 @@ async fn an_organization_of_twenty_accounts_in_three_regions_converges_through_t
     write_whole(&file, DESIRED, 0o600);
 
     moto.seed(ORGANIZATION_SEED);
-    let config = config(
-        &inspector.aws_url(),
-        &moto.url(),
-        &moto,
-        &format!("account_id = \"{OWN}\"\n"),
-        &scopes,
-    )
-    .replace("max_attempts = 2", "max_attempts = 1");
-    let sidecar = Sidecar::start_with_env(&config, &own_env());
+    let sidecar = managing(&inspector, &moto, &scopes);
     let assume_roles = || {
         moto.sts_requests()
             .iter()

@@ -388,14 +388,7 @@ async fn an_organization_is_managed_through_a_second_sidecars_door() {
         )
         .await;
     let door_keys = tempfile::tempdir().unwrap();
-    let door_credentials = door_credentials(
-        door_keys.path(),
-        &format!(
-            "[inspector-keyd-admin-{MEMBER}]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_account_id = {MEMBER}\n",
-            foreseen.access_key_id(),
-            foreseen.secret_access_key()
-        ),
-    );
+    let door_credentials = door_credentials(door_keys.path(), &admin_profile(MEMBER, &foreseen));
     // Inspector: a local-backend sidecar emulating the same organization (both accounts in
     // both Regions).
     let organization = format!(

@@ -12,24 +12,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{fleet::*, *};
+use common::{emulated::*, fleet::*, *};
 use inspector_keyd::proto::{self, encryption_key_service_client::EncryptionKeyServiceClient};
 use tonic::Code;
-
-const OWN: &str = "111122223333";
-const OTHER: &str = "222233334444";
-
-/// The sidecar's own account in us-east-1 (its Region) and eu-west-1, and another account
-/// in both.
-const ORGANIZATION: &str = r#"
-[[accounts]]
-id = "222233334444"
-regions = ["us-east-1", "eu-west-1"]
-
-[[accounts]]
-id = "111122223333"
-regions = ["eu-west-1"]
-"#;
 
 /// A new key of `account_id` in `region`; its ARN.
 async fn key_in(sidecar: &Sidecar, account_id: &str, region: &str) -> String {

@@ -7,25 +7,10 @@
 
 mod common;
 
-use common::*;
+use common::{emulated::*, *};
 use inspector_keyd::proto;
 use tonic::Code;
 use tonic_types::StatusExt;
-
-const OWN: &str = "111122223333";
-const OTHER: &str = "222233334444";
-
-/// The sidecar's own account in us-east-1 (its Region) and eu-west-1, and another account
-/// in both.
-const ORGANIZATION: &str = r#"
-[[accounts]]
-id = "222233334444"
-regions = ["us-east-1", "eu-west-1"]
-
-[[accounts]]
-id = "111122223333"
-regions = ["eu-west-1"]
-"#;
 
 const SCOPES: [(&str, &str); 4] = [
     (OWN, "us-east-1"),

@@ -16,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+pub mod emulated;
 pub mod fleet;
 pub mod inspector_stub;
 pub mod moto;

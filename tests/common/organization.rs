@@ -61,6 +61,16 @@ pub fn door_credentials(dir: &Path, more: &str) -> std::path::PathBuf {
     file
 }
 
+/// The door's admin profile of `account` for `pair` (an assumed role's, foreseen), for
+/// [`door_credentials`]' `more`.
+pub fn admin_profile(account: &str, pair: &Credentials) -> String {
+    format!(
+        "[inspector-keyd-admin-{account}]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_account_id = {account}\n\n",
+        pair.access_key_id(),
+        pair.secret_access_key()
+    )
+}
+
 /// Inspector: a local-backend sidecar emulating `organization` (`[[accounts]]` tables),
 /// verifying Lambda keys as the aws backend does, its door checking `credentials`; `extra`
 /// adds tables.
