@@ -567,9 +567,7 @@ impl LocalKms {
             let gone = deleted(tx, now)?;
             for key in &gone {
                 tx.delete_key(&key.arn)?;
-            }
-            for grant in tx.grants()? {
-                if gone.iter().any(|k| k.arn == grant.key_arn) {
+                for grant in tx.grants_of(&key.arn)? {
                     tx.delete_grant(&grant.grant_id)?;
                 }
             }
@@ -609,11 +607,7 @@ impl LocalKms {
         self.blocking(move |kms| {
             kms.store.read(|tx| {
                 let key = kms.live_key(tx, &key_id)?;
-                Ok(tx
-                    .grants()?
-                    .into_iter()
-                    .filter(|grant| grant.key_arn == key.arn)
-                    .collect())
+                tx.grants_of(&key.arn)
             })
         })
         .await

@@ -63,6 +63,10 @@ fn storage(e: impl std::fmt::Display) -> BackendError {
 const KEY_MATERIAL: TableDefinition<&str, &[u8]> = TableDefinition::new("kms_key_material");
 /// Grant id → JSON of [`StoredGrant`]. Retiring a grant deletes its row.
 const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("kms_grants");
+/// Key ARN, NUL, grant id → nothing: each key's grants, read as one range rather than by
+/// decoding every grant of the store. Written with [`GRANTS`] in the same transaction, and
+/// made again from it at open (a store of an earlier version has grants and no index).
+const GRANTS_BY_KEY: TableDefinition<&str, &[u8]> = TableDefinition::new("kms_grants_by_key");
 /// Target → JSON of [`StoredDataKey`]: the scanning service's current data key, encrypted.
 const DATA_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("data_keys");
 /// Finding ARN → JSON of [`StoredSnippet`]: a snippet, encrypted under a data key.
@@ -157,6 +161,7 @@ pub struct Tables<B, C> {
     config: C,
     material: B,
     grants: B,
+    grants_by_key: B,
     data_keys: B,
     snippets: B,
     aliases: B,
@@ -172,6 +177,7 @@ macro_rules! open_tables {
             config: $txn.open_table(KEY_CONFIG).map_err(storage)?,
             material: $txn.open_table(KEY_MATERIAL).map_err(storage)?,
             grants: $txn.open_table(GRANTS).map_err(storage)?,
+            grants_by_key: $txn.open_table(GRANTS_BY_KEY).map_err(storage)?,
             data_keys: $txn.open_table(DATA_KEYS).map_err(storage)?,
             snippets: $txn.open_table(SNIPPETS).map_err(storage)?,
             aliases: $txn.open_table(ALIASES).map_err(storage)?,
@@ -201,6 +207,8 @@ pub trait KeyReads {
     fn material(&self, key_id: &str) -> Result<Option<Secret>, BackendError>;
     fn grant(&self, grant_id: &str) -> Result<Option<StoredGrant>, BackendError>;
     fn grants(&self) -> Result<Vec<StoredGrant>, BackendError>;
+    /// The grants of the key `key_arn`.
+    fn grants_of(&self, key_arn: &str) -> Result<Vec<StoredGrant>, BackendError>;
     fn data_key(&self, target: &str) -> Result<Option<StoredDataKey>, BackendError>;
     fn snippet(&self, finding_arn: &str) -> Result<Option<StoredSnippet>, BackendError>;
     /// Every stored snippet with its finding ARN.
@@ -240,6 +248,22 @@ where
     }
     fn grants(&self) -> Result<Vec<StoredGrant>, BackendError> {
         all_json(&self.grants)
+    }
+    fn grants_of(&self, key_arn: &str) -> Result<Vec<StoredGrant>, BackendError> {
+        let prefix = grant_index_entry(key_arn, "");
+        let mut grants = Vec::new();
+        for entry in self
+            .grants_by_key
+            .range(prefix.as_str()..)
+            .map_err(storage)?
+        {
+            let (index, _) = entry.map_err(storage)?;
+            let Some(grant_id) = index.value().strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            grants.extend(self.grant(grant_id)?);
+        }
+        Ok(grants)
     }
     fn data_key(&self, target: &str) -> Result<Option<StoredDataKey>, BackendError> {
         get_json(&self.data_keys, target)
@@ -305,11 +329,33 @@ impl WriteTx<'_> {
     }
 
     pub fn put_grant(&mut self, grant: &StoredGrant) -> Result<(), BackendError> {
-        put_json(&mut self.grants, &grant.grant_id, grant)
+        put_json(&mut self.grants, &grant.grant_id, grant)?;
+        self.index_grant(grant)
+    }
+
+    fn index_grant(&mut self, grant: &StoredGrant) -> Result<(), BackendError> {
+        let entry = grant_index_entry(&grant.key_arn, &grant.grant_id);
+        self.grants_by_key
+            .insert(entry.as_str(), [].as_slice())
+            .map_err(storage)?;
+        Ok(())
     }
 
     pub fn delete_grant(&mut self, grant_id: &str) -> Result<(), BackendError> {
+        if let Some(grant) = self.grant(grant_id)? {
+            let entry = grant_index_entry(&grant.key_arn, grant_id);
+            self.grants_by_key.remove(entry.as_str()).map_err(storage)?;
+        }
         self.grants.remove(grant_id).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Makes the index of each key's grants again from the grants.
+    fn reindex_grants(&mut self) -> Result<(), BackendError> {
+        self.grants_by_key.retain(|_, _| false).map_err(storage)?;
+        for grant in self.grants()? {
+            self.index_grant(&grant)?;
+        }
         Ok(())
     }
 
@@ -345,6 +391,12 @@ impl WriteTx<'_> {
     }
 }
 
+/// The grant index's entry of `grant_id` of `key_arn` (with an empty grant id: the prefix
+/// of all of the key's). No ARN holds a NUL.
+fn grant_index_entry(key_arn: &str, grant_id: &str) -> String {
+    format!("{key_arn}\0{grant_id}")
+}
+
 /// The material rows: (key id, stored bytes).
 fn material_rows(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -378,12 +430,13 @@ impl Store {
             kek.open(key_id, value)?;
         }
         let store = Store { db, kek };
-        // Creates the tables (so read transactions always find them) and seals what is not.
+        // Creates the tables (so read transactions always find them), seals what is not,
+        // and indexes the grants.
         store.write(|tx| {
             for (key_id, value) in rows.iter().filter(|(_, v)| v.len() == KEY_LEN) {
                 tx.put_material(key_id, value)?;
             }
-            Ok(())
+            tx.reindex_grants()
         })?;
         Ok(store)
     }
@@ -451,5 +504,74 @@ mod tests {
         // Sealed now: the key file is needed from here on.
         std::fs::remove_file(dir.path().join("kek")).unwrap();
         assert!(Store::open(&path, &dir.path().join("kek")).is_err());
+    }
+
+    fn grant(grant_id: &str, key_arn: &str) -> StoredGrant {
+        StoredGrant {
+            grant_id: grant_id.into(),
+            key_arn: key_arn.into(),
+            name: String::new(),
+            grantee_principal: "arn:aws:iam::111122223333:role/scanner".into(),
+            retiring_principal: String::new(),
+            issuing_account: "111122223333".into(),
+            operations: vec!["Decrypt".into()],
+            creation_date: 0,
+        }
+    }
+
+    #[test]
+    fn each_keys_grants_are_read_by_key_including_those_an_earlier_version_stored() {
+        const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/k1";
+        // A key whose ARN starts with the other's: its grants are not the other's.
+        const LONGER: &str = "arn:aws:kms:us-east-1:111122223333:key/k10";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.redb");
+        {
+            // An earlier version's store: grants, no index; and an index entry left by a
+            // later version for a grant an earlier one then deleted.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut grants = txn.open_table(GRANTS).unwrap();
+                for g in [grant("g1", KEY), grant("g2", LONGER), grant("g3", KEY)] {
+                    let json = serde_json::to_vec(&g).unwrap();
+                    grants.insert(g.grant_id.as_str(), json.as_slice()).unwrap();
+                }
+                let stale = grant_index_entry(KEY, "g0");
+                txn.open_table(GRANTS_BY_KEY)
+                    .unwrap()
+                    .insert(stale.as_str(), [].as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path, &dir.path().join("kek")).unwrap();
+        let ids = |key: &str| -> Vec<String> {
+            store
+                .read(|tx| tx.grants_of(key))
+                .unwrap()
+                .into_iter()
+                .map(|g| g.grant_id)
+                .collect()
+        };
+        assert_eq!(ids(KEY), ["g1", "g3"]);
+        assert_eq!(ids(LONGER), ["g2"]);
+        assert_eq!(
+            store
+                .read(|tx| redb::ReadableTableMetadata::len(&tx.grants_by_key).map_err(storage))
+                .unwrap(),
+            3,
+            "the stale entry is gone"
+        );
+
+        store
+            .write(|tx| {
+                tx.put_grant(&grant("g4", LONGER))?;
+                tx.delete_grant("g1")
+            })
+            .unwrap();
+        assert_eq!(ids(KEY), ["g3"]);
+        assert_eq!(ids(LONGER), ["g2", "g4"]);
+        assert!(ids("arn:aws:kms:us-east-1:111122223333:key/none").is_empty());
     }
 }
