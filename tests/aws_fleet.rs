@@ -3,7 +3,7 @@
 //! aliases are resolved and the keys verified) and, for Inspector, a second sidecar's
 //! AWS-protocol door (local backend emulating the scopes, each key made in both KMSes with the
 //! same ARN). `fleet plan` and `fleet apply` bring each scope to its alias's key, a missing
-//! alias failing its scope alone, in the own account and in a member account through its role
+//! alias or a key disabled in KMS failing its scope alone, in the own account and in a member account through its role
 //! (moto seeded so the door knows the role session's pair); writes the door throttles are
 //! retried until the apply converges, and the JSON says how often; and two sidecars enforcing
 //! the same file at once reach the desired state and then write nothing more. The measured run:
@@ -217,6 +217,44 @@ async fn plan_and_apply_resolve_each_scopes_alias_in_its_kms_and_write_through_t
     let (code, plan) = fleet_json(&sidecar, "plan", &file);
     assert_eq!(code, 0, "{plan}");
     assert_eq!(plan["summary"]["unchanged"], 2, "{plan}");
+}
+
+#[tokio::test]
+async fn a_key_disabled_in_kms_is_an_error_of_its_scope_alone_and_is_never_written() {
+    let organization = Organization::start("").await;
+    for region in REGIONS {
+        organization.alias(region).await;
+    }
+    // us-east-1's key is disabled in moto's KMS (the managing sidecar's gate reads it there).
+    organization
+        .moto
+        .kms_as(&own_credentials(), "us-east-1")
+        .disable_key()
+        .key_id(organization.keys[0].rsplit('/').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let file = organization.desired_file();
+    let sidecar = organization.managing("");
+
+    let (code, plan) = fleet_json(&sidecar, "plan", &file);
+    assert_eq!(code, 1, "an error: exit 1 {plan}");
+    let failing = change(&plan, "us-east-1")["error"].as_str().unwrap();
+    assert!(
+        failing.contains("fails verification") && failing.contains("KEY_NOT_ENABLED"),
+        "{failing}"
+    );
+    assert_eq!(change(&plan, "eu-west-1")["action"], "update", "{plan}");
+
+    let (code, applied) = fleet_json(&sidecar, "apply", &file);
+    assert_eq!(code, 1, "{applied}");
+    assert_eq!(applied["summary"]["applied"], 1, "{applied}");
+    assert_eq!(organization.held("us-east-1").await, None, "never written");
+    assert_eq!(
+        organization.held("eu-west-1").await.as_ref(),
+        Some(&organization.keys[1])
+    );
+    assert_eq!(organization.door_updates_once(1).await, ["OK"]);
 }
 
 #[tokio::test]
