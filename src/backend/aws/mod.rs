@@ -548,7 +548,6 @@ impl AwsBackend {
     }
 }
 
-/// The STS client configuration: the shared one, at the configured endpoint.
 /// The HTTPS client every SDK client of the sidecar shares, as the SDK's default one is made
 /// (rustls with aws-lc-rs, a proxy from the environment) but made once: each client built from
 /// the SDK's defaults gets a connection pool of its own, so an organization of hundreds of
@@ -569,6 +568,7 @@ fn shared_https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClie
     })
 }
 
+/// The STS client configuration: the shared one, at the configured endpoint.
 fn sts_config(shared: &SdkConfig, settings: &AwsConfig) -> aws_sdk_sts::Config {
     let mut sts = aws_sdk_sts::config::Builder::from(shared);
     if let Some(url) = &settings.sts_endpoint {
