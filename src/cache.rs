@@ -604,6 +604,20 @@ impl KeyCache {
             }))
     }
 
+    /// What is in use for `target` now, for comparing with what should be: what the cache
+    /// holds when it was read from the backend within its TTL (whether or not it serves
+    /// reads), else read from the backend again. A backend that cannot answer is an error,
+    /// never a stale answer.
+    pub async fn current_key_in_use(&self, target: ScopedTarget) -> Result<KeyInUse, BackendError> {
+        if let Some(entry) = self.state.entry(target)
+            && entry.loaded_at.elapsed() < entry.ttl(&self.state.config)
+        {
+            return Ok(KeyInUse::from(&entry));
+        }
+        let (_, now) = self.refresh(target).await?;
+        Ok(now)
+    }
+
     /// Reads the key in use from the backend (never from the cache) and holds it, so
     /// readers of the target get what the backend says now (a target nobody read yet is
     /// not served from it): returns what the cache held before and what it holds now. A

@@ -14,15 +14,21 @@ fn unit() -> f64 {
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// `base` scaled by `factor` (non-negative), saturating where `Duration::mul_f64` would
+/// panic: a base can come from outside (a Retry-After header).
+fn scaled(base: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
 /// `base` scaled by a uniform draw from `[low, high)`.
 pub fn between(base: Duration, low: f64, high: f64) -> Duration {
-    base.mul_f64(low + (high - low) * unit())
+    scaled(base, low + (high - low) * unit())
 }
 
 /// A uniform draw from `range`.
 pub fn within(range: std::ops::Range<Duration>) -> Duration {
     let width = range.end.saturating_sub(range.start);
-    range.start + width.mul_f64(unit())
+    range.start.saturating_add(scaled(width, unit()))
 }
 
 /// `base` ± 15 %: the spread of every periodic timer that has no bound of its own to keep.
@@ -46,5 +52,12 @@ mod tests {
         let (low, high) = (draws.iter().min().unwrap(), draws.iter().max().unwrap());
         // 1,000 uniform draws over 30 s leave no gap of 10 s at either end.
         assert!(*low < Duration::from_secs(95) && *high > Duration::from_secs(105));
+    }
+
+    #[test]
+    fn the_longest_durations_saturate_instead_of_panicking() {
+        assert_eq!(around(Duration::MAX), Duration::MAX);
+        assert!(around(Duration::from_secs(u64::MAX / 2)) >= Duration::from_secs(u64::MAX / 4));
+        assert!(within(Duration::ZERO..Duration::MAX) <= Duration::MAX);
     }
 }

@@ -18,7 +18,11 @@ use tracing_subscriber::{
 };
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return command_line_refused(&error),
+    };
+    match cli.command {
         Command::Serve {
             config,
             log_format,
@@ -28,6 +32,19 @@ fn main() -> ExitCode {
         Command::Config(cli::ConfigCommand::Check(args)) => cli::config_check(args),
         Command::Fleet(command) => cli::fleet(command),
     }
+}
+
+/// Prints clap's answer to a command line it refused (or to `--help`), and exits as clap
+/// would, with one exception: `fleet plan` means "changes pending" by exit code 2 (as
+/// `terraform plan -detailed-exitcode`), so a mistake on a `fleet` command line is 1 there,
+/// as every other failure of `fleet` is, and never reads as pending changes in CI.
+fn command_line_refused(error: &clap::Error) -> ExitCode {
+    let _ = error.print();
+    let code = error.exit_code();
+    if code != 0 && std::env::args().nth(1).as_deref() == Some("fleet") {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 /// The most the AWS SDK and the HTTP and TLS stacks may log, whatever `RUST_LOG` or

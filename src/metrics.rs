@@ -294,7 +294,7 @@ impl Metrics {
             fleet_targets: registered(
                 &mut registry,
                 "inspector_keyd_fleet_targets",
-                "managed targets the desired state names, by where the last reconcile round found                  them (in_desired_state, out_of_desired_state, error); all 0 without [fleet]",
+                "managed targets the desired state names, by where the last reconcile round found them (in_desired_state, out_of_desired_state, error); all 0 without [fleet]",
             ),
             failing_checks: Mutex::default(),
             ready: registered(

@@ -258,6 +258,40 @@ async fn a_key_disabled_in_kms_is_an_error_of_its_scope_alone_and_is_never_writt
 }
 
 #[tokio::test]
+async fn a_key_changed_behind_the_sidecars_back_is_planned_again_once_its_read_is_past_the_ttl() {
+    let organization = Organization::start("").await;
+    for region in REGIONS {
+        organization.alias(region).await;
+    }
+    let file = organization.desired_file();
+    let sidecar = organization.managing("[cache]\nkey_ttl = \"1s\"\naws_owned_ttl = \"1s\"\n");
+    let (code, applied) = fleet_json(&sidecar, "apply", &file);
+    assert_eq!(code, 0, "{applied}");
+
+    // Inspector's key for us-east-1 reset elsewhere (here, at the Inspector sidecar itself):
+    // the managing sidecar's cache still holds the key it wrote.
+    organization
+        .inspector
+        .admin_keys()
+        .await
+        .reset_encryption_key(inspector_keyd::proto::ResetEncryptionKeyRequest {
+            account_id: OWN.into(),
+            region: "us-east-1".into(),
+            scan_type: inspector_keyd::proto::ScanType::Code as i32,
+            resource_type: LAMBDA,
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, plan) = fleet_json(&sidecar, "plan", &file);
+    assert_eq!(code, 2, "the reset is seen: {plan}");
+    let us = change(&plan, "us-east-1");
+    assert_eq!(us["action"], "update", "{plan}");
+    assert_eq!(us["from"], serde_json::Value::Null, "{plan}");
+    assert_eq!(change(&plan, "eu-west-1")["action"], "none", "{plan}");
+}
+
+#[tokio::test]
 async fn an_apply_whose_writes_are_throttled_converges_and_says_what_it_retried() {
     // Every second write the Inspector sidecar gets is throttled.
     let faults = tempfile::tempdir().unwrap();
@@ -615,6 +649,26 @@ async fn an_organization_of_twenty_accounts_in_three_regions_converges_through_t
         "{}",
         inspector.log()
     );
+
+    // The inventory of all of them, streamed 50 scopes a message.
+    let output = fleet(&sidecar, &["status", "--format", "json"]);
+    assert!(output.status.success(), "{output:?}");
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["summary"]["scopes"], scope_count, "{status}");
+    assert_eq!(status["summary"]["customer_managed"], scope_count);
+    assert_eq!(status["summary"]["errors"], 0);
+    let listed = status["keys"].as_array().unwrap();
+    for (account, region, key) in &keys {
+        let entry = listed
+            .iter()
+            .find(|e| {
+                e["account_id"] == account.as_str()
+                    && e["region"] == *region
+                    && e["resource_type"] == "AWS_LAMBDA_FUNCTION"
+            })
+            .unwrap_or_else(|| panic!("{account}/{region} not listed"));
+        assert_eq!(entry["kms_key_id"], key.as_str());
+    }
 
     let (code, again, again_secs) = timed("apply");
     assert_eq!(code, 0, "{again}");

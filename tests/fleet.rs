@@ -285,6 +285,30 @@ async fn fleet_status_prints_the_inventory_as_a_table_or_json() {
     );
 }
 
+#[test]
+fn a_mistake_on_a_fleet_command_line_exits_1_never_2_which_says_changes_are_pending() {
+    for args in [
+        &["fleet", "plan"][..],
+        &["fleet", "plan", "desired.toml", "--format", "yaml"],
+        &["fleet", "apply", "desired.toml", "--yse"],
+        &["fleet", "statuz"],
+    ] {
+        let output = Command::new(BIN).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    }
+    let help = Command::new(BIN)
+        .args(["fleet", "plan", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("Usage: inspector-keyd fleet plan"),
+        "{help:?}"
+    );
+}
+
 /// Lambda's key is the alias `alias/inspector-code` wherever it is managed.
 const DESIRED: &str = r#"# The key Lambda scanning uses, organization-wide.
 [[key]]
@@ -610,18 +634,7 @@ async fn reconcile_reports_drift_from_the_desired_state_and_enforce_applies_it()
     // Before any key exists, the alias is missing everywhere: an error in each scope.
     let sidecar = reconciling(DESIRED, "report", dir.path());
     until_fleet(&sidecar, [0, 0, 4]).await;
-    let mut watch = sidecar
-        .read_only_keys()
-        .await
-        .watch_encryption_key(proto::WatchEncryptionKeyRequest {
-            scan_type: proto::ScanType::Code as i32,
-            resource_type: LAMBDA,
-            account_id: OTHER.into(),
-            region: "eu-west-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_lambda(&sidecar, OTHER, "eu-west-1").await;
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.r#type(), proto::KeyEventType::Current);
     let mut keys = Vec::new();
@@ -702,18 +715,41 @@ async fn reconcile_reports_drift_from_the_desired_state_and_enforce_applies_it()
     drop(sidecar);
 
     // Enforcing, a sidecar on the same desired state brings every scope to it, each write
-    // audited as the reconcile's.
+    // audited as the reconcile's; each drift is still reported before it is written away.
     let dir = tempfile::tempdir().unwrap();
     let sidecar = reconciling(DESIRED, "enforce", dir.path());
+    let mut watch = watch_lambda(&sidecar, OTHER, "eu-west-1").await;
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().r#type(),
+        proto::KeyEventType::Current
+    );
+    let mut keys = Vec::new();
     for (account, region) in [
         (OWN, "us-east-1"),
         (OTHER, "us-east-1"),
         (OTHER, "eu-west-1"),
         (OWN, "eu-west-1"),
     ] {
-        aliased_key(&sidecar, account, region).await;
+        keys.push(aliased_key(&sidecar, account, region).await);
     }
     until_fleet(&sidecar, [4, 0, 0]).await;
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        events.push((event.r#type(), event.kms_key_id));
+    }
+    assert_eq!(
+        events,
+        [
+            (proto::KeyEventType::DesiredStateDrift, String::new()),
+            (proto::KeyEventType::Updated, keys[2].clone()),
+            (proto::KeyEventType::DesiredStateRestored, keys[2].clone()),
+        ]
+    );
     for (account, region) in [(OWN, "us-east-1"), (OTHER, "eu-west-1")] {
         assert!(lambda_key(&sidecar, account, region).await.is_some());
     }
@@ -729,6 +765,63 @@ async fn reconcile_reports_drift_from_the_desired_state_and_enforce_applies_it()
             .iter()
             .all(|w| w["code"] == "OK" && w["rpc"] == "reconcile")
     );
+
+    // A change to the file that does not parse keeps the last good one in force: a scope
+    // reset by hand is brought back to the key it names.
+    write_whole(
+        &dir.path().join("desired.toml"),
+        &DESIRED.replace("kms_key =", "kms_keys ="),
+        0o600,
+    );
+    sidecar
+        .log_once_it_has(
+            "fleet: the desired state cannot be read; the last one read stays in force",
+        )
+        .await;
+    sidecar
+        .admin_keys()
+        .await
+        .reset_encryption_key(proto::ResetEncryptionKeyRequest {
+            account_id: OTHER.into(),
+            region: "eu-west-1".into(),
+            scan_type: proto::ScanType::Code as i32,
+            resource_type: LAMBDA,
+        })
+        .await
+        .unwrap();
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            lambda_key(&sidecar, OTHER, "eu-west-1").await.as_ref() == Some(&keys[2])
+        })
+        .await,
+        "{}",
+        sidecar.log()
+    );
+    assert!(
+        sidecar.log().contains("unknown field `kms_keys`"),
+        "{}",
+        sidecar.log()
+    );
+}
+
+/// A Watch of Lambda's key in `account_id`/`region`.
+async fn watch_lambda(
+    sidecar: &Sidecar,
+    account_id: &str,
+    region: &str,
+) -> tonic::Streaming<proto::WatchEncryptionKeyResponse> {
+    sidecar
+        .read_only_keys()
+        .await
+        .watch_encryption_key(proto::WatchEncryptionKeyRequest {
+            scan_type: proto::ScanType::Code as i32,
+            resource_type: LAMBDA,
+            account_id: account_id.into(),
+            region: region.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 #[test]

@@ -181,12 +181,12 @@ async fn status(args: StatusArgs) -> ExitCode {
     };
     let progress = Progress::new(args.format == Format::Table);
     let mut entries = Vec::new();
-    let mut scopes = 0;
+    let (mut done, mut scopes) = (0, None);
     loop {
         match stream.message().await {
             Ok(Some(message)) => {
                 progress.show("gathering", message.scopes_done, message.scopes_total);
-                scopes = message.scopes_total;
+                (done, scopes) = (message.scopes_done, Some(message.scopes_total));
                 entries.extend(message.entries);
             }
             Ok(None) => break,
@@ -197,6 +197,12 @@ async fn status(args: StatusArgs) -> ExitCode {
         }
     }
     progress.clear();
+    let Some(scopes) = scopes.filter(|&total| total == done) else {
+        return failed(format!(
+            "the sidecar's answer ended after {done} scope(s) of {}: the inventory is incomplete",
+            scopes.map_or_else(|| "?".to_owned(), |total| total.to_string())
+        ));
+    };
     let errors = entries.iter().filter(|e| !e.error.is_empty()).count();
     match args.format {
         Format::Table => emit(&inventory_table(&entries)),
@@ -431,16 +437,26 @@ async fn gather<M: FleetMessage>(
     what: &str,
 ) -> Result<(Vec<proto::FleetChange>, proto::FleetSummary), tonic::Status> {
     let mut changes = Vec::new();
-    let mut summary = proto::FleetSummary::default();
-    while let Some(message) = stream.message().await? {
-        let (batch, done, total, last) = message.parts();
-        progress.show(what, done, total);
-        changes.extend(batch);
-        if let Some(last) = last {
-            summary = last;
+    let mut summary = None;
+    let gathered = async {
+        while let Some(message) = stream.message().await? {
+            let (batch, done, total, last) = message.parts();
+            progress.show(what, done, total);
+            changes.extend(batch);
+            summary = summary.or(last);
         }
+        Ok::<_, tonic::Status>(())
     }
+    .await;
     progress.clear();
+    gathered?;
+    // The summary comes last: an answer without it was cut short, and what it holds is
+    // not the whole plan.
+    let summary = summary.ok_or_else(|| {
+        tonic::Status::unavailable(format!(
+            "the sidecar's answer ended before its summary, {what} unfinished"
+        ))
+    })?;
     Ok((changes, summary))
 }
 
@@ -508,7 +524,12 @@ async fn apply(args: ApplyArgs) -> ExitCode {
             Ok(planned) => planned,
             Err(status) => return call_failed(&status),
         };
-        show(&changes, &summary, Format::Table, false);
+        // The plan to confirm is for the person at the terminal: on standard error when
+        // standard output carries the JSON.
+        match args.format {
+            Format::Table => show(&changes, &summary, Format::Table, false),
+            Format::Json => eprint!("{}", changes_table(&changes, &summary, false)),
+        }
         let writes = summary.updates + summary.resets;
         if writes == 0 {
             eprintln!("Nothing to apply.");
@@ -588,13 +609,6 @@ fn show(
     format: Format,
     applied: bool,
 ) {
-    let key = |arn: &str| {
-        if arn.is_empty() {
-            "aws-owned".to_owned()
-        } else {
-            arn.to_owned()
-        }
-    };
     match format {
         Format::Json => emit_json(&json!({
             "changes": changes.iter().map(|c| {
@@ -628,58 +642,72 @@ fn show(
                 "retries": applied.then_some(summary.retries),
             },
         })),
-        Format::Table => {
-            let header = ["ACCOUNT", "REGION", "RESOURCE TYPE", "ACTION", "CHANGE"];
-            let rows: Vec<[String; 5]> = changes
-                .iter()
-                .map(|c| {
-                    let detail = if !c.error.is_empty() {
-                        c.error.clone()
-                    } else if c.action() == proto::FleetAction::None {
-                        key(&c.from_kms_key_id)
-                    } else {
-                        let done = if applied && c.applied {
-                            " (applied)"
-                        } else {
-                            ""
-                        };
-                        format!(
-                            "{} -> {}{done}",
-                            key(&c.from_kms_key_id),
-                            key(&c.to_kms_key_id)
-                        )
-                    };
-                    [
-                        c.account_id.clone(),
-                        c.region.clone(),
-                        if c.resource_type == 0 {
-                            String::new()
-                        } else {
-                            resource_type_name(c.resource_type)
-                        },
-                        action_word(c).to_owned(),
-                        detail,
-                    ]
-                })
-                .collect();
-            let mut text = aligned(&header, &rows);
-            text.push_str(&if applied {
-                format!(
-                    "Applied: {} written ({} updated, {} reset), {} unchanged, {} error(s), {} throttled write(s) tried again.\n",
-                    summary.applied,
-                    summary.updates,
-                    summary.resets,
-                    summary.unchanged,
-                    summary.errors,
-                    summary.retries
-                )
-            } else {
-                format!(
-                    "Plan: {} to update, {} to reset, {} unchanged, {} error(s).\n",
-                    summary.updates, summary.resets, summary.unchanged, summary.errors
-                )
-            });
-            emit(&text);
-        }
+        Format::Table => emit(&changes_table(changes, summary, applied)),
     }
+}
+
+/// The changes as a table, and the summary line.
+fn changes_table(
+    changes: &[proto::FleetChange],
+    summary: &proto::FleetSummary,
+    applied: bool,
+) -> String {
+    let key = |arn: &str| {
+        if arn.is_empty() {
+            "aws-owned".to_owned()
+        } else {
+            arn.to_owned()
+        }
+    };
+    let header = ["ACCOUNT", "REGION", "RESOURCE TYPE", "ACTION", "CHANGE"];
+    let rows: Vec<[String; 5]> = changes
+        .iter()
+        .map(|c| {
+            let detail = if !c.error.is_empty() {
+                c.error.clone()
+            } else if c.action() == proto::FleetAction::None {
+                key(&c.from_kms_key_id)
+            } else {
+                let done = if applied && c.applied {
+                    " (applied)"
+                } else {
+                    ""
+                };
+                format!(
+                    "{} -> {}{done}",
+                    key(&c.from_kms_key_id),
+                    key(&c.to_kms_key_id)
+                )
+            };
+            [
+                c.account_id.clone(),
+                c.region.clone(),
+                if c.resource_type == 0 {
+                    String::new()
+                } else {
+                    resource_type_name(c.resource_type)
+                },
+                action_word(c).to_owned(),
+                detail,
+            ]
+        })
+        .collect();
+    let mut text = aligned(&header, &rows);
+    text.push_str(&if applied {
+        format!(
+            "Applied: {} written ({} updated, {} reset), {} unchanged, {} error(s), {} throttled write(s) tried again.\n",
+            summary.applied,
+            summary.updates,
+            summary.resets,
+            summary.unchanged,
+            summary.errors,
+            summary.retries
+        )
+    } else {
+        format!(
+            "Plan: {} to update, {} to reset, {} unchanged, {} error(s).\n",
+            summary.updates, summary.resets, summary.unchanged, summary.errors
+        )
+    });
+    text
 }

@@ -344,8 +344,14 @@ fn shape_error(
         })
         .next_back();
     let error = error.into_inner();
-    // serde names the entry by its Rust type.
-    let found = error.message().replace("struct RawEntry", "a table");
+    // serde names the entry by its Rust type; and quotes a key's name whole, however long.
+    let found: String = error
+        .message()
+        .replace("struct RawEntry", "a table")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MESSAGE_FROM_SERDE)
+        .collect();
     let message = if found.starts_with("unknown field") {
         if in_entry {
             format!("{found} (in a [[key]] entry)")
@@ -390,6 +396,9 @@ fn key_forms() -> String {
         "\"{AWS_OWNED}\", an alias name (alias/<name>), a key ARN (arn:aws:kms:<region>:<account-id>:key/<key-id>) or, in an entry of one account and one Region, an alias ARN of that account and Region (arn:aws:kms:<region>:<account-id>:alias/<name>)"
     )
 }
+
+/// The most of serde's message a refusal repeats (it names the expected fields too).
+const MESSAGE_FROM_SERDE: usize = 400;
 
 /// A value as messages show it: short and printable.
 fn shown(value: &str) -> String {
@@ -873,6 +882,20 @@ kms_key = "alias/inspector-code"        # an alias resolved in each account and 
             assert!(e.message().contains("alias ARN"), "{e}");
             assert!(e.message().contains("alias/inspector-code"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_very_long_unknown_key_is_named_shortened() {
+        let long = "k".repeat(100_000);
+        let file = format!(
+            "{long} = 1\n{}",
+            entry(r#"["*"]"#, r#"["*"]"#, "AWS_LAMBDA_FUNCTION", "alias/x")
+        );
+        let error = DesiredState::parse(&file).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("unknown field `kkkk"), "{message}");
+        assert!(message.len() < 1_000, "{} bytes", message.len());
+        assert_eq!((error.line(), error.column()), (1, 1));
     }
 
     /// Each refusal with the exact line and column of what is wrong and a part of the

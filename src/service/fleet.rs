@@ -36,6 +36,8 @@ const SCOPES_AT_ONCE: usize = 8;
 /// each time, unless the backend says how long to wait).
 const WRITE_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest wait before trying a throttled write again, whatever the backend asks.
+const LONGEST_BACKOFF: Duration = Duration::from_secs(20);
 
 /// Between two writes in one account and Region: the rate a scope is written at.
 const WRITE_SPACING: Duration = Duration::from_millis(200);
@@ -151,36 +153,7 @@ impl Fleet {
             .map(|settings| settings.scope)
             .filter(|&scope| may_act(scope))
             .collect();
-        // An account or Region the state names that no scope the caller may act in has is
-        // an error of its own: a typo there would otherwise plan nothing, silently.
-        let accounts: std::collections::HashSet<&str> =
-            scopes.iter().map(|s| s.account_id()).collect();
-        let regions: std::collections::HashSet<&str> = scopes.iter().map(|s| s.region()).collect();
-        let mut unknown: Vec<proto::FleetChange> = Vec::new();
-        for (account_id, line) in desired.named_accounts() {
-            if !accounts.contains(account_id) {
-                unknown.push(proto::FleetChange {
-                    account_id: account_id.to_owned(),
-                    line: u32::try_from(line).unwrap_or(u32::MAX),
-                    error: format!(
-                        "line {line}: account {account_id} is not managed by this sidecar (or not by your rules)"
-                    ),
-                    ..Default::default()
-                });
-            }
-        }
-        for (region, line) in desired.named_regions() {
-            if !regions.contains(region) {
-                unknown.push(proto::FleetChange {
-                    region: region.to_owned(),
-                    line: u32::try_from(line).unwrap_or(u32::MAX),
-                    error: format!(
-                        "line {line}: no account is managed in {region} by this sidecar (or by your rules)"
-                    ),
-                    ..Default::default()
-                });
-            }
-        }
+        let unknown = unmanaged_names(&desired, &scopes);
         let (sender, receiver) = mpsc::channel(2);
         let run = FleetRun {
             keys: self.clone(),
@@ -217,17 +190,26 @@ impl FleetRun {
         let mut done: u32 = 0;
         for batch in scopes.chunks(SCOPES_PER_MESSAGE) {
             let mut running = JoinSet::new();
+            let mut tasks = std::collections::HashMap::new();
             for (at, &scope) in batch.iter().enumerate() {
                 let (run, at_once) = (self.clone(), at_once.clone());
-                running.spawn(async move {
+                let task = running.spawn(async move {
                     let _turn = at_once.acquire_owned().await;
                     (at, run.scope(scope).await)
                 });
+                tasks.insert(task.id(), (at, scope));
             }
             let mut planned: Vec<(usize, Vec<proto::FleetChange>)> = Vec::new();
             while let Some(finished) = running.join_next().await {
-                if let Ok(finished) = finished {
-                    planned.push(finished);
+                match finished {
+                    Ok(finished) => planned.push(finished),
+                    // A fault of the sidecar's own: the scope is an error, not left out.
+                    Err(error) => {
+                        if let Some(&(at, scope)) = tasks.get(&error.id()) {
+                            tracing::error!(%scope, %error, "fleet: planning a scope failed");
+                            planned.push((at, vec![scope_failed(scope)]));
+                        }
+                    }
                 }
             }
             planned.sort_unstable_by_key(|(at, _)| *at);
@@ -311,7 +293,7 @@ impl FleetRun {
             write: None,
         };
         let change = &mut planned.change;
-        let held = match self.keys.cache().key_in_use(target).await {
+        let held = match self.keys.cache().current_key_in_use(target).await {
             Ok(held) => held,
             Err(error) => {
                 change.error = said(error);
@@ -413,7 +395,9 @@ impl FleetRun {
                     return;
                 }
                 Err(BackendError::Throttled { retry_after }) if attempt < WRITE_ATTEMPTS => {
-                    retry_after.unwrap_or(backoff)
+                    // The backend's hint, within reason: a scope must not hold one of the
+                    // run's places for as long as any header says.
+                    retry_after.unwrap_or(backoff).min(LONGEST_BACKOFF)
                 }
                 Err(error) => {
                     let status = Status::from(ServiceError::from(error));
@@ -449,6 +433,56 @@ impl FleetRun {
 }
 
 /// What a call answering `error` would say: never AWS's own text.
+/// The accounts and Regions `desired` names (not `"*"`) that none of `scopes` has, each an
+/// error line of its own: a typo there would otherwise plan nothing, silently.
+fn unmanaged_names(desired: &DesiredState, scopes: &[Scope]) -> Vec<proto::FleetChange> {
+    let accounts: std::collections::HashSet<&str> = scopes.iter().map(|s| s.account_id()).collect();
+    let regions: std::collections::HashSet<&str> = scopes.iter().map(|s| s.region()).collect();
+    let mut unknown: Vec<proto::FleetChange> = Vec::new();
+    for (account_id, line) in desired.named_accounts() {
+        if !accounts.contains(account_id) {
+            unknown.push(proto::FleetChange {
+                account_id: account_id.to_owned(),
+                line: u32::try_from(line).unwrap_or(u32::MAX),
+                error: format!(
+                    "line {line}: account {account_id} is not managed by this sidecar (or not by your rules)"
+                ),
+                ..Default::default()
+            });
+        }
+    }
+    for (region, line) in desired.named_regions() {
+        if !regions.contains(region) {
+            unknown.push(proto::FleetChange {
+                region: region.to_owned(),
+                line: u32::try_from(line).unwrap_or(u32::MAX),
+                error: format!(
+                    "line {line}: no account is managed in {region} by this sidecar (or by your rules)"
+                ),
+                ..Default::default()
+            });
+        }
+    }
+    unknown
+}
+
+/// Whether applying `change` writes.
+fn would_write(change: &proto::FleetChange) -> bool {
+    change.error.is_empty() && change.action() != FleetAction::None
+}
+
+/// The change of a scope whose planning failed inside the sidecar.
+fn scope_failed(scope: Scope) -> proto::FleetChange {
+    proto::FleetChange {
+        account_id: scope.account_id().to_owned(),
+        region: scope.region().to_owned(),
+        error: format!(
+            "{scope} could not be planned: an internal error (the sidecar's log says more)"
+        ),
+        ..Default::default()
+    }
+}
+
 fn said(error: impl Into<ServiceError>) -> String {
     Status::from(error.into()).message().to_owned()
 }
@@ -590,6 +624,7 @@ impl Reconciler {
     /// keeps the last good one in force, and says so.
     pub async fn run(self) {
         let mut desired: Option<Arc<DesiredState>> = None;
+        let mut unmanaged_said: Vec<String> = Vec::new();
         for round in 1u64.. {
             match read_desired_state(&self.file) {
                 Ok(read) => desired = Some(Arc::new(read)),
@@ -610,20 +645,47 @@ impl Reconciler {
                     "reconcile",
                 )
             };
-            let run = FleetRun {
+            // Each scope is planned first, so a drift is reported as such even where
+            // `enforce` then writes it away.
+            let observe = FleetRun {
                 keys: self.keys.clone(),
                 desired,
-                apply: self.enforce,
+                apply: false,
                 audit: Some(AuditSubject::of_call(self.audit.clone(), &record)),
             };
+            let enforce = self.enforce.then(|| FleetRun {
+                apply: true,
+                ..observe.clone()
+            });
             let scopes = self.keys.verifier().scopes().all();
+            // Said once for each file and organization, not each round.
+            let managed: Vec<Scope> = scopes.iter().map(|settings| settings.scope).collect();
+            let unmanaged: Vec<String> = unmanaged_names(&observe.desired, &managed)
+                .into_iter()
+                .map(|change| change.error)
+                .collect();
+            if unmanaged != unmanaged_said {
+                for error in &unmanaged {
+                    tracing::warn!(%error, "fleet: the desired state names what this sidecar does not manage");
+                }
+                unmanaged_said = unmanaged;
+            }
             let gap = self.interval / u32::try_from(scopes.len().max(1)).unwrap_or(u32::MAX);
             let mut seen = std::collections::HashSet::new();
             for settings in scopes {
                 let scope = settings.scope;
                 // A listing of the organization may have removed it meanwhile.
                 if self.keys.verifier().scopes().settings(scope).is_some() {
-                    for (target, change) in run.scope_targets(scope).await {
+                    let mut changes = observe.scope_targets(scope).await;
+                    if let Some(enforce) = &enforce
+                        && changes.iter().any(|(_, change)| would_write(change))
+                    {
+                        for (target, change) in &changes {
+                            self.record(*target, change);
+                        }
+                        changes = enforce.scope_targets(scope).await;
+                    }
+                    for (target, change) in changes {
                         seen.insert(target);
                         self.record(target, &change);
                     }
@@ -639,7 +701,7 @@ impl Reconciler {
     }
 
     /// Where `change` leaves `target`, with an event and a log line when it drifts or comes
-    /// back.
+    /// back (by hand, or written back by `enforce`).
     fn record(&self, target: ScopedTarget, change: &proto::FleetChange) {
         let now = if !change.error.is_empty() {
             Standing::Error
@@ -649,15 +711,20 @@ impl Reconciler {
             Standing::Out
         };
         let before = self.keys.standings().set(target, now);
-        let in_use =
-            (!change.from_kms_key_id.is_empty()).then_some(change.from_kms_key_id.as_str());
+        // The key in use after the change: the one written, when it was applied.
+        let in_use = if change.applied {
+            &change.to_kms_key_id
+        } else {
+            &change.from_kms_key_id
+        };
+        let in_use = (!in_use.is_empty()).then_some(in_use.as_str());
         match (before, now) {
             (before, Standing::Out) if before != Some(Standing::Out) => {
                 tracing::warn!(%target, in_use = in_use.unwrap_or("the AWS owned key"), wanted = %change.to_kms_key_id, "fleet: out of the desired state");
                 self.keys.watch().desired_state(target, in_use, false);
             }
-            (Some(Standing::Out), Standing::In) if !change.applied => {
-                tracing::info!(%target, "fleet: back in the desired state");
+            (Some(Standing::Out), Standing::In) => {
+                tracing::info!(%target, enforced = change.applied, "fleet: back in the desired state");
                 self.keys.watch().desired_state(target, in_use, true);
             }
             (before, Standing::Error) if before != Some(Standing::Error) => {

@@ -84,13 +84,14 @@ async fn send_inventory(
     };
     for batch in batches {
         let mut reading = JoinSet::new();
+        let mut tasks = std::collections::HashMap::new();
         let targets = batch.iter().flat_map(|&(scope, audience)| {
             Target::all().map(move |t| (ScopedTarget::new(scope, t), audience))
         });
         for (at, (target, audience)) in targets.enumerate() {
             let (cache, reads) = (cache.clone(), reads.clone());
             let standing = standings.of(target);
-            reading.spawn(async move {
+            let task = reading.spawn(async move {
                 let _turn = reads.acquire_owned().await;
                 let mut entry = entry(target, cache.key_in_use(target).await, audience);
                 if let Some(standing) = standing {
@@ -98,11 +99,20 @@ async fn send_inventory(
                 }
                 (at, entry)
             });
+            tasks.insert(task.id(), (at, target, audience));
         }
         let mut entries: Vec<(usize, proto::KeyInventoryEntry)> = Vec::new();
         while let Some(read) = reading.join_next().await {
-            if let Ok(read) = read {
-                entries.push(read);
+            match read {
+                Ok(read) => entries.push(read),
+                // A fault of the sidecar's own: the target is listed with an error.
+                Err(error) => {
+                    if let Some(&(at, target, audience)) = tasks.get(&error.id()) {
+                        tracing::error!(%target, %error, "inventory: reading a target failed");
+                        let failed = BackendError::internal("reading it failed");
+                        entries.push((at, entry(target, Err(failed), audience)));
+                    }
+                }
             }
         }
         entries.sort_unstable_by_key(|(at, _)| *at);
