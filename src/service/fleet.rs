@@ -432,7 +432,6 @@ impl FleetRun {
     }
 }
 
-/// What a call answering `error` would say: never AWS's own text.
 /// The accounts and Regions `desired` names (not `"*"`) that none of `scopes` has, each an
 /// error line of its own: a typo there would otherwise plan nothing, silently.
 fn unmanaged_names(desired: &DesiredState, scopes: &[Scope]) -> Vec<proto::FleetChange> {
@@ -483,6 +482,7 @@ fn scope_failed(scope: Scope) -> proto::FleetChange {
     }
 }
 
+/// What a call answering `error` would say: never AWS's own text.
 fn said(error: impl Into<ServiceError>) -> String {
     Status::from(error.into()).message().to_owned()
 }
