@@ -567,20 +567,20 @@ async fn a_caller_limited_to_one_account_plans_and_applies_that_account_alone() 
         aliased_key(&sidecar, account, region).await;
     }
     let mut tcp = EncryptionKeyServiceClient::new(sidecar.tcp_channel().await);
-    let mut stream = tcp
-        .apply_fleet(with_token(
+    let changes = all_changes(
+        tcp.apply_fleet(with_token(
             proto::ApplyFleetRequest {
                 desired_state: DESIRED.into(),
+                confirmed: None,
             },
             token,
         ))
         .await
         .unwrap()
-        .into_inner();
-    let mut changes = Vec::new();
-    while let Some(message) = stream.message().await.unwrap() {
-        changes.extend(message.changes);
-    }
+        .into_inner(),
+        |m| m.changes,
+    )
+    .await;
     let places: Vec<_> = changes
         .iter()
         .map(|c| (c.account_id.as_str(), c.region.as_str(), c.applied))
@@ -595,8 +595,8 @@ async fn a_caller_limited_to_one_account_plans_and_applies_that_account_alone() 
 
     // Naming an account beyond its rules is an error of that entry, not a silent nothing.
     let named = DESIRED.replace("accounts = [\"*\"]", &format!("accounts = [\"{OWN}\"]"));
-    let mut stream = tcp
-        .plan_fleet(with_token(
+    let changes = all_changes(
+        tcp.plan_fleet(with_token(
             proto::PlanFleetRequest {
                 desired_state: named,
             },
@@ -604,11 +604,10 @@ async fn a_caller_limited_to_one_account_plans_and_applies_that_account_alone() 
         ))
         .await
         .unwrap()
-        .into_inner();
-    let mut changes = Vec::new();
-    while let Some(message) = stream.message().await.unwrap() {
-        changes.extend(message.changes);
-    }
+        .into_inner(),
+        |m| m.changes,
+    )
+    .await;
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert!(
         changes[0]
@@ -616,6 +615,91 @@ async fn a_caller_limited_to_one_account_plans_and_applies_that_account_alone() 
             .contains("account 111122223333 is not managed by this sidecar (or not by your rules)"),
         "{changes:?}"
     );
+}
+
+/// Every change of a PlanFleet or ApplyFleet stream.
+async fn all_changes<M>(
+    mut stream: tonic::Streaming<M>,
+    changes_of: impl Fn(M) -> Vec<proto::FleetChange>,
+) -> Vec<proto::FleetChange> {
+    let mut changes = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        changes.extend(changes_of(message));
+    }
+    changes
+}
+
+#[tokio::test]
+async fn an_apply_of_a_confirmed_plan_writes_only_the_changes_still_as_confirmed() {
+    let sidecar = Sidecar::start_with(ORGANIZATION);
+    let moved = aliased_key(&sidecar, OWN, "us-east-1").await;
+    let kept = aliased_key(&sidecar, OTHER, "us-east-1").await;
+    let mut keys = sidecar.admin_keys().await;
+    let plan = all_changes(
+        keys.plan_fleet(proto::PlanFleetRequest {
+            desired_state: DESIRED.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner(),
+        |m| m.changes,
+    )
+    .await;
+    assert_eq!(
+        plan.iter().filter(|c| c.error.is_empty()).count(),
+        2,
+        "{plan:?}"
+    );
+
+    // Meanwhile OWN/us-east-1's alias moves to another key, and OTHER/eu-west-1 gets one.
+    let mut kms = sidecar.kms().await;
+    kms.delete_alias(proto::DeleteAliasRequest {
+        alias_name: "alias/inspector-code".into(),
+        account_id: OWN.into(),
+        region: "us-east-1".into(),
+    })
+    .await
+    .unwrap();
+    let elsewhere = aliased_key(&sidecar, OWN, "us-east-1").await;
+    assert_ne!(elsewhere, moved);
+    aliased_key(&sidecar, OTHER, "eu-west-1").await;
+
+    let applied = all_changes(
+        keys.apply_fleet(proto::ApplyFleetRequest {
+            desired_state: DESIRED.into(),
+            confirmed: Some(proto::ConfirmedPlan { changes: plan }),
+        })
+        .await
+        .unwrap()
+        .into_inner(),
+        |m| m.changes,
+    )
+    .await;
+    let at = |account: &str, region: &str| {
+        applied
+            .iter()
+            .find(|c| c.account_id == account && c.region == region)
+            .unwrap()
+            .clone()
+    };
+    let written = at(OTHER, "us-east-1");
+    assert!(written.applied && written.error.is_empty(), "{written:?}");
+    assert_eq!(lambda_key(&sidecar, OTHER, "us-east-1").await, Some(kept));
+    for (account, region) in [(OWN, "us-east-1"), (OTHER, "eu-west-1")] {
+        let refused = at(account, region);
+        assert!(!refused.applied, "{refused:?}");
+        assert!(
+            refused
+                .error
+                .contains("changed since the plan was confirmed: not written; plan again"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            lambda_key(&sidecar, account, region).await,
+            None,
+            "{account}/{region}"
+        );
+    }
 }
 
 /// A sidecar reconciling `desired` in `mode` every second; the file's path.

@@ -514,6 +514,9 @@ async fn apply(args: ApplyArgs) -> ExitCode {
         Err(code) => return code,
     };
     let progress = Progress::new(args.format == Format::Table);
+    // Asked, the plan said yes to is what may be written: the sidecar plans again and
+    // writes only the changes that are still the same.
+    let mut confirmed = None;
     if !yes {
         if !std::io::stdin().is_terminal() {
             return failed(
@@ -544,11 +547,21 @@ async fn apply(args: ApplyArgs) -> ExitCode {
         if std::io::stdin().read_line(&mut answer).is_err() || answer.trim() != "yes" {
             return failed("not applied");
         }
+        confirmed = Some(proto::ConfirmedPlan {
+            changes: changes
+                .into_iter()
+                .map(|change| proto::FleetChange {
+                    report: None,
+                    ..change
+                })
+                .collect(),
+        });
     }
     let applied = async {
         let answer = client
             .apply_fleet(proto::ApplyFleetRequest {
                 desired_state: text,
+                confirmed,
             })
             .await?;
         gather(answer.into_inner(), &progress, "applying").await

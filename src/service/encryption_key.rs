@@ -404,6 +404,7 @@ impl EncryptionKeyService for EncryptionKeys {
             &request.get_ref().desired_state,
             false,
             None,
+            None,
         )?))
     }
 
@@ -416,12 +417,19 @@ impl EncryptionKeyService for EncryptionKeys {
             .extensions()
             .get::<crate::audit::AuditSubject>()
             .cloned();
-        Ok(Response::new(self.fleet.plan(
-            caller.as_ref(),
-            &request.get_ref().desired_state,
-            true,
-            audit,
-        )?))
+        let request = request.get_ref();
+        Ok(Response::new(
+            self.fleet.plan(
+                caller.as_ref(),
+                &request.desired_state,
+                true,
+                audit,
+                request
+                    .confirmed
+                    .as_ref()
+                    .map(super::fleet::ConfirmedChanges::of),
+            )?,
+        ))
     }
 
     async fn list_encryption_keys(

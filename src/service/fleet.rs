@@ -126,13 +126,14 @@ impl Fleet {
     }
 
     /// The plan of `desired_state` for `caller`, applied when `apply` (writes audited on
-    /// `audit`, the call's audit subject).
+    /// `audit`, the call's audit subject; only the changes `confirmed` holds, when given).
     pub(super) fn plan<M: From<FleetBatch> + Send + 'static>(
         &self,
         caller: Option<&rpc::CallerContext>,
         desired_state: &str,
         apply: bool,
         audit: Option<AuditSubject>,
+        confirmed: Option<ConfirmedChanges>,
     ) -> Result<FleetStream<M>, ServiceError> {
         let desired = DesiredState::parse(desired_state).map_err(|error| {
             ServiceError::InvalidArgument(vec![FieldViolation::new(
@@ -160,6 +161,7 @@ impl Fleet {
             desired: Arc::new(desired),
             apply,
             audit,
+            confirmed: confirmed.map(Arc::new),
         };
         tokio::spawn(run.send(scopes, unknown, sender));
         Ok(Box::pin(ReceiverStream::new(receiver)))
@@ -173,6 +175,53 @@ struct FleetRun {
     desired: Arc<DesiredState>,
     apply: bool,
     audit: Option<AuditSubject>,
+    /// Applying a confirmed plan: the changes that may be written.
+    confirmed: Option<Arc<ConfirmedChanges>>,
+}
+
+/// A confirmed plan's changes that write, by (account, Region, resource type): what each
+/// was confirmed as (action, from, to).
+pub(super) struct ConfirmedChanges(
+    std::collections::HashMap<(String, String, i32), (i32, String, String)>,
+);
+
+impl ConfirmedChanges {
+    pub(super) fn of(plan: &proto::ConfirmedPlan) -> ConfirmedChanges {
+        ConfirmedChanges(
+            plan.changes
+                .iter()
+                .filter(|change| would_write(change))
+                .map(|change| {
+                    (
+                        (
+                            change.account_id.clone(),
+                            change.region.clone(),
+                            change.resource_type,
+                        ),
+                        (
+                            change.action,
+                            change.from_kms_key_id.clone(),
+                            change.to_kms_key_id.clone(),
+                        ),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether `change` is one that was confirmed.
+    fn holds(&self, change: &proto::FleetChange) -> bool {
+        let key = (
+            change.account_id.clone(),
+            change.region.clone(),
+            change.resource_type,
+        );
+        self.0.get(&key).is_some_and(|(action, from, to)| {
+            *action == change.action
+                && *from == change.from_kms_key_id
+                && *to == change.to_kms_key_id
+        })
+    }
 }
 
 impl FleetRun {
@@ -263,6 +312,17 @@ impl FleetRun {
             };
             let target = ScopedTarget::new(scope, target);
             let mut planned = self.plan(target, wanted, line).await;
+            if self.apply
+                && planned.write.is_some()
+                && let Some(confirmed) = &self.confirmed
+                && !confirmed.holds(&planned.change)
+            {
+                // What the person said yes to is not what would be written now.
+                planned.write = None;
+                planned.change.error = format!(
+                    "{target} changed since the plan was confirmed: not written; plan again"
+                );
+            }
             if self.apply
                 && let Some(write) = planned.write.take()
             {
@@ -652,6 +712,7 @@ impl Reconciler {
                 desired,
                 apply: false,
                 audit: Some(AuditSubject::of_call(self.audit.clone(), &record)),
+                confirmed: None,
             };
             let enforce = self.enforce.then(|| FleetRun {
                 apply: true,
