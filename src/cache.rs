@@ -607,15 +607,18 @@ impl KeyCache {
     /// What is in use for `target` now, for comparing with what should be: what the cache
     /// holds when it was read from the backend within its TTL (whether or not it serves
     /// reads), else read from the backend again. A backend that cannot answer is an error,
-    /// never a stale answer.
-    pub async fn current_key_in_use(&self, target: ScopedTarget) -> Result<KeyInUse, BackendError> {
+    /// never a stale answer. As [`KeyCache::refresh`]: what the cache held before, and now.
+    pub async fn current_key_in_use(
+        &self,
+        target: ScopedTarget,
+    ) -> Result<(Option<KeyInUse>, KeyInUse), BackendError> {
         if let Some(entry) = self.state.entry(target)
             && entry.loaded_at.elapsed() < entry.ttl(&self.state.config)
         {
-            return Ok(KeyInUse::from(&entry));
+            let held = KeyInUse::from(&entry);
+            return Ok((Some(held.clone()), held));
         }
-        let (_, now) = self.refresh(target).await?;
-        Ok(now)
+        self.refresh(target).await
     }
 
     /// Reads the key in use from the backend (never from the cache) and holds it, so

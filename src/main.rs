@@ -41,7 +41,11 @@ fn main() -> ExitCode {
 fn command_line_refused(error: &clap::Error) -> ExitCode {
     let _ = error.print();
     let code = error.exit_code();
-    if code != 0 && std::env::args().nth(1).as_deref() == Some("fleet") {
+    if code != 0
+        && std::env::args_os()
+            .nth(1)
+            .is_some_and(|command| command == "fleet")
+    {
         return ExitCode::FAILURE;
     }
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -268,6 +268,21 @@ async fn a_key_changed_behind_the_sidecars_back_is_planned_again_once_its_read_i
     let (code, applied) = fleet_json(&sidecar, "apply", &file);
     assert_eq!(code, 0, "{applied}");
 
+    let mut watch = sidecar
+        .read_only_keys()
+        .await
+        .watch_encryption_key(inspector_keyd::proto::WatchEncryptionKeyRequest {
+            scan_type: inspector_keyd::proto::ScanType::Code as i32,
+            resource_type: LAMBDA,
+            account_id: OWN.into(),
+            region: "us-east-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let current = watch.message().await.unwrap().unwrap();
+    assert_eq!(current.kms_key_id, organization.keys[0]);
+
     // Inspector's key for us-east-1 reset elsewhere (here, at the Inspector sidecar itself):
     // the managing sidecar's cache still holds the key it wrote.
     organization
@@ -289,6 +304,13 @@ async fn a_key_changed_behind_the_sidecars_back_is_planned_again_once_its_read_i
     assert_eq!(us["action"], "update", "{plan}");
     assert_eq!(us["from"], serde_json::Value::Null, "{plan}");
     assert_eq!(change(&plan, "eu-west-1")["action"], "none", "{plan}");
+    // The plan was first to see the reset (the drift check runs hourly): its Watch says so.
+    let reset = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reset.r#type(), inspector_keyd::proto::KeyEventType::Reset);
 }
 
 #[tokio::test]
@@ -435,7 +457,8 @@ async fn a_member_accounts_scopes_are_planned_and_applied_through_its_role() {
         0o600,
     );
 
-    // The managing sidecar's first call to moto is its AssumeRole, made at the plan.
+    // The managing sidecar's first call to moto is its AssumeRole, made by its start-time
+    // check of every target.
     moto.seed(SEED);
     let sidecar = managing(&inspector, &moto, &scopes);
 
@@ -499,7 +522,9 @@ async fn an_organization_of_twenty_accounts_in_three_regions_converges_through_t
                 .expect("KEYD_MOTO_FLEET_ACCOUNTS: a number of accounts")
         })
         .unwrap_or(ORGANIZATION_ACCOUNTS)
-        .max(2);
+        // At least the 30 writes whose every third is throttled (7 accounts, 21 scopes, and
+        // the retries).
+        .max(7);
     let members: Vec<String> = (1..accounts).map(member_account).collect();
     let role = |account: &str| format!("arn:aws:iam::{account}:role/keyd-member");
     let session = format!("inspector-keyd-{OWN}");
@@ -590,6 +615,25 @@ async fn an_organization_of_twenty_accounts_in_three_regions_converges_through_t
         sidecar.log()
     );
 
+    // Each member's calls reached the door with the pair foreseen for it: had moto's
+    // seeded generator handed out others, the door would refuse them here.
+    let reads = || backend_calls_of(&sidecar, "get_encryption_key");
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            reads() >= 2 * scope_count as u64
+        })
+        .await,
+        "the start-time check read {} targets\n{}",
+        reads(),
+        sidecar.log()
+    );
+    assert!(
+        !sidecar
+            .log()
+            .contains("drift check: cannot read the key in use"),
+        "moto's seeded pairs diverged from those foreseen for the door:\n{}",
+        sidecar.log()
+    );
     let timed = |command: &str| {
         let started = std::time::Instant::now();
         let (code, json) = fleet_json(&sidecar, command, &file);
@@ -690,10 +734,17 @@ async fn an_organization_of_twenty_accounts_in_three_regions_converges_through_t
 
 /// The backend calls the sidecar has made, all operations together.
 fn backend_calls(sidecar: &Sidecar) -> u64 {
+    backend_calls_of(sidecar, "")
+}
+
+/// The backend calls the sidecar has made of `operation` (all of them with "").
+fn backend_calls_of(sidecar: &Sidecar, operation: &str) -> u64 {
     let (code, body) = sidecar.http_get("/metrics");
     assert_eq!(code, 200);
+    let label = format!("operation=\"{operation}\"");
     body.lines()
         .filter(|line| line.starts_with("inspector_keyd_backend_calls_total{"))
+        .filter(|line| operation.is_empty() || line.contains(&label))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }

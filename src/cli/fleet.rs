@@ -536,6 +536,10 @@ async fn apply(args: ApplyArgs) -> ExitCode {
         let writes = summary.updates + summary.resets;
         if writes == 0 {
             eprintln!("Nothing to apply.");
+            if args.format == Format::Json {
+                // What an apply that writes nothing answers: the changes, none applied.
+                show(&changes, &summary, Format::Json, true);
+            }
             return if summary.errors > 0 {
                 failed(format!("{} target(s) have errors", summary.errors))
             } else {

@@ -140,6 +140,23 @@ impl KeyWatch {
         self.publish(KeyEventKind::Reset, target, None, None);
     }
 
+    /// A read of `target` from the backend found the AWS owned key where the cache held a
+    /// customer managed one (`previous`): a reset made elsewhere, published as RESET. Whoever
+    /// reads first (the drift check, or a fleet plan) says so; the others then find nothing
+    /// changed. Whether it was one.
+    pub fn reset_seen(
+        &self,
+        target: ScopedTarget,
+        previous: Option<&KeyInUse>,
+        now: &KeyInUse,
+    ) -> bool {
+        let reset = now.key_arn.is_none() && previous.is_some_and(|p| p.key_arn.is_some());
+        if reset {
+            self.publish(KeyEventKind::Reset, target, None, None);
+        }
+        reset
+    }
+
     /// Re-verifies the key in use for `target`; publishes DRIFT_DETECTED or DRIFT_RESOLVED
     /// when its verdict flips. A backend that cannot answer changes nothing.
     async fn check_target(&self, target: ScopedTarget) {
@@ -150,12 +167,11 @@ impl KeyWatch {
                 return;
             }
         };
+        if self.reset_seen(target, previous.as_ref(), &now) {
+            return;
+        }
         let Some(key_arn) = now.key_arn else {
-            if previous.is_some_and(|p| p.key_arn.is_some()) {
-                self.publish(KeyEventKind::Reset, target, None, None);
-            } else {
-                self.set_metric(target, None);
-            }
+            self.set_metric(target, None);
             return;
         };
         let settings = self.verifier.settings_in(target.scope);

@@ -36,7 +36,8 @@ const SCOPES_AT_ONCE: usize = 8;
 /// each time, unless the backend says how long to wait).
 const WRITE_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-/// The longest wait before trying a throttled write again, whatever the backend asks.
+/// The longest wait before trying a throttled write again, whatever the backend asks
+/// (before the ±15 % every pause gets).
 const LONGEST_BACKOFF: Duration = Duration::from_secs(20);
 
 /// Between two writes in one account and Region: the rate a scope is written at.
@@ -354,7 +355,12 @@ impl FleetRun {
         };
         let change = &mut planned.change;
         let held = match self.keys.cache().current_key_in_use(target).await {
-            Ok(held) => held,
+            Ok((previous, held)) => {
+                self.keys
+                    .watch()
+                    .reset_seen(target, previous.as_ref(), &held);
+                held
+            }
             Err(error) => {
                 change.error = said(error);
                 return planned;

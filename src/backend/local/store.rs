@@ -261,7 +261,8 @@ where
             let Some(grant_id) = index.value().strip_prefix(prefix.as_str()) else {
                 break;
             };
-            grants.extend(self.grant(grant_id)?);
+            // An entry left by another version can name a grant that is now another's.
+            grants.extend(self.grant(grant_id)?.filter(|g| g.key_arn == key_arn));
         }
         Ok(grants)
     }
@@ -350,11 +351,26 @@ impl WriteTx<'_> {
         Ok(())
     }
 
-    /// Makes the index of each key's grants again from the grants.
+    /// Makes the index of each key's grants again from the grants. A row that does not
+    /// decode is left out, and said: it must not stop the store from opening (before the
+    /// index, only the ListGrants that read it failed).
     fn reindex_grants(&mut self) -> Result<(), BackendError> {
         self.grants_by_key.retain(|_, _| false).map_err(storage)?;
-        for grant in self.grants()? {
-            self.index_grant(&grant)?;
+        let mut rows = Vec::new();
+        for entry in self.grants.iter().map_err(storage)? {
+            let (id, value) = entry.map_err(storage)?;
+            rows.push((
+                id.value().to_owned(),
+                from_json::<StoredGrant>(value.value()),
+            ));
+        }
+        for (grant_id, grant) in rows {
+            match grant {
+                Ok(grant) => self.index_grant(&grant)?,
+                Err(error) => {
+                    tracing::warn!(grant_id, %error, "local store: a grant row does not decode; left out of its key's grants");
+                }
+            }
         }
         Ok(())
     }
@@ -537,6 +553,8 @@ mod tests {
                     let json = serde_json::to_vec(&g).unwrap();
                     grants.insert(g.grant_id.as_str(), json.as_slice()).unwrap();
                 }
+                // A row that does not decode does not stop the store from opening.
+                grants.insert("g9", b"{not json".as_slice()).unwrap();
                 let stale = grant_index_entry(KEY, "g0");
                 txn.open_table(GRANTS_BY_KEY)
                     .unwrap()
