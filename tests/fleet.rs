@@ -721,22 +721,10 @@ async fn reconcile_reports_drift_from_the_desired_state_and_enforce_applies_it()
     let mut watch = watch_lambda(&sidecar, OTHER, "eu-west-1").await;
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.r#type(), proto::KeyEventType::Current);
-    let mut keys = Vec::new();
-    for (account, region) in [
-        (OWN, "us-east-1"),
-        (OTHER, "us-east-1"),
-        (OTHER, "eu-west-1"),
-        (OWN, "eu-west-1"),
-    ] {
-        keys.push(aliased_key(&sidecar, account, region).await);
-    }
+    let keys = aliased_everywhere(&sidecar).await;
     // Out of the desired state everywhere, and said so; nothing written in report mode.
     until_fleet(&sidecar, [0, 4, 0]).await;
-    let drift = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let drift = next_event(&mut watch).await;
     assert_eq!(drift.r#type(), proto::KeyEventType::DesiredStateDrift);
     assert_eq!(drift.kms_key_id, "", "the AWS owned key is in use");
     assert_eq!(lambda_key(&sidecar, OTHER, "eu-west-1").await, None);
@@ -782,11 +770,7 @@ async fn reconcile_reports_drift_from_the_desired_state_and_enforce_applies_it()
     until_fleet(&sidecar, [1, 3, 0]).await;
     let mut kinds = Vec::new();
     for _ in 0..2 {
-        let event = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut watch).await;
         kinds.push(event.r#type());
     }
     assert_eq!(
@@ -807,23 +791,11 @@ async fn reconcile_reports_drift_from_the_desired_state_and_enforce_applies_it()
         watch.message().await.unwrap().unwrap().r#type(),
         proto::KeyEventType::Current
     );
-    let mut keys = Vec::new();
-    for (account, region) in [
-        (OWN, "us-east-1"),
-        (OTHER, "us-east-1"),
-        (OTHER, "eu-west-1"),
-        (OWN, "eu-west-1"),
-    ] {
-        keys.push(aliased_key(&sidecar, account, region).await);
-    }
+    let keys = aliased_everywhere(&sidecar).await;
     until_fleet(&sidecar, [4, 0, 0]).await;
     let mut events = Vec::new();
     for _ in 0..3 {
-        let event = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut watch).await;
         events.push((event.r#type(), event.kms_key_id));
     }
     assert_eq!(
@@ -886,6 +858,32 @@ async fn reconcile_reports_drift_from_the_desired_state_and_enforce_applies_it()
         "{}",
         sidecar.log()
     );
+}
+
+/// A key named `alias/inspector-code` in each scope: (OWN, us-east-1), (OTHER, us-east-1),
+/// (OTHER, eu-west-1), (OWN, eu-west-1), in that order.
+async fn aliased_everywhere(sidecar: &Sidecar) -> Vec<String> {
+    let mut keys = Vec::new();
+    for (account, region) in [
+        (OWN, "us-east-1"),
+        (OTHER, "us-east-1"),
+        (OTHER, "eu-west-1"),
+        (OWN, "eu-west-1"),
+    ] {
+        keys.push(aliased_key(sidecar, account, region).await);
+    }
+    keys
+}
+
+/// The Watch's next event, within 10 s.
+async fn next_event(
+    watch: &mut tonic::Streaming<proto::WatchEncryptionKeyResponse>,
+) -> proto::WatchEncryptionKeyResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
 }
 
 /// A Watch of Lambda's key in `account_id`/`region`.
