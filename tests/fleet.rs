@@ -170,23 +170,10 @@ async fn the_inventory_lists_every_scope_and_target_with_its_key_and_verificatio
 /// The organization, with the holder of `token` given `role` in OTHER's scopes alone (the
 /// sidecar's own user stays admin everywhere); the directory holds the rules.
 fn with_a_caller_limited_to_other(token: &str, role: &str) -> (Sidecar, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.toml");
-    write_whole(
-        &rules,
-        &format!(
-            "[[rule]]\nrole = \"admin\"\nunix_uid = {uid}\n\
-             [[rule]]\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\naccounts = [\"{OTHER}\"]\n",
-            sha256_hex(token),
-            uid = rustix::process::getuid().as_raw(),
-        ),
-        0o644,
-    );
-    let sidecar = Sidecar::start_with(&format!(
-        "{ORGANIZATION}\n[authz]\nrules_file = {:?}\n",
-        rules.to_str().unwrap()
-    ));
-    (sidecar, dir)
+    with_rules(&format!(
+        "[[rule]]\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\naccounts = [\"{OTHER}\"]\n",
+        sha256_hex(token)
+    ))
 }
 
 #[tokio::test]

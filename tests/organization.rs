@@ -415,24 +415,12 @@ fn bad_account_entries_are_refused_at_start_naming_the_key() {
 
 #[tokio::test]
 async fn a_rule_limited_to_some_scopes_gives_its_role_there_alone() {
-    let dir = tempfile::tempdir().unwrap();
     let (other_admin, eu_reader) = ("other-admin-5e1d7c2b9a40", "eu-reader-0c9f3e8d21b7");
-    let rules = dir.path().join("rules.toml");
-    write_whole(
-        &rules,
-        &format!(
-            "[[rule]]\nrole = \"admin\"\nunix_uid = {uid}\n\
-             [[rule]]\nrole = \"admin\"\ntoken_sha256 = \"{}\"\naccounts = [\"{OTHER}\"]\n\
-             [[rule]]\nrole = \"read-only\"\ntoken_sha256 = \"{}\"\nregions = [\"eu-west-1\"]\n",
-            sha256_hex(other_admin),
-            sha256_hex(eu_reader),
-            uid = rustix::process::getuid().as_raw(),
-        ),
-        0o644,
-    );
-    let sidecar = Sidecar::start_with(&format!(
-        "{ORGANIZATION}\n[authz]\nrules_file = {:?}\n",
-        rules.to_str().unwrap()
+    let (sidecar, _dir) = with_rules(&format!(
+        "[[rule]]\nrole = \"admin\"\ntoken_sha256 = \"{}\"\naccounts = [\"{OTHER}\"]\n\
+         [[rule]]\nrole = \"read-only\"\ntoken_sha256 = \"{}\"\nregions = [\"eu-west-1\"]\n",
+        sha256_hex(other_admin),
+        sha256_hex(eu_reader),
     ));
     let mut tcp = proto::encryption_key_service_client::EncryptionKeyServiceClient::new(
         sidecar.tcp_channel().await,

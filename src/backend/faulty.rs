@@ -322,15 +322,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("faults.toml");
         std::fs::write(&file, "[writes]\nerror = \"throttled\"\nevery = 2\n").unwrap();
-        let settings = crate::verify::VerificationSettings::new(
-            "us-east-1".into(),
-            "111122223333".into(),
-            "arn:aws:iam::111122223333:role/inspector-keyd".into(),
-            Vec::new(),
-            None,
-            crate::verify::Profile::CodeguruGrants,
-            crate::verify::Profile::AmazonQCodeRepository,
-        );
+        let settings = super::super::local::tests::settings();
         let local = super::super::local::LocalBackend::open(
             dir.path(),
             &dir.path().join("kek"),

@@ -275,7 +275,7 @@ impl Backend for LocalBackend {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::backend) mod tests {
     use super::*;
     use crate::domain::{CodeLine, ResourceType, ScanType};
 
@@ -297,7 +297,8 @@ mod tests {
             .unwrap()
     }
 
-    fn settings() -> VerificationSettings {
+    /// The own scope's verification settings the backend tests use.
+    pub(in crate::backend) fn settings() -> VerificationSettings {
         VerificationSettings::new(
             "us-east-1".into(),
             "111122223333".into(),
